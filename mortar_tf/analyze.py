@@ -1,0 +1,216 @@
+"""Weight analysis of a saved model: ones per layer and a sweep of morphing settings.
+
+This is the library behind `tools/analyze_weights.py`.
+
+Example:
+  >>> specs = parse_settings(["paper", "round"], precisions=[0.1], keep_bits=[7])
+  >>> [s.label() for s in specs]
+  ['paper P=0.1', 'round keep_bits=7']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Sequence
+
+from mortar_tf import bits
+from mortar_tf import report as report_lib
+from mortar_tf import table
+from mortar_tf.morphing import MorphSpec
+from mortar_tf.morphing import METHODS
+
+_SHORT = {"paper": "pap", "fewest_ones": "few", "round": "rnd", "bitx": "btx"}
+
+
+def parse_settings(methods: Sequence[str], precisions: Sequence[float] = (0.1,),
+                   keep_bits: Sequence[int] = (7,), columns: Sequence[int] = (8,),
+                   group_size: int = bits.DEFAULT_GROUP_SIZE,
+                   width: int = bits.DEFAULT_WIDTH) -> list[MorphSpec]:
+  """One MorphSpec per method and each of its own settings.
+
+  paper and fewest_ones sweep `precisions`, round sweeps `keep_bits`, bitx
+  sweeps `columns` (grouped with `group_size` and `width`).
+
+  Raises:
+    ValueError: an unknown method, a bad setting, or an empty grid.
+  """
+  if not methods:
+    raise ValueError("no methods given")
+  specs = []
+  for method in methods:
+    if method not in METHODS:
+      raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    grid = {"paper": precisions, "fewest_ones": precisions, "round": keep_bits,
+            "bitx": columns}[method]
+    if not grid:
+      raise ValueError(f"method {method!r} has an empty settings grid")
+    for value in grid:
+      if method in ("paper", "fewest_ones"):
+        specs.append(MorphSpec.create(method, value))
+      elif method == "round":
+        specs.append(MorphSpec.create(method, keep_bits=value))
+      else:
+        specs.append(MorphSpec.create(method, columns=value, group_size=group_size, width=width))
+  return specs
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelWeights:
+  """The weights of a model file, ready for sparsity_reports.
+
+  Attributes:
+    source: the path read.
+    kind: "keras" or "savedmodel".
+    weights: {name: float32 array}.
+    groupings: {name: grouping} (layouts known from the Keras layer classes).
+    note: what the reader could not know, or "".
+  """
+  source: str
+  kind: str
+  weights: dict
+  groupings: dict
+  note: str = ""
+
+
+def load_weights(path: str, select: str = "kernels") -> ModelWeights:
+  """Reads the weights of a .keras/.h5 model file or a SavedModel directory.
+
+  Args:
+    path: the model.
+    select: "kernels" (Keras: the kernels of known layers; SavedModel: model
+      variables of rank >= 2) or "all".
+
+  Raises:
+    ValueError: a missing path, a file that is not a model, or a bad `select`.
+  """
+  if select not in ("kernels", "all"):
+    raise ValueError(f"select must be 'kernels' or 'all', got {select!r}")
+  if not os.path.exists(path):
+    raise ValueError(f"no such model: {path!r}")
+  if os.path.isdir(path):
+    from mortar_tf.savedmodel import variables  # pylint: disable=import-outside-toplevel
+    found = variables.read_variables(path, min_rank=2 if select == "kernels" else 0)
+    return ModelWeights(path, "savedmodel", {v.name: v.value for v in found}, {},
+                        note="SavedModel layouts are not read yet: every weight uses the "
+                        "default grouping (all axes but the last)")
+  if not path.endswith((".keras", ".h5", ".hdf5")):
+    raise ValueError(f"{path!r} is neither a .keras/.h5 model file nor a SavedModel directory")
+  from mortar_tf.keras import weights as keras_weights  # pylint: disable=import-outside-toplevel
+  model = keras_weights.load_model(path)
+  found = keras_weights.model_weights(model, select)
+  return ModelWeights(path, "keras", {w.name: w.numpy() for w in found},
+                      {w.name: w.grouping() for w in found})
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+  """The sweep over one model: one SparsityReport per setting."""
+  model: ModelWeights
+  reports: tuple[report_lib.SparsityReport, ...]
+  group_size: int
+  width: int
+
+  def original_table(self) -> str:
+    """Per layer: shape, grouping, weights, ones and bit density in each domain."""
+    first = self.reports[0]
+    headers = ["weight", "shape", "grouping", "params", "ones sig", "ones word", "ones aligned",
+               "density word"]
+    rows = [[t.name, "x".join(map(str, t.shape)), t.grouping, t.size, t.before["significand"],
+             t.before["word"], t.before["aligned"],
+             f"{t.before['word'] / (32 * t.size):.3f}" if t.size else "-"]
+            for t in first.tensors]
+    total = first.total_before
+    size = sum(t.size for t in first.tensors)
+    rows.append(["total", "", "", size, total["significand"], total["word"], total["aligned"],
+                 f"{total['word'] / (32 * size):.3f}" if size else "-"])
+    return table.format_table(headers, rows, footer_rows=1)
+
+  def sweep_table(self) -> str:
+    """Per setting: total sparsity ratio in each domain and the largest relative error."""
+    headers = ["method", "setting", "significand x", "word x", "aligned x", "max rel err"]
+    rows = []
+    for r in self.reports:
+      setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in r.spec.settings().items()
+                          if k not in ("group_size", "width"))
+      ratio = r.total_ratio
+      rows.append([r.spec.method, setting, table.ratio(ratio["significand"]),
+                   table.ratio(ratio["word"]), table.ratio(ratio["aligned"]),
+                   f"{r.max_rel_error:.3g}"])
+    return table.format_table(headers, rows)
+
+  def layer_table(self, domain: str = "word") -> str:
+    """Layers x settings: the sparsity ratio of each weight in one domain."""
+    if domain not in bits.DOMAINS:
+      raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(bits.DOMAINS)}")
+    headers = ["weight"] + [_short_label(r.spec) for r in self.reports]
+    rows = []
+    for i, t in enumerate(self.reports[0].tensors):
+      rows.append([t.name] + [table.ratio(r.tensors[i].ratio[domain]) for r in self.reports])
+    rows.append(["total"] + [table.ratio(r.total_ratio[domain]) for r in self.reports])
+    return table.format_table(headers, rows, footer_rows=1)
+
+  def to_dict(self) -> dict:
+    return {"model": self.model.source, "kind": self.model.kind, "note": self.model.note,
+            "group_size": self.group_size, "width": self.width,
+            "reports": [r.to_dict() for r in self.reports]}
+
+  def write_json(self, path: str) -> None:
+    """Writes to_dict() to `path` atomically (a temp file renamed into place)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(self.to_dict(), f, indent=1, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def _short_label(spec: MorphSpec) -> str:
+  if spec.precision is not None:
+    return f"{_SHORT[spec.method]} {spec.precision:g}"
+  if spec.keep_bits is not None:
+    return f"{_SHORT[spec.method]} k{spec.keep_bits}"
+  return f"{_SHORT[spec.method]} c{spec.columns}"
+
+
+def analyze(path: str, specs: Sequence[MorphSpec], select: str = "kernels",
+            group_size: int = bits.DEFAULT_GROUP_SIZE,
+            width: int = bits.DEFAULT_WIDTH) -> Analysis:
+  """Loads a model and reports every setting in `specs` over its weights.
+
+  Raises:
+    ValueError: an unreadable model, no float32 weights, or bad settings.
+  """
+  if not specs:
+    raise ValueError("no morphing settings given")
+  model = load_weights(path, select)
+  reports = report_lib.sparsity_reports(model.weights, specs, groupings=model.groupings,
+                                        group_size=group_size, width=width)
+  if not reports[0].tensors:
+    raise ValueError(f"{path!r} has no float32 weights to analyse (select={select!r})")
+  return Analysis(model, tuple(reports), group_size, width)
+
+
+def format_analysis(analysis: Analysis, domain: str = "word", per_layer: bool = True) -> str:
+  """The text the tool prints: header, original ones, sweep, per-layer ratios."""
+  n = len(analysis.reports[0].tensors)
+  size = sum(t.size for t in analysis.reports[0].tensors)
+  parts = [f"Model {analysis.model.source} ({analysis.model.kind}): {n} weight tensors, "
+           f"{size:,} float32 values; aligned domain G={analysis.group_size}, "
+           f"width={analysis.width}"]
+  if analysis.model.note:
+    parts.append(f"Note: {analysis.model.note}")
+  for name, reason in analysis.reports[0].skipped:
+    parts.append(f"Skipped {name}: {reason}")
+  if per_layer:
+    parts += ["", "Original weights", analysis.original_table()]
+  parts += ["", "Sweep: sparsity ratio = ones(original) / ones(morphed), all weights",
+            analysis.sweep_table()]
+  if per_layer:
+    parts += ["", f"Per layer, {domain} domain", analysis.layer_table(domain)]
+  return "\n".join(parts)
+
+
+def finite_or_str(x: float):
+  return x if math.isfinite(x) else str(x)

@@ -1,0 +1,405 @@
+"""Float32 bit fields, ones per domain, groups and exponent matching (SPEC 1 and 3).
+
+Everything here is numpy on the uint32 view of float32 data; nothing imports
+TensorFlow. TensorFlow tensors and variables are accepted wherever an array is
+(they are read through ``np.asarray``).
+
+Bit positions in histograms are listed most significant first in every domain,
+so index 0 is the sign bit (``word``), the hidden bit (``significand``) or
+column 0 of the exponent-matched window (``aligned``).
+
+Example:
+  >>> import numpy as np
+  >>> count_ones(np.float32([1.5, -0.0]), domain="significand")
+  2
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Iterable, Sequence
+
+import numpy as np
+
+SIGN_MASK = 0x80000000
+EXPONENT_MASK = 0x7F800000
+MANTISSA_MASK = 0x007FFFFF
+MAGNITUDE_MASK = 0x7FFFFFFF
+HIDDEN_BIT = 0x00800000
+MIN_NORMAL_BITS = 0x00800000  # 2^-126
+MAX_FINITE_BITS = 0x7F7FFFFF  # 3.4028235e38
+
+DOMAINS = ("significand", "word", "aligned")
+DOMAIN_BITS = {"significand": 24, "word": 32}
+LAYOUTS = (
+    "default",
+    "dense",
+    "conv",
+    "depthwise",
+    "conv_transpose",
+    "separable_depthwise",
+    "separable_pointwise",
+    "einsum",
+)
+DEFAULT_GROUP_SIZE = 16
+DEFAULT_WIDTH = 24
+MAX_WIDTH = 64
+
+# Elements processed at a time by the streaming counters: small enough that the
+# temporaries stay in cache, large enough that numpy's per-call cost vanishes.
+_CHUNK = 1 << 18
+
+
+def as_float32(w, what: str = "weights") -> np.ndarray:
+  """Returns `w` as a float32 numpy array, refusing any other dtype.
+
+  Args:
+    w: a numpy array, tf.Tensor, tf.Variable or anything `np.asarray` reads.
+    what: how the error message names `w`.
+
+  Raises:
+    TypeError: the data is not float32 (nothing is converted silently: a
+      float64 array morphed as float32 would change values before morphing).
+  """
+  arr = np.asarray(w)
+  if arr.dtype != np.float32:
+    raise TypeError(
+        f"{what} must be float32, got {arr.dtype}; only float32 weights have "
+        "the bit layout Mortar morphs (convert explicitly, e.g. "
+        "np.asarray(w, np.float32), if that is what you mean)")
+  return arr
+
+
+def to_bits(w) -> np.ndarray:
+  """The IEEE-754 words of float32 data as uint32 (a view when possible)."""
+  return np.ascontiguousarray(as_float32(w)).view(np.uint32)
+
+
+def fields(w) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Splits float32 data into (sign, biased exponent, stored mantissa), uint32.
+
+  Example:
+    >>> fields(np.float32([-1.5]))
+    (array([1], dtype=uint32), array([127], dtype=uint32), array([4194304], dtype=uint32))
+  """
+  u = to_bits(w)
+  return u >> 31, (u >> 23) & 0xFF, u & MANTISSA_MASK
+
+
+def is_normal_bits(u: np.ndarray) -> np.ndarray:
+  """True where the uint32 word is a normal float32 (biased exponent 1..254)."""
+  exponent = (u >> 23) & 0xFF
+  return (exponent >= 1) & (exponent <= 254)
+
+
+def significand_bits(u: np.ndarray) -> np.ndarray:
+  """The 24-bit significand (hidden bit included) of each word; 0 for specials.
+
+  Guards: zeros, subnormals, infinities and NaNs have no hidden bit and count
+  no ones in the significand domain (SPEC 1), so they map to 0 here.
+  """
+  m = (u & MANTISSA_MASK) | HIDDEN_BIT
+  return np.where(is_normal_bits(u), m, np.uint32(0)).astype(np.uint32)
+
+
+# --------------------------------------------------------------------------
+# Reduction axes and groups (SPEC 3)
+
+
+def einsum_reduction_axes(equation: str, operand: int = 1) -> tuple[int, ...]:
+  """Axes of one einsum operand that are summed: its labels absent from the output.
+
+  Args:
+    equation: e.g. "ab,bc->ac" (EinsumDense puts the kernel second).
+    operand: which input operand is the weight.
+
+  Raises:
+    ValueError: a malformed equation, no explicit output, or an ellipsis in the
+      weight operand (its rank would be unknown).
+
+  Example:
+    >>> einsum_reduction_axes("abc,cd->abd")
+    (0,)
+  """
+  if not isinstance(equation, str) or "->" not in equation:
+    raise ValueError(
+        f"einsum equation must have an explicit output ('...->...'), got {equation!r}")
+  lhs, out = equation.replace(" ", "").split("->", 1)
+  inputs = lhs.split(",")
+  if not 0 <= operand < len(inputs):
+    raise ValueError(
+        f"einsum equation {equation!r} has {len(inputs)} operands; operand {operand} does not exist")
+  labels = inputs[operand]
+  if "." in labels:
+    raise ValueError(
+        f"einsum weight operand {labels!r} of {equation!r} has an ellipsis; "
+        "a weight needs explicit labels for every axis")
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"einsum weight operand {labels!r} repeats a label")
+  return tuple(i for i, label in enumerate(labels) if label not in out)
+
+
+def reduction_axes_for(layout: str, ndim: int, equation: str | None = None) -> tuple[int, ...]:
+  """The reduction axes of a weight of rank `ndim` stored in `layout` (SPEC 3).
+
+  Args:
+    layout: one of LAYOUTS. "default" reduces all axes but the last (the same
+      as SPEC's "[-1, last] with axis 0 reduced", and the same as dense/conv).
+    ndim: the weight's rank.
+    equation: the einsum equation, for layout "einsum" only.
+
+  Raises:
+    ValueError: unknown layout, or a rank the layout cannot have.
+  """
+  if layout not in LAYOUTS:
+    raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+  if layout == "einsum":
+    if equation is None:
+      raise ValueError("layout 'einsum' needs the einsum equation (equation='ab,bc->ac')")
+    axes = einsum_reduction_axes(equation)
+    n_labels = len(equation.replace(" ", "").split("->")[0].split(",")[1])
+    if n_labels != ndim:
+      raise ValueError(
+          f"einsum equation {equation!r} gives the weight {n_labels} axes but it has {ndim}")
+    return axes
+  if equation is not None:
+    raise ValueError(f"equation is only used with layout 'einsum', not {layout!r}")
+  if layout == "dense" and ndim != 2:
+    raise ValueError(f"a dense kernel is [in, out] (rank 2), got rank {ndim}")
+  if layout in ("conv", "separable_pointwise", "depthwise", "separable_depthwise",
+                "conv_transpose") and ndim < 3:
+    raise ValueError(f"a {layout} kernel is [k..., cin, cout] (rank >= 3), got rank {ndim}")
+  if layout in ("default", "dense", "conv", "separable_pointwise"):
+    return tuple(range(ndim - 1))
+  if layout in ("depthwise", "separable_depthwise"):
+    return tuple(range(ndim - 2))
+  return (ndim - 1,)  # conv_transpose [k..., out, in]: reduce `in` only
+
+
+def resolve_reduction_axes(shape: Sequence[int], reduction_axes=None, layout=None,
+                           equation=None) -> tuple[int, ...]:
+  """Normalises the user's `reduction_axes` or `layout` to sorted, non-negative axes.
+
+  With neither given, the "default" layout applies.
+
+  Raises:
+    ValueError: both given, an axis out of range or repeated.
+  """
+  ndim = len(shape)
+  if reduction_axes is not None and (layout is not None or equation is not None):
+    raise ValueError("give either reduction_axes or layout (with equation), not both")
+  if reduction_axes is None:
+    return reduction_axes_for(layout or "default", ndim, equation)
+  if isinstance(reduction_axes, numbers.Integral):
+    reduction_axes = (reduction_axes,)
+  axes = []
+  for a in reduction_axes:
+    if isinstance(a, bool) or not isinstance(a, numbers.Integral):
+      raise ValueError(f"reduction axis {a!r} is not an integer")
+    if not -ndim <= a < ndim:
+      raise ValueError(f"reduction axis {a} is out of range for a rank-{ndim} weight")
+    axes.append(int(a) % ndim)
+  if len(set(axes)) != len(axes):
+    raise ValueError(f"reduction axes {tuple(reduction_axes)} repeat an axis")
+  return tuple(sorted(axes))
+
+
+def check_group_args(group_size, width) -> tuple[int, int]:
+  """Validates `group_size` (>= 1) and `width` (1..64); returns them as ints."""
+  if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral) or group_size < 1:
+    raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
+  if (isinstance(width, bool) or not isinstance(width, numbers.Integral)
+      or not 1 <= width <= MAX_WIDTH):
+    raise ValueError(f"width must be an integer in 1..{MAX_WIDTH}, got {width!r}")
+  return int(group_size), int(width)
+
+
+def to_groups(w, reduction_axes: Sequence[int], group_size: int) -> np.ndarray:
+  """Cuts each output element's reduction vector into groups (SPEC 3).
+
+  Args:
+    w: float32 weights.
+    reduction_axes: sorted, non-negative axes (see resolve_reduction_axes).
+    group_size: G.
+
+  Returns:
+    float32 array [n_out, n_groups, G]; a short last group is padded with +0.0.
+  """
+  w = as_float32(w)
+  red = list(reduction_axes)
+  out_axes = [a for a in range(w.ndim) if a not in red]
+  n_out = math.prod(w.shape[a] for a in out_axes)
+  r = math.prod(w.shape[a] for a in red)
+  flat = np.transpose(w, out_axes + red).reshape(n_out, r)
+  n_groups = -(-r // group_size)
+  pad = n_groups * group_size - r
+  if pad:
+    flat = np.concatenate([flat, np.zeros((n_out, pad), np.float32)], axis=1)
+  return flat.reshape(n_out, n_groups, group_size)
+
+
+def from_groups(groups: np.ndarray, shape: Sequence[int],
+                reduction_axes: Sequence[int]) -> np.ndarray:
+  """Inverse of to_groups: drops the padding and restores the stored layout."""
+  red = list(reduction_axes)
+  out_axes = [a for a in range(len(shape)) if a not in red]
+  n_out = math.prod(shape[a] for a in out_axes)
+  r = math.prod(shape[a] for a in red)
+  flat = groups.reshape(n_out, groups.shape[-2] * groups.shape[-1])[:, :r]
+  permuted = flat.reshape([shape[a] for a in out_axes + red])
+  return np.transpose(permuted, np.argsort(out_axes + red))
+
+
+def aligned_words(groups: np.ndarray, width: int) -> np.ndarray:
+  """Each element's significand placed in its group's exponent-matched window.
+
+  Bit `k` of the returned uint64 holds column `width - 1 - k`, so column 0 (the
+  group's most significant) is the word's top bit. Bit `j` of an element with
+  exponent `e` lands in column `(23 - j) + (emax - e)` and survives only when
+  that is below `width` (SPEC 3).
+
+  Guards: special values contribute nothing; a shift of 64 or more (a tiny
+  element in a group with a huge one) is clamped, never left to wrap.
+
+  Args:
+    groups: float32 [..., G] from to_groups.
+    width: window width, 1..64.
+
+  Returns:
+    uint64 array of the groups' shape.
+  """
+  u = np.ascontiguousarray(groups).view(np.uint32)
+  normal = is_normal_bits(u)
+  m = np.where(normal, (u & MANTISSA_MASK) | HIDDEN_BIT, 0).astype(np.uint64)
+  e = np.where(normal, (u >> 23) & 0xFF, 0).astype(np.int64)
+  emax = e.max(axis=-1, keepdims=True, initial=0)
+  shift = (width - 24) - (emax - e)  # >= 0: shift left; < 0: shift right
+  left = np.clip(shift, 0, 40).astype(np.uint64)
+  right = np.clip(-shift, 0, 63).astype(np.uint64)
+  return np.where(shift >= 0, m << left, m >> right)
+
+
+# --------------------------------------------------------------------------
+# Ones and histograms
+
+
+def _bit_table(nbits: int) -> np.ndarray:
+  values = np.arange(1 << nbits, dtype=np.uint32)
+  return ((values[:, None] >> np.arange(nbits, dtype=np.uint32)) & 1).astype(np.int64)
+
+
+_TABLE16 = None
+
+
+def _lsb_first_counts(words: np.ndarray, nbits: int) -> np.ndarray:
+  """Ones per bit position (LSB first) of unsigned words, via 16-bit bincounts."""
+  global _TABLE16
+  if _TABLE16 is None:
+    _TABLE16 = _bit_table(16)
+  words = np.ascontiguousarray(words).reshape(-1)
+  per_word = words.dtype.itemsize // 2
+  halves = words.view(np.uint16).reshape(-1, per_word)  # little-endian halves
+  counts = np.zeros(per_word * 16, np.int64)
+  for start in range(0, halves.shape[0], _CHUNK):
+    block = halves[start:start + _CHUNK]
+    for h in range(per_word):
+      hist = np.bincount(block[:, h], minlength=1 << 16)
+      counts[16 * h:16 * (h + 1)] += hist @ _TABLE16
+  return counts[:nbits]
+
+
+def _flat_chunks(u: np.ndarray) -> Iterable[np.ndarray]:
+  flat = u.reshape(-1)
+  for start in range(0, flat.size, _CHUNK):
+    yield flat[start:start + _CHUNK]
+
+
+def _check_domain(domain: str) -> None:
+  if domain not in DOMAINS:
+    raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
+
+
+def _aligned_for(w, layout, reduction_axes, equation, group_size, width) -> np.ndarray:
+  w = as_float32(w)
+  group_size, width = check_group_args(group_size, width)
+  axes = resolve_reduction_axes(w.shape, reduction_axes, layout, equation)
+  return aligned_words(to_groups(w, axes, group_size), width)
+
+
+def count_ones(w, domain: str = "significand", *, layout: str | None = None,
+               reduction_axes=None, equation: str | None = None,
+               group_size: int = DEFAULT_GROUP_SIZE, width: int = DEFAULT_WIDTH) -> int:
+  """Number of 1 bits of float32 weights in one domain (SPEC 1).
+
+  Args:
+    w: float32 weights (numpy, tf.Tensor or tf.Variable).
+    domain: "significand" (24 bits with the hidden one; specials count 0),
+      "word" (all 32 bits) or "aligned" (bits inside the exponent-matched
+      window of each group, SPEC 3).
+    layout, reduction_axes, equation, group_size, width: the grouping of the
+      "aligned" domain; ignored by the others (reduction axes default to all
+      but the last, which is right for dense and conv kernels).
+
+  Returns:
+    A Python int.
+
+  Raises:
+    TypeError: not float32.
+    ValueError: unknown domain or bad grouping arguments.
+
+  Example:
+    >>> count_ones(np.float32([3.0, 0.375]), "aligned", group_size=2, width=3)
+    3
+  """
+  _check_domain(domain)
+  if domain == "aligned":
+    words = _aligned_for(w, layout, reduction_axes, equation, group_size, width)
+    return int(sum(int(np.bitwise_count(c).sum(dtype=np.int64)) for c in _flat_chunks(words)))
+  u = to_bits(w)
+  total = 0
+  for chunk in _flat_chunks(u):
+    if domain == "significand":
+      chunk = significand_bits(chunk)
+    total += int(np.bitwise_count(chunk).sum(dtype=np.int64))
+  return total
+
+
+def bit_histogram(w, domain: str = "significand", *, layout: str | None = None,
+                  reduction_axes=None, equation: str | None = None,
+                  group_size: int = DEFAULT_GROUP_SIZE, width: int = DEFAULT_WIDTH) -> np.ndarray:
+  """Ones per bit position, most significant first (SPEC 1 and 3).
+
+  Returns an int64 array of 32 counts (`word`: sign, 8 exponent bits, 23
+  mantissa bits), 24 (`significand`: hidden bit first) or `width` (`aligned`:
+  column 0 first, the "arched" profile of the paper's figure).
+
+  Args and Raises: as count_ones.
+
+  Example:
+    >>> bit_histogram(np.float32([1.5]), "significand")[:3]
+    array([1, 1, 0])
+  """
+  _check_domain(domain)
+  if domain == "aligned":
+    words = _aligned_for(w, layout, reduction_axes, equation, group_size, width)
+    return _lsb_first_counts(words, 64)[:width][::-1].copy()
+  u = to_bits(w)
+  if domain == "significand":
+    counts = np.zeros(24, np.int64)
+    for chunk in _flat_chunks(u):
+      counts += _lsb_first_counts(significand_bits(chunk), 24)
+    return counts[::-1].copy()
+  return _lsb_first_counts(u, 32)[::-1].copy()
+
+
+def ones_by_domain(w, **grouping) -> dict[str, int]:
+  """count_ones in every domain: {"significand": .., "word": .., "aligned": ..}."""
+  return {domain: count_ones(w, domain, **grouping) for domain in DOMAINS}
+
+
+def sparsity_ratio(ones_before: int, ones_after: int) -> float:
+  """ones(original) / ones(morphed), with 0/0 = 1.0 and n/0 = inf (SPEC 1)."""
+  if ones_after == 0:
+    return 1.0 if ones_before == 0 else math.inf
+  return ones_before / ones_after

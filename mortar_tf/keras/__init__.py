@@ -1,0 +1,1 @@
+"""Keras integration: the single Keras import (compat) and kernel discovery."""

@@ -1,0 +1,435 @@
+"""Mantissa morphing (SPEC 2): the numpy reference and the public `morph`.
+
+Four methods rewrite float32 weights to values with fewer 1 bits:
+
+* ``paper`` — the paper's Algorithm 1 in our reading: round up at the most
+  significant "01" pattern whose result stays in the ball.
+* ``fewest_ones`` — the float32 in the ball with the fewest significand ones.
+* ``round`` — plain rounding to ``keep_bits`` explicit mantissa bits.
+* ``bitx`` — BitX-style pruning of exponent-matched columns per group.
+
+"In the ball" means ``fabs((double)x' - (double)x) < P * fabs((double)x)``
+evaluated in IEEE double exactly as written (SPEC 2). Special values (±0,
+subnormals, ±inf, NaN with its payload) are returned bit for bit.
+
+The numpy implementation below is the reference; ``mortar_tf.morph_tf`` is
+the TensorFlow one (TF ops only, exportable and XLA-compilable). `morph`
+picks by input kind, or by ``backend=``.
+
+Example:
+  >>> import numpy as np
+  >>> morph(np.float32([1.375, 1.6]), "paper", precision=0.1)
+  array([1.5  , 1.625], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import sys
+
+import numpy as np
+
+from mortar_tf import bits
+
+METHODS = ("paper", "fewest_ones", "round", "bitx")
+BACKENDS = ("numpy", "tf")
+DEFAULT_PRECISION = 0.1
+
+_U32 = np.uint32
+_I64 = np.int64
+
+
+# --------------------------------------------------------------------------
+# Arguments
+
+
+def check_precision(precision) -> float:
+  """Validates P (0 < P <= 1) and returns it as a Python float (SPEC 2).
+
+  Guards: bool is an int in Python but never a precision; NaN fails every
+  comparison and would pass a naive range check; np.float32(0.1) is converted
+  with float(), so it is 0.10000000149..., not 0.1.
+
+  Raises:
+    ValueError: naming the rejected value.
+  """
+  if isinstance(precision, (bool, np.bool_)) or not isinstance(precision, numbers.Real):
+    raise ValueError(
+        f"precision must be a real number with 0 < P <= 1, got {precision!r} "
+        f"({type(precision).__name__})")
+  value = float(precision)
+  if not (0.0 < value <= 1.0):  # also rejects NaN
+    raise ValueError(f"precision must satisfy 0 < P <= 1, got {precision!r}")
+  return value
+
+
+def _check_int(name: str, value, low: int, high: int) -> int:
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+  if not low <= value <= high:
+    raise ValueError(f"{name} must be in {low}..{high}, got {value!r}")
+  return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class MorphSpec:
+  """A validated morphing method and its settings.
+
+  Build one with `MorphSpec.create`, which checks every argument; the fields
+  that do not apply to the method are None.
+
+  Attributes:
+    method: one of METHODS.
+    precision: P for "paper" and "fewest_ones".
+    keep_bits: explicit mantissa bits kept by "round" (0..23).
+    columns: aligned columns kept by "bitx" (1..width).
+    group_size: lanes per group (G) for "bitx".
+    width: window width for "bitx" (1..64).
+  """
+  method: str
+  precision: float | None = None
+  keep_bits: int | None = None
+  columns: int | None = None
+  group_size: int | None = None
+  width: int | None = None
+
+  @classmethod
+  def create(cls, method: str = "paper", precision=None, *, keep_bits=None, columns=None,
+             group_size=None, width=None) -> "MorphSpec":
+    """Validates the arguments of `method` and rejects those it does not take.
+
+    Raises:
+      ValueError: unknown method, a bad value, a missing required argument, or
+        an argument the method does not use (e.g. precision with "round").
+    """
+    if method not in METHODS:
+      raise ValueError(f"unknown morphing method {method!r}; expected one of {', '.join(METHODS)}")
+    given = {"precision": precision, "keep_bits": keep_bits, "columns": columns,
+             "group_size": group_size, "width": width}
+    takes = {"paper": ("precision",), "fewest_ones": ("precision",), "round": ("keep_bits",),
+             "bitx": ("columns", "group_size", "width")}[method]
+    extra = [k for k, v in given.items() if v is not None and k not in takes]
+    if extra:
+      raise ValueError(
+          f"method {method!r} takes {', '.join(takes)}; it does not use {', '.join(extra)}")
+    if method in ("paper", "fewest_ones"):
+      return cls(method, precision=check_precision(
+          DEFAULT_PRECISION if precision is None else precision))
+    if method == "round":
+      if keep_bits is None:
+        raise ValueError("method 'round' needs keep_bits (explicit mantissa bits kept, 0..23)")
+      return cls(method, keep_bits=_check_int("keep_bits", keep_bits, 0, 23))
+    group_size, width = bits.check_group_args(
+        bits.DEFAULT_GROUP_SIZE if group_size is None else group_size,
+        bits.DEFAULT_WIDTH if width is None else width)
+    if columns is None:
+      raise ValueError(f"method 'bitx' needs columns (aligned columns kept, 1..{width})")
+    return cls(method, columns=_check_int("columns", columns, 1, width),
+               group_size=group_size, width=width)
+
+  def settings(self) -> dict:
+    """The method's own settings, e.g. {"precision": 0.1}."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if k != "method" and v is not None}
+
+  def label(self) -> str:
+    """A short name such as "paper P=0.1", "round keep_bits=7", "bitx columns=8"."""
+    if self.precision is not None:
+      return f"{self.method} P={self.precision:g}"
+    if self.keep_bits is not None:
+      return f"{self.method} keep_bits={self.keep_bits}"
+    return f"{self.method} columns={self.columns}"
+
+
+# --------------------------------------------------------------------------
+# numpy reference
+
+
+def highest_bit(v: np.ndarray) -> np.ndarray:
+  """floor(log2(v)) for integers 0 <= v < 2^53, and -1 for v == 0 (int64).
+
+  Exact: such integers convert to float64 without rounding, so the exponent
+  field is the answer; frexp returns exponent 0 for 0, hence -1.
+  """
+  return np.frexp(np.asarray(v, np.float64))[1].astype(_I64) - 1
+
+
+def _normal_parts(u: np.ndarray):
+  """sign (uint32), magnitude word (int64), normal mask of uint32 words."""
+  sign = u & _U32(bits.SIGN_MASK)
+  mag = (u & _U32(bits.MAGNITUDE_MASK)).astype(_I64)
+  normal = (mag >= bits.MIN_NORMAL_BITS) & (mag <= bits.MAX_FINITE_BITS)
+  return sign, mag, normal
+
+
+def _join(u, sign, mag, changed):
+  return np.where(changed, sign | mag.astype(_U32), u)
+
+
+def _paper_bits(u: np.ndarray, precision: float) -> np.ndarray:
+  """Algorithm 1 (SPEC 2.1) in O(1) per weight.
+
+  With m the significand and u = 2^(e-150) its unit, the candidate at b moves
+  x up by an integer number of units d; |x'-x| is exact in double, and
+  P*|x| = fl(P*m)*u whenever that product is a normal double (when it is not,
+  it is below 2^-873 units and no d >= 1 qualifies either way). So "in the
+  ball" is d < t with t = fl(P*m), i.e. d <= D = ceil(t) - 1.
+  The candidate at b is the first multiple of 2^(b+1) above m, so it is in the
+  ball iff (m, m+D] holds such a multiple, iff m and m+D differ at a bit
+  >= b+1. Scanning b from the top, the answer is the highest "01" pattern
+  below the highest bit where m and m+D differ.
+  The carry at b = 23 (m' = 2^24) is the next power of two; when that would be
+  exponent 255 the candidate is dropped (b = 23 is the only position whose
+  candidate can carry, because bit b+1 is 0 below it).
+  """
+  sign, mag, normal = _normal_parts(u)
+  m = (mag & bits.MANTISSA_MASK) | bits.HIDDEN_BIT
+  t = precision * m.astype(np.float64)
+  d_max = np.maximum(np.ceil(t).astype(_I64) - 1, 0)
+  reach = highest_bit(m ^ (m + d_max))  # -1 when d_max == 0
+  patterns = m & ~(m >> 1)  # bit b: m_b = 1 and m_(b+1) = 0; guard bit 24 is 0
+  patterns &= np.where(reach > 0, (np.int64(1) << np.maximum(reach, 0)) - 1, 0)
+  patterns = np.where(mag >> 23 == 254, patterns & ~bits.HIDDEN_BIT, patterns)
+  b = highest_bit(patterns)
+  found = normal & (b >= 0)
+  shift = np.minimum(b + 1, 23).clip(0)  # b = 23: add one to the exponent field
+  new_mag = ((mag >> shift) + 1) << shift
+  return _join(u, sign, new_mag, found)
+
+
+def _round_bits(u: np.ndarray, keep_bits: int) -> np.ndarray:
+  """Round-half-away on the magnitude word (SPEC 2.3); a carry may bump the exponent.
+
+  Guard: a carry into exponent 255 (only from the largest binade) would make
+  inf, so those elements are truncated instead.
+  """
+  if keep_bits == 23:
+    return u.copy()
+  sign, mag, normal = _normal_parts(u)
+  drop = 23 - keep_bits
+  keep_mask = ~((np.int64(1) << drop) - 1)
+  rounded = (mag + (np.int64(1) << (drop - 1))) & keep_mask
+  rounded = np.where(rounded >= bits.EXPONENT_MASK, mag & keep_mask, rounded)
+  return _join(u, sign, rounded, normal)
+
+
+def _in_ball(y_mag: np.ndarray, x_abs: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+  """SPEC's predicate, literally: fabs((double)y - (double)x) < P*fabs((double)x)."""
+  y = y_mag.astype(_U32).view(np.float32).astype(np.float64)
+  return np.abs(y - x_abs) < threshold
+
+
+def _ball_ends(mag, x_abs, threshold):
+  """The smallest normal and largest finite float32 magnitudes in the ball.
+
+  Each end is first guessed from fl(|x| -+ P|x|) rounded inward to float32 and
+  then proven with SPEC's predicate at the guess and its outer neighbour (the
+  predicate is monotone on each side of x). Guesses that fail the proof (only
+  when fl(|x| - y) itself rounds, i.e. P within ~2^-29 of 1) are settled by
+  bisection over the bit patterns with the same predicate.
+  Guards: L and H are clamped to the normal, finite range before conversion,
+  so the float32 cast can neither overflow to inf nor land on a subnormal.
+  """
+  low = np.clip(x_abs - threshold, 0.0, None)
+  a = low.astype(np.float32).view(_U32).astype(_I64)
+  a = np.where(a.astype(_U32).view(np.float32).astype(np.float64) < low, a + 1, a)
+  a = np.maximum(a, bits.MIN_NORMAL_BITS)
+  high = np.minimum(x_abs + threshold, float(np.float32(3.4028235e38)))
+  b = high.astype(np.float32).view(_U32).astype(_I64)
+  b = np.where(b.astype(_U32).view(np.float32).astype(np.float64) > high, b - 1, b)
+  b = np.minimum(b, bits.MAX_FINITE_BITS)
+
+  a_ok = _in_ball(a, x_abs, threshold) & (
+      (a == bits.MIN_NORMAL_BITS) | ~_in_ball(a - 1, x_abs, threshold))
+  b_ok = _in_ball(b, x_abs, threshold) & (
+      (b == bits.MAX_FINITE_BITS) | ~_in_ball(b + 1, x_abs, threshold))
+  redo = np.flatnonzero(~(a_ok & b_ok))
+  if redo.size:
+    xs, ts, ms = x_abs[redo], threshold[redo], mag[redo]
+    lo, hi = np.full_like(ms, bits.MIN_NORMAL_BITS), ms.copy()
+    while np.any(lo < hi):  # smallest pattern in the ball, at most 31 rounds
+      mid = (lo + hi) >> 1
+      inside = _in_ball(mid, xs, ts)
+      hi, lo = np.where(inside, mid, hi), np.where(inside, lo, mid + 1)
+    a[redo] = lo
+    lo, hi = ms.copy(), np.full_like(ms, bits.MAX_FINITE_BITS)
+    while np.any(lo < hi):  # largest pattern in the ball
+      mid = (lo + hi + 1) >> 1
+      inside = _in_ball(mid, xs, ts)
+      lo, hi = np.where(inside, mid, lo), np.where(inside, hi, mid - 1)
+    b[redo] = lo
+  return a, b
+
+
+def _fewest_ones_bits(u: np.ndarray, precision: float) -> np.ndarray:
+  """The float32 in the ball with the fewest significand ones (SPEC 2.2), O(1) per weight.
+
+  Proof sketch (the candidates are the normal floats of x's sign in [a, b]):
+  * a == b: x is alone in its ball.
+  * a and b in different binades: [a, b] holds a power of two (b's binade
+    start), which has one 1 bit, the minimum for a normal float; the powers
+    of two nearest |x| are the start of x's binade (p_lo <= |x|) and of the
+    next (p_hi > |x|), and at least one of them lies in [a, b].
+  * same binade: a and b agree above their highest differing bit p (a has 0
+    there, b has 1); every value in [a, b] keeps that prefix, so it has at
+    least popcount(prefix) ones. The prefix alone is a itself when a has no
+    bits below p. Otherwise the prefix alone is below a, and one more bit is
+    the minimum: prefix + 2^q lies in [a, b] exactly when 2^q >= (a's bits
+    below p) and q <= p (b = prefix + 2^p + rest). The nearest such 2^q to
+    r = |x| - prefix is 2^floor(log2 r) or the next one up, clamped to the
+    allowed q; ties go to the smaller magnitude.
+  All distances are differences of patterns inside one binade, i.e. exact
+  integer counts of that binade's unit.
+  """
+  sign, mag, normal = _normal_parts(u)
+  # Specials (NaN among them) never reach float arithmetic: 1.0 stands in.
+  safe_mag = np.where(normal, mag, 0x3F800000)
+  safe_x = safe_mag.astype(_U32).view(np.float32).astype(np.float64)
+  safe_t = precision * safe_x
+  # Only normal elements whose ball holds more than x take part (P*|x| can
+  # underflow to 0 in double for a tiny P).
+  live = normal & (safe_t > 0)
+  safe_t = np.where(live, safe_t, 0.5)
+  a, b = _ball_ends(safe_mag, safe_x, safe_t)
+
+  # Different binades: the nearer of the powers of two around |x|.
+  p_lo = (safe_mag >> 23) << 23
+  p_hi = p_lo + (1 << 23)
+  take_lo = (p_lo >= a) & ((p_hi > b) | (safe_mag - p_lo <= p_hi - safe_mag))
+  power = np.where(take_lo, p_lo, p_hi)
+
+  # Same binade: prefix + 2^q.
+  p = highest_bit(a ^ b).clip(0)
+  prefix = (a >> (p + 1)) << (p + 1)
+  low_a = a - prefix  # a's bits below p (bit p of a is 0)
+  q0 = highest_bit(np.maximum(low_a - 1, 0)) + 1
+  r = safe_mag - prefix
+  q_floor = highest_bit(r)
+  up = (r - (np.int64(1) << q_floor.clip(0))) > ((np.int64(1) << (q_floor + 1).clip(0)) - r)
+  q = np.where(q_floor < q0, q0, np.where(q_floor >= p, p, q_floor + up))
+  one_more = prefix | (np.int64(1) << q.clip(0))
+  same = np.where(low_a == 0, a, one_more)
+
+  result = np.where((a >> 23) != (b >> 23), power, same)
+  result = np.where(a == b, safe_mag, result)
+  return _join(u, sign, result, live)
+
+
+def _bitx_array(x: np.ndarray, columns: int, group_size: int, reduction_axes) -> np.ndarray:
+  """BitX pruning (SPEC 2.4): keep the first `columns` aligned columns per group.
+
+  Bit j of an element d binades below its group's emax lands in column
+  23 - j + d, so it is kept iff j >= 24 - columns + d; the kept bits are the
+  top of the significand, so the result is the element with its low mantissa
+  bits cleared, or +0.0 when even the hidden bit goes (the shift reaches 24).
+  """
+  groups = bits.to_groups(x, reduction_axes, group_size)
+  u = groups.view(_U32)
+  sign, mag, normal = _normal_parts(u)
+  e = np.where(normal, mag >> 23, 0)
+  emax = e.max(axis=-1, keepdims=True, initial=0)
+  cut = 24 - columns + (emax - e)  # lowest kept bit of the significand
+  kept = mag & ~((np.int64(1) << cut.clip(0, 23)) - 1)
+  morphed = np.where(cut >= 24, 0, sign.astype(_I64) | kept).astype(_U32)
+  out = np.where(normal, morphed, u)
+  return bits.from_groups(out.view(np.float32), x.shape, reduction_axes)
+
+
+def _elementwise(x: np.ndarray, fn, arg) -> np.ndarray:
+  """Applies a per-word function in cache-sized chunks; keeps shape."""
+  u = np.ascontiguousarray(x).view(_U32).reshape(-1)
+  out = np.empty_like(u)
+  for start in range(0, u.size, bits._CHUNK):  # pylint: disable=protected-access
+    out[start:start + bits._CHUNK] = fn(u[start:start + bits._CHUNK], arg)  # pylint: disable=protected-access
+  return out.view(np.float32).reshape(x.shape)
+
+
+def morph_numpy(x: np.ndarray, spec: MorphSpec, reduction_axes=()) -> np.ndarray:
+  """The numpy reference: float32 array in, new float32 array out."""
+  x = bits.as_float32(x)
+  if spec.method == "paper":
+    return _elementwise(x, _paper_bits, spec.precision)
+  if spec.method == "fewest_ones":
+    return _elementwise(x, _fewest_ones_bits, spec.precision)
+  if spec.method == "round":
+    return _elementwise(x, _round_bits, spec.keep_bits)
+  return _bitx_array(x, spec.columns, spec.group_size, reduction_axes)
+
+
+# --------------------------------------------------------------------------
+# Public entry point
+
+
+def _tf_module():
+  """TensorFlow if the caller has imported it (a TF tensor can exist only then)."""
+  return sys.modules.get("tensorflow")
+
+
+def _is_tf(w) -> bool:
+  tf = _tf_module()
+  return tf is not None and (tf.is_tensor(w) or isinstance(w, tf.Variable))
+
+
+def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=None,
+          group_size=None, width=None, layout=None, reduction_axes=None, equation=None,
+          backend: str | None = None):
+  """Morphs float32 weights to nearby values with fewer 1 bits (SPEC 2).
+
+  Args:
+    w: float32 numpy array, tf.Tensor or tf.Variable (read, never assigned).
+    method: "paper", "fewest_ones", "round" or "bitx".
+    precision: P, 0 < P <= 1 (paper, fewest_ones; default 0.1). Converted with
+      float(): np.float32(0.1) is not 0.1.
+    keep_bits: explicit mantissa bits kept, 0..23 (round).
+    columns: aligned columns kept, 1..width (bitx).
+    group_size, width: the grouping of bitx (default 16 and 24).
+    layout, reduction_axes, equation: which axes bitx groups along (SPEC 3);
+      default: all axes but the last.
+    backend: "numpy" or "tf"; default: numpy for numpy input, tf for TF input.
+      Each backend runs on any input kind; the result has the input's kind.
+
+  Returns:
+    A new array (numpy input) or tf.Tensor (TF input) of the same shape.
+
+  Raises:
+    TypeError: the weights are not float32.
+    ValueError: a bad method, argument or backend.
+
+  Example:
+    >>> morph(np.float32([1.375]), "fewest_ones", precision=0.1)
+    array([1.25], dtype=float32)
+  """
+  spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
+                          group_size=group_size, width=width)
+  if spec.method != "bitx" and (layout, reduction_axes, equation) != (None, None, None):
+    raise ValueError(f"method {method!r} works per weight; layout/reduction_axes/equation "
+                     "only apply to 'bitx'")
+  if backend is not None and backend not in BACKENDS:
+    raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+  tf_input = _is_tf(w)
+  if tf_input:
+    dtype = w.dtype.base_dtype if hasattr(w.dtype, "base_dtype") else w.dtype
+    if dtype.name != "float32":
+      raise TypeError(f"weights must be float32, got {dtype.name}")
+    shape = tuple(w.shape)
+  else:
+    w = bits.as_float32(w)
+    shape = w.shape
+  axes = ()
+  if spec.method == "bitx":
+    if None in shape:
+      raise ValueError(f"bitx needs a fully known weight shape, got {shape}")
+    axes = bits.resolve_reduction_axes(shape, reduction_axes, layout, equation)
+
+  backend = backend or ("tf" if tf_input else "numpy")
+  if backend == "numpy":
+    if tf_input:
+      tf = _tf_module()
+      if not tf.executing_eagerly():
+        raise ValueError("backend='numpy' needs eager tensors; inside tf.function use backend='tf'")
+      return tf.constant(morph_numpy(np.asarray(w), spec, axes))
+    return morph_numpy(w, spec, axes)
+  from mortar_tf import morph_tf  # pylint: disable=import-outside-toplevel
+  result = morph_tf.morph_tensor(w, spec, axes)
+  return result if tf_input else result.numpy()

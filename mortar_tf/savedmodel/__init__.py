@@ -1,0 +1,1 @@
+"""SavedModel reading (variables now; the graph reader and converter come later)."""

@@ -1,0 +1,64 @@
+"""Plain-text tables for terminals: aligned columns, numbers right-aligned.
+
+Example:
+  >>> print(format_table(["name", "ones"], [["a", 3], ["b", 12]]))
+  name  ones
+  ----  ----
+  a        3
+  b       12
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Sequence
+
+
+def ratio(value: float) -> str:
+  """A sparsity ratio as '1.23x' ('inf' when the morphed side has no ones)."""
+  return "inf" if math.isinf(value) else f"{value:.3f}x"
+
+
+def _cell(value) -> str:
+  if isinstance(value, bool):
+    return str(value)
+  if isinstance(value, numbers.Integral):
+    return f"{value:,}"
+  if isinstance(value, numbers.Real):
+    return f"{value:.4g}"
+  return str(value)
+
+
+def _numeric(text: str) -> bool:
+  stripped = text.replace(",", "").rstrip("x%")
+  try:
+    float(stripped)
+  except ValueError:
+    return text == "inf"
+  return True
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
+                 footer_rows: int = 0) -> str:
+  """Formats rows under headers; the last `footer_rows` rows sit below a rule."""
+  cells = [[_cell(v) for v in row] for row in rows]
+  widths = [len(h) for h in headers]
+  for row in cells:
+    widths = [max(w, len(c)) for w, c in zip(widths, row)]
+
+  numeric = [all(_numeric(row[i]) for row in cells if row[i]) and any(row[i] for row in cells)
+             for i in range(len(headers))]
+
+  def line(row):
+    parts = [c.rjust(w) if right else c.ljust(w) for c, w, right in zip(row, widths, numeric)]
+    return "  ".join(parts).rstrip()
+
+  rule = "  ".join("-" * w for w in widths)
+  body = [line(r) for r in cells]
+  out = [line(list(headers)), rule]
+  if footer_rows:
+    out += body[:-footer_rows] + [rule] + body[-footer_rows:]
+  else:
+    out += body
+  return "\n".join(out)

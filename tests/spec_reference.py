@@ -1,0 +1,171 @@
+"""Independent, deliberately naive implementations of SPEC, for the tests only.
+
+Nothing here imports mortar_tf. Each function follows SPEC's wording as
+literally as possible (scalar loops, Python floats for the double predicate,
+exact fractions for rounding), so that agreement with the vectorised code is
+evidence, not a tautology.
+"""
+
+import fractions
+import itertools
+import math
+import struct
+
+import numpy as np
+
+
+def f32_bits(x) -> int:
+  return struct.unpack("<I", struct.pack("<f", np.float32(x)))[0]
+
+
+def bits_f32(u: int) -> np.float32:
+  return np.frombuffer(struct.pack("<I", u & 0xFFFFFFFF), np.float32)[0]
+
+
+def is_normal(u: int) -> bool:
+  return 1 <= (u >> 23) & 0xFF <= 254
+
+
+def sig_ones(u: int) -> int:
+  """Ones of the 24-bit significand; specials count 0 (SPEC 1)."""
+  if not is_normal(u):
+    return 0
+  return bin((u & 0x7FFFFF) | 0x800000).count("1")
+
+
+def in_ball(candidate: float, x: float, precision: float) -> bool:
+  """SPEC 2, literally: fabs((double)x' - (double)x) < P * fabs((double)x)."""
+  return abs(float(candidate) - float(x)) < precision * abs(float(x))
+
+
+def paper(x: np.float32, precision: float) -> np.float32:
+  """Algorithm 1 as SPEC 2.1 words it: scan b = 23..0 for '01', first in the ball wins."""
+  u = f32_bits(x)
+  if not is_normal(u):
+    return x
+  sign = -1.0 if u >> 31 else 1.0
+  e = (u >> 23) & 0xFF
+  m = (u & 0x7FFFFF) | 0x800000  # bit 24 (the guard) is 0
+  for b in range(23, -1, -1):
+    if (m >> b) & 1 == 1 and (m >> (b + 1)) & 1 == 0:
+      new_m = (m // 2 ** (b + 1) + 1) * 2 ** (b + 1)
+      if new_m == 2 ** 24 and e + 1 == 255:
+        continue
+      value = sign * math.ldexp(new_m, e - 150)  # exact: new_m <= 2^24
+      if in_ball(value, x, precision):
+        return np.float32(value)
+  return x
+
+
+def fewest_ones_brute(x: np.float32, precision: float) -> np.float32:
+  """Enumerates every float32 of x's sign in the ball (SPEC 2.2), small P only.
+
+  The enumeration window is checked to reach past both ends of the ball, so a
+  too-large P fails loudly instead of silently missing candidates.
+  """
+  u = f32_bits(x)
+  if not is_normal(u):
+    return x
+  mag = u & 0x7FFFFFFF
+  sign = u & 0x80000000
+  reach = int(4 * precision * 2 ** 24) + 8
+  lo, hi = max(mag - reach, 0x00800000), min(mag + reach, 0x7F7FFFFF)
+  cands = np.arange(lo, hi + 1, dtype=np.int64)
+  values = (cands.astype(np.uint32) | np.uint32(sign)).view(np.float32).astype(np.float64)
+  xd = float(x)
+  inside = np.abs(values - xd) < precision * abs(xd)
+  if inside[0] and lo != 0x00800000 or inside[-1] and hi != 0x7F7FFFFF:
+    raise AssertionError("brute-force window does not cover the ball; use a smaller P")
+  cands, values = cands[inside], values[inside]
+  ones = np.bitwise_count((cands & 0x7FFFFF) | 0x800000)
+  dist = np.abs(values - xd)
+  # fewest ones, then nearest, then smaller magnitude
+  best = np.lexsort((np.abs(values), dist, ones))[0]
+  return bits_f32(int(cands[best]) | sign)
+
+
+def round_keep_bits(x: np.float32, keep_bits: int) -> np.float32:
+  """SPEC 2.3 by exact rational arithmetic: nearest multiple of the kept ulp, ties away."""
+  u = f32_bits(x)
+  if not is_normal(u):
+    return x
+  e = (u >> 23) & 0xFF
+  magnitude = fractions.Fraction(abs(float(x)))
+  quantum = fractions.Fraction(2) ** (e - 127 - keep_bits)
+  steps = magnitude / quantum
+  rounded = math.floor(steps + fractions.Fraction(1, 2)) * quantum
+  if rounded >= fractions.Fraction(2) ** 128:  # would be exponent 255: truncate
+    rounded = math.floor(steps) * quantum
+  value = float(rounded)
+  return np.float32(-value if u >> 31 else value)
+
+
+def output_and_reduction_index_lists(shape, reduction_axes):
+  """For each output element (row-major over the other axes), the full indices of its
+  reduction elements in row-major order over the reduction axes (SPEC 3)."""
+  red = sorted(a % len(shape) for a in reduction_axes)
+  out_axes = [a for a in range(len(shape)) if a not in red]
+  result = []
+  for out_index in itertools.product(*[range(shape[a]) for a in out_axes]):
+    vector = []
+    for red_index in itertools.product(*[range(shape[a]) for a in red]):
+      full = [0] * len(shape)
+      for a, i in zip(out_axes, out_index):
+        full[a] = i
+      for a, i in zip(red, red_index):
+        full[a] = i
+      vector.append(tuple(full))
+    result.append(vector)
+  return result
+
+
+def groups_of(w: np.ndarray, reduction_axes, group_size):
+  """List of groups; each a list of (full index or None for padding, value)."""
+  groups = []
+  for vector in output_and_reduction_index_lists(w.shape, reduction_axes):
+    for start in range(0, len(vector), group_size):
+      chunk = [(i, w[i]) for i in vector[start:start + group_size]]
+      chunk += [(None, np.float32(0.0))] * (group_size - len(chunk))
+      groups.append(chunk)
+  return groups
+
+
+def aligned_column_ones(w: np.ndarray, reduction_axes, group_size, width):
+  """Per-column ones of the exponent-matched windows, by a plain loop over bits."""
+  columns = [0] * width
+  for group in groups_of(w, reduction_axes, group_size):
+    exps = [(f32_bits(v) >> 23) & 0xFF for _, v in group if is_normal(f32_bits(v))]
+    emax = max(exps, default=0)
+    for _, v in group:
+      u = f32_bits(v)
+      if not is_normal(u):
+        continue
+      e = (u >> 23) & 0xFF
+      m = (u & 0x7FFFFF) | 0x800000
+      for j in range(24):
+        if (m >> j) & 1:
+          c = (23 - j) + (emax - e)
+          if c < width:
+            columns[c] += 1
+  return columns
+
+
+def bitx(w: np.ndarray, reduction_axes, group_size, columns) -> np.ndarray:
+  """SPEC 2.4 by a loop: keep bits landing in columns < `columns`, rebuild exactly."""
+  out = w.copy()
+  for group in groups_of(w, reduction_axes, group_size):
+    exps = [(f32_bits(v) >> 23) & 0xFF for _, v in group if is_normal(f32_bits(v))]
+    emax = max(exps, default=0)
+    for index, v in group:
+      u = f32_bits(v)
+      if index is None or not is_normal(u):
+        continue
+      e = (u >> 23) & 0xFF
+      m = (u & 0x7FFFFF) | 0x800000
+      kept = sum(1 << j for j in range(24) if (m >> j) & 1 and (23 - j) + (emax - e) < columns)
+      if kept == 0:
+        out[index] = np.float32(0.0)
+      else:
+        value = math.ldexp(kept, e - 150)
+        out[index] = np.float32(-value if u >> 31 else value)
+  return out

@@ -1,0 +1,1 @@
+"""Command-line programs (installed as the mortar_tf_tools package)."""

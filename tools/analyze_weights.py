@@ -1,0 +1,60 @@
+"""Prints per-layer ones and a sweep of sparsity ratios for a saved model.
+
+  mortar-analyze --model=model.keras
+  mortar-analyze --model=saved_model_dir --methods=paper,fewest_ones --precisions=0.05,0.1,0.3
+"""
+
+from absl import app
+from absl import flags
+
+from mortar_tf import analyze as analyze_lib
+
+_MODEL = flags.DEFINE_string("model", None, "A .keras/.h5 model file or a SavedModel directory.",
+                             required=True)
+_METHODS = flags.DEFINE_list("methods", ["paper", "fewest_ones", "round", "bitx"],
+                             "Morphing methods to sweep.")
+_PRECISIONS = flags.DEFINE_list("precisions", ["0.01", "0.05", "0.1", "0.2", "0.3"],
+                                "P values for paper and fewest_ones.")
+_KEEP_BITS = flags.DEFINE_list("keep_bits", ["4", "7"], "Mantissa bits kept by round.")
+_COLUMNS = flags.DEFINE_list("columns", ["8", "12"], "Aligned columns kept by bitx.")
+_GROUP_SIZE = flags.DEFINE_integer("group_size", 16, "Lanes per group (aligned domain, bitx).")
+_WIDTH = flags.DEFINE_integer("width", 24, "Aligned window width, 1..64.")
+_SELECT = flags.DEFINE_enum("select", "kernels", ["kernels", "all"],
+                            "Analyse the layers' kernels only, or every weight.")
+_DOMAIN = flags.DEFINE_enum("domain", "word", ["significand", "word", "aligned"],
+                            "Domain of the per-layer ratio table.")
+_PER_LAYER = flags.DEFINE_bool("per_layer", True, "Print the per-layer tables.")
+_JSON = flags.DEFINE_string("json", None, "Also write the full report as JSON here.")
+
+
+def _numbers(name, values, kind):
+  try:
+    return [kind(v) for v in values]
+  except ValueError:
+    raise app.UsageError(f"--{name} must be a list of {kind.__name__}s, got {values}") from None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    specs = analyze_lib.parse_settings(
+        _METHODS.value, _numbers("precisions", _PRECISIONS.value, float),
+        _numbers("keep_bits", _KEEP_BITS.value, int), _numbers("columns", _COLUMNS.value, int),
+        group_size=_GROUP_SIZE.value, width=_WIDTH.value)
+    analysis = analyze_lib.analyze(_MODEL.value, specs, select=_SELECT.value,
+                                   group_size=_GROUP_SIZE.value, width=_WIDTH.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  print(analyze_lib.format_analysis(analysis, _DOMAIN.value, _PER_LAYER.value))
+  if _JSON.value:
+    analysis.write_json(_JSON.value)
+    print(f"\nWrote {_JSON.value}")
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
