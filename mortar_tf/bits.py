@@ -348,9 +348,9 @@ def count_ones(w, domain: str = "significand", *, layout: str | None = None,
     TypeError: not float32.
     ValueError: unknown domain or bad grouping arguments.
 
-  Example:
-    >>> count_ones(np.float32([3.0, 0.375]), "aligned", group_size=2, width=3)
-    3
+  Example (one group: 0.375 sits 3 binades below 3.0, past a 3-column window):
+    >>> count_ones(np.float32([[3.0], [0.375]]), "aligned", group_size=2, width=3)
+    2
   """
   _check_domain(domain)
   if domain == "aligned":

@@ -67,8 +67,8 @@ def kernel_layouts(layer) -> dict[str, tuple[str, str | None]]:
   einsum = getattr(layers, "EinsumDense", None)
   if isinstance(layer, transposes):
     return {"kernel": ("conv_transpose", None)}
-  if isinstance(layer, depthwise):
-    return {"depthwise_kernel": ("depthwise", None)}
+  if isinstance(layer, depthwise):  # Keras 3 names it "kernel", tf_keras "depthwise_kernel"
+    return {"kernel": ("depthwise", None), "depthwise_kernel": ("depthwise", None)}
   if isinstance(layer, separable):
     return {"depthwise_kernel": ("separable_depthwise", None),
             "pointwise_kernel": ("separable_pointwise", None)}

@@ -1,0 +1,18 @@
+"""Runs the docstring examples of the public modules, so they stay true."""
+
+import doctest
+import importlib
+
+import numpy as np
+import pytest
+
+MODULES = ["mortar_tf", "mortar_tf.bits", "mortar_tf.morphing", "mortar_tf.morph_tf",
+           "mortar_tf.report", "mortar_tf.table", "mortar_tf.analyze", "mortar_tf.keras.weights"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+  module = importlib.import_module(name)
+  result = doctest.testmod(module, extraglobs={"np": np}, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted > 0, f"{name} has no examples"
+  assert result.failed == 0
