@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Iterable, Sequence
@@ -46,9 +47,14 @@ DEFAULT_GROUP_SIZE = 16
 DEFAULT_WIDTH = 24
 MAX_WIDTH = 64
 
-# Elements processed at a time by the streaming counters: small enough that the
-# temporaries stay in cache, large enough that numpy's per-call cost vanishes.
-_CHUNK = 1 << 18
+# Elements processed at a time by elementwise passes: small enough that the
+# temporaries (float64 ones: 64 KiB) stay in cache and well below glibc's mmap
+# threshold (128 KiB, and 120 KiB measured slow already: larger
+# ones are fresh pages each call, page faults included), large enough that
+# numpy's per-call cost stays small (2^13 measured 2x faster than 2^15 here).
+_CHUNK = 1 << 13
+# Elements per bincount pass: each call zeroes 65,536 bins, so these are larger.
+_BINCOUNT_CHUNK = 1 << 18
 
 
 def as_float32(w, what: str = "weights") -> np.ndarray:
@@ -251,6 +257,61 @@ def from_groups(groups: np.ndarray, shape: Sequence[int],
   return np.transpose(permuted, np.argsort(out_axes + red))
 
 
+def group_max(values: np.ndarray, reduction_axes: Sequence[int], group_size: int) -> np.ndarray:
+  """The maximum of each group (SPEC 3), broadcast back to every element of it.
+
+  Padding counts as 0, so `values` must be >= 0 (biased exponents are).
+  When the reduction axes lead or trail the stored layout, groups are strided
+  views of a reshape and nothing is transposed.
+
+  Args:
+    values: array of the weight's shape, >= 0.
+    reduction_axes: sorted, non-negative axes.
+    group_size: G.
+
+  Returns:
+    An array of values' shape and dtype.
+  """
+  red = list(reduction_axes)
+  ndim = values.ndim
+  out_axes = [a for a in range(ndim) if a not in red]
+  n_out = math.prod(values.shape[a] for a in out_axes)
+  r = math.prod(values.shape[a] for a in red)
+  n_groups = -(-r // group_size)
+  pad = n_groups * group_size - r
+  if red == list(range(len(red))):  # [R, n_out]: groups run down the rows
+    rows = values.reshape(r, n_out)
+    if pad:
+      rows = np.concatenate([rows, np.zeros((pad, n_out), values.dtype)])
+    tops = rows.reshape(n_groups, group_size, n_out).max(axis=1, initial=0)
+    return np.repeat(tops, group_size, axis=0)[:r].reshape(values.shape)
+  if red == list(range(ndim - len(red), ndim)):  # [n_out, R]: groups along the rows
+    cols = values.reshape(n_out, r)
+    if pad:
+      cols = np.concatenate([cols, np.zeros((n_out, pad), values.dtype)], axis=1)
+    tops = cols.reshape(n_out, n_groups, group_size).max(axis=2, initial=0)
+    return np.repeat(tops, group_size, axis=1)[:, :r].reshape(values.shape)
+  grouped = to_groups(values.astype(np.float32), red, group_size)  # exact for values < 2^24
+  tops = grouped.max(axis=-1, keepdims=True, initial=0)
+  return from_groups(np.broadcast_to(tops, grouped.shape), values.shape, red).astype(values.dtype)
+
+
+def significand_and_offset(w, reduction_axes: Sequence[int], group_size: int):
+  """Each element's significand and its distance below its group's top binade.
+
+  Returns:
+    (m, d): int32 arrays of w's shape. m is the 24-bit significand (0 for
+    special values, which contribute nothing); d = emax - e >= 0, so bit j of
+    m lands in column 23 - j + d of the group's window (SPEC 3).
+  """
+  u = to_bits(w)
+  normal = is_normal_bits(u)
+  e = np.where(normal, (u >> 23) & 0xFF, 0).astype(np.uint8)
+  m = np.where(normal, (u & MANTISSA_MASK) | HIDDEN_BIT, 0).view(np.int32)
+  d = group_max(e, reduction_axes, group_size).astype(np.int32) - e
+  return m, d
+
+
 def aligned_words(groups: np.ndarray, width: int) -> np.ndarray:
   """Each element's significand placed in its group's exponent-matched window.
 
@@ -269,12 +330,9 @@ def aligned_words(groups: np.ndarray, width: int) -> np.ndarray:
   Returns:
     uint64 array of the groups' shape.
   """
-  u = np.ascontiguousarray(groups).view(np.uint32)
-  normal = is_normal_bits(u)
-  m = np.where(normal, (u & MANTISSA_MASK) | HIDDEN_BIT, 0).astype(np.uint64)
-  e = np.where(normal, (u >> 23) & 0xFF, 0).astype(np.int64)
-  emax = e.max(axis=-1, keepdims=True, initial=0)
-  shift = (width - 24) - (emax - e)  # >= 0: shift left; < 0: shift right
+  m, d = significand_and_offset(groups, (groups.ndim - 1,), groups.shape[-1])
+  shift = (width - 24) - d  # >= 0: shift left; < 0: shift right
+  m = m.astype(np.uint64)
   left = np.clip(shift, 0, 40).astype(np.uint64)
   right = np.clip(-shift, 0, 63).astype(np.uint64)
   return np.where(shift >= 0, m << left, m >> right)
@@ -289,30 +347,40 @@ def _bit_table(nbits: int) -> np.ndarray:
   return ((values[:, None] >> np.arange(nbits, dtype=np.uint32)) & 1).astype(np.int64)
 
 
-_TABLE16 = None
+@functools.cache
+def _table16() -> np.ndarray:
+  return _bit_table(16)
 
 
-def _lsb_first_counts(words: np.ndarray, nbits: int) -> np.ndarray:
-  """Ones per bit position (LSB first) of unsigned words, via 16-bit bincounts."""
-  global _TABLE16
-  if _TABLE16 is None:
-    _TABLE16 = _bit_table(16)
-  words = np.ascontiguousarray(words).reshape(-1)
-  per_word = words.dtype.itemsize // 2
-  halves = words.view(np.uint16).reshape(-1, per_word)  # little-endian halves
-  counts = np.zeros(per_word * 16, np.int64)
-  for start in range(0, halves.shape[0], _CHUNK):
-    block = halves[start:start + _CHUNK]
-    for h in range(per_word):
-      hist = np.bincount(block[:, h], minlength=1 << 16)
-      counts[16 * h:16 * (h + 1)] += hist @ _TABLE16
-  return counts[:nbits]
+class _BitCounter:
+  """Ones per bit position of unsigned words, LSB first.
+
+  Each 16-bit quarter of the words is bincounted (65,536 bins), the bins are
+  summed over every chunk, and only `result()` turns bins into bit counts, so
+  the cost per word is a few bincount steps whatever the chunking.
+  """
+
+  def __init__(self, quarters: int, first: int = 0):
+    self._quarters = range(first, first + quarters)
+    self._bins = {q: np.zeros(1 << 16, np.int64) for q in self._quarters}
+
+  def add(self, words: np.ndarray) -> None:
+    halves = np.ascontiguousarray(words).reshape(-1).view(np.uint16)
+    halves = halves.reshape(-1, words.dtype.itemsize // 2)  # little-endian quarters
+    for q in self._quarters:
+      self._bins[q] += np.bincount(halves[:, q], minlength=1 << 16)
+
+  def result(self) -> np.ndarray:
+    counts = np.zeros(16 * (self._quarters.stop), np.int64)
+    for q in self._quarters:
+      counts[16 * q:16 * (q + 1)] = self._bins[q] @ _table16()
+    return counts
 
 
-def _flat_chunks(u: np.ndarray) -> Iterable[np.ndarray]:
+def _flat_chunks(u: np.ndarray, size: int = _CHUNK) -> Iterable[np.ndarray]:
   flat = u.reshape(-1)
-  for start in range(0, flat.size, _CHUNK):
-    yield flat[start:start + _CHUNK]
+  for start in range(0, flat.size, size):
+    yield flat[start:start + size]
 
 
 def _check_domain(domain: str) -> None:
@@ -320,11 +388,34 @@ def _check_domain(domain: str) -> None:
     raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
 
 
-def _aligned_for(w, layout, reduction_axes, equation, group_size, width) -> np.ndarray:
+def _aligned_offsets(w, layout, reduction_axes, equation, group_size, width):
   w = as_float32(w)
   group_size, width = check_group_args(group_size, width)
   axes = resolve_reduction_axes(w.shape, reduction_axes, layout, equation)
-  return aligned_words(to_groups(w, axes, group_size), width)
+  m, d = significand_and_offset(w, axes, group_size)
+  return m.reshape(-1), d.reshape(-1), width
+
+
+def _aligned_ones(m, d, width) -> int:
+  """Ones inside the window: bit j survives iff j >= 24 + d - width."""
+  total = 0
+  for start in range(0, m.size, _CHUNK):
+    cut = np.clip(24 - width + d[start:start + _CHUNK], 0, 24)
+    total += int(np.bitwise_count(m[start:start + _CHUNK] >> cut).sum(dtype=np.int64))
+  return total
+
+
+def _aligned_columns(m, d, width) -> np.ndarray:
+  """Ones per column 0..width-1: column c is bit 63 - c of (m << 40) >> d."""
+  quarters = -(-width // 16)  # only the top 16-bit quarters hold kept columns
+  counter = _BitCounter(quarters, first=4 - quarters)
+  for start in range(0, m.size, _BINCOUNT_CHUNK):
+    dd = d[start:start + _BINCOUNT_CHUNK]
+    words = (m[start:start + _BINCOUNT_CHUNK].astype(np.uint64) << np.uint64(40)) >> np.minimum(
+        dd, 63).astype(np.uint64)
+    words[dd >= 64] = 0
+    counter.add(words)
+  return counter.result()[::-1][:width].copy()
 
 
 def count_ones(w, domain: str = "significand", *, layout: str | None = None,
@@ -354,8 +445,7 @@ def count_ones(w, domain: str = "significand", *, layout: str | None = None,
   """
   _check_domain(domain)
   if domain == "aligned":
-    words = _aligned_for(w, layout, reduction_axes, equation, group_size, width)
-    return int(sum(int(np.bitwise_count(c).sum(dtype=np.int64)) for c in _flat_chunks(words)))
+    return _aligned_ones(*_aligned_offsets(w, layout, reduction_axes, equation, group_size, width))
   u = to_bits(w)
   total = 0
   for chunk in _flat_chunks(u):
@@ -382,15 +472,12 @@ def bit_histogram(w, domain: str = "significand", *, layout: str | None = None,
   """
   _check_domain(domain)
   if domain == "aligned":
-    words = _aligned_for(w, layout, reduction_axes, equation, group_size, width)
-    return _lsb_first_counts(words, 64)[:width][::-1].copy()
-  u = to_bits(w)
-  if domain == "significand":
-    counts = np.zeros(24, np.int64)
-    for chunk in _flat_chunks(u):
-      counts += _lsb_first_counts(significand_bits(chunk), 24)
-    return counts[::-1].copy()
-  return _lsb_first_counts(u, 32)[::-1].copy()
+    return _aligned_columns(*_aligned_offsets(w, layout, reduction_axes, equation, group_size,
+                                              width))
+  counter = _BitCounter(2)
+  for chunk in _flat_chunks(to_bits(w), _BINCOUNT_CHUNK):
+    counter.add(significand_bits(chunk) if domain == "significand" else chunk)
+  return counter.result()[:DOMAIN_BITS[domain]][::-1].copy()
 
 
 def ones_by_domain(w, **grouping) -> dict[str, int]:

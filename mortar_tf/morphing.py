@@ -146,25 +146,41 @@ class MorphSpec:
 # numpy reference
 
 
-def highest_bit(v: np.ndarray) -> np.ndarray:
-  """floor(log2(v)) for integers 0 <= v < 2^53, and -1 for v == 0 (int64).
+def _highest_bit24(v: np.ndarray) -> np.ndarray:
+  """floor(log2(v)) for int32 0 <= v < 2^24 (exact in float32); -127 for 0."""
+  return (v.astype(np.float32).view(np.int32) >> 23) - 127
 
-  Exact: such integers convert to float64 without rounding, so the exponent
-  field is the answer; frexp returns exponent 0 for 0, hence -1.
+
+def _power_of_highest_bit24(v: np.ndarray) -> np.ndarray:
+  """2^floor(log2(v)) for int32 0 <= v < 2^24, and 0 for 0 (clears the float32 mantissa)."""
+  return (v.astype(np.float32).view(np.int32) & np.int32(-(1 << 23))).view(np.float32).astype(
+      np.int32)
+
+
+_I32 = np.int32
+_NORMAL_SPAN = _U32(bits.MAX_FINITE_BITS - bits.MIN_NORMAL_BITS)
+
+
+def _is_normal_mag(mag: np.ndarray) -> np.ndarray:
+  """Normal magnitude words, in one unsigned compare (below 2^-126 wraps to huge)."""
+  return (mag.view(_U32) - _U32(bits.MIN_NORMAL_BITS)) <= _NORMAL_SPAN
+
+
+_TWO52 = np.float64(2.0**52)
+
+
+def _ceil_to_int32(values: np.ndarray) -> np.ndarray:
+  """ceil of non-negative doubles below 2^31, as int32.
+
+  The ceiling is an integer below 2^52, so adding 2^52 makes it the low mantissa
+  bits of a double: reading them is a mask, not a slow float-to-int conversion.
   """
-  return np.frexp(np.asarray(v, np.float64))[1].astype(_I64) - 1
+  return ((np.ceil(values) + _TWO52).view(np.int64) & ((1 << 52) - 1)).astype(_I32)
 
 
-def _normal_parts(u: np.ndarray):
-  """sign (uint32), magnitude word (int64), normal mask of uint32 words."""
-  sign = u & _U32(bits.SIGN_MASK)
-  mag = (u & _U32(bits.MAGNITUDE_MASK)).astype(_I64)
-  normal = (mag >= bits.MIN_NORMAL_BITS) & (mag <= bits.MAX_FINITE_BITS)
-  return sign, mag, normal
-
-
-def _join(u, sign, mag, changed):
-  return np.where(changed, sign | mag.astype(_U32), u)
+def _m_plus_d(m: np.ndarray, precision: float) -> np.ndarray:
+  """m + D with D = ceil(fl(P*m)) - 1: the farthest unit count above m in the ball."""
+  return m + _ceil_to_int32(precision * m.astype(np.float64)) - 1
 
 
 def _paper_bits(u: np.ndarray, precision: float) -> np.ndarray:
@@ -174,28 +190,31 @@ def _paper_bits(u: np.ndarray, precision: float) -> np.ndarray:
   x up by an integer number of units d; |x'-x| is exact in double, and
   P*|x| = fl(P*m)*u whenever that product is a normal double (when it is not,
   it is below 2^-873 units and no d >= 1 qualifies either way). So "in the
-  ball" is d < t with t = fl(P*m), i.e. d <= D = ceil(t) - 1.
+  ball" is d < t with t = fl(P*m), i.e. d <= D = ceil(t) - 1 (t > 0, so D >= 0).
   The candidate at b is the first multiple of 2^(b+1) above m, so it is in the
   ball iff (m, m+D] holds such a multiple, iff m and m+D differ at a bit
   >= b+1. Scanning b from the top, the answer is the highest "01" pattern
   below the highest bit where m and m+D differ.
-  The carry at b = 23 (m' = 2^24) is the next power of two; when that would be
+  The candidate at b is m with bits b..0 set, plus one; on the magnitude word
+  the b = 23 candidate (m' = 2^24) is the mantissa all set plus one, which
+  carries into the exponent: the next power of two. When that would be
   exponent 255 the candidate is dropped (b = 23 is the only position whose
   candidate can carry, because bit b+1 is 0 below it).
   """
-  sign, mag, normal = _normal_parts(u)
+  mag = (u & _U32(bits.MAGNITUDE_MASK)).view(_I32)
   m = (mag & bits.MANTISSA_MASK) | bits.HIDDEN_BIT
-  t = precision * m.astype(np.float64)
-  d_max = np.maximum(np.ceil(t).astype(_I64) - 1, 0)
-  reach = highest_bit(m ^ (m + d_max))  # -1 when d_max == 0
-  patterns = m & ~(m >> 1)  # bit b: m_b = 1 and m_(b+1) = 0; guard bit 24 is 0
-  patterns &= np.where(reach > 0, (np.int64(1) << np.maximum(reach, 0)) - 1, 0)
-  patterns = np.where(mag >> 23 == 254, patterns & ~bits.HIDDEN_BIT, patterns)
-  b = highest_bit(patterns)
-  found = normal & (b >= 0)
-  shift = np.minimum(b + 1, 23).clip(0)  # b = 23: add one to the exponent field
-  new_mag = ((mag >> shift) + 1) << shift
-  return _join(u, sign, new_mag, found)
+  m_plus_d = _m_plus_d(m, precision)
+  # 2^(highest bit where m and m + D differ), via a float32 of half of it (exact
+  # below 2^24; the xor itself can be 2^25 - 1, which float32 would round up).
+  reach = _power_of_highest_bit24((m ^ m_plus_d) >> 1) << 1
+  patterns = m & ~(m >> 1) & (np.maximum(reach, 1) - 1)  # bit b: m_b = 1, m_(b+1) = 0
+  top = mag >= (254 << 23)
+  if top.any():  # exponent 254: the carry at b = 23 would be inf
+    patterns[top] &= ~bits.HIDDEN_BIT
+  step = _power_of_highest_bit24(patterns)  # 2^b, 0 where no candidate
+  low = ((step << 1) - 1) & bits.MANTISSA_MASK
+  new = ((mag | low) + 1).view(_U32) | (u & _U32(bits.SIGN_MASK))
+  return np.where((step != 0) & _is_normal_mag(mag), new, u)
 
 
 def _round_bits(u: np.ndarray, keep_bits: int) -> np.ndarray:
@@ -206,12 +225,13 @@ def _round_bits(u: np.ndarray, keep_bits: int) -> np.ndarray:
   """
   if keep_bits == 23:
     return u.copy()
-  sign, mag, normal = _normal_parts(u)
+  mag = (u & _U32(bits.MAGNITUDE_MASK)).view(_I32)
   drop = 23 - keep_bits
-  keep_mask = ~((np.int64(1) << drop) - 1)
-  rounded = (mag + (np.int64(1) << (drop - 1))) & keep_mask
+  keep_mask = _I32(~((1 << drop) - 1))
+  rounded = (mag + _I32(1 << (drop - 1))) & keep_mask
   rounded = np.where(rounded >= bits.EXPONENT_MASK, mag & keep_mask, rounded)
-  return _join(u, sign, rounded, normal)
+  new = rounded.view(_U32) | (u & _U32(bits.SIGN_MASK))
+  return np.where(_is_normal_mag(mag), new, u)
 
 
 def _in_ball(y_mag: np.ndarray, x_abs: np.ndarray, threshold: np.ndarray) -> np.ndarray:
@@ -221,7 +241,7 @@ def _in_ball(y_mag: np.ndarray, x_abs: np.ndarray, threshold: np.ndarray) -> np.
 
 
 def _ball_ends(mag, x_abs, threshold):
-  """The smallest normal and largest finite float32 magnitudes in the ball.
+  """The smallest normal and largest finite float32 magnitudes in the ball, any P.
 
   Each end is first guessed from fl(|x| -+ P|x|) rounded inward to float32 and
   then proven with SPEC's predicate at the guess and its outer neighbour (the
@@ -262,6 +282,34 @@ def _ball_ends(mag, x_abs, threshold):
   return a, b
 
 
+def _ball_ends_exact(mag: np.ndarray, precision: float):
+  """Both ball ends in integer arithmetic, for P <= 0.5 (int32 magnitude words).
+
+  In units of x's ulp (u = 2^(e-150)) the predicate is |y - m| < t with
+  t = fl(P*m) (see _paper_bits), and y - m is exact for y within a factor of 4.
+  Above x: y <= m + D, D = ceil(t) - 1; in the next binade only even unit
+  counts exist, so b's significand there is (m + D) >> 1; past the largest
+  binade b is the largest finite float.
+  Below x: y >= m - D in x's binade; if that leaves the binade, half units
+  count: 2m - k < 2t gives k >= 2m - D1 with D1 = ceil(2t) - 1 (2t is exact).
+  For P <= 0.5, 2m - D1 > 2m(1 - P) >= 2^23, so a never goes lower than the
+  binade below; below the smallest normal binade a is the smallest normal.
+  """
+  exp_word = mag & bits.EXPONENT_MASK
+  m = (mag & bits.MANTISSA_MASK) | bits.HIDDEN_BIT
+  t = precision * m.astype(np.float64)
+  d = _ceil_to_int32(t) - 1
+  up = m + d
+  b = np.where(up < (1 << 24), mag + d, exp_word + (up >> 1))
+  b = np.where((up >= (1 << 24)) & (exp_word == (254 << 23)), bits.MAX_FINITE_BITS, b)
+  down = m - d
+  d1 = _ceil_to_int32(2.0 * t) - 1
+  lower = exp_word - (1 << 23) + (2 * m - d1) - (1 << 23)  # binade e-1, significand 2m - d1
+  a = np.where(down >= (1 << 23), mag - d, lower)
+  a = np.where((down < (1 << 23)) & (exp_word == (1 << 23)), bits.MIN_NORMAL_BITS, a)
+  return a, b
+
+
 def _fewest_ones_bits(u: np.ndarray, precision: float) -> np.ndarray:
   """The float32 in the ball with the fewest significand ones (SPEC 2.2), O(1) per weight.
 
@@ -282,38 +330,39 @@ def _fewest_ones_bits(u: np.ndarray, precision: float) -> np.ndarray:
   All distances are differences of patterns inside one binade, i.e. exact
   integer counts of that binade's unit.
   """
-  sign, mag, normal = _normal_parts(u)
+  mag = (u & _U32(bits.MAGNITUDE_MASK)).view(_I32)
+  normal = _is_normal_mag(mag)
   # Specials (NaN among them) never reach float arithmetic: 1.0 stands in.
-  safe_mag = np.where(normal, mag, 0x3F800000)
-  safe_x = safe_mag.astype(_U32).view(np.float32).astype(np.float64)
-  safe_t = precision * safe_x
-  # Only normal elements whose ball holds more than x take part (P*|x| can
-  # underflow to 0 in double for a tiny P).
-  live = normal & (safe_t > 0)
-  safe_t = np.where(live, safe_t, 0.5)
-  a, b = _ball_ends(safe_mag, safe_x, safe_t)
+  mag = np.where(normal, mag, _I32(0x3F800000))
+  if precision <= 0.5:
+    a, b = _ball_ends_exact(mag, precision)
+  else:
+    x_abs = mag.view(np.float32).astype(np.float64)
+    a, b = (e.astype(_I32) for e in _ball_ends(mag.astype(_I64), x_abs, precision * x_abs))
 
   # Different binades: the nearer of the powers of two around |x|.
-  p_lo = (safe_mag >> 23) << 23
+  p_lo = mag & bits.EXPONENT_MASK
   p_hi = p_lo + (1 << 23)
-  take_lo = (p_lo >= a) & ((p_hi > b) | (safe_mag - p_lo <= p_hi - safe_mag))
+  take_lo = (p_lo >= a) & ((p_hi > b) | (mag - p_lo <= p_hi - mag))
   power = np.where(take_lo, p_lo, p_hi)
 
-  # Same binade: prefix + 2^q.
-  p = highest_bit(a ^ b).clip(0)
-  prefix = (a >> (p + 1)) << (p + 1)
+  # Same binade (so a ^ b < 2^23): prefix + 2^q.
+  split = _power_of_highest_bit24((a ^ b) & bits.MANTISSA_MASK)  # 2^p
+  prefix = a & ~((split << 1) - 1)
   low_a = a - prefix  # a's bits below p (bit p of a is 0)
-  q0 = highest_bit(np.maximum(low_a - 1, 0)) + 1
-  r = safe_mag - prefix
-  q_floor = highest_bit(r)
-  up = (r - (np.int64(1) << q_floor.clip(0))) > ((np.int64(1) << (q_floor + 1).clip(0)) - r)
-  q = np.where(q_floor < q0, q0, np.where(q_floor >= p, p, q_floor + up))
-  one_more = prefix | (np.int64(1) << q.clip(0))
-  same = np.where(low_a == 0, a, one_more)
+  # 2^q0: the smallest power of two >= low_a, i.e. the top power of 2*low_a - 1.
+  least = _power_of_highest_bit24(2 * low_a - 1)
+  r = mag - prefix
+  below = _power_of_highest_bit24(r & ((1 << 24) - 1))
+  # r - below > 2*below - r: strictly nearer the next power up (a tie stays below)
+  nearest = np.where(2 * r > 3 * below, below << 1, below)
+  step = np.minimum(np.maximum(nearest, least), split)
+  same = np.where(low_a == 0, a, prefix | step)
 
-  result = np.where((a >> 23) != (b >> 23), power, same)
-  result = np.where(a == b, safe_mag, result)
-  return _join(u, sign, result, live)
+  result = np.where((a ^ b) >= (1 << 23), power, same)
+  result = np.where(a == b, mag, result)
+  new = result.view(_U32) | (u & _U32(bits.SIGN_MASK))
+  return np.where(normal, new, u)
 
 
 def _bitx_array(x: np.ndarray, columns: int, group_size: int, reduction_axes) -> np.ndarray:
@@ -322,18 +371,14 @@ def _bitx_array(x: np.ndarray, columns: int, group_size: int, reduction_axes) ->
   Bit j of an element d binades below its group's emax lands in column
   23 - j + d, so it is kept iff j >= 24 - columns + d; the kept bits are the
   top of the significand, so the result is the element with its low mantissa
-  bits cleared, or +0.0 when even the hidden bit goes (the shift reaches 24).
+  bits cleared, or +0.0 when even the hidden bit goes (the cut reaches 24).
   """
-  groups = bits.to_groups(x, reduction_axes, group_size)
-  u = groups.view(_U32)
-  sign, mag, normal = _normal_parts(u)
-  e = np.where(normal, mag >> 23, 0)
-  emax = e.max(axis=-1, keepdims=True, initial=0)
-  cut = 24 - columns + (emax - e)  # lowest kept bit of the significand
-  kept = mag & ~((np.int64(1) << cut.clip(0, 23)) - 1)
-  morphed = np.where(cut >= 24, 0, sign.astype(_I64) | kept).astype(_U32)
-  out = np.where(normal, morphed, u)
-  return bits.from_groups(out.view(np.float32), x.shape, reduction_axes)
+  u = np.ascontiguousarray(x).view(_U32)
+  m, d = bits.significand_and_offset(x, reduction_axes, group_size)
+  cut = 24 - columns + d  # lowest kept bit of the significand
+  keep = ~((np.int32(1) << np.clip(cut, 0, 23)) - 1)
+  morphed = np.where(cut >= 24, _U32(0), u & keep.view(_U32))
+  return np.where(m != 0, morphed, u).view(np.float32)  # m == 0: a special value, unchanged
 
 
 def _elementwise(x: np.ndarray, fn, arg) -> np.ndarray:

@@ -52,7 +52,7 @@ def test_histograms_match_per_bit_loops():
 
 def test_histograms_span_several_chunks():
   # More elements than one streaming chunk, so chunk boundaries are exercised.
-  x = np.full(bits._CHUNK * 2 + 5, 1.5, np.float32)  # pylint: disable=protected-access
+  x = np.full(bits._BINCOUNT_CHUNK * 2 + 5, 1.5, np.float32)  # pylint: disable=protected-access
   hist = bits.bit_histogram(x, "significand")
   assert hist[0] == hist[1] == x.size and hist[2:].sum() == 0
   assert bits.count_ones(x, "word") == x.size * bin(0x3FC00000).count("1")
