@@ -290,10 +290,14 @@ def _ball_ends_exact(mag: np.ndarray, precision: float):
   Above x: y <= m + D, D = ceil(t) - 1; in the next binade only even unit
   counts exist, so b's significand there is (m + D) >> 1; past the largest
   binade b is the largest finite float.
-  Below x: y >= m - D in x's binade; if that leaves the binade, half units
-  count: 2m - k < 2t gives k >= 2m - D1 with D1 = ceil(2t) - 1 (2t is exact).
-  For P <= 0.5, 2m - D1 > 2m(1 - P) >= 2^23, so a never goes lower than the
-  binade below; below the smallest normal binade a is the smallest normal.
+  Below x: y >= m - D in x's binade. When that reaches the binade start
+  (m - D <= 2^23), the binade below counts in half units: 2m - k < 2t gives
+  k >= 2m - D1 with D1 = ceil(2t) - 1 (2t is exact), and k = 2^24 means none
+  of it is in the ball (2m - D1 can be 2^24 even though m - D = 2^23: the
+  half unit below the start is at distance D + 1/2, which may be < t).
+  For P <= 0.5, fl(P*m) <= m/2 gives 2m - D1 >= 2^23 + 1, so the binade
+  below is never entirely in the ball and a never goes lower; below the
+  smallest normal binade a is the smallest normal.
   """
   exp_word = mag & bits.EXPONENT_MASK
   m = (mag & bits.MANTISSA_MASK) | bits.HIDDEN_BIT
@@ -303,10 +307,12 @@ def _ball_ends_exact(mag: np.ndarray, precision: float):
   b = np.where(up < (1 << 24), mag + d, exp_word + (up >> 1))
   b = np.where((up >= (1 << 24)) & (exp_word == (254 << 23)), bits.MAX_FINITE_BITS, b)
   down = m - d
-  d1 = _ceil_to_int32(2.0 * t) - 1
-  lower = exp_word - (1 << 23) + (2 * m - d1) - (1 << 23)  # binade e-1, significand 2m - d1
-  a = np.where(down >= (1 << 23), mag - d, lower)
-  a = np.where((down < (1 << 23)) & (exp_word == (1 << 23)), bits.MIN_NORMAL_BITS, a)
+  k = 2 * m - (_ceil_to_int32(2.0 * t) - 1)  # smallest half-unit count in the ball
+  # Binade e-1 is reached only if x's binade start is in the ball (down <= 2^23);
+  # even then its top may be out (k = 2^24), leaving a at the binade start.
+  lower = np.where(k >= (1 << 24), exp_word, exp_word - (2 << 23) + k)
+  lower = np.where((k < (1 << 24)) & (exp_word == (1 << 23)), bits.MIN_NORMAL_BITS, lower)
+  a = np.where(down > (1 << 23), mag - d, lower)
   return a, b
 
 

@@ -184,6 +184,16 @@ def test_fewest_ones_never_more_ones_than_paper_nor_x(precision):
   assert all(ref.in_ball(f, v, precision) for f, v in zip(few, x))
 
 
+def test_fewest_ones_lower_end_can_sit_half_a_unit_below_the_binade():
+  # x = 0x6BFFFFFE, P = 0.5: m - D is exactly the binade start, and the top of
+  # the binade below (distance D + 1/2 units) is still in the ball.
+  x = from_bits([0x6BFFFFFE, 0x3FFFFFFE, 0xBFFFFFFE])
+  for backend in BACKENDS:
+    got = mortar_tf.morph(x, "fewest_ones", 0.5, backend=backend)
+    assert_same_bits(got, mortar_tf.morph(x, "fewest_ones", 0.5, backend="tf"))
+    assert all(ref.in_ball(g, v, 0.5) for g, v in zip(got, x))
+
+
 @pytest.mark.parametrize("module", [morphing, morph_tf])
 @pytest.mark.parametrize("precision", [1.0, 1 - 2.0**-35, 0.999999, 0.5, 1e-3])
 def test_ball_ends_are_proven_by_the_literal_predicate(module, precision):
@@ -203,6 +213,22 @@ def test_ball_ends_are_proven_by_the_literal_predicate(module, precision):
     assert ai == 0x00800000 or not ref.in_ball(ref.bits_f32(int(ai) - 1), v, precision)
     assert ref.in_ball(ref.bits_f32(int(bi)), v, precision)
     assert bi == 0x7F7FFFFF or not ref.in_ball(ref.bits_f32(int(bi) + 1), v, precision)
+
+
+@pytest.mark.parametrize("precision", [1e-9, 1e-3, 0.1, np.float32(0.3), 0.45, 0.5])
+def test_exact_integer_ball_ends_for_small_p_are_proven_by_the_literal_predicate(precision):
+  # numpy's fast path for P <= 0.5 finds both ends without the predicate; check
+  # them with it, near binade edges and at both ends of the float range.
+  x = np.abs(np.concatenate([random_normals(3000, seed=8),
+                             from_bits([0x00800000, 0x00800001, 0x00FFFFFF, 0x01000000,
+                                        0x7F7FFFFF, 0x7F000000, 0x7EFFFFFF, 0x3F800000])]))
+  a, b = morphing._ball_ends_exact(  # pylint: disable=protected-access
+      x.view(np.int32), float(precision))
+  for ai, bi, v in zip(a, b, x):
+    assert ref.in_ball(ref.bits_f32(int(ai)), v, float(precision))
+    assert ai == 0x00800000 or not ref.in_ball(ref.bits_f32(int(ai) - 1), v, float(precision))
+    assert ref.in_ball(ref.bits_f32(int(bi)), v, float(precision))
+    assert bi == 0x7F7FFFFF or not ref.in_ball(ref.bits_f32(int(bi) + 1), v, float(precision))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -360,7 +386,8 @@ def _mixed(seed, n=3000):
 TF_CASES = [
     dict(method="paper", precision=0.1), dict(method="paper", precision=1.0),
     dict(method="fewest_ones", precision=0.1), dict(method="fewest_ones", precision=1.0),
-    dict(method="fewest_ones", precision=0.003), dict(method="round", keep_bits=4),
+    dict(method="fewest_ones", precision=0.003), dict(method="fewest_ones", precision=0.5),
+    dict(method="fewest_ones", precision=0.45), dict(method="round", keep_bits=4),
     dict(method="bitx", columns=6, group_size=8),
 ]
 
@@ -458,7 +485,7 @@ def _xla(method, precision):
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(float32_words, min_size=64, max_size=64),
-       st.sampled_from([1e-6, 0.01, 0.1, 0.3, 1.0]), st.sampled_from(["paper", "fewest_ones"]))
+       st.sampled_from([1e-6, 0.01, 0.1, 0.3, 0.5, 1.0]), st.sampled_from(["paper", "fewest_ones"]))
 def test_property_numpy_equals_tf_under_xla(words, precision, method):
   x = from_bits(words)
   expected = mortar_tf.morph(x, method, precision, backend="numpy")
