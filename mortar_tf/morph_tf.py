@@ -6,6 +6,11 @@ and runs inside a Keras `call` (no numpy_function, no custom op). Bit work is
 done on int64 copies of the magnitude word, so no op needs unsigned support;
 the sign is carried in int32 and OR-ed back.
 
+The two implementations are kept different where they can be, so that their
+bit-for-bit agreement (tested) means something: here `fewest_ones` always finds
+the ball's ends by guessing and proving them with SPEC's double predicate,
+while the numpy reference uses exact integer ends for P <= 0.5.
+
 Example:
   >>> import tensorflow as tf
   >>> from mortar_tf.morphing import MorphSpec

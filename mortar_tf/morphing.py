@@ -38,6 +38,7 @@ BACKENDS = ("numpy", "tf")
 DEFAULT_PRECISION = 0.1
 
 _U32 = np.uint32
+_I32 = np.int32
 _I64 = np.int64
 
 
@@ -146,18 +147,12 @@ class MorphSpec:
 # numpy reference
 
 
-def _highest_bit24(v: np.ndarray) -> np.ndarray:
-  """floor(log2(v)) for int32 0 <= v < 2^24 (exact in float32); -127 for 0."""
-  return (v.astype(np.float32).view(np.int32) >> 23) - 127
-
-
 def _power_of_highest_bit24(v: np.ndarray) -> np.ndarray:
   """2^floor(log2(v)) for int32 0 <= v < 2^24, and 0 for 0 (clears the float32 mantissa)."""
   return (v.astype(np.float32).view(np.int32) & np.int32(-(1 << 23))).view(np.float32).astype(
       np.int32)
 
 
-_I32 = np.int32
 _NORMAL_SPAN = _U32(bits.MAX_FINITE_BITS - bits.MIN_NORMAL_BITS)
 
 
