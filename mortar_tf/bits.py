@@ -221,6 +221,16 @@ def check_group_args(group_size, width) -> tuple[int, int]:
   return int(group_size), int(width)
 
 
+def reduction_matrix(w, reduction_axes: Sequence[int]) -> np.ndarray:
+  """The weight as [output elements, R]: each row one reduction vector in row-major order."""
+  w = as_float32(w)
+  red = list(reduction_axes)
+  out_axes = [a for a in range(w.ndim) if a not in red]
+  n_out = math.prod(w.shape[a] for a in out_axes)
+  r = math.prod(w.shape[a] for a in red)
+  return np.transpose(w, out_axes + red).reshape(n_out, r)
+
+
 def to_groups(w, reduction_axes: Sequence[int], group_size: int) -> np.ndarray:
   """Cuts each output element's reduction vector into groups (SPEC 3).
 
@@ -232,12 +242,8 @@ def to_groups(w, reduction_axes: Sequence[int], group_size: int) -> np.ndarray:
   Returns:
     float32 array [n_out, n_groups, G]; a short last group is padded with +0.0.
   """
-  w = as_float32(w)
-  red = list(reduction_axes)
-  out_axes = [a for a in range(w.ndim) if a not in red]
-  n_out = math.prod(w.shape[a] for a in out_axes)
-  r = math.prod(w.shape[a] for a in red)
-  flat = np.transpose(w, out_axes + red).reshape(n_out, r)
+  flat = reduction_matrix(w, reduction_axes)
+  n_out, r = flat.shape
   n_groups = -(-r // group_size)
   pad = n_groups * group_size - r
   if pad:
@@ -418,9 +424,32 @@ def _aligned_columns(m, d, width) -> np.ndarray:
   return counter.result()[::-1][:width].copy()
 
 
+BACKENDS = ("numpy", "op")
+
+
+def _use_op(backend: str | None, what: str) -> bool:
+  """Whether to count with the C++ op: always for "op", when built for None.
+
+  The op library sits above this module; it is imported here, lazily, only to
+  dispatch to it (the numpy code below is the reference it is tested against).
+  """
+  if backend not in (None,) + BACKENDS:
+    raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+  if backend == "numpy":
+    return False
+  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
+  if ops.is_built():
+    return True
+  if backend == "op":
+    raise RuntimeError(f"backend='op' but the op library is not available: {ops.why_not_built()}")
+  ops.warn_fallback(what)
+  return False
+
+
 def count_ones(w, domain: str = "significand", *, layout: str | None = None,
                reduction_axes=None, equation: str | None = None,
-               group_size: int = DEFAULT_GROUP_SIZE, width: int = DEFAULT_WIDTH) -> int:
+               group_size: int = DEFAULT_GROUP_SIZE, width: int = DEFAULT_WIDTH,
+               backend: str | None = None) -> int:
   """Number of 1 bits of float32 weights in one domain (SPEC 1).
 
   Args:
@@ -431,19 +460,24 @@ def count_ones(w, domain: str = "significand", *, layout: str | None = None,
     layout, reduction_axes, equation, group_size, width: the grouping of the
       "aligned" domain; ignored by the others (reduction axes default to all
       but the last, which is right for dense and conv kernels).
+    backend: "numpy", "op" (the C++ op), or None: the op when it is built.
 
   Returns:
     A Python int.
 
   Raises:
     TypeError: not float32.
-    ValueError: unknown domain or bad grouping arguments.
+    ValueError: unknown domain, backend or bad grouping arguments.
+    RuntimeError: backend="op" without the op library.
 
   Example (one group: 0.375 sits 3 binades below 3.0, past a 3-column window):
     >>> count_ones(np.float32([[3.0], [0.375]]), "aligned", group_size=2, width=3)
     2
   """
   _check_domain(domain)
+  w = as_float32(w)
+  if _use_op(backend, "count_ones"):
+    return int(_op_counts(w, domain, layout, reduction_axes, equation, group_size, width)[1])
   if domain == "aligned":
     return _aligned_ones(*_aligned_offsets(w, layout, reduction_axes, equation, group_size, width))
   u = to_bits(w)
@@ -457,7 +491,8 @@ def count_ones(w, domain: str = "significand", *, layout: str | None = None,
 
 def bit_histogram(w, domain: str = "significand", *, layout: str | None = None,
                   reduction_axes=None, equation: str | None = None,
-                  group_size: int = DEFAULT_GROUP_SIZE, width: int = DEFAULT_WIDTH) -> np.ndarray:
+                  group_size: int = DEFAULT_GROUP_SIZE, width: int = DEFAULT_WIDTH,
+                  backend: str | None = None) -> np.ndarray:
   """Ones per bit position, most significant first (SPEC 1 and 3).
 
   Returns an int64 array of 32 counts (`word`: sign, 8 exponent bits, 23
@@ -471,6 +506,10 @@ def bit_histogram(w, domain: str = "significand", *, layout: str | None = None,
     array([1, 1, 0])
   """
   _check_domain(domain)
+  w = as_float32(w)
+  if _use_op(backend, "bit_histogram"):
+    return np.asarray(_op_counts(w, domain, layout, reduction_axes, equation, group_size,
+                                 width)[0], np.int64)
   if domain == "aligned":
     return _aligned_columns(*_aligned_offsets(w, layout, reduction_axes, equation, group_size,
                                               width))
@@ -478,6 +517,52 @@ def bit_histogram(w, domain: str = "significand", *, layout: str | None = None,
   for chunk in _flat_chunks(to_bits(w), _BINCOUNT_CHUNK):
     counter.add(significand_bits(chunk) if domain == "significand" else chunk)
   return counter.result()[:DOMAIN_BITS[domain]][::-1].copy()
+
+
+def _op_counts(w, domain, layout, reduction_axes, equation, group_size, width):
+  """(histogram, total) from the C++ op, as numpy."""
+  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
+  if domain == "aligned":
+    group_size, width = check_group_args(group_size, width)
+    columns, total, _, _ = ops.aligned_count(w, layout=layout, reduction_axes=reduction_axes,
+                                             equation=equation, group_size=group_size,
+                                             width=width)
+    return columns.numpy(), total.numpy()
+  histogram, total = ops.bit_count(w, domain)
+  return histogram.numpy(), total.numpy()
+
+
+def group_cycle_figures(w, *, layout: str | None = None, reduction_axes=None,
+                        equation: str | None = None, group_size: int = DEFAULT_GROUP_SIZE,
+                        width: int = DEFAULT_WIDTH, window: int = 8):
+  """Per group: the most ones in one lane, and Bitlet's column cost (SPEC 4), in numpy.
+
+  The numpy twin of the op's lane_max and bitlet outputs: for each group the
+  largest number of aligned ones in one lane (Pragmatic's cycles), and the
+  maximum over columns of (ones in the column + windows of `window` lanes
+  with no one in that column), at least 1 (Bitlet's cycles).
+
+  Returns:
+    (lane_max, bitlet): int32 arrays [output elements, groups].
+  """
+  w = as_float32(w)
+  group_size, width = check_group_args(group_size, width)
+  if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
+    raise ValueError(f"window must be an integer >= 1, got {window!r}")
+  axes = resolve_reduction_axes(w.shape, reduction_axes, layout, equation)
+  words = aligned_words(to_groups(w, axes, group_size), width)  # bit k = column width-1-k
+  lane_max = np.bitwise_count(words).max(axis=-1, initial=0).astype(np.int32)
+  n_windows = -(-group_size // window)
+  padded = np.zeros(words.shape[:-1] + (n_windows * window,), np.uint64)
+  padded[..., :group_size] = words  # padding lanes are zero: they change no window's status
+  windows = padded.reshape(words.shape[:-1] + (n_windows, window))
+  bitlet = np.ones(words.shape[:-1], np.int32)
+  for k in range(width):
+    column = ((windows >> np.uint64(k)) & np.uint64(1)).astype(np.int32)
+    ones = column.sum(axis=(-1, -2))
+    zero_windows = (column.sum(axis=-1) == 0).sum(axis=-1)
+    bitlet = np.maximum(bitlet, ones + zero_windows)
+  return lane_max, bitlet
 
 
 def ones_by_domain(w, **grouping) -> dict[str, int]:

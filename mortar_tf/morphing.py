@@ -34,7 +34,7 @@ import numpy as np
 from mortar_tf import bits
 
 METHODS = ("paper", "fewest_ones", "round", "bitx")
-BACKENDS = ("numpy", "tf")
+BACKENDS = ("numpy", "tf", "op")
 DEFAULT_PRECISION = 0.1
 
 _U32 = np.uint32
@@ -417,6 +417,21 @@ def _is_tf(w) -> bool:
   return tf is not None and (tf.is_tensor(w) or isinstance(w, tf.Variable))
 
 
+def _default_array_backend(spec: MorphSpec) -> str:
+  """The C++ op for numpy input when it is built and has the method, else numpy.
+
+  The op library sits above this module; it is imported lazily, only to
+  dispatch to it.
+  """
+  if spec.method == "bitx":
+    return "numpy"
+  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
+  if ops.is_built():
+    return "op"
+  ops.warn_fallback("morph")
+  return "numpy"
+
+
 def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=None,
           group_size=None, width=None, layout=None, reduction_axes=None, equation=None,
           backend: str | None = None):
@@ -432,7 +447,9 @@ def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=N
     group_size, width: the grouping of bitx (default 16 and 24).
     layout, reduction_axes, equation: which axes bitx groups along (SPEC 3);
       default: all axes but the last.
-    backend: "numpy" or "tf"; default: numpy for numpy input, tf for TF input.
+    backend: "numpy", "tf" (TF ops only) or "op" (the C++ kernel; not bitx).
+      Default: for numpy input the op when it is built (else numpy, with one
+      warning), for TF input "tf" (so graphs never need the op library).
       Each backend runs on any input kind; the result has the input's kind.
 
   Returns:
@@ -441,6 +458,7 @@ def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=N
   Raises:
     TypeError: the weights are not float32.
     ValueError: a bad method, argument or backend.
+    RuntimeError: backend="op" without the op library.
 
   Example:
     >>> morph(np.float32([1.375]), "fewest_ones", precision=0.1)
@@ -468,7 +486,15 @@ def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=N
       raise ValueError(f"bitx needs a fully known weight shape, got {shape}")
     axes = bits.resolve_reduction_axes(shape, reduction_axes, layout, equation)
 
-  backend = backend or ("tf" if tf_input else "numpy")
+  if backend is None:
+    backend = "tf" if tf_input else _default_array_backend(spec)
+  if backend == "op":
+    from mortar_tf import ops  # pylint: disable=import-outside-toplevel
+    if not ops.is_built():
+      raise RuntimeError(f"backend='op' but the op library is not available: "
+                         f"{ops.why_not_built()}")
+    result = ops.morph_spec(w, spec)
+    return result if tf_input else np.asarray(result.numpy())
   if backend == "numpy":
     if tf_input:
       tf = _tf_module()
@@ -478,4 +504,4 @@ def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=N
     return morph_numpy(w, spec, axes)
   from mortar_tf import morph_tf  # pylint: disable=import-outside-toplevel
   result = morph_tf.morph_tensor(w, spec, axes)
-  return result if tf_input else result.numpy()
+  return result if tf_input else np.asarray(result.numpy())

@@ -4,6 +4,7 @@ Bazel cannot run here (CI builds with setup.py), so this test reads BUILD as
 text and compares its lists with the repository.
 """
 
+import ast
 import pathlib
 import re
 
@@ -41,3 +42,24 @@ def test_every_tool_has_a_py_binary():
   tools = {str(p.relative_to(ROOT)) for p in (ROOT / "tools").glob("*.py")
            if p.name != "__init__.py"}
   assert tools <= _quoted_paths(text)
+
+
+def _setup_list(name):
+  tree = ast.parse((ROOT / "setup.py").read_text())
+  for node in tree.body:
+    if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+      return set(ast.literal_eval(node.value))
+  raise AssertionError(f"setup.py defines no {name}")
+
+
+def test_op_library_sources_are_exactly_what_setup_py_compiles():
+  text = (ROOT / "BUILD").read_text()
+  block = _block(text, "mortar_tf/ops/_mortar_ops.so")
+  assert "linkshared = 1" in block
+  listed = set(re.findall(r'"([\w/]+\.(?:cc|h))"', block))
+  assert listed == _setup_list("OP_SOURCES") | _setup_list("OP_HEADERS")
+  present = {str(p.relative_to(ROOT)) for p in (ROOT / "mortar_tf/ops/cc").rglob("*")
+             if p.suffix in (".cc", ".h")}
+  assert listed == present
+  assert "-ffp-contract=off" in block  # the flag the bit-exact results rely on
+  assert "-ffp-contract=off" in (ROOT / "setup.py").read_text()
