@@ -6,6 +6,7 @@ Example:
   array([1.5], dtype=float32)
 """
 
+from mortar_tf import ops
 from mortar_tf.bits import bit_histogram
 from mortar_tf.bits import count_ones
 from mortar_tf.morphing import MorphSpec
@@ -21,5 +22,6 @@ __all__ = [
     "bit_histogram",
     "count_ones",
     "morph",
+    "ops",
     "sparsity_report",
 ]

@@ -6,7 +6,7 @@ import importlib
 import numpy as np
 import pytest
 
-MODULES = ["mortar_tf", "mortar_tf.bits", "mortar_tf.morphing", "mortar_tf.morph_tf",
+MODULES = ["mortar_tf", "mortar_tf.bits", "mortar_tf.morphing", "mortar_tf.morph_tf", "mortar_tf.ops",
            "mortar_tf.report", "mortar_tf.table", "mortar_tf.analyze", "mortar_tf.keras.weights"]
 
 
