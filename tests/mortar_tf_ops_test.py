@@ -324,3 +324,17 @@ def test_bit_count_indexes_past_two_to_the_31():
   np.testing.assert_array_equal(histogram.numpy(), expected)
   assert int(total) == 2 * n
   del x
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 0)])
+def test_aligned_count_of_empty_matrices(shape):
+  columns, total, lane_max, bitlet = ops.aligned_count(np.zeros(shape, np.float32),
+                                                       reduction_axes=(1,), group_size=4)
+  assert columns.numpy().tolist() == [0] * 24 and int(total) == 0
+  n_groups = -(-shape[1] // 4)
+  assert lane_max.shape == bitlet.shape == (shape[0], n_groups)
+
+
+def test_aligned_count_rejects_huge_groups_by_name():
+  with pytest.raises(tf.errors.InvalidArgumentError, match="group_size must be in 1..4096"):
+    ops.aligned_count(np.ones((2, 8), np.float32), group_size=5000)
