@@ -6,38 +6,23 @@ same run). Not asserted anywhere: run it by hand after touching a hot path.
   .venv/bin/python benchmarks/bench_numpy.py [--size=25000000] [--repeats=3]
 """
 
-import statistics
-import time
-
 from absl import app
 from absl import flags
 import numpy as np
 
 import mortar_tf
+import timing
 
 _SIZE = flags.DEFINE_integer("size", 25_000_000, "Number of float32 weights.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Runs per case; the median is reported.")
 
 
-def _median_seconds(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  rng = np.random.default_rng(0)
-  # Realistic weights: a conv-like [3, 3, C, K] tensor of small normals.
-  k = 256
-  c = max(1, _SIZE.value // (9 * k))
-  w = (rng.standard_normal((3, 3, c, k)) * 0.05).astype(np.float32)
+  w = timing.conv_weights(_SIZE.value)
   repeats = _REPEATS.value
-  copy = _median_seconds(lambda: np.copy(w), repeats)
+  copy = timing.median_seconds(lambda: np.copy(w), repeats)
   print(f"{w.size:,} float32 ({w.nbytes / 2**20:.0f} MiB), shape {w.shape}; "
         f"np.copy {copy * 1e3:.1f} ms (median of {repeats})")
   cases = [
@@ -52,7 +37,7 @@ def main(argv):
     cases.append((f"bit_histogram {domain}", lambda d=domain: mortar_tf.bit_histogram(w, d)))
   print(f"{'case':34s} {'ms':>9s} {'x copy':>8s}")
   for name, fn in cases:
-    seconds = _median_seconds(fn, repeats)
+    seconds = timing.median_seconds(fn, repeats)
     print(f"{name:34s} {seconds * 1e3:9.1f} {seconds / copy:8.1f}")
 
 

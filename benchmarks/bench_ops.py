@@ -8,9 +8,6 @@ numpy-to-tensor copy. Not asserted anywhere: run it after touching a kernel.
   .venv/bin/python benchmarks/bench_ops.py [--size=25000000] [--repeats=5]
 """
 
-import statistics
-import time
-
 from absl import app
 from absl import flags
 import numpy as np
@@ -18,20 +15,11 @@ import tensorflow as tf
 
 import mortar_tf
 from mortar_tf import ops
+import timing
 
 _SIZE = flags.DEFINE_integer("size", 25_000_000, "Number of float32 weights.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Runs per case; the median is reported.")
 _NUMPY = flags.DEFINE_bool("numpy", True, "Also time the numpy reference (slow).")
-
-
-def _median_seconds(fn, repeats):
-  fn()  # warm up (first call builds the kernel)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def main(argv):
@@ -39,14 +27,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not ops.is_built():
     raise app.UsageError(f"the op library is not built: {ops.why_not_built()}")
-  rng = np.random.default_rng(0)
-  k = 256
-  c = max(1, _SIZE.value // (9 * k))
-  w = (rng.standard_normal((3, 3, c, k)) * 0.05).astype(np.float32)
+  w = timing.conv_weights(_SIZE.value)
   t = tf.constant(w)
-  matrix = tf.constant(np.ascontiguousarray(w.reshape(-1, k).T))  # [cout, 9*cin]
+  matrix = tf.constant(np.ascontiguousarray(w.reshape(-1, w.shape[-1]).T))  # [cout, 9*cin]
   repeats = _REPEATS.value
-  copy = _median_seconds(lambda: np.copy(w), repeats)
+  copy = timing.median_seconds(lambda: np.copy(w), repeats)
   print(f"{w.size:,} float32 ({w.nbytes / 2**20:.0f} MiB); np.copy {copy * 1e3:.1f} ms "
         f"(median of {repeats}); threads: TF's CPU pool")
   lib = ops._LIB  # pylint: disable=protected-access
@@ -71,10 +56,10 @@ def main(argv):
   ]
   print(f"{'case':36s} {'op ms':>8s} {'x copy':>7s} {'numpy ms':>9s} {'op speedup':>10s}")
   for name, op_fn, numpy_fn in cases:
-    op_seconds = _median_seconds(op_fn, repeats)
+    op_seconds = timing.median_seconds(op_fn, repeats, warmup=True)
     line = f"{name:36s} {op_seconds * 1e3:8.1f} {op_seconds / copy:7.2f}"
     if _NUMPY.value:
-      numpy_seconds = _median_seconds(numpy_fn, max(1, repeats // 2))
+      numpy_seconds = timing.median_seconds(numpy_fn, max(1, repeats // 2), warmup=True)
       line += f" {numpy_seconds * 1e3:9.1f} {numpy_seconds / op_seconds:9.1f}x"
     print(line)
 

@@ -36,6 +36,23 @@ inline Lanes Load(const uint32_t* words, bool significand) {
   return ((mag & mortar::kMantissa) | mortar::kHidden) & normal;  // normal: all ones or 0
 }
 
+// Adds 8 vectors (64 words) into the bit-sliced ones/twos/fours counters and
+// returns the eights carried out: two half adders of pairs, then of the twos.
+inline Lanes AddEight(const uint32_t* w, bool significand, Lanes& ones, Lanes& twos,
+                      Lanes& fours) {
+  Lanes fours_half[2];
+  for (int half = 0; half < 2; ++half) {
+    const uint32_t* v = w + half * 4 * kLanes;
+    Lanes twos_a, twos_b;
+    Csa(twos_a, ones, ones, Load(v, significand), Load(v + kLanes, significand));
+    Csa(twos_b, ones, ones, Load(v + 2 * kLanes, significand), Load(v + 3 * kLanes, significand));
+    Csa(fours_half[half], twos, twos, twos_a, twos_b);
+  }
+  Lanes eights;
+  Csa(eights, fours, fours, fours_half[0], fours_half[1]);
+  return eights;
+}
+
 // Ones per bit position (LSB first) of n words, added to counts.
 // Positional popcount with a Harley-Seal carry-save network: 16 vectors of 8
 // words are reduced to bit-sliced ones/twos/fours/eights counters and one
@@ -48,22 +65,9 @@ void CountBits(const uint32_t* words, int64_t n, bool significand, int64_t* coun
   constexpr int64_t kBlock = 16 * kLanes;
   int64_t i = 0;
   for (; i + kBlock <= n; i += kBlock) {
-    const uint32_t* w = words + i;
-    Lanes twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
-    Csa(twos_a, ones, ones, Load(w, significand), Load(w + 8, significand));
-    Csa(twos_b, ones, ones, Load(w + 16, significand), Load(w + 24, significand));
-    Csa(fours_a, twos, twos, twos_a, twos_b);
-    Csa(twos_a, ones, ones, Load(w + 32, significand), Load(w + 40, significand));
-    Csa(twos_b, ones, ones, Load(w + 48, significand), Load(w + 56, significand));
-    Csa(fours_b, twos, twos, twos_a, twos_b);
-    Csa(eights_a, fours, fours, fours_a, fours_b);
-    Csa(twos_a, ones, ones, Load(w + 64, significand), Load(w + 72, significand));
-    Csa(twos_b, ones, ones, Load(w + 80, significand), Load(w + 88, significand));
-    Csa(fours_a, twos, twos, twos_a, twos_b);
-    Csa(twos_a, ones, ones, Load(w + 96, significand), Load(w + 104, significand));
-    Csa(twos_b, ones, ones, Load(w + 112, significand), Load(w + 120, significand));
-    Csa(fours_b, twos, twos, twos_a, twos_b);
-    Csa(eights_b, fours, fours, fours_a, fours_b);
+    Lanes sixteens;
+    const Lanes eights_a = AddEight(words + i, significand, ones, twos, fours);
+    const Lanes eights_b = AddEight(words + i + 8 * kLanes, significand, ones, twos, fours);
     Csa(sixteens, eights, eights, eights_a, eights_b);
     for (int b = 0; b < 32; ++b) sixteens_per_bit[b] += (sixteens >> b) & 1u;
   }
