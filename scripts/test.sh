@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs mortar_tf into .venv the way CI does and runs the whole test suite
 # against the installed package (tests/ holds no package, so the source tree
-# does not shadow it).
+# does not shadow it), then the Keras tests again under tf_keras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=2
-exec .venv/bin/pytest tests -q "$@"
+.venv/bin/pytest tests -q "$@"
+echo "== Keras tests again with tf_keras (TF_USE_LEGACY_KERAS=1)"
+TF_USE_LEGACY_KERAS=1 .venv/bin/pytest tests/mortar_tf_keras_wrapper_test.py -q "$@"

@@ -1,1 +1,12 @@
-"""Keras integration: the single Keras import (compat) and kernel discovery."""
+"""Keras integration (Keras 3, or tf_keras with TF_USE_LEGACY_KERAS=1).
+
+Example:
+  >>> from mortar_tf.keras import MorphWrapper, morph_model, strip_morphing
+"""
+
+from mortar_tf.keras.apply import morph_model
+from mortar_tf.keras.apply import strip_morphing
+from mortar_tf.keras.wrapper import MorphableLayer
+from mortar_tf.keras.wrapper import MorphWrapper
+
+__all__ = ["MorphWrapper", "MorphableLayer", "morph_model", "strip_morphing"]

@@ -13,6 +13,7 @@ import dataclasses
 
 import numpy as np
 
+from mortar_tf.keras.compat import IS_KERAS3
 from mortar_tf.keras.compat import keras
 
 SELECTIONS = ("kernels", "all")
@@ -46,7 +47,7 @@ class LayerWeight:
     return out
 
 
-def _short_name(variable) -> str:
+def short_name(variable) -> str:
   """The variable's own name ("kernel"), in Keras 3 and tf_keras ("dense/kernel:0")."""
   return variable.name.split("/")[-1].split(":")[0]
 
@@ -68,7 +69,7 @@ def kernel_layouts(layer) -> dict[str, tuple[str, str | None]]:
   if isinstance(layer, transposes):
     return {"kernel": ("conv_transpose", None)}
   if isinstance(layer, depthwise):  # Keras 3 names it "kernel", tf_keras "depthwise_kernel"
-    return {"kernel": ("depthwise", None), "depthwise_kernel": ("depthwise", None)}
+    return {("kernel" if IS_KERAS3 else "depthwise_kernel"): ("depthwise", None)}
   if isinstance(layer, separable):
     return {"depthwise_kernel": ("separable_depthwise", None),
             "pointwise_kernel": ("separable_pointwise", None)}
@@ -111,7 +112,7 @@ def model_weights(model, select: str = "kernels") -> list[LayerWeight]:
     for prefix, layer in _leaf_layers(root):
       kinds = kernel_layouts(layer)
       for variable in layer.weights:
-        short = _short_name(variable)
+        short = short_name(variable)
         if id(variable) in seen or (short not in kinds and select == "kernels"):
           continue
         seen.add(id(variable))
