@@ -8,4 +8,4 @@ bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=2
 .venv/bin/pytest tests -q "$@"
 echo "== Keras tests again with tf_keras (TF_USE_LEGACY_KERAS=1)"
-TF_USE_LEGACY_KERAS=1 .venv/bin/pytest tests/mortar_tf_keras_wrapper_test.py -q "$@"
+TF_USE_LEGACY_KERAS=1 .venv/bin/pytest tests/mortar_tf_keras_*_test.py -q "$@"

@@ -6,7 +6,8 @@ Example:
 
 from mortar_tf.keras.apply import morph_model
 from mortar_tf.keras.apply import strip_morphing
+from mortar_tf.keras.callbacks import MortarCallback
 from mortar_tf.keras.wrapper import MorphableLayer
 from mortar_tf.keras.wrapper import MorphWrapper
 
-__all__ = ["MorphWrapper", "MorphableLayer", "morph_model", "strip_morphing"]
+__all__ = ["MortarCallback", "MorphWrapper", "MorphableLayer", "morph_model", "strip_morphing"]

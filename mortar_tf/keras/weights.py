@@ -83,7 +83,11 @@ def kernel_layouts(layer) -> dict[str, tuple[str, str | None]]:
 
 
 def _leaf_layers(layer, prefix=""):
-  """(name prefix, layer) for every non-model layer, recursing into nested models."""
+  """(name prefix, layer) for every non-model layer, recursing into nested models and
+  through wrappers (a MorphWrapper's kernels are its inner layer's, under its name)."""
+  if isinstance(layer, keras.layers.Wrapper):
+    yield from _leaf_layers(layer.layer, prefix)
+    return
   if not isinstance(layer, keras.Model):
     yield prefix, layer
     return

@@ -1,0 +1,188 @@
+"""MortarCallback: save a morphed copy of the model while it trains.
+
+Example:
+  >>> from mortar_tf.keras.compat import keras
+  >>> callback = MortarCallback("/tmp/morphed-{epoch:02d}.keras", "fewest_ones", precision=0.1)
+  >>> callback.save_freq
+  'epoch'
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from mortar_tf import bits
+from mortar_tf.keras import apply
+from mortar_tf.keras import weights as weights_lib
+from mortar_tf.keras.compat import IS_KERAS3
+from mortar_tf.keras.compat import keras
+from mortar_tf.keras.wrapper import MorphWrapper
+from mortar_tf.morphing import MorphSpec
+
+FORMATS = ("keras", "savedmodel")
+LOG_KEYS = {domain: f"mortar_ratio_{domain}" for domain in bits.DOMAINS}
+
+
+def _has_wrappers(model) -> bool:
+  return any(isinstance(layer, MorphWrapper) for _, layer in apply._all_layers(model))  # pylint: disable=protected-access
+
+
+class MortarCallback(keras.callbacks.Callback):
+  """Writes a morphed copy of the model at each save; training weights stay untouched.
+
+  For an unwrapped model the copy's kernels are morph(kernel) and everything
+  else is identical; for a model with MorphWrappers the copy is
+  strip_morphing(model) (its kernels morphed once, never twice).
+
+  Args:
+    filepath: where to write; may hold `{epoch}` and `{batch}` (1-based) and
+      any logs key, as Keras' ModelCheckpoint. A ".keras" file (Keras 3;
+      ".keras" or ".h5" with tf_keras) or a SavedModel directory.
+    method, precision, keep_bits, columns, group_size, width: the morphing,
+      as mortar_tf.morph (unused for wrapped models: their wrappers decide).
+    save_freq: "epoch", or an integer number of training batches.
+    format: "keras" (model.save) or "savedmodel" (Keras 3: model.export;
+      tf_keras: tf.saved_model.save).
+    log_dir: if given, per-layer sparsity ratios (scalars) and morphed kernel
+      values (histograms) go to TensorBoard there.
+    verbose: 1 prints a line per save.
+
+  The total sparsity ratios (significand, word, aligned) are added to the
+  epoch's logs as mortar_ratio_<domain>, so History records them; per-layer
+  figures go only to TensorBoard (the progress bar prints every logs key).
+
+  Raises:
+    ValueError: a bad save_freq, format or morphing argument.
+  """
+
+  def __init__(self, filepath: str, method: str = "paper", precision=None, *, keep_bits=None,
+               columns=None, group_size=None, width=None, save_freq="epoch",
+               format: str = "keras", log_dir: str | None = None, verbose: int = 0):  # pylint: disable=redefined-builtin
+    super().__init__()
+    if save_freq != "epoch" and (isinstance(save_freq, bool) or
+                                 not isinstance(save_freq, numbers.Integral) or save_freq < 1):
+      raise ValueError(f"save_freq must be 'epoch' or a positive number of batches, got "
+                       f"{save_freq!r}")
+    if format not in FORMATS:
+      raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    self.filepath = os.fspath(filepath)
+    self.spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
+                                 group_size=group_size, width=width)
+    self.save_freq = save_freq
+    self.format = format
+    self.log_dir = log_dir
+    self.verbose = verbose
+    self._epoch = 0
+    self._batches = 0
+    self._writer = None
+    self.last_ratios: dict[str, float] = {}
+
+  # -- Keras hooks
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._batches += 1
+    if self.save_freq != "epoch" and self._batches % self.save_freq == 0:
+      self._save(batch=batch, logs=logs)
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.save_freq == "epoch":
+      self._save(batch=None, logs=logs)
+    if logs is not None and self.last_ratios:
+      for domain, key in LOG_KEYS.items():
+        logs[key] = self.last_ratios[domain]
+
+  def on_train_end(self, logs=None):
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+  # -- work
+
+  def morphed_copy(self):
+    """The model as it would be saved now: stripped, or morphed through a clone."""
+    model = self.model
+    if _has_wrappers(model):
+      return apply.strip_morphing(model)
+    settings = self.spec.settings()
+    return apply.strip_morphing(apply.morph_model(model, self.spec.method, **settings))
+
+  def _save(self, batch, logs):
+    morphed = self.morphed_copy()
+    self.last_ratios = self._ratios(morphed)
+    path = self.filepath.format(epoch=self._epoch + 1,
+                                batch=None if batch is None else batch + 1, **(logs or {}))
+    _write_atomically(morphed, path, self.format)
+    if self.verbose:
+      ratios = ", ".join(f"{d} {r:.3f}x" for d, r in self.last_ratios.items())
+      print(f"\nMortarCallback: wrote {path} ({ratios})")
+
+  def _ratios(self, morphed) -> dict[str, float]:
+    """Total ratios over the kernels; per layer to TensorBoard when log_dir is set."""
+    source = {w.name: w for w in weights_lib.model_weights(self.model)}
+    target = {w.name: w for w in weights_lib.model_weights(morphed)}
+    before = {d: 0 for d in bits.DOMAINS}
+    after = {d: 0 for d in bits.DOMAINS}
+    per_layer = {}
+    for name, weight in target.items():
+      original = source.get(name)
+      if original is None:
+        continue
+      grouping = weight.grouping()
+      ones_before = bits.ones_by_domain(original.numpy(), **grouping)
+      ones_after = bits.ones_by_domain(weight.numpy(), **grouping)
+      for d in bits.DOMAINS:
+        before[d] += ones_before[d]
+        after[d] += ones_after[d]
+      per_layer[name] = ({d: bits.sparsity_ratio(ones_before[d], ones_after[d])
+                          for d in bits.DOMAINS}, weight.numpy())
+    if self.log_dir:
+      self._summaries(per_layer)
+    return {d: _finite(bits.sparsity_ratio(before[d], after[d])) for d in bits.DOMAINS}
+
+  def _summaries(self, per_layer):
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(self.log_dir)
+    step = self._batches
+    with self._writer.as_default():
+      for name, (ratios, values) in per_layer.items():
+        for domain, ratio in ratios.items():
+          tf.summary.scalar(f"mortar/{name}/ratio_{domain}", _finite(ratio), step=step)
+        tf.summary.histogram(f"mortar/{name}/morphed", values, step=step)
+    self._writer.flush()
+
+
+def _finite(ratio: float) -> float:
+  return ratio if math.isfinite(ratio) else float(np.finfo(np.float32).max)
+
+
+def _write_atomically(model, path: str, fmt: str) -> None:
+  """Writes beside `path` and renames into place: no partial file is ever left."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=".mortar-", dir=directory)
+  try:
+    if fmt == "keras":
+      temp = os.path.join(staging, os.path.basename(path))
+      model.save(temp)
+      os.replace(temp, path)
+    else:
+      temp = os.path.join(staging, "saved_model")
+      if IS_KERAS3:
+        model.export(temp, verbose=False)
+      else:
+        tf.saved_model.save(model, temp)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      os.replace(temp, path)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
