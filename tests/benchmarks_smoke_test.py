@@ -10,11 +10,15 @@ import pytest
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("script", ["bench_numpy.py", "bench_ops.py"])
-def test_benchmark_runs_and_prints_ratios(script):
+@pytest.mark.parametrize("script,args,expected", [
+    ("bench_numpy.py", ["--size=20000", "--repeats=1"], "x copy"),
+    ("bench_ops.py", ["--size=20000", "--repeats=1"], "x copy"),
+    ("bench_callback.py", ["--epochs=1", "--samples=128"], "ratio"),
+])
+def test_benchmark_runs_and_prints_ratios(script, args, expected):
   result = subprocess.run(
-      [sys.executable, str(BENCHMARKS / script), "--size=20000", "--repeats=1"],
+      [sys.executable, str(BENCHMARKS / script), *args],
       capture_output=True, text=True, timeout=300, check=False,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 0, result.stderr
-  assert "x copy" in result.stdout and "np.copy" in result.stdout
+  assert expected in result.stdout

@@ -17,10 +17,12 @@ Example:
 
 from __future__ import annotations
 
+from mortar_tf import morphing
 from mortar_tf.keras import weights as weights_lib
 from mortar_tf.keras.compat import keras
 from mortar_tf.keras.wrapper import MorphWrapper
 from mortar_tf.keras.wrapper import morph_targets_of
+from mortar_tf.morphing import MorphSpec
 
 
 def _is_supported(layer) -> bool:
@@ -135,21 +137,55 @@ def strip_morphing(model):
     fresh.build(_build_shape(model.layer))
     fresh.set_weights(_stripped_weights(model))
     return fresh
+  return rebuild(model, lambda layer: _stripped_weights(layer)
+                 if isinstance(layer, MorphWrapper) else layer.get_weights())
+
+
+def morphed_copy(model, spec: MorphSpec):
+  """A plain copy of an unwrapped model with its supported kernels morphed by `spec`.
+
+  The same result as strip_morphing(morph_model(model, ...)), in one clone and
+  with the array backends (the C++ op when built) instead of tracing wrappers.
+  """
+  def values(layer):
+    targets = {name: grouping for name, _, grouping in _targets_or_none(layer)}
+    out = []
+    for variable in layer.weights:
+      value = variable.numpy()
+      grouping = targets.get(weights_lib.short_name(variable))
+      if grouping is not None:
+        value = morphing.morph(value, spec.method, **spec.settings(),
+                               **(grouping if spec.method == "bitx" else {}))
+      out.append(value)
+    return out
+  return rebuild(model, values)
+
+
+def _targets_or_none(layer):
+  try:
+    return morph_targets_of(layer)
+  except ValueError:
+    return []
+
+
+def rebuild(model, values_of):
+  """Clones `model` with fresh layers (wrappers replaced by their inner layers),
+  then gives each fresh layer the weights `values_of(original layer)` returns.
+  Nested models are rebuilt the same way."""
   pending = []
 
   def swap(layer):
     if isinstance(layer, keras.Model):
-      return strip_morphing(layer)
+      return rebuild(layer, values_of)
     source = layer.layer if isinstance(layer, MorphWrapper) else layer
     fresh = _fresh(source)
     pending.append((fresh, layer))
     return fresh
 
-  stripped = _clone(model, swap)
+  rebuilt = _clone(model, swap)
   for fresh, layer in pending:
-    values = _stripped_weights(layer) if isinstance(layer, MorphWrapper) else layer.get_weights()
-    fresh.set_weights(values)
-  return stripped
+    fresh.set_weights(values_of(layer))
+  return rebuilt
 
 
 def _fresh(layer):

@@ -113,8 +113,7 @@ class MortarCallback(keras.callbacks.Callback):
     model = self.model
     if _has_wrappers(model):
       return apply.strip_morphing(model)
-    settings = self.spec.settings()
-    return apply.strip_morphing(apply.morph_model(model, self.spec.method, **settings))
+    return apply.morphed_copy(model, self.spec)
 
   def _save(self, batch, logs):
     morphed = self.morphed_copy()

@@ -149,6 +149,14 @@ class MorphWrapper(keras.layers.Wrapper):
       axes = bits.resolve_reduction_axes(tuple(value.shape), **grouping)
     return morph_tf.morph_tensor(value, self.spec, axes)
 
+  if IS_KERAS3:
+
+    def compute_output_spec(self, *args, **kwargs):
+      """The inner layer's: morphing never changes shapes, and tracing it
+      symbolically (what Keras 3 would do) costs a whole morph graph per wrapper
+      each time a functional model is built or cloned."""
+      return self.layer.compute_output_spec(*args, **kwargs)
+
   def _inner_kwargs(self, training):
     """Passes `training` on only to layers whose call takes it (Conv's does not)."""
     if training is None or "training" not in inspect.signature(self.layer.call).parameters:
