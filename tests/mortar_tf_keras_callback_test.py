@@ -105,3 +105,22 @@ def test_save_every_n_batches_savedmodel_and_tensorboard(tmp_path):
 def test_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     MortarCallback("/tmp/x.keras", **kwargs)
+
+
+def test_callback_folds_batchnorm_before_morphing(tmp_path):
+  keras.utils.set_random_seed(1)
+  model = keras.Sequential([keras.Input((6, 6, 1)), layers.Conv2D(3, 3, name="conv"),
+                            layers.BatchNormalization(name="bn"), layers.Flatten(),
+                            layers.Dense(2, name="fc")])
+  model.compile(optimizer="sgd", loss="mse")
+  path = str(tmp_path / ("f" + SUFFIX))
+  _fit(model, [MortarCallback(path, "paper", precision=0.1, fold_batchnorm=True)], epochs=1)
+  from mortar_tf.keras import apply  # pylint: disable=import-outside-toplevel
+  saved = keras.models.load_model(path, compile=False,
+                                  custom_objects={"FoldedBatchNorm": apply.FoldedBatchNorm})
+  assert type(saved.get_layer("bn")).__name__ == "FoldedBatchNorm"
+  gamma, beta, mean, var = (w.numpy().astype(np.float64) for w in model.get_layer("bn").weights)
+  scale = gamma / np.sqrt(var + model.get_layer("bn").epsilon)
+  folded = (model.get_layer("conv").weights[0].numpy() * scale).astype(np.float32)
+  np.testing.assert_array_equal(u32(saved.get_layer("conv").weights[0].numpy()),
+                                u32(mortar_tf.morph(folded, "paper", 0.1, backend="numpy")))

@@ -243,3 +243,60 @@ def test_bitx_groups_along_each_kernels_reduction_axes():
   np.testing.assert_array_equal(
       u32(got), u32(mortar_tf.morph(value, "bitx", columns=3, group_size=4, reduction_axes=axes,
                                     backend="numpy")))
+
+
+def _bn_model():
+  inputs = keras.Input((7, 7, 3), name="img")
+  x = layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+  x = layers.BatchNormalization(name="bn1")(x)
+  x = layers.ReLU(name="relu")(x)
+  x = layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(x)
+  x = layers.BatchNormalization(name="bn2")(x)
+  x = layers.Conv2DTranspose(3, 2, name="up")(x)
+  x = layers.BatchNormalization(name="bn3")(x)
+  x = layers.Flatten(name="flat")(x)
+  x = layers.Dense(5, activation="relu", name="fc")(x)
+  outputs = layers.BatchNormalization(name="bn4")(x)  # after a ReLU: not foldable
+  model = keras.Model(inputs, outputs)
+  rng = np.random.default_rng(8)
+  for layer in model.layers:
+    if isinstance(layer, layers.BatchNormalization):
+      n = layer.weights[0].shape[0]
+      layer.set_weights([rng.uniform(0.5, 2, n).astype(np.float32),   # gamma
+                         rng.normal(0, 0.5, n).astype(np.float32),    # beta
+                         rng.normal(0, 0.5, n).astype(np.float32),    # moving mean
+                         rng.uniform(0.2, 3, n).astype(np.float32)])  # moving variance
+  return model
+
+
+def _folded_by_hand(kernel, bias, bn, axis):
+  gamma, beta, mean, var = (w.numpy().astype(np.float64) for w in bn.weights)
+  scale = gamma / np.sqrt(var + bn.epsilon)
+  k = kernel.astype(np.float64)
+  if axis == "depthwise":
+    k = k * scale.reshape(k.shape[-2], k.shape[-1])
+  else:
+    k = np.moveaxis(np.moveaxis(k, axis, -1) * scale, -1, axis)
+  return k.astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)
+
+
+def test_batchnorm_folding_matches_outputs_then_morphs_the_folded_kernels():
+  model = _bn_model()
+  x = np.random.default_rng(9).standard_normal((4, 7, 7, 3)).astype(np.float32)
+  folded = strip_morphing(model, fold_batchnorm=True)  # no wrappers: folding only
+  np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(model(x, training=False)),
+                             rtol=2e-5, atol=2e-5)
+  kinds = {type(l).__name__ for l in folded.layers}
+  assert {l.name for l in folded.layers
+          if type(l).__name__ == "FoldedBatchNorm"} == {"bn1", "bn2", "bn3"}
+  assert "BatchNormalization" in kinds  # bn4 follows a ReLU and stays
+  morphed = strip_morphing(morph_model(model, "fewest_ones", precision=0.1), fold_batchnorm=True)
+  for name, bn, axis in [("conv", "bn1", -1), ("dw", "bn2", "depthwise"), ("up", "bn3", -2)]:
+    layer = model.get_layer(name)
+    bias = layer.weights[1].numpy().astype(np.float64) if len(layer.weights) > 1 else 0.0
+    kernel, new_bias = _folded_by_hand(layer.weights[0].numpy(), bias, model.get_layer(bn), axis)
+    got = morphed.get_layer(name)
+    np.testing.assert_array_equal(
+        u32(got.weights[0].numpy()),
+        u32(mortar_tf.morph(kernel, "fewest_ones", 0.1, backend="numpy")))
+    np.testing.assert_allclose(got.weights[1].numpy(), new_bias, rtol=1e-6, atol=1e-7)

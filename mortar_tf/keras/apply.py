@@ -17,10 +17,13 @@ Example:
 
 from __future__ import annotations
 
+import numpy as np
+
 from mortar_tf import morphing
 from mortar_tf.keras import weights as weights_lib
 from mortar_tf.keras.compat import keras
 from mortar_tf.keras.wrapper import MorphWrapper
+from mortar_tf.keras.wrapper import register_serializable
 from mortar_tf.keras.wrapper import morph_targets_of
 from mortar_tf.morphing import MorphSpec
 
@@ -123,11 +126,18 @@ def _all_layers(model):
         yield f"{layer.name}/{path}", inner
 
 
-def strip_morphing(model):
+def strip_morphing(model, fold_batchnorm: bool = False):
   """A plain model whose kernels are the morphed values of its MorphWrappers' kernels.
 
   Every other weight is copied bit for bit; the original model is not changed.
   For a single MorphWrapper, returns a fresh copy of its layer.
+
+  Args:
+    model: a model with MorphWrappers, or a MorphWrapper.
+    fold_batchnorm: fold each BatchNormalization that directly follows a
+      conv/dense layer into that layer's kernel and bias first (inference
+      statistics), as accelerators do, then morph the folded kernel; the BN
+      layer becomes an Identity of the same name.
 
   Raises:
     ValueError: a subclassed model (it cannot be cloned).
@@ -135,30 +145,20 @@ def strip_morphing(model):
   if isinstance(model, MorphWrapper):
     fresh = _fresh(model.layer)
     fresh.build(_build_shape(model.layer))
-    fresh.set_weights(_stripped_weights(model))
+    fresh.set_weights(_values(model, model.spec, None, fresh))
     return fresh
-  return rebuild(model, lambda layer: _stripped_weights(layer)
-                 if isinstance(layer, MorphWrapper) else layer.get_weights())
+  return rebuild(model, lambda layer: layer.spec if isinstance(layer, MorphWrapper) else None,
+                 fold_batchnorm)
 
 
-def morphed_copy(model, spec: MorphSpec):
+def morphed_copy(model, spec: MorphSpec, fold_batchnorm: bool = False):
   """A plain copy of an unwrapped model with its supported kernels morphed by `spec`.
 
   The same result as strip_morphing(morph_model(model, ...)), in one clone and
   with the array backends (the C++ op when built) instead of tracing wrappers.
+  fold_batchnorm as in strip_morphing.
   """
-  def values(layer):
-    targets = {name: grouping for name, _, grouping in _targets_or_none(layer)}
-    out = []
-    for variable in layer.weights:
-      value = variable.numpy()
-      grouping = targets.get(weights_lib.short_name(variable))
-      if grouping is not None:
-        value = morphing.morph(value, spec.method, **spec.settings(),
-                               **(grouping if spec.method == "bitx" else {}))
-      out.append(value)
-    return out
-  return rebuild(model, values)
+  return rebuild(model, lambda layer: spec if _targets_or_none(layer) else None, fold_batchnorm)
 
 
 def _targets_or_none(layer):
@@ -168,28 +168,169 @@ def _targets_or_none(layer):
     return []
 
 
-def rebuild(model, values_of):
-  """Clones `model` with fresh layers (wrappers replaced by their inner layers),
-  then gives each fresh layer the weights `values_of(original layer)` returns.
-  Nested models are rebuilt the same way."""
+def rebuild(model, spec_of, fold_batchnorm: bool = False):
+  """Clones `model` with fresh layers (wrappers replaced by their inner layers).
+
+  Each fresh layer gets its source's weights, kernels morphed with
+  `spec_of(source layer)` when that is not None, after folding a following
+  BatchNormalization in when `fold_batchnorm` (the BN becomes an Identity).
+  Nested models are rebuilt the same way.
+  """
+  folds = _batchnorm_folds(model) if fold_batchnorm else {}
+  folded_bns = {id(bn) for bn in folds.values()}
   pending = []
 
   def swap(layer):
     if isinstance(layer, keras.Model):
-      return rebuild(layer, values_of)
+      return rebuild(layer, spec_of, fold_batchnorm)
+    if id(layer) in folded_bns:
+      return FoldedBatchNorm(name=layer.name)
     source = layer.layer if isinstance(layer, MorphWrapper) else layer
-    fresh = _fresh(source)
-    pending.append((fresh, layer))
+    bn = folds.get(id(layer))
+    fresh = _fresh(source, use_bias=True if bn is not None else None)
+    pending.append((fresh, layer, bn))
     return fresh
 
   rebuilt = _clone(model, swap)
-  for fresh, layer in pending:
-    fresh.set_weights(values_of(layer))
+  for fresh, layer, bn in pending:
+    fresh.set_weights(_values(layer, spec_of(layer), bn, fresh))
   return rebuilt
 
 
-def _fresh(layer):
-  return layer.__class__.from_config(layer.get_config())
+def _values(layer, spec, bn, fresh) -> list:
+  """Weights for `fresh`, in its order: `layer`'s (inner layer's, for a wrapper),
+  folded with `bn` if given, kernels morphed with `spec` if given."""
+  inner = layer.layer if isinstance(layer, MorphWrapper) else layer
+  values = {weights_lib.short_name(v): v.numpy() for v in inner.weights}
+  if bn is not None:
+    values = _fold(inner, values, bn)
+  if spec is not None:
+    for name, _, grouping in morph_targets_of(inner):
+      values[name] = morphing.morph(values[name], spec.method, **spec.settings(),
+                                    **(grouping if spec.method == "bitx" else {}))
+  return [values[weights_lib.short_name(v)] for v in fresh.weights]
+
+
+# --------------------------------------------------------------------------
+# BatchNormalization folding
+
+
+@register_serializable
+class FoldedBatchNorm(keras.layers.Layer):
+  """Stands where a BatchNormalization was folded into the layer before it: the identity.
+
+  Unlike keras.layers.Identity it accepts the call arguments a
+  BatchNormalization was called with (training, mask), which cloning passes on.
+  """
+
+  def call(self, inputs, *args, **kwargs):  # pylint: disable=unused-argument
+    return inputs
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+
+def _history_names(structure):
+  """Producer layer names in a serialized inbound node (Keras 3 or tf_keras form)."""
+  if isinstance(structure, dict):
+    history = structure.get("config", {}).get("keras_history") if "config" in structure else None
+    if history:
+      return [history[0]]
+    return [n for value in structure.values() for n in _history_names(value)]
+  if isinstance(structure, (list, tuple)):
+    if len(structure) >= 3 and isinstance(structure[0], str) and isinstance(structure[1], int):
+      return [structure[0]]  # tf_keras: [name, node index, tensor index, kwargs]
+    return [n for item in structure for n in _history_names(item)]
+  return []
+
+
+def _producers(model) -> dict:
+  """{layer name: (producer name or None, number of consumers of that producer)}.
+
+  Read from the model's own config, not from the layers: morph_model's clones
+  share layers with the original model, so a layer's `input` may belong to the
+  other graph.
+  """
+  if isinstance(model, keras.Sequential):
+    names = [l.name for l in model.layers]
+    return {name: (previous, 1) for previous, name in zip(names, names[1:])}
+  config = model.get_config()
+  inputs_of = {}
+  consumers = {}
+  for entry in config["layers"]:
+    names = _history_names(entry.get("inbound_nodes", []))
+    inputs_of[entry.get("name") or entry["config"]["name"]] = names
+    for name in names:
+      consumers[name] = consumers.get(name, 0) + 1
+  for name in _history_names(config.get("output_layers", [])):
+    consumers[name] = consumers.get(name, 0) + 1
+  return {name: (names[0], consumers.get(names[0], 0)) if len(names) == 1 else (None, 0)
+          for name, names in inputs_of.items()}
+
+
+def _fold_axis(layer):
+  """How a BN scale (per output channel) lines up with each kernel, or None if not foldable."""
+  layers = keras.layers
+  if getattr(layer, "activation", None) not in (None, keras.activations.linear):
+    return None  # a nonlinearity sits between the product and the BN
+  if isinstance(layer, layers.SeparableConv2D) or type(layer).__name__ == "SeparableConv1D":
+    return {"pointwise_kernel": -1}
+  if type(layer).__name__.startswith("Conv") and type(layer).__name__.endswith("Transpose"):
+    return {"kernel": -2}
+  if type(layer).__name__.startswith("DepthwiseConv"):
+    return {weights_lib.short_name(layer.weights[0]): "depthwise"}
+  if isinstance(layer, (layers.Dense, layers.Conv1D, layers.Conv2D, layers.Conv3D)):
+    return {"kernel": -1}
+  return None
+
+
+def _batchnorm_folds(model) -> dict:
+  """{id(producer layer): BatchNormalization} for every BN that can be folded:
+  channels-last, fed by a conv/dense layer whose output goes nowhere else."""
+  folds = {}
+  producers = _producers(model)
+  by_name = {layer.name: layer for layer in model.layers}
+  for layer in model.layers:
+    if not isinstance(layer, keras.layers.BatchNormalization):
+      continue
+    producer_name, consumers = producers.get(layer.name, (None, 0))
+    producer = by_name.get(producer_name)
+    if producer is None or consumers != 1:
+      continue
+    inner = producer.layer if isinstance(producer, MorphWrapper) else producer
+    axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis
+    if _fold_axis(inner) is not None and axis in (-1, len(_build_shape(inner)) - 1):
+      folds[id(producer)] = layer
+  return folds
+
+
+def _fold(layer, values: dict, bn) -> dict:
+  """Kernel and bias of `layer` with `bn` (inference statistics) folded in, float64 math."""
+  stats = {weights_lib.short_name(v): v.numpy().astype(np.float64) for v in bn.weights}
+  channels = stats["moving_mean"].shape[0]
+  gamma = stats.get("gamma", np.ones(channels))
+  beta = stats.get("beta", np.zeros(channels))
+  scale = gamma / np.sqrt(stats["moving_variance"] + bn.epsilon)
+  values = dict(values)
+  for name, axis in _fold_axis(layer).items():
+    kernel = values[name].astype(np.float64)
+    if axis == "depthwise":  # [k..., cin, mult]: output channel c*mult + j
+      factor = scale.reshape(kernel.shape[-2], kernel.shape[-1])
+    else:
+      shape = [1] * kernel.ndim
+      shape[axis] = channels
+      factor = scale.reshape(shape)
+    values[name] = (kernel * factor).astype(np.float32)
+  bias = values.get("bias", np.zeros(channels)).astype(np.float64)
+  values["bias"] = (bias * scale + beta - stats["moving_mean"] * scale).astype(np.float32)
+  return values
+
+
+def _fresh(layer, use_bias=None):
+  config = layer.get_config()
+  if use_bias is not None:
+    config["use_bias"] = use_bias
+  return layer.__class__.from_config(config)
 
 
 def _build_shape(layer):
@@ -205,10 +346,3 @@ def _build_shape(layer):
   if shape is None:
     raise ValueError(f"layer {layer.name!r} was never built: call the wrapper once first")
   return shape
-
-
-def _stripped_weights(wrapper: MorphWrapper) -> list:
-  """The inner layer's weights in order, kernels replaced by their morphed values."""
-  morphed = wrapper.morphed_values()
-  return [morphed[weights_lib.short_name(v)].numpy() if weights_lib.short_name(v) in morphed
-          else v.numpy() for v in wrapper.layer.weights]

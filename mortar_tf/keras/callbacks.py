@@ -52,6 +52,9 @@ class MortarCallback(keras.callbacks.Callback):
       tf_keras: tf.saved_model.save).
     log_dir: if given, per-layer sparsity ratios (scalars) and morphed kernel
       values (histograms) go to TensorBoard there.
+    fold_batchnorm: fold BatchNormalization into the preceding conv/dense
+      layer before morphing (see strip_morphing); ratios then compare the
+      folded kernels with the model's unfolded ones.
     verbose: 1 prints a line per save.
 
   The total sparsity ratios (significand, word, aligned) are added to the
@@ -64,7 +67,8 @@ class MortarCallback(keras.callbacks.Callback):
 
   def __init__(self, filepath: str, method: str = "paper", precision=None, *, keep_bits=None,
                columns=None, group_size=None, width=None, save_freq="epoch",
-               format: str = "keras", log_dir: str | None = None, verbose: int = 0):  # pylint: disable=redefined-builtin
+               format: str = "keras", log_dir: str | None = None, fold_batchnorm: bool = False,
+               verbose: int = 0):  # pylint: disable=redefined-builtin
     super().__init__()
     if save_freq != "epoch" and (isinstance(save_freq, bool) or
                                  not isinstance(save_freq, numbers.Integral) or save_freq < 1):
@@ -78,6 +82,7 @@ class MortarCallback(keras.callbacks.Callback):
     self.save_freq = save_freq
     self.format = format
     self.log_dir = log_dir
+    self.fold_batchnorm = bool(fold_batchnorm)
     self.verbose = verbose
     self._epoch = 0
     self._batches = 0
@@ -112,8 +117,8 @@ class MortarCallback(keras.callbacks.Callback):
     """The model as it would be saved now: stripped, or morphed through a clone."""
     model = self.model
     if _has_wrappers(model):
-      return apply.strip_morphing(model)
-    return apply.morphed_copy(model, self.spec)
+      return apply.strip_morphing(model, self.fold_batchnorm)
+    return apply.morphed_copy(model, self.spec, self.fold_batchnorm)
 
   def _save(self, batch, logs):
     morphed = self.morphed_copy()

@@ -43,7 +43,8 @@ class MorphableLayer(Protocol):
     ...
 
 
-def _register(cls):
+def register_serializable(cls):
+  """Registers a class for (de)serialization under the "mortar_tf" package."""
   if IS_KERAS3:
     return keras.saving.register_keras_serializable(package="mortar_tf")(cls)
   return keras.utils.register_keras_serializable(package="mortar_tf")(cls)
@@ -94,7 +95,7 @@ def _straight_through(value, morphed):
   return tf.identity(morphed), grad
 
 
-@_register
+@register_serializable
 class MorphWrapper(keras.layers.Wrapper):
   """Morphs a layer's kernels in its forward pass (TFMOT-style wrapper).
 
