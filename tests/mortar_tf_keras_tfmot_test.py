@@ -46,3 +46,59 @@ def test_prune_strip_then_morph_keeps_zeros_and_morphs_the_rest():
                           env=env, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().endswith("OK")
+
+
+QAT_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    import tensorflow_model_optimization as tfmot
+    from mortar_tf.keras import morph_model
+    from mortar_tf.keras import tfmot as mortar_tfmot
+    from mortar_tf.keras.compat import keras
+    q = tfmot.quantization.keras
+    keras.utils.set_random_seed(0)
+    plain = keras.Sequential([keras.layers.InputLayer((6, 6, 2)), keras.layers.Conv2D(3, 3, name="conv"),
+                              keras.layers.DepthwiseConv2D(3, name="dw"), keras.layers.Flatten(name="flat"),
+                              keras.layers.Dense(4, name="fc")])
+    config = lambda: mortar_tfmot.MorphQuantizeConfig("fewest_ones", 0.1)
+    annotated = keras.Sequential([
+        keras.layers.InputLayer((6, 6, 2)),
+        q.quantize_annotate_layer(keras.layers.Conv2D(3, 3, name="conv"), quantize_config=config()),
+        q.quantize_annotate_layer(keras.layers.DepthwiseConv2D(3, name="dw"),
+                                  quantize_config=config()),
+        keras.layers.Flatten(name="flat"),
+        q.quantize_annotate_layer(keras.layers.Dense(4, name="fc"), quantize_config=config())])
+    for layer in annotated.layers:
+      inner = getattr(layer, "layer", layer)
+      if inner.weights:
+        inner.set_weights(plain.get_layer(inner.name).get_weights())
+    with mortar_tfmot.scope():
+      qat = q.quantize_apply(annotated, scheme=mortar_tfmot.MorphScheme())
+    kinds = [type(l).__name__ for l in qat.layers]
+    assert "QuantizeLayer" not in kinds, kinds  # MorphScheme adds no 8-bit input quantizer
+    wrapped = morph_model(plain, "fewest_ones", precision=0.1)
+    x = np.random.default_rng(0).standard_normal((3, 6, 6, 2)).astype(np.float32)
+    assert np.array_equal(np.asarray(qat(x)).view(np.uint32),
+                          np.asarray(wrapped(x)).view(np.uint32)), "TFMOT forward != MorphWrapper"
+    qat.compile(optimizer="sgd", loss="mse")
+    before = [w.numpy().copy() for w in qat.trainable_weights]
+    qat.fit(x, np.zeros((3, 4), np.float32), epochs=1, verbose=0)
+    assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, qat.trainable_weights))
+    print("OK")
+    """)
+
+
+def test_tfmot_qat_with_morph_quantize_config_equals_morph_wrapper():
+  env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([sys.executable, "-c", QAT_SCRIPT], capture_output=True, text=True,
+                          env=env, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith("OK")
+
+
+def test_tfmot_module_refuses_keras3_processes():
+  script = "import mortar_tf.keras.tfmot"
+  env = dict(os.environ, TF_USE_LEGACY_KERAS="0", TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+  assert result.returncode != 0
+  assert "TF_USE_LEGACY_KERAS=1" in result.stderr
