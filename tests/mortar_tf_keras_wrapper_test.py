@@ -300,3 +300,35 @@ def test_batchnorm_folding_matches_outputs_then_morphs_the_folded_kernels():
         u32(got.weights[0].numpy()),
         u32(mortar_tf.morph(kernel, "fewest_ones", 0.1, backend="numpy")))
     np.testing.assert_allclose(got.weights[1].numpy(), new_bias, rtol=1e-6, atol=1e-7)
+
+
+# Keras 3 saves .keras/.h5 only (its SavedModel route is model.export, tested above);
+# tf_keras also saves a SavedModel directory.
+SAVE_FORMATS = ["keras", "h5"] + ([] if IS_KERAS3 else ["savedmodel"])
+
+
+@pytest.mark.parametrize("fmt", SAVE_FORMATS)
+def test_wrapped_model_save_formats_round_trip_exactly(tmp_path, fmt):
+  model = morph_model(_functional(), "fewest_ones", precision=0.2)
+  x = np.random.default_rng(10).standard_normal((2, 8, 8, 3)).astype(np.float32)
+  path = str(tmp_path / ("m" if fmt == "savedmodel" else f"m.{fmt}"))
+  model.save(path)
+  loaded = keras.models.load_model(path)
+  np.testing.assert_array_equal(u32(np.asarray(loaded(x))), u32(np.asarray(model(x))))
+  assert sum(isinstance(l, MorphWrapper) for l in loaded.layers) == 2
+
+
+def test_subclassed_model_is_a_clear_error():
+  class Net(keras.Model):
+
+    def __init__(self):
+      super().__init__()
+      self.fc = layers.Dense(2)
+
+    def call(self, x):
+      return self.fc(x)
+
+  net = Net()
+  net(np.ones((1, 3), np.float32))
+  with pytest.raises(ValueError, match="Subclassed models cannot be cloned"):
+    morph_model(net)
