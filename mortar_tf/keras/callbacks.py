@@ -125,6 +125,15 @@ class MortarCallback(keras.callbacks.Callback):
     self.last_ratios = self._ratios(morphed)
     path = self.filepath.format(epoch=self._epoch + 1,
                                 batch=None if batch is None else batch + 1, **(logs or {}))
+    if not _is_chief(self.model):
+      # Every worker builds and writes its copy (as Keras' own checkpointing
+      # does under MultiWorkerMirroredStrategy); only the chief keeps it.
+      scratch = tempfile.mkdtemp(prefix=".mortar-worker-")
+      try:
+        _write_atomically(morphed, os.path.join(scratch, os.path.basename(path)), self.format)
+      finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+      return
     _write_atomically(morphed, path, self.format)
     if self.verbose:
       ratios = ", ".join(f"{d} {r:.3f}x" for d, r in self.last_ratios.items())
@@ -163,6 +172,19 @@ class MortarCallback(keras.callbacks.Callback):
           tf.summary.scalar(f"mortar/{name}/ratio_{domain}", _finite(ratio), step=step)
         tf.summary.histogram(f"mortar/{name}/morphed", values, step=step)
     self._writer.flush()
+
+
+def _is_chief(model) -> bool:
+  """True unless the model trains under a multi-worker strategy on a non-chief task."""
+  strategy = getattr(model, "distribute_strategy", None)
+  resolver = getattr(getattr(strategy, "extended", None), "_cluster_resolver", None)  # pylint: disable=protected-access
+  resolver = getattr(strategy, "cluster_resolver", None) or resolver
+  if resolver is None or not resolver.task_type:
+    return True
+  if resolver.task_type == "chief":
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def _finite(ratio: float) -> float:
