@@ -332,3 +332,33 @@ def test_subclassed_model_is_a_clear_error():
   net(np.ones((1, 3), np.float32))
   with pytest.raises(ValueError, match="Subclassed models cannot be cloned"):
     morph_model(net)
+
+
+def test_morph_model_folds_batchnorm_into_the_forward_pass(tmp_path):
+  model = _bn_model()
+  x = np.random.default_rng(11).standard_normal((4, 7, 7, 3)).astype(np.float32)
+  folded_only = morph_model(model, "paper", precision=0.1, morph_forward=False,
+                            fold_batchnorm=True)
+  np.testing.assert_allclose(np.asarray(folded_only(x)), np.asarray(model(x, training=False)),
+                             rtol=2e-5, atol=2e-5)
+  wrapped = morph_model(model, "paper", precision=0.1, fold_batchnorm=True)
+  assert {l.name for l in wrapped.layers if type(l).__name__ == "FoldedBatchNorm"} == {
+      "bn1", "bn2", "bn3"}
+  stripped = strip_morphing(wrapped)
+  np.testing.assert_array_equal(u32(np.asarray(wrapped(x))), u32(np.asarray(stripped(x))))
+  layer, bn = model.get_layer("dw"), model.get_layer("bn2")
+  kernel, _ = _folded_by_hand(layer.weights[0].numpy(), layer.weights[1].numpy(), bn, "depthwise")
+  np.testing.assert_array_equal(u32(stripped.get_layer("dw").weights[0].numpy()),
+                                u32(mortar_tf.morph(kernel, "paper", 0.1, backend="numpy")))
+  # training moves the kernels and the folded gamma, not the frozen statistics
+  conv = wrapped.get_layer("morph_conv")
+  mean_before = conv.bn_moving_mean.numpy().copy()
+  gamma_before = conv.bn_gamma.numpy().copy()
+  wrapped.compile(optimizer="sgd", loss="mse")
+  wrapped.fit(x, np.zeros((4, 5), np.float32), epochs=1, verbose=0)
+  np.testing.assert_array_equal(conv.bn_moving_mean.numpy(), mean_before)
+  assert not np.array_equal(conv.bn_gamma.numpy(), gamma_before)
+  path = str(tmp_path / ("f.keras" if IS_KERAS3 else "f.h5"))
+  wrapped.save(path)
+  loaded = keras.models.load_model(path, compile=False)
+  np.testing.assert_array_equal(u32(np.asarray(loaded(x))), u32(np.asarray(wrapped(x))))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from mortar_tf import morphing
+from mortar_tf.keras import folding
 from mortar_tf.keras import weights as weights_lib
 from mortar_tf.keras.compat import keras
 from mortar_tf.keras.wrapper import MorphWrapper
@@ -60,7 +61,7 @@ def _clone(model, clone_function):
 
 
 def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, columns=None,
-                group_size=None, width=None, morph_forward=True):
+                group_size=None, width=None, morph_forward=True, fold_batchnorm=False):
   """Wraps the supported layers of a model (or a layer, or a list of layers) in MorphWrapper.
 
   Args:
@@ -69,6 +70,11 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
     method, keep_bits, columns, group_size, width, morph_forward: as MorphWrapper.
     precision: P for every supported layer, or {layer name: P}: then only the
       named layers are wrapped, each with its own P.
+    fold_batchnorm: fold each BatchNormalization that directly follows a
+      wrapped conv/dense layer into it, so the forward pass morphs the folded
+      kernel (as the accelerator will see it). The BN becomes a
+      FoldedBatchNorm (identity); its gamma and beta move into the wrapper and
+      keep training, its moving statistics are frozen at their current values.
 
   Returns:
     A model (sharing the original layers' variables), a wrapper, or a list.
@@ -81,10 +87,20 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
                 width=width, morph_forward=morph_forward)
   per_layer = dict(precision) if isinstance(precision, dict) else None
 
+  folds = {}
+  if fold_batchnorm and isinstance(to_wrap, keras.Model):
+    for submodel in [to_wrap] + [l for _, l in _all_layers(to_wrap) if isinstance(l, keras.Model)]:
+      folds.update(_batchnorm_folds(submodel))
+  pending = []
+
   def wrap(layer):
-    if per_layer is None:
-      return MorphWrapper(layer, precision=precision, **common)
-    return MorphWrapper(layer, precision=per_layer[layer.name], **common)
+    bn = folds.get(id(layer))
+    p = precision if per_layer is None else per_layer[layer.name]
+    wrapper = MorphWrapper(layer, precision=p, **common,
+                           fold_batchnorm_epsilon=None if bn is None else bn.epsilon)
+    if bn is not None:
+      pending.append((wrapper, bn))
+    return wrapper
 
   if isinstance(to_wrap, (list, tuple)):
     return [morph_model(layer, method, precision, **{k: v for k, v in common.items()
@@ -102,9 +118,13 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
     if unsupported:
       morph_targets_of(names[unsupported[0]])  # raises with the explanation
 
+  folded_bns = {id(bn) for bn in folds.values()}
+
   def swap(layer):
     if isinstance(layer, keras.Model):
       return _morph_nested(layer)
+    if id(layer) in folded_bns:
+      return FoldedBatchNorm(name=layer.name)
     if isinstance(layer, MorphWrapper):
       raise ValueError(f"layer {layer.name!r} is already wrapped: morphing twice would morph "
                        "morphed weights")
@@ -114,7 +134,13 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
   def _morph_nested(nested):
     return _clone(nested, swap)
 
-  return _clone(to_wrap, swap)
+  wrapped = _clone(to_wrap, swap)
+  for wrapper, bn in pending:  # built by the clone: take the BN's values over
+    gamma, beta, mean, variance = folding.batchnorm_statistics(bn)
+    for target, value in ((wrapper.bn_gamma, gamma), (wrapper.bn_beta, beta),
+                          (wrapper.bn_moving_mean, mean), (wrapper.bn_moving_variance, variance)):
+      target.assign(value)
+  return wrapped
 
 
 def _all_layers(model):
@@ -187,7 +213,8 @@ def rebuild(model, spec_of, fold_batchnorm: bool = False):
       return FoldedBatchNorm(name=layer.name)
     source = layer.layer if isinstance(layer, MorphWrapper) else layer
     bn = folds.get(id(layer))
-    fresh = _fresh(source, use_bias=True if bn is not None else None)
+    folds_in = bn is not None or (isinstance(layer, MorphWrapper) and layer.folds_batchnorm)
+    fresh = _fresh(source, use_bias=True if folds_in else None)
     pending.append((fresh, layer, bn))
     return fresh
 
@@ -202,8 +229,16 @@ def _values(layer, spec, bn, fresh) -> list:
   folded with `bn` if given, kernels morphed with `spec` if given."""
   inner = layer.layer if isinstance(layer, MorphWrapper) else layer
   values = {weights_lib.short_name(v): v.numpy() for v in inner.weights}
-  if bn is not None:
-    values = _fold(inner, values, bn)
+  folded = None
+  if isinstance(layer, MorphWrapper) and layer.folds_batchnorm:
+    folded = layer.folded_values()
+  elif bn is not None:
+    axes = folding.fold_axes(inner)
+    folded = folding.fold({name: values[name] for name in axes}, values.get("bias"),
+                          *folding.batchnorm_statistics(bn), bn.epsilon, axes)
+  if folded is not None:
+    values.update({name: kernel.numpy() for name, kernel in folded[0].items()})
+    values["bias"] = folded[1].numpy()
   if spec is not None:
     for name, _, grouping in morph_targets_of(inner):
       values[name] = morphing.morph(values[name], spec.method, **spec.settings(),
@@ -268,22 +303,6 @@ def _producers(model) -> dict:
           for name, names in inputs_of.items()}
 
 
-def _fold_axis(layer):
-  """How a BN scale (per output channel) lines up with each kernel, or None if not foldable."""
-  layers = keras.layers
-  if getattr(layer, "activation", None) not in (None, keras.activations.linear):
-    return None  # a nonlinearity sits between the product and the BN
-  if isinstance(layer, layers.SeparableConv2D) or type(layer).__name__ == "SeparableConv1D":
-    return {"pointwise_kernel": -1}
-  if type(layer).__name__.startswith("Conv") and type(layer).__name__.endswith("Transpose"):
-    return {"kernel": -2}
-  if type(layer).__name__.startswith("DepthwiseConv"):
-    return {weights_lib.short_name(layer.weights[0]): "depthwise"}
-  if isinstance(layer, (layers.Dense, layers.Conv1D, layers.Conv2D, layers.Conv3D)):
-    return {"kernel": -1}
-  return None
-
-
 def _batchnorm_folds(model) -> dict:
   """{id(producer layer): BatchNormalization} for every BN that can be folded:
   channels-last, fed by a conv/dense layer whose output goes nowhere else."""
@@ -299,31 +318,9 @@ def _batchnorm_folds(model) -> dict:
       continue
     inner = producer.layer if isinstance(producer, MorphWrapper) else producer
     axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis
-    if _fold_axis(inner) is not None and axis in (-1, len(_build_shape(inner)) - 1):
+    if folding.fold_axes(inner) is not None and axis in (-1, len(_build_shape(inner)) - 1):
       folds[id(producer)] = layer
   return folds
-
-
-def _fold(layer, values: dict, bn) -> dict:
-  """Kernel and bias of `layer` with `bn` (inference statistics) folded in, float64 math."""
-  stats = {weights_lib.short_name(v): v.numpy().astype(np.float64) for v in bn.weights}
-  channels = stats["moving_mean"].shape[0]
-  gamma = stats.get("gamma", np.ones(channels))
-  beta = stats.get("beta", np.zeros(channels))
-  scale = gamma / np.sqrt(stats["moving_variance"] + bn.epsilon)
-  values = dict(values)
-  for name, axis in _fold_axis(layer).items():
-    kernel = values[name].astype(np.float64)
-    if axis == "depthwise":  # [k..., cin, mult]: output channel c*mult + j
-      factor = scale.reshape(kernel.shape[-2], kernel.shape[-1])
-    else:
-      shape = [1] * kernel.ndim
-      shape[axis] = channels
-      factor = scale.reshape(shape)
-    values[name] = (kernel * factor).astype(np.float32)
-  bias = values.get("bias", np.zeros(channels)).astype(np.float64)
-  values["bias"] = (bias * scale + beta - stats["moving_mean"] * scale).astype(np.float32)
-  return values
 
 
 def _fresh(layer, use_bias=None):

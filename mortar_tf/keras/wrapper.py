@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from mortar_tf import bits
 from mortar_tf import morph_tf
+from mortar_tf.keras import folding
 from mortar_tf.keras import weights as weights_lib
 from mortar_tf.keras.compat import IS_KERAS3
 from mortar_tf.keras.compat import keras
@@ -113,7 +114,8 @@ class MorphWrapper(keras.layers.Wrapper):
   """
 
   def __init__(self, layer, method="paper", precision=None, keep_bits=None, columns=None,
-               group_size=None, width=None, morph_forward=True, **kwargs):
+               group_size=None, width=None, morph_forward=True, fold_batchnorm_epsilon=None,
+               **kwargs):
     if not isinstance(layer, keras.layers.Layer):
       raise ValueError(f"MorphWrapper wraps a Keras layer, got {type(layer).__name__}")
     kwargs.setdefault("name", f"morph_{layer.name}")
@@ -121,8 +123,13 @@ class MorphWrapper(keras.layers.Wrapper):
     self.spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
                                  group_size=group_size, width=width)
     self.morph_forward = bool(morph_forward)
+    self.fold_batchnorm_epsilon = (None if fold_batchnorm_epsilon is None
+                                   else float(fold_batchnorm_epsilon))
     if layer.built:
       morph_targets_of(layer)  # fail at wrap time, not at the first call
+    if self.fold_batchnorm_epsilon is not None and folding.fold_axes(layer) is None:
+      raise ValueError(f"cannot fold a BatchNormalization into {type(layer).__name__} "
+                       f"{layer.name!r} (an activation inside, or no per-channel kernel)")
 
   def build(self, input_shape=None):
     # tf_keras leaves `built` False after a direct build() call; a layer that
@@ -131,7 +138,36 @@ class MorphWrapper(keras.layers.Wrapper):
       self.layer.build(input_shape)
     self.layer.built = True
     morph_targets_of(self.layer)
+    if self.folds_batchnorm:
+      # The folded BN's statistics live in the wrapper (TFMOT keeps state in
+      # weights too): gamma and beta train, the moving statistics stay frozen.
+      channels = self._fold_channels()
+      self.bn_gamma = self.add_weight(name="bn_gamma", shape=(channels,), initializer="ones")
+      self.bn_beta = self.add_weight(name="bn_beta", shape=(channels,), initializer="zeros")
+      self.bn_moving_mean = self.add_weight(name="bn_moving_mean", shape=(channels,),
+                                            initializer="zeros", trainable=False)
+      self.bn_moving_variance = self.add_weight(name="bn_moving_variance", shape=(channels,),
+                                                initializer="ones", trainable=False)
     super().build(input_shape)
+
+  @property
+  def folds_batchnorm(self) -> bool:
+    """Whether a BatchNormalization was folded into this layer (see morph_model)."""
+    return self.fold_batchnorm_epsilon is not None
+
+  def _fold_channels(self) -> int:
+    by_name = {weights_lib.short_name(v): v for v in self.layer.weights}
+    name, axis = next(iter(folding.fold_axes(self.layer).items()))
+    shape = by_name[name].shape
+    return int(shape[-2] * shape[-1]) if axis == "depthwise" else int(shape[axis])
+
+  def folded_values(self):
+    """({kernel name: folded kernel}, folded bias) from the current weights (tensors)."""
+    by_name = {weights_lib.short_name(v): v for v in self.layer.weights}
+    axes = folding.fold_axes(self.layer)
+    return folding.fold({n: tf.convert_to_tensor(by_name[n]) for n in axes}, by_name.get("bias"),
+                        self.bn_gamma, self.bn_beta, self.bn_moving_mean,
+                        self.bn_moving_variance, self.fold_batchnorm_epsilon, axes)
 
   @property
   def morph_targets(self) -> list[tuple[str, object, dict]]:
@@ -139,8 +175,10 @@ class MorphWrapper(keras.layers.Wrapper):
     return morph_targets_of(self.layer)
 
   def morphed_values(self) -> dict[str, tf.Tensor]:
-    """{weight name: morphed kernel} computed from the current master kernels."""
-    return {name: self._morph(variable, grouping)
+    """{weight name: morphed kernel} from the current master kernels (folded first
+    when a BatchNormalization was folded in)."""
+    folded = self.folded_values()[0] if self.folds_batchnorm else {}
+    return {name: self._morph(folded.get(name, variable), grouping)
             for name, variable, grouping in self.morph_targets}
 
   def _morph(self, variable, grouping) -> tf.Tensor:
@@ -166,12 +204,27 @@ class MorphWrapper(keras.layers.Wrapper):
 
   def call(self, inputs, training=None):
     kwargs = self._inner_kwargs(training)
-    if not self.morph_forward:
+    if not self.morph_forward and not self.folds_batchnorm:
       return self.layer(inputs, **kwargs)
     replaced = []
+    folded, extra_bias = ({}, None)
+    if self.folds_batchnorm:
+      folded, folded_bias = self.folded_values()
+      bias = {weights_lib.short_name(v): v for v in self.layer.weights}.get("bias")
+      if bias is not None:
+        replaced.append(("bias", bias, folded_bias))
+      else:
+        extra_bias = folded_bias  # the layer has no bias variable to stand in for
     for name, variable, grouping in self.morph_targets:
-      value = tf.convert_to_tensor(variable)
-      replaced.append((name, variable, _straight_through(value, self._morph(variable, grouping))))
+      value = folded.get(name, tf.convert_to_tensor(variable))
+      if self.morph_forward:
+        value = _straight_through(value, self._morph(value, grouping))
+      replaced.append((name, variable, value))
+    outputs = self._call_with(replaced, inputs, kwargs)
+    return outputs if extra_bias is None else outputs + extra_bias
+
+  def _call_with(self, replaced, inputs, kwargs):
+    """Runs the inner layer with each (name, variable, tensor) read as the tensor."""
     if IS_KERAS3:
       # Keras 3 kernels are read-only properties on Dense/Conv; the public
       # StatelessScope reads the morphed tensors in place of the variables.
@@ -195,6 +248,7 @@ class MorphWrapper(keras.layers.Wrapper):
     config.update({key: value for key, value in self.spec.settings().items()})
     config["method"] = self.spec.method
     config["morph_forward"] = self.morph_forward
+    config["fold_batchnorm_epsilon"] = self.fold_batchnorm_epsilon
     return config
 
   @classmethod
