@@ -94,7 +94,12 @@ def test_save_every_n_batches_savedmodel_and_tensorboard(tmp_path):
   saved = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "sm-*")))
   assert saved == ["sm-2-1"]
   assert os.path.isfile(tmp_path / "sm-2-1" / "saved_model.pb")
-  assert glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
+  events = glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
+  assert events
+  tags = {value.tag for path in events for event in tf.compat.v1.train.summary_iterator(path)
+          for value in event.summary.value}
+  assert {"mortar/conv/kernel/ratio_word", "mortar/fc/kernel/ratio_aligned",
+          "mortar/conv/kernel/morphed"} <= tags
   assert not glob.glob(str(tmp_path / ".mortar-*"))  # no staging left behind
 
 
