@@ -40,10 +40,14 @@ SCRIPT = textwrap.dedent("""
     """)
 
 
+def _run(script, legacy="1"):
+  env = dict(os.environ, TF_USE_LEGACY_KERAS=legacy, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        env=env, timeout=600, check=False)
+
+
 def test_prune_strip_then_morph_keeps_zeros_and_morphs_the_rest():
-  env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          env=env, timeout=600, check=False)
+  result = _run(SCRIPT)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().endswith("OK")
 
@@ -88,17 +92,12 @@ QAT_SCRIPT = textwrap.dedent("""
 
 
 def test_tfmot_qat_with_morph_quantize_config_equals_morph_wrapper():
-  env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-c", QAT_SCRIPT], capture_output=True, text=True,
-                          env=env, timeout=600, check=False)
+  result = _run(QAT_SCRIPT)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().endswith("OK")
 
 
 def test_tfmot_module_refuses_keras3_processes():
-  script = "import mortar_tf.keras.tfmot"
-  env = dict(os.environ, TF_USE_LEGACY_KERAS="0", TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
+  result = _run("import mortar_tf.keras.tfmot", legacy="0")
   assert result.returncode != 0
   assert "TF_USE_LEGACY_KERAS=1" in result.stderr
