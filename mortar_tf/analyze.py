@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Sequence
 
@@ -211,6 +210,3 @@ def format_analysis(analysis: Analysis, domain: str = "word", per_layer: bool = 
     parts += ["", f"Per layer, {domain} domain", analysis.layer_table(domain)]
   return "\n".join(parts)
 
-
-def finite_or_str(x: float):
-  return x if math.isfinite(x) else str(x)

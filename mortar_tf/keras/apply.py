@@ -89,7 +89,7 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
 
   folds = {}
   if fold_batchnorm and isinstance(to_wrap, keras.Model):
-    for submodel in [to_wrap] + [l for _, l in _all_layers(to_wrap) if isinstance(l, keras.Model)]:
+    for submodel in [to_wrap] + [l for _, l in all_layers(to_wrap) if isinstance(l, keras.Model)]:
       folds.update(_batchnorm_folds(submodel))
   pending = []
 
@@ -110,7 +110,7 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
     return wrap(to_wrap)
 
   if per_layer is not None:
-    names = {layer.name: layer for _, layer in _all_layers(to_wrap)}
+    names = {layer.name: layer for _, layer in all_layers(to_wrap)}
     unknown = sorted(set(per_layer) - set(names))
     if unknown:
       raise ValueError(f"precision names layers that {to_wrap.name!r} does not have: {unknown}")
@@ -143,12 +143,12 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
   return wrapped
 
 
-def _all_layers(model):
+def all_layers(model):
   """(path, layer) for every layer, recursing into nested models."""
   for layer in model.layers:
     yield layer.name, layer
     if isinstance(layer, keras.Model):
-      for path, inner in _all_layers(layer):
+      for path, inner in all_layers(layer):
         yield f"{layer.name}/{path}", inner
 
 

@@ -31,7 +31,7 @@ LOG_KEYS = {domain: f"mortar_ratio_{domain}" for domain in bits.DOMAINS}
 
 
 def _has_wrappers(model) -> bool:
-  return any(isinstance(layer, MorphWrapper) for _, layer in apply._all_layers(model))  # pylint: disable=protected-access
+  return any(isinstance(layer, MorphWrapper) for _, layer in apply.all_layers(model))
 
 
 class MortarCallback(keras.callbacks.Callback):

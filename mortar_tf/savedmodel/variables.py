@@ -45,10 +45,6 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
   return np.array_equal(a, b) if a.dtype == object else a.tobytes() == b.tobytes()
 
 
-def is_saved_model(path: str) -> bool:
-  return os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb"))
-
-
 def read_variables(saved_model_dir: str, min_rank: int = 0) -> list[SavedVariable]:
   """The model variables of a SavedModel, each once, in object-graph order.
 
