@@ -29,17 +29,13 @@ from mortar_tf.keras.wrapper import morph_targets_of
 from mortar_tf.morphing import MorphSpec
 
 
-def _is_supported(layer) -> bool:
-  try:
-    morph_targets_of(layer)
-  except ValueError:
-    return False
-  return True
-
-
 def _same_inputs(model):
   """New Input tensors named and shaped like a functional model's own (clone_model
-  would otherwise rename them, and the clone's config would differ)."""
+  would otherwise rename them, and the clone's config would differ).
+
+  No public API lists a functional model's InputLayers in order; both Keras
+  flavours keep them in `_input_layers`, read here and only here.
+  """
   if isinstance(model, keras.Sequential) or not hasattr(model, "_input_layers"):
     return None
   inputs = []
@@ -114,7 +110,7 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
     unknown = sorted(set(per_layer) - set(names))
     if unknown:
       raise ValueError(f"precision names layers that {to_wrap.name!r} does not have: {unknown}")
-    unsupported = sorted(n for n in per_layer if not _is_supported(names[n]))
+    unsupported = sorted(n for n in per_layer if not _targets_or_none(names[n]))
     if unsupported:
       morph_targets_of(names[unsupported[0]])  # raises with the explanation
 
@@ -128,7 +124,7 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
     if isinstance(layer, MorphWrapper):
       raise ValueError(f"layer {layer.name!r} is already wrapped: morphing twice would morph "
                        "morphed weights")
-    wanted = _is_supported(layer) if per_layer is None else layer.name in per_layer
+    wanted = bool(_targets_or_none(layer)) if per_layer is None else layer.name in per_layer
     return wrap(layer) if wanted else layer
 
   def _morph_nested(nested):
