@@ -107,6 +107,9 @@ class MorphWrapper(keras.layers.Wrapper):
       as for mortar_tf.morph (bitx groups along each kernel's reduction axes).
     morph_forward: False runs the layer with its master kernels (the wrapper
       then only marks what strip_morphing morphs).
+    fold_batchnorm_epsilon: set (by morph_model(fold_batchnorm=True)) when a
+      BatchNormalization was folded into this layer: its statistics then live
+      in the wrapper's bn_* weights and the forward pass folds them in first.
     **kwargs: Keras layer arguments (name, ...).
 
   Raises:
