@@ -427,11 +427,13 @@ def _aligned_columns(m, d, width) -> np.ndarray:
 BACKENDS = ("numpy", "op")
 
 
-def _use_op(backend: str | None, what: str) -> bool:
-  """Whether to count with the C++ op: always for "op", when built for None.
+def use_op(backend: str | None, what: str) -> bool:
+  """Whether `what` runs on the C++ op: for "op" (RuntimeError if not built),
+  and for None when it is built (otherwise one warning, and numpy).
 
   The op library sits above this module; it is imported here, lazily, only to
-  dispatch to it (the numpy code below is the reference it is tested against).
+  dispatch to it (the numpy code is the reference it is tested against).
+  Also used by morph.
   """
   if backend not in (None,) + BACKENDS:
     raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -476,7 +478,7 @@ def count_ones(w, domain: str = "significand", *, layout: str | None = None,
   """
   _check_domain(domain)
   w = as_float32(w)
-  if _use_op(backend, "count_ones"):
+  if use_op(backend, "count_ones"):
     return int(_op_counts(w, domain, layout, reduction_axes, equation, group_size, width)[1])
   if domain == "aligned":
     return _aligned_ones(*_aligned_offsets(w, layout, reduction_axes, equation, group_size, width))
@@ -507,7 +509,7 @@ def bit_histogram(w, domain: str = "significand", *, layout: str | None = None,
   """
   _check_domain(domain)
   w = as_float32(w)
-  if _use_op(backend, "bit_histogram"):
+  if use_op(backend, "bit_histogram"):
     return np.asarray(_op_counts(w, domain, layout, reduction_axes, equation, group_size,
                                  width)[0], np.int64)
   if domain == "aligned":

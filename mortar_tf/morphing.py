@@ -417,21 +417,6 @@ def _is_tf(w) -> bool:
   return tf is not None and (tf.is_tensor(w) or isinstance(w, tf.Variable))
 
 
-def _default_array_backend(spec: MorphSpec) -> str:
-  """The C++ op for numpy input when it is built and has the method, else numpy.
-
-  The op library sits above this module; it is imported lazily, only to
-  dispatch to it.
-  """
-  if spec.method == "bitx":
-    return "numpy"
-  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
-  if ops.is_built():
-    return "op"
-  ops.warn_fallback("morph")
-  return "numpy"
-
-
 def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=None,
           group_size=None, width=None, layout=None, reduction_axes=None, equation=None,
           backend: str | None = None):
@@ -487,12 +472,15 @@ def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=N
     axes = bits.resolve_reduction_axes(shape, reduction_axes, layout, equation)
 
   if backend is None:
-    backend = "tf" if tf_input else _default_array_backend(spec)
+    if tf_input:
+      backend = "tf"  # graphs never need the op library
+    elif spec.method != "bitx" and bits.use_op(None, "morph"):
+      backend = "op"  # the C++ kernel (it has no bitx) when built
+    else:
+      backend = "numpy"
   if backend == "op":
+    bits.use_op("op", "morph")  # RuntimeError without the op library
     from mortar_tf import ops  # pylint: disable=import-outside-toplevel
-    if not ops.is_built():
-      raise RuntimeError(f"backend='op' but the op library is not available: "
-                         f"{ops.why_not_built()}")
     result = ops.morph_spec(w, spec)
     return result if tf_input else np.asarray(result.numpy())
   if backend == "numpy":
