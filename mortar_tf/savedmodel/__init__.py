@@ -1,1 +1,1 @@
-"""SavedModel reading (variables now; the graph reader and converter come later)."""
+"""SavedModel reading and rewriting: variables, the compute graph, the converter."""

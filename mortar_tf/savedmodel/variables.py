@@ -45,37 +45,113 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
   return np.array_equal(a, b) if a.dtype == object else a.tobytes() == b.tobytes()
 
 
-def read_variables(saved_model_dir: str, min_rank: int = 0) -> list[SavedVariable]:
-  """The model variables of a SavedModel, each once, in object-graph order.
+class SavedModelError(ValueError):
+  """A path that is not a readable SavedModel; the message names the problem."""
 
-  Args:
-    saved_model_dir: a SavedModel directory.
-    min_rank: leave out variables of lower rank (2 keeps matrices and kernels).
+
+def load_proto(saved_model_dir: str) -> saved_model_pb2.SavedModel:
+  """Parses `saved_model.pb`.
 
   Raises:
-    ValueError: the directory is not a readable SavedModel (names what is wrong).
+    SavedModelError: a missing path, a directory without saved_model.pb, or a
+      file that does not parse (e.g. truncated).
   """
+  if not os.path.exists(saved_model_dir):
+    raise SavedModelError(f"no such SavedModel: {saved_model_dir!r}")
+  if not os.path.isdir(saved_model_dir):
+    raise SavedModelError(f"{saved_model_dir!r} is a file; a SavedModel is a directory")
   pb_path = os.path.join(saved_model_dir, "saved_model.pb")
-  prefix = os.path.join(saved_model_dir, "variables", "variables")
   if not os.path.isfile(pb_path):
-    raise ValueError(f"{saved_model_dir!r} is not a SavedModel: no saved_model.pb")
+    raise SavedModelError(f"{saved_model_dir!r} is not a SavedModel: it has no saved_model.pb")
   saved = saved_model_pb2.SavedModel()
   try:
     with open(pb_path, "rb") as f:
       saved.ParseFromString(f.read())
   except Exception as e:  # protobuf's DecodeError and friends
-    raise ValueError(f"{pb_path!r} is not a valid SavedModel proto: {e}") from e
+    raise SavedModelError(f"{pb_path!r} is not a valid SavedModel proto "
+                          f"(truncated or corrupted?): {e}") from e
   if not saved.meta_graphs:
-    raise ValueError(f"{pb_path!r} holds no meta graph")
+    raise SavedModelError(f"{pb_path!r} holds no meta graph")
+  if not saved.meta_graphs[0].object_graph_def.nodes:
+    raise SavedModelError(f"{pb_path!r} has no object graph (a TF1 SavedModel?); "
+                          "only TF2 SavedModels are supported")
+  return saved
+
+
+def checkpoint_prefix(saved_model_dir: str) -> str:
+  return os.path.join(saved_model_dir, "variables", "variables")
+
+
+def open_checkpoint(saved_model_dir: str):
+  """(reader, trackable object graph) of the SavedModel's variables.
+
+  Raises:
+    SavedModelError: missing or corrupted variables files.
+  """
+  prefix = checkpoint_prefix(saved_model_dir)
+  if not os.path.isfile(prefix + ".index"):
+    raise SavedModelError(f"{saved_model_dir!r} has no variables/variables.index: "
+                          "the variables are missing")
   try:
     reader = tf.train.load_checkpoint(prefix)
     trackable = trackable_object_graph_pb2.TrackableObjectGraph()
     trackable.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
   except Exception as e:  # TF raises NotFound/DataLoss/InvalidArgument variants
-    raise ValueError(f"cannot read the variables of {saved_model_dir!r}: {e}") from e
+    raise SavedModelError(f"cannot read the variables of {saved_model_dir!r} "
+                          f"(missing or corrupted variables files): {e}") from e
+  return reader, trackable
 
+
+@dataclasses.dataclass(frozen=True)
+class VariableObject:
+  """A variable of the object graph.
+
+  Attributes:
+    node_id: its node in the object graph.
+    name: its name (e.g. "dense/kernel").
+    key: its checkpoint key.
+    shape: its shape.
+    dtype: its dtype name.
+    role: "model" (reached from the root without an optimizer or metrics
+      edge), "slot" (an optimizer slot) or "other" (optimizer or metric state).
+  """
+  node_id: int
+  name: str
+  key: str
+  shape: tuple[int, ...]
+  dtype: str
+  role: str
+
+
+def variable_objects(saved_model_dir: str, saved=None) -> list[VariableObject]:
+  """Every variable of a SavedModel that the checkpoint holds, in node order.
+
+  Raises:
+    SavedModelError: not a readable SavedModel.
+  """
+  saved = saved if saved is not None else load_proto(saved_model_dir)
+  reader, trackable = open_checkpoint(saved_model_dir)
   saved_nodes = saved.meta_graphs[0].object_graph_def.nodes
   slots = {s.slot_variable_node_id for n in trackable.nodes for s in n.slot_variables}
+  model = set(_model_order(trackable))
+  dtypes = reader.get_variable_to_dtype_map()
+  out = []
+  for node_id, node in enumerate(trackable.nodes):
+    if node_id >= len(saved_nodes) or saved_nodes[node_id].WhichOneof("kind") != "variable":
+      continue
+    keys = [a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE"]
+    if not keys or keys[0] not in dtypes:
+      continue
+    variable = saved_nodes[node_id].variable
+    role = "slot" if node_id in slots else "model" if node_id in model else "other"
+    out.append(VariableObject(node_id, variable.name.split(":")[0] or keys[0], keys[0],
+                              tuple(int(d.size) for d in variable.shape.dim),
+                              dtypes[keys[0]].name, role))
+  return out
+
+
+def _model_order(trackable) -> list[int]:
+  """Node ids reached from the root without optimizer or metrics edges, breadth first."""
   order, seen = [], {0}
   queue = collections.deque([0])
   while queue:  # breadth first: the shortest path names each node
@@ -86,25 +162,33 @@ def read_variables(saved_model_dir: str, min_rank: int = 0) -> list[SavedVariabl
         continue
       seen.add(child.node_id)
       queue.append(child.node_id)
+  return order
 
+
+def read_variables(saved_model_dir: str, min_rank: int = 0) -> list[SavedVariable]:
+  """The model variables of a SavedModel, each once, in object-graph order.
+
+  Args:
+    saved_model_dir: a SavedModel directory.
+    min_rank: leave out variables of lower rank (2 keeps matrices and kernels).
+
+  Raises:
+    SavedModelError: the directory is not a readable SavedModel (names what is wrong).
+  """
+  saved = load_proto(saved_model_dir)
+  reader, trackable = open_checkpoint(saved_model_dir)
+  by_node = {v.node_id: v for v in variable_objects(saved_model_dir, saved)}
   out, by_name = [], collections.defaultdict(list)
-  for node_id in order:
-    if node_id in slots or node_id >= len(saved_nodes):
+  for node_id in _model_order(trackable):
+    found = by_node.get(node_id)
+    if found is None or found.role != "model" or len(found.shape) < min_rank:
       continue
-    saved_node = saved_nodes[node_id]
-    if saved_node.WhichOneof("kind") != "variable":
-      continue
-    keys = [a.checkpoint_key for a in trackable.nodes[node_id].attributes
-            if a.name == "VARIABLE_VALUE"]
-    if not keys or len(saved_node.variable.shape.dim) < min_rank:
-      continue
-    value = np.asarray(reader.get_tensor(keys[0]))
-    name = saved_node.variable.name.split(":")[0] or keys[0]
-    twins = by_name[name]
+    value = np.asarray(reader.get_tensor(found.key))
+    twins = by_name[found.name]
     if any(_same(t.value, value) for t in twins):
       continue  # Keras 3 exports track each variable under two lists
-    unique = name if not twins else f"{name}#{len(twins) + 1}"
-    variable = SavedVariable(unique, keys[0], value)
+    unique = found.name if not twins else f"{found.name}#{len(twins) + 1}"
+    variable = SavedVariable(unique, found.key, value)
     twins.append(variable)
     out.append(variable)
   return out

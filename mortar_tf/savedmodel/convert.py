@@ -1,0 +1,645 @@
+"""Writes a copy of a SavedModel whose weight variables are morphed.
+
+Everything but the selected variables is carried over unchanged:
+`saved_model.pb` and every other file byte for byte, the other checkpoint
+entries (the object graph included) bit for bit. The checkpoint is streamed
+in bounded batches (`tf.train.load_checkpoint`, then `SaveV2` per batch and
+one `MergeV2Checkpoints`), so memory holds about two of the largest tensor,
+never the model.
+
+The output is written into a fixed-name temp directory beside `dst`
+(".<name>.mortar-tmp"; a stale one from a killed run is removed first) and
+renamed into place at the end: on any failure nothing is left behind.
+`assets.extra/mortar.json` records what was done; a SavedModel that carries
+it is refused unless `force=True`. `fingerprint.pb` holds a checkpoint hash
+that the new variables make stale: it is regenerated (or dropped where
+TensorFlow cannot regenerate it), and the report says which.
+
+Example:
+  report = convert("model_dir", "model_morphed", method="paper", precision=0.1,
+                   verify=True)
+  print(report.summary())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import fnmatch
+import json
+import math
+import os
+import shutil
+import time
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from mortar_tf import bits
+from mortar_tf import morphing
+from mortar_tf import table
+from mortar_tf.savedmodel import graph as graph_lib
+from mortar_tf.savedmodel import variables as variables_lib
+from mortar_tf.savedmodel.variables import SavedModelError
+
+MORTAR_JSON = os.path.join("assets.extra", "mortar.json")
+_TMP_SUFFIX = ".mortar-tmp"
+_MIN_BATCH_BYTES = 32 << 20
+_SELECTIONS = ("kernels", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class MorphedVariable:
+  """One morphed variable: where it is, how it was grouped, its ones."""
+  name: str
+  key: str
+  shape: tuple[int, ...]
+  reduction_axes: tuple[int, ...]
+  spec: morphing.MorphSpec
+  ones_before: Mapping[str, int]
+  ones_after: Mapping[str, int]
+  max_rel_error: float
+  twin_of: str | None = None
+
+  def to_dict(self) -> dict:
+    return {"name": self.name, "key": self.key, "shape": list(self.shape),
+            "reduction_axes": list(self.reduction_axes), "method": self.spec.method,
+            "settings": self.spec.settings(), "ones_before": dict(self.ones_before),
+            "ones_after": dict(self.ones_after), "max_rel_error": _finite(self.max_rel_error),
+            "twin_of": self.twin_of}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionReport:
+  """What `convert` did.
+
+  Attributes:
+    src, dst: the directories.
+    method: the morphing method; settings: its settings (or the map).
+    morphed: the morphed variables.
+    skipped: (name, reason) for weights left unchanged.
+    fingerprint: "regenerated", "dropped" or "absent" (none in the source).
+    verification: {output: {"max_abs": .., "max_rel": ..}} or None.
+    seconds: wall time.
+  """
+  src: str
+  dst: str
+  method: str
+  settings: Mapping[str, object]
+  morphed: tuple[MorphedVariable, ...]
+  skipped: tuple[tuple[str, str], ...]
+  fingerprint: str
+  verification: Mapping[str, Mapping[str, float]] | None
+  seconds: float
+  group_size: int
+  width: int
+
+  def totals(self) -> tuple[dict, dict]:
+    before = {d: sum(v.ones_before[d] for v in self.morphed if not v.twin_of)
+              for d in bits.DOMAINS}
+    after = {d: sum(v.ones_after[d] for v in self.morphed if not v.twin_of)
+             for d in bits.DOMAINS}
+    return before, after
+
+  def to_dict(self) -> dict:
+    before, after = self.totals()
+    return {"mortar_tf_version": _version(), "src": self.src, "dst": self.dst,
+            "method": self.method, "settings": dict(self.settings),
+            "group_size": self.group_size, "width": self.width,
+            "ones_before": before, "ones_after": after,
+            "ratio": {d: bits.sparsity_ratio(before[d], after[d]) for d in bits.DOMAINS},
+            "variables": [v.to_dict() for v in self.morphed],
+            "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
+            "fingerprint": self.fingerprint,
+            "verification": None if self.verification is None else {
+                out: {k: _finite(v) for k, v in diff.items()}
+                for out, diff in self.verification.items()},
+            "seconds": self.seconds}
+
+  def summary(self) -> str:
+    """A per-variable table of ones before/after and the totals, as text."""
+    rows = []
+    for v in self.morphed:
+      if v.twin_of:
+        continue
+      setting = ", ".join(f"{k}={val:g}" if isinstance(val, float) else f"{k}={val}"
+                          for k, val in v.spec.settings().items()
+                          if k not in ("group_size", "width"))
+      rows.append([v.name,
+                   "x".join(map(str, v.shape)), setting, v.ones_before["word"],
+                   v.ones_after["word"],
+                   table.ratio(bits.sparsity_ratio(v.ones_before["word"], v.ones_after["word"])),
+                   table.ratio(bits.sparsity_ratio(v.ones_before["aligned"],
+                                                   v.ones_after["aligned"])),
+                   f"{v.max_rel_error:.3g}"])
+    before, after = self.totals()
+    rows.append(["total", "", "", before["word"], after["word"],
+                 table.ratio(bits.sparsity_ratio(before["word"], after["word"])),
+                 table.ratio(bits.sparsity_ratio(before["aligned"], after["aligned"])), ""])
+    parts = [f"Morphed {self.src} -> {self.dst} ({self.method}) in {self.seconds:.1f} s",
+             table.format_table(["variable", "shape", "setting", "ones word", "after",
+                                 "word x", "aligned x", "max rel err"], rows, footer_rows=1)]
+    twins = sum(1 for v in self.morphed if v.twin_of)
+    if twins:
+      parts.append(f"Also morphed alike: {twins} unread twin copies of these variables "
+                   "(Keras 3 exports store each variable twice)")
+    for name, reason in self.skipped:
+      parts.append(f"Left unchanged: {name}: {reason}")
+    parts.append(f"fingerprint.pb: {self.fingerprint}")
+    if self.verification is not None:
+      for out, diff in self.verification.items():
+        parts.append(f"Verified output {out}: max abs diff {diff['max_abs']:.3g}, "
+                     f"max rel diff {diff['max_rel']:.3g}")
+    return "\n".join(parts)
+
+  def write_json(self, path: str) -> None:
+    _write_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
+
+
+def _finite(x: float) -> float | None:
+  """JSON has no inf: an infinite difference is written as null."""
+  return float(x) if math.isfinite(x) else None
+
+
+def _version() -> str:
+  import mortar_tf  # pylint: disable=import-outside-toplevel
+  return mortar_tf.__version__
+
+
+def _write_atomic(path: str, text: str) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def temp_dir_for(dst: str) -> str:
+  """The fixed-name temp directory `convert` writes before renaming to `dst`."""
+  dst = os.path.abspath(dst)
+  return os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}{_TMP_SUFFIX}")
+
+
+def _check_paths(src: str, dst: str) -> None:
+  if not dst:
+    raise ValueError("no output directory given")
+  src_real, dst_real = os.path.realpath(src), os.path.realpath(dst)
+  if src_real == dst_real:
+    raise ValueError(f"output {dst!r} is the input; write the morphed model somewhere else")
+  if dst_real.startswith(src_real + os.sep):
+    raise ValueError(f"output {dst!r} is inside the input SavedModel {src!r}")
+  if os.path.lexists(dst):
+    raise ValueError(f"output {dst!r} already exists; remove it or choose another path")
+  parent = os.path.dirname(os.path.abspath(dst))
+  if not os.path.isdir(parent):
+    raise ValueError(f"the output's parent directory {parent!r} does not exist")
+
+
+def read_record(saved_model_dir: str) -> dict | None:
+  """The `assets.extra/mortar.json` of a SavedModel morphed by us, or None."""
+  path = os.path.join(saved_model_dir, MORTAR_JSON)
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+# --------------------------------------------------------------------------
+# What to morph
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+  var: variables_lib.VariableObject
+  axes: tuple[int, ...]
+  spec: morphing.MorphSpec
+  twin_of: str | None = None
+
+
+def _matches(pattern: str, var: variables_lib.VariableObject, op_names: Sequence[str]) -> bool:
+  return any(fnmatch.fnmatchcase(name, pattern) for name in (var.name, var.key, *op_names))
+
+
+def _specs_for(candidates, precision, method, spec_kwargs):
+  """{key: MorphSpec} for each candidate under one P or a {pattern: P} map."""
+  if not isinstance(precision, Mapping):
+    spec = morphing.MorphSpec.create(method, precision, **spec_kwargs)
+    return {var.key: spec for var, _, _ in candidates}, []
+  if method not in ("paper", "fewest_ones"):
+    raise ValueError(f"a precision map needs method 'paper' or 'fewest_ones', not {method!r}")
+  if not precision:
+    raise ValueError("the precision map is empty")
+  specs, unused = {}, []
+  for pattern, value in precision.items():
+    spec = morphing.MorphSpec.create(method, value)  # validates P, naming it
+    hits = [var for var, _, ops in candidates if _matches(pattern, var, ops)]
+    if not hits:
+      unused.append(pattern)
+    for var in hits:
+      specs.setdefault(var.key, spec)  # the first pattern that matches wins
+  if unused:
+    names = ", ".join(sorted({var.name for var, _, _ in candidates}))
+    raise ValueError(f"precision map entries {unused} match no selected variable; "
+                     f"the selected variables are: {names}")
+  return specs, [var for var, _, _ in candidates if var.key not in specs]
+
+
+def _select(graph, variables, select):
+  """[(variable, reduction axes, op names)] to morph, and [(name, reason)] left alone."""
+  by_key = {v.key: v for v in variables}
+  reads: dict[str, list] = {}
+  for op in graph.mapped:
+    if op.weight.kind == "variable":
+      reads.setdefault(op.weight.key, []).append(op)
+  skipped, constants = [], {}
+  for op in graph.ops:
+    if op.mapped and op.weight.kind == "constant":
+      constants.setdefault(op.weight.name, []).append(op.name)
+    elif not op.mapped:
+      skipped.append((op.name, f"unmapped: {op.unmapped}"))
+  for name, ops in constants.items():
+    skipped.append((f"constant {name} (read by {len(ops)} op{'s' if len(ops) > 1 else ''}, "
+                    f"e.g. {ops[0]})", "a graph constant, not a variable: saved_model.pb is "
+                    "copied unchanged"))
+
+  def _axes(var):
+    found = reads.get(var.key)
+    if found:
+      return found[0].reduction_axes
+    return bits.resolve_reduction_axes(var.shape) if var.shape else ()
+
+  def _ops(var):
+    return [op.name for op in reads.get(var.key, [])]
+
+  if isinstance(select, str):
+    if select not in _SELECTIONS:
+      raise ValueError(f"select must be one of {_SELECTIONS} or a list of variable names, "
+                       f"got {select!r}")
+    if select == "kernels":
+      chosen = [by_key[k] for k in reads if k in by_key]
+    else:
+      chosen = [v for v in variables if v.role == "model"]
+    picked = []
+    for var in chosen:
+      if var.dtype != "float32":
+        skipped.append((var.name, f"{var.dtype}, not float32 (copied unchanged)"))
+      else:
+        picked.append((var, _axes(var), _ops(var)))
+    return picked, skipped
+
+  picked = []
+  for name in select:
+    hits = [v for v in variables if name in (v.name, v.key)]
+    if not hits:
+      raise ValueError(f"unknown variable {name!r}; the model variables are: "
+                       f"{', '.join(v.name for v in variables if v.role == 'model')}")
+    for var in hits:
+      if var.role != "model":
+        raise ValueError(f"variable {name!r} is optimizer or metric state ({var.role}); "
+                         "only model variables are morphed")
+      if var.dtype != "float32":
+        raise ValueError(f"variable {name!r} is {var.dtype}; only float32 variables can be "
+                         "morphed")
+      if all(p[0].key != var.key for p in picked):
+        picked.append((var, _axes(var), _ops(var)))
+  return picked, skipped
+
+
+def _twins(targets, variables, reader):
+  """Keras 3 exports hold each variable twice (under `variables` and
+  `_all_variables`); the functions read one. The unread twin with the same
+  name and bit-identical value is morphed alike, so the two never disagree."""
+  chosen = {t.var.key for t in targets}
+  by_name: dict[str, list] = {}
+  for var in variables:
+    if var.role == "model" and var.key not in chosen and var.dtype == "float32":
+      by_name.setdefault(var.name, []).append(var)
+  out = []
+  for target in targets:
+    for var in by_name.get(target.var.name, []):
+      if var.shape != target.var.shape:
+        continue
+      if reader.get_tensor(var.key).tobytes() == reader.get_tensor(target.var.key).tobytes():
+        out.append(_Target(var, target.axes, target.spec, twin_of=target.var.name))
+  return out
+
+
+# --------------------------------------------------------------------------
+# Writing
+
+
+def _morph(value: np.ndarray, target: _Target, group_size: int, width: int):
+  spec = target.spec
+  axes = target.axes
+  kwargs = {}
+  if spec.method == "bitx":
+    kwargs = dict(columns=spec.columns, group_size=spec.group_size, width=spec.width,
+                  reduction_axes=axes)
+  elif spec.method == "round":
+    kwargs = dict(keep_bits=spec.keep_bits)
+  else:
+    kwargs = dict(precision=spec.precision)
+  morphed = morphing.morph(value, spec.method, **kwargs)
+  grouping = dict(reduction_axes=axes, group_size=group_size, width=width)
+  before = bits.ones_by_domain(value, **grouping)
+  after = bits.ones_by_domain(morphed, **grouping)
+  from mortar_tf import report  # pylint: disable=import-outside-toplevel
+  error = report.max_relative_error(value, morphed)
+  record = MorphedVariable(target.var.name, target.var.key, target.var.shape, tuple(axes), spec,
+                           before, after, error, target.twin_of)
+  return morphed, record
+
+
+def _nbytes(shape, dtype) -> int:
+  try:
+    itemsize = tf.dtypes.as_dtype(dtype).size
+  except TypeError:
+    itemsize = 8
+  return int(np.prod(shape, dtype=np.int64)) * max(itemsize, 1)
+
+
+def _stream_checkpoint(src: str, out_dir: str, targets: Mapping[str, _Target], group_size: int,
+                       width: int, batch_bytes: int | None,
+                       progress: Callable[[int, int, str], None] | None):
+  """Writes src's checkpoint to out_dir/variables with the targets morphed."""
+  reader, _ = variables_lib.open_checkpoint(src)
+  shapes = reader.get_variable_to_shape_map()
+  dtypes = reader.get_variable_to_dtype_map()
+  keys = sorted(shapes)
+  sizes = {k: _nbytes(shapes[k], dtypes[k]) for k in keys}
+  budget = batch_bytes or max(_MIN_BATCH_BYTES, max(sizes.values(), default=0))
+  var_dir = os.path.join(out_dir, "variables")
+  os.makedirs(var_dir, exist_ok=True)
+  shard_prefixes, batch, batch_size, records = [], [], 0, []
+
+  def _flush():
+    nonlocal batch, batch_size
+    if not batch:
+      return
+    prefix = os.path.join(var_dir, f"part-{len(shard_prefixes):05d}")
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=[k for k, _ in batch],
+                      shape_and_slices=[""] * len(batch), tensors=[v for _, v in batch])
+    shard_prefixes.append(prefix)
+    batch, batch_size = [], 0
+
+  for done, key in enumerate(keys):
+    if progress is not None:
+      progress(done, len(keys), key)
+    if batch and batch_size + sizes[key] > budget:
+      _flush()
+    try:
+      value = reader.get_tensor(key)
+    except Exception as e:  # DataLoss (bad checksum), NotFound (missing data file), ...
+      raise SavedModelError(f"cannot read variable {key!r} of {src!r} (corrupted or missing "
+                            f"variables data?): {e}") from e
+    target = targets.get(key)
+    if target is not None:
+      value, record = _morph(np.asarray(value), target, group_size, width)
+      records.append(record)
+    batch.append((key, value))
+    batch_size += sizes[key]
+    del value
+  _flush()
+  if progress is not None:
+    progress(len(keys), len(keys), "")
+  prefix = variables_lib.checkpoint_prefix(out_dir)
+  tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=shard_prefixes, destination_prefix=prefix,
+                                delete_old_dirs=True)
+  return records
+
+
+def _copy_tree(src: str, out_dir: str) -> None:
+  """Every file of src except the checkpoint and the fingerprint, byte for byte."""
+  for entry in os.listdir(src):
+    if entry in ("variables", "fingerprint.pb"):
+      continue
+    path = os.path.join(src, entry)
+    if os.path.isdir(path):
+      shutil.copytree(path, os.path.join(out_dir, entry))
+    else:
+      shutil.copy2(path, os.path.join(out_dir, entry))
+  var_src = os.path.join(src, "variables")
+  os.makedirs(os.path.join(out_dir, "variables"), exist_ok=True)
+  for entry in os.listdir(var_src):  # anything beside the checkpoint (rare)
+    if not entry.startswith("variables."):
+      path = os.path.join(var_src, entry)
+      (shutil.copytree if os.path.isdir(path) else shutil.copy2)(
+          path, os.path.join(out_dir, "variables", entry))
+
+
+def _regenerate_fingerprint(src: str, out_dir: str) -> str:
+  if not os.path.isfile(os.path.join(src, "fingerprint.pb")):
+    return "absent"
+  try:
+    # TF has no public API that writes a fingerprint; this is what
+    # tf.saved_model.save calls. If it moves, the stale file is dropped.
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting  # pylint: disable=g-direct-tensorflow-import,import-outside-toplevel
+    data = fingerprinting.CreateFingerprintDef(out_dir)
+  except Exception:  # pylint: disable=broad-except
+    return "dropped"
+  with open(os.path.join(out_dir, "fingerprint.pb"), "wb") as f:
+    f.write(data)
+  return "regenerated"
+
+
+# --------------------------------------------------------------------------
+# Verification
+
+
+def _signature_inputs(fn):
+  _, kwargs = fn.structured_input_signature
+  return kwargs
+
+
+def verify_outputs(src: str, dst: str, signature: str = graph_lib.DEFAULT_SIGNATURE,
+                   inputs: str | Mapping[str, np.ndarray] | None = None, input_shape=None,
+                   seed: int = 0) -> dict:
+  """Runs both SavedModels' signature on the same inputs and compares outputs.
+
+  Args:
+    src, dst: the two SavedModels.
+    signature: the signature to call.
+    inputs: an .npz path or {input name: array}; None: random normal inputs
+      (unknown dims from `input_shape`, else 1).
+    input_shape: as for read_graph.
+    seed: seeds the random inputs.
+
+  Returns:
+    {output name: {"max_abs": max |a - b|, "max_rel": max |a - b| / max |a|}}.
+
+  Raises:
+    SavedModelError: a model that does not load or lacks the signature.
+    ValueError: inputs that do not match the signature.
+  """
+  models = []
+  for path in (src, dst):
+    try:
+      models.append(tf.saved_model.load(path))
+    except Exception as e:  # pylint: disable=broad-except
+      raise SavedModelError(f"cannot load {path!r} to verify it: {e}") from e
+  fns = []
+  for path, model in zip((src, dst), models):
+    if signature not in model.signatures:
+      raise SavedModelError(f"{path!r} has no signature {signature!r}")
+    fns.append(model.signatures[signature])
+  specs = _signature_inputs(fns[0])
+  feed = _verification_inputs(specs, inputs, input_shape, seed)
+  a, b = fns[0](**feed), fns[1](**feed)
+  out = {}
+  for name in sorted(a):
+    x = np.asarray(a[name], np.float64)
+    y = np.asarray(b[name], np.float64)
+    diff = float(np.max(np.abs(x - y))) if x.size else 0.0
+    scale = float(np.max(np.abs(x))) if x.size else 0.0
+    out[name] = {"max_abs": diff, "max_rel": diff / scale if scale > 0 else
+                 (0.0 if diff == 0 else math.inf)}
+  return out
+
+
+def _verification_inputs(specs, inputs, input_shape, seed):
+  if isinstance(inputs, str):
+    if not os.path.isfile(inputs):
+      raise ValueError(f"no such inputs file: {inputs!r}")
+    try:
+      with np.load(inputs) as data:
+        inputs = {k: data[k] for k in data.files}
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"{inputs!r} is not a readable .npz file: {e}") from e
+  if inputs is not None:
+    missing = sorted(set(specs) - set(inputs))
+    if missing:
+      raise ValueError(f"the inputs lack {missing}; the signature takes {sorted(specs)}")
+    feed = {}
+    for name, spec in specs.items():
+      value = np.asarray(inputs[name])
+      if not spec.shape.is_compatible_with(value.shape):
+        raise ValueError(f"input {name!r} has shape {value.shape}; the signature takes "
+                         f"{spec.shape}")
+      feed[name] = tf.constant(value, dtype=spec.dtype)
+    return feed
+  if input_shape is not None and not isinstance(input_shape, Mapping):
+    input_shape = {next(iter(specs)): input_shape}
+  rng = np.random.default_rng(seed)
+  feed = {}
+  for name, spec in specs.items():
+    given = (input_shape or {}).get(name)
+    shape = tuple(given) if given is not None else tuple(
+        1 if d is None else d for d in spec.shape.as_list())
+    if spec.dtype.is_floating:
+      value = rng.standard_normal(shape)
+    elif spec.dtype.is_integer:
+      value = rng.integers(0, 2, shape)
+    else:
+      raise ValueError(f"input {name!r} is {spec.dtype.name}: give the inputs as an .npz")
+    feed[name] = tf.constant(value, dtype=spec.dtype)
+  return feed
+
+
+# --------------------------------------------------------------------------
+# The conversion
+
+
+def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_bits=None,
+            columns=None, group_size: int | None = None, width: int | None = None,
+            select="kernels", signature: str = graph_lib.DEFAULT_SIGNATURE, input_shape=None,
+            force: bool = False, verify: bool = False, verify_inputs=None,
+            report_path: str | None = None, batch_bytes: int | None = None,
+            progress: Callable[[int, int, str], None] | None = None) -> ConversionReport:
+  """Writes `dst`: the SavedModel `src` with its selected weight variables morphed.
+
+  Args:
+    src: the SavedModel to read.
+    dst: the directory to write (must not exist).
+    method, precision, keep_bits, columns: as for `mortar_tf.morph`.
+      `precision` may be a {pattern: P} map (fnmatch patterns over variable
+      names, checkpoint keys and op names; first match wins); selected
+      variables it does not cover are left unchanged and listed as skipped.
+    group_size, width: the aligned grouping (bitx, and the aligned counts).
+    select: "kernels" (variables read as weights by compute ops), "all"
+      (every float32 model variable) or a list of variable names/keys.
+      Optimizer slots and optimizer/metric state are never selected.
+    signature: the signature whose graph decides the kernels and their axes.
+    input_shape: for the graph reader and random verification inputs.
+    force: morph a SavedModel that was already morphed by mortar_tf.
+    verify: load both models and compare their outputs (recorded in the report).
+    verify_inputs: an .npz (or dict) of the signature's inputs for verify.
+    report_path: also write the report as JSON here.
+    batch_bytes: bytes of tensors written per checkpoint shard (default: the
+      largest tensor, at least 32 MiB).
+    progress: called as progress(done, total, key) while streaming.
+
+  Returns:
+    A ConversionReport.
+
+  Raises:
+    SavedModelError: `src` is not a readable SavedModel (missing, not a
+      SavedModel, truncated proto, corrupted or missing variables).
+    ValueError: bad arguments, an existing `dst`, `dst == src`, an unknown
+      signature or variable, a selected variable that is not float32, or an
+      already morphed model without `force`.
+  """
+  start = time.monotonic()
+  _check_paths(src, dst)
+  group_size, width = bits.check_group_args(
+      bits.DEFAULT_GROUP_SIZE if group_size is None else group_size,
+      bits.DEFAULT_WIDTH if width is None else width)
+  spec_kwargs = {"keep_bits": keep_bits, "columns": columns}
+  if method == "bitx":
+    spec_kwargs.update(group_size=group_size, width=width)
+  if isinstance(precision, Mapping):
+    extra = [k for k, v in spec_kwargs.items() if v is not None and k not in ("group_size",
+                                                                               "width")]
+    if extra:
+      raise ValueError(f"a precision map takes no {', '.join(extra)}")
+  else:
+    morphing.MorphSpec.create(method, precision, **spec_kwargs)  # fail before any reading
+
+  previous = read_record(src)
+  if previous is not None and not force:
+    raise ValueError(f"{src!r} was already morphed by mortar_tf ({previous.get('method')}, "
+                     f"{previous.get('settings')}); pass force=True to morph it again")
+  graph = graph_lib.read_graph(src, input_shape=input_shape, signature=signature)
+  variables = variables_lib.variable_objects(src)
+  candidates, skipped = _select(graph, variables, select)
+  specs, uncovered = _specs_for(candidates, precision, method,
+                                {k: v for k, v in spec_kwargs.items() if v is not None})
+  skipped += [(var.name, "not covered by the precision map") for var in uncovered]
+  targets = [_Target(var, tuple(axes), specs[var.key]) for var, axes, _ in candidates
+             if var.key in specs]
+  reader, _ = variables_lib.open_checkpoint(src)
+  targets += _twins(targets, variables, reader)
+  del reader
+
+  tmp = temp_dir_for(dst)
+  shutil.rmtree(tmp, ignore_errors=True)  # a killed run's leftovers
+  try:
+    os.makedirs(tmp)
+    _copy_tree(src, tmp)
+    records = _stream_checkpoint(src, tmp, {t.var.key: t for t in targets}, group_size, width,
+                                 batch_bytes, progress)
+    by_key = {r.key: r for r in records}
+    morphed = tuple(by_key[t.var.key] for t in targets)
+    fingerprint = _regenerate_fingerprint(src, tmp)
+    if isinstance(precision, Mapping):
+      settings = {"precision_map": {k: float(v) for k, v in precision.items()}}
+    else:
+      settings = morphing.MorphSpec.create(method, precision, **spec_kwargs).settings()
+    verification = None
+    if verify:
+      verification = verify_outputs(src, tmp, signature, verify_inputs, input_shape)
+    report = ConversionReport(os.path.abspath(src), os.path.abspath(dst), method, settings,
+                              morphed, tuple(skipped), fingerprint, verification,
+                              time.monotonic() - start, group_size, width)
+    record = report.to_dict()
+    record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    if previous is not None:
+      record["previous"] = previous
+    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+    _write_atomic(os.path.join(tmp, MORTAR_JSON), json.dumps(record, indent=1, allow_nan=False))
+    os.rename(tmp, dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  if report_path:
+    report.write_json(report_path)
+  return report
