@@ -93,6 +93,7 @@ setup(
     entry_points={
         "console_scripts": [
             "mortar-analyze = mortar_tf_tools.analyze_weights:run",
+            "mortar-morph = mortar_tf_tools.morph_saved_model:run",
         ],
     },
 )

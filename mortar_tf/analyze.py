@@ -90,11 +90,19 @@ def load_weights(path: str, select: str = "kernels") -> ModelWeights:
   if not os.path.exists(path):
     raise ValueError(f"no such model: {path!r}")
   if os.path.isdir(path):
-    from mortar_tf.savedmodel import variables  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from mortar_tf.savedmodel import graph, variables
     found = variables.read_variables(path, min_rank=2 if select == "kernels" else 0)
-    return ModelWeights(path, "savedmodel", {v.name: v.value for v in found}, {},
-                        note="SavedModel layouts are not read yet: every weight uses the "
-                        "default grouping (all axes but the last)")
+    try:
+      axes = graph.read_graph(path).variable_weights()
+      note = ""
+    except ValueError as e:  # an unknown signature, ambiguous axes, ...
+      axes, note = {}, f"graph not read ({e}): every weight uses the default grouping"
+    groupings = {v.name: axes[v.key] for v in found if v.key in axes}
+    if not note and len(groupings) < len(found):
+      note = ("weights no compute op of the serving signature reads use the default "
+              "grouping (all axes but the last)")
+    return ModelWeights(path, "savedmodel", {v.name: v.value for v in found}, groupings, note)
   if not path.endswith((".keras", ".h5", ".hdf5")):
     raise ValueError(f"{path!r} is neither a .keras/.h5 model file nor a SavedModel directory")
   from mortar_tf.keras import weights as keras_weights  # pylint: disable=import-outside-toplevel

@@ -1,1 +1,17 @@
-"""SavedModel reading and rewriting: variables, the compute graph, the converter."""
+"""SavedModel reading and rewriting: variables, the compute graph, the converter.
+
+  from mortar_tf import savedmodel
+  graph = savedmodel.read_graph("model_dir")
+  report = savedmodel.convert("model_dir", "model_morphed", "paper", 0.1)
+"""
+
+from mortar_tf.savedmodel.converter import ConversionReport
+from mortar_tf.savedmodel.converter import convert
+from mortar_tf.savedmodel.converter import verify_outputs
+from mortar_tf.savedmodel.graph import ComputeOp
+from mortar_tf.savedmodel.graph import SavedModelGraph
+from mortar_tf.savedmodel.graph import read_graph
+from mortar_tf.savedmodel.variables import SavedModelError
+
+__all__ = ["ComputeOp", "ConversionReport", "SavedModelError", "SavedModelGraph", "convert",
+           "read_graph", "verify_outputs"]

@@ -1,0 +1,121 @@
+"""Writes a copy of a SavedModel with its weight variables morphed.
+
+  mortar-morph --input=model_dir --output=model_morphed --method=paper --precision=0.1
+  mortar-morph --input=model_dir --output=out --precision_map=p.json --verify --report=r.json
+
+--precision_map is a JSON object {pattern: P}: fnmatch patterns over variable
+names, checkpoint keys and op names (first match wins); variables it does not
+cover are left unchanged. Exit status: 0 done, 1 failed (nothing written).
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+_INPUT = flags.DEFINE_string("input", None, "The SavedModel directory to read.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "The directory to write (must not exist).",
+                              required=True)
+_METHOD = flags.DEFINE_enum("method", "paper", ["paper", "fewest_ones", "round", "bitx"],
+                            "Morphing method.")
+_PRECISION = flags.DEFINE_float("precision", None, "P for paper and fewest_ones (default 0.1).")
+_PRECISION_MAP = flags.DEFINE_string("precision_map", None,
+                                     "A JSON file {pattern: P}, instead of --precision.")
+_KEEP_BITS = flags.DEFINE_integer("keep_bits", None, "Mantissa bits kept by round.")
+_COLUMNS = flags.DEFINE_integer("columns", None, "Aligned columns kept by bitx.")
+_GROUP_SIZE = flags.DEFINE_integer("group_size", 16, "Lanes per group (bitx, aligned counts).")
+_WIDTH = flags.DEFINE_integer("width", 24, "Aligned window width (bitx, aligned counts).")
+_SELECT = flags.DEFINE_list("select", ["kernels"],
+                            "kernels, all, or a list of variable names or checkpoint keys.")
+_SIGNATURE = flags.DEFINE_string("signature", "serving_default",
+                                 "The signature whose graph names the kernels.")
+_INPUT_SHAPE = flags.DEFINE_list("input_shape", None,
+                                 "Full input shape, batch included (e.g. 1,224,224,3).")
+_VERIFY = flags.DEFINE_bool("verify", False, "Compare both models' outputs before finishing.")
+_VERIFY_INPUTS = flags.DEFINE_string("verify_inputs", None,
+                                     "An .npz of the signature's inputs for --verify.")
+_REPORT = flags.DEFINE_string("report", None, "Also write the report as JSON here.")
+_FORCE = flags.DEFINE_bool("force", False, "Morph a model that mortar_tf already morphed.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+
+
+class _Bar:
+  """A one-line progress bar over checkpoint entries (stderr, only on a terminal)."""
+
+  def __init__(self, enabled: bool):
+    self.enabled = enabled and sys.stderr.isatty()
+
+  def __call__(self, done: int, total: int, key: str) -> None:
+    if not self.enabled or total == 0:
+      return
+    width = 30
+    filled = width * done // total
+    name = key if len(key) <= 40 else "..." + key[-37:]
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name:<40}")
+    if done == total:
+      sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _precision():
+  if _PRECISION_MAP.value is None:
+    return _PRECISION.value
+  if _PRECISION.value is not None:
+    raise app.UsageError("give --precision or --precision_map, not both")
+  path = _PRECISION_MAP.value
+  if not os.path.isfile(path):
+    raise app.UsageError(f"--precision_map: no such file {path!r}")
+  try:
+    with open(path, encoding="utf-8") as f:
+      mapping = json.load(f)
+  except ValueError as e:
+    raise app.UsageError(f"--precision_map {path!r} is not valid JSON: {e}") from None
+  if not isinstance(mapping, dict) or not all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) for v in mapping.values()):
+    raise app.UsageError(f"--precision_map {path!r} must be a JSON object of numbers "
+                         '{"pattern": P}')
+  return mapping
+
+
+def _input_shape():
+  if _INPUT_SHAPE.value is None:
+    return None
+  try:
+    return tuple(int(d) for d in _INPUT_SHAPE.value)
+  except ValueError:
+    raise app.UsageError(f"--input_shape must be integers, got {_INPUT_SHAPE.value}") from None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  precision = _precision()
+  select = _SELECT.value
+  select = select[0] if select in (["kernels"], ["all"]) else select
+  # TensorFlow loads after the flags are checked: usage errors stay fast.
+  from mortar_tf import savedmodel  # pylint: disable=import-outside-toplevel
+  try:
+    report = savedmodel.convert(
+        _INPUT.value, _OUTPUT.value, _METHOD.value, precision, keep_bits=_KEEP_BITS.value,
+        columns=_COLUMNS.value, group_size=_GROUP_SIZE.value, width=_WIDTH.value,
+        select=select, signature=_SIGNATURE.value, input_shape=_input_shape(),
+        force=_FORCE.value, verify=_VERIFY.value, verify_inputs=_VERIFY_INPUTS.value,
+        report_path=_REPORT.value, progress=_Bar(_PROGRESS.value))
+  except (ValueError, TypeError) as e:
+    print(f"mortar-morph: error: {e}", file=sys.stderr)
+    print("Nothing was written.", file=sys.stderr)
+    return 1
+  print(report.summary())
+  if _REPORT.value:
+    print(f"Wrote {_REPORT.value}")
+  return 0
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
