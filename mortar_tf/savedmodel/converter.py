@@ -305,7 +305,7 @@ def _select(graph, variables, select):
   return picked, skipped
 
 
-def _twins(targets, variables, reader):
+def _twins(targets, variables, reader, src):
   """Keras 3 exports hold each variable twice (under `variables` and
   `_all_variables`); the functions read one. The unread twin with the same
   name and bit-identical value is morphed alike, so the two never disagree."""
@@ -319,7 +319,9 @@ def _twins(targets, variables, reader):
     for var in by_name.get(target.var.name, []):
       if var.shape != target.var.shape:
         continue
-      if reader.get_tensor(var.key).tobytes() == reader.get_tensor(target.var.key).tobytes():
+      a = variables_lib.read_tensor(reader, var.key, src)
+      b = variables_lib.read_tensor(reader, target.var.key, src)
+      if a.tobytes() == b.tobytes():
         out.append(_Target(var, target.axes, target.spec, twin_of=target.var.name))
   return out
 
@@ -387,11 +389,7 @@ def _stream_checkpoint(src: str, out_dir: str, targets: Mapping[str, _Target], g
       progress(done, len(keys), key)
     if batch and batch_size + sizes[key] > budget:
       _flush()
-    try:
-      value = reader.get_tensor(key)
-    except Exception as e:  # DataLoss (bad checksum), NotFound (missing data file), ...
-      raise SavedModelError(f"cannot read variable {key!r} of {src!r} (corrupted or missing "
-                            f"variables data?): {e}") from e
+    value = variables_lib.read_tensor(reader, key, src)
     target = targets.get(key)
     if target is not None:
       value, record = _morph(np.asarray(value), target, group_size, width)
@@ -607,7 +605,7 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
   targets = [_Target(var, tuple(axes), specs[var.key]) for var, axes, _ in candidates
              if var.key in specs]
   reader, _ = variables_lib.open_checkpoint(src)
-  targets += _twins(targets, variables, reader)
+  targets += _twins(targets, variables, reader, src)
   del reader
 
   tmp = temp_dir_for(dst)

@@ -102,6 +102,19 @@ def open_checkpoint(saved_model_dir: str):
   return reader, trackable
 
 
+def read_tensor(reader, key: str, saved_model_dir: str):
+  """reader.get_tensor(key), with a clear error for bad data (TF checks CRCs).
+
+  Raises:
+    SavedModelError: a checksum mismatch, a missing data shard, and the like.
+  """
+  try:
+    return reader.get_tensor(key)
+  except Exception as e:  # DataLoss, NotFound, a RuntimeError wrapping either, ...
+    raise SavedModelError(f"cannot read variable {key!r} of {saved_model_dir!r} (corrupted or "
+                          f"missing variables data?): {e}") from e
+
+
 @dataclasses.dataclass(frozen=True)
 class VariableObject:
   """A variable of the object graph.
@@ -183,7 +196,7 @@ def read_variables(saved_model_dir: str, min_rank: int = 0) -> list[SavedVariabl
     found = by_node.get(node_id)
     if found is None or found.role != "model" or len(found.shape) < min_rank:
       continue
-    value = np.asarray(reader.get_tensor(found.key))
+    value = np.asarray(read_tensor(reader, found.key, saved_model_dir))
     twins = by_name[found.name]
     if any(_same(t.value, value) for t in twins):
       continue  # Keras 3 exports track each variable under two lists
