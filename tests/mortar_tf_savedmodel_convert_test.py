@@ -24,7 +24,7 @@ from mortar_tf.savedmodel import converter
 
 
 def _model():
-  inputs = keras.Input((8, 8, 3))
+  inputs = keras.Input((8, 8, 3), name="image")
   x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
   x = keras.layers.BatchNormalization(name="bn")(x)
   x = keras.layers.DepthwiseConv2D(3, name="dw")(x)
@@ -315,7 +315,7 @@ def test_a_killed_run_leaves_no_output_and_the_next_run_cleans_up(exported, tmp_
 def test_verify_compares_outputs_on_given_inputs(exported, tmp_path):
   src, model = exported
   x = np.random.default_rng(3).standard_normal((3, 8, 8, 3)).astype(np.float32)
-  np.savez(tmp_path / "in.npz", keras_tensor=x)
+  np.savez(tmp_path / "in.npz", image=x)
   report = savedmodel.convert(str(src), str(tmp_path / "dst"), "paper", 0.05, verify=True,
                               verify_inputs=str(tmp_path / "in.npz"))
   loaded = tf.saved_model.load(str(tmp_path / "dst"))
@@ -324,7 +324,7 @@ def test_verify_compares_outputs_on_given_inputs(exported, tmp_path):
   (diff,) = report.verification.values()
   assert diff["max_abs"] == pytest.approx(float(np.abs(served - original).max()), rel=1e-6)
   np.savez(tmp_path / "wrong.npz", other=x)
-  with pytest.raises(ValueError, match="inputs lack \\['keras_tensor'\\]"):
+  with pytest.raises(ValueError, match="inputs lack \\['image'\\]"):
     savedmodel.convert(str(src), str(tmp_path / "dst2"), verify=True,
                        verify_inputs=str(tmp_path / "wrong.npz"))
   _no_leftovers(tmp_path, "dst2")

@@ -83,11 +83,20 @@ def test_keras_files_report_each_kernel_with_its_layout(saved, filename, tmp_pat
       ref.aligned_column_ones(kernels[dw["name"]], (0, 1), 16, 24))
 
 
-def test_saved_model_directory(saved):
+def test_saved_model_directory(saved, tmp_path):
   d, kernels = saved
-  result = _run(f"--model={d / 'sm'}", "--methods=fewest_ones", "--precisions=0.2")
+  out = tmp_path / "r.json"
+  result = _run(f"--model={d / 'sm'}", "--methods=fewest_ones", "--precisions=0.2",
+                f"--json={out}")
   assert result.returncode == 0, result.stderr
-  assert "default grouping" in result.stdout
+  # The graph reader gives each kernel its layer's axes (SPEC 3), e.g. depthwise (0, 1).
+  tensors = {t["name"]: t for t in json.loads(out.read_text())["reports"][0]["tensors"]}
+  expected_axes = {"conv/kernel": (0, 1, 2), "fc/kernel": (0,)}
+  for name, kernel in kernels.items():
+    axes = expected_axes.get(name, (0, 1))
+    assert tensors[name]["grouping"] == f"axes {axes}"
+    assert tensors[name]["ones_before"]["aligned"] == sum(
+        ref.aligned_column_ones(kernel, axes, 16, 24))
   weights = analyze.load_weights(str(d / "sm"))
   # each kernel once (Keras 3 exports track variables twice), biases left out
   assert sorted(v.shape for v in weights.weights.values()) == sorted(

@@ -330,26 +330,81 @@ def _twins(targets, variables, reader, src):
 # Writing
 
 
-def _morph(value: np.ndarray, target: _Target, group_size: int, width: int):
+# Elements handed to numpy or a transposing op at a time: large tensors are
+# walked in slices so no full-size temporary (TF keeps freed buffers) appears.
+_SLICE = 1 << 20
+
+
+def _slices(t: tf.Tensor, axes):
+  """Slices of `t` along its first output (non-reduction) axis, each about
+  _SLICE elements; groups lie along the reduction axes, so each slice holds
+  whole groups and per-slice aligned counts add up."""
+  out_axes = [a for a in range(t.shape.rank) if a not in axes]
+  size = int(np.prod(t.shape))
+  if not out_axes or size <= _SLICE:
+    yield t
+    return
+  axis = out_axes[0]
+  step = max(1, t.shape[axis] * _SLICE // size)
+  for start in range(0, t.shape[axis], step):
+    index = [slice(None)] * t.shape.rank
+    index[axis] = slice(start, start + step)
+    yield t[tuple(index)]
+
+
+def _ones(t: tf.Tensor, axes, group_size: int, width: int) -> dict[str, int]:
+  """Ones of a float32 tensor in every domain; the op reads the tensor in place."""
+  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
+  if not ops.is_built():
+    return bits.ones_by_domain(t.numpy(), reduction_axes=axes, group_size=group_size,
+                               width=width)
+  out = {domain: int(ops.bit_count(t, domain)[1]) for domain in ("significand", "word")}
+  out["aligned"] = sum(int(ops.aligned_count(part, reduction_axes=axes, group_size=group_size,
+                                             width=width)[1]) for part in _slices(t, axes))
+  return {domain: out[domain] for domain in bits.DOMAINS}
+
+
+def _max_rel_error(t: tf.Tensor, morphed: tf.Tensor) -> float:
+  from mortar_tf import report  # pylint: disable=import-outside-toplevel
+  flat_t, flat_m = tf.reshape(t, [-1]), tf.reshape(morphed, [-1])
+  return max((report.max_relative_error(flat_t[i:i + _SLICE].numpy(),
+                                        flat_m[i:i + _SLICE].numpy())
+              for i in range(0, int(flat_t.shape[0]), _SLICE)), default=0.0)
+
+
+def _morph(t: tf.Tensor, target: _Target, group_size: int, width: int):
+  """(morphed tensor, MorphedVariable) for one variable's value `t`.
+
+  Memory: `t`, the result and slices of _SLICE elements (with the op;
+  the numpy fallback copies whole tensors).
+  """
   spec = target.spec
   axes = target.axes
-  kwargs = {}
-  if spec.method == "bitx":
-    kwargs = dict(columns=spec.columns, group_size=spec.group_size, width=spec.width,
-                  reduction_axes=axes)
-  elif spec.method == "round":
-    kwargs = dict(keep_bits=spec.keep_bits)
+  before = _ones(t, axes, group_size, width)
+  if spec.method != "bitx" and bits.use_op(None, "morph"):
+    from mortar_tf import ops  # pylint: disable=import-outside-toplevel
+    morphed = ops.morph_spec(t, spec)
   else:
-    kwargs = dict(precision=spec.precision)
-  morphed = morphing.morph(value, spec.method, **kwargs)
-  grouping = dict(reduction_axes=axes, group_size=group_size, width=width)
-  before = bits.ones_by_domain(value, **grouping)
-  after = bits.ones_by_domain(morphed, **grouping)
-  from mortar_tf import report  # pylint: disable=import-outside-toplevel
-  error = report.max_relative_error(value, morphed)
+    kwargs = {"bitx": dict(columns=spec.columns, group_size=spec.group_size, width=spec.width,
+                           reduction_axes=axes),
+              "round": dict(keep_bits=spec.keep_bits)}.get(spec.method,
+                                                          dict(precision=spec.precision))
+    morphed = tf.constant(morphing.morph(t.numpy(), spec.method, backend="numpy", **kwargs))
+  error = _max_rel_error(t, morphed)
+  after = _ones(morphed, axes, group_size, width)
   record = MorphedVariable(target.var.name, target.var.key, target.var.shape, tuple(axes), spec,
                            before, after, error, target.twin_of)
   return morphed, record
+
+
+def _restore(prefix: str, key: str, dtype, src: str) -> tf.Tensor:
+  """One checkpoint entry as a tensor, read straight into TF's buffer (no numpy copy)."""
+  try:
+    return tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
+                                dtypes=[dtype])[0]
+  except Exception as e:  # DataLoss (bad checksum), NotFound (missing data file), ...
+    raise SavedModelError(f"cannot read variable {key!r} of {src!r} (corrupted or missing "
+                          f"variables data?): {e}") from e
 
 
 def _nbytes(shape, dtype) -> int:
@@ -389,10 +444,10 @@ def _stream_checkpoint(src: str, out_dir: str, targets: Mapping[str, _Target], g
       progress(done, len(keys), key)
     if batch and batch_size + sizes[key] > budget:
       _flush()
-    value = variables_lib.read_tensor(reader, key, src)
+    value = _restore(variables_lib.checkpoint_prefix(src), key, dtypes[key], src)
     target = targets.get(key)
     if target is not None:
-      value, record = _morph(np.asarray(value), target, group_size, width)
+      value, record = _morph(value, target, group_size, width)
       records.append(record)
     batch.append((key, value))
     batch_size += sizes[key]

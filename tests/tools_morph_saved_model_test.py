@@ -1,0 +1,93 @@
+"""End-to-end tests of the installed `mortar-morph` command."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mortar_tf
+
+TOOL = os.path.join(os.path.dirname(sys.executable), "mortar-morph")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _run(*args):
+  return subprocess.run([TOOL, *args], capture_output=True, text=True, env=ENV, timeout=300,
+                        check=False)
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+  d = tmp_path_factory.mktemp("tool")
+  inputs = keras.Input((6, 6, 2))
+  x = keras.layers.Conv2D(3, 3, name="conv")(inputs)
+  x = keras.layers.Flatten()(x)
+  outputs = keras.layers.Dense(4, name="fc")(x)
+  model = keras.Model(inputs, outputs)
+  rng = np.random.default_rng(5)
+  model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.weights])
+  model.export(str(d / "m"), verbose=False)
+  return d / "m"
+
+
+def _values(path):
+  reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
+
+
+def test_tool_is_installed():
+  assert os.access(TOOL, os.X_OK), f"{TOOL} is missing: is the package installed?"
+
+
+def test_morphs_verifies_and_reports(src, tmp_path):
+  report = tmp_path / "r.json"
+  result = _run(f"--input={src}", f"--output={tmp_path / 'out'}", "--method=fewest_ones",
+                "--precision=0.2", "--verify", f"--report={report}")
+  assert result.returncode == 0, result.stderr
+  for text in ("conv/kernel", "fc/kernel", "total", "Verified output", "fingerprint.pb"):
+    assert text in result.stdout
+  data = json.loads(report.read_text())
+  assert data["method"] == "fewest_ones" and data["settings"] == {"precision": 0.2}
+  before, after = _values(src), _values(tmp_path / "out")
+  for entry in data["variables"]:
+    expected = mortar_tf.morph(before[entry["key"]], "fewest_ones", precision=0.2,
+                               backend="numpy")
+    np.testing.assert_array_equal(after[entry["key"]].view(np.uint32), expected.view(np.uint32))
+  assert data["verification"]["output_0"]["max_abs"] > 0
+
+
+def test_precision_map_file(src, tmp_path):
+  pmap = tmp_path / "p.json"
+  pmap.write_text(json.dumps({"fc/*": 0.3}))
+  result = _run(f"--input={src}", f"--output={tmp_path / 'out'}", f"--precision_map={pmap}")
+  assert result.returncode == 0, result.stderr
+  assert "fc/kernel" in result.stdout
+  assert "conv/kernel: not covered by the precision map" in result.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--input={missing}"], "no such SavedModel"),
+    (["--precision=2"], "precision"),
+    (["--select=conv/bias,nothing"], "unknown variable 'nothing'"),
+    (["--signature=nope"], "unknown signature 'nope'"),
+    (["--precision=0.1", "--precision_map={pmap}"], "not both"),
+    (["--precision_map={bad_json}"], "not valid JSON"),
+])
+def test_bad_input_exits_nonzero_and_writes_nothing(src, tmp_path, args, message):
+  (tmp_path / "bad.json").write_text("{oops")
+  (tmp_path / "p.json").write_text("{}")
+  fill = {"missing": tmp_path / "missing", "pmap": tmp_path / "p.json",
+          "bad_json": tmp_path / "bad.json"}
+  args = [a.format(**fill) for a in args]
+  if not any(a.startswith("--input") for a in args):
+    args.append(f"--input={src}")
+  result = _run(*args, f"--output={tmp_path / 'out'}")
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert not (tmp_path / "out").exists()
+  assert not any(p.name.endswith(".mortar-tmp") for p in tmp_path.iterdir())
