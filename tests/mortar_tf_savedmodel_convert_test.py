@@ -328,3 +328,18 @@ def test_verify_compares_outputs_on_given_inputs(exported, tmp_path):
     savedmodel.convert(str(src), str(tmp_path / "dst2"), verify=True,
                        verify_inputs=str(tmp_path / "wrong.npz"))
   _no_leftovers(tmp_path, "dst2")
+
+
+def test_select_all_morphs_each_keras_variable_once_and_its_twin_alike(exported, tmp_path):
+  src, model = exported
+  report = savedmodel.convert(str(src), str(tmp_path / "all"), "round", keep_bits=4,
+                              select="all")
+  primary = [v for v in report.morphed if not v.twin_of]
+  twins = [v for v in report.morphed if v.twin_of]
+  # Keras' own list of float32 variables: kernels, biases, BN parameters and statistics.
+  assert sorted(v.name for v in primary) == sorted(w.path for w in model.weights)
+  assert sorted(v.twin_of for v in twins) == sorted(v.name for v in primary)
+  after = _checkpoint(tmp_path / "all")
+  for twin in twins:
+    first = next(v for v in primary if v.name == twin.twin_of)
+    assert _bytes(after[twin.key]) == _bytes(after[first.key])

@@ -307,22 +307,34 @@ def _select(graph, variables, select):
 
 def _twins(targets, variables, reader, src):
   """Keras 3 exports hold each variable twice (under `variables` and
-  `_all_variables`); the functions read one. The unread twin with the same
-  name and bit-identical value is morphed alike, so the two never disagree."""
+  `_all_variables`); the functions read one. The other copy (same name,
+  bit-identical value) is morphed alike, so the two never disagree; among
+  the targets themselves (select="all"), later copies are marked as twins."""
   chosen = {t.var.key for t in targets}
-  by_name: dict[str, list] = {}
+  same_name: dict[str, list] = {}
   for var in variables:
-    if var.role == "model" and var.key not in chosen and var.dtype == "float32":
-      by_name.setdefault(var.name, []).append(var)
-  out = []
+    if var.role == "model" and var.dtype == "float32":
+      same_name.setdefault(var.name, []).append(var)
+
+  def _same(a, b):
+    if a.shape != b.shape:
+      return False
+    return (variables_lib.read_tensor(reader, a.key, src).tobytes() ==
+            variables_lib.read_tensor(reader, b.key, src).tobytes())
+
+  out, firsts = [], []
   for target in targets:
-    for var in by_name.get(target.var.name, []):
-      if var.shape != target.var.shape:
-        continue
-      a = variables_lib.read_tensor(reader, var.key, src)
-      b = variables_lib.read_tensor(reader, target.var.key, src)
-      if a.tobytes() == b.tobytes():
+    first = next((f for f in firsts
+                  if f.var.name == target.var.name and _same(f.var, target.var)), None)
+    if first is not None:
+      out.append(dataclasses.replace(target, twin_of=first.var.name))
+      continue
+    firsts.append(target)
+    out.append(target)
+    for var in same_name.get(target.var.name, []):
+      if var.key not in chosen and _same(var, target.var):
         out.append(_Target(var, target.axes, target.spec, twin_of=target.var.name))
+        chosen.add(var.key)
   return out
 
 
@@ -660,7 +672,7 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
   targets = [_Target(var, tuple(axes), specs[var.key]) for var, axes, _ in candidates
              if var.key in specs]
   reader, _ = variables_lib.open_checkpoint(src)
-  targets += _twins(targets, variables, reader, src)
+  targets = _twins(targets, variables, reader, src)
   del reader
 
   tmp = temp_dir_for(dst)
