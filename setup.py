@@ -94,6 +94,7 @@ setup(
         "console_scripts": [
             "mortar-analyze = mortar_tf_tools.analyze_weights:run",
             "mortar-morph = mortar_tf_tools.morph_saved_model:run",
+            "mortar-estimate = mortar_tf_tools.estimate:run",
         ],
     },
 )

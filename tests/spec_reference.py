@@ -169,3 +169,34 @@ def bitx(w: np.ndarray, reduction_axes, group_size, columns) -> np.ndarray:
         value = math.ldexp(kept, e - 150)
         out[index] = np.float32(-value if u >> 31 else value)
   return out
+
+
+def engine_group_figures(w: np.ndarray, reduction_axes, group_size, width, window):
+  """Per group (lane_max, bitlet) of SPEC 4 by plain loops over lanes and columns."""
+  out = []
+  for group in groups_of(w, reduction_axes, group_size):
+    exps = [(f32_bits(v) >> 23) & 0xFF for _, v in group if is_normal(f32_bits(v))]
+    emax = max(exps, default=0)
+    lanes = []  # per lane, the set of columns holding a 1
+    for _, v in group:
+      u = f32_bits(v)
+      columns = set()
+      if is_normal(u):
+        e = (u >> 23) & 0xFF
+        m = (u & 0x7FFFFF) | 0x800000
+        for j in range(24):
+          c = (23 - j) + (emax - e)
+          if (m >> j) & 1 and c < width:
+            columns.add(c)
+      lanes.append(columns)
+    lane_max = max(len(c) for c in lanes)
+    bitlet = 1
+    for c in range(width):
+      ones = sum(1 for lane in lanes if c in lane)
+      zero_windows = 0
+      for start in range(0, group_size, window):
+        if not any(c in lane for lane in lanes[start:min(start + window, group_size)]):
+          zero_windows += 1
+      bitlet = max(bitlet, ones + zero_windows)
+    out.append((lane_max, bitlet))
+  return out

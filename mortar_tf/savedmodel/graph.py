@@ -67,6 +67,7 @@ class Weight:
     dtype: the stored dtype name.
     path: the ops between the stored tensor and the compute op, stored end
       first (e.g. ("ReadVariableOp", "Reshape")).
+    tensor: a constant's TensorProto (None for a variable).
   """
   kind: str
   name: str
@@ -74,6 +75,7 @@ class Weight:
   shape: tuple[int, ...]
   dtype: str
   path: tuple[str, ...] = ()
+  tensor: object = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +307,8 @@ class _TopLevel:
 def _constant(node, name: str) -> Weight:
   tensor = node.attr["value"].tensor
   shape = tuple(int(d.size) for d in tensor.tensor_shape.dim)
-  return Weight("constant", name, None, shape, tf.dtypes.as_dtype(tensor.dtype).name)
+  return Weight("constant", name, None, shape, tf.dtypes.as_dtype(tensor.dtype).name,
+                tensor=tensor)
 
 
 # --------------------------------------------------------------------------
@@ -754,6 +757,20 @@ def read_graph(saved_model_dir: str, input_shape=None,
   _check_consistent_axes(ops)
   return SavedModelGraph(saved_model_dir, signature, inputs, ops,
                          "traced" if walker.traced_any else "saved shapes")
+
+
+def weight_value(saved_model_dir: str, weight: Weight, reader=None) -> np.ndarray:
+  """The stored value of a weight: a constant from the graph, a variable from
+  the checkpoint (pass `reader` to reuse one).
+
+  Raises:
+    SavedModelError: unreadable variables.
+  """
+  if weight.kind == "constant":
+    return tf.make_ndarray(weight.tensor)
+  if reader is None:
+    reader, _ = variables_lib.open_checkpoint(saved_model_dir)
+  return np.asarray(variables_lib.read_tensor(reader, weight.key, saved_model_dir))
 
 
 def _effective(axes, shape) -> tuple[int, ...]:

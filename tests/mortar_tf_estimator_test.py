@@ -1,0 +1,251 @@
+"""The estimator against SPEC 5's engine example and independent loops.
+
+Group counts, N_pos and MACs are derived here from the Keras layers' shapes
+(textbook formulas); per-group lane ones and Bitlet column costs come from
+spec_reference's plain loops over lanes, columns and windows.
+"""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mortar_tf
+from mortar_tf import estimator
+from mortar_tf.estimator import Engine
+from mortar_tf.estimator import estimation as estimate_lib
+from mortar_tf.estimator import plots
+
+import spec_reference as ref
+
+G, WIDTH, WINDOW, PES = 8, 10, 3, 3
+BATCH = 2
+
+
+def _engines(num_pes=PES, **extra):
+  return [Engine(name, name, group_size=G, width=WIDTH, window=WINDOW, num_pes=num_pes, **extra)
+          for name in estimator.MODELS]
+
+
+def test_spec_engine_example():
+  group = np.float32([1.5, 1, 0.75, 0]).reshape(4, 1)  # one group along axis 0
+  n_groups, lane_sum, bitlet_sum, columns = estimate_lib.group_figures(group, (0,), 4, 4, 2)
+  assert (n_groups, lane_sum, bitlet_sum) == (1, 2, 3)
+  assert columns == (2, 2, 1, 0)  # windows 1100, 1000, 0110, 0000
+  cycles = {m: Engine(m, m, group_size=4, width=4, window=2).group_cycles(1, lane_sum, bitlet_sum)
+            for m in estimator.MODELS if m != "mortar"}
+  assert cycles == {"fp32": 1, "stripes": 4, "pragmatic": 2, "bitlet": 3}
+
+
+def test_spec_engine_example_through_a_saved_model(tmp_path):
+  inputs = keras.Input((4,))
+  outputs = keras.layers.Dense(1, use_bias=False, name="fc")(inputs)
+  model = keras.Model(inputs, outputs)
+  model.get_layer("fc").set_weights([np.float32([[1.5], [1], [0.75], [0]])])
+  model.export(str(tmp_path / "m"), verbose=False)
+  engines = [Engine(m, m, group_size=4, width=4, window=2) for m in estimator.MODELS]
+  result = estimator.estimate(str(tmp_path / "m"), input_shape=(1, 4), engines=engines,
+                              precision=1e-9)  # P this small changes no weight
+  (layer,) = result.layers
+  assert layer.cycles == {"fp32": 1, "stripes": 4, "pragmatic": 2, "bitlet": 3, "mortar": 3}
+  assert layer.macs == 4 and layer.n_pos == 1
+
+
+def _weights(shape, seed):
+  """Values over several binades, with zeros and a subnormal: alignment matters."""
+  rng = np.random.default_rng(seed)
+  w = rng.standard_normal(shape) * np.exp2(rng.integers(-6, 3, shape))
+  flat = w.reshape(-1)
+  flat[::7] = 0.0
+  flat[3] = 1e-39
+  return w.astype(np.float32)
+
+
+# name, layer factory, input shape (no batch), stored reduction axes (SPEC 3)
+LAYERS = [
+    ("dense", lambda: keras.layers.Dense(3, name="layer"), (20,), (0,)),
+    ("conv2d", lambda: keras.layers.Conv2D(2, 3, name="layer"), (6, 6, 4), (0, 1, 2)),
+    ("depthwise", lambda: keras.layers.DepthwiseConv2D(3, name="layer"), (6, 6, 3), (0, 1)),
+    ("conv2d_transpose", lambda: keras.layers.Conv2DTranspose(2, 3, strides=2, name="layer"),
+     (4, 4, 3), (3,)),
+]
+
+
+def _textbook_macs(kind, kernel_shape, in_shape, out_shape):
+  if kind == "dense":
+    return BATCH * in_shape[0] * out_shape[-1]
+  kh, kw = kernel_shape[:2]
+  if kind == "conv2d":
+    return BATCH * out_shape[0] * out_shape[1] * kh * kw * kernel_shape[2] * kernel_shape[3]
+  if kind == "depthwise":
+    return BATCH * out_shape[0] * out_shape[1] * kh * kw * kernel_shape[2] * kernel_shape[3]
+  # transposed: every input pixel meets every weight
+  return BATCH * in_shape[0] * in_shape[1] * kh * kw * kernel_shape[2] * kernel_shape[3]
+
+
+@pytest.fixture(scope="module", params=LAYERS, ids=[p[0] for p in LAYERS])
+def layer_case(request, tmp_path_factory):
+  kind, make, in_shape, axes = request.param
+  inputs = keras.Input(in_shape)
+  layer = make()
+  outputs = layer(inputs)
+  model = keras.Model(inputs, outputs)
+  kernel = _weights(layer.get_weights()[0].shape, seed=len(kind))
+  layer.set_weights([kernel] + layer.get_weights()[1:])
+  path = tmp_path_factory.mktemp(kind) / "m"
+  model.export(str(path), verbose=False)
+  out_shape = tuple(int(d) for d in outputs.shape[1:])
+  return kind, str(path), kernel, in_shape, out_shape, axes
+
+
+def test_cycles_groups_and_macs_match_independent_loops(layer_case):
+  kind, path, kernel, in_shape, out_shape, axes = layer_case
+  result = estimator.estimate(path, input_shape=(BATCH,) + in_shape, engines=_engines(),
+                              method="fewest_ones", precision=0.2)
+  (layer,) = result.layers
+  assert layer.reduction_axes == axes
+  # Groups and positions from the Keras shapes.
+  r = int(np.prod([kernel.shape[a] for a in axes]))
+  n_out = kernel.size // r
+  n_groups = n_out * math.ceil(r / G)
+  if kind == "conv2d_transpose":
+    n_pos = BATCH * in_shape[0] * in_shape[1]
+  else:
+    n_pos = BATCH * int(np.prod(out_shape)) // n_out
+  assert layer.n_pos == n_pos
+  assert all(n == n_groups for n in layer.n_groups.values())
+  assert layer.macs == _textbook_macs(kind, kernel.shape, in_shape, out_shape)
+  # Per-group figures by loops, on the original and on the morphed weights.
+  original = ref.engine_group_figures(kernel, axes, G, WIDTH, WINDOW)
+  morphed_kernel = mortar_tf.morph(kernel, "fewest_ones", precision=0.2, backend="numpy")
+  morphed = ref.engine_group_figures(morphed_kernel, axes, G, WIDTH, WINDOW)
+  assert len(original) == n_groups
+
+  def cycles(total):
+    return -(-n_pos * total // PES)
+
+  assert layer.cycles["fp32"] == cycles(n_groups)
+  assert layer.cycles["stripes"] == cycles(WIDTH * n_groups)
+  assert layer.cycles["pragmatic"] == cycles(sum(max(lane, 1) for lane, _ in original))
+  assert layer.cycles["bitlet"] == cycles(sum(b for _, b in original))
+  assert layer.cycles["mortar"] == cycles(sum(b for _, b in morphed))
+  assert layer.cycles["mortar"] < layer.cycles["bitlet"]
+  assert list(layer.columns["original"]) == ref.aligned_column_ones(kernel, axes, G, WIDTH)
+
+
+def test_fp32_and_stripes_formulas_with_one_pe(layer_case):
+  kind, path, kernel, in_shape, _, axes = layer_case
+  result = estimator.estimate(path, input_shape=(BATCH,) + in_shape, engines=_engines(1))
+  (layer,) = result.layers
+  r = int(np.prod([kernel.shape[a] for a in axes]))
+  fp32 = layer.n_pos * (kernel.size // r) * math.ceil(r / G)
+  assert layer.cycles["fp32"] == fp32
+  assert layer.cycles["stripes"] == WIDTH * fp32
+
+
+def test_speedups_iso_area_time_and_energy(layer_case):
+  _, path, _, in_shape, _, _ = layer_case
+  engines = [Engine("bitlet", "bitlet", area_mm2=0.05, frequency_hz=1e9),
+             Engine("mortar", "mortar", power_w=0.06858, area_mm2=0.031, frequency_hz=1e9),
+             Engine("fp32", "fp32")]
+  result = estimator.estimate(path, input_shape=(BATCH,) + in_shape, engines=engines)
+  total = result.total_cycles()
+  speed = result.speedup()
+  assert speed["mortar"] == total["bitlet"] / total["mortar"]
+  assert result.iso_area_speedup()["mortar"] == pytest.approx(speed["mortar"] * 0.05 / 0.031)
+  assert result.iso_area_speedup()["fp32"] is None  # no area: unknown, not invented
+  assert result.seconds()["mortar"] == total["mortar"] / 1e9
+  assert result.joules()["mortar"] == pytest.approx(0.06858 * total["mortar"] / 1e9)
+  assert result.joules()["bitlet"] is None and result.seconds()["fp32"] is None
+
+
+def test_reports_csv_json_plots(layer_case, tmp_path):
+  _, path, _, in_shape, _, _ = layer_case
+  result = estimator.estimate(path, input_shape=(BATCH,) + in_shape)
+  result.write_csv(str(tmp_path / "l.csv"))
+  header = (tmp_path / "l.csv").read_text().splitlines()[0].split(",")
+  assert header[:3] == ["LayerID", "Layer name", "Op"] and "MACs" in header
+  assert "Total Cycles mortar" in header and "Speedup" in header
+  result.write_json(str(tmp_path / "e.json"))
+  data = json.loads((tmp_path / "e.json").read_text())
+  assert data["total"]["cycles"] == result.total_cycles()
+  for png in plots.write_plots(result, str(tmp_path / "plots")):
+    with open(png, "rb") as f:
+      head = f.read(8)
+    assert head == b"\x89PNG\r\n\x1a\n"
+  assert "total" in result.table()
+
+
+class _Unsupported(tf.Module):
+
+  def __init__(self):
+    super().__init__()
+    self.w = tf.Variable(tf.ones([4, 3]), name="w")
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+  def __call__(self, x):
+    gram = tf.matmul(x, x, transpose_b=True)  # no weight
+    sliced = tf.matmul(x, self.w[:, :2])  # weight made by StridedSlice
+    return tf.matmul(x, self.w), gram, sliced
+
+
+def test_layers_it_cannot_map_are_listed_with_the_reason(tmp_path):
+  module = _Unsupported()
+  tf.saved_model.save(module, str(tmp_path / "m"), signatures=module.__call__)
+  result = estimator.estimate(str(tmp_path / "m"), input_shape=(2, 4))
+  assert len(result.layers) == 3
+  assert len(result.mapped) == 1 and result.mapped[0].weight == "w"
+  reasons = [layer.unmapped for layer in result.unmapped]
+  assert all("both operands are computed tensors" in r for r in reasons)
+  assert "Not estimated" in result.table()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(group_size=0), "group_size .* must be 1..4096"),
+    (dict(power_w=-1.0), "power_w must be >= 0"),
+    (dict(width=65), "width must be 1..64"),
+    (dict(num_pes=0), "num_pes must be >= 1"),
+    (dict(frequency_hz=0.0), "frequency_hz must be > 0"),
+    (dict(area_mm2=float("nan")), "area_mm2 must be a finite number"),
+    (dict(model="tpu"), "unknown model 'tpu'"),
+])
+def test_bad_engine_config(kwargs, message):
+  args = dict(name="e", model="bitlet")
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=message):
+    Engine(**args)
+
+
+def test_engine_configs_from_json(tmp_path):
+  good = tmp_path / "good.json"
+  good.write_text(json.dumps({"engines": [
+      {"name": "mine", "model": "mortar", "group_size": 32, "power_w": 0.05,
+       "sources": {"power_w": "my synthesis run"}}]}))
+  (engine,) = estimator.load_engines(str(good))
+  assert engine.group_size == 32 and engine.source("power_w") == "my synthesis run"
+  assert Engine.from_dict(engine.to_dict()) == engine
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps([{"name": "x", "model": "bitlet", "lanes": 4}]))
+  with pytest.raises(ValueError, match=r"unknown keys \['lanes'\]"):
+    estimator.load_engines(str(bad))
+  bad.write_text("[{")
+  with pytest.raises(ValueError, match="not valid JSON"):
+    estimator.load_engines(str(bad))
+  bad.write_text(json.dumps([{"name": "x", "model": "bitlet"}, {"name": "x", "model": "fp32"}]))
+  with pytest.raises(ValueError, match="repeated"):
+    estimator.load_engines(str(bad))
+
+
+def test_defaults_carry_their_sources():
+  engines = {e.name: e for e in estimator.default_engines()}
+  assert set(engines) == set(estimator.MODELS)
+  mortar = engines["mortar"]
+  assert (mortar.power_w, mortar.area_mm2) == (0.06858, 0.031)
+  assert "Mortar paper" in mortar.source("area_mm2")
+  assert engines["bitlet"].area_mm2 is None and engines["bitlet"].frequency_hz is None
+  assert "Bitlet-PE" in engines["bitlet"].source("group_size")
+  assert (engines["bitlet"].group_size, engines["bitlet"].width,
+          engines["bitlet"].window) == (64, 24, 8)

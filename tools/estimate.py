@@ -1,0 +1,109 @@
+"""Estimates per-layer cycles and speedups of a SavedModel on bit-serial engines.
+
+  mortar-estimate --saved_model=model_dir --input_shape=1,224,224,3
+  mortar-estimate --saved_model=model_dir --engines=bitlet,mortar --precision=0.05 \
+      --csv=layers.csv --json=estimate.json --plots_dir=plots
+
+--config is a JSON file with a list of engine objects ({"name", "model",
+"group_size", "width", "window", "num_pes", "frequency_hz", "power_w",
+"area_mm2", "sources"}); without it the five engines of SPEC 4 are used.
+Exit status: 0 done, 1 failed.
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+
+_SAVED_MODEL = flags.DEFINE_string("saved_model", None, "The SavedModel directory.",
+                                   required=True)
+_INPUT_SHAPE = flags.DEFINE_list("input_shape", None,
+                                 "Full input shape, batch included (e.g. 1,224,224,3).")
+_SIGNATURE = flags.DEFINE_string("signature", "serving_default", "The signature to read.")
+_ENGINES = flags.DEFINE_list("engines", None,
+                             "Engines to report (names from --config or the defaults "
+                             "fp32,stripes,pragmatic,bitlet,mortar); default: all.")
+_BASELINE = flags.DEFINE_string("baseline", "bitlet", "The engine speedups are measured against.")
+_CONFIG = flags.DEFINE_string("config", None, "A JSON file of engine configs.")
+_METHOD = flags.DEFINE_enum("method", "paper", ["paper", "fewest_ones", "round", "bitx"],
+                            "How the mortar engines' weights are morphed.")
+_PRECISION = flags.DEFINE_float("precision", None, "P for paper and fewest_ones (default 0.1).")
+_PRECISION_MAP = flags.DEFINE_string("precision_map", None,
+                                     "A JSON file {pattern: P} (per layer), instead of "
+                                     "--precision.")
+_KEEP_BITS = flags.DEFINE_integer("keep_bits", None, "Mantissa bits kept by round.")
+_COLUMNS = flags.DEFINE_integer("columns", None, "Aligned columns kept by bitx.")
+_CSV = flags.DEFINE_string("csv", None, "Write the per-layer table as CSV here.")
+_JSON = flags.DEFINE_string("json", None, "Write the full estimate as JSON here.")
+_PLOTS_DIR = flags.DEFINE_string("plots_dir", None,
+                                 "Write cycles.png, speedup.png and density.png here.")
+
+
+def _precision():
+  if _PRECISION_MAP.value is None:
+    return _PRECISION.value
+  if _PRECISION.value is not None:
+    raise app.UsageError("give --precision or --precision_map, not both")
+  try:
+    with open(_PRECISION_MAP.value, encoding="utf-8") as f:
+      mapping = json.load(f)
+  except (OSError, ValueError) as e:
+    raise app.UsageError(f"--precision_map: cannot read {_PRECISION_MAP.value!r}: {e}") from None
+  if not isinstance(mapping, dict):
+    raise app.UsageError("--precision_map must hold a JSON object {pattern: P}")
+  return mapping
+
+
+def _input_shape():
+  if _INPUT_SHAPE.value is None:
+    return None
+  try:
+    return tuple(int(d) for d in _INPUT_SHAPE.value)
+  except ValueError:
+    raise app.UsageError(f"--input_shape must be integers, got {_INPUT_SHAPE.value}") from None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  precision = _precision()
+  input_shape = _input_shape()
+  # TensorFlow loads after the flags are checked: usage errors stay fast.
+  from mortar_tf import estimator  # pylint: disable=import-outside-toplevel
+  from mortar_tf.estimator import plots  # pylint: disable=import-outside-toplevel
+  try:
+    engines = (estimator.load_engines(_CONFIG.value) if _CONFIG.value
+               else estimator.default_engines())
+    if _ENGINES.value:
+      known = {e.name: e for e in engines}
+      unknown = [n for n in _ENGINES.value if n not in known]
+      if unknown:
+        raise ValueError(f"unknown engines {unknown}; known: {', '.join(known)}")
+      engines = [known[n] for n in _ENGINES.value]
+    result = estimator.estimate(
+        _SAVED_MODEL.value, input_shape=input_shape, signature=_SIGNATURE.value,
+        engines=engines, baseline=_BASELINE.value, method=_METHOD.value, precision=precision,
+        keep_bits=_KEEP_BITS.value, columns=_COLUMNS.value)
+    print(result.table())
+    if _CSV.value:
+      result.write_csv(_CSV.value)
+      print(f"Wrote {_CSV.value}")
+    if _JSON.value:
+      result.write_json(_JSON.value)
+      print(f"Wrote {_JSON.value}")
+    if _PLOTS_DIR.value:
+      for path in plots.write_plots(result, _PLOTS_DIR.value):
+        print(f"Wrote {path}")
+  except (ValueError, TypeError) as e:
+    print(f"mortar-estimate: error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
