@@ -95,6 +95,7 @@ setup(
             "mortar-analyze = mortar_tf_tools.analyze_weights:run",
             "mortar-morph = mortar_tf_tools.morph_saved_model:run",
             "mortar-estimate = mortar_tf_tools.estimate:run",
+            "mortar-sweep = mortar_tf_tools.sweep:run",
         ],
     },
 )

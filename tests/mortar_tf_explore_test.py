@@ -1,0 +1,201 @@
+"""Sweeps and the per-layer P search against direct morph + evaluate.
+
+The references apply morphed kernels with set_weights on the model and call
+the metric directly; ones are popcounts by numpy's unpackbits.
+"""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import mortar_tf
+from mortar_tf import explore
+from mortar_tf.explore import job
+
+rng = np.random.default_rng(11)
+X = rng.standard_normal((64, 16)).astype(np.float32)
+
+
+def _two_branch_model():
+  """out = loud(x) + quiet(x): loud's weights are 10^4 times quiet's, so its
+  morphing error dominates the output and only small P fit a tight budget."""
+  inputs = keras.Input((16,))
+  loud = keras.layers.Dense(8, use_bias=False, name="loud")(inputs)
+  quiet = keras.layers.Dense(8, use_bias=False, name="quiet")(inputs)
+  model = keras.Model(inputs, keras.layers.Add()([loud, quiet]))
+  model.get_layer("loud").set_weights([(rng.standard_normal((16, 8)) * 100).astype(np.float32)])
+  model.get_layer("quiet").set_weights([(rng.standard_normal((16, 8)) * 0.01).astype(np.float32)])
+  return model
+
+
+def _mse_metric(model):
+  reference = model.predict(X, verbose=0)
+
+  def mse(m):
+    return float(np.mean((m.predict(X, verbose=0) - reference) ** 2))
+
+  return explore.Metric("mse", mse, higher_is_better=False)
+
+
+def _kernels(model):
+  return {name: model.get_layer(name).get_weights()[0] for name in ("loud", "quiet")}
+
+
+def _with(model, morphed):
+  """Sets kernels, returns a function that restores them."""
+  saved = {name: model.get_layer(name).get_weights()[0] for name in morphed}
+  for name, value in morphed.items():
+    model.get_layer(name).set_weights([value])
+  return lambda: [model.get_layer(n).set_weights([v]) for n, v in saved.items()]
+
+
+def _popcount(a):
+  return int(np.unpackbits(np.ascontiguousarray(a).view(np.uint8)).sum())
+
+
+def test_sweep_rows_equal_direct_morph_and_evaluate():
+  model = _two_branch_model()
+  metric = _mse_metric(model)
+  originals = _kernels(model)
+  grid = {"paper": [0.05, 0.3], "round": [3], "bitx": [6]}
+  result = explore.sweep(model, metric, grid, estimate_speedup=False)
+  assert [p.label() for p in result.points] == [
+      "paper P=0.05", "paper P=0.3", "round keep_bits=3", "bitx columns=6"]
+  for point in result.points:
+    spec = mortar_tf.MorphSpec.create(point.method, **point.settings)
+    kwargs = dict(spec.settings())
+    if spec.method == "bitx":
+      kwargs["reduction_axes"] = (0,)
+    morphed = {n: mortar_tf.morph(w, spec.method, backend="numpy", **kwargs)
+               for n, w in originals.items()}
+    restore = _with(model, morphed)
+    try:
+      direct = metric(model)
+    finally:
+      restore()
+    assert point.metric == pytest.approx(direct, rel=1e-6)
+    word = sum(_popcount(w) for w in originals.values()) / sum(
+        _popcount(w) for w in morphed.values())
+    assert point.ratio["word"] == pytest.approx(word)
+  # The kernels are back, bit for bit.
+  for name, value in _kernels(model).items():
+    np.testing.assert_array_equal(value.view(np.uint32), originals[name].view(np.uint32))
+
+
+def test_search_meets_the_budget_and_beats_every_global_p():
+  model = _two_branch_model()
+  metric = _mse_metric(model)
+  originals = _kernels(model)
+  # The budget: 1.5x the error of morphing only `loud` at P=0.01, measured here.
+  restore = _with(model, {"loud": mortar_tf.morph(originals["loud"], "paper", 0.01)})
+  budget = 1.5 * metric(model)
+  restore()
+  precisions = [0.01, 0.05, 0.2, 0.5]
+  found = explore.search_precisions(model, metric, budget, precisions=precisions)
+  # Re-evaluate the map by hand.
+  morphed = {n: mortar_tf.morph(originals[n], "paper", p) for n, p in found.precisions.items()}
+  restore = _with(model, morphed)
+  drop = metric(model)
+  restore()
+  assert drop <= budget
+  assert found.point.drop == pytest.approx(drop)
+
+  def aligned_gain(p_of):
+    total = 0
+    for n, w in originals.items():
+      if n in p_of:
+        before = mortar_tf.count_ones(w, "aligned", reduction_axes=(0,))
+        after = mortar_tf.count_ones(mortar_tf.morph(w, "paper", p_of[n]), "aligned",
+                                     reduction_axes=(0,))
+        total += before - after
+    return total
+
+  feasible = []
+  for p in precisions:  # every global P, measured directly
+    restore = _with(model, {n: mortar_tf.morph(w, "paper", p) for n, w in originals.items()})
+    if metric(model) <= budget:
+      feasible.append(p)
+    restore()
+  assert feasible == [0.01]
+  assert found.best_global.settings == {"precision": 0.01}
+  assert not found.chose_global
+  assert aligned_gain(found.precisions) > aligned_gain({n: 0.01 for n in originals})
+  assert found.precisions["quiet"] > found.precisions.get("loud", 0)
+  # morph_model accepts the map as it is.
+  from mortar_tf.keras import morph_model  # pylint: disable=import-outside-toplevel
+  wrapped = morph_model(model, "paper", precision=dict(found.precisions))
+  np.testing.assert_allclose(wrapped.predict(X, verbose=0), morphed_predict(model, morphed),
+                             rtol=1e-5, atol=1e-4)
+
+
+def morphed_predict(model, morphed):
+  restore = _with(model, morphed)
+  try:
+    return model.predict(X, verbose=0)
+  finally:
+    restore()
+
+
+def test_search_never_returns_less_than_the_best_global_p():
+  model = _two_branch_model()
+  metric = _mse_metric(model)
+  found = explore.search_precisions(model, metric, budget=math.inf, precisions=[0.1, 0.5])
+  # Anything fits: the best is P=0.5 everywhere, per layer or global alike.
+  assert dict(found.precisions) == {"loud": 0.5, "quiet": 0.5}
+  assert found.point.ratio["aligned"] == pytest.approx(found.best_global.ratio["aligned"])
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda m, f: explore.sweep(m, f, {}), "grid is empty"),
+    (lambda m, f: explore.sweep(m, f, {"paper": []}), "grid for 'paper' is empty"),
+    (lambda m, f: explore.sweep(m, f, {"nope": [1]}), "unknown method 'nope'"),
+    (lambda m, f: explore.search_precisions(m, f, -0.1), "budget must be a number >= 0"),
+    (lambda m, f: explore.search_precisions(m, f, 0.1, method="round"), "method must be"),
+    (lambda m, f: explore.sweep(m, explore.Metric("nan", lambda _: float("nan")),
+                                {"paper": [0.1]}, estimate_speedup=False), "returned NaN"),
+])
+def test_bad_inputs(call, message):
+  model = _two_branch_model()
+  with pytest.raises(ValueError, match=message):
+    call(model, _mse_metric(model))
+
+
+def _classifier(tmp_path):
+  inputs = keras.Input((4, 4, 1))
+  x = keras.layers.Conv2D(3, 3, name="conv")(inputs)
+  x = keras.layers.Flatten()(x)
+  outputs = keras.layers.Dense(3, name="fc")(x)
+  model = keras.Model(inputs, outputs)
+  model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.weights])
+  path = tmp_path / "m.keras"
+  model.save(path)
+  x = rng.standard_normal((200, 4, 4, 1)).astype(np.float32)
+  y = np.argmax(model.predict(x, verbose=0), -1)
+  np.savez(tmp_path / "d.npz", images=x, labels=y)
+  return path, tmp_path / "d.npz"
+
+
+def test_job_writes_files_and_plots(tmp_path):
+  model, data = _classifier(tmp_path)
+  result = job.run_job(str(model), str(data), str(tmp_path / "out"), x_key="images",
+                       y_key="labels", grid={"paper": [0.1], "round": [5]}, budget=0.05,
+                       search_precisions=[0.05, 0.3])
+  names = {p.split("/")[-1] for p in result.files}
+  assert {"sweep.csv", "sweep.json", "summary.md", "pareto.png", "bit_density.png",
+          "columns.png"} <= names
+  for path in result.files:
+    if path.endswith(".png"):
+      with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  data_json = json.loads((tmp_path / "out" / "sweep.json").read_text())
+  assert data_json["sweep"]["original_metric"] == 1.0  # labels are the model's own answers
+  assert "Per-layer search" in result.summary
+
+
+def test_job_names_missing_arrays(tmp_path):
+  model, data = _classifier(tmp_path)
+  with pytest.raises(ValueError, match=r"has no array \['x', 'y'\]"):
+    job.run_job(str(model), str(data), str(tmp_path / "out"))

@@ -1,0 +1,61 @@
+"""End-to-end tests of the installed `mortar-sweep` command."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+TOOL = os.path.join(os.path.dirname(sys.executable), "mortar-sweep")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _run(*args):
+  return subprocess.run([TOOL, *args], capture_output=True, text=True, env=ENV, timeout=300,
+                        check=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  d = tmp_path_factory.mktemp("sweep")
+  rng = np.random.default_rng(3)
+  model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu",
+                                                                 name="h"),
+                            keras.layers.Dense(3, name="out")])
+  model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.weights])
+  model.save(d / "m.keras")
+  x = rng.standard_normal((300, 6)).astype(np.float32)
+  np.savez(d / "data.npz", x=x, y=np.argmax(model.predict(x, verbose=0), -1))
+  return d
+
+
+def test_tool_is_installed():
+  assert os.access(TOOL, os.X_OK), f"{TOOL} is missing: is the package installed?"
+
+
+def test_sweep_and_search(files, tmp_path):
+  out = tmp_path / "out"
+  result = _run(f"--model={files / 'm.keras'}", f"--data={files / 'data.npz'}",
+                "--methods=paper,round", "--precisions=0.05,0.3", "--keep_bits=4",
+                "--budget=0.02", "--search_precisions=0.05,0.5", f"--out_dir={out}")
+  assert result.returncode == 0, result.stderr
+  for text in ("paper", "round", "per layer", "Per-layer search", "accuracy"):
+    assert text in result.stdout
+  for name in ("sweep.csv", "sweep.json", "summary.md", "pareto.png", "bit_density.png",
+               "columns.png"):
+    assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--budget=-1"], "budget must be a number >= 0"),
+    (["--x_key=images"], "has no array ['images']"),
+    (["--methods=magic"], "unknown methods ['magic']"),
+    (["--precisions=0"], "precision"),
+])
+def test_bad_input_exits_nonzero(files, tmp_path, args, message):
+  result = _run(f"--model={files / 'm.keras'}", f"--data={files / 'data.npz'}",
+                f"--out_dir={tmp_path / 'out'}", *args)
+  assert result.returncode != 0
+  assert message in result.stderr

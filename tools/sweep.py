@@ -1,0 +1,84 @@
+"""Sweeps morphing settings over a Keras model, searches per-layer P, writes plots.
+
+  mortar-sweep --model=model.keras --data=test.npz --metric=accuracy --out_dir=out
+  mortar-sweep --model=model.keras --data=test.npz --search --budget=0.005 --out_dir=out
+
+--data is an .npz with inputs (--x_key) and, for accuracy, labels (--y_key).
+Writes sweep.csv, sweep.json, summary.md and PNGs to --out_dir, prints the
+table and the search result. Exit status: 0 done, 1 failed.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+_MODEL = flags.DEFINE_string("model", None, "A .keras/.h5 model file.", required=True)
+_DATA = flags.DEFINE_string("data", None, "An .npz of inputs (and labels).", required=True)
+_X_KEY = flags.DEFINE_string("x_key", "x", "The inputs' array in --data.")
+_Y_KEY = flags.DEFINE_string("y_key", "y", "The labels' array in --data (accuracy).")
+_METRIC = flags.DEFINE_enum("metric", "accuracy", ["accuracy", "agreement", "mse", "psnr"],
+                            "accuracy vs labels; agreement/mse/psnr vs the original model.")
+_SAMPLES = flags.DEFINE_integer("samples", None, "Use the first N samples only.")
+_METHODS = flags.DEFINE_list("methods", ["paper", "fewest_ones", "round", "bitx"],
+                             "Methods to sweep.")
+_PRECISIONS = flags.DEFINE_list("precisions", ["0.01", "0.05", "0.1", "0.2", "0.3"],
+                                "P grid of paper and fewest_ones.")
+_KEEP_BITS = flags.DEFINE_list("keep_bits", ["4", "7", "10"], "keep_bits grid of round.")
+_COLUMNS = flags.DEFINE_list("columns", ["8", "12"], "columns grid of bitx.")
+_SEARCH = flags.DEFINE_bool("search", True, "Also search a per-layer P map.")
+_BUDGET = flags.DEFINE_float("budget", 0.005, "Allowed metric drop for the search.")
+_SEARCH_METHOD = flags.DEFINE_enum("search_method", "paper", ["paper", "fewest_ones"],
+                                   "Method whose P the search chooses per layer.")
+_SEARCH_PRECISIONS = flags.DEFINE_list("search_precisions",
+                                       ["0.01", "0.02", "0.05", "0.1", "0.2", "0.3", "0.5", "0.7", "1.0"],
+                                       "P candidates per layer.")
+_OBJECTIVE = flags.DEFINE_enum("objective", "aligned", ["aligned", "speedup"],
+                               "What the search maximises.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "out/sweep", "Where the files go.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+
+
+def _numbers(name, values, kind):
+  try:
+    return [kind(v) for v in values]
+  except ValueError:
+    raise app.UsageError(f"--{name} must be a list of {kind.__name__}s, got {values}") from None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  settings = {"paper": _numbers("precisions", _PRECISIONS.value, float),
+              "fewest_ones": _numbers("precisions", _PRECISIONS.value, float),
+              "round": _numbers("keep_bits", _KEEP_BITS.value, int),
+              "bitx": _numbers("columns", _COLUMNS.value, int)}
+  unknown = [m for m in _METHODS.value if m not in settings]
+  if unknown:
+    raise app.UsageError(f"unknown methods {unknown}; expected some of {', '.join(settings)}")
+  grid = {m: settings[m] for m in _METHODS.value}
+  search_ps = _numbers("search_precisions", _SEARCH_PRECISIONS.value, float)
+  logging.set_verbosity(logging.WARNING)  # Keras' export logs each step at INFO
+  from mortar_tf.explore import job  # pylint: disable=import-outside-toplevel  (imports TF)
+  try:
+    result = job.run_job(_MODEL.value, _DATA.value, _OUT_DIR.value, metric=_METRIC.value,
+                         x_key=_X_KEY.value, y_key=_Y_KEY.value, samples=_SAMPLES.value,
+                         grid=grid, search=_SEARCH.value, budget=_BUDGET.value,
+                         search_method=_SEARCH_METHOD.value, search_precisions=search_ps,
+                         objective=_OBJECTIVE.value, progress=_PROGRESS.value and
+                         sys.stderr.isatty())
+  except (ValueError, TypeError) as e:
+    print(f"mortar-sweep: error: {e}", file=sys.stderr)
+    return 1
+  print(result.summary)
+  print("Wrote " + ", ".join(result.files))
+  return 0
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
