@@ -129,3 +129,17 @@ def test_callback_folds_batchnorm_before_morphing(tmp_path):
   folded = (model.get_layer("conv").weights[0].numpy() * scale).astype(np.float32)
   np.testing.assert_array_equal(u32(saved.get_layer("conv").weights[0].numpy()),
                                 u32(mortar_tf.morph(folded, "paper", 0.1, backend="numpy")))
+
+
+def test_a_per_layer_precision_map_morphs_only_its_layers(tmp_path):
+  path = str(tmp_path / ("p" + SUFFIX))
+  model = _model()
+  _fit(model, [MortarCallback(path, "paper", precision={"conv": 0.3})], epochs=1)
+  saved = keras.models.load_model(path, compile=False)
+  conv = model.get_layer("conv").weights[0].numpy()
+  np.testing.assert_array_equal(u32(saved.get_layer("conv").weights[0].numpy()),
+                                u32(mortar_tf.morph(conv, "paper", 0.3, backend="numpy")))
+  np.testing.assert_array_equal(u32(saved.get_layer("fc").weights[0].numpy()),
+                                u32(model.get_layer("fc").weights[0].numpy()))
+  with pytest.raises(ValueError, match="precision"):
+    MortarCallback(path, "paper", precision={"conv": 2.0})

@@ -14,6 +14,7 @@ import numbers
 import os
 import shutil
 import tempfile
+from typing import Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -47,6 +48,9 @@ class MortarCallback(keras.callbacks.Callback):
       ".keras" or ".h5" with tf_keras) or a SavedModel directory.
     method, precision, keep_bits, columns, group_size, width: the morphing,
       as mortar_tf.morph (unused for wrapped models: their wrappers decide).
+      `precision` may be a {layer name: P} map (as from
+      mortar_tf.explore.search_precisions): layers it leaves out are saved
+      unmorphed.
     save_freq: "epoch", or an integer number of training batches.
     format: "keras" (model.save) or "savedmodel" (Keras 3: model.export;
       tf_keras: tf.saved_model.save).
@@ -77,6 +81,15 @@ class MortarCallback(keras.callbacks.Callback):
     if format not in FORMATS:
       raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     self.filepath = os.fspath(filepath)
+    self.precision_map = None
+    if isinstance(precision, Mapping):
+      if (keep_bits, columns, group_size, width) != (None,) * 4:
+        raise ValueError("a {layer: P} precision map takes no keep_bits, columns, group_size "
+                         "or width")
+      for value in precision.values():
+        MorphSpec.create(method, value)  # validates the method and each P
+      self.precision_map = dict(precision)
+      precision = next(iter(precision.values()), None)
     self.spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
                                  group_size=group_size, width=width)
     self.save_freq = save_freq
@@ -118,6 +131,10 @@ class MortarCallback(keras.callbacks.Callback):
     model = self.model
     if _has_wrappers(model):
       return apply.strip_morphing(model, self.fold_batchnorm)
+    if self.precision_map is not None:
+      wrapped = apply.morph_model(model, self.spec.method, precision=self.precision_map,
+                                  fold_batchnorm=self.fold_batchnorm)
+      return apply.strip_morphing(wrapped, self.fold_batchnorm)
     return apply.morphed_copy(model, self.spec, self.fold_batchnorm)
 
   def _save(self, batch, logs):
