@@ -249,3 +249,17 @@ def test_defaults_carry_their_sources():
   assert "Bitlet-PE" in engines["bitlet"].source("group_size")
   assert (engines["bitlet"].group_size, engines["bitlet"].width,
           engines["bitlet"].window) == (64, 24, 8)
+
+
+def test_macs_of_conv3d_and_einsum_dense(tmp_path):
+  inputs = keras.Input((5, 5, 5, 2))
+  x = keras.layers.Conv3D(3, 2, name="c3")(inputs)  # -> (4, 4, 4, 3)
+  x = keras.layers.Reshape((64, 3))(x)
+  outputs = keras.layers.EinsumDense("abc,cd->abd", output_shape=(64, 4), name="ed")(x)
+  model = keras.Model(inputs, outputs)
+  model.export(str(tmp_path / "m"), verbose=False)
+  result = estimator.estimate(str(tmp_path / "m"), input_shape=(BATCH, 5, 5, 5, 2))
+  by_weight = {layer.weight: layer for layer in result.mapped}
+  # Textbook: outputs x kernel volume x input channels (conv); rows x in x out (dense).
+  assert by_weight["c3/kernel"].macs == BATCH * 4 * 4 * 4 * 3 * (2 * 2 * 2 * 2)
+  assert by_weight["ed/kernel"].macs == BATCH * 64 * 3 * 4

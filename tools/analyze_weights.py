@@ -7,6 +7,11 @@
 from absl import app
 from absl import flags
 
+try:
+  from . import flag_parsing
+except ImportError:  # run as a file (python tools/x.py): no parent package
+  import flag_parsing  # pylint: disable=import-self
+
 from mortar_tf import analyze as analyze_lib
 
 _MODEL = flags.DEFINE_string("model", None, "A .keras/.h5 model file or a SavedModel directory.",
@@ -27,20 +32,14 @@ _PER_LAYER = flags.DEFINE_bool("per_layer", True, "Print the per-layer tables.")
 _JSON = flags.DEFINE_string("json", None, "Also write the full report as JSON here.")
 
 
-def _numbers(name, values, kind):
-  try:
-    return [kind(v) for v in values]
-  except ValueError:
-    raise app.UsageError(f"--{name} must be a list of {kind.__name__}s, got {values}") from None
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     specs = analyze_lib.parse_settings(
-        _METHODS.value, _numbers("precisions", _PRECISIONS.value, float),
-        _numbers("keep_bits", _KEEP_BITS.value, int), _numbers("columns", _COLUMNS.value, int),
+        _METHODS.value, flag_parsing.numbers("precisions", _PRECISIONS.value, float),
+        flag_parsing.numbers("keep_bits", _KEEP_BITS.value, int),
+        flag_parsing.numbers("columns", _COLUMNS.value, int),
         group_size=_GROUP_SIZE.value, width=_WIDTH.value)
     analysis = analyze_lib.analyze(_MODEL.value, specs, select=_SELECT.value,
                                    group_size=_GROUP_SIZE.value, width=_WIDTH.value)

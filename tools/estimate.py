@@ -10,11 +10,15 @@
 Exit status: 0 done, 1 failed.
 """
 
-import json
 import sys
 
 from absl import app
 from absl import flags
+
+try:
+  from . import flag_parsing
+except ImportError:  # run as a file (python tools/x.py): no parent package
+  import flag_parsing  # pylint: disable=import-self
 
 _SAVED_MODEL = flags.DEFINE_string("saved_model", None, "The SavedModel directory.",
                                    required=True)
@@ -40,35 +44,11 @@ _PLOTS_DIR = flags.DEFINE_string("plots_dir", None,
                                  "Write cycles.png, speedup.png and density.png here.")
 
 
-def _precision():
-  if _PRECISION_MAP.value is None:
-    return _PRECISION.value
-  if _PRECISION.value is not None:
-    raise app.UsageError("give --precision or --precision_map, not both")
-  try:
-    with open(_PRECISION_MAP.value, encoding="utf-8") as f:
-      mapping = json.load(f)
-  except (OSError, ValueError) as e:
-    raise app.UsageError(f"--precision_map: cannot read {_PRECISION_MAP.value!r}: {e}") from None
-  if not isinstance(mapping, dict):
-    raise app.UsageError("--precision_map must hold a JSON object {pattern: P}")
-  return mapping
-
-
-def _input_shape():
-  if _INPUT_SHAPE.value is None:
-    return None
-  try:
-    return tuple(int(d) for d in _INPUT_SHAPE.value)
-  except ValueError:
-    raise app.UsageError(f"--input_shape must be integers, got {_INPUT_SHAPE.value}") from None
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  precision = _precision()
-  input_shape = _input_shape()
+  precision = flag_parsing.precision(_PRECISION.value, _PRECISION_MAP.value)
+  input_shape = flag_parsing.input_shape(_INPUT_SHAPE.value)
   # TensorFlow loads after the flags are checked: usage errors stay fast.
   from mortar_tf import estimator  # pylint: disable=import-outside-toplevel
   from mortar_tf.estimator import plots  # pylint: disable=import-outside-toplevel

@@ -8,12 +8,15 @@ names, checkpoint keys and op names (first match wins); variables it does not
 cover are left unchanged. Exit status: 0 done, 1 failed (nothing written).
 """
 
-import json
-import os
 import sys
 
 from absl import app
 from absl import flags
+
+try:
+  from . import flag_parsing
+except ImportError:  # run as a file (python tools/x.py): no parent package
+  import flag_parsing  # pylint: disable=import-self
 
 _INPUT = flags.DEFINE_string("input", None, "The SavedModel directory to read.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "The directory to write (must not exist).",
@@ -59,39 +62,10 @@ class _Bar:
     sys.stderr.flush()
 
 
-def _precision():
-  if _PRECISION_MAP.value is None:
-    return _PRECISION.value
-  if _PRECISION.value is not None:
-    raise app.UsageError("give --precision or --precision_map, not both")
-  path = _PRECISION_MAP.value
-  if not os.path.isfile(path):
-    raise app.UsageError(f"--precision_map: no such file {path!r}")
-  try:
-    with open(path, encoding="utf-8") as f:
-      mapping = json.load(f)
-  except ValueError as e:
-    raise app.UsageError(f"--precision_map {path!r} is not valid JSON: {e}") from None
-  if not isinstance(mapping, dict) or not all(
-      isinstance(v, (int, float)) and not isinstance(v, bool) for v in mapping.values()):
-    raise app.UsageError(f"--precision_map {path!r} must be a JSON object of numbers "
-                         '{"pattern": P}')
-  return mapping
-
-
-def _input_shape():
-  if _INPUT_SHAPE.value is None:
-    return None
-  try:
-    return tuple(int(d) for d in _INPUT_SHAPE.value)
-  except ValueError:
-    raise app.UsageError(f"--input_shape must be integers, got {_INPUT_SHAPE.value}") from None
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  precision = _precision()
+  precision = flag_parsing.precision(_PRECISION.value, _PRECISION_MAP.value)
   select = _SELECT.value
   select = select[0] if select in (["kernels"], ["all"]) else select
   # TensorFlow loads after the flags are checked: usage errors stay fast.
@@ -100,7 +74,8 @@ def main(argv):
     report = savedmodel.convert(
         _INPUT.value, _OUTPUT.value, _METHOD.value, precision, keep_bits=_KEEP_BITS.value,
         columns=_COLUMNS.value, group_size=_GROUP_SIZE.value, width=_WIDTH.value,
-        select=select, signature=_SIGNATURE.value, input_shape=_input_shape(),
+        select=select, signature=_SIGNATURE.value,
+        input_shape=flag_parsing.input_shape(_INPUT_SHAPE.value),
         force=_FORCE.value, verify=_VERIFY.value, verify_inputs=_VERIFY_INPUTS.value,
         report_path=_REPORT.value, progress=_Bar(_PROGRESS.value))
   except (ValueError, TypeError) as e:

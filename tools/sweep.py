@@ -14,6 +14,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+try:
+  from . import flag_parsing
+except ImportError:  # run as a file (python tools/x.py): no parent package
+  import flag_parsing  # pylint: disable=import-self
+
 _MODEL = flags.DEFINE_string("model", None, "A .keras/.h5 model file.", required=True)
 _DATA = flags.DEFINE_string("data", None, "An .npz of inputs (and labels).", required=True)
 _X_KEY = flags.DEFINE_string("x_key", "x", "The inputs' array in --data.")
@@ -40,25 +45,18 @@ _OUT_DIR = flags.DEFINE_string("out_dir", "out/sweep", "Where the files go.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 
 
-def _numbers(name, values, kind):
-  try:
-    return [kind(v) for v in values]
-  except ValueError:
-    raise app.UsageError(f"--{name} must be a list of {kind.__name__}s, got {values}") from None
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  settings = {"paper": _numbers("precisions", _PRECISIONS.value, float),
-              "fewest_ones": _numbers("precisions", _PRECISIONS.value, float),
-              "round": _numbers("keep_bits", _KEEP_BITS.value, int),
-              "bitx": _numbers("columns", _COLUMNS.value, int)}
+  settings = {"paper": flag_parsing.numbers("precisions", _PRECISIONS.value, float),
+              "fewest_ones": flag_parsing.numbers("precisions", _PRECISIONS.value, float),
+              "round": flag_parsing.numbers("keep_bits", _KEEP_BITS.value, int),
+              "bitx": flag_parsing.numbers("columns", _COLUMNS.value, int)}
   unknown = [m for m in _METHODS.value if m not in settings]
   if unknown:
     raise app.UsageError(f"unknown methods {unknown}; expected some of {', '.join(settings)}")
   grid = {m: settings[m] for m in _METHODS.value}
-  search_ps = _numbers("search_precisions", _SEARCH_PRECISIONS.value, float)
+  search_ps = flag_parsing.numbers("search_precisions", _SEARCH_PRECISIONS.value, float)
   logging.set_verbosity(logging.WARNING)  # Keras' export logs each step at INFO
   from mortar_tf.explore import job  # pylint: disable=import-outside-toplevel  (imports TF)
   try:

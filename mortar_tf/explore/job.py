@@ -110,7 +110,7 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
 
 def _speedup_plot(model, found, path: str) -> str:
   from mortar_tf.estimator import plots as estimator_plots  # pylint: disable=import-outside-toplevel
-  estimator = search_lib._Estimator(model, search_lib._input_shape(model))  # pylint: disable=protected-access
+  estimator = search_lib.ModelEstimator(model, search_lib.model_input_shape(model))
   try:
     result = estimator(found.method, dict(found.precisions))
     return estimator_plots.plot_speedup(result, path)

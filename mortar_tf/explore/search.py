@@ -115,8 +115,12 @@ def _ratios(kernels, morphed: Mapping[int, np.ndarray], group_size, width):
 # Speedup estimates through the estimator (one SavedModel export per model)
 
 
-class _Estimator:
-  """Exports the model once and runs mortar_tf.estimator on it per setting."""
+class ModelEstimator:
+  """Exports a Keras model once and runs mortar_tf.estimator on it per setting.
+
+  Call close() (or use the sweep/search functions, which do) to remove the
+  temporary export.
+  """
 
   def __init__(self, model, input_shape):
     self.model = model
@@ -146,7 +150,8 @@ class _Estimator:
       self.dir = None
 
 
-def _input_shape(model, batch: int = 1):
+def model_input_shape(model, batch: int = 1):
+  """The model's input shape with `batch` and unknown dims set to 1, or None."""
   shape = getattr(model, "input_shape", None)
   if isinstance(shape, list) or shape is None:
     return None
@@ -350,7 +355,8 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
   specs = _specs(DEFAULT_GRID if grid is None else grid, group_size, width)
   kernels = _kernels(model, group_size, width)
   original = metric(model)
-  estimator = _Estimator(model, input_shape or _input_shape(model)) if estimate_speedup else None
+  estimator = (ModelEstimator(model, input_shape or model_input_shape(model))
+               if estimate_speedup else None)
   points = []
   try:
     for n, spec in enumerate(specs):
@@ -446,7 +452,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "paper",
   grid = sorted({morphing.check_precision(p) for p in precisions})
   metric = _as_metric(evaluate, higher_is_better)
   kernels = _kernels(model, group_size, width)
-  estimator = _Estimator(model, input_shape or _input_shape(model))
+  estimator = ModelEstimator(model, input_shape or model_input_shape(model))
   evaluations = 0
   try:
     original = metric(model)
