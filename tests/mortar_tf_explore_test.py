@@ -14,6 +14,7 @@ import pytest
 import mortar_tf
 from mortar_tf import explore
 from mortar_tf.explore import job
+from mortar_tf.explore import models  # noqa: F401  (explore.models in a test)
 
 rng = np.random.default_rng(11)
 X = rng.standard_normal((64, 16)).astype(np.float32)
@@ -199,3 +200,20 @@ def test_job_names_missing_arrays(tmp_path):
   model, data = _classifier(tmp_path)
   with pytest.raises(ValueError, match=r"has no array \['x', 'y'\]"):
     job.run_job(str(model), str(data), str(tmp_path / "out"))
+
+
+def test_a_saved_model_sweeps_like_the_keras_model_it_was_exported_from(tmp_path):
+  model = _two_branch_model()
+  model.export(str(tmp_path / "sm"), verbose=False)
+  loaded = explore.LoadedSavedModel(str(tmp_path / "sm"))
+  assert sorted(k.layer for k in explore.models.model_kernels(loaded)) == ["loud", "quiet"]
+  grid = {"fewest_ones": [0.1], "round": [5]}
+  from_keras = explore.sweep(model, _mse_metric(model), grid)
+  from_saved = explore.sweep(loaded, _mse_metric(loaded), grid)
+  for a, b in zip(from_keras.points, from_saved.points):
+    assert a.label() == b.label()
+    assert b.metric == pytest.approx(a.metric, rel=1e-5)
+    assert b.ratio == a.ratio
+    assert b.speedup == pytest.approx(a.speedup)
+  # The loaded model's kernels are back afterwards.
+  np.testing.assert_array_equal(loaded.predict(X), model.predict(X, verbose=0))

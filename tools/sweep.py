@@ -19,7 +19,10 @@ try:
 except ImportError:  # run as a file (python tools/x.py): no parent package
   import flag_parsing  # pylint: disable=import-self
 
-_MODEL = flags.DEFINE_string("model", None, "A .keras/.h5 model file.", required=True)
+_MODEL = flags.DEFINE_string("model", None, "A .keras/.h5 model file or a SavedModel directory.",
+                             required=True)
+_SIGNATURE = flags.DEFINE_string("signature", "serving_default",
+                                 "The signature a SavedModel is called through (one input).")
 _DATA = flags.DEFINE_string("data", None, "An .npz of inputs (and labels).", required=True)
 _X_KEY = flags.DEFINE_string("x_key", "x", "The inputs' array in --data.")
 _Y_KEY = flags.DEFINE_string("y_key", "y", "The labels' array in --data (accuracy).")
@@ -64,8 +67,8 @@ def main(argv):
                          x_key=_X_KEY.value, y_key=_Y_KEY.value, samples=_SAMPLES.value,
                          grid=grid, search=_SEARCH.value, budget=_BUDGET.value,
                          search_method=_SEARCH_METHOD.value, search_precisions=search_ps,
-                         objective=_OBJECTIVE.value, progress=_PROGRESS.value and
-                         sys.stderr.isatty())
+                         objective=_OBJECTIVE.value, signature=_SIGNATURE.value,
+                         progress=_PROGRESS.value and sys.stderr.isatty())
   except (ValueError, TypeError) as e:
     print(f"mortar-sweep: error: {e}", file=sys.stderr)
     return 1

@@ -10,6 +10,7 @@ from mortar_tf.explore.metrics import BUILTIN
 from mortar_tf.explore.metrics import Metric
 from mortar_tf.explore.metrics import builtin_metric
 from mortar_tf.explore.metrics import load_npz
+from mortar_tf.explore.models import LoadedSavedModel
 from mortar_tf.explore.search import DEFAULT_GRID
 from mortar_tf.explore.search import SearchResult
 from mortar_tf.explore.search import SweepPoint
@@ -17,5 +18,5 @@ from mortar_tf.explore.search import SweepResult
 from mortar_tf.explore.search import search_precisions
 from mortar_tf.explore.search import sweep
 
-__all__ = ["BUILTIN", "DEFAULT_GRID", "Metric", "SearchResult", "SweepPoint", "SweepResult",
-           "builtin_metric", "load_npz", "search_precisions", "sweep"]
+__all__ = ["BUILTIN", "DEFAULT_GRID", "LoadedSavedModel", "Metric", "SearchResult", "SweepPoint",
+           "SweepResult", "builtin_metric", "load_npz", "search_precisions", "sweep"]

@@ -20,6 +20,7 @@ import numpy as np
 from mortar_tf import bits
 from mortar_tf import morphing
 from mortar_tf.explore import metrics as metrics_lib
+from mortar_tf.explore import models
 from mortar_tf.explore import plots
 from mortar_tf.explore import search as search_lib
 
@@ -45,14 +46,17 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
             grid: Mapping[str, Sequence] | None = None, search: bool = True,
             budget: float = 0.005, search_method: str = "paper",
             search_precisions: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
-            objective: str = "aligned", progress: bool = False) -> JobResult:
-  """Loads a Keras model and labelled data, sweeps, searches, writes the files.
+            objective: str = "aligned", signature: str = "serving_default",
+            progress: bool = False) -> JobResult:
+  """Loads a model and labelled data, sweeps, searches, writes the files.
+
+  `model_path` is a .keras/.h5 file or a SavedModel directory (called through
+  `signature`, which must take one input).
 
   Raises:
     ValueError: an unreadable model or data file, missing arrays, a bad
       metric, grid or budget.
   """
-  from mortar_tf.keras import weights as weights_lib  # pylint: disable=import-outside-toplevel
   if search and (not isinstance(budget, (int, float)) or not budget >= 0):
     raise ValueError(f"budget must be a number >= 0, got {budget!r}")
   needs_labels = metric == "accuracy"
@@ -61,7 +65,7 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     if samples < 1:
       raise ValueError(f"samples must be >= 1, got {samples}")
     data = {k: v[:samples] for k, v in data.items()}
-  model = weights_lib.load_model(model_path)
+  model = models.load(model_path, signature=signature)
   score = metrics_lib.builtin_metric(metric, model, data)
   os.makedirs(out_dir, exist_ok=True)
 
@@ -82,21 +86,22 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
   files.append(_write(os.path.join(out_dir, "sweep.json"),
                       json.dumps(record, indent=1, allow_nan=False)))
 
-  kernels = {w.layer.name: w.numpy() for w in weights_lib.model_weights(model, "kernels")}
-  groupings = {w.layer.name: w.grouping() for w in weights_lib.model_weights(model, "kernels")}
+  kernels = {k.layer: k for k in models.model_kernels(model)}
   files.append(plots.plot_pareto(swept, os.path.join(out_dir, "pareto.png"), found))
-  files.append(plots.plot_bit_density(kernels, os.path.join(out_dir, "bit_density.png")))
-  before = sum(bits.bit_histogram(w, "aligned", **groupings[name]) for name, w in kernels.items())
+  files.append(plots.plot_bit_density({name: k.original for name, k in kernels.items()},
+                                      os.path.join(out_dir, "bit_density.png")))
+
+  def _columns(k, value):
+    return bits.bit_histogram(value, "aligned", reduction_axes=k.axes)
+
+  before = sum(_columns(k, k.original) for k in kernels.values())
   if found is not None and found.precisions:
-    after = sum(bits.bit_histogram(
-        morphing.morph(w, search_method, found.precisions[name]), "aligned", **groupings[name])
-                if name in found.precisions else
-                bits.bit_histogram(w, "aligned", **groupings[name])
-                for name, w in kernels.items())
+    after = sum(_columns(k, morphing.morph(k.original, search_method, found.precisions[name]))
+                if name in found.precisions else _columns(k, k.original)
+                for name, k in kernels.items())
     label = "per-layer search"
   else:
-    after = sum(bits.bit_histogram(morphing.morph(w, "paper", 0.1), "aligned", **groupings[name])
-                for name, w in kernels.items())
+    after = sum(_columns(k, morphing.morph(k.original, "paper", 0.1)) for k in kernels.values())
     label = "paper P=0.1"
   files.append(plots.plot_columns(np.asarray(before), np.asarray(after),
                                   os.path.join(out_dir, "columns.png"), label))

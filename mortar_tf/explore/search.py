@@ -37,6 +37,7 @@ import numpy as np
 from mortar_tf import bits
 from mortar_tf import morphing
 from mortar_tf import table
+from mortar_tf.explore import models
 from mortar_tf.explore.metrics import Metric
 
 DEFAULT_GRID = {"paper": (0.01, 0.05, 0.1, 0.2, 0.3), "fewest_ones": (0.01, 0.05, 0.1, 0.2, 0.3),
@@ -49,33 +50,7 @@ _SETTING = {"paper": "precision", "fewest_ones": "precision", "round": "keep_bit
 # Kernels of a Keras model, morphed in place and restored
 
 
-@dataclasses.dataclass
-class _Kernel:
-  layer: str  # the layer's name, as morph_model's {layer: P} maps use it
-  weight: object  # mortar_tf.keras.weights.LayerWeight
-  original: np.ndarray
-  axes: tuple[int, ...]
-  ones: dict  # ones_by_domain of the original
-
-
-def _kernels(model, group_size, width) -> list[_Kernel]:
-  from mortar_tf.keras import weights as weights_lib  # pylint: disable=import-outside-toplevel
-  out = []
-  for w in weights_lib.model_weights(model, "kernels"):
-    value = w.numpy()
-    if value.dtype != np.float32:
-      continue
-    grouping = w.grouping()
-    axes = bits.resolve_reduction_axes(value.shape, **grouping)
-    out.append(_Kernel(w.layer.name, w, value, axes,
-                       bits.ones_by_domain(value, reduction_axes=axes, group_size=group_size,
-                                           width=width)))
-  if not out:
-    raise ValueError("the model has no float32 kernels to morph")
-  return out
-
-
-def _morph(kernel: _Kernel, spec: morphing.MorphSpec) -> np.ndarray:
+def _morph(kernel: models.Kernel, spec: morphing.MorphSpec) -> np.ndarray:
   kwargs = {"bitx": dict(columns=spec.columns, group_size=spec.group_size, width=spec.width,
                          reduction_axes=kernel.axes),
             "round": dict(keep_bits=spec.keep_bits)}.get(spec.method,
@@ -91,12 +66,12 @@ class _Applied:
 
   def __enter__(self):
     for index, value in self.values.items():
-      self.kernels[index].weight.variable.assign(value)
+      self.kernels[index].variable.assign(value)
     return self
 
   def __exit__(self, *exc):
     for index in self.values:
-      self.kernels[index].weight.variable.assign(self.kernels[index].original)
+      self.kernels[index].variable.assign(self.kernels[index].original)
     return False
 
 
@@ -128,6 +103,8 @@ class ModelEstimator:
     self.dir = None
 
   def _export(self):
+    if isinstance(self.model, models.LoadedSavedModel):
+      return self.model.path
     if self.dir is None:
       import tensorflow as tf  # pylint: disable=import-outside-toplevel
       from mortar_tf.keras.compat import IS_KERAS3  # pylint: disable=import-outside-toplevel
@@ -152,6 +129,8 @@ class ModelEstimator:
 
 def model_input_shape(model, batch: int = 1):
   """The model's input shape with `batch` and unknown dims set to 1, or None."""
+  if isinstance(model, models.LoadedSavedModel):
+    return model.input_shape
   shape = getattr(model, "input_shape", None)
   if isinstance(shape, list) or shape is None:
     return None
@@ -337,7 +316,8 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
   """Evaluates the model with its kernels morphed at each setting of `grid`.
 
   Args:
-    model: a Keras model (its kernels are morphed in place and restored).
+    model: a Keras model or a models.LoadedSavedModel (its kernels are
+      morphed in place and restored).
     evaluate: a Metric, or a callable model -> float (direction from
       `higher_is_better`).
     grid: {method: settings} (P for paper/fewest_ones, keep_bits for round,
@@ -353,7 +333,7 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
   """
   metric = _as_metric(evaluate, higher_is_better)
   specs = _specs(DEFAULT_GRID if grid is None else grid, group_size, width)
-  kernels = _kernels(model, group_size, width)
+  kernels = models.model_kernels(model, group_size, width)
   original = metric(model)
   estimator = (ModelEstimator(model, input_shape or model_input_shape(model))
                if estimate_speedup else None)
@@ -422,7 +402,8 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "paper",
   """A {layer: P} map that saves the most within a metric budget.
 
   Args:
-    model: a Keras model (kernels morphed in place and restored).
+    model: a Keras model or a models.LoadedSavedModel (kernels morphed in
+      place and restored).
     evaluate: a Metric or callable model -> float.
     budget: the largest allowed drop of the metric from the original (>= 0,
       in the metric's units, e.g. 0.01 = one point of accuracy).
@@ -451,7 +432,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "paper",
     raise ValueError("the P grid is empty")
   grid = sorted({morphing.check_precision(p) for p in precisions})
   metric = _as_metric(evaluate, higher_is_better)
-  kernels = _kernels(model, group_size, width)
+  kernels = models.model_kernels(model, group_size, width)
   estimator = ModelEstimator(model, input_shape or model_input_shape(model))
   evaluations = 0
   try:
@@ -470,7 +451,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "paper",
           by_layer.setdefault(layer.weight, {})[p] = (layer.cycles["bitlet"] -
                                                       layer.cycles["mortar"])
       for i, k in enumerate(kernels):
-        name = k.weight.name
+        name = k.name
         for p in grid:
           gains[(i, p)] = float(by_layer.get(name, {}).get(p, 0))
     else:
