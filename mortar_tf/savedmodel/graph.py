@@ -184,20 +184,27 @@ def _saved_shapes(node_or_attrs) -> list[tuple[int, ...] | None] | None:
   return [_shape_of(s) for s in attrs["_output_shapes"].list.shape]
 
 
-def _flat_output_index(op_type: str, out_arg: str | None, index: int) -> int:
-  """The position of output `out_arg:index` among all outputs of an op."""
+def _flat_output_index(node, out_arg: str | None, index: int) -> int:
+  """The position of output `out_arg:index` among all outputs of `node`.
+
+  List-typed output arguments count their length from the node's attrs
+  (number_attr or type_list_attr); unknown op types keep `index`.
+  """
   if out_arg is None:
     return index
-  op_def = _op_def(op_type)
+  op_def = _op_def(node.op)
   if op_def is None:
     return index
   flat = 0
   for arg in op_def.output_arg:
     if arg.name == out_arg:
       return flat + index
-    # Arguments that are lists have a length attr; the compute path never
-    # needs them before the one asked for, so one output per argument is kept.
-    flat += 1
+    if arg.number_attr:
+      flat += int(node.attr[arg.number_attr].i)
+    elif arg.type_list_attr:
+      flat += len(node.attr[arg.type_list_attr].list.type)
+    else:
+      flat += 1
   return index
 
 
@@ -261,7 +268,7 @@ class _Frame:
     node = self.nodes.get(name)
     if node is None:
       return None
-    flat = _flat_output_index(node.op, out_arg, index)
+    flat = _flat_output_index(node, out_arg, index)
     if self.traced is not None and name in self.traced:
       shapes = self.traced[name]
     else:
