@@ -219,3 +219,23 @@ def test_bad_inputs(tmp_path, exports):
     graph_lib.read_graph(str(path), signature="nope")
   with pytest.raises(ValueError, match="does not fit"):
     graph_lib.read_graph(str(path), input_shape=(1, 9, 9, 3))
+
+
+def test_transpose_then_reshape_maps_back_to_the_stored_axis(tmp_path):
+  class Permuted(tf.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.v = tf.Variable(tf.ones([3, 4, 5]), name="v")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 5], tf.float32)])
+    def __call__(self, x):
+      # [3,4,5] -> [5,3,4] -> [5,12]: x contracts with the stored axis 2 (size 5).
+      return tf.matmul(x, tf.reshape(tf.transpose(self.v, [2, 0, 1]), [5, 12]))
+
+  module = Permuted()
+  tf.saved_model.save(module, str(tmp_path / "m"), signatures=module.__call__)
+  (op,) = graph_lib.read_graph(str(tmp_path / "m"), input_shape=(7, 5)).ops
+  assert op.reduction_axes == (2,)
+  assert op.weight.path == ("ReadVariableOp", "Transpose", "Reshape")
+  assert op.output_shape == (7, 12)
