@@ -14,6 +14,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 try:
   from . import flag_parsing
@@ -50,6 +51,7 @@ def main(argv):
   precision = flag_parsing.precision(_PRECISION.value, _PRECISION_MAP.value)
   input_shape = flag_parsing.input_shape(_INPUT_SHAPE.value)
   # TensorFlow loads after the flags are checked: usage errors stay fast.
+  logging.set_verbosity(logging.WARNING)  # TF's loader logs each SavedModel at INFO
   from mortar_tf import estimator  # pylint: disable=import-outside-toplevel
   from mortar_tf.estimator import plots  # pylint: disable=import-outside-toplevel
   try:

@@ -12,6 +12,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 try:
   from . import flag_parsing
@@ -69,6 +70,7 @@ def main(argv):
   select = _SELECT.value
   select = select[0] if select in (["kernels"], ["all"]) else select
   # TensorFlow loads after the flags are checked: usage errors stay fast.
+  logging.set_verbosity(logging.WARNING)  # TF's loader logs each SavedModel at INFO
   from mortar_tf import savedmodel  # pylint: disable=import-outside-toplevel
   try:
     report = savedmodel.convert(
