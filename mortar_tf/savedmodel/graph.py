@@ -15,6 +15,9 @@ inserted axis, and a Reshape keeps them where it only splits or merges axes
 of one kind. A Reshape that merges a reduction axis with an output axis makes
 the op unmapped, with that reason, as does a weight made by any other op.
 
+Control-flow bodies (While/If, as RNN layers export) are not entered: ops
+there are not listed.
+
 Shapes come from the nodes' `_output_shapes`, with an unknown leading
 (batch) dim set from `input_shape` (batch 1 when none is given). Where other
 dims stay unknown and an input shape is given, the function is traced with
