@@ -294,11 +294,8 @@ def _spec_for(op, method, precision, spec_kwargs):
 def _morphed(w, spec, axes):
   if spec is None:
     return w
-  kwargs = {"bitx": dict(columns=spec.columns, group_size=spec.group_size, width=spec.width,
-                         reduction_axes=axes),
-            "round": dict(keep_bits=spec.keep_bits)}.get(spec.method,
-                                                        dict(precision=spec.precision))
-  return morphing.morph(w, spec.method, **kwargs)
+  grouping = {"reduction_axes": axes} if spec.method == "bitx" else {}
+  return morphing.morph(w, spec.method, **spec.settings(), **grouping)
 
 
 def estimate(saved_model_dir: str, input_shape=None,

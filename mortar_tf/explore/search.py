@@ -51,11 +51,8 @@ _SETTING = {"paper": "precision", "fewest_ones": "precision", "round": "keep_bit
 
 
 def _morph(kernel: models.Kernel, spec: morphing.MorphSpec) -> np.ndarray:
-  kwargs = {"bitx": dict(columns=spec.columns, group_size=spec.group_size, width=spec.width,
-                         reduction_axes=kernel.axes),
-            "round": dict(keep_bits=spec.keep_bits)}.get(spec.method,
-                                                        dict(precision=spec.precision))
-  return morphing.morph(kernel.original, spec.method, **kwargs)
+  grouping = {"reduction_axes": kernel.axes} if spec.method == "bitx" else {}
+  return morphing.morph(kernel.original, spec.method, **spec.settings(), **grouping)
 
 
 class _Applied:

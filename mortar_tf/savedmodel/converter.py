@@ -405,11 +405,9 @@ def _morph(t: tf.Tensor, target: _Target, group_size: int, width: int):
     from mortar_tf import ops  # pylint: disable=import-outside-toplevel
     morphed = ops.morph_spec(t, spec)
   else:
-    kwargs = {"bitx": dict(columns=spec.columns, group_size=spec.group_size, width=spec.width,
-                           reduction_axes=axes),
-              "round": dict(keep_bits=spec.keep_bits)}.get(spec.method,
-                                                          dict(precision=spec.precision))
-    morphed = tf.constant(morphing.morph(t.numpy(), spec.method, backend="numpy", **kwargs))
+    grouping = {"reduction_axes": axes} if spec.method == "bitx" else {}
+    morphed = tf.constant(morphing.morph(t.numpy(), spec.method, **spec.settings(), **grouping,
+                                         backend="numpy"))
   error = _max_rel_error(t, morphed)
   after = _ones(morphed, axes, group_size, width)
   record = MorphedVariable(target.var.name, target.var.key, target.var.shape, tuple(axes), spec,
