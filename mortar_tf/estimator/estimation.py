@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import fnmatch
 import io
 import json
 import math
@@ -283,12 +282,9 @@ def _spec_for(op, method, precision, spec_kwargs):
   """The MorphSpec the mortar engines use on this op's weight, or None."""
   if not isinstance(precision, Mapping):
     return morphing.MorphSpec.create(method, precision, **spec_kwargs)
-  for pattern, value in precision.items():
-    names = (op.name, op.weight.name, op.weight.key or "",
-             *converter.layer_names(op.weight.name))
-    if any(fnmatch.fnmatchcase(n, pattern) for n in names):
-      return morphing.MorphSpec.create(method, value)
-  return None
+  value = converter.lookup_precision(
+      precision, converter.map_names(op.weight.name, op.weight.key, (op.name,)))
+  return None if value is None else morphing.MorphSpec.create(method, value)
 
 
 def _morphed(w, spec, axes):

@@ -223,9 +223,21 @@ def layer_names(variable_name: str) -> tuple[str, ...]:
   return ("/".join(parts[:-1]), parts[-2]) if len(parts) > 1 else ()
 
 
-def _matches(pattern: str, var: variables_lib.VariableObject, op_names: Sequence[str]) -> bool:
-  names = (var.name, var.key, *layer_names(var.name), *op_names)
+def map_names(variable_name: str, key: str | None = None,
+              op_names: Sequence[str] = ()) -> tuple[str, ...]:
+  """What a {pattern: P} map entry is matched against for one weight: its
+  variable name, checkpoint key, layer names and the ops that read it."""
+  return (variable_name, *((key,) if key else ()), *layer_names(variable_name), *op_names)
+
+
+def _hits(pattern: str, names: Sequence[str]) -> bool:
   return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+
+
+def lookup_precision(precision_map: Mapping, names: Sequence[str]):
+  """The P of the first entry whose pattern matches one of `names`, or None."""
+  return next((value for pattern, value in precision_map.items() if _hits(pattern, names)),
+              None)
 
 
 def _specs_for(candidates, precision, method, spec_kwargs):
@@ -237,18 +249,20 @@ def _specs_for(candidates, precision, method, spec_kwargs):
     raise ValueError(f"a precision map needs method 'paper' or 'fewest_ones', not {method!r}")
   if not precision:
     raise ValueError("the precision map is empty")
-  specs, unused = {}, []
-  for pattern, value in precision.items():
-    spec = morphing.MorphSpec.create(method, value)  # validates P, naming it
-    hits = [var for var, _, ops in candidates if _matches(pattern, var, ops)]
-    if not hits:
-      unused.append(pattern)
-    for var in hits:
-      specs.setdefault(var.key, spec)  # the first pattern that matches wins
+  specs_by_p = {value: morphing.MorphSpec.create(method, value)  # validates P, naming it
+                for value in precision.values()}
+  names = {var.key: map_names(var.name, var.key, ops) for var, _, ops in candidates}
+  unused = [pattern for pattern in precision
+            if not any(_hits(pattern, n) for n in names.values())]
   if unused:
-    names = ", ".join(sorted({var.name for var, _, _ in candidates}))
+    listed = ", ".join(sorted({var.name for var, _, _ in candidates}))
     raise ValueError(f"precision map entries {unused} match no selected variable; "
-                     f"the selected variables are: {names}")
+                     f"the selected variables are: {listed}")
+  specs = {}
+  for var, _, _ in candidates:
+    value = lookup_precision(precision, names[var.key])  # the first pattern that matches wins
+    if value is not None:
+      specs[var.key] = specs_by_p[value]
   return specs, [var for var, _, _ in candidates if var.key not in specs]
 
 
