@@ -447,11 +447,10 @@ def _nbytes(shape, dtype) -> int:
   return int(np.prod(shape, dtype=np.int64)) * max(itemsize, 1)
 
 
-def _stream_checkpoint(src: str, out_dir: str, targets: Mapping[str, _Target], group_size: int,
-                       width: int, batch_bytes: int | None,
+def _stream_checkpoint(src: str, reader, out_dir: str, targets: Mapping[str, _Target],
+                       group_size: int, width: int, batch_bytes: int | None,
                        progress: Callable[[int, int, str], None] | None):
-  """Writes src's checkpoint to out_dir/variables with the targets morphed."""
-  reader, _ = variables_lib.open_checkpoint(src)
+  """Writes src's checkpoint (`reader` lists it) to out_dir/variables with the targets morphed."""
   shapes = reader.get_variable_to_shape_map()
   dtypes = reader.get_variable_to_dtype_map()
   keys = sorted(shapes)
@@ -685,7 +684,7 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
     raise ValueError(f"{src!r} was already morphed by mortar_tf ({previous.get('method')}, "
                      f"{previous.get('settings')}); pass force=True to morph it again")
   graph = graph_lib.read_graph(src, input_shape=input_shape, signature=signature)
-  variables = variables_lib.variable_objects(src)
+  variables = graph.variables
   candidates, skipped = _select(graph, variables, select)
   specs, uncovered = _specs_for(candidates, precision, method,
                                 {k: v for k, v in spec_kwargs.items() if v is not None})
@@ -694,15 +693,14 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
              if var.key in specs]
   reader, _ = variables_lib.open_checkpoint(src)
   targets = _twins(targets, variables, reader, src)
-  del reader
 
   tmp = temp_dir_for(dst)
   shutil.rmtree(tmp, ignore_errors=True)  # a killed run's leftovers
   try:
     os.makedirs(tmp)
     _copy_tree(src, tmp)
-    records = _stream_checkpoint(src, tmp, {t.var.key: t for t in targets}, group_size, width,
-                                 batch_bytes, progress)
+    records = _stream_checkpoint(src, reader, tmp, {t.var.key: t for t in targets}, group_size,
+                                 width, batch_bytes, progress)
     by_key = {r.key: r for r in records}
     morphed = tuple(by_key[t.var.key] for t in targets)
     fingerprint = _regenerate_fingerprint(src, tmp)

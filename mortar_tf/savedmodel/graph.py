@@ -135,12 +135,16 @@ class SavedModelGraph:
     inputs: {input name: shape} after substitution.
     ops: every compute op, in graph order (mapped and unmapped).
     shape_source: "saved shapes" or "traced" (TF shape inference).
+    variables: every variable of the SavedModel (read on the way, so callers
+      need not parse the protos again).
   """
   saved_model_dir: str
   signature: str
   inputs: Mapping[str, tuple[int, ...] | None]
   ops: tuple[ComputeOp, ...]
   shape_source: str = "saved shapes"
+  variables: tuple[variables_lib.VariableObject, ...] = dataclasses.field(default=(),
+                                                                         repr=False)
 
   @property
   def mapped(self) -> tuple[ComputeOp, ...]:
@@ -745,7 +749,8 @@ def read_graph(saved_model_dir: str, input_shape=None,
       different reduction axes (the message names both).
   """
   saved = variables_lib.load_proto(saved_model_dir)
-  variables = {v.node_id: v for v in variables_lib.variable_objects(saved_model_dir, saved)}
+  all_variables = tuple(variables_lib.variable_objects(saved_model_dir, saved))
+  variables = {v.node_id: v for v in all_variables}
   meta_graph = saved.meta_graphs[0]
   sig, calls = _signature_calls(meta_graph, signature)
   inputs, batch = _input_shapes(sig, input_shape)
@@ -766,7 +771,7 @@ def read_graph(saved_model_dir: str, input_shape=None,
   ops = tuple(walker.ops)
   _check_consistent_axes(ops)
   return SavedModelGraph(saved_model_dir, signature, inputs, ops,
-                         "traced" if walker.traced_any else "saved shapes")
+                         "traced" if walker.traced_any else "saved shapes", all_variables)
 
 
 def weight_value(saved_model_dir: str, weight: Weight, reader=None) -> np.ndarray:

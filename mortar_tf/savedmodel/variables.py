@@ -136,14 +136,19 @@ class VariableObject:
   role: str
 
 
-def variable_objects(saved_model_dir: str, saved=None) -> list[VariableObject]:
+def variable_objects(saved_model_dir: str, saved=None, checkpoint=None) -> list[VariableObject]:
   """Every variable of a SavedModel that the checkpoint holds, in node order.
+
+  Args:
+    saved_model_dir: the SavedModel.
+    saved, checkpoint: its parsed proto and open_checkpoint() result, when
+      the caller has them already (else they are read here).
 
   Raises:
     SavedModelError: not a readable SavedModel.
   """
   saved = saved if saved is not None else load_proto(saved_model_dir)
-  reader, trackable = open_checkpoint(saved_model_dir)
+  reader, trackable = checkpoint if checkpoint is not None else open_checkpoint(saved_model_dir)
   saved_nodes = saved.meta_graphs[0].object_graph_def.nodes
   slots = {s.slot_variable_node_id for n in trackable.nodes for s in n.slot_variables}
   model = set(_model_order(trackable))
@@ -190,7 +195,7 @@ def read_variables(saved_model_dir: str, min_rank: int = 0) -> list[SavedVariabl
   """
   saved = load_proto(saved_model_dir)
   reader, trackable = open_checkpoint(saved_model_dir)
-  by_node = {v.node_id: v for v in variable_objects(saved_model_dir, saved)}
+  by_node = {v.node_id: v for v in variable_objects(saved_model_dir, saved, (reader, trackable))}
   out, by_name = [], collections.defaultdict(list)
   for node_id in _model_order(trackable):
     found = by_node.get(node_id)
