@@ -11,11 +11,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Sequence
 
 from mortar_tf import bits
+from mortar_tf import files
 from mortar_tf import report as report_lib
 from mortar_tf import table
 from mortar_tf.morphing import MorphSpec
@@ -167,10 +167,7 @@ class Analysis:
 
   def write_json(self, path: str) -> None:
     """Writes to_dict() to `path` atomically (a temp file renamed into place)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(self.to_dict(), f, indent=1, allow_nan=False)
-    os.replace(tmp, path)
+    files.write_json(path, self.to_dict())
 
 
 def _short_label(spec: MorphSpec) -> str:

@@ -14,7 +14,6 @@ import pytest
 import mortar_tf
 from mortar_tf import explore
 from mortar_tf.explore import job
-from mortar_tf.explore import models  # noqa: F401  (explore.models in a test)
 
 rng = np.random.default_rng(11)
 X = rng.standard_normal((64, 16)).astype(np.float32)

@@ -19,14 +19,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from mortar_tf import bits
+from mortar_tf import files
 from mortar_tf import morphing
 from mortar_tf import table
 from mortar_tf.estimator import engines as engines_lib
@@ -199,39 +198,30 @@ class Estimate:
   def write_csv(self, path: str) -> None:
     buffer = io.StringIO()
     csv.writer(buffer).writerows(self.csv_rows())
-    _write_atomic(path, buffer.getvalue())
+    files.write_text(path, buffer.getvalue())
 
   def to_dict(self) -> dict:
-    def _finite(x):
-      return None if x is None or not math.isfinite(x) else x
     return {
         "saved_model": self.saved_model_dir, "signature": self.signature,
         "baseline": self.baseline, "method": self.method, "settings": dict(self.settings),
         "shape_source": self.shape_source,
         "engines": [e.to_dict() for e in self.engines],
         "total": {"macs": self.total_macs(), "cycles": self.total_cycles(),
-                  "speedup": {k: _finite(v) for k, v in self.speedup().items()},
-                  "iso_area_speedup": {k: _finite(v) for k, v in self.iso_area_speedup().items()},
+                  "speedup": {k: files.finite_or_none(v) for k, v in self.speedup().items()},
+                  "iso_area_speedup": {k: files.finite_or_none(v) for k, v in self.iso_area_speedup().items()},
                   "seconds": self.seconds(), "joules": self.joules()},
         "layers": [dict(dataclasses.asdict(layer),
-                        speedup=({k: _finite(v) for k, v in self.speedup(layer).items()}
+                        speedup=({k: files.finite_or_none(v) for k, v in self.speedup(layer).items()}
                                  if layer.mapped else None))
                    for layer in self.layers],
     }
 
   def write_json(self, path: str) -> None:
-    _write_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
+    files.write_json(path, self.to_dict())
 
 
 def _settings_text(settings: Mapping) -> str:
   return ", ".join(f"{k}={v}" for k, v in settings.items())
-
-
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8", newline="") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------

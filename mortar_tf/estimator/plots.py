@@ -10,20 +10,25 @@ import os
 
 import numpy as np
 
+from mortar_tf import files
 from mortar_tf.estimator.estimation import Estimate
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib.pyplot on the headless Agg backend."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   return plt
 
 
-def _save(fig, path: str) -> str:
-  tmp = f"{path}.tmp.png"
-  fig.savefig(tmp, dpi=120, bbox_inches="tight")
-  os.replace(tmp, path)
+def save_figure(fig, path: str) -> str:
+  """Writes `fig` as a PNG atomically and closes it (also on failure)."""
+  try:
+    with files.replaced(path, ".tmp.png") as tmp:
+      fig.savefig(tmp, dpi=120, bbox_inches="tight")
+  finally:
+    pyplot().close(fig)
   return path
 
 
@@ -34,7 +39,7 @@ def _labels(result: Estimate):
 
 def plot_cycles(result: Estimate, path: str) -> str:
   """Per-layer cycles of every engine (grouped bars, log scale)."""
-  plt = _pyplot()
+  plt = pyplot()
   layers = result.mapped
   names = [e.name for e in result.engines]
   fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(layers) * len(names) / 3 + 3), 4.5))
@@ -48,15 +53,12 @@ def plot_cycles(result: Estimate, path: str) -> str:
   ax.set_ylabel("cycles")
   ax.set_title("Cycles per layer and engine")
   ax.legend(fontsize=8)
-  try:
-    return _save(fig, path)
-  finally:
-    plt.close(fig)
+  return save_figure(fig, path)
 
 
 def plot_speedup(result: Estimate, path: str) -> str:
   """Per-layer speedup of each engine over the baseline, total in the title."""
-  plt = _pyplot()
+  plt = pyplot()
   layers = result.mapped
   names = [e.name for e in result.engines if e.name != result.baseline]
   fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 3), 4.5))
@@ -73,17 +75,14 @@ def plot_speedup(result: Estimate, path: str) -> str:
   ax.set_title("Speedup per layer; total: " +
                ", ".join(f"{n} {total[n]:.2f}x" for n in names))
   ax.legend(fontsize=8)
-  try:
-    return _save(fig, path)
-  finally:
-    plt.close(fig)
+  return save_figure(fig, path)
 
 
 def plot_density(result: Estimate, path: str) -> str:
   """Per layer, the fraction of weights with a 1 in each aligned column
   (column 0 = the group's leading bit): the paper's "arched" profile, before
   and (where the mortar engine morphs) after morphing."""
-  plt = _pyplot()
+  plt = pyplot()
   layers = result.mapped
   kinds = ["original"] + (["morphed"] if any("morphed" in l.columns for l in layers) else [])
   fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds) + 1,
@@ -97,10 +96,7 @@ def plot_density(result: Estimate, path: str) -> str:
     ax.set_xlabel("aligned column (0 = most significant)")
     ax.set_title(f"bit density, {kind} weights")
   fig.colorbar(image, ax=axes[0].tolist(), label="ones per weight")
-  try:
-    return _save(fig, path)
-  finally:
-    plt.close(fig)
+  return save_figure(fig, path)
 
 
 def write_plots(result: Estimate, out_dir: str) -> list[str]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import os
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from mortar_tf import bits
+from mortar_tf import files as files_lib
 from mortar_tf import morphing
 from mortar_tf.explore import metrics as metrics_lib
 from mortar_tf.explore import models
@@ -31,14 +31,6 @@ class JobResult:
   search: search_lib.SearchResult | None
   files: tuple[str, ...]
   summary: str
-
-
-def _write(path: str, text: str) -> str:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8", newline="") as f:
-    f.write(text)
-  os.replace(tmp, path)
-  return path
 
 
 def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "accuracy",
@@ -77,18 +69,17 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
                                          progress=progress)
     swept = dataclasses.replace(swept, points=swept.points + (found.point,))
 
-  files = []
+  written = []
   buffer = io.StringIO()
   csv.writer(buffer).writerows(swept.csv_rows())
-  files.append(_write(os.path.join(out_dir, "sweep.csv"), buffer.getvalue()))
+  written.append(files_lib.write_text(os.path.join(out_dir, "sweep.csv"), buffer.getvalue()))
   record = {"model": model_path, "data": data_path, "samples": len(data["x"]),
             "sweep": swept.to_dict(), "search": found.to_dict() if found else None}
-  files.append(_write(os.path.join(out_dir, "sweep.json"),
-                      json.dumps(record, indent=1, allow_nan=False)))
+  written.append(files_lib.write_json(os.path.join(out_dir, "sweep.json"), record))
 
   kernels = {k.layer: k for k in models.model_kernels(model)}
-  files.append(plots.plot_pareto(swept, os.path.join(out_dir, "pareto.png"), found))
-  files.append(plots.plot_bit_density({name: k.original for name, k in kernels.items()},
+  written.append(plots.plot_pareto(swept, os.path.join(out_dir, "pareto.png"), found))
+  written.append(plots.plot_bit_density({name: k.original for name, k in kernels.items()},
                                       os.path.join(out_dir, "bit_density.png")))
 
   def _columns(k, value):
@@ -103,14 +94,14 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
   else:
     after = sum(_columns(k, morphing.morph(k.original, "paper", 0.1)) for k in kernels.values())
     label = "paper P=0.1"
-  files.append(plots.plot_columns(np.asarray(before), np.asarray(after),
+  written.append(plots.plot_columns(np.asarray(before), np.asarray(after),
                                   os.path.join(out_dir, "columns.png"), label))
   if found is not None and found.precisions:
-    files.append(_speedup_plot(model, found, os.path.join(out_dir, "speedup.png")))
+    written.append(_speedup_plot(model, found, os.path.join(out_dir, "speedup.png")))
 
   summary = _summary(model_path, data_path, len(data["x"]), swept, found)
-  files.append(_write(os.path.join(out_dir, "summary.md"), summary))
-  return JobResult(swept, found, tuple(files), summary)
+  written.append(files_lib.write_text(os.path.join(out_dir, "summary.md"), summary))
+  return JobResult(swept, found, tuple(written), summary)
 
 
 def _speedup_plot(model, found, path: str) -> str:

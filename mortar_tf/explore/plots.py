@@ -5,36 +5,20 @@ Headless (Agg); each file is written to a temp name and renamed.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from mortar_tf import bits
+from mortar_tf.estimator.plots import pyplot
+from mortar_tf.estimator.plots import save_figure
 from mortar_tf.explore.search import SearchResult
 from mortar_tf.explore.search import SweepResult
-
-
-def _pyplot():
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
-
-
-def _save(plt, fig, path: str) -> str:
-  tmp = f"{path}.tmp.png"
-  try:
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-  finally:
-    plt.close(fig)
-  return path
 
 
 def plot_pareto(result: SweepResult, path: str, search: SearchResult | None = None) -> str:
   """Metric against the aligned-domain ones ratio: one line per method, the
   original model at 1x, the per-layer search point starred."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
   methods = []
   for p in result.points:
@@ -58,13 +42,13 @@ def plot_pareto(result: SweepResult, path: str, search: SearchResult | None = No
   ax.set_title("Accuracy against bit sparsity")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  return _save(plt, fig, path)
+  return save_figure(fig, path)
 
 
 def plot_bit_density(weights: dict, path: str) -> str:
   """Layers x significand bit positions (hidden bit first): the fraction of
   weights with a 1 there, as in the paper's bit-density figure."""
-  plt = _pyplot()
+  plt = pyplot()
   names = list(weights)
   density = np.array([bits.bit_histogram(w, "significand") / max(1, w.size)
                       for w in weights.values()])
@@ -74,13 +58,13 @@ def plot_bit_density(weights: dict, path: str) -> str:
   ax.set_xlabel("significand bit (0 = hidden bit)")
   ax.set_title("Bit density per layer")
   fig.colorbar(image, ax=ax, label="ones per weight")
-  return _save(plt, fig, path)
+  return save_figure(fig, path)
 
 
 def plot_columns(before: np.ndarray, after: np.ndarray, path: str, label: str) -> str:
   """Ones per aligned column over all kernels, before and after morphing
   (the paper's "arched" profile)."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4))
   x = np.arange(len(before))
   ax.bar(x - 0.2, before, 0.4, label="original")
@@ -89,4 +73,4 @@ def plot_columns(before: np.ndarray, after: np.ndarray, path: str, label: str) -
   ax.set_ylabel("ones")
   ax.set_title("Aligned column profile")
   ax.legend(fontsize=8)
-  return _save(plt, fig, path)
+  return save_figure(fig, path)

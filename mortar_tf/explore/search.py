@@ -30,11 +30,12 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from mortar_tf import bits
+from mortar_tf import files
 from mortar_tf import morphing
 from mortar_tf import table
 from mortar_tf.explore import models
@@ -165,12 +166,8 @@ class SweepPoint:
   def to_dict(self) -> dict:
     out = dataclasses.asdict(self)
     out["label"] = self.label()
-    out["ratio"] = {k: _finite(v) for k, v in self.ratio.items()}
+    out["ratio"] = {k: files.finite_or_none(v) for k, v in self.ratio.items()}
     return out
-
-
-def _finite(x):
-  return None if x is None or not math.isfinite(x) else x
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from mortar_tf import bits
+from mortar_tf import files
 from mortar_tf import morphing
 from mortar_tf import table
 from mortar_tf.savedmodel import graph as graph_lib
@@ -66,7 +67,7 @@ class MorphedVariable:
     return {"name": self.name, "key": self.key, "shape": list(self.shape),
             "reduction_axes": list(self.reduction_axes), "method": self.spec.method,
             "settings": self.spec.settings(), "ones_before": dict(self.ones_before),
-            "ones_after": dict(self.ones_after), "max_rel_error": _finite(self.max_rel_error),
+            "ones_after": dict(self.ones_after), "max_rel_error": files.finite_or_none(self.max_rel_error),
             "twin_of": self.twin_of}
 
 
@@ -113,7 +114,7 @@ class ConversionReport:
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "fingerprint": self.fingerprint,
             "verification": None if self.verification is None else {
-                out: {k: _finite(v) for k, v in diff.items()}
+                out: {k: files.finite_or_none(v) for k, v in diff.items()}
                 for out, diff in self.verification.items()},
             "seconds": self.seconds}
 
@@ -154,24 +155,12 @@ class ConversionReport:
     return "\n".join(parts)
 
   def write_json(self, path: str) -> None:
-    _write_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
-
-
-def _finite(x: float) -> float | None:
-  """JSON has no inf: an infinite difference is written as null."""
-  return float(x) if math.isfinite(x) else None
+    files.write_json(path, self.to_dict())
 
 
 def _version() -> str:
   import mortar_tf  # pylint: disable=import-outside-toplevel
   return mortar_tf.__version__
-
-
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def temp_dir_for(dst: str) -> str:
@@ -719,7 +708,7 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
     if previous is not None:
       record["previous"] = previous
     os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-    _write_atomic(os.path.join(tmp, MORTAR_JSON), json.dumps(record, indent=1, allow_nan=False))
+    files.write_json(os.path.join(tmp, MORTAR_JSON), record)
     os.rename(tmp, dst)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

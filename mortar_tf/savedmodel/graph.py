@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Mapping, Sequence
 
 import numpy as np
