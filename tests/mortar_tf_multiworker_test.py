@@ -5,7 +5,6 @@ Keras 3: model.fit under MWMS fails upstream (keras-team/keras#20585) even for a
 plain model; the test pins that, so we notice when it is fixed.
 """
 
-import json
 import os
 import socket
 import subprocess

@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import numpy as np
 
 from mortar_tf import morphing
 from mortar_tf.keras import folding
