@@ -1,4 +1,4 @@
-"""Output files written whole or not at all, and numbers JSON can hold.
+"""Output files written whole or not at all, numbers JSON can hold, .npz inputs.
 
 Every report, record and plot is written to a temp name beside its path and
 renamed into place, so a failure or a kill never leaves a partial file.
@@ -14,6 +14,8 @@ import contextlib
 import json
 import math
 import os
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -47,3 +49,15 @@ def write_json(path: str, data) -> str:
 def finite_or_none(x):
   """`x`, or None where it is None, inf or NaN (JSON has no inf)."""
   return None if x is None or not math.isfinite(x) else x
+
+
+def read_npz(path: str, what: str = "data file") -> dict:
+  """Every array of an .npz file, or a ValueError naming the problem (a
+  missing path, a file numpy cannot read)."""
+  if not os.path.isfile(path):
+    raise ValueError(f"no such {what}: {path!r}")
+  try:
+    with np.load(path) as data:
+      return {k: data[k] for k in data.files}
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{path!r} is not a readable .npz file: {e}") from e

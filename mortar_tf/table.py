@@ -1,4 +1,5 @@
-"""Plain-text tables for terminals: aligned columns, numbers right-aligned.
+"""Plain text for terminals: tables (aligned columns, numbers right-aligned), ratios,
+a progress bar.
 
 Example:
   >>> print(format_table(["name", "ones"], [["a", 3], ["b", 12]]))
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Sequence
 
 
@@ -62,3 +64,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
   else:
     out += body
   return "\n".join(out)
+
+
+def progress(done: int, total: int, label: str = "", width: int = 30, label_width: int = 40,
+             stream=None) -> None:
+  """Redraws a one-line progress bar ("[####....] 3/8 label") on `stream`
+  (stderr by default), ending the line when done == total; long labels keep
+  their end."""
+  stream = sys.stderr if stream is None else stream
+  filled = width * done // max(total, 1)
+  if len(label) > label_width:
+    label = "..." + label[-(label_width - 3):]
+  stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<{label_width}}")
+  if done == total:
+    stream.write("\n")
+  stream.flush()

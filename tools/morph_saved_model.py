@@ -52,15 +52,9 @@ class _Bar:
     self.enabled = enabled and sys.stderr.isatty()
 
   def __call__(self, done: int, total: int, key: str) -> None:
-    if not self.enabled or total == 0:
-      return
-    width = 30
-    filled = width * done // total
-    name = key if len(key) <= 40 else "..." + key[-37:]
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name:<40}")
-    if done == total:
-      sys.stderr.write("\n")
-    sys.stderr.flush()
+    if self.enabled and total:
+      from mortar_tf import table  # pylint: disable=import-outside-toplevel
+      table.progress(done, total, key)
 
 
 def main(argv):

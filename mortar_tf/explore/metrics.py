@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Callable, Mapping
 
 import numpy as np
+
+from mortar_tf import files
 
 BUILTIN = ("accuracy", "agreement", "mse", "psnr")
 # Identical outputs have infinite PSNR; a cap keeps drops and JSON finite.
@@ -66,13 +67,7 @@ def load_npz(path: str, x_key: str = "x", y_key: str | None = "y") -> dict[str, 
   Raises:
     ValueError: a missing or unreadable file, or absent arrays.
   """
-  if not os.path.isfile(path):
-    raise ValueError(f"no such data file: {path!r}")
-  try:
-    with np.load(path) as data:
-      arrays = {k: data[k] for k in data.files}
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"{path!r} is not a readable .npz file: {e}") from e
+  arrays = files.read_npz(path, "data file")
   wanted = [k for k in (x_key, y_key) if k is not None]
   missing = [k for k in wanted if k not in arrays]
   if missing:

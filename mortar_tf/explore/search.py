@@ -28,7 +28,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 from typing import Mapping, Sequence
 
@@ -293,14 +292,8 @@ def _specs(grid: Mapping[str, Sequence], group_size, width) -> list[morphing.Mor
 
 
 def _progress(enabled: bool, done: int, total: int, label: str) -> None:
-  if not enabled:
-    return
-  width = 24
-  filled = width * done // max(total, 1)
-  sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<32}")
-  if done == total:
-    sys.stderr.write("\n")
-  sys.stderr.flush()
+  if enabled:
+    table.progress(done, total, label, width=24, label_width=32)
 
 
 def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,

@@ -571,13 +571,7 @@ def verify_outputs(src: str, dst: str, signature: str = graph_lib.DEFAULT_SIGNAT
 
 def _verification_inputs(specs, inputs, input_shape, seed):
   if isinstance(inputs, str):
-    if not os.path.isfile(inputs):
-      raise ValueError(f"no such inputs file: {inputs!r}")
-    try:
-      with np.load(inputs) as data:
-        inputs = {k: data[k] for k in data.files}
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"{inputs!r} is not a readable .npz file: {e}") from e
+    inputs = files.read_npz(inputs, "inputs file")
   if inputs is not None:
     missing = sorted(set(specs) - set(inputs))
     if missing:
