@@ -37,19 +37,26 @@ def _labels(result: Estimate):
           for layer in result.mapped]
 
 
-def plot_cycles(result: Estimate, path: str) -> str:
-  """Per-layer cycles of every engine (grouped bars, log scale)."""
-  plt = pyplot()
+def _grouped_bars(result: Estimate, names, value, fig_width: float):
+  """(fig, ax): per mapped layer, one bar per engine in `names` of height
+  value(layer, name), on a log scale, layers labelled along x."""
   layers = result.mapped
-  names = [e.name for e in result.engines]
-  fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(layers) * len(names) / 3 + 3), 4.5))
+  fig, ax = pyplot().subplots(figsize=(fig_width, 4.5))
   x = np.arange(len(layers))
-  step = 0.8 / len(names)
+  step = 0.8 / max(1, len(names))
   for k, name in enumerate(names):
-    ax.bar(x + (k - (len(names) - 1) / 2) * step, [layer.cycles[name] for layer in layers],
+    ax.bar(x + (k - (len(names) - 1) / 2) * step, [value(layer, name) for layer in layers],
            step, label=name)
   ax.set_yscale("log")
   ax.set_xticks(x, _labels(result), rotation=70, ha="right", fontsize=7)
+  return fig, ax
+
+
+def plot_cycles(result: Estimate, path: str) -> str:
+  """Per-layer cycles of every engine (grouped bars, log scale)."""
+  names = [e.name for e in result.engines]
+  fig, ax = _grouped_bars(result, names, lambda layer, name: layer.cycles[name],
+                          max(6, 0.5 * len(result.mapped) * len(names) / 3 + 3))
   ax.set_ylabel("cycles")
   ax.set_title("Cycles per layer and engine")
   ax.legend(fontsize=8)
@@ -58,18 +65,10 @@ def plot_cycles(result: Estimate, path: str) -> str:
 
 def plot_speedup(result: Estimate, path: str) -> str:
   """Per-layer speedup of each engine over the baseline, total in the title."""
-  plt = pyplot()
-  layers = result.mapped
   names = [e.name for e in result.engines if e.name != result.baseline]
-  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 3), 4.5))
-  x = np.arange(len(layers))
-  step = 0.8 / max(1, len(names))
-  for k, name in enumerate(names):
-    ax.bar(x + (k - (len(names) - 1) / 2) * step,
-           [result.speedup(layer)[name] for layer in layers], step, label=name)
+  fig, ax = _grouped_bars(result, names, lambda layer, name: result.speedup(layer)[name],
+                          max(6, 0.35 * len(result.mapped) + 3))
   ax.axhline(1.0, color="black", linewidth=0.8)
-  ax.set_yscale("log")
-  ax.set_xticks(x, _labels(result), rotation=70, ha="right", fontsize=7)
   ax.set_ylabel(f"speedup over {result.baseline}")
   total = result.speedup()
   ax.set_title("Speedup per layer; total: " +
