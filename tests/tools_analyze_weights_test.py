@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,11 +10,12 @@ import pytest
 from mortar_tf import analyze
 from mortar_tf.keras.compat import keras
 
+import installed_tool
 import spec_reference as ref
 
 # The console script installed beside the interpreter that runs the tests.
-TOOL = os.path.join(os.path.dirname(sys.executable), "mortar-analyze")
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+TOOL = installed_tool.path("mortar-analyze")
+ENV = installed_tool.ENV
 
 
 def _model():
@@ -31,8 +31,7 @@ def _model():
 
 
 def _run(*args):
-  return subprocess.run([TOOL, *args], capture_output=True, text=True, env=ENV, timeout=300,
-                        check=False)
+  return installed_tool.run("mortar-analyze", *args)
 
 
 def _sig_ones(a):

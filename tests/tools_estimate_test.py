@@ -3,20 +3,18 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-TOOL = os.path.join(os.path.dirname(sys.executable), "mortar-estimate")
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+import installed_tool
+
+TOOL = installed_tool.path("mortar-estimate")
 
 
 def _run(*args):
-  return subprocess.run([TOOL, *args], capture_output=True, text=True, env=ENV, timeout=300,
-                        check=False)
+  return installed_tool.run("mortar-estimate", *args)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -12,13 +10,13 @@ import tensorflow as tf
 
 import mortar_tf
 
-TOOL = os.path.join(os.path.dirname(sys.executable), "mortar-morph")
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+import installed_tool
+
+TOOL = installed_tool.path("mortar-morph")
 
 
 def _run(*args):
-  return subprocess.run([TOOL, *args], capture_output=True, text=True, env=ENV, timeout=300,
-                        check=False)
+  return installed_tool.run("mortar-morph", *args)
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,18 @@
 """End-to-end tests of the installed `mortar-sweep` command."""
 
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-TOOL = os.path.join(os.path.dirname(sys.executable), "mortar-sweep")
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+import installed_tool
+
+TOOL = installed_tool.path("mortar-sweep")
 
 
 def _run(*args):
-  return subprocess.run([TOOL, *args], capture_output=True, text=True, env=ENV, timeout=300,
-                        check=False)
+  return installed_tool.run("mortar-sweep", *args)
 
 
 @pytest.fixture(scope="module")
