@@ -247,26 +247,31 @@ def test_bad_inputs_raise_one_clear_error_and_write_nothing(exported, mixed, tmp
     savedmodel.convert(str(truncated), dst)
   _no_leftovers(tmp_path)
 
+  def _flip_data(model_dir, positions, mask):
+    """XORs `mask` into the checkpoint data bytes at positions(data)."""
+    (data,) = [p for p in (model_dir / "variables").iterdir() if "data" in p.name]
+    raw = bytearray(data.read_bytes())
+    for i in positions(raw):
+      raw[i] ^= mask
+    data.write_bytes(bytes(raw))
+
   corrupted = _copy("corrupted")
-  (data,) = [p for p in (corrupted / "variables").iterdir() if "data" in p.name]
-  raw = bytearray(data.read_bytes())
-  for i in range(0, len(raw), 7):  # every 7th byte: every tensor is hit
-    raw[i] ^= 0xFF
-  data.write_bytes(bytes(raw))
+  _flip_data(corrupted, lambda raw: range(0, len(raw), 7), 0xFF)  # every tensor is hit
   with pytest.raises(SavedModelError, match="corrupted"):
     savedmodel.convert(str(corrupted), dst)
   _no_leftovers(tmp_path)
 
-  # One flipped byte in the last tensor: the object graph reads fine, streaming
-  # fails part-way (after the temp directory exists) and cleans up.
+  # One flipped bit in fc's bias: the object graph reads fine, streaming fails
+  # part-way (after the temp directory exists) and cleans up.
   one_bad = _copy("one_bad")
-  (data,) = [p for p in (one_bad / "variables").iterdir() if "data" in p.name]
-  raw = bytearray(data.read_bytes())
   bias = exported[1].get_layer("fc").get_weights()[1]  # not a kernel: read only when streaming
-  at = raw.find(bias.tobytes())
-  assert at >= 0
-  raw[at + 9] ^= 0x01
-  data.write_bytes(bytes(raw))
+
+  def _in_bias(raw):
+    at = raw.find(bias.tobytes())
+    assert at >= 0
+    return [at + 9]
+
+  _flip_data(one_bad, _in_bias, 0x01)
   with pytest.raises(SavedModelError, match="cannot read variable .*corrupted or missing"):
     savedmodel.convert(str(one_bad), dst)
   _no_leftovers(tmp_path)
