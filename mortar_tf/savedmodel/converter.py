@@ -418,16 +418,6 @@ def _morph(t: tf.Tensor, target: _Target, group_size: int, width: int):
   return morphed, record
 
 
-def _restore(prefix: str, key: str, dtype, src: str) -> tf.Tensor:
-  """One checkpoint entry as a tensor, read straight into TF's buffer (no numpy copy)."""
-  try:
-    return tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
-                                dtypes=[dtype])[0]
-  except Exception as e:  # DataLoss (bad checksum), NotFound (missing data file), ...
-    raise SavedModelError(f"cannot read variable {key!r} of {src!r} (corrupted or missing "
-                          f"variables data?): {e}") from e
-
-
 def _nbytes(shape, dtype) -> int:
   try:
     itemsize = tf.dtypes.as_dtype(dtype).size
@@ -464,7 +454,7 @@ def _stream_checkpoint(src: str, reader, out_dir: str, targets: Mapping[str, _Ta
       progress(done, len(keys), key)
     if batch and batch_size + sizes[key] > budget:
       _flush()
-    value = _restore(variables_lib.checkpoint_prefix(src), key, dtypes[key], src)
+    value = variables_lib.restore_tensor(src, key, dtypes[key])
     target = targets.get(key)
     if target is not None:
       value, record = _morph(value, target, group_size, width)

@@ -12,6 +12,7 @@ conv kernels and not for depthwise or transposed ones.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 
@@ -102,17 +103,36 @@ def open_checkpoint(saved_model_dir: str):
   return reader, trackable
 
 
+@contextlib.contextmanager
+def _reading(key: str, saved_model_dir: str):
+  """Turns TF's errors for bad variables data into one SavedModelError."""
+  try:
+    yield
+  except Exception as e:  # DataLoss, NotFound, a RuntimeError wrapping either, ...
+    raise SavedModelError(f"cannot read variable {key!r} of {saved_model_dir!r} (corrupted or "
+                          f"missing variables data?): {e}") from e
+
+
 def read_tensor(reader, key: str, saved_model_dir: str):
   """reader.get_tensor(key), with a clear error for bad data (TF checks CRCs).
 
   Raises:
     SavedModelError: a checksum mismatch, a missing data shard, and the like.
   """
-  try:
+  with _reading(key, saved_model_dir):
     return reader.get_tensor(key)
-  except Exception as e:  # DataLoss, NotFound, a RuntimeError wrapping either, ...
-    raise SavedModelError(f"cannot read variable {key!r} of {saved_model_dir!r} (corrupted or "
-                          f"missing variables data?): {e}") from e
+
+
+def restore_tensor(saved_model_dir: str, key: str, dtype) -> tf.Tensor:
+  """One checkpoint entry as a tensor, read straight into TF's buffer (no
+  numpy copy, unlike read_tensor).
+
+  Raises:
+    SavedModelError: as read_tensor.
+  """
+  with _reading(key, saved_model_dir):
+    return tf.raw_ops.RestoreV2(prefix=checkpoint_prefix(saved_model_dir), tensor_names=[key],
+                                shape_and_slices=[""], dtypes=[dtype])[0]
 
 
 @dataclasses.dataclass(frozen=True)
