@@ -6,7 +6,8 @@ with `tf.train.load_checkpoint`. Optimizer state (reached through an
 `optimizer` edge, or listed as a slot) and Keras metric state are left out.
 Layouts are not known without the compute graph: every variable is grouped
 with the default rule (all axes but the last), which is right for dense and
-conv kernels and not for depthwise or transposed ones.
+conv kernels and not for depthwise or transposed ones (graph.py reads the real
+axes from the compute graph).
 """
 
 from __future__ import annotations
