@@ -105,9 +105,10 @@ def load_weights(path: str, select: str = "kernels") -> ModelWeights:
     return ModelWeights(path, "savedmodel", {v.name: v.value for v in found}, groupings, note)
   if not path.endswith((".keras", ".h5", ".hdf5")):
     raise ValueError(f"{path!r} is neither a .keras/.h5 model file nor a SavedModel directory")
-  from mortar_tf.keras import weights as keras_weights  # pylint: disable=import-outside-toplevel
-  model = keras_weights.load_model(path)
-  found = keras_weights.model_weights(model, select)
+  # pylint: disable-next=import-outside-toplevel
+  from mortar_tf.keras import registry, saving
+  model = saving.load_model(path)
+  found = registry.model_weights(model, select)
   return ModelWeights(path, "keras", {w.name: w.numpy() for w in found},
                       {w.name: w.grouping() for w in found})
 

@@ -1,6 +1,6 @@
 """What exploration morphs: the kernels of a Keras model or of a loaded SavedModel.
 
-A Keras model's kernels come from its layers (mortar_tf.keras.weights); a
+A Keras model's kernels come from the kernel registry (mortar_tf.keras.registry); a
 SavedModel's from its graph (mortar_tf.savedmodel.read_graph: the variables
 compute ops read, with their reduction axes), matched by name to the
 variables its signature function captures. Either way, exploration assigns
@@ -26,7 +26,8 @@ class Kernel:
   """One kernel variable and its original value.
 
   Attributes:
-    layer: the layer's name, as {layer: P} maps use it.
+    layer: the path of the layer holding it ("conv", "block/mha/query"), a
+      name {pattern: P} maps match.
     name: the variable's name (e.g. "conv/kernel").
     variable: the variable (assign() and numpy()).
     original: its value before any morphing.
@@ -105,10 +106,10 @@ def load(path: str, signature: str = "serving_default", input_shape=None):
   """
   if os.path.isdir(path):
     return LoadedSavedModel(path, signature, input_shape)
-  from mortar_tf.keras import weights as weights_lib  # pylint: disable=import-outside-toplevel
+  from mortar_tf.keras import saving  # pylint: disable=import-outside-toplevel
   if not os.path.exists(path):
     raise ValueError(f"no such model: {path!r}")
-  return weights_lib.load_model(path)
+  return saving.load_model(path)
 
 
 def model_kernels(model, group_size: int = bits.DEFAULT_GROUP_SIZE,
@@ -121,11 +122,9 @@ def model_kernels(model, group_size: int = bits.DEFAULT_GROUP_SIZE,
   if isinstance(model, LoadedSavedModel):
     found = [(layer, name, var, tuple(axes)) for layer, name, var, axes in model.kernels()]
   else:
-    from mortar_tf.keras import weights as weights_lib  # pylint: disable=import-outside-toplevel
-    found = []
-    for w in weights_lib.model_weights(model, "kernels"):
-      axes = bits.resolve_reduction_axes(tuple(w.variable.shape), **w.grouping())
-      found.append((w.layer.name, w.name, w.variable, axes))
+    from mortar_tf.keras import registry  # pylint: disable=import-outside-toplevel
+    found = [(k.layer_path, k.name, k.variable, k.reduction_axes())
+             for k in registry.model_weights(model, "kernels")]
   out = []
   for layer, name, variable, axes in found:
     value = np.array(variable.numpy())

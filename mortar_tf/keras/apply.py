@@ -1,10 +1,14 @@
-"""morph_model and strip_morphing: wrap a model's layers, and turn it back into a plain one.
+"""morph_model, strip_morphing and fold_batchnorm: wrap a model's layers, turn it
+back into a plain one, fold BatchNormalization into the layers before it.
 
-Both clone the model with a swap function (TFMOT's pattern), recursing into
-nested models. morph_model's wrappers share the original layers (and so their
-variables), as TFMOT's do; strip_morphing builds fresh layers whose kernels are
-the morphed values and whose other weights are copies, so the stripped model is
-the artifact to save.
+All three clone the model with a swap function (TFMOT's pattern), recursing
+into nested models. morph_model's wrappers share the original layers (and so
+their variables), as TFMOT's do. strip_morphing and fold_batchnorm build
+fresh layers and give each the values of its source layer's variables, taken
+from the same variable objects (in the order Keras creates them, its own
+get_weights/set_weights contract), never matched by name; the kernels among
+them (found by the registry, as objects) get their morphed or folded values.
+The stripped model is the artifact to save: it holds only Keras' own classes.
 
 Example:
   >>> from mortar_tf.keras.compat import keras
@@ -17,23 +21,85 @@ Example:
 
 from __future__ import annotations
 
+import logging
+from typing import Mapping
+
+import numpy as np
 
 from mortar_tf import morphing
+from mortar_tf import precision_map
 from mortar_tf.keras import folding
-from mortar_tf.keras import weights as weights_lib
+from mortar_tf.keras import registry
+from mortar_tf.keras.compat import IS_KERAS3
 from mortar_tf.keras.compat import keras
 from mortar_tf.keras.wrapper import MorphWrapper
 from mortar_tf.keras.wrapper import register_serializable
-from mortar_tf.keras.wrapper import morph_targets_of
 from mortar_tf.morphing import MorphSpec
+
+_LOG = logging.getLogger("mortar_tf")
+
+
+def all_layers(model):
+  """(path, layer) for every layer of a graph model, recursing into nested models."""
+  for layer in model.layers:
+    yield layer.name, layer
+    if isinstance(layer, keras.Model):
+      for path, inner in all_layers(layer):
+        yield f"{layer.name}/{path}", inner
+
+
+def every_layer(root):
+  """Every layer object under `root` (a model, a layer or a list), itself included."""
+  stack = list(root) if isinstance(root, (list, tuple)) else [root]
+  seen = set()
+  while stack:
+    layer = stack.pop()
+    if id(layer) in seen:
+      continue
+    seen.add(id(layer))
+    yield layer
+    stack.extend(registry.sublayers(layer))
+    if isinstance(layer, keras.layers.Wrapper):
+      stack.append(layer.layer)
+
+
+def _refuse_wrapped(root) -> None:
+  """Errors for MorphWrappers (morphing twice) and unstripped TFMOT wrappers."""
+  for layer in every_layer(root):
+    if isinstance(layer, MorphWrapper):
+      raise ValueError(f"layer {layer.name!r} is already wrapped: morphing twice would morph "
+                       "morphed weights (strip_morphing gives the plain model back)")
+    if registry.is_tfmot_wrapper(layer):
+      kind = type(layer).__name__
+      raise ValueError(
+          f"layer {layer.name!r} is a TFMOT {kind}: morph_model wraps plain layers. Strip it "
+          "first (tfmot.sparsity.keras.strip_pruning, strip_clustering), then morph_model; for "
+          "morph-aware training through TFMOT's QAT use mortar_tf.keras.tfmot.MorphScheme. "
+          "MortarCallback works beside TFMOT wrappers as they are")
+
+
+def _refuse_subclassed(model, what: str) -> None:
+  if isinstance(model, keras.Model) and not registry.is_graph_model(model):
+    raise ValueError(
+        f"{what} cannot clone {type(model).__name__} {model.name!r}: subclassed models cannot "
+        "be cloned. Wrap their layers with mortar_tf.keras.MorphWrapper inside the model, or "
+        "use MortarCallback, which morphs in place and saves any model")
+
+
+class _SwapError(Exception):
+  """An error raised by our own swap function inside clone_model (re-raised as is)."""
+
+  def __init__(self, error):
+    super().__init__(str(error))
+    self.error = error
 
 
 def _same_inputs(model):
   """New Input tensors named and shaped like a functional model's own (clone_model
   would otherwise rename them, and the clone's config would differ).
 
-  No public API lists a functional model's InputLayers in order; both Keras
-  flavours keep them in `_input_layers`, read here and only here.
+  No public API lists a functional model's InputLayers in order; tf_keras keeps
+  them in `_input_layers`, read here and only here (Keras 3 keeps the names).
   """
   if isinstance(model, keras.Sequential) or not hasattr(model, "_input_layers"):
     return None
@@ -44,90 +110,196 @@ def _same_inputs(model):
   return inputs if len(inputs) > 1 else inputs[0]
 
 
-def _clone(model, clone_function):
+def _clone(model, swap):
+  def guarded(layer):
+    try:
+      return swap(layer)
+    except _SwapError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise _SwapError(e) from e
+
+  extra = {}
+  if IS_KERAS3 and not isinstance(model, keras.Sequential):
+    # A folded BN becomes an Identity, whose call takes only the inputs; Keras 3
+    # would pass it the BN's recorded `training`/`mask` (tf_keras drops them).
+    def call(layer, *args, **kwargs):
+      if isinstance(layer, keras.layers.Identity):
+        kwargs = {}
+      return layer(*args, **kwargs)
+    extra["call_function"] = call
   try:
     return keras.models.clone_model(model, input_tensors=_same_inputs(model),
-                                    clone_function=clone_function)
+                                    clone_function=guarded, **extra)
+  except _SwapError as e:
+    raise e.error from None
   except (ValueError, TypeError, NotImplementedError) as e:
-    raise ValueError(
-        f"cannot clone model {model.name!r} ({type(model).__name__}): {e}. Subclassed models "
-        "cannot be cloned; wrap their layers with mortar_tf.keras.MorphWrapper in the model "
-        "itself") from e
+    raise ValueError(f"cannot clone model {model.name!r} ({type(model).__name__}): {e}") from e
+
+
+# --------------------------------------------------------------------------
+# What to morph
+
+
+def _check_morphing(method, precision, keep_bits, columns, group_size, width):
+  """Validates the morphing arguments; returns a MorphSpec or {pattern: MorphSpec}."""
+  if isinstance(precision, Mapping):
+    if (keep_bits, columns, group_size, width) != (None,) * 4:
+      raise ValueError("a {pattern: P} precision map takes no keep_bits, columns, group_size "
+                       "or width")
+    return precision_map.check(precision, method)
+  return MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
+                          group_size=group_size, width=width)
+
+
+def resolve_specs(plan: registry.KernelPlan, method, precision, spec=None) -> dict[int, MorphSpec]:
+  """{id(kernel variable): MorphSpec} for the kernels one P or a map selects.
+
+  Raises:
+    ValueError: a map entry that matches no kernel.
+  """
+  if not isinstance(precision, Mapping):
+    return {id(k.variable): spec for k in plan.kernels}
+  names = {id(k.variable): precision_map.weight_names(k.name) for k in plan.kernels}
+  return precision_map.resolve(precision, names, method, what="kernel")
+
+
+def check_float32(plan: registry.KernelPlan, precision) -> None:
+  """TypeError for kernels that are not float32 (under a map: those it names)."""
+  wrong = [s for s in plan.skipped if s.code == registry.NOT_FLOAT32 and (
+      not isinstance(precision, Mapping)
+      or precision_map.lookup(precision, precision_map.weight_names(s.name)) is not None)]
+  if wrong:
+    raise TypeError("only float32 kernels are morphed: " + ", ".join(
+        f"{s.name} ({s.reason.split(':')[0]})" for s in wrong) + "; under mixed precision use "
+        "a 'mixed_float16'/'mixed_bfloat16' policy, whose master weights are float32")
+
+
+def _graph_units(model, prefix=""):
+  """(graph model, layer, name prefix) for every layer morph_model may wrap."""
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.InputLayer):
+      continue
+    if isinstance(layer, keras.Model):
+      if registry.is_graph_model(layer):
+        yield from _graph_units(layer, f"{prefix}{layer.name}/")
+        continue
+    yield model, layer, prefix
 
 
 def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, columns=None,
-                group_size=None, width=None, morph_forward=True, fold_batchnorm=False):
-  """Wraps the supported layers of a model (or a layer, or a list of layers) in MorphWrapper.
+                group_size=None, width=None, morph_forward=True, fold_batchnorm=False,
+                preserve_zeros=False, embeddings=False):
+  """Wraps the layers holding kernels (registry) in MorphWrapper.
 
   Args:
-    to_wrap: a Sequential or Functional model (nested models included), a
+    to_wrap: a Sequential or Functional model (nested ones included), a
       layer, or a list of layers.
-    method, keep_bits, columns, group_size, width, morph_forward: as MorphWrapper.
-    precision: P for every supported layer, or {layer name: P}: then only the
-      named layers are wrapped, each with its own P.
+    method, keep_bits, columns, group_size, width, morph_forward,
+      preserve_zeros, embeddings: as MorphWrapper.
+    precision: P for every kernel, or a {pattern: P} map (any Mapping,
+      matched as mortar_tf.precision_map says: kernel names such as
+      "block/mha/query/kernel", layer paths, layer names): then only the
+      layers holding matched kernels are wrapped, each kernel with its P.
     fold_batchnorm: fold each BatchNormalization that directly follows a
       wrapped conv/dense layer into it, so the forward pass morphs the folded
-      kernel (as the accelerator will see it). The BN becomes a
-      FoldedBatchNorm (identity); its gamma and beta move into the wrapper and
-      keep training, its moving statistics are frozen at their current values.
+      kernel (as the accelerator will see it). The BN becomes an Identity; its
+      gamma and beta move into the wrapper and keep training, its moving
+      statistics are frozen at their current values. BNs after layers that
+      are not wrapped stay as they are.
 
   Returns:
     A model (sharing the original layers' variables), a wrapper, or a list.
+    What was wrapped and what was skipped (with the reasons) is logged to the
+    "mortar_tf" logger at INFO level; find_kernels(model) returns the same.
 
   Raises:
-    ValueError: a subclassed model, a named layer that does not exist or
-      cannot be morphed, or bad morphing arguments.
+    ValueError: bad morphing arguments, a map entry matching no kernel,
+      nothing to morph, a subclassed model, a model already wrapped or
+      holding TFMOT wrappers (all checked before anything is cloned).
+    TypeError: kernels that are not float32.
   """
+  spec = _check_morphing(method, precision, keep_bits, columns, group_size, width)
   common = dict(method=method, keep_bits=keep_bits, columns=columns, group_size=group_size,
-                width=width, morph_forward=morph_forward)
-  per_layer = dict(precision) if isinstance(precision, dict) else None
+                width=width, morph_forward=morph_forward, preserve_zeros=preserve_zeros,
+                embeddings=embeddings)
+  if isinstance(to_wrap, (list, tuple)):
+    if not all(isinstance(l, keras.layers.Layer) for l in to_wrap):
+      raise ValueError("morph_model takes a model, a layer or a list of layers")
+  elif not isinstance(to_wrap, keras.layers.Layer):
+    raise ValueError(f"morph_model takes a Keras model, a layer or a list of layers, got "
+                     f"{type(to_wrap).__name__}")
+  _refuse_wrapped(to_wrap)
+  if isinstance(to_wrap, keras.Model):
+    _refuse_subclassed(to_wrap, "morph_model")
+    units = list(_graph_units(to_wrap))
+  else:
+    layers = list(to_wrap) if isinstance(to_wrap, (list, tuple)) else [to_wrap]
+    units = [(None, layer, "") for layer in layers]
+
+  # Every unit's kernels, named as in the whole model, resolved against P or the map.
+  plans = {}
+  kernels, skipped = [], []
+  for _, layer, prefix in units:
+    if id(layer) in plans:
+      continue  # a shared layer
+    unit_prefix = f"{prefix}{layer.name}/"
+    plan = registry.find_kernels(layer, embeddings=embeddings, prefix=unit_prefix)
+    plans[id(layer)] = (plan, unit_prefix)
+    kernels += plan.kernels
+    skipped += plan.skipped
+  whole = registry.KernelPlan(tuple(kernels), tuple(skipped))
+  specs = resolve_specs(whole, method, precision, spec)
+  check_float32(whole, precision)
+  if not specs:
+    raise ValueError(f"nothing to morph in {getattr(to_wrap, 'name', 'the layers')!r}: "
+                     + whole.summary())
+  wanted = {id(layer) for _, layer, _ in units
+            if any(id(k.variable) in specs for k in plans[id(layer)][0].kernels)}
+  log_plan("morph_model", whole, [k.name for k in whole.kernels if id(k.variable) in specs])
+
+  def wrapper_precision(layer):
+    """P, or {kernel name within the layer: P} (exact names) under a map."""
+    if not isinstance(precision, Mapping):
+      return precision
+    plan, unit_prefix = plans[id(layer)]
+    chosen = {precision_map.literal(k.name[len(unit_prefix):]): specs[id(k.variable)].precision
+              for k in plan.kernels if id(k.variable) in specs}
+    if len(chosen) == len(plan.kernels) and len(set(chosen.values())) == 1:
+      return next(iter(chosen.values()))  # one P for all its kernels
+    return chosen
 
   folds = {}
   if fold_batchnorm and isinstance(to_wrap, keras.Model):
-    for submodel in [to_wrap] + [l for _, l in all_layers(to_wrap) if isinstance(l, keras.Model)]:
-      folds.update(_batchnorm_folds(submodel))
+    for graph in [to_wrap] + [l for _, l in all_layers(to_wrap)
+                              if isinstance(l, keras.Model) and registry.is_graph_model(l)]:
+      folds.update({k: v for k, v in _batchnorm_folds(graph).items() if k in wanted})
+  folded_bns = {id(bn) for bn in folds.values()}
   pending = []
+  wrappers = {}
 
   def wrap(layer):
+    if id(layer) in wrappers:  # a shared layer: one wrapper, shared too
+      return wrappers[id(layer)]
     bn = folds.get(id(layer))
-    p = precision if per_layer is None else per_layer[layer.name]
-    wrapper = MorphWrapper(layer, precision=p, **common,
+    wrapper = MorphWrapper(layer, precision=wrapper_precision(layer), **common,
                            fold_batchnorm_epsilon=None if bn is None else bn.epsilon)
     if bn is not None:
       pending.append((wrapper, bn))
+    wrappers[id(layer)] = wrapper
     return wrapper
 
-  if isinstance(to_wrap, (list, tuple)):
-    return [morph_model(layer, method, precision, **{k: v for k, v in common.items()
-                                                      if k != "method"})
-            for layer in to_wrap]
   if not isinstance(to_wrap, keras.Model):
+    if isinstance(to_wrap, (list, tuple)):
+      return [wrap(layer) if id(layer) in wanted else layer for layer in to_wrap]
     return wrap(to_wrap)
-
-  if per_layer is not None:
-    names = {layer.name: layer for _, layer in all_layers(to_wrap)}
-    unknown = sorted(set(per_layer) - set(names))
-    if unknown:
-      raise ValueError(f"precision names layers that {to_wrap.name!r} does not have: {unknown}")
-    unsupported = sorted(n for n in per_layer if not _targets_or_none(names[n]))
-    if unsupported:
-      morph_targets_of(names[unsupported[0]])  # raises with the explanation
-
-  folded_bns = {id(bn) for bn in folds.values()}
 
   def swap(layer):
     if isinstance(layer, keras.Model):
-      return _morph_nested(layer)
+      return _clone(layer, swap)
     if id(layer) in folded_bns:
-      return FoldedBatchNorm(name=layer.name)
-    if isinstance(layer, MorphWrapper):
-      raise ValueError(f"layer {layer.name!r} is already wrapped: morphing twice would morph "
-                       "morphed weights")
-    wanted = bool(_targets_or_none(layer)) if per_layer is None else layer.name in per_layer
-    return wrap(layer) if wanted else layer
-
-  def _morph_nested(nested):
-    return _clone(nested, swap)
+      return keras.layers.Identity(name=layer.name)
+    return wrap(layer) if id(layer) in wanted else layer
 
   wrapped = _clone(to_wrap, swap)
   for wrapper, bn in pending:  # built by the clone: take the BN's values over
@@ -138,107 +310,237 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
   return wrapped
 
 
-def all_layers(model):
-  """(path, layer) for every layer, recursing into nested models."""
-  for layer in model.layers:
-    yield layer.name, layer
-    if isinstance(layer, keras.Model):
-      for path, inner in all_layers(layer):
-        yield f"{layer.name}/{path}", inner
+def find_kernels(model, embeddings: bool = False) -> registry.KernelPlan:
+  """The kernels of a model (or layer, or list of layers) and the weights the
+  registry leaves alone, with the reasons: what morph_model and MortarCallback
+  morph by default."""
+  return registry.find_kernels(model, embeddings=embeddings)
+
+
+def log_plan(what: str, plan: registry.KernelPlan, morphed) -> None:
+  if _LOG.isEnabledFor(logging.INFO):
+    _LOG.info("%s: %s", what, plan.summary(morphed))
+  unregistered = [s.name for s in plan.skipped if s.code == registry.UNREGISTERED]
+  if unregistered:
+    _LOG.warning("%s: weights of layers the kernel registry does not know were left alone: "
+                 "%s (register their layers with mortar_tf.keras.register_kernels if they "
+                 "multiply with them)", what, ", ".join(unregistered[:8]))
+
+
+# --------------------------------------------------------------------------
+# Stripping and rebuilding
 
 
 def strip_morphing(model, fold_batchnorm: bool = False):
   """A plain model whose kernels are the morphed values of its MorphWrappers' kernels.
 
-  Every other weight is copied bit for bit; the original model is not changed.
-  For a single MorphWrapper, returns a fresh copy of its layer.
+  Every other variable is copied bit for bit from the same variable object of
+  the source; the source model is not changed. For a single MorphWrapper,
+  returns a fresh copy of its layer.
 
   Args:
     model: a model with MorphWrappers, or a MorphWrapper.
-    fold_batchnorm: fold each BatchNormalization that directly follows a
-      conv/dense layer into that layer's kernel and bias first (inference
-      statistics), as accelerators do, then morph the folded kernel; the BN
-      layer becomes an Identity of the same name.
+    fold_batchnorm: also fold a BatchNormalization that directly follows a
+      wrapper (one not already folding it) into its kernel and bias
+      (inference statistics) before morphing, as accelerators do; the BN
+      becomes an Identity. BNs after other layers stay.
 
   Raises:
     ValueError: a subclassed model (it cannot be cloned).
   """
   if isinstance(model, MorphWrapper):
-    fresh = _fresh(model.layer)
+    by_id, bias = _wrapper_values(model)
+    fresh = _fresh(model.layer, use_bias=True if bias is not None else None)
     fresh.build(_build_shape(model.layer))
-    fresh.set_weights(_values(model, model.spec, None, fresh))
+    _assign(model.layer, fresh, by_id, bias)
     return fresh
-  return rebuild(model, lambda layer: layer.spec if isinstance(layer, MorphWrapper) else None,
-                 fold_batchnorm)
+  return copy_and_values(model, fold_batchnorm=fold_batchnorm)[0]
 
 
-def morphed_copy(model, spec: MorphSpec, fold_batchnorm: bool = False):
-  """A plain copy of an unwrapped model with its supported kernels morphed by `spec`.
+def fold_batchnorm(model):
+  """A plain copy of a graph model with each foldable BatchNormalization folded
+  into the conv/dense layer before it (inference statistics; the BN becomes an
+  Identity), kernels not morphed; every other variable is copied bit for bit.
 
-  The same result as strip_morphing(morph_model(model, ...)), in one clone and
-  with the array backends (the C++ op when built) instead of tracing wrappers.
-  fold_batchnorm as in strip_morphing.
+  A BN folds when it normalises the last axis and directly follows a Dense,
+  Conv*, DepthwiseConv*, SeparableConv* or Conv*Transpose without activation
+  whose output goes nowhere else.
   """
-  return rebuild(model, lambda layer: spec if _targets_or_none(layer) else None, fold_batchnorm)
+  _refuse_subclassed(model, "fold_batchnorm")
+  _refuse_wrapped(model)
+  return _rebuild(model, None, _all_folds(model))
 
 
-def _targets_or_none(layer):
-  try:
-    return morph_targets_of(layer)
-  except ValueError:
-    return []
+def copy_and_values(model, specs: Mapping[int, MorphSpec] | None = None,
+                    fold_batchnorm: bool = False):
+  """(plain copy, {id(source variable): (variable, new value)}) of a graph model.
+
+  A model with MorphWrappers is stripped (fold_batchnorm as strip_morphing);
+  an unwrapped one gets the kernels in `specs` ({id(variable): MorphSpec})
+  morphed, after folding each BN that follows a layer holding one of them when
+  `fold_batchnorm`. Everything else is copied bit for bit. The dict holds the
+  variables whose copies differ from them (kernels, folded biases).
+  """
+  _refuse_subclassed(model, "a morphed copy")
+  wrapped = any(isinstance(l, MorphWrapper) for _, l in all_layers(model))
+  folds = {}
+  if fold_batchnorm:
+    for key, bn in _all_folds(model).items():
+      layer = _layer_by_id(model, key)
+      if wrapped:
+        take = isinstance(layer, MorphWrapper) and not layer.folds_batchnorm
+      else:
+        take = any(id(w) in (specs or {}) for w in layer.weights)
+      if take:
+        folds[key] = bn
+  record = {}
+  return _rebuild(model, None if wrapped else specs, folds, record), record
 
 
-def rebuild(model, spec_of, fold_batchnorm: bool = False):
+def _all_folds(model) -> dict:
+  folds = {}
+  for graph in [model] + [l for _, l in all_layers(model)
+                          if isinstance(l, keras.Model) and registry.is_graph_model(l)]:
+    folds.update(_batchnorm_folds(graph))
+  return folds
+
+
+def _layer_by_id(model, layer_id):
+  for _, layer in all_layers(model):
+    if id(layer) == layer_id:
+      return layer
+  raise KeyError(layer_id)
+
+
+def _rebuild(model, specs, folds: dict, record: dict | None = None):
   """Clones `model` with fresh layers (wrappers replaced by their inner layers).
 
-  Each fresh layer gets its source's weights, kernels morphed with
-  `spec_of(source layer)` when that is not None, after folding a following
-  BatchNormalization in when `fold_batchnorm` (the BN becomes an Identity).
-  Nested models are rebuilt the same way.
+  Each fresh layer gets its source's variable values: a wrapper's kernels
+  morphed as it morphs them, a plain layer's kernels morphed as `specs`
+  ({id(variable): MorphSpec}, or None) says, after folding the BN in `folds`
+  ({id(producer): BN}) that follows it (the BN becomes an Identity).
+  `record`, if given, receives {id(source variable): (variable, new value)}.
   """
-  folds = _batchnorm_folds(model) if fold_batchnorm else {}
   folded_bns = {id(bn) for bn in folds.values()}
   pending = []
 
   def swap(layer):
+    if not isinstance(layer, keras.layers.Layer):
+      return layer  # a Keras 3 operation (x + y in a functional model): no state
     if isinstance(layer, keras.Model):
-      return rebuild(layer, spec_of, fold_batchnorm)
+      return _clone(layer, swap)
     if id(layer) in folded_bns:
-      return FoldedBatchNorm(name=layer.name)
-    source = layer.layer if isinstance(layer, MorphWrapper) else layer
+      return keras.layers.Identity(name=layer.name)
     bn = folds.get(id(layer))
-    folds_in = bn is not None or (isinstance(layer, MorphWrapper) and layer.folds_batchnorm)
-    fresh = _fresh(source, use_bias=True if folds_in else None)
-    pending.append((fresh, layer, bn))
+    if isinstance(layer, MorphWrapper):
+      source = layer.layer
+      by_id, bias = _wrapper_values(layer, bn)
+    else:
+      source = layer
+      by_id, bias = _plain_values(layer, specs, bn)
+    fresh = _fresh(source, use_bias=True if bias is not None else None)
+    pending.append((source, fresh, by_id, bias))
     return fresh
 
   rebuilt = _clone(model, swap)
-  for fresh, layer, bn in pending:
-    fresh.set_weights(_values(layer, spec_of(layer), bn, fresh))
+  for source, fresh, by_id, bias in pending:
+    _assign(source, fresh, by_id, bias)
+    if record is not None:
+      for w in source.weights:
+        if id(w) in by_id:
+          record[id(w)] = (w, by_id[id(w)])
   return rebuilt
 
 
-def _values(layer, spec, bn, fresh) -> list:
-  """Weights for `fresh`, in its order: `layer`'s (inner layer's, for a wrapper),
-  folded with `bn` if given, kernels morphed with `spec` if given."""
-  inner = layer.layer if isinstance(layer, MorphWrapper) else layer
-  values = {weights_lib.short_name(v): v.numpy() for v in inner.weights}
-  folded = None
-  if isinstance(layer, MorphWrapper) and layer.folds_batchnorm:
-    folded = layer.folded_values()
-  elif bn is not None:
-    axes = folding.fold_axes(inner)
-    folded = folding.fold({name: values[name] for name in axes}, values.get("bias"),
-                          *folding.batchnorm_statistics(bn), bn.epsilon, axes)
-  if folded is not None:
-    values.update({name: kernel.numpy() for name, kernel in folded[0].items()})
-    values["bias"] = folded[1].numpy()
-  if spec is not None:
-    for name, _, grouping in morph_targets_of(inner):
-      values[name] = morphing.morph(values[name], spec.method, **spec.settings(),
-                                    **(grouping if spec.method == "bitx" else {}))
-  return [values[weights_lib.short_name(v)] for v in fresh.weights]
+def _wrapper_values(wrapper, bn=None):
+  """({id(kernel variable): value}, folded bias or None) as the wrapper computes them."""
+  if bn is not None:  # strip_morphing(fold_batchnorm=True) on a wrapper that did not fold
+    plain, bias = _plain_values(wrapper.layer, None, bn)
+    targets = {id(t.kernel.variable): t for t in wrapper.targets}
+    out = {}
+    for i, value in plain.items():
+      t = targets.get(i)
+      out[i] = value if t is None or t.spec is None else _morph_array(value, t.spec, t.kernel)
+    for t in wrapper.targets:
+      if id(t.kernel.variable) not in out and t.spec is not None:
+        out[id(t.kernel.variable)] = _morph_array(t.kernel.numpy(), t.spec, t.kernel)
+    return out, bias
+  values = wrapper.morphed_values()
+  by_id = {id(t.kernel.variable): np.asarray(values[t.name]) for t in wrapper.targets
+           if t.name in values}
+  bias = np.asarray(wrapper.folded_values()[1]) if wrapper.folds_batchnorm else None
+  return by_id, bias
+
+
+def _morph_array(value, spec, kernel):
+  grouping = kernel.grouping() if spec.method == "bitx" else {}
+  return morphing.morph(np.asarray(value, np.float32), spec.method, **spec.settings(),
+                        **grouping)
+
+
+def _plain_values(layer, specs, bn):
+  """({id(kernel variable): value}, folded bias or None) for a plain layer: its
+  kernels folded with `bn` when given, then morphed where `specs` says."""
+  out, bias = {}, None
+  if bn is not None:
+    axes = folding.fold_axes(layer)
+    kernels = {name: getattr(layer, name).numpy() for name in axes}
+    old_bias = getattr(layer, "bias", None)
+    folded, new_bias = folding.fold(kernels, None if old_bias is None else old_bias.numpy(),
+                                    *folding.batchnorm_statistics(bn), bn.epsilon, axes)
+    for name, value in folded.items():
+      out[id(getattr(layer, name))] = np.asarray(value)
+    bias = np.asarray(new_bias)
+  if specs and any(id(w) in specs for w in layer.weights):
+    for k in registry.find_kernels(layer, embeddings=True).kernels:
+      spec = specs.get(id(k.variable))
+      if spec is not None:
+        out[id(k.variable)] = _morph_array(out.get(id(k.variable), k.numpy()), spec, k)
+  return out, bias
+
+
+def _assign(source, fresh, by_id: dict, bias=None) -> None:
+  """Gives `fresh` the values of `source`'s variables, position by position (the
+  order both were created in), with `by_id` replacing some; `bias` (a folded
+  bias) goes to fresh's bias, which `source` may lack."""
+  src = list(source.weights)
+  dst = list(fresh.weights)
+  if bias is not None:
+    source_bias = getattr(source, "bias", None)
+    fresh_bias = fresh.bias
+    src = [w for w in src if source_bias is None or w is not source_bias]
+    dst = [w for w in dst if w is not fresh_bias]
+    fresh_bias.assign(np.asarray(bias, np.float32))
+  if len(src) != len(dst) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(src, dst)):
+    raise ValueError(
+        f"cannot copy the weights of {type(source).__name__} {source.name!r} into its fresh "
+        f"copy: {[tuple(w.shape) for w in src]} vs {[tuple(w.shape) for w in dst]}")
+  for a, b in zip(src, dst):
+    value = by_id.get(id(a))
+    b.assign(a.numpy() if value is None else value)
+
+
+def _fresh(layer, use_bias=None):
+  config = layer.get_config()
+  if use_bias is not None:
+    config["use_bias"] = use_bias
+  return layer.__class__.from_config(config)
+
+
+def _build_shape(layer):
+  """The input shape a built layer was built with.
+
+  Neither Keras exposes it publicly, so the private attribute each keeps is read
+  here and only here: Keras 3's `_build_shapes_dict`, tf_keras' `_build_input_shape`.
+  """
+  shapes = getattr(layer, "_build_shapes_dict", None)
+  if shapes:
+    values = list(shapes.values())
+    return values[0] if len(values) == 1 else values
+  shape = getattr(layer, "_build_input_shape", None)
+  if shape is None:
+    raise ValueError(f"layer {layer.name!r} was never built: call the wrapper once first")
+  return shape
 
 
 # --------------------------------------------------------------------------
@@ -247,11 +549,8 @@ def _values(layer, spec, bn, fresh) -> list:
 
 @register_serializable
 class FoldedBatchNorm(keras.layers.Layer):
-  """Stands where a BatchNormalization was folded into the layer before it: the identity.
-
-  Unlike keras.layers.Identity it accepts the call arguments a
-  BatchNormalization was called with (training, mask), which cloning passes on.
-  """
+  """The identity. Models saved by mortar_tf 0.1 put it where a BN was folded;
+  kept so they still load (folds now leave a plain keras.layers.Identity)."""
 
   def call(self, inputs, *args, **kwargs):  # pylint: disable=unused-argument
     return inputs
@@ -288,19 +587,24 @@ def _producers(model) -> dict:
   inputs_of = {}
   consumers = {}
   for entry in config["layers"]:
-    names = _history_names(entry.get("inbound_nodes", []))
-    inputs_of[entry.get("name") or entry["config"]["name"]] = names
+    nodes = entry.get("inbound_nodes", [])
+    names = _history_names(nodes)
+    inputs_of[entry.get("name") or entry["config"]["name"]] = (names, len(nodes))
     for name in names:
       consumers[name] = consumers.get(name, 0) + 1
   for name in _history_names(config.get("output_layers", [])):
     consumers[name] = consumers.get(name, 0) + 1
-  return {name: (names[0], consumers.get(names[0], 0)) if len(names) == 1 else (None, 0)
-          for name, names in inputs_of.items()}
+  calls = {name: n for name, (_, n) in inputs_of.items()}
+  # A layer called more than once (shared) is never a producer to fold into.
+  return {name: (names[0], consumers.get(names[0], 0))
+          if len(names) == 1 and n == 1 and calls.get(names[0]) == 1 else (None, 0)
+          for name, (names, n) in inputs_of.items()}
 
 
 def _batchnorm_folds(model) -> dict:
   """{id(producer layer): BatchNormalization} for every BN that can be folded:
-  channels-last, fed by a conv/dense layer whose output goes nowhere else."""
+  channels-last, called once, fed by a conv/dense layer (called once) whose
+  output goes nowhere else."""
   folds = {}
   producers = _producers(model)
   by_name = {layer.name: layer for layer in model.layers}
@@ -312,29 +616,17 @@ def _batchnorm_folds(model) -> dict:
     if producer is None or consumers != 1:
       continue
     inner = producer.layer if isinstance(producer, MorphWrapper) else producer
+    if folding.fold_axes(inner) is None or not inner.built:
+      continue
     axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis
-    if folding.fold_axes(inner) is not None and axis in (-1, len(_build_shape(inner)) - 1):
+    rank = len(getattr(inner, next(iter(folding.fold_axes(inner)))).shape)
+    if axis in (-1, _output_rank(inner, rank) - 1):
       folds[id(producer)] = layer
   return folds
 
 
-def _fresh(layer, use_bias=None):
-  config = layer.get_config()
-  if use_bias is not None:
-    config["use_bias"] = use_bias
-  return layer.__class__.from_config(config)
-
-
-def _build_shape(layer):
-  """The input shape a built layer was built with.
-
-  Neither Keras exposes it publicly, so the private attribute each keeps is read
-  here and only here: Keras 3's `_build_shapes_dict`, tf_keras' `_build_input_shape`.
-  """
-  shapes = getattr(layer, "_build_shapes_dict", None)
-  if shapes:
-    return next(iter(shapes.values()))
-  shape = getattr(layer, "_build_input_shape", None)
-  if shape is None:
-    raise ValueError(f"layer {layer.name!r} was never built: call the wrapper once first")
-  return shape
+def _output_rank(layer, kernel_rank: int) -> int:
+  """The rank of a foldable layer's output (batch included)."""
+  if isinstance(layer, keras.layers.Dense):
+    return len(_build_shape(layer))
+  return kernel_rank  # conv kinds: [k..., cin, cout] -> [batch, spatial..., channels]

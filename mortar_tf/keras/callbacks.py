@@ -1,7 +1,6 @@
 """MortarCallback: save a morphed copy of the model while it trains.
 
 Example:
-  >>> from mortar_tf.keras.compat import keras
   >>> callback = MortarCallback("/tmp/morphed-{epoch:02d}.keras", "fewest_ones", precision=0.1)
   >>> callback.save_freq
   'epoch'
@@ -20,27 +19,34 @@ import numpy as np
 import tensorflow as tf
 
 from mortar_tf import bits
+from mortar_tf import morphing
+from mortar_tf import precision_map
 from mortar_tf.keras import apply
-from mortar_tf.keras import weights as weights_lib
-from mortar_tf.keras.compat import IS_KERAS3
+from mortar_tf.keras import registry
+from mortar_tf.keras import saving
 from mortar_tf.keras.compat import keras
 from mortar_tf.keras.wrapper import MorphWrapper
 from mortar_tf.morphing import MorphSpec
 
-FORMATS = ("keras", "savedmodel")
+FORMATS = saving.FORMATS
 LOG_KEYS = {domain: f"mortar_ratio_{domain}" for domain in bits.DOMAINS}
 
 
 def _has_wrappers(model) -> bool:
-  return any(isinstance(layer, MorphWrapper) for _, layer in apply.all_layers(model))
+  return any(isinstance(layer, MorphWrapper) for layer in apply.every_layer(model))
 
 
 class MortarCallback(keras.callbacks.Callback):
   """Writes a morphed copy of the model at each save; training weights stay untouched.
 
-  For an unwrapped model the copy's kernels are morph(kernel) and everything
-  else is identical; for a model with MorphWrappers the copy is
-  strip_morphing(model) (its kernels morphed once, never twice).
+  For an unwrapped model the kernels (mortar_tf.keras.registry) are morphed in
+  place, the model is saved, and every kernel is restored bit for bit before
+  training goes on: the copy is the model itself with morph(kernel) in place
+  of each kernel, whatever the model is (Sequential, Functional, subclassed,
+  holding TFMOT pruning wrappers, under a distribution strategy). For a model
+  with MorphWrappers the copy is strip_morphing(model) (kernels morphed once,
+  never twice; a graph model is needed). With fold_batchnorm the copy is a
+  plain clone with the BNs folded (a graph model is needed).
 
   Args:
     filepath: where to write; may hold `{epoch}` and `{batch}` (1-based) and
@@ -48,66 +54,90 @@ class MortarCallback(keras.callbacks.Callback):
       ".keras" or ".h5" with tf_keras) or a SavedModel directory.
     method, precision, keep_bits, columns, group_size, width: the morphing,
       as mortar_tf.morph (unused for wrapped models: their wrappers decide).
-      `precision` may be a {layer name: P} map (as from
-      mortar_tf.explore.search_precisions): layers it leaves out are saved
+      `precision` may be a {pattern: P} map (any Mapping, matched as
+      mortar_tf.precision_map says; e.g. from
+      mortar_tf.explore.search_precisions): kernels it leaves out are saved
       unmorphed.
     save_freq: "epoch", or an integer number of training batches.
     format: "keras" (model.save) or "savedmodel" (Keras 3: model.export;
       tf_keras: tf.saved_model.save).
-    log_dir: if given, per-layer sparsity ratios (scalars) and morphed kernel
-      values (histograms) go to TensorBoard there.
-    fold_batchnorm: fold BatchNormalization into the preceding conv/dense
-      layer before morphing (see strip_morphing); ratios then compare the
-      folded kernels with the model's unfolded ones.
-    verbose: 1 prints a line per save.
+    log_dir: if given, per-kernel sparsity ratios (scalars) and morphed
+      kernel values (histograms) go to TensorBoard in `log_dir/train`, on the
+      step axis of Keras' TensorBoard callback (the epoch for epoch saves,
+      the optimizer's iterations for batch saves).
+    fold_batchnorm: fold each BatchNormalization that follows a morphed
+      conv/dense layer into it before morphing (see morph_model); ratios then
+      compare the folded kernels with the model's unfolded ones.
+    embeddings: also morph Embedding tables (lookups; off by default).
+    verbose: 1 prints what is morphed when training starts and a line per
+      save.
 
   The total sparsity ratios (significand, word, aligned) are added to the
-  epoch's logs as mortar_ratio_<domain>, so History records them; per-layer
+  epoch's logs as mortar_ratio_<domain>, so History records them; per-kernel
   figures go only to TensorBoard (the progress bar prints every logs key).
 
   Raises:
-    ValueError: a bad save_freq, format or morphing argument.
+    ValueError: a bad save_freq, format, path pattern or morphing argument
+      (here); a map entry matching no kernel, nothing to morph, an output
+      directory that cannot be written, or a model the copy cannot be made of
+      (when training starts, before the first batch where the model is built
+      by then, else after it).
+    TypeError: kernels that are not float32 (when training starts).
   """
 
   def __init__(self, filepath: str, method: str = "paper", precision=None, *, keep_bits=None,
                columns=None, group_size=None, width=None, save_freq="epoch",
                format: str = "keras", log_dir: str | None = None, fold_batchnorm: bool = False,
-               verbose: int = 0):  # pylint: disable=redefined-builtin
+               embeddings: bool = False, verbose: int = 0):  # pylint: disable=redefined-builtin
     super().__init__()
     if save_freq != "epoch" and (isinstance(save_freq, bool) or
                                  not isinstance(save_freq, numbers.Integral) or save_freq < 1):
       raise ValueError(f"save_freq must be 'epoch' or a positive number of batches, got "
                        f"{save_freq!r}")
-    if format not in FORMATS:
-      raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    self.filepath = os.fspath(filepath)
+    self.filepath = saving.check_path(filepath, format)
     self.precision_map = None
+    self.spec = None
     if isinstance(precision, Mapping):
       if (keep_bits, columns, group_size, width) != (None,) * 4:
-        raise ValueError("a {layer: P} precision map takes no keep_bits, columns, group_size "
+        raise ValueError("a {pattern: P} precision map takes no keep_bits, columns, group_size "
                          "or width")
-      for value in precision.values():
-        MorphSpec.create(method, value)  # validates the method and each P
+      precision_map.check(precision, method)
       self.precision_map = dict(precision)
-      precision = next(iter(precision.values()), None)
-    self.spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
-                                 group_size=group_size, width=width)
+    else:
+      self.spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
+                                   group_size=group_size, width=width)
+    self.method = method
     self.save_freq = save_freq
     self.format = format
     self.log_dir = log_dir
     self.fold_batchnorm = bool(fold_batchnorm)
+    self.embeddings = bool(embeddings)
     self.verbose = verbose
     self._epoch = 0
     self._batches = 0
     self._writer = None
+    self._checked_model = None
+    self.plan: registry.KernelPlan | None = None
+    self.specs: dict[int, MorphSpec] = {}
     self.last_ratios: dict[str, float] = {}
 
   # -- Keras hooks
+
+  def set_model(self, model):
+    super().set_model(model)
+    self._checked_model = None
+    if model.built:
+      self._check()
+
+  def on_train_begin(self, logs=None):
+    if self.model.built:
+      self._check()
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch = epoch
 
   def on_train_batch_end(self, batch, logs=None):
+    self._check()
     self._batches += 1
     if self.save_freq != "epoch" and self._batches % self.save_freq == 0:
       self._save(batch=batch, logs=logs)
@@ -124,71 +154,145 @@ class MortarCallback(keras.callbacks.Callback):
       self._writer.close()
       self._writer = None
 
+  # -- checks, done once per model before anything is saved
+
+  def _check(self):
+    model = self.model
+    if self._checked_model is model:
+      return
+    saving.check_writable(self.filepath.format(
+        epoch=1, batch=1, **_dummy_fields(self.filepath)))
+    self._wrapped = _has_wrappers(model)
+    needs_clone = self._wrapped or self.fold_batchnorm
+    if needs_clone and not registry.is_graph_model(model):
+      why = "it holds MorphWrappers (saving strips them)" if self._wrapped else "fold_batchnorm"
+      raise ValueError(
+          f"MortarCallback cannot save {type(model).__name__} {model.name!r}: {why} needs a "
+          "Sequential or Functional model to clone, and subclassed models cannot be cloned")
+    plan = registry.find_kernels(model, embeddings=self.embeddings)
+    if self._wrapped:
+      self.plan, self.specs = plan, {}
+    else:
+      specs = apply.resolve_specs(plan, self.method, self.precision_map or self.spec,
+                                  self.spec)
+      apply.check_float32(plan, self.precision_map or self.spec)
+      if not specs:
+        raise ValueError(f"MortarCallback: nothing to morph in {model.name!r}: "
+                         + plan.summary())
+      self.plan, self.specs = plan, specs
+      apply.log_plan("MortarCallback", plan, [k.name for k in plan.kernels if id(k.variable) in specs])
+      if self.verbose:
+        print("MortarCallback: " + plan.summary(
+            [k.name for k in plan.kernels if id(k.variable) in specs]))
+    self._checked_model = model
+
   # -- work
 
-  def morphed_copy(self):
-    """The model as it would be saved now: stripped, or morphed through a clone."""
-    model = self.model
-    if _has_wrappers(model):
-      return apply.strip_morphing(model, self.fold_batchnorm)
-    if self.precision_map is not None:
-      wrapped = apply.morph_model(model, self.spec.method, precision=self.precision_map,
-                                  fold_batchnorm=self.fold_batchnorm)
-      return apply.strip_morphing(wrapped, self.fold_batchnorm)
-    return apply.morphed_copy(model, self.spec, self.fold_batchnorm)
-
   def _save(self, batch, logs):
-    morphed = self.morphed_copy()
-    self.last_ratios = self._ratios(morphed)
+    self._check()
     path = self.filepath.format(epoch=self._epoch + 1,
                                 batch=None if batch is None else batch + 1, **(logs or {}))
+    if self._wrapped or self.fold_batchnorm:
+      copy, record = apply.copy_and_values(self.model, self.specs, self.fold_batchnorm)
+      self._write(copy, path)
+      changed = {key: (np.asarray(w.numpy()), value) for key, (w, value) in record.items()}
+    else:
+      changed = self._save_in_place(path)
+    self.last_ratios = self._ratios(changed)
+    if self.verbose:
+      ratios = ", ".join(f"{d} {r:.3f}x" for d, r in self.last_ratios.items())
+      print(f"\nMortarCallback: wrote {path} ({ratios})")
+
+  def _save_in_place(self, path) -> dict:
+    """Morphs the kernels in place, writes the model, restores them bit for bit.
+
+    Returns {id(variable): (original, morphed)}."""
+    changed = {}
+    try:
+      for kernel in self.plan.kernels:
+        spec = self.specs.get(id(kernel.variable))
+        if spec is None:
+          continue
+        original = kernel.numpy()
+        grouping = kernel.grouping() if spec.method == "bitx" else {}
+        morphed = morphing.morph(original, spec.method, **spec.settings(), **grouping)
+        changed[id(kernel.variable)] = (original, morphed)
+        kernel.variable.assign(morphed)
+      self._write(self.model, path)
+    finally:
+      for kernel in self.plan.kernels:
+        entry = changed.get(id(kernel.variable))
+        if entry is not None:
+          kernel.variable.assign(entry[0])
+    return changed
+
+  def _write(self, model, path):
     if not _is_chief(self.model):
       # Every worker builds and writes its copy (as Keras' own checkpointing
       # does under MultiWorkerMirroredStrategy); only the chief keeps it.
       scratch = tempfile.mkdtemp(prefix=".mortar-worker-")
       try:
-        _write_atomically(morphed, os.path.join(scratch, os.path.basename(path)), self.format)
+        saving.write_model(model, os.path.join(scratch, os.path.basename(path)), self.format)
       finally:
         shutil.rmtree(scratch, ignore_errors=True)
       return
-    _write_atomically(morphed, path, self.format)
-    if self.verbose:
-      ratios = ", ".join(f"{d} {r:.3f}x" for d, r in self.last_ratios.items())
-      print(f"\nMortarCallback: wrote {path} ({ratios})")
+    saving.write_model(model, path, self.format)
 
-  def _ratios(self, morphed) -> dict[str, float]:
-    """Total ratios over the kernels; per layer to TensorBoard when log_dir is set."""
-    source = {w.name: w for w in weights_lib.model_weights(self.model)}
-    target = {w.name: w for w in weights_lib.model_weights(morphed)}
+  def _ratios(self, changed) -> dict[str, float]:
+    """Total ratios over the kernels ({id(variable): (original, new value)}); per
+    kernel to TensorBoard when log_dir is set."""
     before = {d: 0 for d in bits.DOMAINS}
     after = {d: 0 for d in bits.DOMAINS}
-    per_layer = {}
-    for name, weight in target.items():
-      original = source.get(name)
-      if original is None:
+    per_kernel = {}
+    for kernel in self.plan.kernels:
+      entry = changed.get(id(kernel.variable))
+      if entry is None:
         continue
-      grouping = weight.grouping()
-      ones_before = bits.ones_by_domain(original.numpy(), **grouping)
-      ones_after = bits.ones_by_domain(weight.numpy(), **grouping)
+      original, value = entry
+      grouping = kernel.grouping()
+      ones_before = bits.ones_by_domain(original, **grouping)
+      ones_after = bits.ones_by_domain(np.asarray(value, np.float32), **grouping)
       for d in bits.DOMAINS:
         before[d] += ones_before[d]
         after[d] += ones_after[d]
-      per_layer[name] = ({d: bits.sparsity_ratio(ones_before[d], ones_after[d])
-                          for d in bits.DOMAINS}, weight.numpy())
+      per_kernel[kernel.name] = ({d: bits.sparsity_ratio(ones_before[d], ones_after[d])
+                                  for d in bits.DOMAINS}, value)
+    totals = {d: _finite(bits.sparsity_ratio(before[d], after[d])) for d in bits.DOMAINS}
     if self.log_dir:
-      self._summaries(per_layer)
-    return {d: _finite(bits.sparsity_ratio(before[d], after[d])) for d in bits.DOMAINS}
+      self._summaries(per_kernel, totals)
+    return totals
 
-  def _summaries(self, per_layer):
+  def _step(self) -> int:
+    """Keras' TensorBoard steps: the epoch for epoch summaries, else the
+    optimizer's iterations (the batch counter where there is none)."""
+    if self.save_freq == "epoch":
+      return self._epoch
+    iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
+    try:
+      return int(np.asarray(iterations.numpy() if hasattr(iterations, "numpy") else iterations))
+    except (TypeError, ValueError, AttributeError):
+      return self._batches
+
+  def _summaries(self, per_kernel, totals):
     if self._writer is None:
-      self._writer = tf.summary.create_file_writer(self.log_dir)
-    step = self._batches
+      self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+    step = self._step()
     with self._writer.as_default():
-      for name, (ratios, values) in per_layer.items():
+      for domain, ratio in totals.items():
+        tf.summary.scalar(f"mortar/total/ratio_{domain}", ratio, step=step)
+      for name, (ratios, values) in per_kernel.items():
         for domain, ratio in ratios.items():
           tf.summary.scalar(f"mortar/{name}/ratio_{domain}", _finite(ratio), step=step)
-        tf.summary.histogram(f"mortar/{name}/morphed", values, step=step)
+        tf.summary.histogram(f"mortar/{name}/morphed", np.asarray(values), step=step)
     self._writer.flush()
+
+
+def _dummy_fields(filepath: str) -> dict:
+  """Values for the logs keys a path pattern names (to check the directory)."""
+  import string  # pylint: disable=import-outside-toplevel
+  names = {name.split(".")[0].split("[")[0] for _, name, _, _ in
+           string.Formatter().parse(filepath) if name}
+  return {name: 0 for name in names if name not in ("epoch", "batch")}
 
 
 def _is_chief(model) -> bool:
@@ -206,26 +310,3 @@ def _is_chief(model) -> bool:
 
 def _finite(ratio: float) -> float:
   return ratio if math.isfinite(ratio) else float(np.finfo(np.float32).max)
-
-
-def _write_atomically(model, path: str, fmt: str) -> None:
-  """Writes beside `path` and renames into place: no partial file is ever left."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".mortar-", dir=directory)
-  try:
-    if fmt == "keras":
-      temp = os.path.join(staging, os.path.basename(path))
-      model.save(temp)
-      os.replace(temp, path)
-    else:
-      temp = os.path.join(staging, "saved_model")
-      if IS_KERAS3:
-        model.export(temp, verbose=False)
-      else:
-        tf.saved_model.save(model, temp)
-      if os.path.isdir(path):
-        shutil.rmtree(path)
-      os.replace(temp, path)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from mortar_tf.keras import weights as weights_lib
 from mortar_tf.keras.compat import IS_KERAS3
 from mortar_tf.keras.compat import keras
 
@@ -65,11 +64,10 @@ def fold(kernels: dict, bias, gamma, beta, mean, variance, epsilon: float, axes:
 
 
 def batchnorm_statistics(bn) -> tuple:
-  """(gamma, beta, moving_mean, moving_variance) of a BN layer, with 1/0 where absent."""
-  by_name = {weights_lib.short_name(v): v for v in bn.weights}
-  mean = tf.convert_to_tensor(by_name["moving_mean"])
-  gamma = by_name.get("gamma")
-  beta = by_name.get("beta")
+  """(gamma, beta, moving_mean, moving_variance) of a BN layer, with 1/0 where absent
+  (scale=False, center=False); read from its attributes, as variable objects."""
+  mean = tf.convert_to_tensor(bn.moving_mean)
+  gamma, beta = getattr(bn, "gamma", None), getattr(bn, "beta", None)
   return (tf.ones_like(mean) if gamma is None else tf.convert_to_tensor(gamma),
           tf.zeros_like(mean) if beta is None else tf.convert_to_tensor(beta),
-          mean, tf.convert_to_tensor(by_name["moving_variance"]))
+          mean, tf.convert_to_tensor(bn.moving_variance))

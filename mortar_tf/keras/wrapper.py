@@ -3,7 +3,10 @@
 The wrapped layer keeps its float32 master kernels and trains them; its forward
 pass multiplies with the morphed kernels (SPEC 2, computed with TF ops only,
 so exported models need nothing of ours), and the gradient passes straight
-through the morphing to the master kernels. `strip_morphing` (apply.py) turns a
+through the morphing to the master kernels. The kernels are the registry's
+(mortar_tf.keras.registry): a Dense has one, a SeparableConv two, a
+MultiHeadAttention four, a Bidirectional(LSTM) four; a block of your own
+holding such layers has all of theirs. `strip_morphing` (apply.py) turns a
 wrapped model back into a plain one whose kernels are the morphed values.
 
 Example:
@@ -16,16 +19,18 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+from typing import Mapping
 from typing import Protocol
 from typing import runtime_checkable
 
 import tensorflow as tf
 
-from mortar_tf import bits
 from mortar_tf import morph_tf
+from mortar_tf import precision_map
 from mortar_tf.keras import folding
-from mortar_tf.keras import weights as weights_lib
+from mortar_tf.keras import registry
 from mortar_tf.keras.compat import IS_KERAS3
 from mortar_tf.keras.compat import keras
 from mortar_tf.morphing import MorphSpec
@@ -33,11 +38,11 @@ from mortar_tf.morphing import MorphSpec
 
 @runtime_checkable
 class MorphableLayer(Protocol):
-  """A layer of your own that MorphWrapper can morph.
+  """A layer of your own that MorphWrapper can morph (or use register_kernels).
 
-  `get_morphable_weights()` returns [(weight name, layout)] pairs, the layout
-  being one of mortar_tf.bits.LAYOUTS or ("einsum", equation); the names are
-  the weights' own names (as in `layer.weights`).
+  `get_morphable_weights()` returns [(attribute, layout)] pairs, the layout
+  being one of mortar_tf.bits.LAYOUTS or ("einsum", equation); each attribute
+  names the layer's own variable (as in `self.w = self.add_weight(...)`).
   """
 
   def get_morphable_weights(self) -> list:
@@ -51,41 +56,45 @@ def register_serializable(cls):
   return keras.utils.register_keras_serializable(package="mortar_tf")(cls)
 
 
-def morph_targets_of(layer) -> list[tuple[str, object, dict]]:
-  """[(weight name, variable, grouping kwargs)] of the kernels MorphWrapper morphs.
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """One kernel a MorphWrapper morphs.
+
+  Attributes:
+    name: its name within the wrapped layer ("kernel", "query/kernel").
+    kernel: the registry's Kernel (variable, layout, owner).
+    spec: its MorphSpec, or None when a precision map leaves it out.
+  """
+  name: str
+  kernel: registry.Kernel
+  spec: MorphSpec | None
+
+
+def kernels_of(layer, embeddings: bool = False) -> registry.KernelPlan:
+  """The registry's kernels of a built layer, named relative to it.
 
   Raises:
-    ValueError: the layer is neither a supported Keras layer nor a MorphableLayer.
+    ValueError: the layer has none (the message says what it holds instead).
   """
-  if isinstance(layer, MorphableLayer):
-    kinds = {}
-    for name, layout in layer.get_morphable_weights():
-      if isinstance(layout, tuple):
-        kinds[name] = (layout[0], layout[1])
-      else:
-        kinds[name] = (layout, None)
-  else:
-    kinds = weights_lib.kernel_layouts(layer)
-  if not kinds:
+  plan = registry.find_kernels(layer, embeddings=embeddings)
+  if not plan.kernels:
+    held = "; ".join(f"{s.name}: {s.reason}" for s in plan.skipped[:4]) or "no weights"
     raise ValueError(
-        f"MorphWrapper cannot morph a {type(layer).__name__} layer ({layer.name!r}); supported: "
-        "Dense, EinsumDense, Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D, "
-        "Conv1D/2D/3DTranspose, or a layer implementing get_morphable_weights() "
-        "(mortar_tf.keras.MorphableLayer)")
-  targets = []
-  for variable in layer.weights:
-    name = weights_lib.short_name(variable)
-    if name in kinds:
-      layout, equation = kinds[name]
-      grouping = {"layout": layout}
-      if equation is not None:
-        grouping["equation"] = equation
-      targets.append((name, variable, grouping))
-  missing = set(kinds) - {name for name, _, _ in targets}
-  if missing:
-    raise ValueError(f"{type(layer).__name__} {layer.name!r} has no weights named "
-                     f"{sorted(missing)}; it has {[weights_lib.short_name(w) for w in layer.weights]}")
-  return targets
+        f"MorphWrapper cannot morph {type(layer).__name__} {layer.name!r}: it holds no kernel "
+        f"the registry knows ({held}). Kernels are registered for Dense, EinsumDense, Conv*, "
+        "DepthwiseConv*, SeparableConv*, Conv*Transpose, the RNN cells and the layers "
+        "holding them (MultiHeadAttention, Bidirectional, TimeDistributed, ...); register "
+        "your own with mortar_tf.keras.register_kernels or get_morphable_weights()")
+  return plan
+
+
+def morph_targets_of(layer) -> list[tuple[str, object, dict]]:
+  """[(name, variable, grouping kwargs)] of the kernels MorphWrapper morphs in `layer`.
+
+  Raises:
+    ValueError: the layer holds no registered kernel.
+  """
+  return [(k.name, k.variable, k.grouping()) for k in kernels_of(layer).kernels]
 
 
 @tf.custom_gradient
@@ -96,51 +105,142 @@ def _straight_through(value, morphed):
   return tf.identity(morphed), grad
 
 
+def _read_float32(variable) -> tf.Tensor:
+  """The float32 master value (the wrapper computes in float32, so no autocast applies)."""
+  value = tf.convert_to_tensor(variable)
+  if value.dtype != tf.float32:
+    raise TypeError(f"MorphWrapper morphs float32 master kernels; {variable.name} reads as "
+                    f"{value.dtype.name}")
+  return value
+
+
 @register_serializable
 class MorphWrapper(keras.layers.Wrapper):
   """Morphs a layer's kernels in its forward pass (TFMOT-style wrapper).
 
   Args:
-    layer: a built or unbuilt Dense, EinsumDense, Conv*, DepthwiseConv*,
-      SeparableConv*, Conv*Transpose, or MorphableLayer.
-    method, precision, keep_bits, columns, group_size, width: the morphing,
-      as for mortar_tf.morph (bitx groups along each kernel's reduction axes).
+    layer: any layer holding registered kernels (Dense, Conv*, MultiHead-
+      Attention, LSTM, Bidirectional, your own blocks, ...; see
+      mortar_tf.keras.registry), built or not.
+    method, keep_bits, columns, group_size, width: the morphing, as for
+      mortar_tf.morph (bitx groups along each kernel's reduction axes).
+    precision: P for every kernel, or a {pattern: P} map over the kernels'
+      names as mortar_tf.precision_map matches them ("mha/query/kernel",
+      "query", "mha", ...; the layer's own name first): kernels no entry
+      matches keep their values.
     morph_forward: False runs the layer with its master kernels (the wrapper
       then only marks what strip_morphing morphs).
     fold_batchnorm_epsilon: set (by morph_model(fold_batchnorm=True)) when a
       BatchNormalization was folded into this layer: its statistics then live
       in the wrapper's bn_* weights and the forward pass folds them in first.
-    **kwargs: Keras layer arguments (name, ...).
+    preserve_zeros: keep the kernels' exact zeros at zero while training (a
+      pruned model stays as sparse as it was; TFMOT's pruning-preserving QAT
+      does the same): a mask taken when the wrapper is built multiplies the
+      master kernels before morphing, so zeros get no gradient either.
+    embeddings: also morph Embedding tables inside the layer.
+    **kwargs: Keras layer arguments (name, ...). The wrapper itself computes
+      in float32 (it reads the float32 masters); the wrapped layer keeps its
+      own dtype policy and gets the morphed kernels in its compute dtype.
 
   Raises:
-    ValueError: an unsupported layer or bad morphing arguments.
+    ValueError: a layer without registered kernels, bad morphing arguments.
+    TypeError: kernels that are not float32 (use a mixed policy, whose
+      master weights are float32).
   """
 
   def __init__(self, layer, method="paper", precision=None, keep_bits=None, columns=None,
                group_size=None, width=None, morph_forward=True, fold_batchnorm_epsilon=None,
-               **kwargs):
+               preserve_zeros=False, embeddings=False, **kwargs):
     if not isinstance(layer, keras.layers.Layer):
       raise ValueError(f"MorphWrapper wraps a Keras layer, got {type(layer).__name__}")
+    if registry.is_mortar_wrapper(layer):
+      raise ValueError(f"layer {layer.name!r} is already a MorphWrapper: morphing twice would "
+                       "morph morphed weights")
+    if isinstance(precision, Mapping):
+      if (keep_bits, columns, group_size, width) != (None,) * 4:
+        raise ValueError("a {pattern: P} precision map takes no keep_bits, columns, "
+                         "group_size or width")
+      self._map_specs = precision_map.check(precision, method)
+      self.spec = None
+    else:
+      self._map_specs = None
+      self.spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
+                                   group_size=group_size, width=width)
+    self.method = method
+    self.precision = dict(precision) if isinstance(precision, Mapping) else precision
     kwargs.setdefault("name", f"morph_{layer.name}")
-    super().__init__(layer, **kwargs)
-    self.spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
-                                 group_size=group_size, width=width)
+    kwargs["dtype"] = "float32"  # see _read_float32
+    kwargs.pop("autocast", None)
+    super().__init__(layer, autocast=False, **kwargs)
     self.morph_forward = bool(morph_forward)
     self.fold_batchnorm_epsilon = (None if fold_batchnorm_epsilon is None
                                    else float(fold_batchnorm_epsilon))
-    if layer.built:
-      morph_targets_of(layer)  # fail at wrap time, not at the first call
-    if self.fold_batchnorm_epsilon is not None and folding.fold_axes(layer) is None:
+    self.preserve_zeros = bool(preserve_zeros)
+    self.embeddings = bool(embeddings)
+    self._targets = None
+    if self.folds_batchnorm and folding.fold_axes(layer) is None:
       raise ValueError(f"cannot fold a BatchNormalization into {type(layer).__name__} "
                        f"{layer.name!r} (an activation inside, or no per-channel kernel)")
+    if layer.built:
+      self._resolve()  # fail at wrap time, not at the first call
+
+  # -- what is morphed
+
+  def _resolve(self) -> list[Target]:
+    if self._targets is not None:
+      return self._targets
+    plan = kernels_of(self.layer, self.embeddings)
+    kernels = plan.kernels
+    wrong = [s for s in plan.skipped if s.code == registry.NOT_FLOAT32]
+    if wrong:
+      raise TypeError(
+          f"MorphWrapper morphs float32 master kernels; in {self.layer.name!r} "
+          + ", ".join(f"{s.name} is {s.reason.split(':')[0][6:]}" for s in wrong)
+          + " (under mixed precision use a 'mixed_float16'/'mixed_bfloat16' policy, whose "
+          "master weights are float32)")
+    if self._map_specs is None:
+      specs = {k.name: self.spec for k in kernels}
+    else:
+      names = {k.name: precision_map.weight_names(f"{self.layer.name}/{k.name}", (k.name,))
+               for k in kernels}
+      specs = precision_map.resolve(self.precision, names, self.method, what="kernel")
+    self._targets = tuple(Target(k.name, k, specs.get(k.name)) for k in kernels)
+    if not IS_KERAS3:
+      for t in self._targets:
+        if t.kernel.attribute is None:
+          raise ValueError(f"cannot find the attribute of {t.kernel.owner.name!r} that holds "
+                           f"its {t.name!r}")
+    return self._targets
+
+  @property
+  def targets(self) -> list[Target]:
+    """The kernels and their specs (after the layer is built)."""
+    return self._resolve()
+
+  @property
+  def morph_targets(self) -> list[tuple[str, object, dict]]:
+    """[(name, master variable, grouping)] of the morphed kernels."""
+    return [(t.name, t.kernel.variable, t.kernel.grouping())
+            for t in self._resolve() if t.spec is not None]
 
   def build(self, input_shape=None):
     # tf_keras leaves `built` False after a direct build() call; a layer that
     # already has weights must not be built again (that would replace them).
     if not self.layer.built and not self.layer.weights:
-      self.layer.build(input_shape)
-    self.layer.built = True
-    morph_targets_of(self.layer)
+      try:
+        self.layer.build(input_shape)
+        self.layer.built = True
+      except (TypeError, ValueError):
+        pass  # built by its first call instead (e.g. MultiHeadAttention needs two shapes)
+    if self.layer.built or self.layer.weights:
+      self._build_own_weights()
+    super(keras.layers.Wrapper, self).build(input_shape)  # pylint: disable=bad-super-call
+
+  def _build_own_weights(self):
+    if getattr(self, "_own_built", False):
+      return
+    self._own_built = True
+    targets = self._resolve()
     if self.folds_batchnorm:
       # The folded BN's statistics live in the wrapper (TFMOT keeps state in
       # weights too): gamma and beta train, the moving statistics stay frozen.
@@ -151,45 +251,67 @@ class MorphWrapper(keras.layers.Wrapper):
                                             initializer="zeros", trainable=False)
       self.bn_moving_variance = self.add_weight(name="bn_moving_variance", shape=(channels,),
                                                 initializer="ones", trainable=False)
-    super().build(input_shape)
+    self.zero_masks = {}
+    if self.preserve_zeros:
+      for i, t in enumerate(targets):
+        nonzero = tf.cast(tf.not_equal(_read_float32(t.kernel.variable), 0.0), tf.float32)
+        self.zero_masks[t.name] = self.add_weight(
+            name=f"nonzero_mask_{i}", shape=tuple(t.kernel.variable.shape),
+            initializer=lambda shape, dtype=None, v=nonzero: v, trainable=False)
 
   @property
   def folds_batchnorm(self) -> bool:
     """Whether a BatchNormalization was folded into this layer (see morph_model)."""
     return self.fold_batchnorm_epsilon is not None
 
+  def _fold_axes(self):
+    """{id(kernel variable): axis} of the kernels the BN folds into."""
+    return {id(getattr(self.layer, name)): axis
+            for name, axis in folding.fold_axes(self.layer).items()}
+
   def _fold_channels(self) -> int:
-    by_name = {weights_lib.short_name(v): v for v in self.layer.weights}
     name, axis = next(iter(folding.fold_axes(self.layer).items()))
-    shape = by_name[name].shape
+    shape = getattr(self.layer, name).shape
     return int(shape[-2] * shape[-1]) if axis == "depthwise" else int(shape[axis])
 
   def folded_values(self):
     """({kernel name: folded kernel}, folded bias) from the current weights (tensors)."""
-    by_name = {weights_lib.short_name(v): v for v in self.layer.weights}
-    axes = folding.fold_axes(self.layer)
-    return folding.fold({n: tf.convert_to_tensor(by_name[n]) for n in axes}, by_name.get("bias"),
+    axes = self._fold_axes()
+    names = {id(t.kernel.variable): t.name for t in self._resolve()}
+    kernels = {names[i]: _read_float32(t.kernel.variable) for t in self._resolve()
+               for i in [id(t.kernel.variable)] if i in axes}
+    bias = getattr(self.layer, "bias", None)
+    return folding.fold(kernels, None if bias is None else _read_float32(bias),
                         self.bn_gamma, self.bn_beta, self.bn_moving_mean,
-                        self.bn_moving_variance, self.fold_batchnorm_epsilon, axes)
+                        self.bn_moving_variance, self.fold_batchnorm_epsilon,
+                        {names[i]: axis for i, axis in axes.items()})
 
-  @property
-  def morph_targets(self) -> list[tuple[str, object, dict]]:
-    """[(weight name, master variable, grouping)] of the morphed kernels."""
-    return morph_targets_of(self.layer)
+  def _master(self, target, folded) -> tf.Tensor:
+    value = folded.get(target.name)
+    if value is None:
+      value = _read_float32(target.kernel.variable)
+    if self.preserve_zeros:
+      value = value * self.zero_masks[target.name]
+    return value
+
+  def _morph(self, value, target) -> tf.Tensor:
+    axes = ()
+    if target.spec.method == "bitx":
+      axes = target.kernel.reduction_axes()
+    return morph_tf.morph_tensor(value, target.spec, axes)
 
   def morphed_values(self) -> dict[str, tf.Tensor]:
-    """{weight name: morphed kernel} from the current master kernels (folded first
-    when a BatchNormalization was folded in)."""
+    """{kernel name: the value the layer multiplies with} (morphed, folded first
+    when a BatchNormalization was folded in, zeros kept with preserve_zeros) for
+    every kernel whose value differs from its master."""
     folded = self.folded_values()[0] if self.folds_batchnorm else {}
-    return {name: self._morph(folded.get(name, variable), grouping)
-            for name, variable, grouping in self.morph_targets}
-
-  def _morph(self, variable, grouping) -> tf.Tensor:
-    value = tf.convert_to_tensor(variable)
-    axes = ()
-    if self.spec.method == "bitx":
-      axes = bits.resolve_reduction_axes(tuple(value.shape), **grouping)
-    return morph_tf.morph_tensor(value, self.spec, axes)
+    out = {}
+    for t in self._resolve():
+      if t.spec is None and t.name not in folded and not self.preserve_zeros:
+        continue
+      value = self._master(t, folded)
+      out[t.name] = value if t.spec is None else self._morph(value, t)
+    return out
 
   if IS_KERAS3:
 
@@ -199,59 +321,94 @@ class MorphWrapper(keras.layers.Wrapper):
       each time a functional model is built or cloned."""
       return self.layer.compute_output_spec(*args, **kwargs)
 
-  def _inner_kwargs(self, training):
-    """Passes `training` on only to layers whose call takes it (Conv's does not)."""
-    if training is None or "training" not in inspect.signature(self.layer.call).parameters:
-      return {}
-    return {"training": training}
+  def compute_output_shape(self, *args, **kwargs):
+    return self.layer.compute_output_shape(*args, **kwargs)
 
-  def call(self, inputs, training=None):
-    kwargs = self._inner_kwargs(training)
-    if not self.morph_forward and not self.folds_batchnorm:
-      return self.layer(inputs, **kwargs)
+  def compute_mask(self, *args, **kwargs):
+    return self.layer.compute_mask(*args, **kwargs)
+
+  def _inner_kwargs(self, kwargs, training):
+    """The call arguments the inner layer's call takes (Conv's takes no `training`)."""
+    params = inspect.signature(self.layer.call).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    out = {k: v for k, v in kwargs.items() if takes_any or k in params}
+    if training is not None and (takes_any or "training" in params):
+      out["training"] = training
+    return out
+
+  def call(self, *args, training=None, **kwargs):
+    kwargs = self._inner_kwargs(kwargs, training)
+    if not self.layer.built:
+      self.layer(*args, **kwargs)  # builds it (MultiHeadAttention needs all its inputs)
+    self._build_own_weights()
+    if not self.morph_forward and not self.folds_batchnorm and not self.preserve_zeros:
+      return self.layer(*args, **kwargs)
+    folded, extra_bias = {}, None
     replaced = []
-    folded, extra_bias = ({}, None)
     if self.folds_batchnorm:
       folded, folded_bias = self.folded_values()
-      bias = {weights_lib.short_name(v): v for v in self.layer.weights}.get("bias")
+      bias = getattr(self.layer, "bias", None)
       if bias is not None:
-        replaced.append(("bias", bias, folded_bias))
+        replaced.append((self.layer, "bias", bias, folded_bias))
       else:
         extra_bias = folded_bias  # the layer has no bias variable to stand in for
-    for name, variable, grouping in self.morph_targets:
-      value = folded.get(name, tf.convert_to_tensor(variable))
-      if self.morph_forward:
-        value = _straight_through(value, self._morph(value, grouping))
-      replaced.append((name, variable, value))
-    outputs = self._call_with(replaced, inputs, kwargs)
-    return outputs if extra_bias is None else outputs + extra_bias
+    for t in self._resolve():
+      if t.spec is None and t.name not in folded and not self.preserve_zeros:
+        continue
+      value = self._master(t, folded)
+      if self.morph_forward and t.spec is not None:
+        value = _straight_through(value, self._morph(value, t))
+      replaced.append((t.kernel.owner, t.kernel.attribute, t.kernel.variable, value))
+    outputs = self._call_with(replaced, args, kwargs)
+    if extra_bias is not None:
+      outputs = outputs + tf.cast(extra_bias, outputs.dtype)
+    return outputs
 
-  def _call_with(self, replaced, inputs, kwargs):
-    """Runs the inner layer with each (name, variable, tensor) read as the tensor."""
+  def _call_with(self, replaced, args, kwargs):
+    """Runs the inner layer with each (owner, attribute, variable, tensor) read as the tensor."""
     if IS_KERAS3:
       # Keras 3 kernels are read-only properties on Dense/Conv; the public
-      # StatelessScope reads the morphed tensors in place of the variables.
-      with keras.StatelessScope(state_mapping=[(v, t) for _, v, t in replaced]):
-        return self.layer(inputs, **kwargs)
+      # StatelessScope reads the morphed tensors in place of the variables. It
+      # also holds back every other update made inside (BN statistics, seed
+      # generators) and activity-regularizer losses: both are carried out here.
+      mapped = {id(v) for _, _, v, _ in replaced}
+      with keras.StatelessScope(state_mapping=[(v, t) for _, _, v, t in replaced],
+                                collect_losses=True) as scope:
+        outputs = self.layer(*args, **kwargs)
+      for variable in self.layer.variables:
+        if id(variable) not in mapped:
+          value = scope.get_current_value(variable)
+          if value is not None:
+            variable.assign(value)
+      for loss in scope.losses:
+        self.add_loss(loss)
+      return outputs
     # tf_keras keeps kernels in plain attributes: swap them for the call, as
     # TFMOT's QuantizeWrapper does, and put the variables back afterwards.
     # object.__setattr__ bypasses Keras' attribute tracking, which would
     # otherwise untrack and re-append the variable (reordering layer.weights).
-    attributes = {name: _attribute_of(self.layer, variable, name) for name, variable, _ in replaced}
+    # The inner layer is called through __call__, so its activity regularizer,
+    # masking and mixed-precision casts apply.
     try:
-      for name, _, tensor in replaced:
-        object.__setattr__(self.layer, attributes[name], tensor)
-      return self.layer.call(inputs, **kwargs)
+      for owner, attribute, _, tensor in replaced:
+        object.__setattr__(owner, attribute, tf.cast(tensor, owner.compute_dtype))
+      return self.layer(*args, **kwargs)
     finally:
-      for name, variable, _ in replaced:
-        object.__setattr__(self.layer, attributes[name], variable)
+      for owner, attribute, variable, _ in replaced:
+        object.__setattr__(owner, attribute, variable)
 
   def get_config(self):
     config = super().get_config()
-    config.update({key: value for key, value in self.spec.settings().items()})
-    config["method"] = self.spec.method
+    config.pop("autocast", None)
+    if self.spec is not None:
+      config.update(self.spec.settings())
+    else:
+      config["precision"] = dict(self.precision)
+    config["method"] = self.method
     config["morph_forward"] = self.morph_forward
     config["fold_batchnorm_epsilon"] = self.fold_batchnorm_epsilon
+    config["preserve_zeros"] = self.preserve_zeros
+    config["embeddings"] = self.embeddings
     return config
 
   @classmethod
@@ -263,11 +420,3 @@ class MorphWrapper(keras.layers.Wrapper):
     else:
       inner = keras.layers.deserialize(config.pop("layer"), custom_objects=custom_objects)
     return cls(inner, **config)
-
-
-def _attribute_of(layer, variable, name: str) -> str:
-  """The attribute of a tf_keras layer that holds `variable` (e.g. "kernel")."""
-  for attribute in (name, f"_{name}"):
-    if getattr(layer, attribute, None) is variable:
-      return attribute
-  raise ValueError(f"cannot find the attribute of {layer.name!r} that holds its {name!r}")

@@ -1,0 +1,95 @@
+"""Reading and writing Keras models: whole files or nothing.
+
+Example:
+  >>> check_path("out/morphed-{epoch}.keras", "keras")
+  'out/morphed-{epoch}.keras'
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import string
+import tempfile
+
+from mortar_tf.keras.compat import IS_KERAS3
+from mortar_tf.keras.compat import keras
+
+FORMATS = ("keras", "savedmodel")
+KERAS_SUFFIXES = (".keras",) if IS_KERAS3 else (".keras", ".h5", ".hdf5")
+
+
+def load_model(path: str):
+  """Loads a .keras or .h5 model without compiling it.
+
+  Raises:
+    ValueError: the file cannot be read as a Keras model (the message names it).
+  """
+  try:
+    return keras.models.load_model(path, compile=False)
+  except Exception as e:  # Keras raises many types for a bad file
+    raise ValueError(f"cannot load a Keras model from {path!r}: {e}") from e
+
+
+def check_path(filepath: str, fmt: str) -> str:
+  """Validates a save path pattern (`{epoch}`, `{batch}`, logs keys) for `fmt`.
+
+  Raises:
+    ValueError: an unknown format, a broken pattern, or a file name Keras
+      cannot save `fmt` under.
+  """
+  if fmt not in FORMATS:
+    raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+  filepath = os.fspath(filepath)
+  try:
+    fields = {name for _, name, _, _ in string.Formatter().parse(filepath) if name}
+    filepath.format(**{name.split(".")[0].split("[")[0]: 1 for name in fields})
+  except (ValueError, KeyError, IndexError, AttributeError) as e:
+    raise ValueError(f"bad file path pattern {filepath!r}: {e}") from None
+  if fmt == "keras" and not filepath.endswith(KERAS_SUFFIXES):
+    raise ValueError(f"format 'keras' writes {' or '.join(KERAS_SUFFIXES)} files; "
+                     f"{filepath!r} ends otherwise (use format='savedmodel' for a directory)")
+  return filepath
+
+
+def check_writable(path: str) -> None:
+  """Creates `path`'s directory if needed and checks that it is writable.
+
+  Raises:
+    ValueError: it cannot be created or written to.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"cannot create the output directory {directory!r}: {e}") from None
+  if not os.access(directory, os.W_OK | os.X_OK):
+    raise ValueError(f"the output directory {directory!r} is not writable")
+
+
+def write_model(model, path: str, fmt: str) -> None:
+  """Writes beside `path` and renames into place: no partial file is ever left.
+
+  fmt "keras": model.save; "savedmodel": Keras 3's model.export, tf_keras'
+  tf.saved_model.save.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=".mortar-", dir=directory)
+  try:
+    if fmt == "keras":
+      temp = os.path.join(staging, os.path.basename(path))
+      model.save(temp)
+      os.replace(temp, path)
+    else:
+      import tensorflow as tf  # pylint: disable=import-outside-toplevel
+      temp = os.path.join(staging, "saved_model")
+      if IS_KERAS3:
+        model.export(temp, verbose=False)
+      else:
+        tf.saved_model.save(model, temp)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      os.replace(temp, path)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
