@@ -412,7 +412,16 @@ def _layer_by_id(model, layer_id):
   raise KeyError(layer_id)
 
 
-def _rebuild(model, specs, folds: dict, record: dict | None = None):
+def rebuild(model, unwrap):
+  """A plain copy of a graph model whose wrappers of another kind (e.g. TFMOT's)
+  are replaced by fresh copies of their layers: `unwrap(layer)` returns
+  (inner layer, {id(inner variable): new value}) for such a wrapper, else
+  None. Every other variable is copied bit for bit."""
+  _refuse_subclassed(model, "rebuild")
+  return _rebuild(model, None, {}, unwrap=unwrap)
+
+
+def _rebuild(model, specs, folds: dict, record: dict | None = None, unwrap=None):
   """Clones `model` with fresh layers (wrappers replaced by their inner layers).
 
   Each fresh layer gets its source's variable values: a wrapper's kernels
@@ -432,7 +441,10 @@ def _rebuild(model, specs, folds: dict, record: dict | None = None):
     if id(layer) in folded_bns:
       return keras.layers.Identity(name=layer.name)
     bn = folds.get(id(layer))
-    if isinstance(layer, MorphWrapper):
+    unwrapped = None if unwrap is None else unwrap(layer)
+    if unwrapped is not None:
+      (source, by_id), bias = unwrapped, None
+    elif isinstance(layer, MorphWrapper):
       source = layer.layer
       by_id, bias = _wrapper_values(layer, bn)
     else:

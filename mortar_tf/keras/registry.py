@@ -352,9 +352,11 @@ class _Walk:
     found = {}
     for attribute, layout in kinds.items():
       variable, real = _own_attribute_variable(layer, attribute, own_ids)
-      if variable is None:  # e.g. TFMOT's QAT left a tensor in the attribute
+      if variable is None:  # TFMOT's QAT leaves a tensor in the attribute after a call
         matches = [w for w in own if _short(w) == attribute]
-        variable, real = (matches[0], None) if len(matches) == 1 else (None, None)
+        variable = matches[0] if len(matches) == 1 else None
+        real = next((n for n in (attribute, f"_{attribute}")
+                     if n in getattr(layer, "__dict__", {})), None)
       if variable is not None:
         found[id(variable)] = (attribute, real, layout)
     for w in own:

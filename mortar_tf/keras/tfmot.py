@@ -23,10 +23,15 @@ process to tf_keras: import it only where tf_keras is the Keras in use
 
 from __future__ import annotations
 
+import numpy as np
+
 from mortar_tf import bits
 from mortar_tf import morph_tf
+from mortar_tf import morphing
+from mortar_tf.keras import apply
 from mortar_tf.keras.compat import LEGACY
 from mortar_tf.keras.wrapper import _straight_through
+from mortar_tf.keras.wrapper import kernels_of
 from mortar_tf.keras.wrapper import morph_targets_of
 from mortar_tf.morphing import MorphSpec
 
@@ -93,14 +98,17 @@ class MorphQuantizeConfig(_quantization.QuantizeConfig):
     return []
 
   def set_quantize_weights(self, layer, quantize_weights):
-    names = [name for name, _, _ in morph_targets_of(layer)]
-    if len(names) != len(quantize_weights):
-      raise ValueError(f"expected {len(names)} morphed weights for {layer.name!r}, got "
+    kernels = kernels_of(layer).kernels
+    if len(kernels) != len(quantize_weights):
+      raise ValueError(f"expected {len(kernels)} morphed weights for {layer.name!r}, got "
                        f"{len(quantize_weights)}")
-    for name, value in zip(names, quantize_weights):
+    for kernel, value in zip(kernels, quantize_weights):
+      if kernel.attribute is None:
+        raise ValueError(f"cannot find the attribute of {kernel.owner.name!r} holding "
+                         f"{kernel.name!r}")
       # object.__setattr__: tf_keras' tracking would untrack the kernel variable
       # (dropping it from layer.weights) when a tensor replaces it.
-      object.__setattr__(layer, name, value)
+      object.__setattr__(kernel.owner, kernel.attribute, value)
 
   def set_quantize_activations(self, layer, quantize_activations):
     pass
@@ -112,6 +120,28 @@ class MorphQuantizeConfig(_quantization.QuantizeConfig):
     return dict(self.spec.settings(), method=self.spec.method)
 
 
+class _LeaveAlone(_quantization.QuantizeConfig):
+  """The QuantizeConfig of a layer without kernels (ReLU, pooling, BN): nothing changes."""
+
+  def get_weights_and_quantizers(self, layer):
+    return []
+
+  def get_activations_and_quantizers(self, layer):
+    return []
+
+  def set_quantize_weights(self, layer, quantize_weights):
+    pass
+
+  def set_quantize_activations(self, layer, quantize_activations):
+    pass
+
+  def get_output_quantizers(self, layer):
+    return []
+
+  def get_config(self):
+    return {}
+
+
 class _NoLayoutChange(_quantization.QuantizeLayoutTransform):
   """Leaves the model as it is (the default scheme inserts an input QuantizeLayer)."""
 
@@ -119,28 +149,98 @@ class _NoLayoutChange(_quantization.QuantizeLayoutTransform):
     return model, layer_quantize_map
 
 
-class _NothingElse(_quantization.QuantizeRegistry):
-  """A registry that quantizes nothing but what MorphQuantizeConfig names."""
+class _MorphRegistry(_quantization.QuantizeRegistry):
+  """Configs for layers annotated without one: MorphQuantizeConfig for layers
+  holding kernels (when the scheme was given a morphing), no change for the rest."""
+
+  def __init__(self, settings):
+    self.settings = settings
 
   def supports(self, layer):
-    return False
+    return True
 
   def get_quantize_config(self, layer):
-    raise ValueError(f"layer {layer.name!r} has no MorphQuantizeConfig; annotate it with "
-                     "quantize_annotate_layer(..., quantize_config=MorphQuantizeConfig(...))")
+    try:
+      morph_targets_of(layer)
+    except ValueError:
+      return _LeaveAlone()
+    if self.settings is None:
+      raise ValueError(
+          f"layer {layer.name!r} holds kernels but was annotated without a quantize_config: "
+          "give MorphScheme the morphing (MorphScheme('paper', precision=0.1)) or annotate it "
+          "with quantize_annotate_layer(..., quantize_config=MorphQuantizeConfig(...))")
+    return MorphQuantizeConfig(**self.settings)
 
 
 class MorphScheme(_quantization.QuantizeScheme):
-  """A quantize scheme that only applies the MorphQuantizeConfigs of annotated layers."""
+  """A quantize scheme that morphs kernels and quantizes nothing.
+
+  Layers annotated with a MorphQuantizeConfig use it. Layers annotated
+  without a config (quantize_annotate_model annotates every layer) get
+  MorphQuantizeConfig(method, precision, ...) when they hold kernels and the
+  scheme was given a method, and are left alone otherwise (ReLU, pooling,
+  normalization).
+
+  Args: the morphing for layers annotated without a config, as
+    MorphQuantizeConfig; none means such layers must not hold kernels.
+  """
+
+  def __init__(self, method=None, precision=None, keep_bits=None, columns=None,
+               group_size=None, width=None):
+    self.settings = None
+    if method is not None:
+      MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
+                       group_size=group_size, width=width)  # validates now
+      self.settings = {k: v for k, v in dict(method=method, precision=precision,
+                                             keep_bits=keep_bits, columns=columns,
+                                             group_size=group_size, width=width).items()
+                       if v is not None}
 
   def get_layout_transformer(self):
     return _NoLayoutChange()
 
   def get_quantize_registry(self):
-    return _NothingElse()
+    return _MorphRegistry(self.settings)
 
 
 def scope():
   """tfmot's quantize_scope with this module's classes, for quantize_apply and loading."""
   return _quantization.quantize_scope({"MorphQuantizeConfig": MorphQuantizeConfig,
-                                       "MorphQuantizer": MorphQuantizer})
+                                       "MorphQuantizer": MorphQuantizer,
+                                       "_LeaveAlone": _LeaveAlone})
+
+
+def _quantized_weights(wrapper):
+  """[(variable, quantizer)] of a TFMOT QuantizeWrapper: the master variables its
+  forward pass replaces. TFMOT keeps them only in the private `_weight_vars`
+  (after a call the inner layer's attributes hold the quantized tensors)."""
+  return [(variable, quantizer) for variable, quantizer, _ in wrapper._weight_vars]  # pylint: disable=protected-access
+
+
+def strip_morph_quantization(model):
+  """A plain Keras model from a model trained with MorphScheme: every
+  QuantizeWrapper replaced by a fresh copy of its layer, whose kernels are the
+  morphed values of the wrapper's master kernels (as the forward pass used
+  them, bit for bit) and whose other variables are copied bit for bit.
+
+  Raises:
+    ValueError: a QuantizeWrapper whose quantizers are not mortar_tf's (a model
+      quantized with another scheme: use tfmot's own tools for it).
+  """
+  def unwrap(layer):
+    if not isinstance(layer, _quantization.QuantizeWrapper) and \
+        type(layer).__name__ not in ("QuantizeWrapper", "QuantizeWrapperV2"):
+      return None
+    by_id = {}
+    for variable, quantizer in _quantized_weights(layer):
+      if not isinstance(quantizer, MorphQuantizer):
+        raise ValueError(f"layer {layer.name!r} is quantized by {type(quantizer).__name__}, "
+                         "not by mortar_tf's MorphQuantizer: strip_morph_quantization only "
+                         "strips models trained with MorphScheme / MorphQuantizeConfig")
+      value = np.asarray(variable.numpy(), np.float32)
+      grouping = {"reduction_axes": quantizer.reduction_axes} if quantizer.spec.method == "bitx" else {}
+      by_id[id(variable)] = morphing.morph(value, quantizer.spec.method,
+                                           **quantizer.spec.settings(), **grouping)
+    return layer.layer, by_id
+
+  return apply.rebuild(model, unwrap=unwrap)
