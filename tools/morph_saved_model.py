@@ -4,8 +4,9 @@
   mortar-morph --input=model_dir --output=out --precision_map=p.json --verify --report=r.json
 
 --precision_map is a JSON object {pattern: P}: fnmatch patterns over variable
-names, checkpoint keys and op names (first match wins); variables it does not
-cover are left unchanged. Exit status: 0 done, 1 failed (nothing written).
+names, their layer paths and layer names, checkpoint keys and op names, as
+mortar_tf.precision_map matches them everywhere (first match wins); variables
+it does not cover are left unchanged. Exit status: 0 done, 1 failed (nothing written).
 """
 
 import sys

@@ -27,6 +27,7 @@ import numpy as np
 from mortar_tf import bits
 from mortar_tf import files
 from mortar_tf import morphing
+from mortar_tf import precision_map
 from mortar_tf import table
 from mortar_tf.estimator import engines as engines_lib
 from mortar_tf.estimator.engines import Engine
@@ -272,7 +273,7 @@ def _spec_for(op, method, precision, spec_kwargs):
   """The MorphSpec the mortar engines use on this op's weight, or None."""
   if not isinstance(precision, Mapping):
     return morphing.MorphSpec.create(method, precision, **spec_kwargs)
-  value = converter.lookup_precision(
+  value = precision_map.lookup(
       precision, converter.map_names(op.weight.name, op.weight.key, (op.name,)))
   return None if value is None else morphing.MorphSpec.create(method, value)
 

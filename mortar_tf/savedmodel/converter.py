@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import fnmatch
 import json
 import math
 import os
@@ -39,6 +38,7 @@ import tensorflow as tf
 from mortar_tf import bits
 from mortar_tf import files
 from mortar_tf import morphing
+from mortar_tf import precision_map
 from mortar_tf import table
 from mortar_tf.savedmodel import graph as graph_lib
 from mortar_tf.savedmodel import variables as variables_lib
@@ -205,28 +205,12 @@ class _Target:
   twin_of: str | None = None
 
 
-def layer_names(variable_name: str) -> tuple[str, ...]:
-  """The names a {layer: P} map may use for a variable such as "block/conv/kernel":
-  its layer path ("block/conv") and its layer's own name ("conv")."""
-  parts = variable_name.split("/")
-  return ("/".join(parts[:-1]), parts[-2]) if len(parts) > 1 else ()
-
-
 def map_names(variable_name: str, key: str | None = None,
               op_names: Sequence[str] = ()) -> tuple[str, ...]:
   """What a {pattern: P} map entry is matched against for one weight: its
-  variable name, checkpoint key, layer names and the ops that read it."""
-  return (variable_name, *((key,) if key else ()), *layer_names(variable_name), *op_names)
-
-
-def _hits(pattern: str, names: Sequence[str]) -> bool:
-  return any(fnmatch.fnmatchcase(name, pattern) for name in names)
-
-
-def lookup_precision(precision_map: Mapping, names: Sequence[str]):
-  """The P of the first entry whose pattern matches one of `names`, or None."""
-  return next((value for pattern, value in precision_map.items() if _hits(pattern, names)),
-              None)
+  variable name, layer paths and names (mortar_tf.precision_map), checkpoint
+  key and the ops that read it."""
+  return precision_map.weight_names(variable_name, (*((key,) if key else ()), *op_names))
 
 
 def _specs_for(candidates, precision, method, spec_kwargs):
@@ -234,24 +218,8 @@ def _specs_for(candidates, precision, method, spec_kwargs):
   if not isinstance(precision, Mapping):
     spec = morphing.MorphSpec.create(method, precision, **spec_kwargs)
     return {var.key: spec for var, _, _ in candidates}, []
-  if method not in ("paper", "fewest_ones"):
-    raise ValueError(f"a precision map needs method 'paper' or 'fewest_ones', not {method!r}")
-  if not precision:
-    raise ValueError("the precision map is empty")
-  specs_by_p = {value: morphing.MorphSpec.create(method, value)  # validates P, naming it
-                for value in precision.values()}
   names = {var.key: map_names(var.name, var.key, ops) for var, _, ops in candidates}
-  unused = [pattern for pattern in precision
-            if not any(_hits(pattern, n) for n in names.values())]
-  if unused:
-    listed = ", ".join(sorted({var.name for var, _, _ in candidates}))
-    raise ValueError(f"precision map entries {unused} match no selected variable; "
-                     f"the selected variables are: {listed}")
-  specs = {}
-  for var, _, _ in candidates:
-    value = lookup_precision(precision, names[var.key])  # the first pattern that matches wins
-    if value is not None:
-      specs[var.key] = specs_by_p[value]
+  specs = precision_map.resolve(precision, names, method, what="selected variable")
   return specs, [var for var, _, _ in candidates if var.key not in specs]
 
 
@@ -609,8 +577,9 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
     dst: the directory to write (must not exist).
     method, precision, keep_bits, columns: as for `mortar_tf.morph`.
       `precision` may be a {pattern: P} map (fnmatch patterns over variable
-      names, their layer names, checkpoint keys and op names; first match
-      wins: a {layer name: P} map from morph_model works as is); selected
+      names, their layer paths and names, checkpoint keys and op names, as
+      mortar_tf.precision_map matches everywhere; first match wins: a map
+      given to morph_model works as is); selected
       variables it does not cover are left unchanged and listed as skipped.
     group_size, width: the aligned grouping (bitx, and the aligned counts).
     select: "kernels" (variables read as weights by compute ops), "all"

