@@ -13,6 +13,8 @@ import tensorflow as tf
 import mortar_tf
 from mortar_tf import bits
 from mortar_tf.keras import MorphWrapper
+from mortar_tf.keras import find_kernels
+from mortar_tf.keras import fold_batchnorm
 from mortar_tf.keras import morph_model
 from mortar_tf.keras import strip_morphing
 from mortar_tf.keras.compat import IS_KERAS3
@@ -139,10 +141,28 @@ def test_per_layer_precision_wraps_only_the_named_layers():
   wrapped = morph_model(model, "fewest_ones", precision={"conv": 0.3, "dw": 0.05})
   specs = {l.layer.name: l.spec.precision for l in wrapped.layers if isinstance(l, MorphWrapper)}
   assert specs == {"conv": 0.3, "dw": 0.05}
-  with pytest.raises(ValueError, match="does not have"):
+  with pytest.raises(ValueError, match=r"entries \['nope'\] match no kernel.*conv/kernel"):
     morph_model(model, precision={"nope": 0.1})
-  with pytest.raises(ValueError, match="BatchNormalization"):
-    morph_model(model, precision={"bn": 0.1})
+  with pytest.raises(ValueError, match=r"entries \['bn'\] match no kernel"):
+    morph_model(model, precision={"bn": 0.1})  # a BN has no kernel
+
+
+def test_a_map_can_name_one_kernel_of_a_layer_with_two():
+  inputs = keras.Input((6, 6, 3))
+  model = keras.Model(inputs, layers.SeparableConv2D(4, 3, name="sep")(inputs))
+  model.set_weights([np.random.default_rng(0).standard_normal(w.shape).astype(np.float32)
+                     for w in model.weights])
+  wrapped = morph_model(model, "paper", precision={"sep/pointwise_kernel": 0.3, "sep": 0.05})
+  stripped = strip_morphing(wrapped)
+  sep, fresh = model.get_layer("sep"), stripped.get_layer("sep")
+  np.testing.assert_array_equal(u32(fresh.pointwise_kernel.numpy()), u32(mortar_tf.morph(
+      sep.pointwise_kernel.numpy(), "paper", 0.3, backend="numpy")))
+  np.testing.assert_array_equal(u32(fresh.depthwise_kernel.numpy()), u32(mortar_tf.morph(
+      sep.depthwise_kernel.numpy(), "paper", 0.05, backend="numpy")))
+  # a map naming only the pointwise kernel leaves the depthwise one alone
+  stripped = strip_morphing(morph_model(model, "paper", precision={"*pointwise*": 0.3}))
+  np.testing.assert_array_equal(u32(stripped.get_layer("sep").depthwise_kernel.numpy()),
+                                u32(sep.depthwise_kernel.numpy()))
 
 
 def test_misuse_errors_name_the_problem():
@@ -283,12 +303,12 @@ def _folded_by_hand(kernel, bias, bn, axis):
 def test_batchnorm_folding_matches_outputs_then_morphs_the_folded_kernels():
   model = _bn_model()
   x = np.random.default_rng(9).standard_normal((4, 7, 7, 3)).astype(np.float32)
-  folded = strip_morphing(model, fold_batchnorm=True)  # no wrappers: folding only
+  folded = fold_batchnorm(model)  # folding only
   np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(model(x, training=False)),
                              rtol=2e-5, atol=2e-5)
   kinds = {type(l).__name__ for l in folded.layers}
   assert {l.name for l in folded.layers
-          if type(l).__name__ == "FoldedBatchNorm"} == {"bn1", "bn2", "bn3"}
+          if type(l).__name__ == "Identity"} == {"bn1", "bn2", "bn3"}
   assert "BatchNormalization" in kinds  # bn4 follows a ReLU and stays
   morphed = strip_morphing(morph_model(model, "fewest_ones", precision=0.1), fold_batchnorm=True)
   for name, bn, axis in [("conv", "bn1", -1), ("dw", "bn2", "depthwise"), ("up", "bn3", -2)]:
@@ -330,7 +350,7 @@ def test_subclassed_model_is_a_clear_error():
 
   net = Net()
   net(np.ones((1, 3), np.float32))
-  with pytest.raises(ValueError, match="Subclassed models cannot be cloned"):
+  with pytest.raises(ValueError, match="subclassed models cannot be cloned.*MortarCallback"):
     morph_model(net)
 
 
@@ -342,7 +362,7 @@ def test_morph_model_folds_batchnorm_into_the_forward_pass(tmp_path):
   np.testing.assert_allclose(np.asarray(folded_only(x)), np.asarray(model(x, training=False)),
                              rtol=2e-5, atol=2e-5)
   wrapped = morph_model(model, "paper", precision=0.1, fold_batchnorm=True)
-  assert {l.name for l in wrapped.layers if type(l).__name__ == "FoldedBatchNorm"} == {
+  assert {l.name for l in wrapped.layers if type(l).__name__ == "Identity"} == {
       "bn1", "bn2", "bn3"}
   stripped = strip_morphing(wrapped)
   np.testing.assert_array_equal(u32(np.asarray(wrapped(x))), u32(np.asarray(stripped(x))))
@@ -362,3 +382,254 @@ def test_morph_model_folds_batchnorm_into_the_forward_pass(tmp_path):
   wrapped.save(path)
   loaded = keras.models.load_model(path, compile=False)
   np.testing.assert_array_equal(u32(np.asarray(loaded(x))), u32(np.asarray(wrapped(x))))
+
+
+# --------------------------------------------------------------------------
+# Real structures: kernels found as objects, never matched by name
+
+
+def _seeded(model, seed=0):
+  rng = np.random.default_rng(seed)
+  model.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in model.weights])
+  return model
+
+
+def _assert_copy_invariant(source, copy, args):
+  """Every kernel of `copy` is morph(the same place in `source`), the rest identical."""
+  kernels = {id(k.variable) for k in find_kernels(source).kernels}
+  assert len(source.weights) == len(copy.weights)
+  for a, b in zip(source.weights, copy.weights):
+    want = np.asarray(a.numpy())
+    if id(a) in kernels:
+      want = mortar_tf.morph(want, **args, backend="numpy")
+    np.testing.assert_array_equal(u32(b.numpy()), u32(want), err_msg=a.name)
+
+
+def test_bidirectional_lstm_directions_keep_their_own_kernels():
+  # Forward and backward kernels share name and shape: matched by name they swap.
+  inputs = keras.Input((7, 4))
+  model = _seeded(keras.Model(inputs, layers.Bidirectional(layers.LSTM(5), name="bi")(inputs)))
+  x = np.random.default_rng(1).standard_normal((3, 7, 4)).astype(np.float32)
+  args = dict(method="paper", precision=1e-6)
+  stripped = strip_morphing(morph_model(model, **args))
+  _assert_copy_invariant(model, stripped, args)
+  np.testing.assert_allclose(np.asarray(stripped(x)), np.asarray(model(x)), atol=1e-5)
+  names = [k.name for k in find_kernels(model).kernels]
+  assert len(names) == 4 and any("forward" in n for n in names) and any("backward" in n
+                                                                         for n in names)
+
+
+def test_multi_head_attention_morphs_its_four_projections():
+  query = keras.Input((5, 8))
+  model = _seeded(keras.Model(query, layers.MultiHeadAttention(2, 4, name="mha")(query, query)))
+  args = dict(method="fewest_ones", precision=0.2)
+  wrapped = morph_model(model, **args)
+  assert [n for n, _, _ in wrapped.get_layer("morph_mha").morph_targets] == [
+      "query/kernel", "key/kernel", "value/kernel", "attention_output/kernel"]
+  stripped = strip_morphing(wrapped)
+  _assert_copy_invariant(model, stripped, args)
+  x = np.random.default_rng(2).standard_normal((2, 5, 8)).astype(np.float32)
+  np.testing.assert_array_equal(u32(np.asarray(wrapped(x))), u32(np.asarray(stripped(x))))
+
+
+def test_wrapping_an_unbuilt_multi_head_attention_builds_it_on_the_first_call():
+  wrapper = MorphWrapper(layers.MultiHeadAttention(2, 4), "paper", precision=0.1)
+  x = np.random.default_rng(3).standard_normal((2, 5, 8)).astype(np.float32)
+  out = wrapper(x, x)
+  assert out.shape == (2, 5, 8) and len(wrapper.morph_targets) == 4
+
+
+def test_masks_pass_through_a_wrapped_recurrent_layer():
+  tokens = keras.Input((6,), dtype="int32")
+  x = layers.Embedding(10, 4, mask_zero=True)(tokens)
+  model = _seeded(keras.Model(tokens, layers.LSTM(3, name="lstm")(x)))
+  ids = np.array([[1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 8, 9]], np.int32)
+  wrapped = morph_model(model, "paper", precision=1e-6)
+  # masked steps are skipped: the first sequence ends after three tokens either way
+  np.testing.assert_allclose(np.asarray(wrapped(ids)), np.asarray(model(ids)), atol=1e-5)
+  short = np.array([[1, 2, 3]], np.int32)
+  np.testing.assert_allclose(np.asarray(wrapped(ids))[0], np.asarray(
+      model(np.pad(short, ((0, 0), (0, 3)))))[0], atol=1e-5)
+
+
+def test_morph_model_on_a_list_of_layers_takes_a_map():
+  a, b = layers.Dense(3, name="a"), layers.Dense(3, name="b")
+  for layer in (a, b):
+    layer.build((None, 4))
+  wrapped = morph_model([a, b], "paper", precision={"a": 0.2})
+  assert isinstance(wrapped[0], MorphWrapper) and wrapped[1] is b
+  with pytest.raises(ValueError, match=r"entries \['c'\] match no kernel"):
+    morph_model([a, b], precision={"c": 0.1})
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(method="papr"), ValueError, "unknown morphing method 'papr'"),
+    (dict(precision="0.1"), ValueError, "precision must be a real number"),
+    (dict(precision=-0.1), ValueError, "0 < P <= 1"),
+    (dict(precision={"conv": 2.0}), ValueError, "entry 'conv'.*0 < P <= 1"),
+    (dict(precision={1: 0.1}), ValueError, "keys are layer or weight name patterns"),
+    (dict(method="round", precision={"conv": 0.1}), ValueError, "needs method 'paper'"),
+    (dict(precision=[0.1]), ValueError, "precision must be a real number"),
+])
+def test_argument_errors_name_their_cause_before_any_cloning(kwargs, error, match):
+  with pytest.raises(error, match=match) as info:
+    morph_model(_functional(), **kwargs)
+  assert "clone" not in str(info.value)
+
+
+def test_double_wrapping_and_nothing_to_morph_are_errors():
+  with pytest.raises(ValueError, match="already wrapped") as info:
+    morph_model(morph_model(_functional()))
+  assert "clone" not in str(info.value)
+  plain = keras.Sequential([keras.Input((4,)), layers.ReLU(name="relu"),
+                            layers.LayerNormalization(name="ln")])
+  with pytest.raises(ValueError, match="(?s)nothing to morph.*ln/gamma"):
+    morph_model(plain)
+  tokens = keras.Input((3,), dtype="int32")
+  lookup = keras.Model(tokens, layers.Embedding(9, 2, name="emb")(tokens))
+  with pytest.raises(ValueError, match="(?s)nothing to morph.*lookup table"):
+    morph_model(lookup)
+  stripped = strip_morphing(morph_model(lookup, "paper", precision=0.2, embeddings=True))
+  np.testing.assert_array_equal(u32(stripped.get_layer("emb").weights[0].numpy()), u32(
+      mortar_tf.morph(lookup.get_layer("emb").weights[0].numpy(), "paper", 0.2,
+                      backend="numpy")))
+
+
+def test_fold_batchnorm_folds_only_into_layers_it_morphs():
+  model = _bn_model()
+  x = np.random.default_rng(12).standard_normal((4, 7, 7, 3)).astype(np.float32)
+  wrapped = morph_model(model, "paper", precision={"dw": 0.1}, fold_batchnorm=True,
+                        morph_forward=False)
+  kinds = {l.name: type(l).__name__ for l in wrapped.layers}
+  assert kinds["bn2"] == "Identity"  # after dw: folded into its wrapper
+  assert kinds["bn1"] == kinds["bn3"] == "BatchNormalization"  # after unwrapped layers: kept
+  np.testing.assert_allclose(np.asarray(wrapped(x)), np.asarray(model(x, training=False)),
+                             rtol=2e-5, atol=2e-5)
+  morphing = morph_model(model, "paper", precision={"dw": 0.1}, fold_batchnorm=True)
+  stripped = strip_morphing(morphing)
+  assert {l.name: type(l).__name__ for l in stripped.layers if l.name.startswith("bn")} == {
+      "bn1": "BatchNormalization", "bn2": "Identity", "bn3": "BatchNormalization",
+      "bn4": "BatchNormalization"}
+  np.testing.assert_array_equal(u32(np.asarray(stripped(x))), u32(np.asarray(morphing(x))))
+
+
+def test_stripping_one_wrapper_with_a_folded_batchnorm_keeps_the_folded_bias():
+  model = _bn_model()  # conv has use_bias=False, followed by bn1
+  wrapped = morph_model(model, "paper", precision={"conv": 1e-6}, fold_batchnorm=True)
+  wrapper = wrapped.get_layer("morph_conv")
+  layer = strip_morphing(wrapper)
+  assert layer.use_bias
+  kernel, bias = _folded_by_hand(model.get_layer("conv").weights[0].numpy(), 0.0,
+                                 model.get_layer("bn1"), -1)
+  np.testing.assert_allclose(layer.bias.numpy(), bias, rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(u32(layer.kernel.numpy()),
+                                u32(mortar_tf.morph(kernel, "paper", 1e-6, backend="numpy")))
+  x = np.random.default_rng(13).standard_normal((2, 7, 7, 3)).astype(np.float32)
+  want = model.get_layer("bn1")(model.get_layer("conv")(x), training=False)
+  np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_folded_artifact_loads_without_mortar_tf(tmp_path):
+  model = _bn_model()
+  stripped = strip_morphing(morph_model(model, "paper", precision=0.1, fold_batchnorm=True))
+  path = str(tmp_path / "folded.keras")
+  stripped.save(path)
+  x = np.random.default_rng(14).standard_normal((2, 7, 7, 3)).astype(np.float32)
+  np.save(tmp_path / "x.npy", x)
+  np.save(tmp_path / "y.npy", np.asarray(stripped(x)))
+  script = textwrap.dedent(f"""
+      import os, sys, numpy as np
+      if os.environ.get("TF_USE_LEGACY_KERAS") == "1":
+        import tf_keras as keras
+      else:
+        import keras
+      model = keras.models.load_model({path!r}, compile=False)
+      assert "Identity" in {{type(l).__name__ for l in model.layers}}
+      y = np.asarray(model(np.load({str(tmp_path / "x.npy")!r})))
+      assert np.array_equal(y, np.load({str(tmp_path / "y.npy")!r}))
+      assert "mortar_tf" not in sys.modules
+      print("OK")
+      """)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, check=False, cwd=str(tmp_path))
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("morph_forward", [False, True])
+def test_activity_regularizer_losses_reach_the_model(morph_forward):
+  inputs = keras.Input((4,))
+  hidden = layers.Dense(3, activity_regularizer=keras.regularizers.L2(0.5), name="fc")(inputs)
+  model = _seeded(keras.Model(inputs, layers.Dense(1, name="out")(hidden)))
+  x = np.random.default_rng(15).standard_normal((5, 4)).astype(np.float32)
+  model(x)
+  want = float(sum(np.asarray(l) for l in model.losses))
+  wrapped = morph_model(model, "paper", precision=1e-6, morph_forward=morph_forward)
+  wrapped(x)
+  got = float(sum(np.asarray(l) for l in wrapped.losses))
+  assert want > 0 and got == pytest.approx(want, rel=1e-4)
+  # and fit minimises it: a loss of zero data error still trains on the penalty
+  wrapped.compile(optimizer="sgd", loss="mse")
+  history = wrapped.fit(x, np.asarray(wrapped(x)), epochs=1, verbose=0)
+  assert history.history["loss"][0] >= got * 0.5
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_morphs_the_float32_masters(policy):
+  keras.mixed_precision.set_global_policy(policy)
+  try:
+    inputs = keras.Input((6, 6, 2))
+    x = layers.Conv2D(3, 3, name="conv")(inputs)
+    x = layers.Flatten()(x)
+    outputs = layers.Activation("linear", dtype="float32")(layers.Dense(2, name="fc")(x))
+    model = keras.Model(inputs, outputs)
+    wrapped = morph_model(model, "paper", precision=0.1)
+    data = np.random.default_rng(16).standard_normal((4, 6, 6, 2)).astype(np.float32)
+    wrapped.compile(optimizer="sgd", loss="mse")
+    wrapped.fit(data, np.zeros((4, 2), np.float32), epochs=1, verbose=0)
+    stripped = strip_morphing(wrapped)
+    conv = model.get_layer("conv")
+    assert conv.kernel.dtype == "float32" or conv.kernel.dtype == tf.float32
+    np.testing.assert_array_equal(
+        u32(np.asarray(stripped.get_layer("conv").kernel.numpy(), np.float32)),
+        u32(mortar_tf.morph(np.asarray(conv.kernel.numpy(), np.float32), "paper", 0.1,
+                            backend="numpy")))
+    np.testing.assert_array_equal(np.asarray(wrapped(data), np.float32),
+                                  np.asarray(stripped(data), np.float32))
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_non_float32_masters_are_a_clear_error():
+  keras.mixed_precision.set_global_policy("bfloat16")
+  try:
+    model = keras.Sequential([keras.Input((4,)), layers.Dense(2, name="fc")])
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  with pytest.raises(TypeError, match="fc/kernel.*bfloat16.*mixed_float16"):
+    morph_model(model)
+  with pytest.raises(TypeError, match="bfloat16"):
+    MorphWrapper(model.get_layer("fc"))
+
+
+def test_preserve_zeros_keeps_a_pruned_kernel_sparse_through_training():
+  model = _seeded(keras.Sequential([keras.Input((8,)), layers.Dense(16, name="a"),
+                                    layers.Dense(4, name="b")]))
+  for layer in model.layers:  # prune half of each kernel by magnitude
+    k = layer.kernel.numpy()
+    k[np.abs(k) < np.median(np.abs(k))] = 0.0
+    layer.kernel.assign(k)
+  zeros = {l.name: l.kernel.numpy() == 0 for l in model.layers}
+  rng = np.random.default_rng(17)
+  x, y = rng.standard_normal((32, 8)).astype(np.float32), rng.standard_normal((32, 4))
+  kept = morph_model(model, "paper", precision=0.1, preserve_zeros=True)
+  kept.compile(optimizer="adam", loss="mse")
+  kept.fit(x, y.astype(np.float32), epochs=2, verbose=0)
+  stripped = strip_morphing(kept)
+  for name, mask in zeros.items():
+    assert mask.mean() >= 0.45
+    np.testing.assert_array_equal(stripped.get_layer(name).kernel.numpy() == 0, mask)
+  # without the option, training fills the zeros in (the behaviour it exists for)
+  lost = morph_model(strip_morphing(kept), "paper", precision=0.1)
+  lost.compile(optimizer="adam", loss="mse")
+  lost.fit(x, y.astype(np.float32), epochs=2, verbose=0)
+  assert (strip_morphing(lost).get_layer("a").kernel.numpy() == 0).mean() < 0.1

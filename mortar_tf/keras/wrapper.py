@@ -74,9 +74,17 @@ def kernels_of(layer, embeddings: bool = False) -> registry.KernelPlan:
   """The registry's kernels of a built layer, named relative to it.
 
   Raises:
+    TypeError: kernels that are not float32.
     ValueError: the layer has none (the message says what it holds instead).
   """
   plan = registry.find_kernels(layer, embeddings=embeddings)
+  wrong = [s for s in plan.skipped if s.code == registry.NOT_FLOAT32]
+  if wrong:
+    raise TypeError(
+        f"MorphWrapper morphs float32 master kernels; in {layer.name!r} "
+        + ", ".join(f"{s.name} is {s.reason.split(':')[0][len('dtype '):]}" for s in wrong)
+        + " (under mixed precision use a 'mixed_float16'/'mixed_bfloat16' policy, whose "
+        "master weights are float32)")
   if not plan.kernels:
     held = "; ".join(f"{s.name}: {s.reason}" for s in plan.skipped[:4]) or "no weights"
     raise ValueError(
@@ -189,21 +197,13 @@ class MorphWrapper(keras.layers.Wrapper):
   def _resolve(self) -> list[Target]:
     if self._targets is not None:
       return self._targets
-    plan = kernels_of(self.layer, self.embeddings)
-    kernels = plan.kernels
-    wrong = [s for s in plan.skipped if s.code == registry.NOT_FLOAT32]
-    if wrong:
-      raise TypeError(
-          f"MorphWrapper morphs float32 master kernels; in {self.layer.name!r} "
-          + ", ".join(f"{s.name} is {s.reason.split(':')[0][6:]}" for s in wrong)
-          + " (under mixed precision use a 'mixed_float16'/'mixed_bfloat16' policy, whose "
-          "master weights are float32)")
+    kernels = kernels_of(self.layer, self.embeddings).kernels
     if self._map_specs is None:
       specs = {k.name: self.spec for k in kernels}
     else:
       names = {k.name: precision_map.weight_names(f"{self.layer.name}/{k.name}", (k.name,))
                for k in kernels}
-      specs = precision_map.resolve(self.precision, names, self.method, what="kernel")
+      specs = precision_map.resolve(dict(self.precision), names, self.method, what="kernel")
     self._targets = tuple(Target(k.name, k, specs.get(k.name)) for k in kernels)
     if not IS_KERAS3:
       for t in self._targets:
@@ -232,7 +232,8 @@ class MorphWrapper(keras.layers.Wrapper):
         self.layer.built = True
       except (TypeError, ValueError):
         pass  # built by its first call instead (e.g. MultiHeadAttention needs two shapes)
-    if self.layer.built or self.layer.weights:
+    if self.layer.weights:
+      self.layer.built = True
       self._build_own_weights()
     super(keras.layers.Wrapper, self).build(input_shape)  # pylint: disable=bad-super-call
 
@@ -338,7 +339,7 @@ class MorphWrapper(keras.layers.Wrapper):
 
   def call(self, *args, training=None, **kwargs):
     kwargs = self._inner_kwargs(kwargs, training)
-    if not self.layer.built:
+    if not self.layer.weights:
       self.layer(*args, **kwargs)  # builds it (MultiHeadAttention needs all its inputs)
     self._build_own_weights()
     if not self.morph_forward and not self.folds_batchnorm and not self.preserve_zeros:
