@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import mortar_tf
 from mortar_tf.keras import MortarCallback
+from mortar_tf.keras import MorphWrapper
 from mortar_tf.keras import morph_model
 from mortar_tf.keras.compat import IS_KERAS3
 from mortar_tf.keras.compat import keras
@@ -94,12 +95,12 @@ def test_save_every_n_batches_savedmodel_and_tensorboard(tmp_path):
   saved = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "sm-*")))
   assert saved == ["sm-2-1"]
   assert os.path.isfile(tmp_path / "sm-2-1" / "saved_model.pb")
-  events = glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
+  events = glob.glob(str(tmp_path / "logs" / "train" / "events.out.tfevents.*"))
   assert events
   tags = {value.tag for path in events for event in tf.compat.v1.train.summary_iterator(path)
           for value in event.summary.value}
   assert {"mortar/conv/kernel/ratio_word", "mortar/fc/kernel/ratio_aligned",
-          "mortar/conv/kernel/morphed"} <= tags
+          "mortar/conv/kernel/morphed", "mortar/total/ratio_aligned"} <= tags
   assert not glob.glob(str(tmp_path / ".mortar-*"))  # no staging left behind
 
 
@@ -120,10 +121,8 @@ def test_callback_folds_batchnorm_before_morphing(tmp_path):
   model.compile(optimizer="sgd", loss="mse")
   path = str(tmp_path / ("f" + SUFFIX))
   _fit(model, [MortarCallback(path, "paper", precision=0.1, fold_batchnorm=True)], epochs=1)
-  from mortar_tf.keras import apply  # pylint: disable=import-outside-toplevel
-  saved = keras.models.load_model(path, compile=False,
-                                  custom_objects={"FoldedBatchNorm": apply.FoldedBatchNorm})
-  assert type(saved.get_layer("bn")).__name__ == "FoldedBatchNorm"
+  saved = keras.models.load_model(path, compile=False)
+  assert type(saved.get_layer("bn")).__name__ == "Identity"
   gamma, beta, mean, var = (w.numpy().astype(np.float64) for w in model.get_layer("bn").weights)
   scale = gamma / np.sqrt(var + model.get_layer("bn").epsilon)
   folded = (model.get_layer("conv").weights[0].numpy() * scale).astype(np.float32)
@@ -143,3 +142,155 @@ def test_a_per_layer_precision_map_morphs_only_its_layers(tmp_path):
                                 u32(model.get_layer("fc").weights[0].numpy()))
   with pytest.raises(ValueError, match="precision"):
     MortarCallback(path, "paper", precision={"conv": 2.0})
+
+
+# --------------------------------------------------------------------------
+# Found before training, not after an epoch
+
+
+class _Batches(keras.callbacks.Callback):
+  def __init__(self):
+    super().__init__()
+    self.count = 0
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.count += 1
+
+
+def _fails_before_any_batch(model, callback, error, match):
+  counter = _Batches()
+  with pytest.raises(error, match=match):
+    _fit(model, [counter, callback], epochs=1)
+  assert counter.count == 0
+
+
+def test_a_map_entry_matching_no_kernel_fails_before_training(tmp_path):
+  _fails_before_any_batch(_model(), MortarCallback(str(tmp_path / ("m" + SUFFIX)), "paper",
+                                                   precision={"conv": 0.1, "cnv": 0.2}),
+                          ValueError, r"\['cnv'\] match no kernel")
+
+
+def test_non_float32_kernels_fail_before_training(tmp_path):
+  keras.mixed_precision.set_global_policy("bfloat16")
+  try:
+    model = keras.Sequential([keras.Input((4,)), layers.Dense(2, name="fc")])
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  model.compile(optimizer="sgd", loss="mse")
+  counter = _Batches()
+  with pytest.raises(TypeError, match="fc/kernel.*bfloat16"):
+    model.fit(np.zeros((8, 4), np.float32), np.zeros((8, 2), np.float32), verbose=0,
+              callbacks=[counter, MortarCallback(str(tmp_path / ("m" + SUFFIX)))])
+  assert counter.count == 0
+
+
+def test_an_unwritable_directory_fails_before_training(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  _fails_before_any_batch(_model(), MortarCallback(str(blocker / ("m" + SUFFIX))), ValueError,
+                          "cannot create the output directory")
+
+
+@pytest.mark.parametrize("path,fmt,match", [
+    ("m.onnx", "keras", "format 'keras' writes"),
+    ("m-{epoch:02q}.keras", "keras", "bad file path pattern"),
+    ("m-{epoch.keras", "keras", "bad file path pattern"),
+])
+def test_bad_paths_are_refused_at_construction(path, fmt, match):
+  with pytest.raises(ValueError, match=match):
+    MortarCallback(path, format=fmt)
+
+
+class Net(keras.Model):
+  """A subclassed model (not cloneable)."""
+
+  def __init__(self):
+    super().__init__()
+    self.conv = layers.Conv2D(3, 3)
+    self.flat = layers.Flatten()
+    self.fc = layers.Dense(2)
+
+  def call(self, x):
+    return self.fc(self.flat(self.conv(x)))
+
+
+def test_subclassed_models_are_morphed_in_place_and_restored_bit_for_bit(tmp_path):
+  keras.utils.set_random_seed(0)
+  model = Net()
+  model.compile(optimizer="adam", loss="mse")
+  callback = MortarCallback(str(tmp_path / "sm-{batch}"), "fewest_ones", precision=0.2,
+                            save_freq=1, format="savedmodel")
+  _fit(model, [callback], epochs=2)
+  keras.utils.set_random_seed(0)
+  plain = Net()
+  plain.compile(optimizer="adam", loss="mse")
+  _fit(plain, [], epochs=2)
+  for a, b in zip(model.get_weights(), plain.get_weights()):
+    np.testing.assert_array_equal(u32(a), u32(b))  # saving 4 times changed nothing
+  loaded = tf.saved_model.load(str(tmp_path / "sm-2"))  # epoch 2, batch 2: the last save
+  saved = sorted(v.numpy().tobytes() for v in loaded.variables)
+  want = sorted(mortar_tf.morph(v.numpy(), "fewest_ones", 0.2, backend="numpy").tobytes()
+                if "kernel" in v.name else v.numpy().tobytes() for v in model.weights)
+  assert saved == want
+
+
+def test_a_wrapped_subclassed_model_is_a_clear_error_before_training(tmp_path):
+
+  class Wrapped(keras.Model):
+
+    def __init__(self):
+      super().__init__()
+      self.fc = MorphWrapper(layers.Dense(2), "paper", precision=0.1)
+
+    def call(self, x):
+      return self.fc(x)
+
+  model = Wrapped()
+  model(np.zeros((1, 6, 6, 1), np.float32))
+  model.compile(optimizer="sgd", loss="mse")
+  _fails_before_any_batch(model, MortarCallback(str(tmp_path / ("w" + SUFFIX))), ValueError,
+                          "holds MorphWrappers.*subclassed models cannot be cloned")
+
+
+def test_map_with_fold_batchnorm_folds_only_where_it_morphs(tmp_path):
+  keras.utils.set_random_seed(2)
+  model = keras.Sequential([keras.Input((6, 6, 1)), layers.Conv2D(3, 3, name="conv"),
+                            layers.BatchNormalization(name="bn"), layers.Conv2D(2, 3, name="c2"),
+                            layers.BatchNormalization(name="bn2"), layers.Flatten(),
+                            layers.Dense(2, name="fc")])
+  model.compile(optimizer="sgd", loss="mse")
+  path = str(tmp_path / ("f" + SUFFIX))
+  _fit(model, [MortarCallback(path, "paper", precision={"c2": 1e-6}, fold_batchnorm=True)],
+       epochs=1)
+  saved = keras.models.load_model(path, compile=False)
+  kinds = {l.name: type(l).__name__ for l in saved.layers}
+  assert kinds["bn"] == "BatchNormalization" and kinds["bn2"] == "Identity"
+  x = _data()[0]
+  np.testing.assert_allclose(np.asarray(saved(x)), np.asarray(model(x, training=False)),
+                             rtol=1e-4, atol=1e-4)
+
+
+def _scalars(directory):
+  out = {}
+  for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        out.setdefault(value.tag, []).append(event.step)
+  return out
+
+
+def test_tensorboard_scalars_line_up_with_keras_tensorboard(tmp_path):
+  logs = str(tmp_path / "logs")
+  model = _model()
+  _fit(model, [MortarCallback(str(tmp_path / ("e" + SUFFIX)), log_dir=logs),
+               keras.callbacks.TensorBoard(logs)], epochs=3)
+  train = _scalars(os.path.join(logs, "train"))
+  assert sorted(train["epoch_loss"]) == [0, 1, 2]
+  assert sorted(train["mortar/total/ratio_word"]) == sorted(train["epoch_loss"])
+  assert sorted(train["mortar/conv/kernel/ratio_aligned"]) == [0, 1, 2]
+  # batch saves: the optimizer's iterations, Keras' batch step axis
+  logs = str(tmp_path / "batch_logs")
+  model = _model()
+  _fit(model, [MortarCallback(str(tmp_path / ("b-{batch}" + SUFFIX)), save_freq=1,
+                              log_dir=logs)], epochs=2)
+  assert sorted(_scalars(os.path.join(logs, "train"))["mortar/total/ratio_word"]) == [1, 2, 3, 4]
