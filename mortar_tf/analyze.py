@@ -109,8 +109,13 @@ def load_weights(path: str, select: str = "kernels") -> ModelWeights:
   from mortar_tf.keras import registry, saving
   model = saving.load_model(path)
   found = registry.model_weights(model, select)
+  note = ""
+  if select == "kernels":
+    skipped = registry.find_kernels(model).summary().splitlines()[1:]
+    if skipped:
+      note = "left alone (not kernels): " + "; ".join(line[len("skipped "):] for line in skipped)
   return ModelWeights(path, "keras", {w.name: w.numpy() for w in found},
-                      {w.name: w.grouping() for w in found})
+                      {w.name: w.grouping() for w in found}, note)
 
 
 @dataclasses.dataclass(frozen=True)

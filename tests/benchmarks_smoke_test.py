@@ -13,7 +13,8 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("script,args,expected", [
     ("bench_numpy.py", ["--size=20000", "--repeats=1"], "x copy"),
     ("bench_ops.py", ["--size=20000", "--repeats=1"], "x copy"),
-    ("bench_callback.py", ["--epochs=1", "--samples=128"], "ratio"),
+    ("bench_callback.py", ["--epochs=1", "--samples=128", "--model=MobileNetV2",
+                           "--input_size=32", "--repeats=1"], "ratio clone / in place"),
     ("bench_convert.py", ["--total_mb=2", "--largest_mb=0.5"], "ratio"),
     ("bench_estimate.py", ["--models=mobilenet_v2", "--input_size=32", "--alpha=0.35"],
      "ratio"),

@@ -172,7 +172,11 @@ LOADER = textwrap.dedent("""
         loaded = tf.saved_model.load(files["export"])
         fn = loaded.serve if hasattr(loaded, "serve") else loaded.signatures["serving_default"]
         if hasattr(loaded, "serve"):
-          out = fn([tf.constant(a) for a in x]) if len(x) > 1 else fn(tf.constant(x[0]))
+          tensors = [tf.constant(a) for a in x]
+          try:
+            out = fn(tensors) if len(x) > 1 else fn(tensors[0])
+          except TypeError:  # a model whose inputs are a list, even of one (FER's h5)
+            out = fn(tensors)
         else:
           out = fn(**{n: tf.constant(a) for n, a in zip(files["input_names"], x)})
         out = [out] if isinstance(out, tf.Tensor) else (

@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 import mortar_tf
 
@@ -30,18 +31,19 @@ WORKER = textwrap.dedent("""
       keras.utils.set_random_seed(0)
       model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="a"),
                                 keras.layers.Dense(2, name="b")])
-      if plain != "plain":
+      if plain == "wrapped":
         model = morph_model(model, "fewest_ones", precision=0.1)
       model.compile(optimizer="sgd", loss="mse")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((32, 6)).astype(np.float32)
     y = rng.standard_normal((32, 2)).astype(np.float32)
     callbacks = [] if plain == "plain" else [
-        MortarCallback(os.path.join(out, "m" + (".keras" if IS_KERAS3 else ".h5")))]
+        MortarCallback(os.path.join(out, "m" + (".keras" if IS_KERAS3 else ".h5")),
+                       "fewest_ones", precision=0.1)]
     model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=callbacks)
     if plain != "plain":
-      np.save(os.path.join(out, f"master{index}.npy"),
-              model.get_layer("morph_b").layer.weights[0].numpy())
+      b = model.get_layer("morph_b").layer if plain == "wrapped" else model.get_layer("b")
+      np.save(os.path.join(out, f"master{index}.npy"), b.weights[0].numpy())
     print("DONE")
     """)
 
@@ -72,8 +74,10 @@ def _run_workers(tmp_path, legacy, plain):
   return results
 
 
-def test_tf_keras_multiworker_training_and_callback(tmp_path):
-  results = _run_workers(tmp_path, "1", "wrapped")
+@pytest.mark.parametrize("mode", ["wrapped", "unwrapped"])
+def test_tf_keras_multiworker_training_and_callback(tmp_path, mode):
+  # wrapped: the callback saves strip_morphing(model); unwrapped: it morphs in place
+  results = _run_workers(tmp_path, "1", mode)
   for code, out, err in results:
     assert code == 0, err[-3000:]
     assert out.strip().endswith("DONE")

@@ -122,9 +122,10 @@ def model_kernels(model, group_size: int = bits.DEFAULT_GROUP_SIZE,
   if isinstance(model, LoadedSavedModel):
     found = [(layer, name, var, tuple(axes)) for layer, name, var, axes in model.kernels()]
   else:
-    from mortar_tf.keras import registry  # pylint: disable=import-outside-toplevel
-    found = [(k.layer_path, k.name, k.variable, k.reduction_axes())
-             for k in registry.model_weights(model, "kernels")]
+    from mortar_tf.keras import apply, registry  # pylint: disable=import-outside-toplevel
+    plan = registry.find_kernels(model)
+    apply.log_plan("exploration", plan, [k.name for k in plan.kernels])
+    found = [(k.layer_path, k.name, k.variable, k.reduction_axes()) for k in plan.kernels]
   out = []
   for layer, name, variable, axes in found:
     value = np.array(variable.numpy())
