@@ -18,7 +18,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_zoo
 import mortar_tf

@@ -295,11 +295,11 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
     return wrap(to_wrap)
 
   def swap(layer):
-    if isinstance(layer, keras.Model):
+    if isinstance(layer, keras.Model) and registry.is_graph_model(layer):
       return _clone(layer, swap)
     if id(layer) in folded_bns:
       return keras.layers.Identity(name=layer.name)
-    return wrap(layer) if id(layer) in wanted else layer
+    return wrap(layer) if id(layer) in wanted else layer  # a nested subclassed model: one unit
 
   wrapped = _clone(to_wrap, swap)
   for wrapper, bn in pending:  # built by the clone: take the BN's values over
