@@ -294,3 +294,44 @@ def test_tensorboard_scalars_line_up_with_keras_tensorboard(tmp_path):
   _fit(model, [MortarCallback(str(tmp_path / ("b-{batch}" + SUFFIX)), save_freq=1,
                               log_dir=logs)], epochs=2)
   assert sorted(_scalars(os.path.join(logs, "train"))["mortar/total/ratio_word"]) == [1, 2, 3, 4]
+
+
+def test_an_unknown_placeholder_is_named_at_the_first_save(tmp_path):
+  model = _model()
+  before = [w.copy() for w in model.get_weights()]
+  with pytest.raises(ValueError, match=r"names 'epochs', which is neither epoch, batch nor a "
+                                       r"logs key \(loss\)"):
+    _fit(model, [MortarCallback(str(tmp_path / ("x-{epochs}" + SUFFIX)))], epochs=1)
+  assert not glob.glob(str(tmp_path / "x-*"))
+  assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+class Built(keras.Model):
+  """A subclassed model whose build() takes no shape (as mtcnn's ONet)."""
+
+  def __init__(self):
+    super().__init__()
+    self.fc = layers.Dense(2)
+
+  def build(self, input_shape=None):
+    self.fc.build((None, 4))
+    self.built = True
+
+  def call(self, x):
+    return self.fc(x)
+
+
+def test_a_subclassed_model_keras3_cannot_export_fails_before_training(tmp_path):
+  model = Built()
+  model.build()
+  model.compile(optimizer="sgd", loss="mse")
+  x, y = np.zeros((8, 4), np.float32), np.zeros((8, 2), np.float32)
+  callback = MortarCallback(str(tmp_path / "sm-{epoch}"), format="savedmodel")
+  counter = _Batches()
+  if IS_KERAS3:
+    with pytest.raises(ValueError, match="cannot export Built.*Call the model once"):
+      model.fit(x, y, verbose=0, callbacks=[counter, callback])
+    assert counter.count == 0
+  else:  # tf.saved_model.save has no such limit
+    model.fit(x, y, verbose=0, callbacks=[counter, callback])
+    assert os.path.isfile(tmp_path / "sm-1" / "saved_model.pb")

@@ -123,6 +123,10 @@ def test_register_your_own_layer():
   np.testing.assert_allclose(np.asarray(wrapper(x)), want, rtol=1e-6)
   with pytest.raises(ValueError, match="unknown layout 'dens'"):
     register_kernels(Bilinear, {"w": "dens"})
+  register_kernels(Bilinear, {"nope": "dense"})  # a typo: found when the layer is walked
+  with pytest.raises(ValueError, match="attribute 'nope' of Bilinear 'bil'.*variables: w, scale"):
+    find_kernels(layer)
+  register_kernels(Bilinear, {"w": "dense"})
   with pytest.raises(ValueError, match="Keras layer class"):
     register_kernels(int, {"w": "dense"})
 

@@ -633,3 +633,61 @@ def test_preserve_zeros_keeps_a_pruned_kernel_sparse_through_training():
   lost.compile(optimizer="adam", loss="mse")
   lost.fit(x, y.astype(np.float32), epochs=2, verbose=0)
   assert (strip_morphing(lost).get_layer("a").kernel.numpy() == 0).mean() < 0.1
+
+
+class Stubborn(layers.Layer):
+  """A layer that cannot be re-created from its own config (as a layer
+  TensorFlow revives from a SavedModel without its class)."""
+
+  def __init__(self, units=0, **kwargs):
+    super().__init__(**kwargs)
+    self.units = units
+
+  def build(self, input_shape):
+    if self.units:
+      self.w = self.add_weight(name="w", shape=(input_shape[-1], self.units))
+
+  def call(self, x):
+    return tf.matmul(x, self.w) if self.units else x * 2.0
+
+  def get_config(self):
+    return dict(super().get_config(), units=self.units, sample_rate=22050.0)  # not accepted
+
+
+def test_a_stateless_layer_without_a_usable_config_is_shared_by_the_copy():
+  inputs = keras.Input((4,))
+  model = keras.Model(inputs, layers.Dense(2, name="fc")(Stubborn(name="odd")(inputs)))
+  stripped = strip_morphing(morph_model(model, "paper", precision=0.1))
+  assert stripped.get_layer("odd") is model.get_layer("odd")
+  x = np.ones((1, 4), np.float32)
+  want = (2 * x) @ mortar_tf.morph(model.get_layer("fc").kernel.numpy(), "paper", 0.1,
+                                   backend="numpy") + model.get_layer("fc").bias.numpy()
+  np.testing.assert_allclose(np.asarray(stripped(x)), want, rtol=1e-6)
+
+
+def test_a_stateful_layer_without_a_usable_config_fails_before_training():
+  inputs = keras.Input((4,))
+  model = keras.Model(inputs, layers.Dense(2, name="fc")(Stubborn(3, name="odd")(inputs)))
+  with pytest.raises(ValueError, match="cannot re-create Stubborn 'odd' from its config"):
+    morph_model(model, "paper", precision={"fc": 0.1})
+
+
+def test_misuse_of_strip_find_and_wrap_is_named():
+  with pytest.raises(ValueError, match="strip_morphing takes a Keras model"):
+    strip_morphing(3)
+  with pytest.raises(ValueError, match="find_kernels takes a Keras model"):
+    find_kernels("model")
+  with pytest.raises(ValueError, match="LayerNormalization.*holds no kernel"):
+    MorphWrapper(layers.LayerNormalization())  # unbuilt, but it never has kernels
+  plain = keras.Sequential([keras.Input((3,)), layers.Dense(2, name="fc")])
+  with pytest.warns(UserWarning, match="holds no MorphWrapper"):
+    copy = strip_morphing(plain)
+  np.testing.assert_array_equal(copy.get_layer("fc").kernel.numpy(),
+                                plain.get_layer("fc").kernel.numpy())
+
+
+def test_input_names_survive_wrapping_and_stripping():
+  a, b = keras.Input((4,)), keras.Input((4,))  # unnamed: Keras names them
+  model = keras.Model([a, b], layers.Dense(2, name="fc")(layers.Add()([a, b])))
+  assert strip_morphing(morph_model(model, "paper", precision=0.1)).get_config() == \
+      model.get_config()

@@ -186,6 +186,17 @@ QAT_RECIPE_SCRIPT = textwrap.dedent("""
       raise SystemExit("accepted")
     except ValueError as e:
       assert "MorphScheme('paper'" in str(e), e
+    # masks: TFMOT's QuantizeWrapper drops them, so a masked model is refused, not mis-trained
+    tokens = L.Input((6,), dtype="int32")
+    seq = L.LSTM(3)(L.Embedding(9, 4, mask_zero=True, name="embed")(tokens))
+    masked = keras.Model(tokens, L.Dense(2)(seq))
+    try:
+      with mortar_tfmot.scope():
+        q.quantize_apply(q.quantize_annotate_model(masked),
+                         scheme=mortar_tfmot.MorphScheme("paper", precision=0.1))
+      raise SystemExit("accepted a masked model")
+    except ValueError as e:
+      assert "masks (embed)" in str(e) and "morph_model" in str(e), e
     # the stripped model is plain tf_keras: it loads in a process without TFMOT or mortar_tf
     path = os.path.join(tempfile.mkdtemp(), "plain.h5")
     plain.save(path)

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Mapping
 
 import numpy as np
@@ -96,18 +97,27 @@ class _SwapError(Exception):
 
 def _same_inputs(model):
   """New Input tensors named and shaped like a functional model's own (clone_model
-  would otherwise rename them, and the clone's config would differ).
-
-  No public API lists a functional model's InputLayers in order; tf_keras keeps
-  them in `_input_layers`, read here and only here (Keras 3 keeps the names).
-  """
-  if isinstance(model, keras.Sequential) or not hasattr(model, "_input_layers"):
+  would otherwise rename them, and the clone's config would differ), in the
+  order and structure of the model's config (one tensor, or a list even of
+  one); None for Sequential models and other input structures (dicts)."""
+  if isinstance(model, keras.Sequential) or not registry.is_graph_model(model):
     return None
+  names = model.get_config().get("input_layers")
+  if not isinstance(names, (list, tuple)) or not names:
+    return None
+  single = isinstance(names[0], str)  # [name, node, tensor]; else a list of those
+  if single:
+    names = [names]
   inputs = []
-  for layer in model._input_layers:  # pylint: disable=protected-access
-    shape = getattr(layer, "batch_shape", None) or layer.get_config()["batch_input_shape"]
-    inputs.append(keras.Input(batch_shape=shape, dtype=layer.dtype, name=layer.name))
-  return inputs if len(inputs) > 1 else inputs[0]
+  for entry in names:
+    if not isinstance(entry, (list, tuple)) or not isinstance(entry[0], str):
+      return None
+    layer = model.get_layer(entry[0])
+    config = layer.get_config()
+    shape = config.get("batch_shape") or config.get("batch_input_shape")
+    inputs.append(keras.Input(batch_shape=shape, dtype=layer.dtype, name=layer.name,
+                              sparse=config.get("sparse", False)))
+  return inputs[0] if single else inputs
 
 
 def _clone(model, swap):
@@ -232,6 +242,7 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
   _refuse_wrapped(to_wrap)
   if isinstance(to_wrap, keras.Model):
     _refuse_subclassed(to_wrap, "morph_model")
+    _check_recreatable(to_wrap)
     units = list(_graph_units(to_wrap))
   else:
     layers = list(to_wrap) if isinstance(to_wrap, (list, tuple)) else [to_wrap]
@@ -313,7 +324,15 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
 def find_kernels(model, embeddings: bool = False) -> registry.KernelPlan:
   """The kernels of a model (or layer, or list of layers) and the weights the
   registry leaves alone, with the reasons: what morph_model and MortarCallback
-  morph by default."""
+  morph by default.
+
+  Raises:
+    ValueError: not a Keras layer, model or list of layers.
+  """
+  items = model if isinstance(model, (list, tuple)) else [model]
+  if not all(isinstance(l, keras.layers.Layer) for l in items):
+    raise ValueError(f"find_kernels takes a Keras model, a layer or a list of layers, got "
+                     f"{type(model).__name__}")
   return registry.find_kernels(model, embeddings=embeddings)
 
 
@@ -354,6 +373,12 @@ def strip_morphing(model, fold_batchnorm: bool = False):
     fresh.build(_build_shape(model.layer))
     _assign(model.layer, fresh, by_id, bias)
     return fresh
+  if not isinstance(model, keras.Model):
+    raise ValueError(f"strip_morphing takes a Keras model or a MorphWrapper, got "
+                     f"{type(model).__name__}")
+  if not any(isinstance(l, MorphWrapper) for l in every_layer(model)):
+    warnings.warn(f"strip_morphing: {model.name!r} holds no MorphWrapper, so the copy is not "
+                  "morphed (morph_model(model, ...) wraps it)", stacklevel=2)
   return copy_and_values(model, fold_batchnorm=fold_batchnorm)[0]
 
 
@@ -533,10 +558,35 @@ def _assign(source, fresh, by_id: dict, bias=None) -> None:
 
 
 def _fresh(layer, use_bias=None):
+  """A new layer from `layer`'s config (use_bias overridden if given).
+
+  A layer Keras cannot re-create from its config (e.g. one TensorFlow revived
+  from a SavedModel without its class) is returned itself when it holds no
+  variables: the copy may share a stateless layer.
+
+  Raises:
+    ValueError: a layer with variables that cannot be re-created.
+  """
   config = layer.get_config()
   if use_bias is not None:
     config["use_bias"] = use_bias
-  return layer.__class__.from_config(config)
+  try:
+    return layer.__class__.from_config(config)
+  except Exception as e:  # pylint: disable=broad-except  (Keras raises many kinds)
+    if not layer.weights and use_bias is None:
+      return layer
+    raise ValueError(
+        f"cannot re-create {type(layer).__name__} {layer.name!r} from its config, so no plain "
+        f"copy of the model can be made ({e}). Its class must accept its own get_config() "
+        "(a layer revived from a SavedModel without its class cannot)") from e
+
+
+def _check_recreatable(model) -> None:
+  """Fails now, not at strip time after training, for layers with variables that
+  cannot be re-created from their config."""
+  for _, layer in all_layers(model):
+    if layer.weights and not isinstance(layer, keras.Model):
+      _fresh(layer)
 
 
 def _build_shape(layer):

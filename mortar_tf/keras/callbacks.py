@@ -163,6 +163,8 @@ class MortarCallback(keras.callbacks.Callback):
     saving.check_writable(self.filepath.format(
         epoch=1, batch=1, **_dummy_fields(self.filepath)))
     self._wrapped = _has_wrappers(model)
+    if self.format == "savedmodel":
+      saving.check_exportable(model)
     needs_clone = self._wrapped or self.fold_batchnorm
     if needs_clone and not registry.is_graph_model(model):
       why = "it holds MorphWrappers (saving strips them)" if self._wrapped else "fold_batchnorm"
@@ -190,8 +192,8 @@ class MortarCallback(keras.callbacks.Callback):
 
   def _save(self, batch, logs):
     self._check()
-    path = self.filepath.format(epoch=self._epoch + 1,
-                                batch=None if batch is None else batch + 1, **(logs or {}))
+    path = saving.format_path(self.filepath, epoch=self._epoch + 1,
+                              batch=None if batch is None else batch + 1, logs=logs)
     if self._wrapped or self.fold_batchnorm:
       copy, record = apply.copy_and_values(self.model, self.specs, self.fold_batchnorm)
       self._write(copy, path)

@@ -357,8 +357,13 @@ class _Walk:
         variable = matches[0] if len(matches) == 1 else None
         real = next((n for n in (attribute, f"_{attribute}")
                      if n in getattr(layer, "__dict__", {})), None)
-      if variable is not None:
-        found[id(variable)] = (attribute, real, layout)
+      if variable is None:
+        held = ", ".join(_short(w) for w in own)
+        raise ValueError(
+            f"the kernel registry names attribute {attribute!r} of {type(layer).__name__} "
+            f"{layer.name!r}, which holds no variable of that layer (its variables: {held}); "
+            "fix the register_kernels / get_morphable_weights entry")
+      found[id(variable)] = (attribute, real, layout)
     for w in own:
       self.seen.add(id(w))
       if id(w) not in found:

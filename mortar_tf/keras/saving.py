@@ -52,6 +52,41 @@ def check_path(filepath: str, fmt: str) -> str:
   return filepath
 
 
+def format_path(filepath: str, epoch: int, batch, logs) -> str:
+  """The path for one save: `filepath` with {epoch}, {batch} and logs keys filled in.
+
+  Raises:
+    ValueError: a placeholder that is none of them (the message lists the keys).
+  """
+  values = dict(logs or {})
+  try:
+    return filepath.format(epoch=epoch, batch=batch, **values)
+  except (KeyError, IndexError) as e:
+    raise ValueError(f"the file path {filepath!r} names {e}, which is neither epoch, batch nor "
+                     f"a logs key ({', '.join(sorted(values)) or 'no logs keys'})") from None
+
+
+def check_exportable(model) -> None:
+  """Fails now for a model Keras 3's model.export will refuse at the first save.
+
+  Keras 3 exports a subclassed model only when it knows its input shapes,
+  which it records when the model is first built by a call or by
+  model.build(shape); it keeps them in the private `_build_shapes_dict`, read
+  here and only here (tf_keras' tf.saved_model.save has no such limit).
+
+  Raises:
+    ValueError: naming the model and what to do.
+  """
+  if not IS_KERAS3 or any(cls.__name__ in ("Functional", "Sequential")
+                          for cls in type(model).__mro__):
+    return
+  if not getattr(model, "_build_shapes_dict", None):
+    raise ValueError(
+        f"Keras 3 cannot export {type(model).__name__} {model.name!r} as a SavedModel: it does "
+        "not know the model's input shape (its build() took none). Call the model once on a "
+        "batch before fit, or save with format='keras'")
+
+
 def check_writable(path: str) -> None:
   """Creates `path`'s directory if needed and checks that it is writable.
 

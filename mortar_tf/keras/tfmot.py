@@ -3,13 +3,16 @@
     import os; os.environ["TF_USE_LEGACY_KERAS"] = "1"   # before TF/Keras are imported
     import tensorflow_model_optimization as tfmot
     from mortar_tf.keras import tfmot as mortar_tfmot
+    q = tfmot.quantization.keras
 
-    annotated = tfmot.quantization.keras.quantize_annotate_model(keras.Sequential([
-        tfmot.quantization.keras.quantize_annotate_layer(
-            keras.layers.Dense(8), quantize_config=mortar_tfmot.MorphQuantizeConfig("paper", 0.1)),
-        ...]))
     with mortar_tfmot.scope():
-      model = tfmot.quantization.keras.quantize_apply(annotated, scheme=mortar_tfmot.MorphScheme())
+      qat = q.quantize_apply(q.quantize_annotate_model(model),
+                             scheme=mortar_tfmot.MorphScheme("paper", precision=0.1))
+    qat.compile(...); qat.fit(...)
+    deployable = mortar_tfmot.strip_morph_quantization(qat)
+
+Layers annotated with their own MorphQuantizeConfig("fewest_ones", 0.2) keep
+it; layers without kernels (ReLU, pooling, BN) are left alone.
 
 MorphScheme adds nothing of its own: TFMOT's default scheme would put an 8-bit
 QuantizeLayer in front of the annotated layers (and fake-quantize their
@@ -30,6 +33,7 @@ from mortar_tf import morph_tf
 from mortar_tf import morphing
 from mortar_tf.keras import apply
 from mortar_tf.keras.compat import LEGACY
+from mortar_tf.keras.compat import keras
 from mortar_tf.keras.wrapper import _straight_through
 from mortar_tf.keras.wrapper import kernels_of
 from mortar_tf.keras.wrapper import morph_targets_of
@@ -143,9 +147,19 @@ class _LeaveAlone(_quantization.QuantizeConfig):
 
 
 class _NoLayoutChange(_quantization.QuantizeLayoutTransform):
-  """Leaves the model as it is (the default scheme inserts an input QuantizeLayer)."""
+  """Leaves the model as it is (the default scheme inserts an input QuantizeLayer),
+  after refusing models whose layers pass Keras masks on: TFMOT's
+  QuantizeWrapper does not, so the QAT model would compute something else."""
 
   def apply(self, model, layer_quantize_map):
+    masking = [l.name for l in model.layers
+               if getattr(l, "mask_zero", False) or isinstance(l, keras.layers.Masking)]
+    if masking:
+      raise ValueError(
+          f"the model computes Keras masks ({', '.join(masking)}), and TFMOT's "
+          "QuantizeWrapper does not pass masks on, so the QAT model would not compute what "
+          "the model does: train morph-aware with mortar_tf.keras.morph_model instead "
+          "(MorphWrapper passes masks)")
     return model, layer_quantize_map
 
 

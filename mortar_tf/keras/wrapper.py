@@ -161,6 +161,10 @@ class MorphWrapper(keras.layers.Wrapper):
                preserve_zeros=False, embeddings=False, **kwargs):
     if not isinstance(layer, keras.layers.Layer):
       raise ValueError(f"MorphWrapper wraps a Keras layer, got {type(layer).__name__}")
+    entry = registry.registered(layer)
+    if entry is not None and not layer.weights and not registry.sublayers(layer) and \
+        not dict(entry.kernels(layer)):
+      kernels_of(layer)  # a normalization layer: raises "holds no kernel"
     if registry.is_mortar_wrapper(layer):
       raise ValueError(f"layer {layer.name!r} is already a MorphWrapper: morphing twice would "
                        "morph morphed weights")

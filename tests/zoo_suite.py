@@ -1,5 +1,6 @@
-"""The Keras path on real structures (tests/keras_zoo.py), in Keras 3 and, via
-scripts/test.sh, tf_keras.
+"""The checks the Keras zoo tests run (tests/keras_zoo.py builds the models),
+made into test functions for a list of model names by `make`, so the zoo can be
+split over test files (and pytest-xdist workers).
 
 Each model goes morph_model -> two fit steps -> strip_morphing -> save ->
 export, and through MortarCallback; then one fresh process loads every saved
@@ -30,8 +31,6 @@ from mortar_tf.keras.compat import IS_KERAS3
 from mortar_tf.keras.compat import keras
 
 METHOD = dict(method="paper", precision=0.1)
-GRAPH_MODELS = [n for n in keras_zoo.BUILDERS if n != "subclassed"]
-SAVED = {}  # name -> files for the final load-without-mortar_tf check
 
 
 def u32(a):
@@ -75,75 +74,11 @@ def _outputs(model, x):
   return [np.asarray(o, np.float32) for o in out]
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-  keras.utils.set_random_seed(0)
-
-
-def test_registry_finds_exactly_the_kernels_keras_names_so():
-  for name in keras_zoo.BUILDERS:
-    model = keras_zoo.build(name)
-    found = {id(k.variable) for k in find_kernels(model).kernels}
-    oracle = {id(w) for w in model.weights if keras_zoo.is_kernel(w)}
-    assert found == oracle, name
-    names = [k.name for k in find_kernels(model).kernels]
-    assert len(set(names)) == len(names), f"{name}: duplicate kernel names"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", GRAPH_MODELS)
-def test_morph_fit_strip_save_export(tmp_path, name):
-  model = keras_zoo.build(name)
-  wrapped = morph_model(model, **METHOD)
-  assert any(isinstance(l, MorphWrapper) for l in wrapped.layers)
-  x, y = keras_zoo.inputs(model), keras_zoo.targets(model)
-  before = [np.asarray(w.numpy()).copy() for w in model.weights if keras_zoo.is_kernel(w)]
-  wrapped.compile(optimizer="sgd", loss="mse")
-  wrapped.fit(x, y, batch_size=2, epochs=1, verbose=0)
-  after = [np.asarray(w.numpy()) for w in model.weights if keras_zoo.is_kernel(w)]
-  assert any(not np.array_equal(a, b) for a, b in zip(before, after)), "no kernel trained"
-
-  stripped = strip_morphing(wrapped)
-  assert not any(isinstance(l, MorphWrapper) for _, l in _all(stripped))
-  expected = expected_weights(model)
-  assert_invariant(stripped, expected, f"{name} stripped")
-  want = _outputs(wrapped, x)
-  for got, ref in zip(_outputs(stripped, x), want):
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
-
-  path, export = str(tmp_path / "stripped.keras"), str(tmp_path / "export")
-  stripped.save(path)
-  assert_invariant(_load(path, name), expected, f"{name} saved and loaded")
-  _export(stripped, export)
-  np.savez(tmp_path / "expected.npz", *expected)
-  np.savez(tmp_path / "io.npz", *(x if isinstance(x, list) else [x]), *_outputs(stripped, x))
-  SAVED[name] = dict(keras=path, export=export, expected=str(tmp_path / "expected.npz"),
-                     io=str(tmp_path / "io.npz"), inputs=len(x) if isinstance(x, list) else 1,
-                     input_names=[] if IS_KERAS3 else list(model.input_names))
-
-
 def _all(model):
   for layer in model.layers:
     yield layer.name, layer
     if isinstance(layer, keras.Model):
       yield from _all(layer)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(keras_zoo.BUILDERS))
-def test_callback_saves_the_invariant_copy(tmp_path, name):
-  model = keras_zoo.build(name)
-  model.compile(optimizer="sgd", loss="mse")
-  x, y = keras_zoo.inputs(model), keras_zoo.targets(model)
-  path = str(tmp_path / "cb-{epoch}.keras")
-  callback = MortarCallback(path, **METHOD)
-  model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[callback])
-  saved = _load(path.format(epoch=1), name)
-  assert_invariant(saved, expected_weights(model), f"{name} callback")
-  assert callback.last_ratios["word"] > 1.0
-  if name == "subclassed":
-    SAVED[name + "_callback"] = dict(keras=path.format(epoch=1), export=None,
-                                     expected=None, io=None, inputs=1)
 
 
 LOADER = textwrap.dedent("""
@@ -195,16 +130,84 @@ LOADER = textwrap.dedent("""
     """)
 
 
-@pytest.mark.slow
-def test_saved_copies_load_and_run_without_mortar_tf(tmp_path):
-  assert SAVED, "the tests above saved nothing"
-  cases = tmp_path / "cases.json"
-  cases.write_text(json.dumps(SAVED))
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-c", LOADER, str(cases),
-                           os.path.dirname(os.path.abspath(__file__))],
-                          capture_output=True, text=True, env=env, timeout=900, check=False,
-                          cwd=str(tmp_path))
-  assert result.returncode == 0, result.stderr[-4000:]
-  report = json.loads(result.stdout.strip().splitlines()[-1])
-  assert set(report) == set(SAVED)
+def make(names):
+  """{test name: test function} over the zoo models `names`, for a test
+  module's globals(); the last one loads what the others saved."""
+  saved = {}  # name -> files for the final load-without-mortar_tf check
+
+  @pytest.fixture(autouse=True)
+  def _seed():
+    keras.utils.set_random_seed(0)
+
+  def test_registry_finds_exactly_the_kernels_keras_names_so():
+    for name in names:
+      model = keras_zoo.build(name)
+      found = {id(k.variable) for k in find_kernels(model).kernels}
+      oracle = {id(w) for w in model.weights if keras_zoo.is_kernel(w)}
+      assert found == oracle, name
+      kernel_names = [k.name for k in find_kernels(model).kernels]
+      assert len(set(kernel_names)) == len(kernel_names), f"{name}: duplicate kernel names"
+
+  @pytest.mark.slow
+  @pytest.mark.parametrize("name", [n for n in names if n != "subclassed"])
+  def test_morph_fit_strip_save_export(tmp_path, name):
+    model = keras_zoo.build(name)
+    wrapped = morph_model(model, **METHOD)
+    assert any(isinstance(l, MorphWrapper) for l in wrapped.layers)
+    x, y = keras_zoo.inputs(model), keras_zoo.targets(model)
+    before = [np.asarray(w.numpy()).copy() for w in model.weights if keras_zoo.is_kernel(w)]
+    wrapped.compile(optimizer="sgd", loss="mse")
+    wrapped.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    after = [np.asarray(w.numpy()) for w in model.weights if keras_zoo.is_kernel(w)]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after)), "no kernel trained"
+
+    stripped = strip_morphing(wrapped)
+    assert not any(isinstance(l, MorphWrapper) for _, l in _all(stripped))
+    assert stripped.get_config() == model.get_config()
+    expected = expected_weights(model)
+    assert_invariant(stripped, expected, f"{name} stripped")
+    want = _outputs(wrapped, x)
+    for got, ref in zip(_outputs(stripped, x), want):
+      np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+    path, export = str(tmp_path / "stripped.keras"), str(tmp_path / "export")
+    stripped.save(path)
+    assert_invariant(_load(path, name), expected, f"{name} saved and loaded")
+    _export(stripped, export)
+    np.savez(tmp_path / "expected.npz", *expected)
+    np.savez(tmp_path / "io.npz", *(x if isinstance(x, list) else [x]), *_outputs(stripped, x))
+    saved[name] = dict(keras=path, export=export, expected=str(tmp_path / "expected.npz"),
+                       io=str(tmp_path / "io.npz"), inputs=len(x) if isinstance(x, list) else 1,
+                       input_names=[] if IS_KERAS3 else list(model.input_names))
+
+  @pytest.mark.slow
+  @pytest.mark.parametrize("name", names)
+  def test_callback_saves_the_invariant_copy(tmp_path, name):
+    model = keras_zoo.build(name)
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = keras_zoo.inputs(model), keras_zoo.targets(model)
+    path = str(tmp_path / "cb-{epoch}.keras")
+    callback = MortarCallback(path, **METHOD)
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[callback])
+    copy = _load(path.format(epoch=1), name)
+    assert_invariant(copy, expected_weights(model), f"{name} callback")
+    assert callback.last_ratios["word"] > 1.0
+    if name == "subclassed":
+      saved[name + "_callback"] = dict(keras=path.format(epoch=1), export=None,
+                                       expected=None, io=None, inputs=1)
+
+  @pytest.mark.slow
+  def test_saved_copies_load_and_run_without_mortar_tf(tmp_path):
+    assert saved, "the tests above saved nothing"
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps(saved))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", LOADER, str(cases),
+                             os.path.dirname(os.path.abspath(__file__))],
+                            capture_output=True, text=True, env=env, timeout=900, check=False,
+                            cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(report) == set(saved)
+
+  return {key: fn for key, fn in locals().items() if key.startswith(("test_", "_seed"))}
