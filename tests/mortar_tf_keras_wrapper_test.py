@@ -691,3 +691,31 @@ def test_input_names_survive_wrapping_and_stripping():
   model = keras.Model([a, b], layers.Dense(2, name="fc")(layers.Add()([a, b])))
   assert strip_morphing(morph_model(model, "paper", precision=0.1)).get_config() == \
       model.get_config()
+
+
+class DenseBN(layers.Layer):
+  """A block of our own: Dense then BatchNormalization (state updated in call)."""
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.fc = layers.Dense(3, name="fc")
+    self.bn = layers.BatchNormalization(name="bn")
+
+  def build(self, input_shape):
+    self.fc.build(input_shape)
+    self.bn.build(tuple(input_shape[:-1]) + (3,))
+
+  def call(self, x, training=None):
+    return self.bn(self.fc(x), training=training)
+
+
+def test_updates_inside_a_wrapped_block_are_kept():
+  # Keras 3 runs the inner layer in a StatelessScope, which holds updates back
+  block = DenseBN(name="block")
+  wrapper = MorphWrapper(block, "paper", precision=0.1)
+  x = np.random.default_rng(18).normal(3.0, 1.0, (16, 4)).astype(np.float32)
+  wrapper(x[:1])
+  before = block.bn.moving_mean.numpy().copy()
+  wrapper(x, training=True)
+  assert not np.array_equal(block.bn.moving_mean.numpy(), before)
+  assert [n for n, _, _ in wrapper.morph_targets] == ["fc/kernel"]
