@@ -2,6 +2,10 @@
 
 Every report, record and plot is written to a temp name beside its path and
 renamed into place, so a failure or a kill never leaves a partial file.
+Inside `output_set()`, the renames wait until the whole set is written: a
+command that writes a CSV, a JSON and plots leaves all of them or none. Any
+OS error while writing becomes an OutputError naming the path and the cause
+(read-only file system, permission denied, disk full, ...).
 
 Example:
   >>> finite_or_none(float("inf")) is None
@@ -11,25 +15,146 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import uuid
 
 import numpy as np
+
+_HINTS = {
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENOENT: "a directory on the way does not exist",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EISDIR: "it is a directory",
+}
+
+
+class OutputError(ValueError):
+  """An output that cannot be written; the message names the path and why."""
+
+
+def describe_os_error(error: BaseException, path: str) -> str:
+  """'cannot write PATH: WHY' for an OSError (or TensorFlow's I/O errors)."""
+  code = getattr(error, "errno", None)
+  why = _HINTS.get(code) or getattr(error, "strerror", None) or str(error) or type(error).__name__
+  return f"cannot write {path!r}: {why}"
+
+
+def check_writable_dir(directory: str, what: str = "output directory") -> None:
+  """Raises OutputError unless `directory` exists, is a directory and is writable."""
+  if not os.path.exists(directory):
+    raise OutputError(f"the {what} {directory!r} does not exist")
+  if not os.path.isdir(directory):
+    raise OutputError(f"the {what} {directory!r} is not a directory")
+  if not os.access(directory, os.W_OK | os.X_OK):
+    raise OutputError(f"the {what} {directory!r} is not writable")
+
+
+def check_output_file(path: str) -> None:
+  """Checks before any work that `path` can be written: its directory exists and
+  is writable, and `path` is not a directory."""
+  check_writable_dir(os.path.dirname(os.path.abspath(path)), f"directory of {path!r}")
+  if os.path.isdir(path):
+    raise OutputError(f"{path!r} is a directory, not a file")
+
+
+class _OutputSet:
+  """Temp files waiting to be renamed together (and directories made for them)."""
+
+  def __init__(self):
+    self.pending: list[tuple[str, str]] = []
+    self.made: list[str] = []
+
+  def commit(self):
+    for tmp, path in self.pending:
+      try:
+        os.replace(tmp, path)
+      except OSError as e:
+        raise OutputError(describe_os_error(e, path)) from e
+    self.pending = []
+
+  def discard(self):
+    for tmp, _ in self.pending:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+    self.pending = []
+    for directory in reversed(self.made):
+      try:
+        os.rmdir(directory)  # only if still empty
+      except OSError:
+        pass
+    self.made = []
+
+
+_ACTIVE: list[_OutputSet] = []
+
+
+@contextlib.contextmanager
+def output_set():
+  """Within the block, files written through this module are renamed into place
+  only when the block ends without error; on an error none are (and their
+  temps are removed)."""
+  batch = _OutputSet()
+  _ACTIVE.append(batch)
+  try:
+    yield batch
+  except BaseException:
+    batch.discard()
+    raise
+  finally:
+    _ACTIVE.remove(batch)
+  try:
+    batch.commit()
+  except BaseException:
+    batch.discard()
+    raise
 
 
 @contextlib.contextmanager
 def replaced(path: str, suffix: str = ".tmp"):
-  """Yields a temp path beside `path`; renames it to `path` if the block
-  succeeds, removes it if the block raises. `suffix` keeps an extension
-  that writers infer the format from (e.g. ".tmp.png")."""
-  tmp = f"{path}{suffix}"
+  """Yields a temp path beside `path` (unique, so two writers never share one);
+  renames it to `path` if the block succeeds (at the end of the enclosing
+  output_set, if any), removes it if the block raises. `suffix` keeps an
+  extension that writers infer the format from (e.g. ".tmp.png").
+
+  Raises:
+    OutputError: an OS error while writing or renaming (the message names it).
+  """
+  tmp = f"{path}.{uuid.uuid4().hex[:8]}{suffix}"
   try:
     yield tmp
+    if _ACTIVE:
+      _ACTIVE[-1].pending.append((tmp, path))
+      return
     os.replace(tmp, path)
+  except OSError as e:
+    raise OutputError(describe_os_error(e, path)) from e
   finally:
-    if os.path.exists(tmp):
+    if not (_ACTIVE and any(t == tmp for t, _ in _ACTIVE[-1].pending)) and os.path.exists(tmp):
       os.remove(tmp)
+
+
+def make_dirs(directory: str) -> str:
+  """os.makedirs(exist_ok=True) with an OutputError for OS errors; inside an
+  output_set, directories it creates are removed again if the set fails."""
+  missing = []
+  head = os.path.abspath(directory)
+  while head and not os.path.exists(head):
+    missing.append(head)
+    head = os.path.dirname(head)
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as e:
+    raise OutputError(describe_os_error(e, directory)) from e
+  if _ACTIVE:
+    _ACTIVE[-1].made += reversed(missing)
+  return directory
 
 
 def write_text(path: str, text: str) -> str:

@@ -221,7 +221,8 @@ def test_non_float32_variables_are_copied_and_refused_when_selected(mixed, tmp_p
 
 def _no_leftovers(tmp_path, name="dst"):
   assert not (tmp_path / name).exists()
-  assert not os.path.exists(converter.temp_dir_for(str(tmp_path / name)))
+  left = [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{name}.")]
+  assert not left, left
 
 
 def test_bad_inputs_raise_one_clear_error_and_write_nothing(exported, mixed, tmp_path):
@@ -304,17 +305,18 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
-def test_a_killed_run_leaves_no_output_and_the_next_run_cleans_up(exported, tmp_path):
+def test_a_killed_run_leaves_no_output_and_the_next_run_reports_its_temp(exported, tmp_path):
   src, _ = exported
   dst = tmp_path / "dst"
   result = subprocess.run([sys.executable, "-c", KILLED_RUN, str(src), str(dst)],
                           capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
   assert not dst.exists()
-  stale = converter.temp_dir_for(str(dst))
-  assert os.path.isdir(stale)  # what the killed run left: only the temp directory
-  savedmodel.convert(str(src), str(dst), "paper", 0.1)
-  assert dst.is_dir() and not os.path.exists(stale)
+  (stale,) = [p for p in tmp_path.iterdir() if p.name.endswith(".mortar-tmp")]
+  report = savedmodel.convert(str(src), str(dst), "paper", 0.1)
+  assert dst.is_dir() and stale.is_dir()  # never deleted: reported, with how to remove it
+  assert any(str(stale) in note and "rm -r" in note for note in report.notes)
+  assert str(stale) in report.summary()
 
 
 def test_verify_compares_outputs_on_given_inputs(exported, tmp_path):
@@ -326,7 +328,8 @@ def test_verify_compares_outputs_on_given_inputs(exported, tmp_path):
   loaded = tf.saved_model.load(str(tmp_path / "dst"))
   served = loaded.serve(tf.constant(x)).numpy()
   original = model.predict(x, verbose=0)
-  (diff,) = report.verification.values()
+  (diff,) = report.verification.outputs.values()
+  assert report.verification.inputs == {"image": (3, 8, 8, 3)} and report.verification.passed
   assert diff["max_abs"] == pytest.approx(float(np.abs(served - original).max()), rel=1e-6)
   np.savez(tmp_path / "wrong.npz", other=x)
   with pytest.raises(ValueError, match="inputs lack \\['image'\\]"):

@@ -47,7 +47,8 @@ def test_morphs_verifies_and_reports(src, tmp_path):
   result = _run(f"--input={src}", f"--output={tmp_path / 'out'}", "--method=fewest_ones",
                 "--precision=0.2", "--verify", f"--report={report}")
   assert result.returncode == 0, result.stderr
-  for text in ("conv/kernel", "fc/kernel", "total", "Verified output", "fingerprint.pb"):
+  for text in ("conv/kernel", "fc/kernel", "total", "Verified on random inputs",
+               "1x6x6x2", "output output_0", "passed", "fingerprint.pb"):
     assert text in result.stdout
   data = json.loads(report.read_text())
   assert data["method"] == "fewest_ones" and data["settings"] == {"precision": 0.2}
@@ -56,7 +57,8 @@ def test_morphs_verifies_and_reports(src, tmp_path):
     expected = mortar_tf.morph(before[entry["key"]], "fewest_ones", precision=0.2,
                                backend="numpy")
     np.testing.assert_array_equal(after[entry["key"]].view(np.uint32), expected.view(np.uint32))
-  assert data["verification"]["output_0"]["max_abs"] > 0
+  assert data["verification"]["outputs"]["output_0"]["max_abs"] > 0
+  assert data["verification"]["passed"] and data["verification"]["tolerance"]["max_rel"] == 0.4
 
 
 def test_precision_map_file(src, tmp_path):

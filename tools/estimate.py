@@ -7,9 +7,11 @@
 --config is a JSON file with a list of engine objects ({"name", "model",
 "group_size", "width", "window", "num_pes", "frequency_hz", "power_w",
 "area_mm2", "sources"}); without it the five engines of SPEC 4 are used.
-Exit status: 0 done, 1 failed.
+The output files are written all or none (each renamed into place once all
+are written). Exit status: 0 done, 1 failed.
 """
 
+import os
 import sys
 
 from absl import app
@@ -23,8 +25,7 @@ except ImportError:  # run as a file (python tools/x.py): no parent package
 
 _SAVED_MODEL = flags.DEFINE_string("saved_model", None, "The SavedModel directory.",
                                    required=True)
-_INPUT_SHAPE = flags.DEFINE_list("input_shape", None,
-                                 "Full input shape, batch included (e.g. 1,224,224,3).")
+_INPUT_SHAPE = flags.DEFINE_string("input_shape", None, flag_parsing.INPUT_SHAPE_HELP)
 _SIGNATURE = flags.DEFINE_string("signature", "serving_default", "The signature to read.")
 _ENGINES = flags.DEFINE_list("engines", None,
                              "Engines to report (names from --config or the defaults "
@@ -53,8 +54,15 @@ def main(argv):
   # TensorFlow loads after the flags are checked: usage errors stay fast.
   logging.set_verbosity(logging.WARNING)  # TF's loader logs each SavedModel at INFO
   from mortar_tf import estimator  # pylint: disable=import-outside-toplevel
+  from mortar_tf import files  # pylint: disable=import-outside-toplevel
   from mortar_tf.estimator import plots  # pylint: disable=import-outside-toplevel
   try:
+    for path in (_CSV.value, _JSON.value):  # before any work: all or nothing is written
+      if path:
+        files.check_output_file(path)
+    if _PLOTS_DIR.value:
+      files.check_writable_dir(os.path.dirname(os.path.abspath(_PLOTS_DIR.value)),
+                               "parent of --plots_dir")
     engines = (estimator.load_engines(_CONFIG.value) if _CONFIG.value
                else estimator.default_engines())
     if _ENGINES.value:
@@ -68,15 +76,18 @@ def main(argv):
         engines=engines, baseline=_BASELINE.value, method=_METHOD.value, precision=precision,
         keep_bits=_KEEP_BITS.value, columns=_COLUMNS.value)
     print(result.table())
-    if _CSV.value:
-      result.write_csv(_CSV.value)
-      print(f"Wrote {_CSV.value}")
-    if _JSON.value:
-      result.write_json(_JSON.value)
-      print(f"Wrote {_JSON.value}")
-    if _PLOTS_DIR.value:
-      for path in plots.write_plots(result, _PLOTS_DIR.value):
-        print(f"Wrote {path}")
+    written = []
+    with files.output_set():
+      if _CSV.value:
+        result.write_csv(_CSV.value)
+        written.append(_CSV.value)
+      if _JSON.value:
+        result.write_json(_JSON.value)
+        written.append(_JSON.value)
+      if _PLOTS_DIR.value:
+        written += plots.write_plots(result, _PLOTS_DIR.value)
+    for path in written:
+      print(f"Wrote {path}")
   except (ValueError, TypeError) as e:
     print(f"mortar-estimate: error: {e}", file=sys.stderr)
     return 1

@@ -14,11 +14,45 @@ def numbers(name: str, values, kind) -> list:
     raise app.UsageError(f"--{name} must be a list of {kind.__name__}s, got {values}") from None
 
 
-def input_shape(values):
-  """--input_shape as a tuple of ints (None when not given)."""
-  if values is None:
+INPUT_SHAPE_HELP = ("Input shape, batch included: 1,224,224,3 for a signature with one input, "
+                    "or name:shape per input separated by ';' "
+                    "(token_ids:1,128;padding_mask:1,128).")
+
+
+def input_shape(value):
+  """--input_shape as a tuple of ints, or {input name: tuple} (None when not given).
+
+  Accepts "1,224,224,3" or "token_ids:1,128;padding_mask:1,128".
+  """
+  if value is None or value == "":
     return None
-  return tuple(numbers("input_shape", values, int))
+  if isinstance(value, (list, tuple)):  # a DEFINE_list flag
+    value = ",".join(value)
+
+  def dims(text, where):
+    try:
+      out = tuple(int(d) for d in text.split(",") if d.strip() != "")
+    except ValueError:
+      out = ()
+    if not out or any(d < 0 for d in out):
+      raise app.UsageError(f"--input_shape: {where} {text!r} is not a list of sizes; the "
+                           "syntax is 1,224,224,3 or name:1,128;name2:1,128")
+    return out
+
+  if ":" not in value:
+    return dims(value, "shape")
+  shapes = {}
+  for part in value.split(";"):
+    if not part.strip():
+      continue
+    name, sep, text = part.partition(":")
+    if not sep or not name.strip():
+      raise app.UsageError(f"--input_shape: {part!r} is not name:shape; the syntax is "
+                           "name:1,128;name2:1,128")
+    if name.strip() in shapes:
+      raise app.UsageError(f"--input_shape names {name.strip()!r} twice")
+    shapes[name.strip()] = dims(text, f"the shape of {name.strip()!r},")
+  return shapes
 
 
 def precision(value, map_path):

@@ -6,7 +6,10 @@
 --precision_map is a JSON object {pattern: P}: fnmatch patterns over variable
 names, their layer paths and layer names, checkpoint keys and op names, as
 mortar_tf.precision_map matches them everywhere (first match wins); variables
-it does not cover are left unchanged. Exit status: 0 done, 1 failed (nothing written).
+it does not cover are left unchanged. --verify compares both models' outputs on random
+inputs of --input_shape (or on --verify_inputs) and fails above
+--verify_max_rel / --verify_max_abs. Exit status: 0 done, 1 failed, 2 verification
+failed (nothing written in either case).
 """
 
 import sys
@@ -19,6 +22,8 @@ try:
   from . import flag_parsing
 except ImportError:  # run as a file (python tools/x.py): no parent package
   import flag_parsing  # pylint: disable=import-self
+
+VERIFY_FAILED = 2
 
 _INPUT = flags.DEFINE_string("input", None, "The SavedModel directory to read.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "The directory to write (must not exist).",
@@ -36,11 +41,15 @@ _SELECT = flags.DEFINE_list("select", ["kernels"],
                             "kernels, all, or a list of variable names or checkpoint keys.")
 _SIGNATURE = flags.DEFINE_string("signature", "serving_default",
                                  "The signature whose graph names the kernels.")
-_INPUT_SHAPE = flags.DEFINE_list("input_shape", None,
-                                 "Full input shape, batch included (e.g. 1,224,224,3).")
+_INPUT_SHAPE = flags.DEFINE_string("input_shape", None, flag_parsing.INPUT_SHAPE_HELP)
 _VERIFY = flags.DEFINE_bool("verify", False, "Compare both models' outputs before finishing.")
 _VERIFY_INPUTS = flags.DEFINE_string("verify_inputs", None,
                                      "An .npz of the signature's inputs for --verify.")
+_VERIFY_MAX_REL = flags.DEFINE_float(
+    "verify_max_rel", None, "--verify fails above this max |a - b| / max |a| per output "
+    "(default: twice the method's per-weight error bound, e.g. 0.2 for P=0.1).")
+_VERIFY_MAX_ABS = flags.DEFINE_float("verify_max_abs", None,
+                                     "--verify fails above this max |a - b| (default: no limit).")
 _REPORT = flags.DEFINE_string("report", None, "Also write the report as JSON here.")
 _FORCE = flags.DEFINE_bool("force", False, "Morph a model that mortar_tf already morphed.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
@@ -74,7 +83,12 @@ def main(argv):
         select=select, signature=_SIGNATURE.value,
         input_shape=flag_parsing.input_shape(_INPUT_SHAPE.value),
         force=_FORCE.value, verify=_VERIFY.value, verify_inputs=_VERIFY_INPUTS.value,
+        verify_max_rel=_VERIFY_MAX_REL.value, verify_max_abs=_VERIFY_MAX_ABS.value,
         report_path=_REPORT.value, progress=_Bar(_PROGRESS.value))
+  except savedmodel.VerificationError as e:
+    print("\n".join(e.verification.lines()), file=sys.stderr)
+    print(f"mortar-morph: {e}", file=sys.stderr)
+    return VERIFY_FAILED
   except (ValueError, TypeError) as e:
     print(f"mortar-morph: error: {e}", file=sys.stderr)
     print("Nothing was written.", file=sys.stderr)

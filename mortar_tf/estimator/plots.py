@@ -102,7 +102,7 @@ def write_plots(result: Estimate, out_dir: str) -> list[str]:
   """Writes cycles.png, speedup.png and density.png into out_dir."""
   if not result.mapped:
     raise ValueError("no estimated layers to plot")
-  os.makedirs(out_dir, exist_ok=True)
+  files.make_dirs(out_dir)
   return [plot_cycles(result, os.path.join(out_dir, "cycles.png")),
           plot_speedup(result, os.path.join(out_dir, "speedup.png")),
           plot_density(result, os.path.join(out_dir, "density.png"))]

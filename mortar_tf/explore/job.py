@@ -59,7 +59,10 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     data = {k: v[:samples] for k, v in data.items()}
   model = models.load(model_path, signature=signature)
   score = metrics_lib.builtin_metric(metric, model, data)
-  os.makedirs(out_dir, exist_ok=True)
+  files_lib.check_writable_dir(os.path.dirname(os.path.abspath(out_dir)),
+                               "parent of the output directory")
+  if os.path.exists(out_dir):
+    files_lib.check_writable_dir(out_dir)
 
   swept = search_lib.sweep(model, score, grid, progress=progress)
   found = None
@@ -69,38 +72,40 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
                                          progress=progress)
     swept = dataclasses.replace(swept, points=swept.points + (found.point,))
 
-  written = []
-  buffer = io.StringIO()
-  csv.writer(buffer).writerows(swept.csv_rows())
-  written.append(files_lib.write_text(os.path.join(out_dir, "sweep.csv"), buffer.getvalue()))
-  record = {"model": model_path, "data": data_path, "samples": len(data["x"]),
-            "sweep": swept.to_dict(), "search": found.to_dict() if found else None}
-  written.append(files_lib.write_json(os.path.join(out_dir, "sweep.json"), record))
+  with files_lib.output_set():  # every file, or none
+    files_lib.make_dirs(out_dir)
+    written = []
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(swept.csv_rows())
+    written.append(files_lib.write_text(os.path.join(out_dir, "sweep.csv"), buffer.getvalue()))
+    record = {"model": model_path, "data": data_path, "samples": len(data["x"]),
+              "sweep": swept.to_dict(), "search": found.to_dict() if found else None}
+    written.append(files_lib.write_json(os.path.join(out_dir, "sweep.json"), record))
 
-  kernels = {k.layer: k for k in models.model_kernels(model)}
-  written.append(plots.plot_pareto(swept, os.path.join(out_dir, "pareto.png"), found))
-  written.append(plots.plot_bit_density({name: k.original for name, k in kernels.items()},
-                                      os.path.join(out_dir, "bit_density.png")))
+    kernels = {k.layer: k for k in models.model_kernels(model)}
+    written.append(plots.plot_pareto(swept, os.path.join(out_dir, "pareto.png"), found))
+    written.append(plots.plot_bit_density({name: k.original for name, k in kernels.items()},
+                                        os.path.join(out_dir, "bit_density.png")))
 
-  def _columns(k, value):
-    return bits.bit_histogram(value, "aligned", reduction_axes=k.axes)
+    def _columns(k, value):
+      return bits.bit_histogram(value, "aligned", reduction_axes=k.axes)
 
-  before = sum(_columns(k, k.original) for k in kernels.values())
-  if found is not None and found.precisions:
-    after = sum(_columns(k, morphing.morph(k.original, search_method, found.precisions[name]))
-                if name in found.precisions else _columns(k, k.original)
-                for name, k in kernels.items())
-    label = "per-layer search"
-  else:
-    after = sum(_columns(k, morphing.morph(k.original, "paper", 0.1)) for k in kernels.values())
-    label = "paper P=0.1"
-  written.append(plots.plot_columns(np.asarray(before), np.asarray(after),
-                                  os.path.join(out_dir, "columns.png"), label))
-  if found is not None and found.precisions:
-    written.append(_speedup_plot(model, found, os.path.join(out_dir, "speedup.png")))
+    before = sum(_columns(k, k.original) for k in kernels.values())
+    if found is not None and found.precisions:
+      after = sum(_columns(k, morphing.morph(k.original, search_method, found.precisions[name]))
+                  if name in found.precisions else _columns(k, k.original)
+                  for name, k in kernels.items())
+      label = "per-layer search"
+    else:
+      after = sum(_columns(k, morphing.morph(k.original, "paper", 0.1)) for k in kernels.values())
+      label = "paper P=0.1"
+    written.append(plots.plot_columns(np.asarray(before), np.asarray(after),
+                                    os.path.join(out_dir, "columns.png"), label))
+    if found is not None and found.precisions:
+      written.append(_speedup_plot(model, found, os.path.join(out_dir, "speedup.png")))
 
-  summary = _summary(model_path, data_path, len(data["x"]), swept, found)
-  written.append(files_lib.write_text(os.path.join(out_dir, "summary.md"), summary))
+    summary = _summary(model_path, data_path, len(data["x"]), swept, found)
+    written.append(files_lib.write_text(os.path.join(out_dir, "summary.md"), summary))
   return JobResult(swept, found, tuple(written), summary)
 
 

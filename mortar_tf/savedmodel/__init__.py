@@ -5,13 +5,16 @@
   report = savedmodel.convert("model_dir", "model_morphed", "paper", 0.1)
 """
 
+from mortar_tf.files import OutputError
 from mortar_tf.savedmodel.converter import ConversionReport
 from mortar_tf.savedmodel.converter import convert
-from mortar_tf.savedmodel.converter import verify_outputs
 from mortar_tf.savedmodel.graph import ComputeOp
 from mortar_tf.savedmodel.graph import SavedModelGraph
 from mortar_tf.savedmodel.graph import read_graph
 from mortar_tf.savedmodel.variables import SavedModelError
+from mortar_tf.savedmodel.verify import Verification
+from mortar_tf.savedmodel.verify import VerificationError
+from mortar_tf.savedmodel.verify import verify_outputs
 
-__all__ = ["ComputeOp", "ConversionReport", "SavedModelError", "SavedModelGraph", "convert",
-           "read_graph", "verify_outputs"]
+__all__ = ["ComputeOp", "ConversionReport", "OutputError", "SavedModelError", "SavedModelGraph",
+           "Verification", "VerificationError", "convert", "read_graph", "verify_outputs"]

@@ -7,13 +7,18 @@ in bounded batches (`tf.train.load_checkpoint`, then `SaveV2` per batch and
 one `MergeV2Checkpoints`), so memory holds about two of the largest tensor,
 never the model.
 
-The output is written into a fixed-name temp directory beside `dst`
-(".<name>.mortar-tmp"; a stale one from a killed run is removed first) and
-renamed into place at the end: on any failure nothing is left behind.
-`assets.extra/mortar.json` records what was done; a SavedModel that carries
-it is refused unless `force=True`. `fingerprint.pb` holds a checkpoint hash
-that the new variables make stale: it is regenerated (or dropped where
-TensorFlow cannot regenerate it), and the report says which.
+One run holds the destination at a time (a lock beside it: a second run on
+the same output fails at once) and writes into its own temp directory beside
+`dst`, renamed into place at the end: on any failure, an I/O fault included
+(read-only or full disk, permission denied: one clear OutputError), nothing
+is left behind, and temp directories of killed runs are reported, never
+deleted. The JSON report is checked before any work and published with the
+model. `assets.extra/mortar.json` records what was done; a SavedModel that
+carries it is refused unless `force=True`. `fingerprint.pb` holds a
+checkpoint hash that the new variables make stale: it is regenerated (or
+dropped where TensorFlow cannot regenerate it), and the report says which.
+`verify` compares the two models' outputs against a tolerance and fails
+(VerificationError, nothing written) when they differ by more.
 
 Example:
   report = convert("model_dir", "model_morphed", method="paper", precision=0.1,
@@ -26,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import math
 import os
 import shutil
 import time
@@ -41,11 +45,11 @@ from mortar_tf import morphing
 from mortar_tf import precision_map
 from mortar_tf import table
 from mortar_tf.savedmodel import graph as graph_lib
+from mortar_tf.savedmodel import output as output_lib
 from mortar_tf.savedmodel import variables as variables_lib
-from mortar_tf.savedmodel.variables import SavedModelError
+from mortar_tf.savedmodel import verify as verify_lib
 
 MORTAR_JSON = os.path.join("assets.extra", "mortar.json")
-_TMP_SUFFIX = ".mortar-tmp"
 _MIN_BATCH_BYTES = 32 << 20
 _SELECTIONS = ("kernels", "all")
 
@@ -81,7 +85,9 @@ class ConversionReport:
     morphed: the morphed variables.
     skipped: (name, reason) for weights left unchanged.
     fingerprint: "regenerated", "dropped" or "absent" (none in the source).
-    verification: {output: {"max_abs": .., "max_rel": ..}} or None.
+    verification: a verify.Verification (inputs used, per-output differences,
+      tolerance), or None.
+    notes: things the user should know (stale temp directories of killed runs).
     seconds: wall time.
   """
   src: str
@@ -91,10 +97,11 @@ class ConversionReport:
   morphed: tuple[MorphedVariable, ...]
   skipped: tuple[tuple[str, str], ...]
   fingerprint: str
-  verification: Mapping[str, Mapping[str, float]] | None
+  verification: verify_lib.Verification | None
   seconds: float
   group_size: int
   width: int
+  notes: tuple[str, ...] = ()
 
   def totals(self) -> tuple[dict, dict]:
     before = {d: sum(v.ones_before[d] for v in self.morphed if not v.twin_of)
@@ -113,10 +120,8 @@ class ConversionReport:
             "variables": [v.to_dict() for v in self.morphed],
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "fingerprint": self.fingerprint,
-            "verification": None if self.verification is None else {
-                out: {k: files.finite_or_none(v) for k, v in diff.items()}
-                for out, diff in self.verification.items()},
-            "seconds": self.seconds}
+            "verification": None if self.verification is None else self.verification.to_dict(),
+            "notes": list(self.notes), "seconds": self.seconds}
 
   def summary(self) -> str:
     """A per-variable table of ones before/after and the totals, as text."""
@@ -149,9 +154,8 @@ class ConversionReport:
       parts.append(f"Left unchanged: {name}: {reason}")
     parts.append(f"fingerprint.pb: {self.fingerprint}")
     if self.verification is not None:
-      for out, diff in self.verification.items():
-        parts.append(f"Verified output {out}: max abs diff {diff['max_abs']:.3g}, "
-                     f"max rel diff {diff['max_rel']:.3g}")
+      parts += self.verification.lines()
+    parts += [f"Note: {note}" for note in self.notes]
     return "\n".join(parts)
 
   def write_json(self, path: str) -> None:
@@ -161,12 +165,6 @@ class ConversionReport:
 def _version() -> str:
   import mortar_tf  # pylint: disable=import-outside-toplevel
   return mortar_tf.__version__
-
-
-def temp_dir_for(dst: str) -> str:
-  """The fixed-name temp directory `convert` writes before renaming to `dst`."""
-  dst = os.path.abspath(dst)
-  return os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}{_TMP_SUFFIX}")
 
 
 def _check_paths(src: str, dst: str) -> None:
@@ -474,93 +472,6 @@ def _regenerate_fingerprint(src: str, out_dir: str) -> str:
 
 
 # --------------------------------------------------------------------------
-# Verification
-
-
-def _signature_inputs(fn):
-  _, kwargs = fn.structured_input_signature
-  return kwargs
-
-
-def verify_outputs(src: str, dst: str, signature: str = graph_lib.DEFAULT_SIGNATURE,
-                   inputs: str | Mapping[str, np.ndarray] | None = None, input_shape=None,
-                   seed: int = 0) -> dict:
-  """Runs both SavedModels' signature on the same inputs and compares outputs.
-
-  Args:
-    src, dst: the two SavedModels.
-    signature: the signature to call.
-    inputs: an .npz path or {input name: array}; None: random normal inputs
-      (unknown dims from `input_shape`, else 1).
-    input_shape: as for read_graph.
-    seed: seeds the random inputs.
-
-  Returns:
-    {output name: {"max_abs": max |a - b|, "max_rel": max |a - b| / max |a|}}.
-
-  Raises:
-    SavedModelError: a model that does not load or lacks the signature.
-    ValueError: inputs that do not match the signature.
-  """
-  models = []
-  for path in (src, dst):
-    try:
-      models.append(tf.saved_model.load(path))
-    except Exception as e:  # pylint: disable=broad-except
-      raise SavedModelError(f"cannot load {path!r} to verify it: {e}") from e
-  fns = []
-  for path, model in zip((src, dst), models):
-    if signature not in model.signatures:
-      raise SavedModelError(f"{path!r} has no signature {signature!r}")
-    fns.append(model.signatures[signature])
-  specs = _signature_inputs(fns[0])
-  feed = _verification_inputs(specs, inputs, input_shape, seed)
-  a, b = fns[0](**feed), fns[1](**feed)
-  out = {}
-  for name in sorted(a):
-    x = np.asarray(a[name], np.float64)
-    y = np.asarray(b[name], np.float64)
-    diff = float(np.max(np.abs(x - y))) if x.size else 0.0
-    scale = float(np.max(np.abs(x))) if x.size else 0.0
-    out[name] = {"max_abs": diff, "max_rel": diff / scale if scale > 0 else
-                 (0.0 if diff == 0 else math.inf)}
-  return out
-
-
-def _verification_inputs(specs, inputs, input_shape, seed):
-  if isinstance(inputs, str):
-    inputs = files.read_npz(inputs, "inputs file")
-  if inputs is not None:
-    missing = sorted(set(specs) - set(inputs))
-    if missing:
-      raise ValueError(f"the inputs lack {missing}; the signature takes {sorted(specs)}")
-    feed = {}
-    for name, spec in specs.items():
-      value = np.asarray(inputs[name])
-      if not spec.shape.is_compatible_with(value.shape):
-        raise ValueError(f"input {name!r} has shape {value.shape}; the signature takes "
-                         f"{spec.shape}")
-      feed[name] = tf.constant(value, dtype=spec.dtype)
-    return feed
-  if input_shape is not None and not isinstance(input_shape, Mapping):
-    input_shape = {next(iter(specs)): input_shape}
-  rng = np.random.default_rng(seed)
-  feed = {}
-  for name, spec in specs.items():
-    given = (input_shape or {}).get(name)
-    shape = tuple(given) if given is not None else tuple(
-        1 if d is None else d for d in spec.shape.as_list())
-    if spec.dtype.is_floating:
-      value = rng.standard_normal(shape)
-    elif spec.dtype.is_integer:
-      value = rng.integers(0, 2, shape)
-    else:
-      raise ValueError(f"input {name!r} is {spec.dtype.name}: give the inputs as an .npz")
-    feed[name] = tf.constant(value, dtype=spec.dtype)
-  return feed
-
-
-# --------------------------------------------------------------------------
 # The conversion
 
 
@@ -568,29 +479,38 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
             columns=None, group_size: int | None = None, width: int | None = None,
             select="kernels", signature: str = graph_lib.DEFAULT_SIGNATURE, input_shape=None,
             force: bool = False, verify: bool = False, verify_inputs=None,
+            verify_max_rel: float | None = None, verify_max_abs: float | None = None,
             report_path: str | None = None, batch_bytes: int | None = None,
             progress: Callable[[int, int, str], None] | None = None) -> ConversionReport:
   """Writes `dst`: the SavedModel `src` with its selected weight variables morphed.
 
   Args:
     src: the SavedModel to read.
-    dst: the directory to write (must not exist).
+    dst: the directory to write (must not exist; one run at a time).
     method, precision, keep_bits, columns: as for `mortar_tf.morph`.
-      `precision` may be a {pattern: P} map (fnmatch patterns over variable
-      names, their layer paths and names, checkpoint keys and op names, as
-      mortar_tf.precision_map matches everywhere; first match wins: a map
-      given to morph_model works as is); selected
-      variables it does not cover are left unchanged and listed as skipped.
+      `precision` may be a {pattern: P} map, matched as mortar_tf.precision_map
+      says (variable names, layer paths and names, checkpoint keys and op
+      names; first match wins; a map given to morph_model works as is);
+      selected variables it does not cover are left unchanged and listed as
+      skipped.
     group_size, width: the aligned grouping (bitx, and the aligned counts).
     select: "kernels" (variables read as weights by compute ops), "all"
       (every float32 model variable) or a list of variable names/keys.
       Optimizer slots and optimizer/metric state are never selected.
     signature: the signature whose graph decides the kernels and their axes.
-    input_shape: for the graph reader and random verification inputs.
+    input_shape: for the graph reader and random verification inputs: one
+      shape (batch included) or {input name: shape}.
     force: morph a SavedModel that was already morphed by mortar_tf.
-    verify: load both models and compare their outputs (recorded in the report).
-    verify_inputs: an .npz (or dict) of the signature's inputs for verify.
-    report_path: also write the report as JSON here.
+    verify: load both models and compare their outputs before publishing.
+    verify_inputs: an .npz (or dict) of the signature's inputs for verify;
+      without it, random inputs of `input_shape` (a dimension the signature
+      leaves unknown is never invented; the batch defaults to 1).
+    verify_max_rel: the largest max |a - b| / max |a| allowed per output
+      (default: verify.default_tolerance of the method, twice its per-weight
+      relative error bound); verify_max_abs: the largest max |a - b| (default:
+      no limit).
+    report_path: also write the report as JSON here (checked before any work,
+      published with the model).
     batch_bytes: bytes of tensors written per checkpoint shard (default: the
       largest tensor, at least 32 MiB).
     progress: called as progress(done, total, key) while streaming.
@@ -601,12 +521,18 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
   Raises:
     SavedModelError: `src` is not a readable SavedModel (missing, not a
       SavedModel, truncated proto, corrupted or missing variables).
-    ValueError: bad arguments, an existing `dst`, `dst == src`, an unknown
-      signature or variable, a selected variable that is not float32, or an
-      already morphed model without `force`.
+    OutputError: the output or the report cannot be written (read-only or
+      full disk, permission denied, a missing directory); nothing is left.
+    VerificationError: verify found outputs beyond the tolerance; nothing is
+      written (the error carries the figures).
+    ValueError: bad arguments, an existing `dst`, `dst == src`, another run
+      writing `dst`, an unknown signature or variable, a selected variable
+      that is not float32, or an already morphed model without `force`.
   """
   start = time.monotonic()
   _check_paths(src, dst)
+  if report_path:
+    files.check_output_file(report_path)
   group_size, width = bits.check_group_args(
       bits.DEFAULT_GROUP_SIZE if group_size is None else group_size,
       bits.DEFAULT_WIDTH if width is None else width)
@@ -618,13 +544,18 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
                                                                                "width")]
     if extra:
       raise ValueError(f"a precision map takes no {', '.join(extra)}")
+    precision_map.check(precision, method)
   else:
     morphing.MorphSpec.create(method, precision, **spec_kwargs)  # fail before any reading
+  for name, value in (("verify_max_rel", verify_max_rel), ("verify_max_abs", verify_max_abs)):
+    if value is not None and not (isinstance(value, (int, float)) and value >= 0):
+      raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
   previous = read_record(src)
   if previous is not None and not force:
     raise ValueError(f"{src!r} was already morphed by mortar_tf ({previous.get('method')}, "
-                     f"{previous.get('settings')}); pass force=True to morph it again")
+                     f"{previous.get('settings')}); pass force=True (mortar-morph --force) to "
+                     "morph it again")
   graph = graph_lib.read_graph(src, input_shape=input_shape, signature=signature)
   variables = graph.variables
   candidates, skipped = _select(graph, variables, select)
@@ -635,37 +566,44 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
              if var.key in specs]
   reader, _ = variables_lib.open_checkpoint(src)
   targets = _twins(targets, variables, reader, src)
+  if isinstance(precision, Mapping):
+    settings = {"precision_map": {k: float(v) for k, v in precision.items()}}
+  else:
+    settings = morphing.MorphSpec.create(method, precision, **spec_kwargs).settings()
 
-  tmp = temp_dir_for(dst)
-  shutil.rmtree(tmp, ignore_errors=True)  # a killed run's leftovers
-  try:
-    os.makedirs(tmp)
-    _copy_tree(src, tmp)
-    records = _stream_checkpoint(src, reader, tmp, {t.var.key: t for t in targets}, group_size,
-                                 width, batch_bytes, progress)
+  with output_lib.Destination(dst) as destination:
+    tmp = destination.tmp
+    with output_lib.writing(dst):
+      _copy_tree(src, tmp)
+      records = _stream_checkpoint(src, reader, tmp, {t.var.key: t for t in targets},
+                                   group_size, width, batch_bytes, progress)
     by_key = {r.key: r for r in records}
     morphed = tuple(by_key[t.var.key] for t in targets)
-    fingerprint = _regenerate_fingerprint(src, tmp)
-    if isinstance(precision, Mapping):
-      settings = {"precision_map": {k: float(v) for k, v in precision.items()}}
-    else:
-      settings = morphing.MorphSpec.create(method, precision, **spec_kwargs).settings()
+    with output_lib.writing(dst):
+      fingerprint = _regenerate_fingerprint(src, tmp)
     verification = None
     if verify:
-      verification = verify_outputs(src, tmp, signature, verify_inputs, input_shape)
+      tolerance = (verify_max_rel if verify_max_rel is not None else
+                   verify_lib.default_tolerance({t.spec for t in targets}))
+      verification = verify_lib.verify_outputs(src, tmp, signature, verify_inputs, input_shape,
+                                               max_rel=tolerance, max_abs=verify_max_abs)
+      if not verification.passed:
+        raise verify_lib.VerificationError(
+            "verification failed, nothing was written: " + "; ".join(verification.failures())
+            + " (raise the tolerance, or morph less)", verification)
     report = ConversionReport(os.path.abspath(src), os.path.abspath(dst), method, settings,
                               morphed, tuple(skipped), fingerprint, verification,
-                              time.monotonic() - start, group_size, width)
+                              time.monotonic() - start, group_size, width,
+                              tuple(destination.stale_note()))
     record = report.to_dict()
     record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     if previous is not None:
       record["previous"] = previous
-    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+    with output_lib.writing(dst):
+      os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
     files.write_json(os.path.join(tmp, MORTAR_JSON), record)
-    os.rename(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  if report_path:
-    report.write_json(report_path)
+    with files.output_set():  # the report is renamed into place after the model
+      if report_path:
+        report.write_json(report_path)
+      destination.publish()
   return report
