@@ -79,23 +79,45 @@ class LoadedSavedModel:
     return np.concatenate(parts) if parts else np.zeros((0,))
 
   def kernels(self):
-    """[(layer, variable name, variable, reduction axes)] of the weights ops read."""
-    captured = {}
-    for variable in self.fn.variables:
-      captured.setdefault(variable.name.split(":")[0], []).append(variable)
+    """[(layer, unique name, variable, reduction axes)] of the variables ops read.
+
+    Each is found in the loaded object by its object path (unique), not by its
+    name (which several variables may share); the unique name is the
+    variable's name, or "name (path)" where names repeat.
+    """
+    by_key = {v.key: v for v in self.graph.variables}
+    display = self.graph.display_names()
     out, seen = [], set()
     for op in self.graph.mapped:
-      if op.weight.kind != "variable" or op.weight.name in seen:
+      if op.weight.kind != "variable" or op.weight.key in seen:
         continue
-      seen.add(op.weight.name)
-      found = captured.get(op.weight.name, [])
-      if len(found) != 1:
-        raise ValueError(f"{self.path!r}: cannot tell which variable of the loaded model is "
-                         f"{op.weight.name!r} ({len(found)} captured variables have that name)")
-      parts = op.weight.name.split("/")
-      layer = parts[-2] if len(parts) > 1 else parts[0]
-      out.append((layer, op.weight.name, found[0], op.reduction_axes))
+      seen.add(op.weight.key)
+      var = by_key[op.weight.key]
+      found = _at_path(self.loaded, var.path)
+      if found is None:
+        raise ValueError(f"{self.path!r}: the loaded model has no variable at object path "
+                         f"{var.path!r} ({var.name})")
+      name = display.get(var.key, var.name)
+      parts = var.name.split("/")
+      layer = "/".join(parts[:-1]) if len(parts) > 1 else parts[0]
+      out.append((layer if name == var.name else name, name, found, op.reduction_axes))
     return out
+
+
+def _at_path(obj, path: str):
+  """The object at an object-graph path ("layer_with_weights-0/kernel",
+  "variables/3") of a loaded SavedModel, or None."""
+  for part in path.split("/") if path else []:
+    child = getattr(obj, part, None)
+    if child is None and part.isdigit():
+      try:
+        child = obj[int(part)]
+      except (TypeError, IndexError, KeyError):
+        child = None
+    if child is None:
+      return None
+    obj = child
+  return obj
 
 
 def load(path: str, signature: str = "serving_default", input_shape=None):

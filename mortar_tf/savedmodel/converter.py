@@ -66,13 +66,18 @@ class MorphedVariable:
   ones_after: Mapping[str, int]
   max_rel_error: float
   twin_of: str | None = None
+  path: str = ""
+  display: str = ""
+  other_readers: tuple = ()  # ((op name, axes, aligned before, aligned after), ...)
 
   def to_dict(self) -> dict:
-    return {"name": self.name, "key": self.key, "shape": list(self.shape),
+    return {"name": self.name, "path": self.path, "key": self.key, "shape": list(self.shape),
             "reduction_axes": list(self.reduction_axes), "method": self.spec.method,
             "settings": self.spec.settings(), "ones_before": dict(self.ones_before),
             "ones_after": dict(self.ones_after), "max_rel_error": files.finite_or_none(self.max_rel_error),
-            "twin_of": self.twin_of}
+            "twin_of": self.twin_of,
+            "other_readers": [{"op": op, "reduction_axes": list(axes), "aligned_before": b,
+                               "aligned_after": a} for op, axes, b, a in self.other_readers]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +137,7 @@ class ConversionReport:
       setting = ", ".join(f"{k}={val:g}" if isinstance(val, float) else f"{k}={val}"
                           for k, val in v.spec.settings().items()
                           if k not in ("group_size", "width"))
-      rows.append([v.name,
+      rows.append([v.display or v.name,
                    "x".join(map(str, v.shape)), setting, v.ones_before["word"],
                    v.ones_after["word"],
                    table.ratio(bits.sparsity_ratio(v.ones_before["word"], v.ones_after["word"])),
@@ -146,6 +151,11 @@ class ConversionReport:
     parts = [f"Morphed {self.src} -> {self.dst} ({self.method}) in {self.seconds:.1f} s",
              table.format_table(["variable", "shape", "setting", "ones word", "after",
                                  "word x", "aligned x", "max rel err"], rows, footer_rows=1)]
+    for v in self.morphed:
+      for op, axes, before, after in v.other_readers:
+        parts.append(f"{v.display or v.name} is also read by {op} with reduction axes "
+                     f"{list(axes)}: aligned ones {before} -> {after} "
+                     f"({table.ratio(bits.sparsity_ratio(before, after))}) in its groups")
     twins = sum(1 for v in self.morphed if v.twin_of)
     if twins:
       parts.append(f"Also morphed alike: {twins} unread twin copies of these variables "
@@ -201,14 +211,17 @@ class _Target:
   axes: tuple[int, ...]
   spec: morphing.MorphSpec
   twin_of: str | None = None
+  other_readers: tuple = ()  # ((op name, axes), ...) reading it with other axes
+  display: str = ""
 
 
 def map_names(variable_name: str, key: str | None = None,
-              op_names: Sequence[str] = ()) -> tuple[str, ...]:
+              op_names: Sequence[str] = (), path: str | None = None) -> tuple[str, ...]:
   """What a {pattern: P} map entry is matched against for one weight: its
-  variable name, layer paths and names (mortar_tf.precision_map), checkpoint
-  key and the ops that read it."""
-  return precision_map.weight_names(variable_name, (*((key,) if key else ()), *op_names))
+  variable name, layer paths and names (mortar_tf.precision_map), object
+  path, checkpoint key and the ops that read it."""
+  extra = tuple(x for x in (path, key) if x)
+  return precision_map.weight_names(variable_name, (*extra, *op_names))
 
 
 def _specs_for(candidates, precision, method, spec_kwargs):
@@ -216,7 +229,7 @@ def _specs_for(candidates, precision, method, spec_kwargs):
   if not isinstance(precision, Mapping):
     spec = morphing.MorphSpec.create(method, precision, **spec_kwargs)
     return {var.key: spec for var, _, _ in candidates}, []
-  names = {var.key: map_names(var.name, var.key, ops) for var, _, ops in candidates}
+  names = {var.key: map_names(var.name, var.key, ops, var.path) for var, _, ops in candidates}
   specs = precision_map.resolve(precision, names, method, what="selected variable")
   return specs, [var for var, _, _ in candidates if var.key not in specs]
 
@@ -282,16 +295,50 @@ def _select(graph, variables, select):
   return picked, skipped
 
 
-def _twins(targets, variables, reader, src):
+def _readers(graph):
+  """{checkpoint key: [(op name, reduction axes)]} of the variables ops read."""
+  out: dict[str, list] = {}
+  for op in graph.mapped:
+    if op.weight.kind == "variable":
+      out.setdefault(op.weight.key, []).append((op.name, tuple(op.reduction_axes)))
+  return out
+
+
+def _effective(axes, shape) -> tuple[int, ...]:
+  return tuple(a for a in axes if shape[a] > 1)
+
+
+def _tied(target: _Target, readers) -> _Target:
+  """The target with the ops that read it with other (effective) axes noted.
+
+  Raises:
+    ValueError: bitx on such a weight (its groups would differ per op).
+  """
+  found = readers.get(target.var.key, [])
+  shape = target.var.shape
+  others, seen = [], {_effective(target.axes, shape)}
+  for op, axes in found:
+    if _effective(axes, shape) not in seen:
+      seen.add(_effective(axes, shape))
+      others.append((op, axes))
+  if others and target.spec.method == "bitx":
+    first = found[0][0] if found else "?"
+    raise ValueError(
+        f"bitx groups {target.var.name!r} along its reduction axes, but {first} reads it with "
+        f"axes {list(target.axes)} and {others[0][0]} with {list(others[0][1])} (a tied "
+        "weight): bitx cannot prune it for both; leave it out of the selection or use a "
+        "per-weight method (paper, fewest_ones, round)")
+  return dataclasses.replace(target, other_readers=tuple(others))
+
+
+def _twins(targets, twins, reader, src, variables):
   """Keras 3 exports hold each variable twice (under `variables` and
-  `_all_variables`); the functions read one. The other copy (same name,
-  bit-identical value) is morphed alike, so the two never disagree; among
-  the targets themselves (select="all"), later copies are marked as twins."""
-  chosen = {t.var.key for t in targets}
-  same_name: dict[str, list] = {}
-  for var in variables:
-    if var.role == "model" and var.dtype == "float32":
-      same_name.setdefault(var.name, []).append(var)
+  `_all_variables`); the functions read one. The other copy, found by the
+  object graph's structure (variables_lib.structural_twins), is morphed alike
+  so the two never disagree, if its value is bit-identical; among the targets
+  themselves (select="all"), the second copy is marked as the twin."""
+  by_node = {v.node_id: v for v in variables}
+  chosen = {t.var.node_id: t for t in targets}
 
   def _same(a, b):
     if a.shape != b.shape:
@@ -299,19 +346,21 @@ def _twins(targets, variables, reader, src):
     return (variables_lib.read_tensor(reader, a.key, src).tobytes() ==
             variables_lib.read_tensor(reader, b.key, src).tobytes())
 
-  out, firsts = [], []
+  out, done = [], set()
   for target in targets:
-    first = next((f for f in firsts
-                  if f.var.name == target.var.name and _same(f.var, target.var)), None)
-    if first is not None:
-      out.append(dataclasses.replace(target, twin_of=first.var.name))
+    node = target.var.node_id
+    twin = by_node.get(twins.get(node))
+    if node in done:
       continue
-    firsts.append(target)
     out.append(target)
-    for var in same_name.get(target.var.name, []):
-      if var.key not in chosen and _same(var, target.var):
-        out.append(_Target(var, target.axes, target.spec, twin_of=target.var.name))
-        chosen.add(var.key)
+    done.add(node)
+    if twin is None or twin.node_id in done or not _same(twin, target.var):
+      continue
+    done.add(twin.node_id)
+    if twin.node_id in chosen:
+      out.append(dataclasses.replace(chosen[twin.node_id], twin_of=target.var.name))
+    else:
+      out.append(dataclasses.replace(target, var=twin, twin_of=target.var.name))
   return out
 
 
@@ -379,8 +428,12 @@ def _morph(t: tf.Tensor, target: _Target, group_size: int, width: int):
                                          backend="numpy"))
   error = _max_rel_error(t, morphed)
   after = _ones(morphed, axes, group_size, width)
+  others = tuple((op, tuple(other), _ones(t, other, group_size, width)["aligned"],
+                  _ones(morphed, other, group_size, width)["aligned"])
+                 for op, other in target.other_readers)
   record = MorphedVariable(target.var.name, target.var.key, target.var.shape, tuple(axes), spec,
-                           before, after, error, target.twin_of)
+                           before, after, error, target.twin_of, target.var.path,
+                           target.display, others)
   return morphed, record
 
 
@@ -562,10 +615,13 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
   specs, uncovered = _specs_for(candidates, precision, method,
                                 {k: v for k, v in spec_kwargs.items() if v is not None})
   skipped += [(var.name, "not covered by the precision map") for var in uncovered]
-  targets = [_Target(var, tuple(axes), specs[var.key]) for var, axes, _ in candidates
-             if var.key in specs]
+  display = graph.display_names()
+  readers = _readers(graph)
+  targets = [_tied(_Target(var, tuple(axes), specs[var.key], display=display.get(var.key, "")),
+                   readers)
+             for var, axes, _ in candidates if var.key in specs]
   reader, _ = variables_lib.open_checkpoint(src)
-  targets = _twins(targets, variables, reader, src)
+  targets = _twins(targets, graph.twins, reader, src, variables)
   if isinstance(precision, Mapping):
     settings = {"precision_map": {k: float(v) for k, v in precision.items()}}
   else:

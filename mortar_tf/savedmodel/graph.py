@@ -144,6 +144,12 @@ class SavedModelGraph:
   shape_source: str = "saved shapes"
   variables: tuple[variables_lib.VariableObject, ...] = dataclasses.field(default=(),
                                                                          repr=False)
+  twins: Mapping[int, int] = dataclasses.field(default_factory=dict, repr=False)
+
+  def display_names(self) -> dict[str, str]:
+    """{checkpoint key: name to show} of the model variables (variables_lib.display_names)."""
+    return variables_lib.display_names([v for v in self.variables if v.role == "model"],
+                                       self.twins)
 
   @property
   def mapped(self) -> tuple[ComputeOp, ...]:
@@ -154,9 +160,13 @@ class SavedModelGraph:
     return tuple(op for op in self.ops if not op.mapped)
 
   def variable_weights(self) -> dict[str, tuple[int, ...]]:
-    """{checkpoint key: reduction axes} of every variable read as a weight."""
-    return {op.weight.key: op.reduction_axes for op in self.mapped
-            if op.weight.kind == "variable"}
+    """{checkpoint key: reduction axes} of every variable read as a weight (the
+    first reader's, for a weight several ops read: a tied weight)."""
+    out = {}
+    for op in self.mapped:
+      if op.weight.kind == "variable":
+        out.setdefault(op.weight.key, op.reduction_axes)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -744,11 +754,12 @@ def read_graph(saved_model_dir: str, input_shape=None,
 
   Raises:
     SavedModelError: not a readable SavedModel, or an unknown signature.
-    ValueError: a bad input_shape, or a variable read by two ops with
-      different reduction axes (the message names both).
+    ValueError: a bad input_shape.
   """
   saved = variables_lib.load_proto(saved_model_dir)
-  all_variables = tuple(variables_lib.variable_objects(saved_model_dir, saved))
+  checkpoint = variables_lib.open_checkpoint(saved_model_dir)
+  all_variables = tuple(variables_lib.variable_objects(saved_model_dir, saved, checkpoint))
+  twins = variables_lib.structural_twins(saved, checkpoint[1])
   variables = {v.node_id: v for v in all_variables}
   meta_graph = saved.meta_graphs[0]
   sig, calls = _signature_calls(meta_graph, signature)
@@ -768,9 +779,9 @@ def read_graph(saved_model_dir: str, input_shape=None,
       arg_shapes.append(inputs.get(placeholders.get(name)) if name in placeholders else None)
     walker.walk(fdef, "", None, call, arg_shapes)
   ops = tuple(walker.ops)
-  _check_consistent_axes(ops)
   return SavedModelGraph(saved_model_dir, signature, inputs, ops,
-                         "traced" if walker.traced_any else "saved shapes", all_variables)
+                         "traced" if walker.traced_any else "saved shapes", all_variables,
+                         twins)
 
 
 def weight_value(saved_model_dir: str, weight: Weight, reader=None) -> np.ndarray:
@@ -785,26 +796,6 @@ def weight_value(saved_model_dir: str, weight: Weight, reader=None) -> np.ndarra
   if reader is None:
     reader, _ = variables_lib.open_checkpoint(saved_model_dir)
   return np.asarray(variables_lib.read_tensor(reader, weight.key, saved_model_dir))
-
-
-def _effective(axes, shape) -> tuple[int, ...]:
-  """Reduction axes that matter for grouping (size-1 axes change nothing)."""
-  return tuple(a for a in axes if shape[a] > 1)
-
-
-def _check_consistent_axes(ops: Sequence[ComputeOp]) -> None:
-  first: dict[tuple, ComputeOp] = {}
-  for op in ops:
-    if not op.mapped:
-      continue
-    key = (op.weight.kind, op.weight.key or op.weight.name)
-    seen = first.setdefault(key, op)
-    if _effective(seen.reduction_axes, op.weight.shape) != _effective(op.reduction_axes,
-                                                                        op.weight.shape):
-      raise ValueError(
-          f"{op.weight.kind} {op.weight.name!r} is read by {seen.name!r} ({seen.type}) with "
-          f"reduction axes {seen.reduction_axes} and by {op.name!r} ({op.type}) with "
-          f"{op.reduction_axes}; its groups would differ between the two")
 
 
 def format_graph(graph: SavedModelGraph) -> str:

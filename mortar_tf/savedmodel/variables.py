@@ -148,6 +148,9 @@ class VariableObject:
     dtype: its dtype name.
     role: "model" (reached from the root without an optimizer or metrics
       edge), "slot" (an optimizer slot) or "other" (optimizer or metric state).
+    path: its object path from the root ("layer_with_weights-0/kernel",
+      "variables/3"): unique and stable, unlike `name`, which two variables
+      may share (HED's six "hed/kernel").
   """
   node_id: int
   name: str
@@ -155,6 +158,7 @@ class VariableObject:
   shape: tuple[int, ...]
   dtype: str
   role: str
+  path: str = ""
 
 
 def variable_objects(saved_model_dir: str, saved=None, checkpoint=None) -> list[VariableObject]:
@@ -173,6 +177,7 @@ def variable_objects(saved_model_dir: str, saved=None, checkpoint=None) -> list[
   saved_nodes = saved.meta_graphs[0].object_graph_def.nodes
   slots = {s.slot_variable_node_id for n in trackable.nodes for s in n.slot_variables}
   model = set(_model_order(trackable))
+  paths = object_paths(trackable)
   dtypes = reader.get_variable_to_dtype_map()
   out = []
   for node_id, node in enumerate(trackable.nodes):
@@ -185,8 +190,74 @@ def variable_objects(saved_model_dir: str, saved=None, checkpoint=None) -> list[
     role = "slot" if node_id in slots else "model" if node_id in model else "other"
     out.append(VariableObject(node_id, variable.name.split(":")[0] or keys[0], keys[0],
                               tuple(int(d.size) for d in variable.shape.dim),
-                              dtypes[keys[0]].name, role))
+                              dtypes[keys[0]].name, role, paths.get(node_id, keys[0])))
   return out
+
+
+def object_paths(trackable) -> dict[int, str]:
+  """{node id: its shortest object path from the root} ("a/b/0"), breadth first;
+  paths through model edges win over paths through optimizer or metric edges."""
+  paths = {0: ""}
+  for skip in (_SKIPPED_EDGES, ()):
+    queue = collections.deque(paths)
+    while queue:
+      node_id = queue.popleft()
+      for child in trackable.nodes[node_id].children:
+        if child.node_id in paths or child.local_name in skip:
+          continue
+        base = paths[node_id]
+        paths[child.node_id] = f"{base}/{child.local_name}" if base else child.local_name
+        queue.append(child.node_id)
+  return paths
+
+
+def display_names(variables, twins: dict[int, int] | None = None) -> dict[str, str]:
+  """{checkpoint key: a name to show}: the variable's name, or "name (path)"
+  where several variables share that name (a pair of structural twins counts
+  once)."""
+  twins = twins or {}
+  count = collections.Counter(v.name for v in variables
+                              if twins.get(v.node_id, v.node_id) >= v.node_id)
+  return {v.key: v.name if count[v.name] <= 1 else f"{v.name} ({v.path})" for v in variables}
+
+
+# Keras 3's model.export tracks each variable twice, as two variable objects
+# under the root: in `variables` (also `trainable_variables` and
+# `non_trainable_variables`) and in `_all_variables`.
+_TWIN_LISTS = ("variables", "_all_variables")
+
+
+def structural_twins(saved, trackable) -> dict[int, int]:
+  """{node id: its twin's node id} for Keras 3 exports' double-tracked variables.
+
+  Twins are found by structure, not by name: the k-th variable of a given
+  name, shape and dtype in the root's `variables` list pairs with the k-th
+  one in its `_all_variables` list (and the other way round). Anything else
+  (a tf.Module with two variables of one name and value) has no twin.
+  """
+  nodes = saved.meta_graphs[0].object_graph_def.nodes
+  root = {c.local_name: c.node_id for c in trackable.nodes[0].children} if trackable.nodes else {}
+  if not all(name in root for name in _TWIN_LISTS):
+    return {}
+
+  def listed(name):
+    out = {}
+    for child in trackable.nodes[root[name]].children:
+      node = nodes[child.node_id] if child.node_id < len(nodes) else None
+      if node is None or node.WhichOneof("kind") != "variable":
+        continue
+      v = node.variable
+      sig = (v.name.split(":")[0], tuple(int(d.size) for d in v.shape.dim), v.dtype)
+      out.setdefault(sig, []).append(child.node_id)
+    return out
+
+  first, second = (listed(name) for name in _TWIN_LISTS)
+  twins = {}
+  for sig, ids in first.items():
+    for a, b in zip(ids, second.get(sig, [])):
+      if a != b:
+        twins[a], twins[b] = b, a
+  return twins
 
 
 def _model_order(trackable) -> list[int]:
@@ -217,17 +288,20 @@ def read_variables(saved_model_dir: str, min_rank: int = 0) -> list[SavedVariabl
   saved = load_proto(saved_model_dir)
   reader, trackable = open_checkpoint(saved_model_dir)
   by_node = {v.node_id: v for v in variable_objects(saved_model_dir, saved, (reader, trackable))}
-  out, by_name = [], collections.defaultdict(list)
+  twins = structural_twins(saved, trackable)
+  out, by_name, taken = [], collections.defaultdict(list), {}
   for node_id in _model_order(trackable):
     found = by_node.get(node_id)
     if found is None or found.role != "model" or len(found.shape) < min_rank:
       continue
     value = np.asarray(read_tensor(reader, found.key, saved_model_dir))
-    twins = by_name[found.name]
-    if any(_same(t.value, value) for t in twins):
-      continue  # Keras 3 exports track each variable under two lists
-    unique = found.name if not twins else f"{found.name}#{len(twins) + 1}"
+    twin = twins.get(node_id)
+    if twin in taken and _same(taken[twin], value):
+      continue  # the second copy of a Keras 3 export's variable
+    taken[node_id] = value
+    same = by_name[found.name]
+    unique = found.name if not same else f"{found.name}#{len(same) + 1}"
     variable = SavedVariable(unique, found.key, value)
-    twins.append(variable)
+    same.append(variable)
     out.append(variable)
   return out

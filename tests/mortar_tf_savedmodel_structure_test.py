@@ -1,0 +1,134 @@
+"""SavedModels whose structure defeats names: tied weights, variables sharing a
+name (HED's VGG has six "hed/kernel"), and twins that are twins only by name.
+
+References: the numpy mortar_tf.morph of values read with TensorFlow's own
+checkpoint reader, and numpy aligned counts on the axes each op reads.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mortar_tf
+from mortar_tf import bits
+from mortar_tf import estimator
+from mortar_tf import savedmodel
+from mortar_tf.explore import models
+from mortar_tf.savedmodel import graph as graph_lib
+
+
+def _checkpoint(path):
+  reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
+
+
+def _u32(a):
+  return np.asarray(a, np.float32).view(np.uint32)
+
+
+class TiedAutoencoder(tf.Module):
+  """encode with W, decode with W^T: one variable, two readers, two axes."""
+
+  def __init__(self):
+    super().__init__()
+    rng = np.random.default_rng(0)
+    self.w = tf.Variable(rng.standard_normal((8, 3)).astype(np.float32), name="w")
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32)])
+  def __call__(self, x):
+    return tf.matmul(tf.matmul(x, self.w), self.w, transpose_b=True)
+
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory):
+  d = tmp_path_factory.mktemp("tied")
+  module = TiedAutoencoder()
+  tf.saved_model.save(module, str(d / "m"), signatures=module.__call__)
+  return d / "m"
+
+
+def test_a_tied_weight_is_morphed_once_and_counted_per_reading_op(tied, tmp_path):
+  graph = graph_lib.read_graph(str(tied))
+  assert sorted(op.reduction_axes for op in graph.mapped) == [(0,), (1,)]
+  report = savedmodel.convert(str(tied), str(tmp_path / "o"), "fewest_ones", 0.2)
+  (record,) = report.morphed
+  before, after = _checkpoint(tied), _checkpoint(tmp_path / "o")
+  w = before[record.key]
+  np.testing.assert_array_equal(_u32(after[record.key]),
+                                _u32(mortar_tf.morph(w, "fewest_ones", 0.2, backend="numpy")))
+  (other,) = record.other_readers
+  axes = other[1]
+  assert {tuple(record.reduction_axes), axes} == {(0,), (1,)}
+  want_before = bits.count_ones(w, "aligned", reduction_axes=axes, backend="numpy")
+  want_after = bits.count_ones(after[record.key], "aligned", reduction_axes=axes,
+                               backend="numpy")
+  assert other[2:] == (want_before, want_after)
+  assert "also read by" in report.summary()
+  with pytest.raises(ValueError, match="bitx .* tied weight"):
+    savedmodel.convert(str(tied), str(tmp_path / "b"), "bitx", columns=8)
+  assert not (tmp_path / "b").exists()
+
+
+def test_the_estimator_groups_a_tied_weight_per_op(tied):
+  result = estimator.estimate(str(tied), input_shape=(2, 8), precision=0.1)
+  assert len(result.mapped) == 2
+  # [8, 3] read along axis 0 (3 columns of 8 lanes) and along axis 1 (8 rows
+  # of 3 lanes): at G=64, 3 groups and 8 groups
+  assert sorted(layer.reduction_axes for layer in result.mapped) == [(0,), (1,)]
+  assert sorted(set(layer.n_groups.values()) for layer in result.mapped) == [{3}, {8}]
+
+
+class Repeated(tf.Module):
+  """Blocks whose variables all share one name; an offset too, with the first's value."""
+
+  def __init__(self):
+    super().__init__()
+    self.blocks = []
+    for i in range(3):
+      block = tf.Module()
+      block.kernel = tf.Variable(np.random.default_rng(i).standard_normal((4, 4))
+                                 .astype(np.float32), name="hed/kernel")
+      self.blocks.append(block)
+    self.offset = tf.Variable(self.blocks[0].kernel.numpy(), name="hed/kernel")
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+  def __call__(self, x):
+    for block in self.blocks:
+      x = tf.matmul(x, block.kernel)
+    return x + self.offset[0]
+
+
+@pytest.fixture(scope="module")
+def repeated(tmp_path_factory):
+  d = tmp_path_factory.mktemp("repeated")
+  module = Repeated()
+  tf.saved_model.save(module, str(d / "m"), signatures=module.__call__)
+  return d / "m"
+
+
+def test_variables_sharing_a_name_are_told_apart_by_their_object_paths(repeated, tmp_path):
+  report = savedmodel.convert(str(repeated), str(tmp_path / "o"), "paper", 0.1)
+  names = [v.display for v in report.morphed]
+  assert names == ["hed/kernel (blocks/0/kernel)", "hed/kernel (blocks/1/kernel)",
+                   "hed/kernel (blocks/2/kernel)"]
+  assert len({v.path for v in report.morphed}) == 3
+  table = report.summary()
+  assert all(name in table for name in names)
+  # the offset has the first kernel's name and value but no op multiplies with it: no twin
+  before, after = _checkpoint(repeated), _checkpoint(tmp_path / "o")
+  offset_key = next(k for k in before if k.startswith("offset/"))
+  assert after[offset_key].tobytes() == before[offset_key].tobytes()
+  # a map can address one of them by its object path
+  mapped = savedmodel.convert(str(repeated), str(tmp_path / "p"), "paper",
+                              {"blocks/1/kernel": 0.3})
+  assert [v.path for v in mapped.morphed] == ["blocks/1/kernel"]
+
+
+def test_exploration_finds_each_variable_by_its_path(repeated):
+  loaded = models.LoadedSavedModel(str(repeated))
+  kernels = models.model_kernels(loaded)
+  assert [k.name for k in kernels] == ["hed/kernel (blocks/0/kernel)",
+                                       "hed/kernel (blocks/1/kernel)",
+                                       "hed/kernel (blocks/2/kernel)"]
+  for i, k in enumerate(kernels):  # the very variable the signature multiplies with
+    assert k.variable is loaded.loaded.blocks[i].kernel
