@@ -7,7 +7,7 @@ import types
 import pytest
 
 from mortar_tf import precision_map
-from mortar_tf.savedmodel import converter
+from mortar_tf.savedmodel import selection
 
 
 def test_a_weight_answers_to_its_name_its_layer_paths_and_its_layer_names():
@@ -70,8 +70,8 @@ def test_resolve_refuses_entries_that_match_nothing_and_lists_the_weights():
 
 def test_the_converter_matches_through_the_same_rules():
   # a SavedModel variable "model/block/conv/kernel" read by op "model/block/conv/Conv2D"
-  names = converter.map_names("model/block/conv/kernel", "layer-1/kernel/.ATTRIBUTES",
-                              ("model/block/conv/Conv2D",))
+  names = selection.map_names("model/block/conv/kernel", "layer-1/kernel/.ATTRIBUTES",
+                              ("model/block/conv/Conv2D",), "layer-1/kernel")
   keras_like = precision_map.weight_names("model/block/conv/kernel")
   assert set(keras_like) <= set(names)
   for pattern in ("block", "conv", "model/block/conv", "*block/conv", "*/conv/kernel",

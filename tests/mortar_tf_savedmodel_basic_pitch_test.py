@@ -87,3 +87,22 @@ def test_converter_morphs_only_kernels_and_the_model_still_hears_a4(model_dir, t
   notes_b = b["note"].numpy()[0].sum(axis=0)
   assert int(np.argmax(notes_a)) + 21 == 69
   assert int(np.argmax(notes_b)) + 21 == 69
+
+
+def test_the_estimator_morphs_exactly_what_the_converter_writes(model_dir, tmp_path):
+  from mortar_tf import estimator  # pylint: disable=import-outside-toplevel
+  result = estimator.estimate(model_dir, precision=0.1)
+  morphed = {layer.weight for layer in result.mapped if layer.precision is not None}
+  assert morphed == KERNELS  # the CQT constants are estimated on their original weights
+  constant_layers = [layer for layer in result.mapped if layer.weight not in KERNELS]
+  assert constant_layers and all(layer.precision is None for layer in constant_layers)
+  # the mortar engine (Bitlet's rule on its weights) sees them as they are
+  assert all(layer.cycles["mortar"] == layer.cycles["bitlet"] for layer in constant_layers)
+  report = savedmodel.convert(model_dir, str(tmp_path / "o"), "paper", 0.1)
+  assert {v.name for v in report.morphed} == morphed
+  # and a map entry that matches nothing is refused by both
+  with pytest.raises(ValueError, match=r"\['nothing'\] match no"):
+    estimator.estimate(model_dir, precision={"conv2d_1": 0.1, "nothing": 0.2})
+  with pytest.raises(ValueError, match=r"\['nothing'\] match no"):
+    savedmodel.convert(model_dir, str(tmp_path / "p"), "paper",
+                       {"conv2d_1": 0.1, "nothing": 0.2})

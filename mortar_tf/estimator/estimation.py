@@ -31,8 +31,8 @@ from mortar_tf import precision_map
 from mortar_tf import table
 from mortar_tf.estimator import engines as engines_lib
 from mortar_tf.estimator.engines import Engine
-from mortar_tf.savedmodel import converter
 from mortar_tf.savedmodel import graph as graph_lib
+from mortar_tf.savedmodel import selection
 from mortar_tf.savedmodel import variables as variables_lib
 
 DEFAULT_BASELINE = "bitlet"
@@ -269,15 +269,6 @@ def _n_pos(op: graph_lib.ComputeOp, weight_shape, axes) -> tuple[int | None, str
   return total // n_out, None
 
 
-def _spec_for(op, method, precision, spec_kwargs):
-  """The MorphSpec the mortar engines use on this op's weight, or None."""
-  if not isinstance(precision, Mapping):
-    return morphing.MorphSpec.create(method, precision, **spec_kwargs)
-  value = precision_map.lookup(
-      precision, converter.map_names(op.weight.name, op.weight.key, (op.name,)))
-  return None if value is None else morphing.MorphSpec.create(method, value)
-
-
 def _morphed(w, spec, axes):
   if spec is None:
     return w
@@ -301,10 +292,11 @@ def estimate(saved_model_dir: str, input_shape=None,
     baseline: the engine speedups are measured against (default "bitlet":
       the original weights on Bitlet; fp32 and stripes are reported too).
     method, precision, keep_bits, columns, group_size, width: how the mortar
-      engines' weights are morphed (as for mortar_tf.morph). `precision` may
-      be a {pattern: P} map over op names, weight names, their layer names
-      and checkpoint keys (first match wins; a {layer name: P} map from
-      morph_model works as is); layers it does not cover keep their weights.
+      engines' weights are morphed (as for mortar_tf.morph), applied to exactly
+      what mortar_tf.savedmodel.convert would morph (savedmodel.selection:
+      variables, never graph constants). `precision` may be a {pattern: P} map,
+      matched as mortar_tf.precision_map says (an entry matching nothing is an
+      error, as in the converter); layers it does not cover keep their weights.
 
   Returns:
     An Estimate.
@@ -322,23 +314,25 @@ def estimate(saved_model_dir: str, input_shape=None,
                                        group_size=group_size, width=width).items()
                  if v is not None}
   if isinstance(precision, Mapping):
-    if method not in ("paper", "fewest_ones") or spec_kwargs:
-      raise ValueError("a precision map needs method 'paper' or 'fewest_ones' and no other "
-                       "morphing arguments")
-    for value in precision.values():
-      morphing.check_precision(value)
+    if spec_kwargs:
+      raise ValueError("a precision map takes no other morphing arguments")
+    precision_map.check(precision, method)
     settings = {"precision_map": dict(precision)}
   else:
     settings = morphing.MorphSpec.create(method, precision, **spec_kwargs).settings()
 
   graph = graph_lib.read_graph(saved_model_dir, input_shape=input_shape, signature=signature)
+  # What the converter would morph, with the same settings: graph constants stay.
+  targets, _ = selection.select_targets(graph, method, precision, spec_kwargs)
+  specs = {t.var.key: t.spec for t in targets}
+  display = graph.display_names()
   reader, _ = variables_lib.open_checkpoint(saved_model_dir)
   base = next(e for e in engines if e.name == baseline)
   geometries = sorted({(e.group_size, e.width, e.window) for e in engines})
   layers = []
   for index, op in enumerate(graph.ops):
     common = dict(index=index, name=op.name, op=op.type,
-                  weight=op.weight.name if op.weight else None)
+                  weight=(display.get(op.weight.key, op.weight.name) if op.weight else None))
     if not op.mapped:
       layers.append(LayerEstimate(**common, unmapped=op.unmapped))
       continue
@@ -351,7 +345,7 @@ def estimate(saved_model_dir: str, input_shape=None,
       layers.append(LayerEstimate(**common, unmapped=why))
       continue
     w = graph_lib.weight_value(saved_model_dir, op.weight, reader)
-    spec = _spec_for(op, method, precision, spec_kwargs)
+    spec = specs.get(op.weight.key) if op.weight.kind == "variable" else None
     morphed = _morphed(w, spec, axes) if any(e.morphs for e in engines) else w
     figures = {}
     for geometry in geometries:

@@ -1,0 +1,208 @@
+"""What the converter morphs in a SavedModel, and with which settings: one truth
+for the converter and the estimator.
+
+The selection "kernels" is every float32 model variable a compute op of the
+signature reads as its weight (graph constants are never rewritten: they live
+in saved_model.pb, which is copied as it is); "all" is every float32 model
+variable; or a list of names. A {pattern: P} map is matched through
+mortar_tf.precision_map (an entry matching no selected variable is an error).
+A variable several ops read with different axes (a tied weight) is morphed
+once; Keras 3 exports' second copy of each variable (a structural twin) is
+morphed alike.
+
+Example:
+  targets, skipped = select_targets(graph, "paper", 0.1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+from mortar_tf import bits
+from mortar_tf import morphing
+from mortar_tf import precision_map
+from mortar_tf.savedmodel import variables as variables_lib
+
+SELECTIONS = ("kernels", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """One variable to morph: how it is grouped, with what, and why."""
+  var: variables_lib.VariableObject
+  axes: tuple[int, ...]
+  spec: morphing.MorphSpec
+  twin_of: str | None = None
+  other_readers: tuple = ()  # ((op name, axes), ...) reading it with other axes
+  display: str = ""
+
+
+def map_names(variable_name: str, key: str | None = None,
+              op_names: Sequence[str] = (), path: str | None = None) -> tuple[str, ...]:
+  """What a {pattern: P} map entry is matched against for one weight: its
+  variable name, layer paths and names (mortar_tf.precision_map), object
+  path, checkpoint key and the ops that read it."""
+  extra = tuple(x for x in (path, key) if x)
+  return precision_map.weight_names(variable_name, (*extra, *op_names))
+
+
+def _specs_for(candidates, precision, method, spec_kwargs):
+  """{key: MorphSpec} for each candidate under one P or a {pattern: P} map."""
+  if not isinstance(precision, Mapping):
+    spec = morphing.MorphSpec.create(method, precision, **spec_kwargs)
+    return {var.key: spec for var, _, _ in candidates}, []
+  names = {var.key: map_names(var.name, var.key, ops, var.path) for var, _, ops in candidates}
+  specs = precision_map.resolve(precision, names, method, what="selected variable")
+  return specs, [var for var, _, _ in candidates if var.key not in specs]
+
+
+def _select(graph, variables, select):
+  """[(variable, reduction axes, op names)] to morph, and [(name, reason)] left alone."""
+  by_key = {v.key: v for v in variables}
+  reads: dict[str, list] = {}
+  for op in graph.mapped:
+    if op.weight.kind == "variable":
+      reads.setdefault(op.weight.key, []).append(op)
+  skipped, constants = [], {}
+  for op in graph.ops:
+    if op.mapped and op.weight.kind == "constant":
+      constants.setdefault(op.weight.name, []).append(op.name)
+    elif not op.mapped:
+      skipped.append((op.name, f"unmapped: {op.unmapped}"))
+  for name, ops in constants.items():
+    skipped.append((f"constant {name} (read by {len(ops)} op{'s' if len(ops) > 1 else ''}, "
+                    f"e.g. {ops[0]})", "a graph constant, not a variable: saved_model.pb is "
+                    "copied unchanged"))
+
+  def _axes(var):
+    found = reads.get(var.key)
+    if found:
+      return found[0].reduction_axes
+    return bits.resolve_reduction_axes(var.shape) if var.shape else ()
+
+  def _ops(var):
+    return [op.name for op in reads.get(var.key, [])]
+
+  if isinstance(select, str):
+    if select not in SELECTIONS:
+      raise ValueError(f"select must be one of {SELECTIONS} or a list of variable names, "
+                       f"got {select!r}")
+    if select == "kernels":
+      chosen = [by_key[k] for k in reads if k in by_key]
+    else:
+      chosen = [v for v in variables if v.role == "model"]
+    picked = []
+    for var in chosen:
+      if var.dtype != "float32":
+        skipped.append((var.name, f"{var.dtype}, not float32 (copied unchanged)"))
+      else:
+        picked.append((var, _axes(var), _ops(var)))
+    return picked, skipped
+
+  picked = []
+  for name in select:
+    hits = [v for v in variables if name in (v.name, v.key)]
+    if not hits:
+      raise ValueError(f"unknown variable {name!r}; the model variables are: "
+                       f"{', '.join(v.name for v in variables if v.role == 'model')}")
+    for var in hits:
+      if var.role != "model":
+        raise ValueError(f"variable {name!r} is optimizer or metric state ({var.role}); "
+                         "only model variables are morphed")
+      if var.dtype != "float32":
+        raise ValueError(f"variable {name!r} is {var.dtype}; only float32 variables can be "
+                         "morphed")
+      if all(p[0].key != var.key for p in picked):
+        picked.append((var, _axes(var), _ops(var)))
+  return picked, skipped
+
+
+def _readers(graph):
+  """{checkpoint key: [(op name, reduction axes)]} of the variables ops read."""
+  out: dict[str, list] = {}
+  for op in graph.mapped:
+    if op.weight.kind == "variable":
+      out.setdefault(op.weight.key, []).append((op.name, tuple(op.reduction_axes)))
+  return out
+
+
+def _effective(axes, shape) -> tuple[int, ...]:
+  return tuple(a for a in axes if shape[a] > 1)
+
+
+def _tied(target: Target, readers) -> Target:
+  """The target with the ops that read it with other (effective) axes noted.
+
+  Raises:
+    ValueError: bitx on such a weight (its groups would differ per op).
+  """
+  found = readers.get(target.var.key, [])
+  shape = target.var.shape
+  others, seen = [], {_effective(target.axes, shape)}
+  for op, axes in found:
+    if _effective(axes, shape) not in seen:
+      seen.add(_effective(axes, shape))
+      others.append((op, axes))
+  if others and target.spec.method == "bitx":
+    first = found[0][0] if found else "?"
+    raise ValueError(
+        f"bitx groups {target.var.name!r} along its reduction axes, but {first} reads it with "
+        f"axes {list(target.axes)} and {others[0][0]} with {list(others[0][1])} (a tied "
+        "weight): bitx cannot prune it for both; leave it out of the selection or use a "
+        "per-weight method (paper, fewest_ones, round)")
+  return dataclasses.replace(target, other_readers=tuple(others))
+
+
+def twins(targets, pairs, reader, src, variables):
+  """Keras 3 exports hold each variable twice (under `variables` and
+  `_all_variables`); the functions read one. The other copy, found by the
+  object graph's structure (variables_lib.structural_twins), is morphed alike
+  so the two never disagree, if its value is bit-identical; among the targets
+  themselves (select="all"), the second copy is marked as the twin."""
+  by_node = {v.node_id: v for v in variables}
+  chosen = {t.var.node_id: t for t in targets}
+
+  def _same(a, b):
+    if a.shape != b.shape:
+      return False
+    return (variables_lib.read_tensor(reader, a.key, src).tobytes() ==
+            variables_lib.read_tensor(reader, b.key, src).tobytes())
+
+  out, done = [], set()
+  for target in targets:
+    node = target.var.node_id
+    twin = by_node.get(pairs.get(node))
+    if node in done:
+      continue
+    out.append(target)
+    done.add(node)
+    if twin is None or twin.node_id in done or not _same(twin, target.var):
+      continue
+    done.add(twin.node_id)
+    if twin.node_id in chosen:
+      out.append(dataclasses.replace(chosen[twin.node_id], twin_of=target.var.name))
+    else:
+      out.append(dataclasses.replace(target, var=twin, twin_of=target.var.name))
+  return out
+
+
+def select_targets(graph, method: str, precision, spec_kwargs: Mapping | None = None,
+                   select="kernels"):
+  """([Target], [(name, reason)] left alone) for a graph read by read_graph.
+
+  Raises:
+    ValueError: an unknown selection or variable, a map entry matching
+      nothing, bitx on a tied weight, bad settings.
+  """
+  spec_kwargs = {k: v for k, v in (spec_kwargs or {}).items() if v is not None}
+  candidates, skipped = _select(graph, graph.variables, select)
+  specs, uncovered = _specs_for(candidates, precision, method, spec_kwargs)
+  skipped += [(var.name, "not covered by the precision map") for var in uncovered]
+  display = graph.display_names()
+  readers = _readers(graph)
+  targets = [_tied(Target(var, tuple(axes), specs[var.key], display=display.get(var.key, "")),
+                   readers)
+             for var, axes, _ in candidates if var.key in specs]
+  return targets, skipped
+
