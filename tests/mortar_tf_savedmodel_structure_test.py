@@ -132,3 +132,29 @@ def test_exploration_finds_each_variable_by_its_path(repeated):
                                        "hed/kernel (blocks/2/kernel)"]
   for i, k in enumerate(kernels):  # the very variable the signature multiplies with
     assert k.variable is loaded.loaded.blocks[i].kernel
+
+
+class TwoHeads(tf.Module):
+  """One input, two outputs: the metric scores the one the user names."""
+
+  def __init__(self):
+    super().__init__()
+    rng = np.random.default_rng(3)
+    self.a = tf.Variable(rng.standard_normal((4, 3)).astype(np.float32), name="a/kernel")
+    self.b = tf.Variable(rng.standard_normal((4, 2)).astype(np.float32), name="b/kernel")
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+  def __call__(self, x):
+    return {"cls": tf.matmul(x, self.a), "reg": tf.matmul(x, self.b)}
+
+
+def test_a_multi_output_signature_is_scored_on_the_named_output(tmp_path):
+  module = TwoHeads()
+  tf.saved_model.save(module, str(tmp_path / "m"), signatures=module.__call__)
+  x = np.random.default_rng(4).standard_normal((5, 4)).astype(np.float32)
+  default = models.LoadedSavedModel(str(tmp_path / "m"))
+  assert default.output == "cls" and "'cls' of ['cls', 'reg']" in default.scored()
+  chosen = models.LoadedSavedModel(str(tmp_path / "m"), output="reg")
+  np.testing.assert_allclose(chosen.predict(x), x @ module.b.numpy(), rtol=1e-6)
+  with pytest.raises(ValueError, match="has no output 'nope'.*'cls', 'reg'"):
+    models.LoadedSavedModel(str(tmp_path / "m"), output="nope")

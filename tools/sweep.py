@@ -23,6 +23,9 @@ _MODEL = flags.DEFINE_string("model", None, "A .keras/.h5 model file or a SavedM
                              required=True)
 _SIGNATURE = flags.DEFINE_string("signature", "serving_default",
                                  "The signature a SavedModel is called through (one input).")
+_OUTPUT = flags.DEFINE_string("output", None,
+                              "The output of a multi-output SavedModel signature to score "
+                              "(default: the first by name; the summary says which).")
 _DATA = flags.DEFINE_string("data", None, "An .npz of inputs (and labels).", required=True)
 _X_KEY = flags.DEFINE_string("x_key", "x", "The inputs' array in --data.")
 _Y_KEY = flags.DEFINE_string("y_key", "y", "The labels' array in --data (accuracy).")
@@ -68,6 +71,7 @@ def main(argv):
                          grid=grid, search=_SEARCH.value, budget=_BUDGET.value,
                          search_method=_SEARCH_METHOD.value, search_precisions=search_ps,
                          objective=_OBJECTIVE.value, signature=_SIGNATURE.value,
+                         output=_OUTPUT.value,
                          progress=_PROGRESS.value and sys.stderr.isatty())
   except (ValueError, TypeError) as e:
     print(f"mortar-sweep: error: {e}", file=sys.stderr)

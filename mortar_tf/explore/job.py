@@ -39,11 +39,12 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
             budget: float = 0.005, search_method: str = "paper",
             search_precisions: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
             objective: str = "aligned", signature: str = "serving_default",
-            progress: bool = False) -> JobResult:
+            output: str | None = None, progress: bool = False) -> JobResult:
   """Loads a model and labelled data, sweeps, searches, writes the files.
 
   `model_path` is a .keras/.h5 file or a SavedModel directory (called through
-  `signature`, which must take one input).
+  `signature`, which must take one input; `output` picks the scored output
+  of a multi-output signature, and the summary says which one was scored).
 
   Raises:
     ValueError: an unreadable model or data file, missing arrays, a bad
@@ -57,7 +58,7 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     if samples < 1:
       raise ValueError(f"samples must be >= 1, got {samples}")
     data = {k: v[:samples] for k, v in data.items()}
-  model = models.load(model_path, signature=signature)
+  model = models.load(model_path, signature=signature, output=output)
   score = metrics_lib.builtin_metric(metric, model, data)
   files_lib.check_writable_dir(os.path.dirname(os.path.abspath(out_dir)),
                                "parent of the output directory")
@@ -104,7 +105,7 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     if found is not None and found.precisions:
       written.append(_speedup_plot(model, found, os.path.join(out_dir, "speedup.png")))
 
-    summary = _summary(model_path, data_path, len(data["x"]), swept, found)
+    summary = _summary(model_path, data_path, len(data["x"]), swept, found, model)
     written.append(files_lib.write_text(os.path.join(out_dir, "summary.md"), summary))
   return JobResult(swept, found, tuple(written), summary)
 
@@ -119,12 +120,13 @@ def _speedup_plot(model, found, path: str) -> str:
     estimator.close()
 
 
-def _summary(model_path, data_path, samples, swept, found) -> str:
+def _summary(model_path, data_path, samples, swept, found, model) -> str:
   lines = [f"# mortar-sweep: {os.path.basename(model_path)}", "",
            f"Model `{model_path}`, data `{data_path}` ({samples} samples), metric "
            f"{swept.metric_name} ({'higher' if swept.higher_is_better else 'lower'} is better). "
            "Ratios are ones(original) / ones(morphed) over all kernels; est. speedup is the "
-           "mortar engine over bitlet (mortar_tf.estimator, default engines).", "",
+           "mortar engine over bitlet (mortar_tf.estimator, default engines)."
+           + (f" Scored: {model.scored()}." if hasattr(model, "scored") else ""), "",
            "```", swept.table(), "```", ""]
   if found is not None:
     lines += ["```", found.summary(), "```", ""]

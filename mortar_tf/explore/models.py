@@ -51,7 +51,8 @@ class LoadedSavedModel:
       estimator and the graph reader use (unknown dims 1 unless given).
   """
 
-  def __init__(self, path: str, signature: str = "serving_default", input_shape=None):
+  def __init__(self, path: str, signature: str = "serving_default", input_shape=None,
+               output: str | None = None):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from mortar_tf.savedmodel import graph as graph_lib  # pylint: disable=import-outside-toplevel
     self.path = path
@@ -68,15 +69,27 @@ class LoadedSavedModel:
       raise ValueError(f"cannot load the SavedModel {path!r}: {e}") from e
     self.fn = self.loaded.signatures[signature]
     self._tf = tf
+    outputs = sorted(self.fn.structured_outputs)
+    if output is not None and output not in outputs:
+      raise ValueError(f"{path!r}: signature {signature!r} has no output {output!r}; its "
+                       f"outputs are {outputs}")
+    self.outputs = outputs
+    self.output = output if output is not None else outputs[0]
 
   def predict(self, x, batch_size: int = 256, verbose: int = 0) -> np.ndarray:
-    """The signature's output on `x` (its first output, by name, if several)."""
+    """The signature's scored output on `x` (`output`, or the first by name)."""
     del verbose
     parts = []
     for start in range(0, len(x), batch_size):
       out = self.fn(**{self.input_name: self._tf.constant(x[start:start + batch_size])})
-      parts.append(np.asarray(out[sorted(out)[0]]))
+      parts.append(np.asarray(out[self.output]))
     return np.concatenate(parts) if parts else np.zeros((0,))
+
+  def scored(self) -> str:
+    """Which output the metric scores, for summaries."""
+    if len(self.outputs) == 1:
+      return f"output {self.output!r}"
+    return f"output {self.output!r} of {self.outputs}"
 
   def kernels(self):
     """[(layer, unique name, variable, reduction axes)] of the variables ops read.
@@ -120,14 +133,20 @@ def _at_path(obj, path: str):
   return obj
 
 
-def load(path: str, signature: str = "serving_default", input_shape=None):
-  """A Keras model (.keras/.h5 file) or a LoadedSavedModel (directory).
+def load(path: str, signature: str = "serving_default", input_shape=None,
+         output: str | None = None):
+  """A Keras model (.keras/.h5 file) or a LoadedSavedModel (directory; `output`
+  names the scored output of a multi-output signature).
 
   Raises:
-    ValueError: a missing path or one that is neither.
+    ValueError: a missing path or one that is neither, or `output` for a
+      Keras model.
   """
   if os.path.isdir(path):
-    return LoadedSavedModel(path, signature, input_shape)
+    return LoadedSavedModel(path, signature, input_shape, output)
+  if output is not None:
+    raise ValueError("output picks an output of a SavedModel signature; a Keras model "
+                     "file is scored on its (single) output")
   from mortar_tf.keras import saving  # pylint: disable=import-outside-toplevel
   if not os.path.exists(path):
     raise ValueError(f"no such model: {path!r}")
