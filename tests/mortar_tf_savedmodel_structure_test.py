@@ -158,3 +158,94 @@ def test_a_multi_output_signature_is_scored_on_the_named_output(tmp_path):
   np.testing.assert_allclose(chosen.predict(x), x @ module.b.numpy(), rtol=1e-6)
   with pytest.raises(ValueError, match="has no output 'nope'.*'cls', 'reg'"):
     models.LoadedSavedModel(str(tmp_path / "m"), output="nope")
+
+
+RNN_SAVE = """
+import os, sys
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+keras.utils.set_random_seed(0)
+inp = keras.Input((7, 4))
+x = keras.layers.LSTM(5, return_sequences=True, name="lstm")(inp)
+x = keras.layers.Bidirectional(keras.layers.GRU(3), name="bi")(x)
+model = keras.Model(inp, keras.layers.Dense(2, name="fc")(x))
+model.save(sys.argv[1])
+np.savez(sys.argv[1] + ".npz", *model.get_weights())
+"""
+
+
+def _keras3_rnn():
+  import keras  # pylint: disable=import-outside-toplevel
+  keras.utils.set_random_seed(0)
+  inp = keras.Input((7, 4))
+  x = keras.layers.LSTM(5, return_sequences=True, name="lstm")(inp)
+  x = keras.layers.Bidirectional(keras.layers.GRU(3), name="bi")(x)
+  return keras.Model(inp, keras.layers.Dense(2, name="fc")(x))
+
+
+@pytest.fixture(scope="module", params=["keras3", "tf_keras"])
+def rnn(request, tmp_path_factory):
+  import os, subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  d = tmp_path_factory.mktemp(request.param)
+  if request.param == "keras3":
+    model = _keras3_rnn()
+    model.export(str(d / "m"), verbose=False)
+    return d / "m", [np.asarray(w) for w in model.get_weights()]
+  result = subprocess.run([sys.executable, "-c", RNN_SAVE, str(d / "m")], capture_output=True,
+                          text=True, timeout=600, check=False,
+                          env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  saved = np.load(str(d / "m") + ".npz")
+  return d / "m", [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
+RNN_KERNELS = {"lstm/lstm_cell/kernel", "lstm/lstm_cell/recurrent_kernel",
+               "bi/forward_gru/gru_cell/kernel", "bi/forward_gru/gru_cell/recurrent_kernel",
+               "bi/backward_gru/gru_cell/kernel", "bi/backward_gru/gru_cell/recurrent_kernel",
+               "fc/kernel"}
+
+
+def test_loop_bodies_are_read_with_their_trip_counts(rnn):
+  path, _ = rnn
+  graph = graph_lib.read_graph(str(path))
+  loops = [op for op in graph.mapped if op.repeats != 1]
+  assert {op.weight.name for op in graph.mapped} == RNN_KERNELS
+  assert {op.weight.name for op in loops} == RNN_KERNELS - {"fc/kernel"}
+  assert all(op.repeats == 7 for op in loops)  # one per time step
+  # the step Keras computes outside the loop only for its shapes is pruned: not listed
+  assert len(loops) == 6 and len(graph.mapped) == 7
+
+
+def test_the_estimator_counts_every_time_step(rnn):
+  path, _ = rnn
+  result = estimator.estimate(str(path), input_shape=(2, 7, 4), precision=0.1)
+  for layer in result.mapped:
+    steps = 1 if layer.weight == "fc/kernel" else 7
+    assert layer.n_pos == 2 * steps, layer.name  # batch x time steps
+    assert layer.macs == layer.n_pos * layer.weights
+
+
+def test_recurrent_kernels_are_morphed_and_the_model_serves_them(rnn, tmp_path):
+  path, weights = rnn
+  report = savedmodel.convert(str(path), str(tmp_path / "o"), "fewest_ones", 0.1, verify=True,
+                              input_shape=(3, 7, 4))
+  assert {v.name for v in report.morphed if not v.twin_of} == RNN_KERNELS
+  before, after = _checkpoint(path), _checkpoint(tmp_path / "o")
+  for v in report.morphed:
+    np.testing.assert_array_equal(_u32(after[v.key]), _u32(mortar_tf.morph(
+        before[v.key], "fewest_ones", 0.1, backend="numpy")))
+  # an independent reference: the Keras model itself with morphed kernels
+  import keras  # pylint: disable=import-outside-toplevel
+  reference = _keras3_rnn()
+  reference.set_weights(weights)
+  for w in reference.weights:  # Keras' own names say which are kernels
+    if w.name.endswith("kernel"):
+      w.assign(mortar_tf.morph(np.asarray(w.numpy()), "fewest_ones", 0.1, backend="numpy"))
+  x = np.random.default_rng(1).standard_normal((3, 7, 4)).astype(np.float32)
+  loaded = tf.saved_model.load(str(tmp_path / "o"))
+  fn = loaded.signatures["serving_default"]
+  (name,) = fn.structured_input_signature[1]
+  (out,) = fn(**{name: tf.constant(x)}).values()
+  np.testing.assert_allclose(np.asarray(out), np.asarray(reference(x)), rtol=1e-5, atol=1e-5)
+  del keras

@@ -331,7 +331,9 @@ def estimate(saved_model_dir: str, input_shape=None,
   geometries = sorted({(e.group_size, e.width, e.window) for e in engines})
   layers = []
   for index, op in enumerate(graph.ops):
-    common = dict(index=index, name=op.name, op=op.type,
+    # An op in a conditional branch: both branches are estimated, so say which.
+    common = dict(index=index, name=op.name if op.branch is None else f"{op.name} [{op.branch}]",
+                  op=op.type,
                   weight=(display.get(op.weight.key, op.weight.name) if op.weight else None))
     if not op.mapped:
       layers.append(LayerEstimate(**common, unmapped=op.unmapped))
@@ -341,9 +343,12 @@ def estimate(saved_model_dir: str, input_shape=None,
       continue
     axes = op.reduction_axes
     n_pos, why = _n_pos(op, op.weight.shape, axes)
+    if why is None and op.repeats is None:
+      why = "in a loop whose number of steps the graph does not fix (give input_shape)"
     if why is not None:
       layers.append(LayerEstimate(**common, unmapped=why))
       continue
+    n_pos *= op.repeats  # a loop body runs once per step (an RNN: per time step)
     w = graph_lib.weight_value(saved_model_dir, op.weight, reader)
     spec = specs.get(op.weight.key) if op.weight.kind == "variable" else None
     morphed = _morphed(w, spec, axes) if any(e.morphs for e in engines) else w

@@ -15,8 +15,16 @@ inserted axis, and a Reshape keeps them where it only splits or merges axes
 of one kind. A Reshape that merges a reduction axis with an output axis makes
 the op unmapped, with that reason, as does a weight made by any other op.
 
-Control-flow bodies (While/If, as RNN layers export) are not entered: ops
-there are not listed.
+Control flow is entered: a While/StatelessWhile body (how RNN layers export
+their time loop) like a call whose arguments are the loop's inputs, so a
+kernel captured by the loop traces back to its variable; each op there
+carries the loop's trip count (`repeats`), read from the loop condition
+(`counter < constant`, with the counter's constant start) or the loop's
+constant maximum_iterations, None when neither is constant. If/StatelessIf
+branches are entered too, their ops marked with the branch (`branch`). Ops
+whose results reach no output of their function are left out: TensorFlow
+prunes them (Keras' RNNs compute one step outside the loop only for its
+shapes).
 
 Shapes come from the nodes' `_output_shapes`, with an unknown leading
 (batch) dim set from `input_shape` (batch 1 when none is given). Where other
@@ -49,6 +57,8 @@ COMPUTE_OPS = CONV_OPS + MATMUL_OPS
 # Ops a weight is followed back through.
 PASS_THROUGH_OPS = ("Identity", "Cast", "ReadVariableOp", "ExpandDims", "Reshape", "Transpose")
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
+_WHILE_OPS = ("While", "StatelessWhile")
+_IF_OPS = ("If", "StatelessIf")
 # The operand that holds the filter, for ops whose weight position is fixed.
 _FILTER_OPERAND = {"Conv2D": 1, "Conv3D": 1, "DepthwiseConv2dNative": 1,
                    "Conv2DBackpropInput": 1, "Conv3DBackpropInputV2": 1}
@@ -97,6 +107,9 @@ class ComputeOp:
     weight_operand: the index of the weight operand, or None.
     reduction_axes: the weight's reduction axes on its stored layout, or None.
     unmapped: why the op could not be mapped to a weight, or None.
+    repeats: how many times the op runs per call: 1, a loop's trip count
+      (the product over nested loops), or None where a loop's count is unknown.
+    branch: "<If node>:then" / ":else" for an op in a conditional branch.
   """
   name: str
   type: str
@@ -107,6 +120,8 @@ class ComputeOp:
   weight_operand: int | None = None
   reduction_axes: tuple[int, ...] | None = None
   unmapped: str | None = None
+  repeats: int | None = 1
+  branch: str | None = None
 
   @property
   def mapped(self) -> bool:
@@ -601,11 +616,14 @@ class _Walker:
     self.traced_any = False
     self.stack: list[str] = []
 
-  def walk(self, fdef, prefix: str, parent, call_inputs, arg_shapes=None):
+  def walk(self, fdef, prefix: str, parent, call_inputs, arg_shapes=None, repeats=1,
+           branch=None):
     if fdef.signature.name in self.stack:
       return  # recursion through a function library (never in Keras exports)
     self.stack.append(fdef.signature.name)
     frame = _Frame(fdef, prefix, parent, call_inputs, arg_shapes)
+    frame.repeats, frame.branch = repeats, branch
+    live = _live_nodes(fdef)
     if self.trace and arg_shapes is not None and self._needs_trace(frame):
       try:
         frame.traced = _traced_shapes(self.library, fdef, arg_shapes)
@@ -613,6 +631,8 @@ class _Walker:
       except (ValueError, TypeError, tf.errors.OpError):
         frame.traced = None  # keep the saved shapes
     for node in fdef.node_def:
+      if node.name not in live:
+        continue  # its result reaches no output (Keras' RNNs run a step only for shapes)
       if node.op in _CALL_OPS and "f" in node.attr:
         callee = self.functions.get(node.attr["f"].func.name)
         if callee is None:
@@ -621,7 +641,27 @@ class _Walker:
         inputs = [i for i in node.input if not i.startswith("^")]
         # The model's own function keeps its names; deeper calls get a prefix.
         sub = prefix if parent is None else f"{prefix}{node.name}/"
-        self.walk(callee, sub, frame, inputs, shapes)
+        self.walk(callee, sub, frame, inputs, shapes, repeats, branch)
+      elif node.op in _WHILE_OPS and "body" in node.attr:
+        body = self.functions.get(node.attr["body"].func.name)
+        if body is None:
+          continue
+        inputs = [i for i in node.input if not i.startswith("^")]
+        shapes = [self._resolved(frame.ref_shape(i)) for i in inputs]
+        trips = _trip_count(self.functions.get(node.attr["cond"].func.name), node, frame)
+        total = None if trips is None or repeats is None else repeats * trips
+        # Keras names a loop body's nodes after the loop already ("while/MatMul").
+        named = all(n.name.startswith(f"{node.name}/") for n in body.node_def)
+        self.walk(body, prefix if named else f"{prefix}{node.name}/", frame, inputs, shapes,
+                  total, branch)
+      elif node.op in _IF_OPS:
+        inputs = [i for i in node.input if not i.startswith("^")][1:]  # 0: the predicate
+        shapes = [self._resolved(frame.ref_shape(i)) for i in inputs]
+        for attr, label in (("then_branch", "then"), ("else_branch", "else")):
+          callee = self.functions.get(node.attr[attr].func.name) if attr in node.attr else None
+          if callee is not None:
+            self.walk(callee, f"{prefix}{node.name}/{label}/", frame, inputs, shapes, repeats,
+                      f"{frame.prefix}{node.name}:{label}")
       elif node.op in COMPUTE_OPS:
         self.ops.append(self._compute_op(frame, node))
     self.stack.pop()
@@ -650,7 +690,8 @@ class _Walker:
     elif _saved_shapes(node):
       output_shape = self._resolved(_saved_shapes(node)[0])
     base = dict(name=frame.prefix + node.name, type=node.op, attrs=attrs,
-                input_shapes=input_shapes, output_shape=output_shape)
+                input_shapes=input_shapes, output_shape=output_shape,
+                repeats=getattr(frame, "repeats", 1), branch=getattr(frame, "branch", None))
 
     if node.op in _FILTER_OPERAND:
       candidates = [_FILTER_OPERAND[node.op]]
@@ -684,6 +725,97 @@ class _Walker:
     except _Unmappable as e:
       return ComputeOp(**base, weight=weight, weight_operand=operand, unmapped=str(e))
     return ComputeOp(**base, weight=weight, weight_operand=operand, reduction_axes=axes)
+
+
+def _live_nodes(fdef) -> set[str]:
+  """Names of the nodes whose results reach the function's outputs (or its
+  control outputs): the others are pruned when TensorFlow runs it."""
+  nodes = {n.name: n for n in fdef.node_def}
+  pending = [_parse_ref(ref.lstrip("^"), True)[0] for ref in fdef.ret.values()]
+  pending += list(fdef.control_ret.values())
+  live = set()
+  while pending:
+    name = pending.pop()
+    if name in live or name not in nodes:
+      continue
+    live.add(name)
+    pending.extend(_parse_ref(ref.lstrip("^"), True)[0] for ref in nodes[name].input)
+  return live
+
+
+def _static_int(frame: _Frame, ref: str) -> int | None:
+  """A scalar int the graph fixes without running: a Const, or one dim of a
+  saved static shape read as StridedSlice(Shape(x), [k], [k + 1]) (how
+  tf_keras' RNN loops take their number of steps). None otherwise."""
+  for _ in range(100):
+    name, _, _ = _parse_ref(ref, True)
+    if name in frame.args:
+      if frame.parent is None:
+        return None
+      ref, frame = frame.call_inputs[frame.args[name]], frame.parent
+      continue
+    node = frame.nodes.get(name)
+    if node is None:
+      return None
+    if node.op == "Const":
+      value = tf.make_ndarray(node.attr["value"].tensor)
+      return int(np.ravel(value)[0]) if np.size(value) == 1 else None
+    if node.op == "Identity":
+      ref = node.input[0]
+      continue
+    if node.op == "StridedSlice":
+      source = frame.nodes.get(_parse_ref(node.input[0], True)[0])
+      begin, end = (_const_value(frame, node.input[i]) for i in (1, 2))
+      if source is None or source.op != "Shape" or begin is None or end is None:
+        return None
+      k = int(np.ravel(begin)[0])
+      if int(np.ravel(end)[0]) != k + 1:
+        return None
+      shape = frame.ref_shape(source.input[0])
+      if shape is None or not -len(shape) <= k < len(shape) or shape[k] < 0:
+        return None
+      return int(shape[k])
+    return None
+  return None
+
+
+def _trip_count(cond, node, frame: _Frame) -> int | None:
+  """How many times a While loop runs, when the graph fixes it: the loop stops
+  when `counter < bound` fails, for a counter with a constant start and a
+  bound that is a constant or a static dim (Keras' RNN loops: `time < steps`),
+  or at a constant maximum_iterations (input 1 of a v2 while loop; -1 means
+  none). None if nothing fixes it."""
+  inputs = [i for i in node.input if not i.startswith("^")]
+  bounds = []
+  if cond is not None:
+    args = {a.name: i for i, a in enumerate(cond.signature.input_arg)}
+    nodes = {n.name: n for n in cond.node_def}
+
+    def value(ref):  # a cond input, resolved in the frame that runs the loop
+      name = _parse_ref(ref, True)[0]
+      if name in args:
+        return _static_int(frame, inputs[args[name]]) if args[name] < len(inputs) else None
+      found = nodes.get(name)
+      if found is not None and found.op == "Const":
+        v = tf.make_ndarray(found.attr["value"].tensor)
+        return int(np.ravel(v)[0]) if np.size(v) == 1 else None
+      return None
+
+    for n in cond.node_def:
+      if n.op not in ("Less", "LessEqual") or len(n.input) < 2:
+        continue
+      counter = _parse_ref(n.input[0], True)[0]
+      if counter not in args:
+        continue
+      start, stop = value(n.input[0]), value(n.input[1])
+      if start is None or stop is None:
+        continue
+      bounds.append(max(0, stop - start + (n.op == "LessEqual")))
+  if len(inputs) > 1 and "maximum_iterations" in _parse_ref(inputs[1], True)[0]:
+    limit = _static_int(frame, inputs[1])
+    if limit is not None and limit >= 0:
+      bounds.append(limit)
+  return min(bounds) if bounds else None
 
 
 def _signature_calls(meta_graph, signature: str):
