@@ -249,3 +249,44 @@ def test_recurrent_kernels_are_morphed_and_the_model_serves_them(rnn, tmp_path):
   (out,) = fn(**{name: tf.constant(x)}).values()
   np.testing.assert_allclose(np.asarray(out), np.asarray(reference(x)), rtol=1e-5, atol=1e-5)
   del keras
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+  """Two named inputs (BERT-style) and Dense layers on sequences (Keras' Tensordot)."""
+  import keras  # pylint: disable=import-outside-toplevel
+  d = tmp_path_factory.mktemp("encoder")
+  tokens = keras.Input((16,), dtype="int32", name="token_ids")
+  mask = keras.Input((16,), name="padding_mask")
+  x = keras.layers.Embedding(50, 8, name="embed")(tokens)
+  x = keras.layers.Dense(12, name="ff")(x) * keras.ops.expand_dims(mask, -1)
+  model = keras.Model([tokens, mask], keras.layers.Dense(3, name="out")(x))
+  model.export(str(d / "m"), verbose=False)
+  return d / "m"
+
+
+def test_sequence_positions_are_counted_with_or_without_shapes(encoder):
+  plain = estimator.estimate(str(encoder))
+  by_weight = {layer.weight: layer for layer in plain.mapped}
+  assert by_weight["ff/kernel"].n_pos == 16  # batch 1 x 16 positions, never 1
+  given = estimator.estimate(str(encoder), input_shape={"token_ids": (2, 16),
+                                                        "padding_mask": (2, 16)})
+  assert {layer.weight: layer.n_pos for layer in given.mapped} == {"ff/kernel": 32,
+                                                                   "out/kernel": 32}
+
+
+def test_per_input_shapes_on_the_command_line(encoder, tmp_path):
+  import installed_tool  # pylint: disable=import-outside-toplevel
+  ok = installed_tool.run("mortar-estimate", f"--saved_model={encoder}",
+                          "--input_shape=token_ids:2,16;padding_mask:2,16",
+                          f"--json={tmp_path / 'e.json'}")
+  assert ok.returncode == 0, ok.stderr
+  import json  # pylint: disable=import-outside-toplevel
+  layers = json.loads((tmp_path / "e.json").read_text())["layers"]
+  assert sorted(layer["n_pos"] for layer in layers) == [32, 32]
+  bad = installed_tool.run("mortar-estimate", f"--saved_model={encoder}",
+                           "--input_shape=token_ids:2,x")
+  assert bad.returncode != 0 and "name:1,128;name2:1,128" in bad.stderr
+  wrong = installed_tool.run("mortar-estimate", f"--saved_model={encoder}",
+                             "--input_shape=2,16")
+  assert wrong.returncode == 1 and "token_ids" in wrong.stderr

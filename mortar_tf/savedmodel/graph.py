@@ -26,10 +26,14 @@ whose results reach no output of their function are left out: TensorFlow
 prunes them (Keras' RNNs compute one step outside the loop only for its
 shapes).
 
-Shapes come from the nodes' `_output_shapes`, with an unknown leading
-(batch) dim set from `input_shape` (batch 1 when none is given). Where other
-dims stay unknown and an input shape is given, the function is traced with
-TensorFlow's shape inference instead.
+Shapes come from the nodes' `_output_shapes`. Where a compute op's saved
+shapes leave a dim unknown, its function is traced with TensorFlow's shape
+inference from the signature's input shapes (their leading dim, the batch,
+from `input_shape`, else 1; other dims from `input_shape` or as declared):
+a MatMul behind a reshape that folds the sequence into the batch (Keras'
+Tensordot) then gets batch x sequence, and a dim nothing fixes stays -1
+(unknown), never guessed. Without tracing, only a convolution's leading -1
+is read as the batch.
 
 Example:
   graph = read_graph("exported_model", input_shape=(1, 224, 224, 3))
@@ -292,7 +296,7 @@ class _Frame:
       return self.parent.ref_shape(self.call_inputs[index])
     return None
 
-  def ref_shape(self, ref: str):
+  def ref_shape(self, ref: str, saved_only: bool = False):
     name, out_arg, index = _parse_ref(ref, True)
     if name in self.args and out_arg is None:
       return self.arg_shape(self.args[name])
@@ -300,7 +304,7 @@ class _Frame:
     if node is None:
       return None
     flat = _flat_output_index(node, out_arg, index)
-    if self.traced is not None and name in self.traced:
+    if self.traced is not None and name in self.traced and not saved_only:
       shapes = self.traced[name]
     else:
       shapes = _saved_shapes(node)
@@ -670,25 +674,36 @@ class _Walker:
     return _substitute(shape, self.batch)
 
   def _needs_trace(self, frame: _Frame) -> bool:
+    """Whether a compute op's saved shapes leave a dim unknown (the batch too:
+    a leading -1 is the batch only where nothing reshaped it, e.g. not after
+    Keras' Tensordot, which folds the sequence into it)."""
     for node in frame.fdef.node_def:
       if node.op in COMPUTE_OPS:
         shapes = _saved_shapes(node)
-        if not shapes or any(_has_unknown(self._resolved(s)) for s in shapes[:1]):
+        if not shapes or any(_has_unknown(s) for s in shapes[:1]):
           return True
         inputs = [frame.ref_shape(i) for i in node.input if not i.startswith("^")]
-        if any(_has_unknown(self._resolved(s)) for s in inputs):
+        if any(_has_unknown(s) for s in inputs):
           return True
     return False
+
+  def _op_shape(self, frame: _Frame, node, shape):
+    """A compute op's shape: traced shapes as they are; saved shapes with a
+    leading -1 read as the batch only for convolutions (always batch-first
+    there); a MatMul's leading -1 may hold batch x sequence: left unknown."""
+    if frame.traced is not None or node.op not in CONV_OPS:
+      return shape
+    return self._resolved(shape)
 
   def _compute_op(self, frame: _Frame, node) -> ComputeOp:
     attrs = {k: _attr_value(node.attr[k]) for k in _ATTRS if k in node.attr}
     inputs = [i for i in node.input if not i.startswith("^")]
-    input_shapes = tuple(self._resolved(frame.ref_shape(i)) for i in inputs)
-    output_shape = self._resolved(frame.ref_shape(f"{node.name}:output:0"))
+    input_shapes = tuple(self._op_shape(frame, node, frame.ref_shape(i)) for i in inputs)
+    output_shape = self._op_shape(frame, node, frame.ref_shape(f"{node.name}:output:0"))
     if frame.traced is not None and node.name in frame.traced:
-      output_shape = self._resolved(frame.traced[node.name][0])
+      output_shape = frame.traced[node.name][0]
     elif _saved_shapes(node):
-      output_shape = self._resolved(_saved_shapes(node)[0])
+      output_shape = self._op_shape(frame, node, _saved_shapes(node)[0])
     base = dict(name=frame.prefix + node.name, type=node.op, attrs=attrs,
                 input_shapes=input_shapes, output_shape=output_shape,
                 repeats=getattr(frame, "repeats", 1), branch=getattr(frame, "branch", None))
@@ -771,10 +786,11 @@ def _static_int(frame: _Frame, ref: str) -> int | None:
       k = int(np.ravel(begin)[0])
       if int(np.ravel(end)[0]) != k + 1:
         return None
-      shape = frame.ref_shape(source.input[0])
-      if shape is None or not -len(shape) <= k < len(shape) or shape[k] < 0:
-        return None
-      return int(shape[k])
+      for saved_only in (False, True):  # a traced shape may know less than the saved one
+        shape = frame.ref_shape(source.input[0], saved_only)
+        if shape is not None and -len(shape) <= k < len(shape) and shape[k] >= 0:
+          return int(shape[k])
+      return None
     return None
   return None
 
@@ -898,7 +914,7 @@ def read_graph(saved_model_dir: str, input_shape=None,
   inputs, batch = _input_shapes(sig, input_shape)
   top = _TopLevel(saved, meta_graph.graph_def, variables)
   walker = _Walker(top, meta_graph.graph_def.library, batch, inputs,
-                   trace=input_shape is not None)
+                   trace=True)
   placeholders = {v.name.split(":")[0]: k for k, v in sig.inputs.items()}
   for call in calls:
     fdef = walker.functions.get(call.attr["f"].func.name)
@@ -908,7 +924,9 @@ def read_graph(saved_model_dir: str, input_shape=None,
     arg_shapes = []
     for ref in call.input:
       name = ref.split(":")[0]
-      arg_shapes.append(inputs.get(placeholders.get(name)) if name in placeholders else None)
+      # A signature input's leading unknown dim is its batch (Keras exports' convention).
+      arg_shapes.append(_substitute(inputs.get(placeholders.get(name)), batch)
+                        if name in placeholders else None)
     walker.walk(fdef, "", None, call, arg_shapes)
   ops = tuple(walker.ops)
   return SavedModelGraph(saved_model_dir, signature, inputs, ops,
