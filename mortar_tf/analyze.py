@@ -62,7 +62,7 @@ class ModelWeights:
 
   Attributes:
     source: the path read.
-    kind: "keras" or "savedmodel".
+    kind: "keras", "savedmodel" or "tflite".
     weights: {name: float32 array}.
     groupings: {name: grouping} (layouts known from the Keras layer classes).
     note: what the reader could not know, or "".
@@ -75,12 +75,13 @@ class ModelWeights:
 
 
 def load_weights(path: str, select: str = "kernels") -> ModelWeights:
-  """Reads the weights of a .keras/.h5 model file or a SavedModel directory.
+  """Reads the weights of a .keras/.h5/.tflite model file or a SavedModel directory.
 
   Args:
     path: the model.
     select: "kernels" (Keras: the kernels of known layers; SavedModel: model
-      variables of rank >= 2) or "all".
+      variables of rank >= 2; TFLite: always the float32 weights its
+      multiply-accumulate ops read, in the layouts it ships) or "all".
 
   Raises:
     ValueError: a missing path, a file that is not a model, or a bad `select`.
@@ -103,8 +104,16 @@ def load_weights(path: str, select: str = "kernels") -> ModelWeights:
       note = ("weights no compute op of the serving signature reads use the default "
               "grouping (all axes but the last)")
     return ModelWeights(path, "savedmodel", {v.name: v.value for v in found}, groupings, note)
+  if path.endswith(".tflite"):
+    from mortar_tf import tflite  # pylint: disable=import-outside-toplevel
+    shipped, left = tflite.read_weights(path)
+    note = "; ".join(f"{name}: {why}" for name, why in left)
+    return ModelWeights(path, "tflite", {w.name: w.value for w in shipped},
+                        {w.name: {"reduction_axes": w.reduction_axes} for w in shipped},
+                        f"left out: {note}" if note else "")
   if not path.endswith((".keras", ".h5", ".hdf5")):
-    raise ValueError(f"{path!r} is neither a .keras/.h5 model file nor a SavedModel directory")
+    raise ValueError(f"{path!r} is neither a .keras/.h5/.tflite model file nor a SavedModel "
+                     "directory")
   # pylint: disable-next=import-outside-toplevel
   from mortar_tf.keras import registry, saving
   model = saving.load_model(path)

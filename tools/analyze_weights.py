@@ -14,7 +14,7 @@ except ImportError:  # run as a file (python tools/x.py): no parent package
 
 from mortar_tf import analyze as analyze_lib
 
-_MODEL = flags.DEFINE_string("model", None, "A .keras/.h5 model file or a SavedModel directory.",
+_MODEL = flags.DEFINE_string("model", None, "A .keras/.h5/.tflite model file or a SavedModel directory.",
                              required=True)
 _METHODS = flags.DEFINE_list("methods", ["paper", "fewest_ones", "round", "bitx"],
                              "Morphing methods to sweep.")

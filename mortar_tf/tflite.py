@@ -1,0 +1,99 @@
+"""The weights a .tflite file ships: the constant operands its multiply-accumulate
+ops read, in TFLite's own layouts.
+
+TFLite stores a Conv2D filter as [out, h, w, in], a depthwise filter as
+[1, h, w, channels x multiplier], a fully-connected weight as [out, in], a
+transposed-conv filter as [out, h, w, in] and a Conv3D filter as TF does
+([d, h, w, in, out]); the reduction axes (SPEC 3) follow from that. Only
+float32 constants are returned (a quantized model's int8 weights are reported
+as skipped, with their dtype).
+
+Example:
+  weights, skipped = read_weights("model.tflite")
+  for w in weights:
+    print(w.name, w.op, w.value.shape, w.reduction_axes)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+# op name -> (weight operand index, reduction axes for the weight's rank)
+_WEIGHT_OPS = {
+    "CONV_2D": (1, lambda rank: tuple(range(1, rank))),
+    "DEPTHWISE_CONV_2D": (1, lambda rank: tuple(range(1, rank - 1))),
+    "FULLY_CONNECTED": (1, lambda rank: (rank - 1,)),
+    "TRANSPOSE_CONV": (1, lambda rank: (rank - 1,)),
+    "CONV_3D": (1, lambda rank: tuple(range(rank - 1))),
+    "CONV_3D_TRANSPOSE": (1, lambda rank: (rank - 1,)),
+    "BATCH_MATMUL": (1, lambda rank: (rank - 2,)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShippedWeight:
+  """One constant weight of a .tflite model.
+
+  Attributes:
+    name: the tensor's name in the file (unique: "#2" added on a clash).
+    op: the op that reads it (e.g. "CONV_2D").
+    value: its float32 value, in TFLite's layout.
+    reduction_axes: its reduction axes in that layout.
+  """
+  name: str
+  op: str
+  value: np.ndarray
+  reduction_axes: tuple[int, ...]
+
+
+def _ops(interpreter):
+  """The interpreter's op list. TF has no public API for it; `_get_ops_details`
+  is what tf.lite's own tools use, read here and only here."""
+  return interpreter._get_ops_details()  # pylint: disable=protected-access
+
+
+def read_weights(path: str) -> tuple[list[ShippedWeight], list[tuple[str, str]]]:
+  """(float32 weights the multiply-accumulate ops read, [(name, reason)] others).
+
+  Raises:
+    ValueError: a file TFLite cannot read (the message names it).
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  try:
+    interpreter = tf.lite.Interpreter(
+        model_path=path,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType
+        .BUILTIN_WITHOUT_DEFAULT_DELEGATES)  # delegates would hide the ops
+    interpreter.allocate_tensors()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"cannot read {path!r} as a TFLite model: {e}") from e
+  details = {int(t["index"]): t for t in interpreter.get_tensor_details()}
+  ops = _ops(interpreter)
+  # A tensor no op writes and the caller does not feed is a constant.
+  computed = {int(i) for op in ops for i in op["outputs"]}
+  computed |= {int(t["index"]) for t in interpreter.get_input_details()}
+  weights, skipped, seen, names = [], [], set(), set()
+  for op in ops:
+    found = _WEIGHT_OPS.get(op["op_name"])
+    inputs = [int(i) for i in op["inputs"]]
+    if found is None or found[0] >= len(inputs) or inputs[found[0]] < 0:
+      continue
+    index = inputs[found[0]]
+    if index in seen or index in computed:
+      continue
+    seen.add(index)
+    tensor = details[index]
+    name = tensor["name"]
+    value = np.asarray(interpreter.get_tensor(index))
+    if value.dtype != np.float32:
+      skipped.append((name, f"{value.dtype.name}, not float32 (a quantized weight)"))
+      continue
+    unique, n = name, 1
+    while unique in names:
+      n += 1
+      unique = f"{name}#{n}"
+    names.add(unique)
+    weights.append(ShippedWeight(unique, op["op_name"], value, found[1](value.ndim)))
+  return weights, skipped
