@@ -402,25 +402,29 @@ class _Unmappable(Exception):
   pass
 
 
-def _const_value(frame: _Frame, ref: str):
-  """The value of a Const feeding `ref` in `frame` (or its callers), or None."""
+def _source(frame: _Frame, ref: str):
+  """(frame, node) that produces `ref`, followed back through Identity and
+  function arguments; (None, None) at a signature input or a missing node."""
   for _ in range(1000):
     name, _, _ = _parse_ref(ref, True)
     if name in frame.args:
       if frame.parent is None:
-        return None
+        return None, None
       ref, frame = frame.call_inputs[frame.args[name]], frame.parent
       continue
     node = frame.nodes.get(name)
-    if node is None:
-      return None
-    if node.op == "Const":
-      return tf.make_ndarray(node.attr["value"].tensor)
-    if node.op == "Identity":
-      ref = node.input[0]
-      continue
+    if node is None or node.op != "Identity":
+      return frame, node
+    ref = node.input[0]
+  return None, None
+
+
+def _const_value(frame: _Frame, ref: str):
+  """The value of a Const feeding `ref` in `frame` (or its callers), or None."""
+  _, node = _source(frame, ref)
+  if node is None or node.op != "Const":
     return None
-  return None
+  return tf.make_ndarray(node.attr["value"].tensor)
 
 
 def _forward_shapes(weight: Weight, steps: list[_Step]) -> list[tuple[int, ...]]:
@@ -762,36 +766,25 @@ def _static_int(frame: _Frame, ref: str) -> int | None:
   """A scalar int the graph fixes without running: a Const, or one dim of a
   saved static shape read as StridedSlice(Shape(x), [k], [k + 1]) (how
   tf_keras' RNN loops take their number of steps). None otherwise."""
-  for _ in range(100):
-    name, _, _ = _parse_ref(ref, True)
-    if name in frame.args:
-      if frame.parent is None:
-        return None
-      ref, frame = frame.call_inputs[frame.args[name]], frame.parent
-      continue
-    node = frame.nodes.get(name)
-    if node is None:
-      return None
-    if node.op == "Const":
-      value = tf.make_ndarray(node.attr["value"].tensor)
-      return int(np.ravel(value)[0]) if np.size(value) == 1 else None
-    if node.op == "Identity":
-      ref = node.input[0]
-      continue
-    if node.op == "StridedSlice":
-      source = frame.nodes.get(_parse_ref(node.input[0], True)[0])
-      begin, end = (_const_value(frame, node.input[i]) for i in (1, 2))
-      if source is None or source.op != "Shape" or begin is None or end is None:
-        return None
-      k = int(np.ravel(begin)[0])
-      if int(np.ravel(end)[0]) != k + 1:
-        return None
-      for saved_only in (False, True):  # a traced shape may know less than the saved one
-        shape = frame.ref_shape(source.input[0], saved_only)
-        if shape is not None and -len(shape) <= k < len(shape) and shape[k] >= 0:
-          return int(shape[k])
-      return None
+  frame, node = _source(frame, ref)
+  if node is None:
     return None
+  if node.op == "Const":
+    value = tf.make_ndarray(node.attr["value"].tensor)
+    return int(np.ravel(value)[0]) if np.size(value) == 1 else None
+  if node.op != "StridedSlice":
+    return None
+  shape_frame, shape_node = _source(frame, node.input[0])
+  begin, end = (_const_value(frame, node.input[i]) for i in (1, 2))
+  if shape_node is None or shape_node.op != "Shape" or begin is None or end is None:
+    return None
+  k = int(np.ravel(begin)[0])
+  if int(np.ravel(end)[0]) != k + 1:
+    return None
+  for saved_only in (False, True):  # a traced shape may know less than the saved one
+    shape = shape_frame.ref_shape(shape_node.input[0], saved_only)
+    if shape is not None and -len(shape) <= k < len(shape) and shape[k] >= 0:
+      return int(shape[k])
   return None
 
 
