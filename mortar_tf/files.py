@@ -56,6 +56,21 @@ def check_writable_dir(directory: str, what: str = "output directory") -> None:
     raise OutputError(f"the {what} {directory!r} is not writable")
 
 
+def check_creatable_dir(directory: str, what: str = "output directory") -> None:
+  """Raises OutputError unless `directory` exists and is writable, or can be
+  made: its nearest existing ancestor is a writable directory."""
+  head = os.path.abspath(directory)
+  while not os.path.exists(head):
+    parent = os.path.dirname(head)
+    if parent == head:
+      break
+    head = parent
+  if head == os.path.abspath(directory):
+    check_writable_dir(head, what)
+  else:
+    check_writable_dir(head, f"directory {head!r} that would hold the {what} {directory!r}")
+
+
 def check_output_file(path: str) -> None:
   """Checks before any work that `path` can be written: its directory exists and
   is writable, and `path` is not a directory."""
@@ -72,6 +87,9 @@ class _OutputSet:
     self.made: list[str] = []
 
   def commit(self):
+    for _, path in self.pending:  # what would fail a rename, before the first one
+      if os.path.isdir(path):
+        raise OutputError(describe_os_error(OSError(errno.EISDIR, "Is a directory"), path))
     for tmp, path in self.pending:
       try:
         os.replace(tmp, path)

@@ -191,15 +191,24 @@ def test_estimator_files_are_all_or_none(src, tmp_path):
                               f"--json={tmp_path / 'missing' / 'e.json'}")
   assert result.returncode == 1 and "does not exist" in result.stderr
   assert _entries(tmp_path) == []
-  # a failure after the CSV was written (the plots' directory is a file) leaves no CSV
+  # the plots' directory is a file: found before any work
   (tmp_path / "plots").write_text("x")
+  result = installed_tool.run("mortar-estimate", f"--saved_model={src}",
+                              f"--csv={tmp_path / 'layers.csv'}", f"--plots_dir={tmp_path / 'plots'}")
+  assert result.returncode == 1 and "not a directory" in result.stderr
+  assert _entries(tmp_path) == ["plots"]
+  # a failure after the CSV and JSON were written (a plot's path is a directory): none is left
+  (tmp_path / "plots").unlink()
+  (tmp_path / "plots" / "density.png").mkdir(parents=True)
   result = installed_tool.run("mortar-estimate", f"--saved_model={src}",
                               f"--csv={tmp_path / 'layers.csv'}",
                               f"--json={tmp_path / 'e.json'}", f"--plots_dir={tmp_path / 'plots'}")
   assert result.returncode == 1, result.stdout
-  assert "cannot write" in result.stderr
+  assert "cannot write" in result.stderr and "density.png" in result.stderr
   assert _entries(tmp_path) == ["plots"]
-  (tmp_path / "plots").unlink()
+  assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["density.png"]
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.rmtree(tmp_path / "plots")
   result = installed_tool.run("mortar-estimate", f"--saved_model={src}",
                               f"--csv={tmp_path / 'layers.csv'}",
                               f"--json={tmp_path / 'e.json'}", f"--plots_dir={tmp_path / 'plots'}")

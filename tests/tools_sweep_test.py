@@ -34,7 +34,7 @@ def test_tool_is_installed():
 
 
 def test_sweep_and_search(files, tmp_path):
-  out = tmp_path / "out"
+  out = tmp_path / "out" / "main"  # missing directories are made (as scripts/main.sh needs)
   result = _run(f"--model={files / 'm.keras'}", f"--data={files / 'data.npz'}",
                 "--methods=paper,round", "--precisions=0.05,0.3", "--keep_bits=4",
                 "--budget=0.02", "--search_precisions=0.05,0.5", f"--out_dir={out}")
@@ -57,3 +57,13 @@ def test_bad_input_exits_nonzero(files, tmp_path, args, message):
                 f"--out_dir={tmp_path / 'out'}", *args)
   assert result.returncode != 0
   assert message in result.stderr
+
+
+def test_an_output_directory_that_cannot_be_made_fails_before_the_sweep(files, tmp_path):
+  (tmp_path / "file").write_text("x")
+  result = _run(f"--model={files / 'm.keras'}", f"--data={files / 'data.npz'}",
+                "--methods=round", "--keep_bits=4", "--nosearch",
+                f"--out_dir={tmp_path / 'file' / 'out'}")
+  assert result.returncode == 1
+  assert "not a directory" in result.stderr and "Sweep" not in result.stdout
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

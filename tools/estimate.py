@@ -11,7 +11,6 @@ The output files are written all or none (each renamed into place once all
 are written). Exit status: 0 done, 1 failed.
 """
 
-import os
 import sys
 
 from absl import app
@@ -61,8 +60,7 @@ def main(argv):
       if path:
         files.check_output_file(path)
     if _PLOTS_DIR.value:
-      files.check_writable_dir(os.path.dirname(os.path.abspath(_PLOTS_DIR.value)),
-                               "parent of --plots_dir")
+      files.check_creatable_dir(_PLOTS_DIR.value, "--plots_dir")
     engines = (estimator.load_engines(_CONFIG.value) if _CONFIG.value
                else estimator.default_engines())
     if _ENGINES.value:

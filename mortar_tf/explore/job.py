@@ -60,10 +60,7 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     data = {k: v[:samples] for k, v in data.items()}
   model = models.load(model_path, signature=signature, output=output)
   score = metrics_lib.builtin_metric(metric, model, data)
-  files_lib.check_writable_dir(os.path.dirname(os.path.abspath(out_dir)),
-                               "parent of the output directory")
-  if os.path.exists(out_dir):
-    files_lib.check_writable_dir(out_dir)
+  files_lib.check_creatable_dir(out_dir)  # before the sweep's work, not after
 
   swept = search_lib.sweep(model, score, grid, progress=progress)
   found = None
