@@ -216,3 +216,24 @@ def test_a_saved_model_sweeps_like_the_keras_model_it_was_exported_from(tmp_path
     assert b.speedup == pytest.approx(a.speedup)
   # The loaded model's kernels are back afterwards.
   np.testing.assert_array_equal(loaded.predict(X), model.predict(X, verbose=0))
+
+
+def test_a_fully_convolutional_saved_model_is_estimated_at_the_datas_shape(tmp_path):
+  # Free H and W (MTCNN's PNet, HED): the job estimates at one sample of the
+  # data's own shape, and its figure is the estimator's at that shape.
+  inputs = keras.Input((None, None, 3))
+  x = keras.layers.Conv2D(4, 3, name="a")(inputs)
+  outputs = keras.layers.Conv2D(2, 3, name="b")(x)
+  model = keras.Model(inputs, outputs)
+  model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.weights])
+  model.export(str(tmp_path / "sm"), verbose=False)
+  x = rng.standard_normal((6, 20, 24, 3)).astype(np.float32)
+  np.savez(tmp_path / "d.npz", x=x)
+  result = job.run_job(str(tmp_path / "sm"), str(tmp_path / "d.npz"), str(tmp_path / "out"),
+                       metric="mse", grid={"paper": [0.1]}, search=False)
+  point = result.sweep.points[-1]
+  direct = mortar_tf.estimator.estimate(str(tmp_path / "sm"), input_shape=(1, 20, 24, 3),
+                                        method="paper", precision=0.1)
+  assert not direct.unmapped
+  assert point.speedup == pytest.approx(direct.speedup()["mortar"])
+  assert point.speedup != pytest.approx(1.0)

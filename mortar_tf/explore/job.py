@@ -58,16 +58,20 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     if samples < 1:
       raise ValueError(f"samples must be >= 1, got {samples}")
     data = {k: v[:samples] for k, v in data.items()}
-  model = models.load(model_path, signature=signature, output=output)
+  # The estimator reads the graph at one sample of the data's own shape: a
+  # model with free dims (a fully convolutional net) has no other shape to use.
+  input_shape = (1,) + tuple(data["x"].shape[1:])
+  model = models.load(model_path, signature=signature, output=output,
+                      input_shape=input_shape)
   score = metrics_lib.builtin_metric(metric, model, data)
   files_lib.check_creatable_dir(out_dir)  # before the sweep's work, not after
 
-  swept = search_lib.sweep(model, score, grid, progress=progress)
+  swept = search_lib.sweep(model, score, grid, progress=progress, input_shape=input_shape)
   found = None
   if search:
     found = search_lib.search_precisions(model, score, budget, method=search_method,
                                          precisions=search_precisions, objective=objective,
-                                         progress=progress)
+                                         progress=progress, input_shape=input_shape)
     swept = dataclasses.replace(swept, points=swept.points + (found.point,))
 
   with files_lib.output_set():  # every file, or none
@@ -100,16 +104,17 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     written.append(plots.plot_columns(np.asarray(before), np.asarray(after),
                                     os.path.join(out_dir, "columns.png"), label))
     if found is not None and found.precisions:
-      written.append(_speedup_plot(model, found, os.path.join(out_dir, "speedup.png")))
+      written.append(_speedup_plot(model, found, os.path.join(out_dir, "speedup.png"),
+                                   input_shape))
 
     summary = _summary(model_path, data_path, len(data["x"]), swept, found, model)
     written.append(files_lib.write_text(os.path.join(out_dir, "summary.md"), summary))
   return JobResult(swept, found, tuple(written), summary)
 
 
-def _speedup_plot(model, found, path: str) -> str:
+def _speedup_plot(model, found, path: str, input_shape) -> str:
   from mortar_tf.estimator import plots as estimator_plots  # pylint: disable=import-outside-toplevel
-  estimator = search_lib.ModelEstimator(model, search_lib.model_input_shape(model))
+  estimator = search_lib.ModelEstimator(model, input_shape)
   try:
     result = estimator(found.method, dict(found.precisions))
     return estimator_plots.plot_speedup(result, path)
