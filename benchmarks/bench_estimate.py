@@ -65,12 +65,13 @@ def main(argv):
       start = time.perf_counter()
       result = estimator.estimate(path, input_shape=(1, _INPUT_SIZE.value, _INPUT_SIZE.value, 3))
       seconds = time.perf_counter() - start
-      speed = result.speedup()
+      head = result.headline()
       print(f"{name}: {weights / 1e6:.1f}M weights, {len(result.mapped)} layers estimated, "
             f"{len(result.unmapped)} not; estimate {seconds:.2f} s "
             f"(goal < {GOALS.get(name, float('nan')):g} s at full size) = "
-            f"{seconds / baseline:.1f}x read+copy ratio; mortar {speed['mortar']:.3f}x over "
-            f"bitlet")
+            f"{seconds / baseline:.1f}x read+copy ratio; mortar (morphed) "
+            f"{head['over_stripes']:.3f}x over stripes, {head['over_unmorphed']:.3f}x over "
+            f"mortar (original)")
   finally:
     shutil.rmtree(root, ignore_errors=True)
 

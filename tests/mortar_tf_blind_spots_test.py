@@ -84,8 +84,10 @@ def test_an_all_zero_group_still_costs_one_cycle(tmp_path):
   # SPEC 4: pragmatic = max lane ones, at least 1: one cycle per all-zero group
   groups = layer.n_groups["pragmatic"]
   assert groups == 3  # three columns of 8 lanes, one group each at G=64
-  assert layer.cycles["pragmatic"] == layer.n_pos * groups
-  assert layer.cycles["bitlet"] >= layer.n_pos * groups  # at least 1 per group too
+  for weights in ("original", "morphed"):
+    assert layer.cycles["pragmatic"][weights] == layer.n_pos * groups
+    assert layer.cycles["mortar"][weights] == layer.n_pos * groups  # the same rule
+    assert layer.cycles["bitlet"][weights] >= layer.n_pos * groups  # at least 1 per group too
 
 
 NUMPY_ESTIMATE = textwrap.dedent("""
@@ -93,8 +95,8 @@ NUMPY_ESTIMATE = textwrap.dedent("""
     from mortar_tf import estimator, ops
     assert not ops.is_built()
     result = estimator.estimate(sys.argv[1], input_shape=(2, 8), precision=0.2)
-    print(json.dumps([[l.cycles, l.columns and {k: list(map(int, v)) for k, v in l.columns.items()}]
-                      for l in result.mapped]))
+    print(json.dumps([[l.cycles, {e: {w: list(map(int, v)) for w, v in c.items()}
+                                  for e, c in l.columns.items()}] for l in result.mapped]))
 """)
 
 
@@ -113,5 +115,6 @@ def test_the_estimator_without_the_op_gives_the_same_figures(tmp_path):
   import json  # pylint: disable=import-outside-toplevel
   (cycles, columns), = json.loads(result.stdout.strip().splitlines()[-1])
   (layer,) = with_op.mapped
-  assert cycles == dict(layer.cycles)
-  assert columns == {k: list(map(int, v)) for k, v in layer.columns.items()}
+  assert cycles == {e: dict(c) for e, c in layer.cycles.items()}
+  assert columns == {e: {w: list(map(int, v)) for w, v in c.items()}
+                     for e, c in layer.columns.items()}

@@ -36,8 +36,9 @@ def test_spec_engine_example():
   assert (n_groups, lane_sum, bitlet_sum) == (1, 2, 3)
   assert columns == (2, 2, 1, 0)  # windows 1100, 1000, 0110, 0000
   cycles = {m: Engine(m, m, group_size=4, width=4, window=2).group_cycles(1, lane_sum, bitlet_sum)
-            for m in estimator.MODELS if m != "mortar"}
-  assert cycles == {"fp32": 1, "stripes": 4, "pragmatic": 2, "bitlet": 3}
+            for m in estimator.MODELS}
+  # SPEC 5: pragmatic 2, mortar 2, bitlet 3, stripes 4, fp32 1.
+  assert cycles == {"fp32": 1, "stripes": 4, "pragmatic": 2, "bitlet": 3, "mortar": 2}
 
 
 def test_spec_engine_example_through_a_saved_model(tmp_path):
@@ -50,8 +51,61 @@ def test_spec_engine_example_through_a_saved_model(tmp_path):
   result = estimator.estimate(str(tmp_path / "m"), input_shape=(1, 4), engines=engines,
                               precision=1e-9)  # P this small changes no weight
   (layer,) = result.layers
-  assert layer.cycles == {"fp32": 1, "stripes": 4, "pragmatic": 2, "bitlet": 3, "mortar": 3}
+  spec5 = {"fp32": 1, "stripes": 4, "pragmatic": 2, "bitlet": 3, "mortar": 2}
+  assert layer.cycles == {m: {"original": c, "morphed": c} for m, c in spec5.items()}
   assert layer.macs == 4 and layer.n_pos == 1
+  # Nothing changed: stripes 4 / mortar 2 = 2x, and morphing alone buys 1x.
+  assert result.headline() == {"over_stripes": 2.0, "over_unmorphed": 1.0}
+
+
+def test_spec_example_morphed_cells_and_baseline_cells(tmp_path):
+  # [1.375, 1, 0.75, 0] at P = 0.3 (paper): 1.375 (1.011b) -> 1.5 (SPEC 5).
+  # Aligned to the group's exponent, width 4: lanes 1.011, 1.000, 0.110, 0 hold
+  # 3, 1, 2, 0 ones (pragmatic and mortar: 3); morphed 1.100: 2, 1, 2, 0 (2).
+  # Bitlet's column costs come from spec_reference's loops.
+  inputs = keras.Input((4,))
+  outputs = keras.layers.Dense(1, use_bias=False, name="fc")(inputs)
+  model = keras.Model(inputs, outputs)
+  model.get_layer("fc").set_weights([np.float32([[1.375], [1], [0.75], [0]])])
+  model.export(str(tmp_path / "m"), verbose=False)
+  engines = [Engine(m, m, group_size=4, width=4, window=2) for m in estimator.MODELS]
+  result = estimator.estimate(str(tmp_path / "m"), input_shape=(1, 4), engines=engines,
+                              method="paper", precision=0.3)
+  (layer,) = result.layers
+  group = np.float32([1.375, 1, 0.75, 0]).reshape(4, 1)
+  morphed = np.float32([1.5, 1, 0.75, 0]).reshape(4, 1)
+  np.testing.assert_array_equal(mortar_tf.morph(group, "paper", precision=0.3), morphed)
+  (orig_lane, orig_bitlet), = ref.engine_group_figures(group, (0,), 4, 4, 2)
+  (new_lane, new_bitlet), = ref.engine_group_figures(morphed, (0,), 4, 4, 2)
+  assert (orig_lane, new_lane) == (3, 2)
+  expect = {"fp32": (1, 1), "stripes": (4, 4), "pragmatic": (orig_lane, new_lane),
+            "bitlet": (orig_bitlet, new_bitlet), "mortar": (orig_lane, new_lane)}
+  assert layer.cycles == {m: {"original": a, "morphed": b} for m, (a, b) in expect.items()}
+  assert result.headline() == {"over_stripes": 4 / 2, "over_unmorphed": 3 / 2}
+  # Any cell can be the baseline; the headlines do not move with it.
+  other = estimator.estimate(str(tmp_path / "m"), input_shape=(1, 4), engines=engines,
+                             method="paper", precision=0.3, baseline="bitlet:morphed")
+  assert other.baseline == ("bitlet", "morphed")
+  assert other.speedup()["pragmatic"]["original"] == new_bitlet / orig_lane
+  assert other.headline() == result.headline()
+  with pytest.raises(ValueError, match="'original' or 'morphed'"):
+    estimator.estimate(str(tmp_path / "m"), engines=engines, baseline="bitlet:both")
+  with pytest.raises(ValueError, match="not one of the engines"):
+    estimator.estimate(str(tmp_path / "m"), engines=engines, baseline="eyeriss")
+
+
+def test_an_all_zero_group_costs_one_cycle_on_pragmatic_and_mortar(tmp_path):
+  inputs = keras.Input((4,))
+  outputs = keras.layers.Dense(2, use_bias=False, name="fc")(inputs)
+  model = keras.Model(inputs, outputs)
+  model.get_layer("fc").set_weights([np.float32([[0, 1.5], [0, 1], [0, 0.75], [0, 0]])])
+  model.export(str(tmp_path / "m"), verbose=False)
+  engines = [Engine(m, m, group_size=4, width=4, window=2) for m in estimator.MODELS]
+  (layer,) = estimator.estimate(str(tmp_path / "m"), input_shape=(1, 4), engines=engines).layers
+  # Column 0 is all zeros: 1 cycle (the floor) on both; column 1 is SPEC 5's group.
+  for weights in ("original", "morphed"):
+    assert layer.cycles["pragmatic"][weights] == 1 + 2
+    assert layer.cycles["mortar"][weights] == 1 + 2
 
 
 def _weights(shape, seed):
@@ -127,13 +181,23 @@ def test_cycles_groups_and_macs_match_independent_loops(layer_case):
   def cycles(total):
     return -(-n_pos * total // PES)
 
-  assert layer.cycles["fp32"] == cycles(n_groups)
-  assert layer.cycles["stripes"] == cycles(WIDTH * n_groups)
-  assert layer.cycles["pragmatic"] == cycles(sum(max(lane, 1) for lane, _ in original))
-  assert layer.cycles["bitlet"] == cycles(sum(b for _, b in original))
-  assert layer.cycles["mortar"] == cycles(sum(b for _, b in morphed))
-  assert layer.cycles["mortar"] < layer.cycles["bitlet"]
-  assert list(layer.columns["original"]) == ref.aligned_column_ones(kernel, axes, G, WIDTH)
+  for weights, groups in (("original", original), ("morphed", morphed)):
+    assert layer.cycles["fp32"][weights] == cycles(n_groups)
+    assert layer.cycles["stripes"][weights] == cycles(WIDTH * n_groups)
+    lanes = cycles(sum(max(lane, 1) for lane, _ in groups))
+    assert layer.cycles["pragmatic"][weights] == lanes
+    assert layer.cycles["mortar"][weights] == lanes  # the pragmatic rule (SPEC 4 v3)
+    assert layer.cycles["bitlet"][weights] == cycles(sum(b for _, b in groups))
+  assert layer.cycles["mortar"]["morphed"] < layer.cycles["mortar"]["original"]
+  for name in estimator.MODELS:
+    assert list(layer.columns[name]["original"]) == ref.aligned_column_ones(kernel, axes, G,
+                                                                           WIDTH)
+    assert list(layer.columns[name]["morphed"]) == ref.aligned_column_ones(morphed_kernel, axes,
+                                                                          G, WIDTH)
+  head = result.headline()
+  assert head["over_stripes"] == cycles(WIDTH * n_groups) / layer.cycles["mortar"]["morphed"]
+  assert head["over_unmorphed"] == (layer.cycles["mortar"]["original"] /
+                                    layer.cycles["mortar"]["morphed"])
 
 
 def test_fp32_and_stripes_formulas_with_one_pe(layer_case):
@@ -142,8 +206,8 @@ def test_fp32_and_stripes_formulas_with_one_pe(layer_case):
   (layer,) = result.layers
   r = int(np.prod([kernel.shape[a] for a in axes]))
   fp32 = layer.n_pos * (kernel.size // r) * math.ceil(r / G)
-  assert layer.cycles["fp32"] == fp32
-  assert layer.cycles["stripes"] == WIDTH * fp32
+  assert layer.cycles["fp32"] == {"original": fp32, "morphed": fp32}
+  assert layer.cycles["stripes"] == {"original": WIDTH * fp32, "morphed": WIDTH * fp32}
 
 
 def test_speedups_iso_area_time_and_energy(layer_case):
@@ -152,14 +216,21 @@ def test_speedups_iso_area_time_and_energy(layer_case):
              Engine("mortar", "mortar", power_w=0.06858, area_mm2=0.031, frequency_hz=1e9),
              Engine("fp32", "fp32")]
   result = estimator.estimate(path, input_shape=(BATCH,) + in_shape, engines=engines)
+  assert result.baseline == ("bitlet", "original")  # no stripes: the first engine
   total = result.total_cycles()
   speed = result.speedup()
-  assert speed["mortar"] == total["bitlet"] / total["mortar"]
-  assert result.iso_area_speedup()["mortar"] == pytest.approx(speed["mortar"] * 0.05 / 0.031)
-  assert result.iso_area_speedup()["fp32"] is None  # no area: unknown, not invented
-  assert result.seconds()["mortar"] == total["mortar"] / 1e9
-  assert result.joules()["mortar"] == pytest.approx(0.06858 * total["mortar"] / 1e9)
-  assert result.joules()["bitlet"] is None and result.seconds()["fp32"] is None
+  for w in ("original", "morphed"):
+    assert speed["mortar"][w] == total["bitlet"]["original"] / total["mortar"][w]
+    assert result.iso_area_speedup()["mortar"][w] == pytest.approx(speed["mortar"][w] * 0.05 /
+                                                                   0.031)
+    assert result.iso_area_speedup()["fp32"][w] is None  # no area: unknown, not invented
+    assert result.seconds()["mortar"][w] == total["mortar"][w] / 1e9
+    assert result.joules()["mortar"][w] == pytest.approx(0.06858 * total["mortar"][w] / 1e9)
+    assert result.joules()["bitlet"][w] is None and result.seconds()["fp32"][w] is None
+  # No stripes engine: that headline is unknown, not computed against another.
+  assert result.headline()["over_stripes"] is None
+  assert result.headline()["over_unmorphed"] == total["mortar"]["original"] / total["mortar"]["morphed"]
+  assert "unknown (no engine of that model)" in result.table()
 
 
 def test_reports_csv_json_plots(layer_case, tmp_path):
@@ -168,10 +239,13 @@ def test_reports_csv_json_plots(layer_case, tmp_path):
   result.write_csv(str(tmp_path / "l.csv"))
   header = (tmp_path / "l.csv").read_text().splitlines()[0].split(",")
   assert header[:3] == ["LayerID", "Layer name", "Op"] and "MACs" in header
-  assert "Total Cycles mortar" in header and "Speedup" in header
+  assert "Total Cycles mortar original" in header and "Total Cycles mortar morphed" in header
+  assert "Speedup mortar over stripes" in header
   result.write_json(str(tmp_path / "e.json"))
   data = json.loads((tmp_path / "e.json").read_text())
   assert data["total"]["cycles"] == result.total_cycles()
+  assert data["headline"] == result.headline()
+  assert data["baseline"] == {"engine": "stripes", "weights": "original"}
   for png in plots.write_plots(result, str(tmp_path / "plots")):
     with open(png, "rb") as f:
       head = f.read(8)

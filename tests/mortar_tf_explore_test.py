@@ -235,5 +235,6 @@ def test_a_fully_convolutional_saved_model_is_estimated_at_the_datas_shape(tmp_p
   direct = mortar_tf.estimator.estimate(str(tmp_path / "sm"), input_shape=(1, 20, 24, 3),
                                         method="paper", precision=0.1)
   assert not direct.unmapped
-  assert point.speedup == pytest.approx(direct.speedup()["mortar"])
-  assert point.speedup != pytest.approx(1.0)
+  assert point.speedup == pytest.approx(direct.headline()["over_stripes"])
+  assert point.speedup_unmorphed == pytest.approx(direct.headline()["over_unmorphed"])
+  assert point.speedup_unmorphed != pytest.approx(1.0)

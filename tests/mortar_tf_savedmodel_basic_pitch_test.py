@@ -96,8 +96,11 @@ def test_the_estimator_morphs_exactly_what_the_converter_writes(model_dir, tmp_p
   assert morphed == KERNELS  # the CQT constants are estimated on their original weights
   constant_layers = [layer for layer in result.mapped if layer.weight not in KERNELS]
   assert constant_layers and all(layer.precision is None for layer in constant_layers)
-  # the mortar engine (Bitlet's rule on its weights) sees them as they are
-  assert all(layer.cycles["mortar"] == layer.cycles["bitlet"] for layer in constant_layers)
+  # every engine's morphed cell sees them as they are
+  assert all(cells["morphed"] == cells["original"]
+             for layer in constant_layers for cells in layer.cycles.values())
+  assert all(layer.cycles["mortar"]["morphed"] < layer.cycles["mortar"]["original"]
+             for layer in result.mapped if layer.weight in KERNELS)
   report = savedmodel.convert(model_dir, str(tmp_path / "o"), "paper", 0.1)
   assert {v.name for v in report.morphed} == morphed
   # and a map entry that matches nothing is refused by both

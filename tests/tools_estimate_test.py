@@ -41,13 +41,19 @@ def test_writes_table_csv_json_and_plots(model, tmp_path):
                 f"--csv={tmp_path / 'l.csv'}", f"--json={tmp_path / 'e.json'}",
                 f"--plots_dir={tmp_path / 'plots'}")
   assert result.returncode == 0, result.stderr
-  assert "total" in result.stdout and "mortar x" in result.stdout
+  assert "total" in result.stdout
+  assert "over stripes on the original weights" in result.stdout
+  assert "over mortar on the original weights" in result.stdout
   with open(tmp_path / "l.csv", newline="", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   assert [r["Op"] for r in rows] == ["Conv2D", "DepthwiseConv2dNative", "MatMul"]
   data = json.loads((tmp_path / "e.json").read_text())
-  assert [int(r["Total Cycles mortar"]) for r in rows] == [
-      layer["cycles"]["mortar"] for layer in data["layers"]]
+  for weights in ("original", "morphed"):
+    assert [int(r[f"Total Cycles mortar {weights}"]) for r in rows] == [
+        layer["cycles"]["mortar"][weights] for layer in data["layers"]]
+  assert float(rows[0]["Speedup mortar over stripes"]) == pytest.approx(
+      data["layers"][0]["cycles"]["stripes"]["original"] /
+      data["layers"][0]["cycles"]["mortar"]["morphed"], rel=1e-5)
   for name in ("cycles.png", "speedup.png", "density.png"):
     assert (tmp_path / "plots" / name).stat().st_size > 1000
 
@@ -59,7 +65,21 @@ def test_engine_subset_and_config(model, tmp_path):
       {"name": "mortar", "model": "mortar", "group_size": 16, "area_mm2": 0.031}]))
   result = _run(f"--saved_model={model}", f"--config={config}", "--engines=bitlet,mortar")
   assert result.returncode == 0, result.stderr
-  assert "iso-area speedup" in result.stdout and "G=16" in result.stdout
+  assert "iso-area" in result.stdout and "G=16" in result.stdout
+  assert "baseline, bitlet on the original weights" in result.stdout  # no stripes here
+
+
+def test_group_size_and_width_flags_set_every_engines_geometry(model, tmp_path):
+  result = _run(f"--saved_model={model}", "--input_shape=2,8,8,3", "--group_size=8",
+                "--width=12", f"--json={tmp_path / 'e.json'}")
+  assert result.returncode == 0, result.stderr
+  data = json.loads((tmp_path / "e.json").read_text())
+  assert {(e["group_size"], e["width"]) for e in data["engines"]} == {(8, 12)}
+  assert all(e["sources"]["group_size"] == "set by the user" for e in data["engines"])
+  # Aligned columns shown next to an engine have that engine's width.
+  assert all(len(layer["columns"][name]["original"]) == 12
+             for layer in data["layers"] for name in layer["columns"])
+  assert "G=8 width=12" in result.stdout
 
 
 @pytest.mark.parametrize("args,message", [
@@ -68,6 +88,8 @@ def test_engine_subset_and_config(model, tmp_path):
     (["--baseline=tpu"], "baseline 'tpu' is not one of the engines"),
     (["--config=/nonexistent.json"], "no such engine config"),
     (["--precision=0"], "precision"),
+    (["--baseline=stripes:later"], "'original' or 'morphed'"),
+    (["--group_size=0"], "group_size"),
 ])
 def test_bad_input_exits_nonzero(model, args, message):
   if not any(a.startswith("--saved_model") for a in args):

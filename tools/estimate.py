@@ -1,5 +1,10 @@
 """Estimates per-layer cycles and speedups of a SavedModel on bit-serial engines.
 
+Every engine runs on the original and on the morphed weights; the summary
+gives SPEC 4's two headline figures (mortar on the morphed weights over
+stripes, and over mortar, on the original weights) and every cell's speedup
+over --baseline.
+
   mortar-estimate --saved_model=model_dir --input_shape=1,224,224,3
   mortar-estimate --saved_model=model_dir --engines=bitlet,mortar --precision=0.05 \
       --csv=layers.csv --json=estimate.json --plots_dir=plots
@@ -29,7 +34,9 @@ _SIGNATURE = flags.DEFINE_string("signature", "serving_default", "The signature 
 _ENGINES = flags.DEFINE_list("engines", None,
                              "Engines to report (names from --config or the defaults "
                              "fp32,stripes,pragmatic,bitlet,mortar); default: all.")
-_BASELINE = flags.DEFINE_string("baseline", "bitlet", "The engine speedups are measured against.")
+_BASELINE = flags.DEFINE_string(
+    "baseline", None, "The cell speedups are measured against, ENGINE[:original|morphed] "
+    "(default: stripes:original, or the first engine's original weights without stripes).")
 _CONFIG = flags.DEFINE_string("config", None, "A JSON file of engine configs.")
 _METHOD = flags.DEFINE_enum("method", "paper", ["paper", "fewest_ones", "round", "bitx"],
                             "How the mortar engines' weights are morphed.")
@@ -39,6 +46,9 @@ _PRECISION_MAP = flags.DEFINE_string("precision_map", None,
                                      "--precision.")
 _KEEP_BITS = flags.DEFINE_integer("keep_bits", None, "Mantissa bits kept by round.")
 _COLUMNS = flags.DEFINE_integer("columns", None, "Aligned columns kept by bitx.")
+_GROUP_SIZE = flags.DEFINE_integer("group_size", None,
+                                   "Replace every engine's lanes per PE (G), 1..4096.")
+_WIDTH = flags.DEFINE_integer("width", None, "Replace every engine's aligned width, 1..64.")
 _CSV = flags.DEFINE_string("csv", None, "Write the per-layer table as CSV here.")
 _JSON = flags.DEFINE_string("json", None, "Write the full estimate as JSON here.")
 _PLOTS_DIR = flags.DEFINE_string("plots_dir", None,
@@ -72,7 +82,8 @@ def main(argv):
     result = estimator.estimate(
         _SAVED_MODEL.value, input_shape=input_shape, signature=_SIGNATURE.value,
         engines=engines, baseline=_BASELINE.value, method=_METHOD.value, precision=precision,
-        keep_bits=_KEEP_BITS.value, columns=_COLUMNS.value)
+        keep_bits=_KEEP_BITS.value, columns=_COLUMNS.value, group_size=_GROUP_SIZE.value,
+        width=_WIDTH.value)
     print(result.table())
     written = []
     with files.output_set():

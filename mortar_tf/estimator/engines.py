@@ -1,6 +1,8 @@
-"""Accelerator engines: the weight-serial cycle models of SPEC 4 as configs.
+"""Accelerator engines: the weight-serial cycle models of SPEC 4 (v3) as configs.
 
-An Engine is a small immutable config: which cycle model, how many lanes per
+An engine is hardware only: the estimator evaluates each one on the original
+and on the morphed weights (the matrix engines x weights). An Engine is a
+small immutable config: which cycle model, how many lanes per
 PE (`group_size`, the G of the weight groups), the aligned window `width`, the
 Bitlet `window`, how many PEs, and the clock, power and area where a source
 gives them. Every constant carries its source; a figure with no source is
@@ -28,6 +30,10 @@ MODELS = ("fp32", "stripes", "pragmatic", "bitlet", "mortar")
 # The op's bit-sliced lane counters hold 16 planes: groups up to 4096 lanes.
 MAX_GROUP_SIZE = 4096
 _BITLET_RTL = "Bitlet-PE public RTL defaults (64 lanes, 24 columns, 8-lane window)"
+# The default engines' geometry (Bitlet-PE RTL): what aligned figures shown
+# next to their estimates use.
+DEFAULT_GROUP_SIZE = 64
+DEFAULT_WIDTH = 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +42,10 @@ class Engine:
 
   Attributes:
     name: how reports name it (unique in an estimate).
-    model: the cycle model, one of MODELS; "mortar" is the bitlet model fed
-      with morphed weights.
+    model: the cycle model, one of MODELS. "mortar" is our reading of the
+      paper's accelerator, which the paper does not specify: it computes only
+      the 1 bits of exponent-matched weights with the lanes of a group in
+      step, i.e. the pragmatic rule, with Mortar's power and area.
     group_size: lanes per PE, the G of the weight groups (1..4096).
     width: aligned window width in columns (1..64).
     window: lanes per Bitlet window (>= 1).
@@ -49,8 +57,8 @@ class Engine:
   """
   name: str
   model: str
-  group_size: int = 64
-  width: int = 24
+  group_size: int = DEFAULT_GROUP_SIZE
+  width: int = DEFAULT_WIDTH
   window: int = 8
   num_pes: int = 1
   frequency_hz: float | None = None
@@ -80,9 +88,9 @@ class Engine:
                          f"fields, got {entry!r}")
 
   @property
-  def morphs(self) -> bool:
-    """Whether this engine runs on morphed weights."""
-    return self.model == "mortar"
+  def geometry(self) -> tuple[int, int, int]:
+    """(group_size, width, window): what its per-group figures depend on."""
+    return (self.group_size, self.width, self.window)
 
   def source(self, field: str) -> str | None:
     return dict(self.sources).get(field)
@@ -99,9 +107,9 @@ class Engine:
       return n_groups
     if self.model == "stripes":
       return self.width * n_groups
-    if self.model == "pragmatic":
+    if self.model in ("pragmatic", "mortar"):
       return lane_sum
-    return bitlet_sum  # bitlet, and mortar on morphed weights
+    return bitlet_sum
 
   def layer_cycles(self, n_pos: int, group_cycles: int) -> int:
     """ceil(N_pos * sum_g cycles(g) / num_pes), exactly (integers)."""
@@ -133,6 +141,22 @@ class Engine:
     if missing:
       raise ValueError(f"engine config needs {missing}")
     return cls(**dict(data))
+
+
+def with_geometry(engines: Sequence[Engine], group_size: int | None = None,
+                  width: int | None = None) -> tuple[Engine, ...]:
+  """The engines with their lanes per PE and/or aligned width replaced (what
+  `mortar-estimate --group_size/--width` does); the source says so."""
+  out = []
+  for engine in engines:
+    changes, sources = {}, dict(engine.sources)
+    for field, value in (("group_size", group_size), ("width", width)):
+      if value is not None:
+        changes[field] = value
+        sources[field] = "set by the user"
+    out.append(dataclasses.replace(engine, **changes, sources=tuple(sorted(sources.items())))
+               if changes else engine)
+  return tuple(out)
 
 
 def _check_int(name, what, value, low, high):

@@ -3,8 +3,11 @@
 For every compute op the graph reader finds: its weight's groups along the
 reduction axes (SPEC 3), `N_pos` (output elements of the op over the weight's
 output elements; for Conv*Transpose, batch x input spatial size), MACs
-(N_pos x weights) and cycles per engine (SPEC 4). The `mortar` model runs the
-bitlet model on the weights morphed with the given method. The per-group
+(N_pos x weights) and cycles per engine (SPEC 4 v3), each engine on the
+original and on the morphed weights. The headline figures are the `mortar`
+engine on the morphed weights over `stripes` and over `mortar` on the
+original weights; every cell is also a speedup over a chosen baseline cell
+(default stripes, original). The per-group
 figures come from the C++ op (MortarAlignedCount) when it is built, else from
 vectorised numpy; nothing loops per group or per weight in Python.
 
@@ -35,8 +38,17 @@ from mortar_tf.savedmodel import graph as graph_lib
 from mortar_tf.savedmodel import selection
 from mortar_tf.savedmodel import variables as variables_lib
 
-DEFAULT_BASELINE = "bitlet"
+WEIGHTS = ("original", "morphed")
+DEFAULT_BASELINE = ("stripes", "original")
 _TRANSPOSED = ("Conv2DBackpropInput", "Conv3DBackpropInputV2")
+# The two headline figures of SPEC 4: mortar on the morphed weights against
+# stripes on the original (the paper's baseline, in our reading) and against
+# mortar on the original (what morphing alone buys on the same hardware).
+HEADLINES = (("over_stripes", "stripes", "original"), ("over_unmorphed", "mortar", "original"))
+_HEADLINE_TEXT = {"over_stripes": "over stripes on the original weights (the paper's baseline, "
+                                  "our reading)",
+                  "over_unmorphed": "over mortar on the original weights (what morphing "
+                                    "alone buys)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,16 +57,18 @@ class LayerEstimate:
 
   Attributes:
     index: position in the graph's op list.
-    name: the op's name; op: its type; weight: the weight's name.
+    name: the op's name; op: its type; weight: the weight's name (the one
+      precision maps match).
     weight_shape, reduction_axes: the stored weight and its grouping.
     macs: N_pos x weights; weights: real weights (no padding).
     n_pos: positions (SPEC 4).
     n_groups: {engine: groups at that engine's G}.
-    cycles: {engine: layer cycles}.
-    columns: {"original": ones per aligned column, "morphed": ...} at the
-      baseline's G and width (the "arched" profile).
-    precision: the morphing settings the mortar engines used here, or None
-      (weights left as they are).
+    cycles: {engine: {"original": layer cycles, "morphed": layer cycles}}.
+    columns: {engine: {"original": ones per aligned column, "morphed": ...}}
+      at that engine's G and width (the "arched" profile; their sum is the
+      aligned ones shown next to the engine).
+    precision: the morphing settings of this layer's weight, or None (left
+      as it is: its morphed cells equal the original ones).
     unmapped: why the layer has no estimate, or None.
   """
   index: int
@@ -67,14 +81,18 @@ class LayerEstimate:
   weights: int = 0
   n_pos: int = 0
   n_groups: Mapping[str, int] = dataclasses.field(default_factory=dict)
-  cycles: Mapping[str, int] = dataclasses.field(default_factory=dict)
-  columns: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+  cycles: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+  columns: Mapping[str, Mapping[str, tuple[int, ...]]] = dataclasses.field(default_factory=dict)
   precision: Mapping[str, object] | None = None
   unmapped: str | None = None
 
   @property
   def mapped(self) -> bool:
     return self.unmapped is None
+
+  def aligned_ones(self, engine: str, weights: str) -> int:
+    """Aligned ones of the weight at `engine`'s G and width."""
+    return sum(self.columns[engine][weights])
 
 
 def _ratio(a: float, b: float) -> float:
@@ -83,13 +101,33 @@ def _ratio(a: float, b: float) -> float:
   return a / b
 
 
+def parse_baseline(baseline) -> tuple[str, str]:
+  """("engine", "original" | "morphed") from "engine", "engine:weights" or a pair."""
+  if isinstance(baseline, str):
+    engine, _, weights = baseline.partition(":")
+    weights = weights or "original"
+  elif isinstance(baseline, (tuple, list)) and len(baseline) == 2:
+    engine, weights = baseline
+  else:
+    raise ValueError(f"baseline must be 'ENGINE' or 'ENGINE:original|morphed', got {baseline!r}")
+  if weights not in WEIGHTS:
+    raise ValueError(f"baseline weights must be 'original' or 'morphed', got {weights!r} "
+                     f"(in {baseline!r})")
+  return str(engine), weights
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-  """The estimate of one SavedModel: layers, engines and the baseline."""
+  """The estimate of one SavedModel: layers x engines x {original, morphed}.
+
+  `baseline` is the cell every speedup is measured against ((engine, weights);
+  default stripes on the original weights); `headline()` gives SPEC 4's two
+  figures whatever the baseline.
+  """
   saved_model_dir: str
   signature: str
   engines: tuple[Engine, ...]
-  baseline: str
+  baseline: tuple[str, str]
   method: str
   settings: Mapping[str, object]
   layers: tuple[LayerEstimate, ...]
@@ -106,94 +144,167 @@ class Estimate:
   def engine(self, name: str) -> Engine:
     return next(e for e in self.engines if e.name == name)
 
-  def total_cycles(self) -> dict[str, int]:
-    return {e.name: sum(layer.cycles[e.name] for layer in self.mapped) for e in self.engines}
+  def _engine_of_model(self, model: str) -> str | None:
+    """The first engine with this cycle model (headlines name models, not names)."""
+    return next((e.name for e in self.engines if e.model == model), None)
+
+  def total_cycles(self) -> dict[str, dict[str, int]]:
+    """{engine: {weights: cycles}} summed over the estimated layers."""
+    return {e.name: {w: sum(layer.cycles[e.name][w] for layer in self.mapped) for w in WEIGHTS}
+            for e in self.engines}
 
   def total_macs(self) -> int:
     return sum(layer.macs for layer in self.mapped)
 
-  def speedup(self, layer: LayerEstimate | None = None) -> dict[str, float]:
-    """cycles(baseline) / cycles(engine), for one layer or the total."""
+  def speedup(self, layer: LayerEstimate | None = None,
+              baseline=None) -> dict[str, dict[str, float]]:
+    """{engine: {weights: cycles(baseline cell) / cycles(cell)}}, for one layer
+    or the total; `baseline` defaults to this estimate's."""
+    engine, weights = parse_baseline(baseline) if baseline is not None else self.baseline
     cycles = self.total_cycles() if layer is None else layer.cycles
-    base = cycles[self.baseline]
-    return {name: _ratio(base, value) for name, value in cycles.items()}
+    base = cycles[engine][weights]
+    return {name: {w: _ratio(base, value) for w, value in cells.items()}
+            for name, cells in cycles.items()}
 
-  def iso_area_speedup(self) -> dict[str, float | None]:
-    """Speedup at equal area: speedup x area(baseline) / area(engine), or None."""
-    base_area = self.engine(self.baseline).area_mm2
+  def headline(self, layer: LayerEstimate | None = None) -> dict[str, float | None]:
+    """SPEC 4's two figures: {"over_stripes": x, "over_unmorphed": x}, the
+    mortar engine on the morphed weights over stripes / mortar on the
+    original; None where the engines lack one of the models."""
+    mortar = self._engine_of_model("mortar")
+    cycles = self.total_cycles() if layer is None else layer.cycles
     out = {}
-    for name, value in self.speedup().items():
-      area = self.engine(name).area_mm2
-      out[name] = None if base_area is None or area is None else value * base_area / area
+    for key, model, weights in HEADLINES:
+      base = self._engine_of_model(model)
+      out[key] = (None if mortar is None or base is None else
+                  _ratio(cycles[base][weights], cycles[mortar]["morphed"]))
     return out
 
-  def seconds(self) -> dict[str, float | None]:
-    return {e.name: e.seconds(c) for e, c in zip(self.engines, self.total_cycles().values())}
+  def iso_area_speedup(self) -> dict[str, dict[str, float | None]]:
+    """Speedup at equal area, speedup x area(baseline) / area(engine): None
+    where either engine has no area."""
+    base_area = self.engine(self.baseline[0]).area_mm2
+    out = {}
+    for name, cells in self.speedup().items():
+      area = self.engine(name).area_mm2
+      out[name] = {w: None if base_area is None or area is None else v * base_area / area
+                   for w, v in cells.items()}
+    return out
 
-  def joules(self) -> dict[str, float | None]:
-    return {e.name: e.joules(c) for e, c in zip(self.engines, self.total_cycles().values())}
+  def headline_iso_area(self) -> dict[str, float | None]:
+    """The headline figures at equal area, None where an engine has no area."""
+    mortar = self._engine_of_model("mortar")
+    out = {}
+    for key, value in self.headline().items():
+      base = self._engine_of_model(dict((k, m) for k, m, _ in HEADLINES)[key])
+      areas = [self.engine(n).area_mm2 for n in (mortar, base) if n is not None]
+      out[key] = (None if value is None or len(areas) < 2 or None in areas else
+                  value * areas[1] / areas[0])
+    return out
+
+  def seconds(self) -> dict[str, dict[str, float | None]]:
+    return {name: {w: self.engine(name).seconds(c) for w, c in cells.items()}
+            for name, cells in self.total_cycles().items()}
+
+  def joules(self) -> dict[str, dict[str, float | None]]:
+    return {name: {w: self.engine(name).joules(c) for w, c in cells.items()}
+            for name, cells in self.total_cycles().items()}
+
+  def aligned_ones(self) -> dict[str, dict[str, int]]:
+    """{engine: {weights: aligned ones}} at each engine's own G and width."""
+    return {e.name: {w: sum(layer.aligned_ones(e.name, w) for layer in self.mapped)
+                     for w in WEIGHTS} for e in self.engines}
 
   # ---------------------------------------------------------------- reports
 
+  def baseline_text(self) -> str:
+    return f"{self.baseline[0]} on the {self.baseline[1]} weights"
+
+  def headline_text(self) -> str:
+    """One line per headline figure (with iso-area where both have an area)."""
+    iso = self.headline_iso_area()
+    lines = []
+    for key, value in self.headline().items():
+      if value is None:
+        lines.append(f"mortar on the morphed weights {_HEADLINE_TEXT[key]}: unknown "
+                     "(no engine of that model)")
+        continue
+      extra = f" (iso-area {table.ratio(iso[key])})" if iso[key] is not None else ""
+      lines.append(f"mortar on the morphed weights: {table.ratio(value)}{extra} "
+                   f"{_HEADLINE_TEXT[key]}")
+    return "\n".join(lines)
+
   def table(self) -> str:
-    """Per layer and total: MACs, cycles per engine, speedup of each engine."""
+    """Per layer: MACs, cycles of every engine on both weights, the headlines;
+    then the totals as a matrix (engines x weights) and the headline lines."""
     names = [e.name for e in self.engines]
-    others = [n for n in names if n != self.baseline]
-    headers = (["#", "layer", "op", "MACs"] + [f"cycles {n}" for n in names] +
-               [f"{n} x" for n in others])
+    headers = (["#", "layer", "op", "MACs"] +
+               [f"{n} {w[:4]}" for n in names for w in WEIGHTS] + ["x stripes", "x unmorphed"])
     rows = []
     for layer in self.layers:
       if not layer.mapped:
-        rows.append([layer.index, layer.name, layer.op, "-"] + ["-"] * (len(names) + len(others)))
+        rows.append([layer.index, layer.name, layer.op, "-"] + ["-"] * (2 * len(names) + 2))
         continue
-      speed = self.speedup(layer)
+      head = self.headline(layer)
       rows.append([layer.index, layer.name, layer.op, layer.macs] +
-                  [layer.cycles[n] for n in names] + [table.ratio(speed[n]) for n in others])
-    total, speed = self.total_cycles(), self.speedup()
-    rows.append(["", "total", "", self.total_macs()] + [total[n] for n in names] +
-                [table.ratio(speed[n]) for n in others])
-    text = [f"Estimate of {self.saved_model_dir} ({self.signature}, shapes: "
-            f"{self.shape_source}); speedup = cycles({self.baseline}) / cycles(engine); "
-            f"mortar engines: {self.method} {_settings_text(self.settings)}",
-            table.format_table(headers, rows, footer_rows=1)]
-    iso = self.iso_area_speedup()
-    seconds, joules = self.seconds(), self.joules()
-    lines = []
-    for e in self.engines:
-      parts = [f"{e.name}: {e.model}, G={e.group_size}, width={e.width}, window={e.window}, "
-               f"PEs={e.num_pes}"]
-      parts.append("time " + (f"{seconds[e.name]:.4g} s" if seconds[e.name] is not None
-                              else "unknown (no clock)"))
-      parts.append("energy " + (f"{joules[e.name]:.4g} J" if joules[e.name] is not None
-                                else "unknown (no clock or power)"))
-      if e.name != self.baseline:
-        parts.append("iso-area speedup " + (table.ratio(iso[e.name]) if iso[e.name] is not None
-                                            else "unknown (no area)"))
-      lines.append("; ".join(parts))
-    text.append("\n".join(lines))
+                  [layer.cycles[n][w] for n in names for w in WEIGHTS] +
+                  [table.ratio(head[k]) if head[k] is not None else "-" for k, _, _ in HEADLINES])
+    total, head = self.total_cycles(), self.headline()
+    rows.append(["", "total", "", self.total_macs()] + [total[n][w] for n in names for w in WEIGHTS]
+                + [table.ratio(head[k]) if head[k] is not None else "-" for k, _, _ in HEADLINES])
+    text = [f"Estimate of {self.saved_model_dir} ({self.signature}, shapes: {self.shape_source}); "
+            f"cycles per engine on the original (orig) and morphed (morp) weights; morphed: "
+            f"{self.method} {_settings_text(self.settings)}",
+            table.format_table(headers, rows, footer_rows=1),
+            "Totals (speedup = cycles of the baseline, " + self.baseline_text() +
+            ", over the cell's; aligned ones at each engine's own G and width):\n" +
+            self.matrix_table(),
+            self.headline_text()]
     if self.unmapped:
       text.append("\n".join(f"Not estimated: #{layer.index} {layer.name} ({layer.op}): "
                             f"{layer.unmapped}" for layer in self.unmapped))
     return "\n\n".join(text)
 
+  def matrix_table(self) -> str:
+    """The totals: one row per engine x weights."""
+    total, speed, iso = self.total_cycles(), self.speedup(), self.iso_area_speedup()
+    seconds, joules, ones = self.seconds(), self.joules(), self.aligned_ones()
+    rows = []
+    for e in self.engines:
+      for w in WEIGHTS:
+        rows.append([e.name, w, f"G={e.group_size} width={e.width}", ones[e.name][w],
+                     total[e.name][w], table.ratio(speed[e.name][w]),
+                     table.ratio(iso[e.name][w]) if iso[e.name][w] is not None else "-",
+                     f"{seconds[e.name][w]:.4g}" if seconds[e.name][w] is not None else "-",
+                     f"{joules[e.name][w]:.4g}" if joules[e.name][w] is not None else "-"])
+    notes = []
+    if any(e.frequency_hz is None for e in self.engines):
+      notes.append("time and energy: '-' where an engine has no clock (or no power) with a source")
+    if any(e.area_mm2 is None for e in self.engines):
+      notes.append("iso-area: '-' where an engine or the baseline has no area with a source")
+    return (table.format_table(["engine", "weights", "geometry", "aligned ones", "cycles",
+                                "speedup", "iso-area", "seconds", "joules"], rows) +
+            ("\n" + "; ".join(notes) if notes else ""))
+
   def csv_rows(self) -> list[list]:
-    """SCALE-Sim-like rows: LayerID, Layer name, Op, MACs, Weights, cycles..., speedups."""
+    """SCALE-Sim-like rows: LayerID, Layer name, Op, MACs, Weights, then the
+    cycles of every engine on both weights, the two headlines, a note."""
     names = [e.name for e in self.engines]
-    others = [n for n in names if n != self.baseline]
+    cells = [(n, w) for n in names for w in WEIGHTS]
     header = (["LayerID", "Layer name", "Op", "Weight", "MACs", "Weights", "N_pos"] +
-              [f"Total Cycles {n}" for n in names] + ["Speedup"] +
-              [f"Speedup {n}" for n in others] + ["Note"])
-    main = "mortar" if "mortar" in names else others[-1] if others else self.baseline
+              [f"Total Cycles {n} {w}" for n, w in cells] +
+              [f"Speedup {n} {w}" for n, w in cells] +
+              ["Speedup mortar over stripes", "Speedup mortar over unmorphed", "Note"])
     rows = [header]
     for layer in self.layers:
       if not layer.mapped:
         rows.append([layer.index, layer.name, layer.op, layer.weight or "", "", "", ""] +
-                    [""] * len(names) + [""] + [""] * len(others) + [layer.unmapped])
+                    [""] * (2 * len(cells) + 2) + [layer.unmapped])
         continue
-      speed = self.speedup(layer)
+      speed, head = self.speedup(layer), self.headline(layer)
       rows.append([layer.index, layer.name, layer.op, layer.weight, layer.macs, layer.weights,
-                   layer.n_pos] + [layer.cycles[n] for n in names] +
-                  [f"{speed[main]:.6g}"] + [f"{speed[n]:.6g}" for n in others] + [""])
+                   layer.n_pos] + [layer.cycles[n][w] for n, w in cells] +
+                  [f"{speed[n][w]:.6g}" for n, w in cells] +
+                  ["" if head[k] is None else f"{head[k]:.6g}" for k, _, _ in HEADLINES] + [""])
     return rows
 
   def write_csv(self, path: str) -> None:
@@ -202,18 +313,27 @@ class Estimate:
     files.write_text(path, buffer.getvalue())
 
   def to_dict(self) -> dict:
+    def finite(tree):
+      if isinstance(tree, Mapping):
+        return {k: finite(v) for k, v in tree.items()}
+      return files.finite_or_none(tree) if isinstance(tree, float) else tree
+
     return {
         "saved_model": self.saved_model_dir, "signature": self.signature,
-        "baseline": self.baseline, "method": self.method, "settings": dict(self.settings),
+        "baseline": {"engine": self.baseline[0], "weights": self.baseline[1]},
+        "method": self.method, "settings": dict(self.settings),
         "shape_source": self.shape_source,
         "engines": [e.to_dict() for e in self.engines],
+        "headline": finite(self.headline()),
+        "headline_iso_area": finite(self.headline_iso_area()),
         "total": {"macs": self.total_macs(), "cycles": self.total_cycles(),
-                  "speedup": {k: files.finite_or_none(v) for k, v in self.speedup().items()},
-                  "iso_area_speedup": {k: files.finite_or_none(v) for k, v in self.iso_area_speedup().items()},
+                  "aligned_ones": self.aligned_ones(),
+                  "speedup": finite(self.speedup()),
+                  "iso_area_speedup": finite(self.iso_area_speedup()),
                   "seconds": self.seconds(), "joules": self.joules()},
         "layers": [dict(dataclasses.asdict(layer),
-                        speedup=({k: files.finite_or_none(v) for k, v in self.speedup(layer).items()}
-                                 if layer.mapped else None))
+                        speedup=finite(self.speedup(layer)) if layer.mapped else None,
+                        headline=finite(self.headline(layer)) if layer.mapped else None)
                    for layer in self.layers],
     }
 
@@ -269,19 +389,24 @@ def _n_pos(op: graph_lib.ComputeOp, weight_shape, axes) -> tuple[int | None, str
   return total // n_out, None
 
 
-def _morphed(w, spec, axes):
+def _morphed(w, spec, axes, group_size, width):
+  """The weight as the converter would write it; bitx prunes with the
+  geometry of the engine it is estimated on."""
   if spec is None:
     return w
-  grouping = {"reduction_axes": axes} if spec.method == "bitx" else {}
-  return morphing.morph(w, spec.method, **spec.settings(), **grouping)
+  if spec.method == "bitx":
+    spec = dataclasses.replace(spec, group_size=group_size, width=width)
+    return morphing.morph(w, spec.method, **spec.settings(), reduction_axes=axes)
+  return morphing.morph(w, spec.method, **spec.settings())
 
 
 def estimate(saved_model_dir: str, input_shape=None,
              signature: str = graph_lib.DEFAULT_SIGNATURE,
-             engines: Sequence[Engine] | None = None, baseline: str = DEFAULT_BASELINE,
+             engines: Sequence[Engine] | None = None, baseline=None,
              method: str = "paper", precision=None, *, keep_bits=None, columns=None,
              group_size=None, width=None) -> Estimate:
-  """Estimates every compute op of a SavedModel on each engine.
+  """Estimates every compute op of a SavedModel on each engine, on the
+  original and on the morphed weights.
 
   Args:
     saved_model_dir: the SavedModel.
@@ -289,14 +414,17 @@ def estimate(saved_model_dir: str, input_shape=None,
       batch 1 and the declared shapes.
     signature: the signature whose graph is read.
     engines: Engine configs (default: default_engines()).
-    baseline: the engine speedups are measured against (default "bitlet":
-      the original weights on Bitlet; fp32 and stripes are reported too).
-    method, precision, keep_bits, columns, group_size, width: how the mortar
-      engines' weights are morphed (as for mortar_tf.morph), applied to exactly
-      what mortar_tf.savedmodel.convert would morph (savedmodel.selection:
-      variables, never graph constants). `precision` may be a {pattern: P} map,
-      matched as mortar_tf.precision_map says (an entry matching nothing is an
-      error, as in the converter); layers it does not cover keep their weights.
+    baseline: the cell speedups are measured against: "engine" (its original
+      weights), "engine:morphed", or a pair (default: stripes on the original
+      weights, or the first engine's original weights where none is "stripes").
+    method, precision, keep_bits, columns: how the weights are morphed (as for
+      mortar_tf.morph), applied to exactly what mortar_tf.savedmodel.convert
+      would morph (savedmodel.selection: variables, never graph constants).
+      `precision` may be a {pattern: P} map, matched as mortar_tf.precision_map
+      says (an entry matching nothing is an error, as in the converter);
+      layers it does not cover keep their weights. bitx prunes with the G and
+      width of each engine it is estimated on.
+    group_size, width: replace every engine's lanes per PE / aligned width.
 
   Returns:
     An Estimate.
@@ -307,11 +435,15 @@ def estimate(saved_model_dir: str, input_shape=None,
   """
   engines = engines_lib.check_engines(engines if engines is not None else
                                       engines_lib.default_engines())
-  if baseline not in [e.name for e in engines]:
-    raise ValueError(f"baseline {baseline!r} is not one of the engines: "
+  engines = engines_lib.with_geometry(engines, group_size, width)
+  if baseline is None:
+    names = [e.name for e in engines]
+    baseline = DEFAULT_BASELINE if DEFAULT_BASELINE[0] in names else (names[0], "original")
+  baseline = parse_baseline(baseline)
+  if baseline[0] not in [e.name for e in engines]:
+    raise ValueError(f"baseline {baseline[0]!r} is not one of the engines: "
                      f"{', '.join(e.name for e in engines)}")
-  spec_kwargs = {k: v for k, v in dict(keep_bits=keep_bits, columns=columns,
-                                       group_size=group_size, width=width).items()
+  spec_kwargs = {k: v for k, v in dict(keep_bits=keep_bits, columns=columns).items()
                  if v is not None}
   if isinstance(precision, Mapping):
     if spec_kwargs:
@@ -320,6 +452,8 @@ def estimate(saved_model_dir: str, input_shape=None,
     settings = {"precision_map": dict(precision)}
   else:
     settings = morphing.MorphSpec.create(method, precision, **spec_kwargs).settings()
+    if method == "bitx":  # the engines' geometry, not bitx's defaults
+      settings = {k: v for k, v in settings.items() if k not in ("group_size", "width")}
 
   graph = graph_lib.read_graph(saved_model_dir, input_shape=input_shape, signature=signature)
   # What the converter would morph, with the same settings: graph constants stay.
@@ -327,8 +461,7 @@ def estimate(saved_model_dir: str, input_shape=None,
   specs = {t.var.key: t.spec for t in targets}
   display = graph.display_names()
   reader, _ = variables_lib.open_checkpoint(saved_model_dir)
-  base = next(e for e in engines if e.name == baseline)
-  geometries = sorted({(e.group_size, e.width, e.window) for e in engines})
+  geometries = sorted({e.geometry for e in engines})
   layers = []
   for index, op in enumerate(graph.ops):
     # An op in a conditional branch: both branches are estimated, so say which.
@@ -351,27 +484,28 @@ def estimate(saved_model_dir: str, input_shape=None,
     n_pos *= op.repeats  # a loop body runs once per step (an RNN: per time step)
     w = graph_lib.weight_value(saved_model_dir, op.weight, reader)
     spec = specs.get(op.weight.key) if op.weight.kind == "variable" else None
-    morphed = _morphed(w, spec, axes) if any(e.morphs for e in engines) else w
     figures = {}
+    morphed_once = _morphed(w, spec, axes, None, None) if spec and spec.method != "bitx" else None
     for geometry in geometries:
-      figures[("original",) + geometry] = group_figures(w, axes, *geometry)
-      if any(e.morphs and (e.group_size, e.width, e.window) == geometry for e in engines):
-        figures[("morphed",) + geometry] = group_figures(morphed, axes, *geometry)
-    cycles, n_groups = {}, {}
+      original = group_figures(w, axes, *geometry)
+      if spec is None:
+        morphed = original
+      else:
+        value = (morphed_once if morphed_once is not None else
+                 _morphed(w, spec, axes, geometry[0], geometry[1]))
+        morphed = group_figures(value, axes, *geometry)
+      figures[geometry] = {"original": original, "morphed": morphed}
+    cycles, n_groups, column_ones = {}, {}, {}
     for e in engines:
-      key = ("morphed" if e.morphs else "original", e.group_size, e.width, e.window)
-      groups, lane_sum, bitlet_sum, _ = figures[key]
-      n_groups[e.name] = groups
-      cycles[e.name] = e.layer_cycles(n_pos, e.group_cycles(groups, lane_sum, bitlet_sum))
-    geometry = (base.group_size, base.width, base.window)
-    columns = {"original": figures[("original",) + geometry][3]}
-    if spec is not None:
-      found = figures.get(("morphed",) + geometry)
-      columns["morphed"] = (found or group_figures(morphed, axes, *geometry))[3]
+      cells = figures[e.geometry]
+      n_groups[e.name] = cells["original"][0]
+      cycles[e.name] = {w_: e.layer_cycles(n_pos, e.group_cycles(*cells[w_][:3]))
+                        for w_ in WEIGHTS}
+      column_ones[e.name] = {w_: cells[w_][3] for w_ in WEIGHTS}
     layers.append(LayerEstimate(
         **common, weight_shape=tuple(op.weight.shape), reduction_axes=tuple(axes),
         macs=n_pos * int(w.size), weights=int(w.size), n_pos=n_pos, n_groups=n_groups,
-        cycles=cycles, columns=columns,
+        cycles=cycles, columns=column_ones,
         precision=None if spec is None else dict(spec.settings(), method=spec.method)))
   return Estimate(saved_model_dir, signature, engines, baseline, method, settings,
                   tuple(layers), graph.shape_source)

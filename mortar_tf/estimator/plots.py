@@ -1,4 +1,5 @@
-"""PNG plots of an Estimate: cycles by engine, speedups, bit density per column.
+"""PNG plots of an Estimate: cycles of every engine on the original and the
+morphed weights, speedups over the baseline, bit density per aligned column.
 
 matplotlib runs headless (Agg); each file is written to a temp name and
 renamed, so a failed plot leaves no partial PNG.
@@ -33,47 +34,93 @@ def save_figure(fig, path: str) -> str:
 
 
 def _labels(result: Estimate):
-  return [f"#{layer.index} {layer.name.split('/')[-2] if '/' in layer.name else layer.name}"
-          for layer in result.mapped]
+  """Each layer as precision maps name it: its weight's name (the op's name
+  where several ops read one weight)."""
+  weights = [layer.weight for layer in result.mapped]
+  return [f"#{layer.index} {layer.weight}" if layer.weight and weights.count(layer.weight) == 1
+          else f"#{layer.index} {layer.name}" for layer in result.mapped]
 
 
-def _grouped_bars(result: Estimate, names, value, fig_width: float):
-  """(fig, ax): per mapped layer, one bar per engine in `names` of height
-  value(layer, name), on a log scale, layers labelled along x."""
+def _grouped_bars(result: Estimate, series, fig_width: float):
+  """(fig, ax): per mapped layer, one bar per (label, value(layer), style) in
+  `series`, on a log scale, layers labelled along x."""
   layers = result.mapped
-  fig, ax = pyplot().subplots(figsize=(fig_width, 4.5))
+  fig, ax = pyplot().subplots(figsize=(fig_width, 4.8))
   x = np.arange(len(layers))
-  step = 0.8 / max(1, len(names))
-  for k, name in enumerate(names):
-    ax.bar(x + (k - (len(names) - 1) / 2) * step, [value(layer, name) for layer in layers],
-           step, label=name)
+  step = 0.8 / max(1, len(series))
+  for k, (label, value, style) in enumerate(series):
+    ax.bar(x + (k - (len(series) - 1) / 2) * step, [value(layer) for layer in layers], step,
+           label=label, **style)
   ax.set_yscale("log")
   ax.set_xticks(x, _labels(result), rotation=70, ha="right", fontsize=7)
   return fig, ax
 
 
-def plot_cycles(result: Estimate, path: str) -> str:
-  """Per-layer cycles of every engine (grouped bars, log scale)."""
-  names = [e.name for e in result.engines]
-  fig, ax = _grouped_bars(result, names, lambda layer, name: layer.cycles[name],
-                          max(6, 0.5 * len(result.mapped) * len(names) / 3 + 3))
-  ax.set_ylabel("cycles")
-  ax.set_title("Cycles per layer and engine")
-  ax.legend(fontsize=8)
+def _engine_series(result: Estimate):
+  """Bars for every engine on both weights: one colour an engine, the
+  original weights hatched and pale, the morphed solid."""
+  colours = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+  series = []
+  for k, engine in enumerate(result.engines):
+    colour = colours[k % len(colours)]
+    for weights in ("original", "morphed"):
+      style = ({"color": colour, "alpha": 0.35, "hatch": "//", "edgecolor": colour}
+               if weights == "original" else {"color": colour})
+      series.append((f"{engine.name} {weights}",
+                     lambda layer, n=engine.name, w=weights: layer.cycles[n][w], style))
+  return series
+
+
+def _totals_text(result: Estimate) -> str:
+  head, iso = result.headline(), result.headline_iso_area()
+  lines = []
+  for key, text in (("over_stripes", "over stripes (original)"),
+                    ("over_unmorphed", "over mortar (original)")):
+    if head[key] is not None:
+      extra = f", iso-area {iso[key]:.2f}x" if iso[key] is not None else ""
+      lines.append(f"mortar (morphed) {text}: {head[key]:.2f}x{extra}")
+  return "\n".join(lines)
+
+
+def plot_matrix(result: Estimate, path: str) -> str:
+  """Per layer, the cycles of every engine on the original (hatched) and the
+  morphed (solid) weights, log scale; the headline speedups in a box."""
+  series = _engine_series(result)
+  fig, ax = _grouped_bars(result, series, max(7, 0.22 * len(result.mapped) * len(series) / 2 + 4))
+  ax.set_ylabel("cycles (log)")
+  ax.set_title(f"Cycles per layer: each engine on the original and the morphed weights "
+               f"({result.method} {_settings_label(result.settings)})", fontsize=10)
+  text = _totals_text(result)
+  if text:
+    ax.text(1.005, 0.0, text.replace(": ", ":\n  "), transform=ax.transAxes, va="bottom",
+            ha="left", fontsize=8,
+            family="monospace", bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
   return save_figure(fig, path)
 
 
+def _settings_label(settings) -> str:
+  if "precision_map" in settings:
+    return "per-layer map"
+  return ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def plot_cycles(result: Estimate, path: str) -> str:
+  """The matrix plot (plot_matrix), as cycles.png."""
+  return plot_matrix(result, path)
+
+
 def plot_speedup(result: Estimate, path: str) -> str:
-  """Per-layer speedup of each engine over the baseline, total in the title."""
-  names = [e.name for e in result.engines if e.name != result.baseline]
-  fig, ax = _grouped_bars(result, names, lambda layer, name: result.speedup(layer)[name],
-                          max(6, 0.35 * len(result.mapped) + 3))
+  """Per layer, every cell's speedup over the baseline cell (log scale), the
+  headline speedups in the title."""
+  series = [(label, (lambda layer, n=label.split()[0], w=label.split()[1]:
+                     result.speedup(layer)[n][w]), style)
+            for label, _, style in _engine_series(result)]
+  fig, ax = _grouped_bars(result, series, max(7, 0.22 * len(result.mapped) * len(series) / 2 + 4))
   ax.axhline(1.0, color="black", linewidth=0.8)
-  ax.set_ylabel(f"speedup over {result.baseline}")
-  total = result.speedup()
-  ax.set_title("Speedup per layer; total: " +
-               ", ".join(f"{n} {total[n]:.2f}x" for n in names))
-  ax.legend(fontsize=8)
+  ax.set_ylabel(f"speedup over {result.baseline_text()}")
+  ax.set_title(_totals_text(result).replace("\n", "; ") or "Speedup per layer", fontsize=9)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
   return save_figure(fig, path)
 
 
@@ -83,17 +130,20 @@ def plot_density(result: Estimate, path: str) -> str:
   and (where the mortar engine morphs) after morphing."""
   plt = pyplot()
   layers = result.mapped
-  kinds = ["original"] + (["morphed"] if any("morphed" in l.columns for l in layers) else [])
+  # At the headline engine's G and width (mortar's, else the baseline's).
+  engine = next((e.name for e in result.engines if e.model == "mortar"), result.baseline[0])
+  kinds = ["original"] + (["morphed"] if any(l.precision is not None for l in layers) else [])
   fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds) + 1,
                                                     max(3, 0.25 * len(layers) + 1.5)),
                            squeeze=False)
   for k, (ax, kind) in enumerate(zip(axes[0], kinds)):
-    density = np.array([np.asarray(l.columns.get(kind, l.columns["original"]), float) /
-                        max(1, l.weights) for l in layers])
+    density = np.array([np.asarray(l.columns[engine][kind], float) / max(1, l.weights)
+                        for l in layers])
     image = ax.imshow(density, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(np.arange(len(layers)), _labels(result) if k == 0 else [], fontsize=7)
     ax.set_xlabel("aligned column (0 = most significant)")
-    ax.set_title(f"bit density, {kind} weights")
+    ax.set_title(f"bit density, {kind} weights ({engine}: G="
+                 f"{result.engine(engine).group_size})")
   fig.colorbar(image, ax=axes[0].tolist(), label="ones per weight")
   return save_figure(fig, path)
 

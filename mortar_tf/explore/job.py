@@ -2,8 +2,9 @@
 
 Writes into `out_dir`: sweep.csv, sweep.json (sweep and search), summary.md
 (the table and the search result), pareto.png, bit_density.png, columns.png
-and, with a search, speedup.png (the estimator's per-layer speedups for the
-chosen map).
+and, with a search, speedup.png (the estimator's per-layer cycles of every
+engine on the original and the morphed weights for the chosen map, with the
+headline speedups).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
                                         os.path.join(out_dir, "bit_density.png")))
 
     def _columns(k, value):
-      return bits.bit_histogram(value, "aligned", reduction_axes=k.axes)
+      return bits.bit_histogram(value, "aligned", reduction_axes=k.axes,
+                                group_size=swept.group_size, width=swept.width)
 
     before = sum(_columns(k, k.original) for k in kernels.values())
     if found is not None and found.precisions:
@@ -117,7 +119,7 @@ def _speedup_plot(model, found, path: str, input_shape) -> str:
   estimator = search_lib.ModelEstimator(model, input_shape)
   try:
     result = estimator(found.method, dict(found.precisions))
-    return estimator_plots.plot_speedup(result, path)
+    return estimator_plots.plot_matrix(result, path)
   finally:
     estimator.close()
 
@@ -126,8 +128,10 @@ def _summary(model_path, data_path, samples, swept, found, model) -> str:
   lines = [f"# mortar-sweep: {os.path.basename(model_path)}", "",
            f"Model `{model_path}`, data `{data_path}` ({samples} samples), metric "
            f"{swept.metric_name} ({'higher' if swept.higher_is_better else 'lower'} is better). "
-           "Ratios are ones(original) / ones(morphed) over all kernels; est. speedup is the "
-           "mortar engine over bitlet (mortar_tf.estimator, default engines)."
+           "Ratios are ones(original) / ones(morphed) over all kernels (aligned: G=64, width 24, "
+           "the engines' geometry); est. x stripes is the mortar engine on the morphed weights "
+           "over stripes on the original weights, est. x unmorphed over mortar on the original "
+           "weights (SPEC 4; mortar_tf.estimator, default engines)."
            + (f" Scored: {model.scored()}." if hasattr(model, "scored") else ""), "",
            "```", swept.table(), "```", ""]
   if found is not None:

@@ -4,7 +4,9 @@
 settings (P for paper/fewest_ones, keep_bits for round, columns for bitx) it
 morphs the kernels in place (the model is never rebuilt), evaluates, and
 restores them; each row has the metric, the ones ratio in the three domains
-and the estimated speedup of the mortar engine over bitlet.
+and SPEC 4's two estimated speedups: the mortar engine on the morphed
+weights over stripes and over mortar on the original weights. The aligned
+ratio uses the default engines' G and width (64, 24), as the estimates do.
 
 `search_precisions` finds a {layer: P} map that removes the most aligned 1
 bits (or saves the most estimated cycles) while the metric stays within
@@ -37,6 +39,7 @@ from mortar_tf import bits
 from mortar_tf import files
 from mortar_tf import morphing
 from mortar_tf import table
+from mortar_tf.estimator import engines as engines_lib
 from mortar_tf.explore import models
 from mortar_tf.explore.metrics import Metric
 
@@ -147,7 +150,10 @@ class SweepPoint:
       searched point (else None).
     metric: the score; drop: how much worse than the original.
     ratio: ones(original) / ones(morphed) per domain.
-    speedup: estimated cycles(bitlet) / cycles(mortar), or None.
+    speedup: estimated cycles(stripes, original weights) / cycles(mortar,
+      morphed weights), or None.
+    speedup_unmorphed: cycles(mortar, original) / cycles(mortar, morphed):
+      what morphing alone buys, or None.
   """
   method: str
   settings: Mapping[str, object]
@@ -156,6 +162,7 @@ class SweepPoint:
   ratio: Mapping[str, float]
   speedup: float | None
   precisions: Mapping[str, float] | None = None
+  speedup_unmorphed: float | None = None
 
   def label(self) -> str:
     if self.precisions is not None:
@@ -178,12 +185,13 @@ class SweepResult:
   points: tuple[SweepPoint, ...]
   group_size: int
   width: int
+  original_speedup: float | None = None  # mortar over stripes, both on the original weights
 
   def table(self) -> str:
     headers = ["method", "setting", self.metric_name, "drop", "significand x", "word x",
-               "aligned x", "est. speedup"]
+               "aligned x", "est. x stripes", "est. x unmorphed"]
     rows = [["original", "", f"{self.original_metric:.4f}", "", "1.000x", "1.000x", "1.000x",
-             "1.000x"]]
+             table.ratio(self.original_speedup) if self.original_speedup else "-", "1.000x"]]
     for p in self.points:
       setting = ("per layer" if p.precisions is not None else
                  ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
@@ -191,22 +199,25 @@ class SweepResult:
       rows.append([p.method, setting, f"{p.metric:.4f}", f"{p.drop:+.4f}",
                    table.ratio(p.ratio["significand"]), table.ratio(p.ratio["word"]),
                    table.ratio(p.ratio["aligned"]),
-                   table.ratio(p.speedup) if p.speedup is not None else "-"])
+                   table.ratio(p.speedup) if p.speedup is not None else "-",
+                   table.ratio(p.speedup_unmorphed) if p.speedup_unmorphed is not None else "-"])
     return table.format_table(headers, rows)
 
   def to_dict(self) -> dict:
     return {"metric": self.metric_name, "higher_is_better": self.higher_is_better,
             "original_metric": self.original_metric, "group_size": self.group_size,
-            "width": self.width, "points": [p.to_dict() for p in self.points]}
+            "width": self.width, "original_speedup": self.original_speedup,
+            "points": [p.to_dict() for p in self.points]}
 
   def csv_rows(self) -> list[list]:
     rows = [["method", "setting", "precisions", self.metric_name, "drop", "ratio_significand",
-             "ratio_word", "ratio_aligned", "speedup"]]
+             "ratio_word", "ratio_aligned", "speedup_over_stripes", "speedup_over_unmorphed"]]
     for p in self.points:
       rows.append([p.method, json.dumps(dict(p.settings)),
                    json.dumps(p.precisions) if p.precisions else "", p.metric, p.drop,
                    p.ratio["significand"], p.ratio["word"], p.ratio["aligned"],
-                   "" if p.speedup is None else p.speedup])
+                   "" if p.speedup is None else p.speedup,
+                   "" if p.speedup_unmorphed is None else p.speedup_unmorphed])
     return rows
 
 
@@ -237,14 +248,14 @@ class SearchResult:
   def summary(self) -> str:
     lines = [f"Per-layer search ({self.method}, budget {self.budget:g} {self.objective}): "
              f"{self.point.metric:.4f} (drop {self.point.drop:+.4f}), aligned "
-             f"{table.ratio(self.point.ratio['aligned'])}, est. speedup "
-             f"{table.ratio(self.point.speedup) if self.point.speedup else '-'} "
+             f"{table.ratio(self.point.ratio['aligned'])}, est. "
+             f"{_speedups_text(self.point)} "
              f"after {self.evaluations} evaluations"]
     if self.best_global is not None:
       g = self.best_global
       lines.append(f"Best global P within budget: {g.settings.get('precision')} -> "
                    f"{g.metric:.4f} (drop {g.drop:+.4f}), aligned {table.ratio(g.ratio['aligned'])}"
-                   f", est. speedup {table.ratio(g.speedup) if g.speedup else '-'}")
+                   f", est. {_speedups_text(g)}")
     else:
       lines.append("No global P of the grid meets the budget.")
     if self.chose_global:
@@ -261,6 +272,28 @@ class SearchResult:
             "sensitivity": {k: {str(p): d for p, d in v.items()}
                             for k, v in self.sensitivity.items()},
             "evaluations": self.evaluations, "chose_global": self.chose_global}
+
+
+def _speedups_text(point: SweepPoint) -> str:
+  if point.speedup is None:
+    return "speedup -"
+  return (f"{table.ratio(point.speedup)} over stripes, "
+          f"{table.ratio(point.speedup_unmorphed)} over unmorphed")
+
+
+def _unmorphed_speedup(estimator) -> float | None:
+  """cycles(stripes) / cycles(mortar), both on the original weights."""
+  result = estimator("paper", 0.1)
+  cycles = result.total_cycles()
+  if "stripes" not in cycles or "mortar" not in cycles:
+    return None
+  return cycles["stripes"]["original"] / max(1, cycles["mortar"]["original"])
+
+
+def _speedups(result) -> tuple[float | None, float | None]:
+  """SPEC 4's two headline figures of an Estimate."""
+  head = result.headline()
+  return head["over_stripes"], head["over_unmorphed"]
 
 
 # --------------------------------------------------------------------------
@@ -298,8 +331,8 @@ def _progress(enabled: bool, done: int, total: int, label: str) -> None:
 
 def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
           higher_is_better: bool = True, estimate_speedup: bool = True, input_shape=None,
-          group_size: int = bits.DEFAULT_GROUP_SIZE, width: int = bits.DEFAULT_WIDTH,
-          progress: bool = False) -> SweepResult:
+          group_size: int = engines_lib.DEFAULT_GROUP_SIZE,
+          width: int = engines_lib.DEFAULT_WIDTH, progress: bool = False) -> SweepResult:
   """Evaluates the model with its kernels morphed at each setting of `grid`.
 
   Args:
@@ -309,9 +342,10 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
       `higher_is_better`).
     grid: {method: settings} (P for paper/fewest_ones, keep_bits for round,
       columns for bitx); default DEFAULT_GRID.
-    estimate_speedup: also estimate mortar-over-bitlet speedup per setting.
+    estimate_speedup: also estimate SPEC 4's two speedups per setting.
     input_shape: for the estimator (default: the model's, batch 1).
-    group_size, width: the aligned domain's grouping.
+    group_size, width: the aligned domain's grouping (bitx's, and the
+      ratios'); default the engines' (64, 24).
     progress: draw a progress bar on stderr.
 
   Raises:
@@ -325,25 +359,31 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
   estimator = (ModelEstimator(model, input_shape or model_input_shape(model))
                if estimate_speedup else None)
   points = []
+  original_speedup = None
   try:
+    if estimator is not None:
+      original_speedup = _unmorphed_speedup(estimator)
     for n, spec in enumerate(specs):
       _progress(progress, n, len(specs), spec.label())
       morphed = {i: _morph(k, spec) for i, k in enumerate(kernels)}
       with _Applied(kernels, morphed):
         value = metric(model)
       ratio, _, _ = _ratios(kernels, morphed, group_size, width)
-      speedup = None
+      speedup = unmorphed = None
       if estimator is not None:
-        kwargs = {k: v for k, v in spec.settings().items() if k != "precision"}
-        speedup = estimator(spec.method, spec.precision, **kwargs).speedup()["mortar"]
+        # The estimator's engines set bitx's G and width (the same as here by default).
+        kwargs = {k: v for k, v in spec.settings().items()
+                  if k not in ("precision", "group_size", "width")}
+        speedup, unmorphed = _speedups(estimator(spec.method, spec.precision, **kwargs))
       points.append(SweepPoint(spec.method, spec.settings(), value,
-                               metric.drop(original, value), ratio, speedup))
+                               metric.drop(original, value), ratio, speedup,
+                               speedup_unmorphed=unmorphed))
     _progress(progress, len(specs), len(specs), "done")
   finally:
     if estimator is not None:
       estimator.close()
   return SweepResult(metric.name, metric.higher_is_better, original, tuple(points), group_size,
-                     width)
+                     width, original_speedup)
 
 
 # --------------------------------------------------------------------------
@@ -384,8 +424,9 @@ def _knapsack(options: list[list[tuple[float, float, object]]], budget: float):
 def search_precisions(model, evaluate, budget: float, *, method: str = "paper",
                       precisions: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
                       higher_is_better: bool = True, objective: str = "aligned",
-                      input_shape=None, group_size: int = bits.DEFAULT_GROUP_SIZE,
-                      width: int = bits.DEFAULT_WIDTH, progress: bool = False) -> SearchResult:
+                      input_shape=None, group_size: int = engines_lib.DEFAULT_GROUP_SIZE,
+                      width: int = engines_lib.DEFAULT_WIDTH,
+                      progress: bool = False) -> SearchResult:
   """A {layer: P} map that saves the most within a metric budget.
 
   Args:
@@ -397,7 +438,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "paper",
     method: "paper" or "fewest_ones".
     precisions: the P candidates per layer (and for the global comparison).
     objective: "aligned" (aligned-domain 1 bits removed) or "speedup"
-      (estimated mortar cycles saved).
+      (estimated cycles the mortar engine saves on the morphed weights).
     input_shape: for the estimator (default: the model's, batch 1).
 
   Returns:
@@ -435,8 +476,8 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "paper",
       for p in grid:
         result = estimator(method, p)
         for layer in result.mapped:
-          by_layer.setdefault(layer.weight, {})[p] = (layer.cycles["bitlet"] -
-                                                      layer.cycles["mortar"])
+          cells = layer.cycles["mortar"]
+          by_layer.setdefault(layer.weight, {})[p] = cells["original"] - cells["morphed"]
       for i, k in enumerate(kernels):
         name = k.name
         for p in grid:
@@ -513,12 +554,12 @@ def _point(method, precision_map, chosen, morphed, kernels, metric, original, va
   values = {i: morphed[(i, p)] for i, p in chosen.items()}
   ratio, _, _ = _ratios(kernels, values, group_size, width)
   if global_p is not None:
-    speedup = estimator(method, global_p).speedup()["mortar"]
+    speedup, unmorphed = _speedups(estimator(method, global_p))
     return SweepPoint(method, {"precision": global_p}, value, metric.drop(original, value),
-                      ratio, speedup)
+                      ratio, speedup, speedup_unmorphed=unmorphed)
   if precision_map:
-    speedup = estimator(method, dict(precision_map)).speedup()["mortar"]
-  else:
-    speedup = 1.0
+    speedup, unmorphed = _speedups(estimator(method, dict(precision_map)))
+  else:  # nothing morphed: the original weights on mortar, over stripes
+    speedup, unmorphed = _unmorphed_speedup(estimator), 1.0
   return SweepPoint(method, {}, value, metric.drop(original, value), ratio, speedup,
-                    precisions=dict(precision_map))
+                    precisions=dict(precision_map), speedup_unmorphed=unmorphed)
