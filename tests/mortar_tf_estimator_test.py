@@ -337,3 +337,23 @@ def test_macs_of_conv3d_and_einsum_dense(tmp_path):
   # Textbook: outputs x kernel volume x input channels (conv); rows x in x out (dense).
   assert by_weight["c3/kernel"].macs == BATCH * 4 * 4 * 4 * 3 * (2 * 2 * 2 * 2)
   assert by_weight["ed/kernel"].macs == BATCH * 64 * 3 * 4
+
+
+def test_bitx_prunes_with_the_geometry_of_each_engine(layer_case):
+  # Two engines with different G and width: each one's morphed cell is bitx
+  # at its own geometry, recomputed here by spec_reference's loops.
+  kind, path, kernel, in_shape, _, axes = layer_case
+  engines = [Engine("narrow", "mortar", group_size=4, width=12, window=2),
+             Engine("wide", "pragmatic", group_size=16, width=20, window=4)]
+  result = estimator.estimate(path, input_shape=(BATCH,) + in_shape, engines=engines,
+                              method="bitx", columns=6)
+  (layer,) = result.layers
+  for engine in engines:
+    pruned = mortar_tf.morph(kernel, "bitx", columns=6, group_size=engine.group_size,
+                             width=engine.width, reduction_axes=axes, backend="numpy")
+    groups = ref.engine_group_figures(pruned, axes, engine.group_size, engine.width,
+                                      engine.window)
+    expect = -(-layer.n_pos * sum(max(lane, 1) for lane, _ in groups) // engine.num_pes)
+    assert layer.cycles[engine.name]["morphed"] == expect, (kind, engine.name)
+    assert list(layer.columns[engine.name]["morphed"]) == ref.aligned_column_ones(
+        pruned, axes, engine.group_size, engine.width)
