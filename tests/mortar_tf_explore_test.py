@@ -94,7 +94,8 @@ def test_search_meets_the_budget_and_beats_every_global_p():
   budget = 1.5 * metric(model)
   restore()
   precisions = [0.01, 0.05, 0.2, 0.5]
-  found = explore.search_precisions(model, metric, budget, precisions=precisions)
+  found = explore.search_precisions(model, metric, budget, precisions=precisions,
+                                    method="paper")
   # Re-evaluate the map by hand.
   morphed = {n: mortar_tf.morph(originals[n], "paper", p) for n, p in found.precisions.items()}
   restore = _with(model, morphed)
@@ -143,8 +144,10 @@ def test_search_never_returns_less_than_the_best_global_p():
   model = _two_branch_model()
   metric = _mse_metric(model)
   found = explore.search_precisions(model, metric, budget=math.inf, precisions=[0.1, 0.5])
-  # Anything fits: the best is P=0.5 everywhere, per layer or global alike.
-  assert dict(found.precisions) == {"loud": 0.5, "quiet": 0.5}
+  # Anything fits: the best is P=0.5 everywhere, and a global answer says so.
+  assert found.chose_global and dict(found.precisions) == {"*": 0.5}
+  assert found.point.label() == "fewest_ones P=0.5"
+  assert "global P" in found.summary()
   assert found.point.ratio["aligned"] == pytest.approx(found.best_global.ratio["aligned"])
 
 
@@ -192,7 +195,7 @@ def test_job_writes_files_and_plots(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   data_json = json.loads((tmp_path / "out" / "sweep.json").read_text())
   assert data_json["sweep"]["original_metric"] == 1.0  # labels are the model's own answers
-  assert "Per-layer search" in result.summary
+  assert "Search (fewest_ones, budget 0.05" in result.summary
 
 
 def test_job_names_missing_arrays(tmp_path):

@@ -39,7 +39,7 @@ def test_sweep_and_search(files, tmp_path):
                 "--methods=paper,round", "--precisions=0.05,0.3", "--keep_bits=4",
                 "--budget=0.02", "--search_precisions=0.05,0.5", f"--out_dir={out}")
   assert result.returncode == 0, result.stderr
-  for text in ("paper", "round", "per layer", "Per-layer search", "accuracy"):
+  for text in ("paper", "round", "search: ", "Search (fewest_ones", "accuracy"):
     assert text in result.stdout
   for name in ("sweep.csv", "sweep.json", "summary.md", "pareto.png", "bit_density.png",
                "columns.png"):

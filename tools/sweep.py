@@ -38,13 +38,15 @@ _PRECISIONS = flags.DEFINE_list("precisions", ["0.01", "0.05", "0.1", "0.2", "0.
                                 "P grid of paper and fewest_ones.")
 _KEEP_BITS = flags.DEFINE_list("keep_bits", ["4", "7", "10"], "keep_bits grid of round.")
 _COLUMNS = flags.DEFINE_list("columns", ["8", "12"], "columns grid of bitx.")
-_SEARCH = flags.DEFINE_bool("search", True, "Also search a per-layer P map.")
+_SEARCH = flags.DEFINE_bool("search", True, "Also search a per-kernel P map.")
 _BUDGET = flags.DEFINE_float("budget", 0.005, "Allowed metric drop for the search.")
-_SEARCH_METHOD = flags.DEFINE_enum("search_method", "paper", ["paper", "fewest_ones"],
-                                   "Method whose P the search chooses per layer.")
+_SEARCH_METHOD = flags.DEFINE_enum("search_method", "fewest_ones", ["paper", "fewest_ones"],
+                                   "Method whose P the search chooses per kernel.")
 _SEARCH_PRECISIONS = flags.DEFINE_list("search_precisions",
-                                       ["0.01", "0.02", "0.05", "0.1", "0.2", "0.3", "0.5", "0.7", "1.0"],
-                                       "P candidates per layer.")
+                                       ["0.01", "0.02", "0.05", "0.1", "0.2", "0.3", "0.5", "1.0"],
+                                       "P candidates per kernel.")
+_MAX_EVALUATIONS = flags.DEFINE_integer("max_evaluations", 30,
+                                        "Cap on the search's full evaluations of the metric.")
 _OBJECTIVE = flags.DEFINE_enum("objective", "aligned", ["aligned", "speedup"],
                                "What the search maximises.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "out/sweep", "Where the files go.")
@@ -71,6 +73,7 @@ def main(argv):
                          grid=grid, search=_SEARCH.value, budget=_BUDGET.value,
                          search_method=_SEARCH_METHOD.value, search_precisions=search_ps,
                          objective=_OBJECTIVE.value, signature=_SIGNATURE.value,
+                         max_evaluations=_MAX_EVALUATIONS.value,
                          output=_OUTPUT.value,
                          progress=_PROGRESS.value and sys.stderr.isatty())
   except (ValueError, TypeError) as e:

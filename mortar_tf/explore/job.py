@@ -37,10 +37,11 @@ class JobResult:
 def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "accuracy",
             x_key: str = "x", y_key: str = "y", samples: int | None = None,
             grid: Mapping[str, Sequence] | None = None, search: bool = True,
-            budget: float = 0.005, search_method: str = "paper",
+            budget: float = 0.005, search_method: str = "fewest_ones",
             search_precisions: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
             objective: str = "aligned", signature: str = "serving_default",
-            output: str | None = None, progress: bool = False) -> JobResult:
+            output: str | None = None, progress: bool = False,
+            max_evaluations: int = 30) -> JobResult:
   """Loads a model and labelled data, sweeps, searches, writes the files.
 
   `model_path` is a .keras/.h5 file or a SavedModel directory (called through
@@ -72,6 +73,7 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
   if search:
     found = search_lib.search_precisions(model, score, budget, method=search_method,
                                          precisions=search_precisions, objective=objective,
+                                         max_evaluations=max_evaluations,
                                          progress=progress, input_shape=input_shape)
     swept = dataclasses.replace(swept, points=swept.points + (found.point,))
 
@@ -85,7 +87,8 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
               "sweep": swept.to_dict(), "search": found.to_dict() if found else None}
     written.append(files_lib.write_json(os.path.join(out_dir, "sweep.json"), record))
 
-    kernels = {k.layer: k for k in models.model_kernels(model)}
+    kernel_list = models.model_kernels(model, swept.group_size, swept.width)
+    kernels = {k.key: k for k in kernel_list}  # every kernel (a SeparableConv's two)
     written.append(plots.plot_pareto(swept, os.path.join(out_dir, "pareto.png"), found))
     written.append(plots.plot_bit_density({name: k.original for name, k in kernels.items()},
                                         os.path.join(out_dir, "bit_density.png")))
@@ -96,10 +99,11 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
 
     before = sum(_columns(k, k.original) for k in kernels.values())
     if found is not None and found.precisions:
-      after = sum(_columns(k, morphing.morph(k.original, search_method, found.precisions[name]))
-                  if name in found.precisions else _columns(k, k.original)
-                  for name, k in kernels.items())
-      label = "per-layer search"
+      applied = search_lib.resolve_map(found.precisions, kernel_list, found.method)
+      after = sum(_columns(k, morphing.morph(k.original, found.method, applied[i]))
+                  if i in applied else _columns(k, k.original)
+                  for i, k in enumerate(kernel_list))
+      label = "global P search" if found.chose_global else "per-kernel search"
     else:
       after = sum(_columns(k, morphing.morph(k.original, "paper", 0.1)) for k in kernels.values())
       label = "paper P=0.1"
@@ -118,7 +122,13 @@ def _speedup_plot(model, found, path: str, input_shape) -> str:
   from mortar_tf.estimator import plots as estimator_plots  # pylint: disable=import-outside-toplevel
   estimator = search_lib.ModelEstimator(model, input_shape)
   try:
-    result = estimator(found.method, dict(found.precisions))
+    if found.chose_global:
+      result = estimator(found.method, found.precisions["*"])
+    else:
+      kernels = models.model_kernels(model)
+      chosen = search_lib.resolve_map(found.precisions, kernels, found.method)
+      result = estimator(found.method,
+                         search_lib.estimator_map(estimator, found.precisions, kernels, chosen))
     return estimator_plots.plot_matrix(result, path)
   finally:
     estimator.close()

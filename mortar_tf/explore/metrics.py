@@ -37,10 +37,13 @@ class Metric:
     name: how reports name it.
     evaluate: model -> float.
     higher_is_better: the direction.
+    inputs: the inputs a built-in metric runs the model on (the search takes
+      its calibration subset from them), or None.
   """
   name: str
   evaluate: Callable[[object], float]
   higher_is_better: bool = True
+  inputs: object = dataclasses.field(default=None, repr=False, compare=False)
 
   def __call__(self, model) -> float:
     value = self.evaluate(model)
@@ -102,19 +105,19 @@ def builtin_metric(name: str, model, data: Mapping[str, np.ndarray],
     if y.size != len(x):
       raise ValueError(f"{len(x)} inputs but {y.size} labels")
     return Metric("accuracy", lambda m: float(np.mean(np.argmax(_predict(m, x, batch_size),
-                                                                 -1) == y)))
+                                                                 -1) == y)), inputs=x)
   reference = _predict(model, x, batch_size)
   if name == "agreement":
     top = np.argmax(reference, -1)
     return Metric("agreement", lambda m: float(np.mean(np.argmax(_predict(m, x, batch_size),
-                                                                  -1) == top)))
+                                                                  -1) == top)), inputs=x)
   if name == "mse":
     return Metric("mse", lambda m: float(np.mean((_predict(m, x, batch_size) - reference) ** 2)),
-                  higher_is_better=False)
+                  higher_is_better=False, inputs=x)
   peak = float(np.max(np.abs(reference))) or 1.0
 
   def _psnr(m):
     mse = float(np.mean((_predict(m, x, batch_size) - reference) ** 2))
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(peak * peak / mse))
 
-  return Metric("psnr", _psnr)
+  return Metric("psnr", _psnr, inputs=x)

@@ -26,13 +26,16 @@ class Kernel:
   """One kernel variable and its original value.
 
   Attributes:
-    layer: the path of the layer holding it ("conv", "block/mha/query"), a
-      name {pattern: P} maps match.
-    name: the variable's name (e.g. "conv/kernel").
+    layer: the path of the layer holding it ("conv", "block/mha/query").
+    name: the variable's name (e.g. "conv/kernel", "sep/depthwise_kernel").
     variable: the variable (assign() and numpy()).
     original: its value before any morphing.
     axes: its reduction axes (SPEC 3).
     ones: ones of the original in every domain.
+    names: every name a {pattern: P} map entry is matched against for it,
+      as morph_model (Keras) or the converter (SavedModel) matches them.
+    key: the shortest of those names that no other kernel answers to: the
+      key a searched map gives it (its layer where the layer holds only it).
   """
   layer: str
   name: str
@@ -40,6 +43,8 @@ class Kernel:
   original: np.ndarray
   axes: tuple[int, ...]
   ones: dict
+  names: tuple[str, ...] = ()
+  key: str = ""
 
 
 class LoadedSavedModel:
@@ -92,14 +97,20 @@ class LoadedSavedModel:
     return f"output {self.output!r} of {self.outputs}"
 
   def kernels(self):
-    """[(layer, unique name, variable, reduction axes)] of the variables ops read.
+    """[(layer, unique name, variable, reduction axes, map names)] of the
+    variables ops read.
 
     Each is found in the loaded object by its object path (unique), not by its
     name (which several variables may share); the unique name is the
     variable's name, or "name (path)" where names repeat.
     """
+    from mortar_tf.savedmodel import selection  # pylint: disable=import-outside-toplevel
     by_key = {v.key: v for v in self.graph.variables}
     display = self.graph.display_names()
+    readers = {}
+    for op in self.graph.mapped:
+      if op.weight.kind == "variable":
+        readers.setdefault(op.weight.key, []).append(op.name)
     out, seen = [], set()
     for op in self.graph.mapped:
       if op.weight.kind != "variable" or op.weight.key in seen:
@@ -113,7 +124,8 @@ class LoadedSavedModel:
       name = display.get(var.key, var.name)
       parts = var.name.split("/")
       layer = "/".join(parts[:-1]) if len(parts) > 1 else parts[0]
-      out.append((layer if name == var.name else name, name, found, op.reduction_axes))
+      names = selection.map_names(var.name, var.key, readers[var.key], var.path)
+      out.append((layer if name == var.name else name, name, found, op.reduction_axes, names))
     return out
 
 
@@ -160,21 +172,39 @@ def model_kernels(model, group_size: int = bits.DEFAULT_GROUP_SIZE,
   Raises:
     ValueError: none found.
   """
+  from mortar_tf import precision_map  # pylint: disable=import-outside-toplevel
   if isinstance(model, LoadedSavedModel):
-    found = [(layer, name, var, tuple(axes)) for layer, name, var, axes in model.kernels()]
+    found = [(layer, name, var, tuple(axes), names)
+             for layer, name, var, axes, names in model.kernels()]
   else:
     from mortar_tf.keras import apply, registry  # pylint: disable=import-outside-toplevel
     plan = registry.find_kernels(model)
     apply.log_plan("exploration", plan, [k.name for k in plan.kernels])
-    found = [(k.layer_path, k.name, k.variable, k.reduction_axes()) for k in plan.kernels]
+    found = [(k.layer_path, k.name, k.variable, k.reduction_axes(),
+              precision_map.weight_names(k.name)) for k in plan.kernels]
   out = []
-  for layer, name, variable, axes in found:
+  for layer, name, variable, axes, names in found:
     value = np.array(variable.numpy())
     if value.dtype != np.float32:
       continue
     out.append(Kernel(layer, name, variable, value, axes,
                       bits.ones_by_domain(value, reduction_axes=axes, group_size=group_size,
-                                          width=width)))
+                                          width=width), tuple(names)))
   if not out:
     raise ValueError("the model has no float32 kernels to morph")
+  for kernel in out:
+    kernel.key = _unique_key(kernel, out)
   return out
+
+
+def _unique_key(kernel: Kernel, kernels) -> str:
+  """The first of (layer, name, its other names) that, as a literal map entry,
+  matches this kernel and no other: a layer holding two kernels (a
+  SeparableConv) is never a key, its kernels' full names are."""
+  from mortar_tf import precision_map  # pylint: disable=import-outside-toplevel
+  for candidate in (kernel.layer, kernel.name, *kernel.names):
+    pattern = precision_map.literal(candidate)
+    hits = [k for k in kernels if precision_map.lookup({pattern: True}, k.names)]
+    if hits == [kernel]:
+      return candidate
+  raise ValueError(f"no map entry can name the kernel {kernel.name!r} alone")

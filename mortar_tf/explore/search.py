@@ -101,6 +101,7 @@ class ModelEstimator:
     self.model = model
     self.input_shape = input_shape
     self.dir = None
+    self._names = None
 
   def _export(self):
     if isinstance(self.model, models.LoadedSavedModel):
@@ -120,6 +121,18 @@ class ModelEstimator:
     from mortar_tf import estimator  # pylint: disable=import-outside-toplevel
     return estimator.estimate(self._export(), input_shape=self.input_shape, method=method,
                               precision=precision, **kwargs)
+
+  def weight_names(self, kernels) -> dict[int, str]:
+    """{kernel index: the name its weight has in the estimate}, matched by
+    name and shape (see _match_layer); computed once."""
+    if getattr(self, "_names", None) is None:
+      result = self("paper", 0.1)
+      self._names = {}
+      for layer in result.mapped:
+        index = _match_layer(layer, kernels)
+        if index is not None:
+          self._names.setdefault(index, layer.weight)
+    return self._names
 
   def close(self):
     if self.dir is not None:
@@ -165,8 +178,8 @@ class SweepPoint:
   speedup_unmorphed: float | None = None
 
   def label(self) -> str:
-    if self.precisions is not None:
-      return f"{self.method} per-layer search"
+    if self.precisions is not None and "precision" not in self.settings:
+      return f"{self.method} per-kernel search"
     return morphing.MorphSpec.create(self.method, **self.settings).label()
 
   def to_dict(self) -> dict:
@@ -193,7 +206,8 @@ class SweepResult:
     rows = [["original", "", f"{self.original_metric:.4f}", "", "1.000x", "1.000x", "1.000x",
              table.ratio(self.original_speedup) if self.original_speedup else "-", "1.000x"]]
     for p in self.points:
-      setting = ("per layer" if p.precisions is not None else
+      setting = (("search: global" if "precision" in p.settings else "search: per kernel")
+                 if p.precisions is not None else
                  ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in p.settings.items() if k not in ("group_size", "width")))
       rows.append([p.method, setting, f"{p.metric:.4f}", f"{p.drop:+.4f}",
@@ -231,9 +245,14 @@ class SearchResult:
     point: its SweepPoint (metric re-evaluated with the whole map).
     best_global: the best single-P SweepPoint within the budget, or None.
     budget: the allowed drop; objective: "aligned" or "speedup".
-    sensitivity: {layer: {P: drop}} measured one layer at a time.
-    evaluations: how many times the metric ran.
-    chose_global: True when no per-layer map beat the best global P.
+    sensitivity: {kernel key: {P: cost}} measured one kernel at a time
+      (the proxy, or the metric's drop without calibration inputs).
+    evaluations: how many times the metric ran on the full data.
+    chose_global: True when no per-kernel map beat the best global P (the
+      map is then {"*": P}).
+    calibration_samples: samples predicted for the sensitivity (all kernels
+      and P together); full_samples: samples in one full evaluation, if known.
+    proxy: what the sensitivity measured.
   """
   method: str
   precisions: Mapping[str, float]
@@ -244,13 +263,24 @@ class SearchResult:
   sensitivity: Mapping[str, Mapping[float, float]]
   evaluations: int
   chose_global: bool
+  calibration_samples: int = 0
+  proxy: str = ""
+  full_samples: int | None = None
+
+  def cost_text(self) -> str:
+    """Full evaluations, plus the calibration work in full evaluations' worth."""
+    text = f"{self.evaluations} full evaluations"
+    if self.calibration_samples and self.full_samples:
+      text += (f" + calibration work worth {self.calibration_samples / self.full_samples:.1f} "
+               f"more ({self.calibration_samples} samples)")
+    return text
 
   def summary(self) -> str:
-    lines = [f"Per-layer search ({self.method}, budget {self.budget:g} {self.objective}): "
-             f"{self.point.metric:.4f} (drop {self.point.drop:+.4f}), aligned "
+    kind = "global P (no per-kernel map did better)" if self.chose_global else "per kernel"
+    lines = [f"Search ({self.method}, budget {self.budget:g}, objective {self.objective}): "
+             f"{kind}: {self.point.metric:.4f} (drop {self.point.drop:+.4f}), aligned "
              f"{table.ratio(self.point.ratio['aligned'])}, est. "
-             f"{_speedups_text(self.point)} "
-             f"after {self.evaluations} evaluations"]
+             f"{_speedups_text(self.point)}; {self.cost_text()}; sensitivity: {self.proxy}"]
     if self.best_global is not None:
       g = self.best_global
       lines.append(f"Best global P within budget: {g.settings.get('precision')} -> "
@@ -259,9 +289,10 @@ class SearchResult:
     else:
       lines.append("No global P of the grid meets the budget.")
     if self.chose_global:
-      lines.append("The per-layer map found no better point: it is the best global P.")
-    lines.append("Per layer: " + ", ".join(f"{k}: P={v:g}" for k, v in self.precisions.items())
-                 if self.precisions else "Per layer: no layer can be morphed within the budget")
+      lines.append(f"Map: {{'*': {self.precisions['*']:g}}} (every kernel)")
+    else:
+      lines.append("Per kernel: " + ", ".join(f"{k}: P={v:g}" for k, v in self.precisions.items())
+                   if self.precisions else "Per kernel: none can be morphed within the budget")
     return "\n".join(lines)
 
   def to_dict(self) -> dict:
@@ -271,7 +302,9 @@ class SearchResult:
             "budget": self.budget, "objective": self.objective,
             "sensitivity": {k: {str(p): d for p, d in v.items()}
                             for k, v in self.sensitivity.items()},
-            "evaluations": self.evaluations, "chose_global": self.chose_global}
+            "evaluations": self.evaluations, "chose_global": self.chose_global,
+            "calibration_samples": self.calibration_samples, "proxy": self.proxy,
+            "full_samples": self.full_samples}
 
 
 def _speedups_text(point: SweepPoint) -> str:
@@ -421,13 +454,89 @@ def _knapsack(options: list[list[tuple[float, float, object]]], budget: float):
   return max(best.values(), key=lambda v: v[0])[1]
 
 
-def search_precisions(model, evaluate, budget: float, *, method: str = "paper",
-                      precisions: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
+# A drop equal to the budget meets it: 0.98 - 0.96 is 0.020000000000000018.
+_SLACK = 1e-9
+DEFAULT_SEARCH_PRECISIONS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+def _calibration_size(n: int) -> int:
+  """Samples in the calibration subset: enough for a stable proxy, small
+  next to the full set (1/8 of it, 16..256)."""
+  return max(1, min(n, max(16, min(256, n // 8))))
+
+
+def _proxy(reference: np.ndarray, outputs: np.ndarray) -> float:
+  """Mean squared change of the outputs over their mean square (>= 0, 0 only
+  for identical outputs): continuous where a top-1 metric moves in steps."""
+  scale = float(np.mean(reference * reference)) or 1.0
+  return float(np.mean((outputs - reference) ** 2)) / scale
+
+
+def _predict(model, x, batch_size=256):
+  out = model.predict(x, batch_size=batch_size, verbose=0)
+  return np.asarray(out[0] if isinstance(out, (list, tuple)) else out, np.float64)
+
+
+def _mortar_cycle_gains(model, kernels, grid, method, input_shape, estimator):
+  """{(kernel index, P): mortar cycles saved}: each kernel's N_pos from one
+  estimate of the original model (matched to the kernel by name and shape),
+  its per-group lane figures at the mortar engine's geometry computed here."""
+  from mortar_tf.estimator import estimation  # pylint: disable=import-outside-toplevel
+  result = estimator(method, grid[0])
+  engine = next((e for e in result.engines if e.model == "mortar"), None)
+  if engine is None:
+    raise ValueError("objective 'speedup' needs an engine of the mortar model")
+  n_pos = {}
+  for layer in result.mapped:  # a weight several ops read counts for each
+    index = _match_layer(layer, kernels)
+    if index is not None:
+      n_pos[index] = n_pos.get(index, 0) + layer.n_pos
+  gains = {}
+  for i, k in enumerate(kernels):
+    base = estimation.group_figures(k.original, k.axes, *engine.geometry)[1]
+    for p in grid:
+      value = _morph(k, morphing.MorphSpec.create(method, p))
+      after = estimation.group_figures(value, k.axes, *engine.geometry)[1]
+      gains[(i, p)] = float(n_pos.get(i, 0) * (base - after)) / engine.num_pes
+  return gains
+
+
+def _match_layer(layer, kernels):
+  """The kernel an estimated layer reads: the same name, or the longest name
+  one ends with ("sequential/a/kernel" is "a/kernel"), of the same shape."""
+  best, best_len = None, -1
+  for i, k in enumerate(kernels):
+    if tuple(k.original.shape) != tuple(layer.weight_shape or ()):
+      continue
+    for name in (k.name, *k.names):
+      if layer.weight == name or layer.weight.endswith("/" + name):
+        if len(name) > best_len:
+          best, best_len = i, len(name)
+  return best
+
+
+def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_ones",
+                      precisions: Sequence[float] = DEFAULT_SEARCH_PRECISIONS,
                       higher_is_better: bool = True, objective: str = "aligned",
                       input_shape=None, group_size: int = engines_lib.DEFAULT_GROUP_SIZE,
-                      width: int = engines_lib.DEFAULT_WIDTH,
-                      progress: bool = False) -> SearchResult:
-  """A {layer: P} map that saves the most within a metric budget.
+                      width: int = engines_lib.DEFAULT_WIDTH, calibration=None,
+                      max_evaluations: int = 30, progress: bool = False) -> SearchResult:
+  """A {kernel: P} map that saves the most within a metric budget.
+
+  1. Sensitivity: on a calibration subset (`calibration`, else the inputs a
+     built-in metric holds, first 1/8, 16..256 samples), each kernel alone at
+     each P, scored by a continuous proxy: the mean squared change of the
+     outputs over their mean square. Without inputs, the metric itself, a
+     drop's size counted as its cost (a negative drop is noise, never free).
+  2. Choice: an exact multiple-choice knapsack maximising the gain (aligned
+     ones removed, or the mortar engine's estimated cycles saved with
+     objective="speedup") within a proxy budget.
+  3. Calibration: the proxy budget is bisected against the real metric on the
+     full data, one full evaluation a step; the best map that meets the
+     budget is kept. The best global P that meets it (found by bisection
+     over the grid) is the floor: when no map beats it, it is returned and
+     labelled global.
+  Memory: one morphed copy of a kernel at a time, besides the originals.
 
   Args:
     model: a Keras model or a models.LoadedSavedModel (kernels morphed in
@@ -435,15 +544,17 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "paper",
     evaluate: a Metric or callable model -> float.
     budget: the largest allowed drop of the metric from the original (>= 0,
       in the metric's units, e.g. 0.01 = one point of accuracy).
-    method: "paper" or "fewest_ones".
-    precisions: the P candidates per layer (and for the global comparison).
-    objective: "aligned" (aligned-domain 1 bits removed) or "speedup"
-      (estimated cycles the mortar engine saves on the morphed weights).
+    method: "fewest_ones" (default: never more ones than "paper") or "paper".
+    precisions: the P candidates per kernel (and for the global comparison).
+    objective: "aligned" or "speedup".
     input_shape: for the estimator (default: the model's, batch 1).
+    group_size, width: the aligned domain (default: the engines' 64, 24).
+    calibration: inputs for the proxy (an array), or None.
+    max_evaluations: cap on full evaluations of the metric (>= 4).
 
   Returns:
-    A SearchResult; its point meets the budget on re-evaluation and removes
-    at least as much as the best global P of `precisions` that meets it.
+    A SearchResult whose map, applied through the map matcher as morph_model
+    and the converter apply it, was evaluated to get its point.
 
   Raises:
     ValueError: budget < 0 or not a number, an empty or bad P grid, a
@@ -456,110 +567,217 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "paper",
                      f"not {method!r}")
   if objective not in ("aligned", "speedup"):
     raise ValueError(f"objective must be 'aligned' or 'speedup', got {objective!r}")
+  if isinstance(precisions, (str, bytes)) or not isinstance(precisions, Sequence):
+    raise ValueError(f"precisions must be a list of P values, got {precisions!r}")
   if not precisions:
     raise ValueError("the P grid is empty")
+  if not isinstance(max_evaluations, int) or max_evaluations < 4:
+    raise ValueError(f"max_evaluations must be an integer >= 4, got {max_evaluations!r}")
   grid = sorted({morphing.check_precision(p) for p in precisions})
   metric = _as_metric(evaluate, higher_is_better)
   kernels = models.model_kernels(model, group_size, width)
   estimator = ModelEstimator(model, input_shape or model_input_shape(model))
-  evaluations = 0
+  counter = {"full": 0, "calibration": 0}
+
+  def full(chosen: Mapping[int, float]) -> float:
+    with _Applied(kernels, {i: _morph(kernels[i], morphing.MorphSpec.create(method, p))
+                            for i, p in chosen.items()}):
+      value = metric(model)
+    counter["full"] += 1
+    return value
+
   try:
     original = metric(model)
-    evaluations += 1
-    morphed = {(i, p): _morph(k, morphing.MorphSpec.create(method, p))
-               for i, k in enumerate(kernels) for p in grid}
+    counter["full"] += 1
 
-    # Gains per layer and P, in the objective's units.
-    gains = {}
+    # Gains per kernel and P, in the objective's units (morphed values dropped at once).
     if objective == "speedup":
-      by_layer = {}
-      for p in grid:
-        result = estimator(method, p)
-        for layer in result.mapped:
-          cells = layer.cycles["mortar"]
-          by_layer.setdefault(layer.weight, {})[p] = cells["original"] - cells["morphed"]
-      for i, k in enumerate(kernels):
-        name = k.name
-        for p in grid:
-          gains[(i, p)] = float(by_layer.get(name, {}).get(p, 0))
+      gains = _mortar_cycle_gains(model, kernels, grid, method, input_shape, estimator)
     else:
-      for (i, p), value in morphed.items():
-        k = kernels[i]
-        after = bits.count_ones(value, "aligned", reduction_axes=k.axes, group_size=group_size,
-                                width=width)
-        gains[(i, p)] = float(k.ones["aligned"] - after)
+      gains = {}
+      for i, k in enumerate(kernels):
+        for p in grid:
+          value = _morph(k, morphing.MorphSpec.create(method, p))
+          gains[(i, p)] = float(k.ones["aligned"] - bits.count_ones(
+              value, "aligned", reduction_axes=k.axes, group_size=group_size, width=width))
 
-    # Sensitivity: one layer at a time.
+    # 1. Sensitivity per kernel and P.
+    inputs = calibration if calibration is not None else getattr(metric, "inputs", None)
     sensitivity: dict[str, dict[float, float]] = {}
-    total = len(kernels) * len(grid) + len(grid)
-    for i, k in enumerate(kernels):
-      for p in grid:
-        _progress(progress, evaluations - 1, total, f"{k.layer} P={p:g}")
-        with _Applied(kernels, {i: morphed[(i, p)]}):
-          value = metric(model)
-        evaluations += 1
-        sensitivity.setdefault(k.layer, {})[p] = metric.drop(original, value)
+    total = len(kernels) * len(grid)
+    if inputs is not None:
+      cal = np.asarray(inputs)[:_calibration_size(len(inputs))]
+      reference = _predict(model, cal)
+      proxy_name = f"output change on {len(cal)} calibration samples"
+    else:
+      cal, proxy_name = None, f"{metric.name} drop (no calibration inputs)"
+    for n, (i, k) in enumerate((i, k) for i, k in enumerate(kernels)):
+      costs = {}
+      for j, p in enumerate(grid):
+        _progress(progress, n * len(grid) + j, total, f"{k.key} P={p:g}")
+        with _Applied(kernels, {i: _morph(k, morphing.MorphSpec.create(method, p))}):
+          if cal is not None:
+            cost = _proxy(reference, _predict(model, cal))
+            counter["calibration"] += len(cal)
+          else:
+            cost = abs(metric.drop(original, metric(model)))
+            counter["full"] += 1
+        costs[p] = cost
+      running = 0.0
+      for p in grid:  # a larger P never costs less: noise is not a discount
+        running = max(running, costs[p])
+        costs[p] = running
+      sensitivity[k.key] = costs
+    _progress(progress, total, total, "sensitivity done")
 
-    # Global P's (also the floor the answer must beat).
-    global_points = []
-    for p in grid:
-      _progress(progress, evaluations - 1, total, f"global P={p:g}")
-      with _Applied(kernels, {i: morphed[(i, p)] for i in range(len(kernels))}):
-        value = metric(model)
-      evaluations += 1
-      global_points.append((p, value, sum(gains[(i, p)] for i in range(len(kernels)))))
-    _progress(progress, total, total, "done")
-
-    options = [[(sensitivity[k.layer][p], gains[(i, p)], p) for p in grid]
+    options = [[(sensitivity[k.key][p], gains[(i, p)], p) for p in grid]
                for i, k in enumerate(kernels)]
-    picks = _knapsack(options, budget)
-    # Check the combination; interactions can push it past the budget.
-    while True:
-      chosen = {i: p for i, p in enumerate(picks) if p is not None}
-      with _Applied(kernels, {i: morphed[(i, p)] for i, p in chosen.items()}):
-        value = metric(model)
-      evaluations += 1
-      if metric.drop(original, value) <= budget or not chosen:
+
+    def choose(proxy_budget):
+      picks = _knapsack(options, proxy_budget)
+      return {i: p for i, p in enumerate(picks) if p is not None}
+
+    def gain_of(chosen):
+      return sum(gains[(i, p)] for i, p in chosen.items())
+
+    # Best global P within the budget: bisection over the grid (drops grow with P).
+    lo, hi, best_global = 0, len(grid) - 1, None
+    global_values = {}
+    while lo <= hi and counter["full"] < max_evaluations - 2:
+      mid = (lo + hi) // 2
+      value = full({i: grid[mid] for i in range(len(kernels))})
+      global_values[grid[mid]] = value
+      if metric.drop(original, value) <= budget + _SLACK:
+        best_global, lo = grid[mid], mid + 1
+      else:
+        hi = mid - 1
+
+    # 3. Calibrate the proxy budget against the metric, by bisection in log space.
+    positive = sorted({c for costs in sensitivity.values() for c in costs.values() if c > 0})
+    best = ({}, original)  # (chosen, value): the empty map always meets the budget
+    tried = {}
+    if positive:
+      low, high = math.log(positive[0]) - 1.0, math.log(sum(
+          max(costs.values()) for costs in sensitivity.values()) + positive[0])
+      candidates = [high]
+      while counter["full"] < max_evaluations - 1:
+        log_b = candidates.pop() if candidates else (low + high) / 2
+        chosen = choose(math.exp(log_b))
+        signature = tuple(sorted(chosen.items()))
+        if signature in tried:
+          value = tried[signature]
+        else:
+          value = full(chosen)
+          tried[signature] = value
+        if metric.drop(original, value) <= budget + _SLACK:
+          if gain_of(chosen) > gain_of(best[0]):
+            best = (chosen, value)
+          low = log_b
+        else:
+          high = log_b
+        if high - low < 0.05 or log_b == high and metric.drop(original, value) <= budget + _SLACK:
+          break
+    else:  # nothing moves the proxy: everything at the largest P is free
+      chosen = {i: grid[-1] for i in range(len(kernels))}
+      value = full(chosen)
+      if metric.drop(original, value) <= budget + _SLACK:
+        best = (chosen, value)
+    chosen, value = best
+
+    # 4. Spend what is left of the evaluations on verified single upgrades:
+    # one kernel one P up, best gain per proxy cost first.
+    def upgrades(current):
+      out = []
+      for i, k in enumerate(kernels):
+        now = current.get(i)
+        higher = [p for p in grid if now is None or p > now]
+        if not higher:
+          continue
+        p = higher[0]
+        cost = sensitivity[k.key][p] - (sensitivity[k.key][now] if now is not None else 0.0)
+        gain = gains[(i, p)] - (gains[(i, now)] if now is not None else 0.0)
+        if gain > 0:
+          out.append((gain / max(cost, 1e-12), i, p))
+      return sorted(out, reverse=True)
+
+    rejected = set()
+    while counter["full"] < max_evaluations - 1:
+      options_left = [(r, i, p) for r, i, p in upgrades(chosen) if (i, p) not in rejected]
+      if not options_left:
         break
-      # Step back the layer whose measured drop is largest, to its next smaller P.
-      worst = max(chosen, key=lambda i: sensitivity[kernels[i].layer][chosen[i]])
-      smaller = [p for p in grid if p < chosen[worst]]
-      picks[worst] = smaller[-1] if smaller else None
-    search_gain = sum(gains[(i, p)] for i, p in chosen.items())
+      _, i, p = options_left[0]
+      trial = {**chosen, i: p}
+      trial_value = full(trial)
+      if metric.drop(original, trial_value) <= budget + _SLACK:
+        chosen, value = trial, trial_value
+      else:
+        rejected.add((i, p))
 
-    feasible = [(p, v, g) for p, v, g in global_points if metric.drop(original, v) <= budget]
-    best_global = max(feasible, key=lambda t: t[2]) if feasible else None
-    chose_global = best_global is not None and best_global[2] >= search_gain
+    global_gain = (sum(gains[(i, best_global)] for i in range(len(kernels)))
+                   if best_global is not None else -math.inf)
+    chose_global = best_global is not None and global_gain >= gain_of(chosen)
     if chose_global:
-      chosen = {i: best_global[0] for i in range(len(kernels))}
-      value = best_global[1]
+      chosen = {i: best_global for i in range(len(kernels))}
+    precision_map = ({"*": best_global} if chose_global else
+                     {kernels[i].key: p for i, p in chosen.items()})
 
-    precision_map = {kernels[i].layer: p for i, p in chosen.items()}
-    point = _point(method, precision_map, chosen, morphed, kernels, metric, original, value,
-                   estimator, group_size, width)
+    # The point: the returned map applied through the matcher, evaluated.
+    applied = resolve_map(precision_map, kernels, method) if precision_map else {}
+    if applied != chosen:
+      raise AssertionError(f"the map {precision_map} resolves to {applied}, not {chosen}")
+    value = full(applied)
+    point = _point(method, precision_map, applied, kernels, metric, original, value, estimator,
+                   group_size, width, global_p=best_global if chose_global else None)
     global_point = None
     if best_global is not None:
-      p = best_global[0]
-      global_point = _point(method, None, {i: p for i in range(len(kernels))}, morphed, kernels,
-                            metric, original, best_global[1], estimator, group_size, width,
-                            global_p=p)
+      global_point = _point(method, None, {i: best_global for i in range(len(kernels))},
+                            kernels, metric, original, global_values[best_global], estimator,
+                            group_size, width, global_p=best_global)
   finally:
     estimator.close()
   return SearchResult(method, precision_map, point, global_point, float(budget), objective,
-                      sensitivity, evaluations, chose_global)
+                      sensitivity, counter["full"], chose_global,
+                      calibration_samples=counter["calibration"], proxy=proxy_name,
+                      full_samples=len(inputs) if inputs is not None else None)
 
 
-def _point(method, precision_map, chosen, morphed, kernels, metric, original, value, estimator,
+def resolve_map(precision_map, kernels, method) -> dict[int, float]:
+  """{kernel index: P} as morph_model and the converter would apply the map."""
+  from mortar_tf import precision_map as matcher  # pylint: disable=import-outside-toplevel
+  specs = matcher.resolve(precision_map, {i: k.names for i, k in enumerate(kernels)}, method,
+                          what="kernel")
+  return {i: spec.precision for i, spec in specs.items()}
+
+
+def _point(method, precision_map, chosen, kernels, metric, original, value, estimator,
            group_size, width, global_p=None):
-  values = {i: morphed[(i, p)] for i, p in chosen.items()}
+  values = {i: _morph(kernels[i], morphing.MorphSpec.create(method, p))
+            for i, p in chosen.items()}
   ratio, _, _ = _ratios(kernels, values, group_size, width)
   if global_p is not None:
     speedup, unmorphed = _speedups(estimator(method, global_p))
     return SweepPoint(method, {"precision": global_p}, value, metric.drop(original, value),
-                      ratio, speedup, speedup_unmorphed=unmorphed)
+                      ratio, speedup, precisions=dict(precision_map) if precision_map else None,
+                      speedup_unmorphed=unmorphed)
   if precision_map:
-    speedup, unmorphed = _speedups(estimator(method, dict(precision_map)))
+    speedup, unmorphed = _speedups(estimator(method, estimator_map(estimator, precision_map,
+                                                                    kernels, chosen)))
   else:  # nothing morphed: the original weights on mortar, over stripes
     speedup, unmorphed = _unmorphed_speedup(estimator), 1.0
   return SweepPoint(method, {}, value, metric.drop(original, value), ratio, speedup,
                     precisions=dict(precision_map), speedup_unmorphed=unmorphed)
+
+
+def estimator_map(estimator, precision_map, kernels, chosen):
+  """The map as the estimator of the model's SavedModel matches it: a
+  SavedModel's own keys as they are; for a Keras model (whose export may
+  prefix the names, e.g. Keras 3's "sequential/"), each chosen kernel by the
+  name the export gives it."""
+  if isinstance(estimator.model, models.LoadedSavedModel):
+    return dict(precision_map)
+  names = estimator.weight_names(kernels)
+  missing = [kernels[i].name for i in chosen if i not in names]
+  if missing:
+    raise ValueError(f"the estimator finds no weight for kernels {missing} in the export")
+  from mortar_tf import precision_map as matcher  # pylint: disable=import-outside-toplevel
+  return {matcher.literal(names[i]): p for i, p in chosen.items()}
