@@ -520,7 +520,8 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
                       higher_is_better: bool = True, objective: str = "aligned",
                       input_shape=None, group_size: int = engines_lib.DEFAULT_GROUP_SIZE,
                       width: int = engines_lib.DEFAULT_WIDTH, calibration=None,
-                      max_evaluations: int = 30, progress: bool = False) -> SearchResult:
+                      max_evaluations: int = 30, estimate_speedup: bool = True,
+                      progress: bool = False) -> SearchResult:
   """A {kernel: P} map that saves the most within a metric budget.
 
   1. Sensitivity: on a calibration subset (`calibration`, else the inputs a
@@ -551,6 +552,8 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     group_size, width: the aligned domain (default: the engines' 64, 24).
     calibration: inputs for the proxy (an array), or None.
     max_evaluations: cap on full evaluations of the metric (>= 4).
+    estimate_speedup: estimate the points' speedups (objective "speedup"
+      always does).
 
   Returns:
     A SearchResult whose map, applied through the map matcher as morph_model
@@ -576,7 +579,8 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
   grid = sorted({morphing.check_precision(p) for p in precisions})
   metric = _as_metric(evaluate, higher_is_better)
   kernels = models.model_kernels(model, group_size, width)
-  estimator = ModelEstimator(model, input_shape or model_input_shape(model))
+  estimator = (ModelEstimator(model, input_shape or model_input_shape(model))
+               if estimate_speedup or objective == "speedup" else None)
   counter = {"full": 0, "calibration": 0}
 
   def full(chosen: Mapping[int, float]) -> float:
@@ -734,7 +738,8 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
                             kernels, metric, original, global_values[best_global], estimator,
                             group_size, width, global_p=best_global)
   finally:
-    estimator.close()
+    if estimator is not None:
+      estimator.close()
   return SearchResult(method, precision_map, point, global_point, float(budget), objective,
                       sensitivity, counter["full"], chose_global,
                       calibration_samples=counter["calibration"], proxy=proxy_name,
@@ -754,6 +759,10 @@ def _point(method, precision_map, chosen, kernels, metric, original, value, esti
   values = {i: _morph(kernels[i], morphing.MorphSpec.create(method, p))
             for i, p in chosen.items()}
   ratio, _, _ = _ratios(kernels, values, group_size, width)
+  if estimator is None:
+    return SweepPoint(method, {"precision": global_p} if global_p is not None else {}, value,
+                      metric.drop(original, value), ratio, None,
+                      precisions=dict(precision_map) if precision_map is not None else None)
   if global_p is not None:
     speedup, unmorphed = _speedups(estimator(method, global_p))
     return SweepPoint(method, {"precision": global_p}, value, metric.drop(original, value),
