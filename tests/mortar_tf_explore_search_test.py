@@ -167,3 +167,19 @@ def test_the_proxy_budget_is_stepped_back_when_the_metric_says_no():
     assert metric.drop(1.0, metric(model)) > 0.02  # the largest map breaks the budget
   assert found.point.drop <= 0.02 + 1e-12
   assert found.evaluations > 3  # it took more than one try
+
+
+def test_sweep_takes_a_list_grid_and_names_what_it_expects():
+  model = _sequential()
+  x = rng.standard_normal((16, 12)).astype(np.float32)
+  metric = _mse(model, x)
+  as_dict = explore.sweep(model, metric, {"paper": [0.1], "round": [4]}, estimate_speedup=False)
+  as_list = explore.sweep(model, metric, [("paper", 0.1), mortar_tf.MorphSpec.create("round",
+                                                                                     keep_bits=4)],
+                          estimate_speedup=False)
+  assert [p.label() for p in as_list.points] == [p.label() for p in as_dict.points]
+  assert [p.metric for p in as_list.points] == [p.metric for p in as_dict.points]
+  with pytest.raises(ValueError, match=r"a grid is \{method: \[settings\]\}"):
+    explore.sweep(model, metric, [0.1, 0.2], estimate_speedup=False)
+  with pytest.raises(ValueError, match="must not be a float"):
+    explore.sweep(model, metric, 0.1, estimate_speedup=False)

@@ -49,6 +49,9 @@ _MAX_EVALUATIONS = flags.DEFINE_integer("max_evaluations", 30,
                                         "Cap on the search's full evaluations of the metric.")
 _OBJECTIVE = flags.DEFINE_enum("objective", "aligned", ["aligned", "speedup"],
                                "What the search maximises.")
+_STRATEGY = flags.DEFINE_enum("strategy", "none", ["none", "mirrored", "multi_worker"],
+                              "Evaluate the metric data parallel: mirrored (every local device) "
+                              "or multi_worker (the machines in TF_CONFIG).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "out/sweep", "Where the files go.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 
@@ -73,7 +76,7 @@ def main(argv):
                          grid=grid, search=_SEARCH.value, budget=_BUDGET.value,
                          search_method=_SEARCH_METHOD.value, search_precisions=search_ps,
                          objective=_OBJECTIVE.value, signature=_SIGNATURE.value,
-                         max_evaluations=_MAX_EVALUATIONS.value,
+                         max_evaluations=_MAX_EVALUATIONS.value, strategy=_STRATEGY.value,
                          output=_OUTPUT.value,
                          progress=_PROGRESS.value and sys.stderr.isatty())
   except (ValueError, TypeError) as e:

@@ -6,6 +6,7 @@
   found = explore.search_precisions(model, metric, budget=0.005)
 """
 
+from mortar_tf.explore import plots
 from mortar_tf.explore.metrics import BUILTIN
 from mortar_tf.explore.metrics import Metric
 from mortar_tf.explore.metrics import builtin_metric
@@ -15,8 +16,10 @@ from mortar_tf.explore.search import DEFAULT_GRID
 from mortar_tf.explore.search import SearchResult
 from mortar_tf.explore.search import SweepPoint
 from mortar_tf.explore.search import SweepResult
+from mortar_tf.explore.search import resolve_map
 from mortar_tf.explore.search import search_precisions
 from mortar_tf.explore.search import sweep
 
 __all__ = ["BUILTIN", "DEFAULT_GRID", "LoadedSavedModel", "Metric", "SearchResult", "SweepPoint",
-           "SweepResult", "builtin_metric", "load_npz", "search_precisions", "sweep"]
+           "SweepResult", "builtin_metric", "load_npz", "plots", "resolve_map",
+           "search_precisions", "sweep"]

@@ -41,12 +41,15 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
             search_precisions: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
             objective: str = "aligned", signature: str = "serving_default",
             output: str | None = None, progress: bool = False,
-            max_evaluations: int = 30) -> JobResult:
+            max_evaluations: int = 30, strategy: str | None = None) -> JobResult:
   """Loads a model and labelled data, sweeps, searches, writes the files.
 
   `model_path` is a .keras/.h5 file or a SavedModel directory (called through
   `signature`, which must take one input; `output` picks the scored output
   of a multi-output signature, and the summary says which one was scored).
+  `strategy` ("mirrored", "multi_worker" or None) runs the metric's
+  predictions data parallel (metrics.predict); the search's calibration
+  subset is predicted on one device.
 
   Raises:
     ValueError: an unreadable model or data file, missing arrays, a bad
@@ -65,7 +68,7 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
   input_shape = (1,) + tuple(data["x"].shape[1:])
   model = models.load(model_path, signature=signature, output=output,
                       input_shape=input_shape)
-  score = metrics_lib.builtin_metric(metric, model, data)
+  score = metrics_lib.builtin_metric(metric, model, data, strategy=_strategy(strategy))
   files_lib.check_creatable_dir(out_dir)  # before the sweep's work, not after
 
   swept = search_lib.sweep(model, score, grid, progress=progress, input_shape=input_shape)
@@ -116,6 +119,22 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     summary = _summary(model_path, data_path, len(data["x"]), swept, found, model)
     written.append(files_lib.write_text(os.path.join(out_dir, "summary.md"), summary))
   return JobResult(swept, found, tuple(written), summary)
+
+
+STRATEGIES = ("none", "mirrored", "multi_worker")
+
+
+def _strategy(name):
+  """A tf.distribute strategy by name: "mirrored" (every local device),
+  "multi_worker" (the machines TF_CONFIG names), or None."""
+  if name in (None, "none"):
+    return None
+  if name not in STRATEGIES:
+    raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def _speedup_plot(model, found, path: str, input_shape) -> str:

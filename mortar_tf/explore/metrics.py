@@ -83,14 +83,50 @@ def load_npz(path: str, x_key: str = "x", y_key: str | None = "y") -> dict[str, 
   return out
 
 
-def _predict(model, x, batch_size):
-  return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), np.float64)
+def predict(model, x, batch_size: int = 256, strategy=None) -> np.ndarray:
+  """The model's outputs on `x` (float64), batch by batch.
+
+  With a tf.distribute `strategy` (MirroredStrategy over local devices,
+  MultiWorkerMirroredStrategy over machines), each batch is split across its
+  replicas (data parallel) and the parts are put back in order: the same
+  outputs as one device. The model's variables are read where they live (a
+  model built outside the strategy's scope works).
+  """
+  if strategy is None:
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), np.float64)
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from mortar_tf.explore import models  # pylint: disable=import-outside-toplevel
+  if isinstance(model, models.LoadedSavedModel):
+    forward = model.forward
+  else:
+    def forward(batch):
+      return model(batch, training=False)
+  replicas = strategy.num_replicas_in_sync
+  # Keras divides a global batch by the replicas: keep it a multiple.
+  global_batch = max(replicas, batch_size - batch_size % replicas)
+  dataset = tf.data.Dataset.from_tensor_slices(np.asarray(x)).batch(global_batch)
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  dataset = strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+  @tf.function
+  def step(batch):
+    return strategy.run(forward, args=(batch,))
+
+  parts = []
+  for batch in dataset:
+    local = strategy.experimental_local_results(step(batch))
+    parts.extend(np.asarray(p) for p in local if np.asarray(p).shape[0])
+  if not parts:
+    return np.zeros((0,))
+  return np.concatenate(parts).astype(np.float64)
 
 
 def builtin_metric(name: str, model, data: Mapping[str, np.ndarray],
-                   batch_size: int = 256) -> Metric:
+                   batch_size: int = 256, strategy=None) -> Metric:
   """A built-in Metric over `data` ({"x": ..., "y": ...}); `model` is the
-  original, whose outputs agreement, mse and psnr compare against.
+  original, whose outputs agreement, mse and psnr compare against. With a
+  tf.distribute `strategy`, every prediction runs data parallel (predict).
 
   Raises:
     ValueError: an unknown metric, or labels missing for accuracy.
@@ -98,6 +134,10 @@ def builtin_metric(name: str, model, data: Mapping[str, np.ndarray],
   if name not in BUILTIN:
     raise ValueError(f"unknown metric {name!r}; built-in metrics: {', '.join(BUILTIN)}")
   x = data["x"]
+
+  def _predict(m, inputs, size):
+    return predict(m, inputs, size, strategy)
+
   if name == "accuracy":
     if data.get("y") is None:
       raise ValueError("the accuracy metric needs labels (y)")

@@ -90,6 +90,10 @@ class LoadedSavedModel:
       parts.append(np.asarray(out[self.output]))
     return np.concatenate(parts) if parts else np.zeros((0,))
 
+  def forward(self, batch):
+    """The scored output on one batch (a tensor): for tf.distribute replicas."""
+    return self.fn(**{self.input_name: batch})[self.output]
+
   def scored(self) -> str:
     """Which output the metric scores, for summaries."""
     if len(self.outputs) == 1:

@@ -15,31 +15,45 @@ from mortar_tf.explore.search import SearchResult
 from mortar_tf.explore.search import SweepResult
 
 
+def _setting_text(point) -> str:
+  if point.precisions is not None:
+    return "search" if "precision" not in point.settings else f"P={point.settings['precision']:g}"
+  value = next(iter(v for k, v in point.settings.items() if k not in ("group_size", "width")),
+               None)
+  return "" if value is None else f"{value:g}"
+
+
 def plot_pareto(result: SweepResult, path: str, search: SearchResult | None = None) -> str:
-  """Metric against the aligned-domain ones ratio: one line per method, the
-  original model at 1x, the per-layer search point starred."""
+  """The metric against the aligned-domain ones ratio: one line per method,
+  each point labelled with its setting (P, keep_bits, columns), the original
+  at 1x, the budget line and the search's point in the legend."""
   plt = pyplot()
-  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  fig, ax = plt.subplots(figsize=(7.5, 5))
   methods = []
   for p in result.points:
     if p.precisions is None and p.method not in methods:
       methods.append(p.method)
   for method in methods:
-    pts = sorted((p.ratio["aligned"], p.metric) for p in result.points
-                 if p.method == method and p.precisions is None)
-    ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=method)
+    pts = sorted(((p.ratio["aligned"], p.metric, _setting_text(p)) for p in result.points
+                  if p.method == method and p.precisions is None))
+    ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], marker="o", label=method)
+    for x, y, text in pts:
+      ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
   ax.scatter([1.0], [result.original_metric], color="black", marker="s", label="original",
              zorder=3)
   if search is not None:
+    kind = "global P" if search.chose_global else "per-kernel search"
     ax.scatter([search.point.ratio["aligned"]], [search.point.metric], marker="*", s=260,
-               color="crimson", zorder=4,
-               label=f"per-layer search (budget {search.budget:g})")
+               color="crimson", zorder=4, label=f"{kind} ({search.method})")
     limit = (result.original_metric - search.budget if result.higher_is_better
              else result.original_metric + search.budget)
-    ax.axhline(limit, color="crimson", linestyle=":", linewidth=1)
-  ax.set_xlabel("aligned-domain ones ratio (original / morphed)")
+    ax.axhline(limit, color="crimson", linestyle=":", linewidth=1,
+               label=f"budget: {result.metric_name} drop {search.budget:g}")
+  ax.set_xscale("log")
+  ax.set_xlabel("aligned-domain ones ratio, original / morphed (log)")
   ax.set_ylabel(result.metric_name)
-  ax.set_title("Accuracy against bit sparsity")
+  ax.set_title(f"{result.metric_name} against bit sparsity "
+               f"({'higher' if result.higher_is_better else 'lower'} is better)")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   return save_figure(fig, path)

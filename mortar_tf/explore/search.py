@@ -341,19 +341,46 @@ def _as_metric(evaluate, higher_is_better) -> Metric:
   return Metric(getattr(evaluate, "__name__", "metric"), evaluate, higher_is_better)
 
 
-def _specs(grid: Mapping[str, Sequence], group_size, width) -> list[morphing.MorphSpec]:
-  if not grid:
-    raise ValueError("the grid is empty: give {method: [settings]}")
+_GRID_HELP = ("a grid is {method: [settings]} (e.g. {'paper': [0.05, 0.1], 'round': [4]}) or a "
+              "list of MorphSpec objects or (method, setting) pairs")
+
+
+def _specs(grid, group_size, width) -> list[morphing.MorphSpec]:
+  """MorphSpecs from {method: [settings]}, or from a list of MorphSpecs or
+  (method, setting) pairs."""
+  if isinstance(grid, (list, tuple)):
+    if not grid:
+      raise ValueError(f"the grid is empty: {_GRID_HELP}")
+    pairs = []
+    for entry in grid:
+      if isinstance(entry, morphing.MorphSpec):
+        pairs.append((entry.method, entry))
+      elif isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str):
+        pairs.append((entry[0], entry[1]))
+      else:
+        raise ValueError(f"grid entry {entry!r} is not understood: {_GRID_HELP}")
+  elif isinstance(grid, Mapping):
+    if not grid:
+      raise ValueError(f"the grid is empty: {_GRID_HELP}")
+    pairs = []
+    for method, values in grid.items():
+      if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        values = [values]
+      if not len(values):  # pylint: disable=g-explicit-length-test
+        raise ValueError(f"the grid for {method!r} is empty")
+      pairs.extend((method, value) for value in values)
+  else:
+    raise ValueError(f"grid must not be a {type(grid).__name__}: {_GRID_HELP}")
   specs = []
-  for method, values in grid.items():
+  for method, value in pairs:
     if method not in _SETTING:
       raise ValueError(f"unknown method {method!r} in the grid; expected one of "
                        f"{', '.join(_SETTING)}")
-    if not values:
-      raise ValueError(f"the grid for {method!r} is empty")
-    for value in values:
-      extra = dict(group_size=group_size, width=width) if method == "bitx" else {}
-      specs.append(morphing.MorphSpec.create(method, **{_SETTING[method]: value}, **extra))
+    if isinstance(value, morphing.MorphSpec):
+      specs.append(value)
+      continue
+    extra = dict(group_size=group_size, width=width) if method == "bitx" else {}
+    specs.append(morphing.MorphSpec.create(method, **{_SETTING[method]: value}, **extra))
   return specs
 
 
