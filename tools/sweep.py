@@ -52,6 +52,10 @@ _OBJECTIVE = flags.DEFINE_enum("objective", "aligned", ["aligned", "speedup"],
 _STRATEGY = flags.DEFINE_enum("strategy", "none", ["none", "mirrored", "multi_worker"],
                               "Evaluate the metric data parallel: mirrored (every local device) "
                               "or multi_worker (the machines in TF_CONFIG).")
+_FINETUNE_EPOCHS = flags.DEFINE_integer(
+    "finetune_epochs", 0, "Also search with label-free distillation of each candidate map, this "
+    "many epochs (Keras models): the data is split, half to distil on, half to score on; "
+    "writes finetuned.keras.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "out/sweep", "Where the files go.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 
@@ -77,6 +81,7 @@ def main(argv):
                          search_method=_SEARCH_METHOD.value, search_precisions=search_ps,
                          objective=_OBJECTIVE.value, signature=_SIGNATURE.value,
                          max_evaluations=_MAX_EVALUATIONS.value, strategy=_STRATEGY.value,
+                         finetune_epochs=_FINETUNE_EPOCHS.value,
                          output=_OUTPUT.value,
                          progress=_PROGRESS.value and sys.stderr.isatty())
   except (ValueError, TypeError) as e:

@@ -41,7 +41,8 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
             search_precisions: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
             objective: str = "aligned", signature: str = "serving_default",
             output: str | None = None, progress: bool = False,
-            max_evaluations: int = 30, strategy: str | None = None) -> JobResult:
+            max_evaluations: int = 30, strategy: str | None = None,
+            finetune_epochs: int = 0) -> JobResult:
   """Loads a model and labelled data, sweeps, searches, writes the files.
 
   `model_path` is a .keras/.h5 file or a SavedModel directory (called through
@@ -49,7 +50,11 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
   of a multi-output signature, and the summary says which one was scored).
   `strategy` ("mirrored", "multi_worker" or None) runs the metric's
   predictions data parallel (metrics.predict); the search's calibration
-  subset is predicted on one device.
+  subset is predicted on one device. With `finetune_epochs` (a Keras model
+  and a search), the data is split: the first half, unlabelled, to distil
+  on, the second half to score everything on; a second search distils each
+  candidate map (finetune.search_with_finetune), its row and summary follow
+  the plain search's, and the distilled model is written as finetuned.keras.
 
   Raises:
     ValueError: an unreadable model or data file, missing arrays, a bad
@@ -63,6 +68,15 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     if samples < 1:
       raise ValueError(f"samples must be >= 1, got {samples}")
     data = {k: v[:samples] for k, v in data.items()}
+  tune_x = None
+  if finetune_epochs:
+    if not search:
+      raise ValueError("finetune_epochs distils the searched map: it needs the search")
+    if len(data["x"]) < 4:
+      raise ValueError("fine-tuning splits the data in half: give at least 4 samples")
+    half = len(data["x"]) // 2
+    tune_x = data["x"][:half]
+    data = {k: v[half:] for k, v in data.items()}
   # The estimator reads the graph at one sample of the data's own shape: a
   # model with free dims (a fully convolutional net) has no other shape to use.
   input_shape = (1,) + tuple(data["x"].shape[1:])
@@ -79,6 +93,16 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
                                          max_evaluations=max_evaluations,
                                          progress=progress, input_shape=input_shape)
     swept = dataclasses.replace(swept, points=swept.points + (found.point,))
+  tuned = tuned_model = None
+  if tune_x is not None:
+    from mortar_tf.explore import finetune  # pylint: disable=import-outside-toplevel
+    tuned, tuned_result = finetune.search_with_finetune(
+        model, score, budget, tune_x, epochs=finetune_epochs, method=search_method,
+        precisions=search_precisions, objective=objective, max_evaluations=max_evaluations,
+        progress=progress, input_shape=input_shape)
+    tuned_model = tuned_result.model if tuned_result is not None else None
+    swept = dataclasses.replace(swept, points=swept.points + (dataclasses.replace(
+        tuned.point, settings=dict(tuned.point.settings, distilled=finetune_epochs)),))
 
   with files_lib.output_set():  # every file, or none
     files_lib.make_dirs(out_dir)
@@ -87,7 +111,9 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     csv.writer(buffer).writerows(swept.csv_rows())
     written.append(files_lib.write_text(os.path.join(out_dir, "sweep.csv"), buffer.getvalue()))
     record = {"model": model_path, "data": data_path, "samples": len(data["x"]),
-              "sweep": swept.to_dict(), "search": found.to_dict() if found else None}
+              "sweep": swept.to_dict(), "search": found.to_dict() if found else None,
+              "search_distilled": tuned.to_dict() if tuned else None,
+              "distilled_on": len(tune_x) if tune_x is not None else 0}
     written.append(files_lib.write_json(os.path.join(out_dir, "sweep.json"), record))
 
     kernel_list = models.model_kernels(model, swept.group_size, swept.width)
@@ -116,7 +142,13 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
       written.append(_speedup_plot(model, found, os.path.join(out_dir, "speedup.png"),
                                    input_shape))
 
-    summary = _summary(model_path, data_path, len(data["x"]), swept, found, model)
+    if tuned_model is not None:
+      path = os.path.join(out_dir, "finetuned.keras")
+      with files_lib.replaced(path, ".tmp.keras") as temp:
+        tuned_model.save(temp)  # a .keras file, renamed with the other outputs
+      written.append(path)
+    summary = _summary(model_path, data_path, len(data["x"]), swept, found, model, tuned,
+                       len(tune_x) if tune_x is not None else 0)
     written.append(files_lib.write_text(os.path.join(out_dir, "summary.md"), summary))
   return JobResult(swept, found, tuple(written), summary)
 
@@ -153,7 +185,8 @@ def _speedup_plot(model, found, path: str, input_shape) -> str:
     estimator.close()
 
 
-def _summary(model_path, data_path, samples, swept, found, model) -> str:
+def _summary(model_path, data_path, samples, swept, found, model, tuned=None,
+             distilled_on=0) -> str:
   lines = [f"# mortar-sweep: {os.path.basename(model_path)}", "",
            f"Model `{model_path}`, data `{data_path}` ({samples} samples), metric "
            f"{swept.metric_name} ({'higher' if swept.higher_is_better else 'lower'} is better). "
@@ -165,4 +198,8 @@ def _summary(model_path, data_path, samples, swept, found, model) -> str:
            "```", swept.table(), "```", ""]
   if found is not None:
     lines += ["```", found.summary(), "```", ""]
+  if tuned is not None:
+    lines += [f"With label-free distillation (each candidate map fine-tuned to the original's "
+              f"outputs on the first {distilled_on} samples, scored on the other {samples}):",
+              "", "```", tuned.summary(), "```", ""]
   return "\n".join(lines)

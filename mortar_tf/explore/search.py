@@ -178,9 +178,11 @@ class SweepPoint:
   speedup_unmorphed: float | None = None
 
   def label(self) -> str:
+    distilled = " + distilled" if "distilled" in self.settings else ""
     if self.precisions is not None and "precision" not in self.settings:
-      return f"{self.method} per-kernel search"
-    return morphing.MorphSpec.create(self.method, **self.settings).label()
+      return f"{self.method} per-kernel search{distilled}"
+    settings = {k: v for k, v in self.settings.items() if k != "distilled"}
+    return morphing.MorphSpec.create(self.method, **settings).label() + distilled
 
   def to_dict(self) -> dict:
     out = dataclasses.asdict(self)
@@ -206,7 +208,8 @@ class SweepResult:
     rows = [["original", "", f"{self.original_metric:.4f}", "", "1.000x", "1.000x", "1.000x",
              table.ratio(self.original_speedup) if self.original_speedup else "-", "1.000x"]]
     for p in self.points:
-      setting = (("search: global" if "precision" in p.settings else "search: per kernel")
+      setting = (("search: global" if "precision" in p.settings else "search: per kernel") +
+                 (" + distilled" if "distilled" in p.settings else "")
                  if p.precisions is not None else
                  ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in p.settings.items() if k not in ("group_size", "width")))
@@ -548,7 +551,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
                       input_shape=None, group_size: int = engines_lib.DEFAULT_GROUP_SIZE,
                       width: int = engines_lib.DEFAULT_WIDTH, calibration=None,
                       max_evaluations: int = 30, estimate_speedup: bool = True,
-                      progress: bool = False) -> SearchResult:
+                      refine=None, progress: bool = False) -> SearchResult:
   """A {kernel: P} map that saves the most within a metric budget.
 
   1. Sensitivity: on a calibration subset (`calibration`, else the inputs a
@@ -581,6 +584,9 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     max_evaluations: cap on full evaluations of the metric (>= 4).
     estimate_speedup: estimate the points' speedups (objective "speedup"
       always does).
+    refine: None, or a function {kernel key: P} -> metric value that a full
+      evaluation calls instead of scoring the morphed model as it is
+      (finetune.search_with_finetune distils each candidate this way).
 
   Returns:
     A SearchResult whose map, applied through the map matcher as morph_model
@@ -611,11 +617,12 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
   counter = {"full": 0, "calibration": 0}
 
   def full(chosen: Mapping[int, float]) -> float:
+    counter["full"] += 1
+    if refine is not None and chosen:
+      return float(refine({kernels[i].key: p for i, p in chosen.items()}))
     with _Applied(kernels, {i: _morph(kernels[i], morphing.MorphSpec.create(method, p))
                             for i, p in chosen.items()}):
-      value = metric(model)
-    counter["full"] += 1
-    return value
+      return metric(model)
 
   try:
     original = metric(model)
