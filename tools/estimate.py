@@ -84,6 +84,10 @@ def main(argv):
         engines=engines, baseline=_BASELINE.value, method=_METHOD.value, precision=precision,
         keep_bits=_KEEP_BITS.value, columns=_COLUMNS.value, group_size=_GROUP_SIZE.value,
         width=_WIDTH.value)
+    if not result.mapped:
+      reasons = sorted({layer.unmapped for layer in result.layers}) or ["no compute ops found"]
+      raise ValueError(f"no compute op of {_SAVED_MODEL.value!r} could be estimated: "
+                       + "; ".join(reasons) + " (nothing was written)")
     print(result.table())
     written = []
     with files.output_set():

@@ -71,6 +71,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   precision = flag_parsing.precision(_PRECISION.value, _PRECISION_MAP.value)
+  for flag in (_VERIFY_INPUTS, _VERIFY_MAX_REL, _VERIFY_MAX_ABS):
+    if flag.value is not None and not _VERIFY.value:
+      raise app.UsageError(f"--{flag.name} is for --verify: add --verify (or drop it)")
   select = _SELECT.value
   select = select[0] if select in (["kernels"], ["all"]) else select
   # TensorFlow loads after the flags are checked: usage errors stay fast.

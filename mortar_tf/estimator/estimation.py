@@ -476,6 +476,8 @@ def estimate(saved_model_dir: str, input_shape=None,
       continue
     axes = op.reduction_axes
     n_pos, why = _n_pos(op, op.weight.shape, axes)
+    if why is not None and graph.trace_error and "unknown" in why:
+      why = f"{why}; shape inference failed: {graph.trace_error}"
     if why is None and op.repeats is None:
       why = "in a loop whose number of steps the graph does not fix (give input_shape)"
     if why is not None:

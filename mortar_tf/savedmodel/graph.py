@@ -144,6 +144,7 @@ class SavedModelGraph:
   variables: tuple[variables_lib.VariableObject, ...] = dataclasses.field(default=(),
                                                                          repr=False)
   twins: Mapping[int, int] = dataclasses.field(default_factory=dict, repr=False)
+  trace_error: str | None = None  # why shape inference failed somewhere, if it did
 
   def display_names(self) -> dict[str, str]:
     """{checkpoint key: name to show} of the model variables (variables_lib.display_names)."""
@@ -190,6 +191,7 @@ class _Walker:
     self.trace = trace
     self.ops: list[ComputeOp] = []
     self.traced_any = False
+    self.trace_error = None
     self.stack: list[str] = []
 
   def walk(self, fdef, prefix: str, parent, call_inputs, arg_shapes=None, repeats=1,
@@ -204,8 +206,11 @@ class _Walker:
       try:
         frame.traced = protos.traced_shapes(self.library, fdef, arg_shapes)
         self.traced_any = True
-      except (ValueError, TypeError, tf.errors.OpError):
+      except (ValueError, TypeError, tf.errors.OpError) as e:
         frame.traced = None  # keep the saved shapes
+        if self.trace_error is None:  # say why, e.g. an input too small for the model
+          text = str(e).strip().splitlines()
+          self.trace_error = text[0][:300] if text else type(e).__name__
     for node in fdef.node_def:
       if node.name not in live:
         continue  # its result reaches no output (Keras' RNNs run a step only for shapes)
@@ -412,7 +417,7 @@ def read_graph(saved_model_dir: str, input_shape=None,
   ops = tuple(walker.ops)
   return SavedModelGraph(saved_model_dir, signature, inputs, ops,
                          "traced" if walker.traced_any else "saved shapes", all_variables,
-                         twins)
+                         twins, walker.trace_error)
 
 
 def weight_value(saved_model_dir: str, weight: Weight, reader=None) -> np.ndarray:

@@ -118,6 +118,10 @@ class Destination:
       with writing(self.parent):
         self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.dst)}.", suffix=TMP_SUFFIX,
                                     dir=self.parent)
+        # mkdtemp makes it 0700; the output is an ordinary directory (umask applies).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o777 & ~umask)
         with open(os.path.join(self.tmp, OWNER_FILE), "w", encoding="utf-8") as f:
           json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
     except BaseException:

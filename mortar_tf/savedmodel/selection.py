@@ -102,10 +102,11 @@ def _select(graph, variables, select):
 
   picked = []
   for name in select:
-    hits = [v for v in variables if name in (v.name, v.key)]
+    hits = [v for v in variables if name in (v.name, v.key, v.path)]
     if not hits:
+      names = dict.fromkeys(v.name for v in variables if v.role == "model")  # twins once
       raise ValueError(f"unknown variable {name!r}; the model variables are: "
-                       f"{', '.join(v.name for v in variables if v.role == 'model')}")
+                       f"{', '.join(names)}")
     for var in hits:
       if var.role != "model":
         raise ValueError(f"variable {name!r} is optimizer or metric state ({var.role}); "

@@ -31,7 +31,8 @@ class SavedVariable:
   """One model variable of a SavedModel.
 
   Attributes:
-    name: the variable's name (e.g. "sequential/dense/kernel"), made unique.
+    name: the name every tool shows: the variable's name ("sequential/dense/kernel"),
+      or "name (object path)" where several share it (display_names).
     key: its checkpoint key.
     value: its value.
   """
@@ -289,7 +290,9 @@ def read_variables(saved_model_dir: str, min_rank: int = 0) -> list[SavedVariabl
   reader, trackable = open_checkpoint(saved_model_dir)
   by_node = {v.node_id: v for v in variable_objects(saved_model_dir, saved, (reader, trackable))}
   twins = structural_twins(saved, trackable)
-  out, by_name, taken = [], collections.defaultdict(list), {}
+  # The names every tool shows: "name (object path)" where names repeat.
+  display = display_names([v for v in by_node.values() if v.role == "model"], twins)
+  out, taken = [], {}
   for node_id in _model_order(trackable):
     found = by_node.get(node_id)
     if found is None or found.role != "model" or len(found.shape) < min_rank:
@@ -299,9 +302,5 @@ def read_variables(saved_model_dir: str, min_rank: int = 0) -> list[SavedVariabl
     if twin in taken and _same(taken[twin], value):
       continue  # the second copy of a Keras 3 export's variable
     taken[node_id] = value
-    same = by_name[found.name]
-    unique = found.name if not same else f"{found.name}#{len(same) + 1}"
-    variable = SavedVariable(unique, found.key, value)
-    same.append(variable)
-    out.append(variable)
+    out.append(SavedVariable(display.get(found.key, found.name), found.key, value))
   return out

@@ -117,16 +117,27 @@ def make_inputs(specs, inputs=None, input_shape=None, seed: int = 0):
   if isinstance(inputs, str):
     inputs = files.read_npz(inputs, "inputs file")
   if inputs is not None:
+    if len(specs) == 1 and len(inputs) == 1 and set(inputs) != set(specs):
+      # One input, one array (e.g. mortar-sweep's `x`): no doubt which is which.
+      inputs = {next(iter(specs)): next(iter(inputs.values()))}
     missing = sorted(set(specs) - set(inputs))
     if missing:
       raise ValueError(f"the inputs lack {missing}; the signature takes {sorted(specs)}")
     feed = {}
     for name, spec in specs.items():
       value = np.asarray(inputs[name])
+      if value.ndim and value.shape[0] == 0:
+        raise ValueError(f"input {name!r} is empty (shape {value.shape}): nothing to verify on")
       if not spec.shape.is_compatible_with(value.shape):
         raise ValueError(f"input {name!r} has shape {value.shape}; the signature takes "
                          f"{spec.shape}")
       feed[name] = tf.constant(value, dtype=spec.dtype)
+    if input_shape is not None:  # both given: they must describe the same inputs
+      for name, shape in _given_shapes(specs, input_shape).items():
+        have = tuple(feed[name].shape)
+        if len(have) != len(shape) or have[1:] != tuple(shape)[1:]:
+          raise ValueError(f"input_shape for {name!r} is {list(shape)} but the .npz holds "
+                           f"{list(have)}: give one, or make them agree")
     return feed, "npz"
   shapes = _shapes(specs, input_shape)
   rng = np.random.default_rng(seed)
@@ -141,6 +152,15 @@ def make_inputs(specs, inputs=None, input_shape=None, seed: int = 0):
       raise ValueError(f"input {name!r} is {spec.dtype.name}: give the inputs as an .npz")
     feed[name] = tf.constant(value, dtype=spec.dtype)
   return feed, "random"
+
+
+def _given_shapes(specs, input_shape) -> dict:
+  """{name: shape} of what input_shape gives (one shape: the single input)."""
+  if isinstance(input_shape, dict):
+    return {k: tuple(v) for k, v in input_shape.items() if k in specs}
+  if len(specs) == 1:
+    return {next(iter(specs)): tuple(input_shape)}
+  return {}
 
 
 def _shapes(specs, input_shape) -> dict:
@@ -192,7 +212,13 @@ def verify_outputs(src: str, dst: str, signature: str, inputs=None, input_shape=
       raise SavedModelError(f"{path!r} has no signature {signature!r}")
     fns.append(model.signatures[signature])
   feed, source = make_inputs(signature_inputs(fns[0]), inputs, input_shape, seed)
-  a, b = fns[0](**feed), fns[1](**feed)
+  try:
+    a, b = fns[0](**feed), fns[1](**feed)
+  except (tf.errors.OpError, ValueError, TypeError) as e:
+    shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in feed.items())
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ValueError(f"the model does not run on the verification inputs ({shapes}): "
+                     f"{first}; give inputs it takes (--input_shape or an .npz)") from None
   outputs = {}
   for name in sorted(a):
     x = np.asarray(a[name], np.float64)
