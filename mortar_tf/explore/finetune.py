@@ -107,7 +107,7 @@ class Distiller:
                                                      **spec.settings()))
 
   def run(self, precision, *, metric, method="fewest_ones", epochs=3, batch_size=32,
-          learning_rate=1e-4, seed=0, keep_model=True) -> FinetuneResult:
+          learning_rate=3e-4, seed=0, keep_model=True) -> FinetuneResult:
     """Distils the copy for one map; see finetune(). keep_model=False leaves
     the result's model None (a search scoring many maps keeps no copies)."""
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -158,7 +158,7 @@ class Distiller:
 
 
 def finetune(model, precision, inputs, *, metric, method: str = "fewest_ones",
-             epochs: int = 3, batch_size: int = 32, learning_rate: float = 1e-4,
+             epochs: int = 3, batch_size: int = 32, learning_rate: float = 3e-4,
              seed: int = 0) -> FinetuneResult:
   """Distils `model` morphed with `precision` (a P or a {pattern: P} map)
   against its own original outputs on `inputs`.
@@ -182,7 +182,7 @@ def finetune(model, precision, inputs, *, metric, method: str = "fewest_ones",
 
 
 def search_with_finetune(model, evaluate, budget: float, inputs, *, epochs: int = 2,
-                         batch_size: int = 32, learning_rate: float = 1e-4, **search_kwargs):
+                         batch_size: int = 32, learning_rate: float = 3e-4, **search_kwargs):
   """search_precisions where each full evaluation distils the candidate map
   first (finetune), so the budget is met by the distilled models.
 
