@@ -101,7 +101,7 @@ def plot_matrix(result: Estimate, path: str) -> str:
 
 def _settings_label(settings) -> str:
   if "precision_map" in settings:
-    return "per-layer map"
+    return "per-kernel map"
   return ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
