@@ -117,9 +117,9 @@ def make_inputs(specs, inputs=None, input_shape=None, seed: int = 0):
   if isinstance(inputs, str):
     inputs = files.read_npz(inputs, "inputs file")
   if inputs is not None:
-    if len(specs) == 1 and len(inputs) == 1 and set(inputs) != set(specs):
-      # One input, one array (e.g. mortar-sweep's `x`): no doubt which is which.
-      inputs = {next(iter(specs)): next(iter(inputs.values()))}
+    if len(specs) == 1 and set(inputs) == {"x"} and "x" not in specs:
+      # mortar-sweep's data layout (one array `x`) for a one-input signature.
+      inputs = {next(iter(specs)): inputs["x"]}
     missing = sorted(set(specs) - set(inputs))
     if missing:
       raise ValueError(f"the inputs lack {missing}; the signature takes {sorted(specs)}")
