@@ -620,9 +620,15 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     counter["full"] += 1
     if refine is not None and chosen:
       return float(refine({kernels[i].key: p for i, p in chosen.items()}))
-    with _Applied(kernels, {i: _morph(kernels[i], morphing.MorphSpec.create(method, p))
-                            for i, p in chosen.items()}):
+    # One morphed copy at a time: assigned as soon as it is made (memory: the
+    # variables and the originals, ~2x the kernels).
+    try:
+      for i, p in chosen.items():
+        kernels[i].variable.assign(_morph(kernels[i], morphing.MorphSpec.create(method, p)))
       return metric(model)
+    finally:
+      for i in chosen:
+        kernels[i].variable.assign(kernels[i].original)
 
   try:
     original = metric(model)
