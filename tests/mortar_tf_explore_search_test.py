@@ -54,6 +54,8 @@ def test_a_separable_convs_two_kernels_get_their_own_keys_and_the_map_keeps_its_
                                     precisions=[0.01, 0.1, 0.5], estimate_speedup=False)
   assert set(found.sensitivity) == {"sep/depthwise_kernel", "sep/pointwise_kernel", "head"}
   assert found.precisions and not found.chose_global
+  left = [k for k in found.sensitivity if k not in found.precisions]
+  assert ("Left unmorphed: " + ", ".join(left) in found.summary()) if left else True
   # Applied as the README says: morph_model with the map, evaluated here.
   wrapped = morph_model(model, "paper", precision=dict(found.precisions))
   reference = model.predict(x, verbose=0)

@@ -41,7 +41,7 @@ def test_writes_table_csv_json_and_plots(model, tmp_path):
                 f"--csv={tmp_path / 'l.csv'}", f"--json={tmp_path / 'e.json'}",
                 f"--plots_dir={tmp_path / 'plots'}")
   assert result.returncode == 0, result.stderr
-  assert "total" in result.stdout
+  assert "total" in result.stdout and "weight (map name)" in result.stdout
   assert "over stripes on the original weights" in result.stdout
   assert "over mortar on the original weights" in result.stdout
   with open(tmp_path / "l.csv", newline="", encoding="utf-8") as f:

@@ -237,19 +237,21 @@ class Estimate:
     """Per layer: MACs, cycles of every engine on both weights, the headlines;
     then the totals as a matrix (engines x weights) and the headline lines."""
     names = [e.name for e in self.engines]
-    headers = (["#", "layer", "op", "MACs"] +
+    headers = (["#", "layer", "op", "weight (map name)", "MACs"] +
                [f"{n} {w[:4]}" for n in names for w in WEIGHTS] + ["x stripes", "x unmorphed"])
     rows = []
     for layer in self.layers:
       if not layer.mapped:
-        rows.append([layer.index, layer.name, layer.op, "-"] + ["-"] * (2 * len(names) + 2))
+        rows.append([layer.index, layer.name, layer.op, layer.weight or "-", "-"] +
+                    ["-"] * (2 * len(names) + 2))
         continue
       head = self.headline(layer)
-      rows.append([layer.index, layer.name, layer.op, layer.macs] +
+      rows.append([layer.index, layer.name, layer.op, layer.weight, layer.macs] +
                   [layer.cycles[n][w] for n in names for w in WEIGHTS] +
                   [table.ratio(head[k]) if head[k] is not None else "-" for k, _, _ in HEADLINES])
     total, head = self.total_cycles(), self.headline()
-    rows.append(["", "total", "", self.total_macs()] + [total[n][w] for n in names for w in WEIGHTS]
+    rows.append(["", "total", "", "", self.total_macs()] +
+                [total[n][w] for n in names for w in WEIGHTS]
                 + [table.ratio(head[k]) if head[k] is not None else "-" for k, _, _ in HEADLINES])
     text = [f"Estimate of {self.saved_model_dir} ({self.signature}, shapes: {self.shape_source}); "
             f"cycles per engine on the original (orig) and morphed (morp) weights; morphed: "

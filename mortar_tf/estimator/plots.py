@@ -142,8 +142,9 @@ def plot_density(result: Estimate, path: str) -> str:
     image = ax.imshow(density, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(np.arange(len(layers)), _labels(result) if k == 0 else [], fontsize=7)
     ax.set_xlabel("aligned column (0 = most significant)")
-    ax.set_title(f"bit density, {kind} weights ({engine}: G="
-                 f"{result.engine(engine).group_size})")
+    ax.set_title(f"{kind} weights\n({engine}, G={result.engine(engine).group_size})",
+                 fontsize=9)
+  fig.suptitle("Bit density per aligned column", fontsize=10)
   fig.colorbar(image, ax=axes[0].tolist(), label="ones per weight")
   return save_figure(fig, path)
 

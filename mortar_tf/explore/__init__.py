@@ -6,6 +6,7 @@
   found = explore.search_precisions(model, metric, budget=0.005)
 """
 
+from mortar_tf.explore import finetune
 from mortar_tf.explore import plots
 from mortar_tf.explore.metrics import BUILTIN
 from mortar_tf.explore.metrics import Metric
@@ -21,5 +22,5 @@ from mortar_tf.explore.search import search_precisions
 from mortar_tf.explore.search import sweep
 
 __all__ = ["BUILTIN", "DEFAULT_GRID", "LoadedSavedModel", "Metric", "SearchResult", "SweepPoint",
-           "SweepResult", "builtin_metric", "load_npz", "plots", "resolve_map",
+           "SweepResult", "builtin_metric", "finetune", "load_npz", "plots", "resolve_map",
            "search_precisions", "sweep"]

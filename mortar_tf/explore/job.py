@@ -2,7 +2,7 @@
 
 Writes into `out_dir`: sweep.csv, sweep.json (sweep and search), summary.md
 (the table and the search result), pareto.png, bit_density.png, columns.png
-and, with a search, speedup.png (the estimator's per-layer cycles of every
+and, with a search, cycles.png (the estimator's per-kernel cycles of every
 engine on the original and the morphed weights for the chosen map, with the
 headline speedups).
 """
@@ -93,7 +93,7 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
                                          max_evaluations=max_evaluations,
                                          progress=progress, input_shape=input_shape)
     swept = dataclasses.replace(swept, points=swept.points + (found.point,))
-  tuned = tuned_model = None
+  tuned = tuned_model = tuned_result = None
   if tune_x is not None:
     from mortar_tf.explore import finetune  # pylint: disable=import-outside-toplevel
     tuned, tuned_result = finetune.search_with_finetune(
@@ -139,16 +139,16 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     written.append(plots.plot_columns(np.asarray(before), np.asarray(after),
                                     os.path.join(out_dir, "columns.png"), label))
     if found is not None and found.precisions:
-      written.append(_speedup_plot(model, found, os.path.join(out_dir, "speedup.png"),
+      written.append(_speedup_plot(model, found, os.path.join(out_dir, "cycles.png"),
                                    input_shape))
 
-    if tuned_model is not None:
+    if tuned_model is not None and tuned_result.improved:
       path = os.path.join(out_dir, "finetuned.keras")
       with files_lib.replaced(path, ".tmp.keras") as temp:
         tuned_model.save(temp)  # a .keras file, renamed with the other outputs
       written.append(path)
     summary = _summary(model_path, data_path, len(data["x"]), swept, found, model, tuned,
-                       len(tune_x) if tune_x is not None else 0)
+                       len(tune_x) if tune_x is not None else 0, tuned_result)
     written.append(files_lib.write_text(os.path.join(out_dir, "summary.md"), summary))
   return JobResult(swept, found, tuple(written), summary)
 
@@ -186,7 +186,7 @@ def _speedup_plot(model, found, path: str, input_shape) -> str:
 
 
 def _summary(model_path, data_path, samples, swept, found, model, tuned=None,
-             distilled_on=0) -> str:
+             distilled_on=0, tuned_result=None) -> str:
   lines = [f"# mortar-sweep: {os.path.basename(model_path)}", "",
            f"Model `{model_path}`, data `{data_path}` ({samples} samples), metric "
            f"{swept.metric_name} ({'higher' if swept.higher_is_better else 'lower'} is better). "
@@ -202,4 +202,14 @@ def _summary(model_path, data_path, samples, swept, found, model, tuned=None,
     lines += [f"With label-free distillation (each candidate map fine-tuned to the original's "
               f"outputs on the first {distilled_on} samples, scored on the other {samples}):",
               "", "```", tuned.summary(), "```", ""]
+    if tuned_result is None:
+      lines += ["No kernel could be morphed within the budget: nothing to distil.", ""]
+    elif tuned_result.improved:
+      lines += [f"Distillation kept: {tuned_result.after:.4f} "
+                f"against {tuned_result.before:.4f} for the plain morph of the same map; the "
+                "distilled model is finetuned.keras.", ""]
+    else:
+      lines += [f"Distillation did not improve the chosen map ({tuned_result.after:.4f} against "
+                f"{tuned_result.before:.4f} for the plain morph): the plain morph is the answer, "
+                "and no finetuned.keras was written.", ""]
   return "\n".join(lines)

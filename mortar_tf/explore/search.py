@@ -296,6 +296,9 @@ class SearchResult:
     else:
       lines.append("Per kernel: " + ", ".join(f"{k}: P={v:g}" for k, v in self.precisions.items())
                    if self.precisions else "Per kernel: none can be morphed within the budget")
+      left = [k for k in self.sensitivity if k not in self.precisions]
+      if self.precisions and left:
+        lines.append("Left unmorphed: " + ", ".join(left))
     return "\n".join(lines)
 
   def to_dict(self) -> dict:
