@@ -112,8 +112,7 @@ def test_objective_speedup_finds_cycles_on_sequential_and_nested_models(make):
   kernels = explore.models.model_kernels(model)
   estimator = search.ModelEstimator(model, (1, 12))
   try:
-    gains = search._mortar_cycle_gains(model, kernels, [0.5], "fewest_ones", (1, 12),  # pylint: disable=protected-access
-                                       estimator)
+    gains = search._mortar_cycle_gains(kernels, [0.5], "fewest_ones", estimator)  # pylint: disable=protected-access
     names = estimator.weight_names(kernels)
   finally:
     estimator.close()

@@ -101,7 +101,8 @@ class ModelEstimator:
     self.model = model
     self.input_shape = input_shape
     self.dir = None
-    self._names = None
+    self._reference = None
+    self._readers = None
 
   def _export(self):
     if isinstance(self.model, models.LoadedSavedModel):
@@ -122,17 +123,27 @@ class ModelEstimator:
     return estimator.estimate(self._export(), input_shape=self.input_shape, method=method,
                               precision=precision, **kwargs)
 
-  def weight_names(self, kernels) -> dict[int, str]:
-    """{kernel index: the name its weight has in the estimate}, matched by
-    name and shape (see _match_layer); computed once."""
-    if getattr(self, "_names", None) is None:
-      result = self("paper", 0.1)
-      self._names = {}
-      for layer in result.mapped:
+  def reference(self):
+    """The estimate of the original weights (any setting's original cells,
+    N_pos and engines), computed once."""
+    if self._reference is None:
+      self._reference = self("paper", 0.1)
+    return self._reference
+
+  def readers(self, kernels) -> dict[int, list]:
+    """{kernel index: the estimated layers that read it}, matched by name and
+    shape (see _match_layer); computed once."""
+    if self._readers is None:
+      self._readers = {}
+      for layer in self.reference().mapped:
         index = _match_layer(layer, kernels)
         if index is not None:
-          self._names.setdefault(index, layer.weight)
-    return self._names
+          self._readers.setdefault(index, []).append(layer)
+    return self._readers
+
+  def weight_names(self, kernels) -> dict[int, str]:
+    """{kernel index: the name its weight has in the estimate}."""
+    return {i: layers[0].weight for i, layers in self.readers(kernels).items()}
 
   def close(self):
     if self.dir is not None:
@@ -322,8 +333,7 @@ def _speedups_text(point: SweepPoint) -> str:
 
 def _unmorphed_speedup(estimator) -> float | None:
   """cycles(stripes) / cycles(mortar), both on the original weights."""
-  result = estimator("paper", 0.1)
-  cycles = result.total_cycles()
+  cycles = estimator.reference().total_cycles()
   if "stripes" not in cycles or "mortar" not in cycles:
     return None
   return cycles["stripes"]["original"] / max(1, cycles["mortar"]["original"])
@@ -510,20 +520,18 @@ def _predict(model, x, batch_size=256):
   return np.asarray(out[0] if isinstance(out, (list, tuple)) else out, np.float64)
 
 
-def _mortar_cycle_gains(model, kernels, grid, method, input_shape, estimator):
-  """{(kernel index, P): mortar cycles saved}: each kernel's N_pos from one
+def _mortar_cycle_gains(kernels, grid, method, estimator):
+  """{(kernel index, P): mortar cycles saved}: each kernel's N_pos from the
   estimate of the original model (matched to the kernel by name and shape),
   its per-group lane figures at the mortar engine's geometry computed here."""
   from mortar_tf.estimator import estimation  # pylint: disable=import-outside-toplevel
-  result = estimator(method, grid[0])
+  result = estimator.reference()
   engine = next((e for e in result.engines if e.model == "mortar"), None)
   if engine is None:
     raise ValueError("objective 'speedup' needs an engine of the mortar model")
-  n_pos = {}
-  for layer in result.mapped:  # a weight several ops read counts for each
-    index = _match_layer(layer, kernels)
-    if index is not None:
-      n_pos[index] = n_pos.get(index, 0) + layer.n_pos
+  # A weight several ops read counts for each.
+  n_pos = {i: sum(layer.n_pos for layer in layers)
+           for i, layers in estimator.readers(kernels).items()}
   gains = {}
   for i, k in enumerate(kernels):
     base = estimation.group_figures(k.original, k.axes, *engine.geometry)[1]
@@ -639,7 +647,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
 
     # Gains per kernel and P, in the objective's units (morphed values dropped at once).
     if objective == "speedup":
-      gains = _mortar_cycle_gains(model, kernels, grid, method, input_shape, estimator)
+      gains = _mortar_cycle_gains(kernels, grid, method, estimator)
     else:
       gains = {}
       for i, k in enumerate(kernels):
@@ -687,6 +695,9 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     def gain_of(chosen):
       return sum(gains[(i, p)] for i, p in chosen.items())
 
+    def fits(value):
+      return metric.drop(original, value) <= budget + _SLACK
+
     # Best global P within the budget: bisection over the grid (drops grow with P).
     lo, hi, best_global = 0, len(grid) - 1, None
     global_values = {}
@@ -694,40 +705,39 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
       mid = (lo + hi) // 2
       value = full({i: grid[mid] for i in range(len(kernels))})
       global_values[grid[mid]] = value
-      if metric.drop(original, value) <= budget + _SLACK:
+      if fits(value):
         best_global, lo = grid[mid], mid + 1
       else:
         hi = mid - 1
 
-    # 3. Calibrate the proxy budget against the metric, by bisection in log space.
+    # 3. Calibrate the proxy budget against the metric, by bisection in log space,
+    # starting from the budget that lets every kernel take its largest P.
     positive = sorted({c for costs in sensitivity.values() for c in costs.values() if c > 0})
     best = ({}, original)  # (chosen, value): the empty map always meets the budget
     tried = {}
     if positive:
       low, high = math.log(positive[0]) - 1.0, math.log(sum(
           max(costs.values()) for costs in sensitivity.values()) + positive[0])
-      candidates = [high]
+      log_b = high
       while counter["full"] < max_evaluations - 1:
-        log_b = candidates.pop() if candidates else (low + high) / 2
         chosen = choose(math.exp(log_b))
         signature = tuple(sorted(chosen.items()))
-        if signature in tried:
-          value = tried[signature]
-        else:
-          value = full(chosen)
-          tried[signature] = value
-        if metric.drop(original, value) <= budget + _SLACK:
+        if signature not in tried:
+          tried[signature] = full(chosen)
+        value = tried[signature]
+        if fits(value):
           if gain_of(chosen) > gain_of(best[0]):
             best = (chosen, value)
           low = log_b
         else:
           high = log_b
-        if high - low < 0.05 or log_b == high and metric.drop(original, value) <= budget + _SLACK:
+        if high - low < 0.05:
           break
+        log_b = (low + high) / 2
     else:  # nothing moves the proxy: everything at the largest P is free
       chosen = {i: grid[-1] for i in range(len(kernels))}
       value = full(chosen)
-      if metric.drop(original, value) <= budget + _SLACK:
+      if fits(value):
         best = (chosen, value)
     chosen, value = best
 
@@ -755,7 +765,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
       _, i, p = options_left[0]
       trial = {**chosen, i: p}
       trial_value = full(trial)
-      if metric.drop(original, trial_value) <= budget + _SLACK:
+      if fits(trial_value):
         chosen, value = trial, trial_value
       else:
         rejected.add((i, p))
