@@ -193,12 +193,13 @@ class Estimate:
   def headline_iso_area(self) -> dict[str, float | None]:
     """The headline figures at equal area, None where an engine has no area."""
     mortar = self._engine_of_model("mortar")
+    head = self.headline()
     out = {}
-    for key, value in self.headline().items():
-      base = self._engine_of_model(dict((k, m) for k, m, _ in HEADLINES)[key])
+    for key, model, _ in HEADLINES:
+      base = self._engine_of_model(model)
       areas = [self.engine(n).area_mm2 for n in (mortar, base) if n is not None]
-      out[key] = (None if value is None or len(areas) < 2 or None in areas else
-                  value * areas[1] / areas[0])
+      out[key] = (None if head[key] is None or len(areas) < 2 or None in areas else
+                  head[key] * areas[1] / areas[0])
     return out
 
   def seconds(self) -> dict[str, dict[str, float | None]]:

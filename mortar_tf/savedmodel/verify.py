@@ -155,15 +155,8 @@ def make_inputs(specs, inputs=None, input_shape=None, seed: int = 0):
 
 
 def _given_shapes(specs, input_shape) -> dict:
-  """{name: shape} of what input_shape gives (one shape: the single input)."""
-  if isinstance(input_shape, dict):
-    return {k: tuple(v) for k, v in input_shape.items() if k in specs}
-  if len(specs) == 1:
-    return {next(iter(specs)): tuple(input_shape)}
-  return {}
-
-
-def _shapes(specs, input_shape) -> dict:
+  """{name: shape} of input_shape: one shape names a one-input signature's
+  input; a mapping must name the signature's inputs."""
   if input_shape is not None and not isinstance(input_shape, Mapping):
     if len(specs) != 1:
       raise ValueError(f"the signature takes {len(specs)} inputs ({', '.join(sorted(specs))}): "
@@ -173,12 +166,16 @@ def _shapes(specs, input_shape) -> dict:
   unknown = sorted(set(input_shape) - set(specs))
   if unknown:
     raise ValueError(f"input_shape names {unknown}; the signature takes {sorted(specs)}")
+  return {name: tuple(int(d) for d in shape) for name, shape in input_shape.items()}
+
+
+def _shapes(specs, input_shape) -> dict:
+  input_shape = _given_shapes(specs, input_shape)
   out = {}
   for name, spec in specs.items():
     dims = spec.shape.as_list() if spec.shape.rank is not None else None
     given = input_shape.get(name)
     if given is not None:
-      given = tuple(int(d) for d in given)
       if not spec.shape.is_compatible_with(given):
         raise ValueError(f"input_shape for {name!r} is {list(given)}; the signature takes "
                          f"{spec.shape}")
