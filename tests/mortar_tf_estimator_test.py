@@ -30,6 +30,21 @@ def _engines(num_pes=PES, **extra):
           for name in estimator.MODELS]
 
 
+def _export_dense(path, kernel):
+  """A bias-free Dense over 4 inputs with `kernel` (4 x units), exported."""
+  kernel = np.float32(kernel)
+  inputs = keras.Input((4,))
+  outputs = keras.layers.Dense(kernel.shape[1], use_bias=False, name="fc")(inputs)
+  model = keras.Model(inputs, outputs)
+  model.get_layer("fc").set_weights([kernel])
+  model.export(str(path), verbose=False)
+
+
+def _spec5_engines():
+  """Every model at SPEC 5's geometry: G=4, width 4, window 2."""
+  return [Engine(m, m, group_size=4, width=4, window=2) for m in estimator.MODELS]
+
+
 def test_spec_engine_example():
   group = np.float32([1.5, 1, 0.75, 0]).reshape(4, 1)  # one group along axis 0
   n_groups, lane_sum, bitlet_sum, columns = estimate_lib.group_figures(group, (0,), 4, 4, 2)
@@ -42,12 +57,8 @@ def test_spec_engine_example():
 
 
 def test_spec_engine_example_through_a_saved_model(tmp_path):
-  inputs = keras.Input((4,))
-  outputs = keras.layers.Dense(1, use_bias=False, name="fc")(inputs)
-  model = keras.Model(inputs, outputs)
-  model.get_layer("fc").set_weights([np.float32([[1.5], [1], [0.75], [0]])])
-  model.export(str(tmp_path / "m"), verbose=False)
-  engines = [Engine(m, m, group_size=4, width=4, window=2) for m in estimator.MODELS]
+  _export_dense(tmp_path / "m", [[1.5], [1], [0.75], [0]])
+  engines = _spec5_engines()
   result = estimator.estimate(str(tmp_path / "m"), input_shape=(1, 4), engines=engines,
                               precision=1e-9)  # P this small changes no weight
   (layer,) = result.layers
@@ -63,12 +74,8 @@ def test_spec_example_morphed_cells_and_baseline_cells(tmp_path):
   # Aligned to the group's exponent, width 4: lanes 1.011, 1.000, 0.110, 0 hold
   # 3, 1, 2, 0 ones (pragmatic and mortar: 3); morphed 1.100: 2, 1, 2, 0 (2).
   # Bitlet's column costs come from spec_reference's loops.
-  inputs = keras.Input((4,))
-  outputs = keras.layers.Dense(1, use_bias=False, name="fc")(inputs)
-  model = keras.Model(inputs, outputs)
-  model.get_layer("fc").set_weights([np.float32([[1.375], [1], [0.75], [0]])])
-  model.export(str(tmp_path / "m"), verbose=False)
-  engines = [Engine(m, m, group_size=4, width=4, window=2) for m in estimator.MODELS]
+  _export_dense(tmp_path / "m", [[1.375], [1], [0.75], [0]])
+  engines = _spec5_engines()
   result = estimator.estimate(str(tmp_path / "m"), input_shape=(1, 4), engines=engines,
                               method="paper", precision=0.3)
   (layer,) = result.layers
@@ -95,12 +102,8 @@ def test_spec_example_morphed_cells_and_baseline_cells(tmp_path):
 
 
 def test_an_all_zero_group_costs_one_cycle_on_pragmatic_and_mortar(tmp_path):
-  inputs = keras.Input((4,))
-  outputs = keras.layers.Dense(2, use_bias=False, name="fc")(inputs)
-  model = keras.Model(inputs, outputs)
-  model.get_layer("fc").set_weights([np.float32([[0, 1.5], [0, 1], [0, 0.75], [0, 0]])])
-  model.export(str(tmp_path / "m"), verbose=False)
-  engines = [Engine(m, m, group_size=4, width=4, window=2) for m in estimator.MODELS]
+  _export_dense(tmp_path / "m", [[0, 1.5], [0, 1], [0, 0.75], [0, 0]])
+  engines = _spec5_engines()
   (layer,) = estimator.estimate(str(tmp_path / "m"), input_shape=(1, 4), engines=engines).layers
   # Column 0 is all zeros: 1 cycle (the floor) on both; column 1 is SPEC 5's group.
   for weights in ("original", "morphed"):
