@@ -168,7 +168,8 @@ import tf_keras as keras
 keras.utils.set_random_seed(0)
 inp = keras.Input((7, 4))
 x = keras.layers.LSTM(5, return_sequences=True, name="lstm")(inp)
-x = keras.layers.Bidirectional(keras.layers.GRU(3), name="bi")(x)
+# the inner layer is named: an unnamed GRU takes "gru_N" from a counter other tests advance
+x = keras.layers.Bidirectional(keras.layers.GRU(3, name="gru"), name="bi")(x)
 model = keras.Model(inp, keras.layers.Dense(2, name="fc")(x))
 model.save(sys.argv[1])
 np.savez(sys.argv[1] + ".npz", *model.get_weights())
@@ -180,7 +181,7 @@ def _keras3_rnn():
   keras.utils.set_random_seed(0)
   inp = keras.Input((7, 4))
   x = keras.layers.LSTM(5, return_sequences=True, name="lstm")(inp)
-  x = keras.layers.Bidirectional(keras.layers.GRU(3), name="bi")(x)
+  x = keras.layers.Bidirectional(keras.layers.GRU(3, name="gru"), name="bi")(x)  # see RNN_SAVE
   return keras.Model(inp, keras.layers.Dense(2, name="fc")(x))
 
 
