@@ -1,11 +1,13 @@
-"""Builds and installs mortar_tf, with its C++ TensorFlow ops.
+"""Builds and installs mortar_tf with its two C++ libraries.
 
-Install the way scripts/setup.sh and CI do: the dependencies first, then the
-package without build isolation, because the op library compiles against the
-TensorFlow that is installed (its headers and libtensorflow_framework):
+mortar_tf/_native.so holds the kernels behind the numpy entry points (ctypes,
+no TensorFlow); mortar_tf/ops/_mortar_ops.so the same kernels as TensorFlow
+ops. Install the way scripts/setup.sh and CI do: the dependencies first, then
+the package without build isolation, because the op library compiles against
+the TensorFlow that is installed (its headers and libtensorflow_framework):
 
   pip install -r requirements.txt -r requirements-test.txt
-  pip install --no-build-isolation --no-deps .
+  pip install --no-build-isolation --no-deps .      # or: -e . (editable)
 """
 
 import hashlib
@@ -21,18 +23,28 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-# The op library's sources; BUILD's cc_binary must list exactly these (a test checks).
+# The kernels both libraries compile in (plain C++, no TensorFlow).
+KERNEL_HEADERS = [
+    "mortar_tf/cc/float_bits.h",
+    "mortar_tf/cc/kernels.h",
+]
+# The numpy entry points (ctypes, no TensorFlow). BUILD's cc_binary of each
+# library must list exactly its sources and KERNEL_HEADERS (a test checks).
+NATIVE_SOURCES = [
+    "mortar_tf/cc/kernels.cc",
+    "mortar_tf/cc/c_api.cc",
+]
+# The TensorFlow op library.
 OP_SOURCES = [
+    "mortar_tf/cc/kernels.cc",
     "mortar_tf/ops/cc/ops/mortar_ops.cc",
     "mortar_tf/ops/cc/kernels/bit_count_kernels.cc",
     "mortar_tf/ops/cc/kernels/morph_kernels.cc",
 ]
-OP_HEADERS = [
-    "mortar_tf/ops/cc/kernels/float_bits.h",
-]
 CXX_FLAGS = [
-    "-std=c++17", "-shared", "-fPIC", "-O3",
+    "-std=c++17", "-shared", "-fPIC", "-O3", "-pthread",
     "-ffp-contract=off",  # no fused multiply-add: results must match numpy bit for bit
+    "-Wno-psabi",  # vector arguments of always-inline helpers: no ABI is crossed
     "-Wno-deprecated-declarations", "-Wno-interference-size",
 ]
 
@@ -42,25 +54,31 @@ def _requirements(name):
     return [line.strip() for line in f if line.strip() and not line.startswith("#")]
 
 
-class BuildTfOps(build_ext):
-  """Compiles the op library with g++ and TensorFlow's own flags.
+class BuildLibraries(build_ext):
+  """Compiles the two shared libraries with g++.
 
-  The result is cached under build/ops-cache by a hash of the sources, flags,
-  compiler and TensorFlow version, so reinstalling does not recompile.
+  The op library takes TensorFlow's own compile and link flags; the native one
+  (ctypes) takes none. Each result is cached under build/ops-cache by a hash
+  of the sources, flags, compiler and (for the op library) TensorFlow version,
+  so reinstalling does not recompile.
   """
 
   def get_ext_filename(self, fullname):
-    return os.path.join(*fullname.split(".")) + ".so"  # tf.load_op_library needs no ABI tag
+    return os.path.join(*fullname.split(".")) + ".so"  # no ABI tag: loaded by path
 
   def build_extension(self, ext):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     cxx = os.environ.get("CXX", "g++")
-    command = [cxx, *CXX_FLAGS, f"-I{ROOT}", *tf.sysconfig.get_compile_flags(),
-               *[os.path.join(ROOT, s) for s in ext.sources], "-o", "{out}",
-               *tf.sysconfig.get_link_flags()]
+    compile_flags, link_flags, version = [], [], b""
+    if ext.name == "mortar_tf.ops._mortar_ops":
+      import tensorflow as tf  # pylint: disable=import-outside-toplevel
+      compile_flags = tf.sysconfig.get_compile_flags()
+      link_flags = tf.sysconfig.get_link_flags()
+      version = tf.__version__.encode()
+    command = [cxx, *CXX_FLAGS, f"-I{ROOT}", *compile_flags,
+               *[os.path.join(ROOT, s) for s in ext.sources], "-o", "{out}", *link_flags]
     digest = hashlib.sha256()
     digest.update(" ".join(command).encode())
-    digest.update(tf.__version__.encode())
+    digest.update(version)
     digest.update(subprocess.run([cxx, "--version"], capture_output=True, check=True).stdout)
     for source in ext.sources + ext.depends:
       with open(os.path.join(ROOT, source), "rb") as f:
@@ -68,8 +86,8 @@ class BuildTfOps(build_ext):
     cached = os.path.join(ROOT, "build", "ops-cache", digest.hexdigest()[:24] + ".so")
     if not os.path.exists(cached):
       os.makedirs(os.path.dirname(cached), exist_ok=True)
-      print(f"compiling the op library ({len(ext.sources)} sources)", file=sys.stderr)
-      partial = cached + ".partial"
+      print(f"compiling {ext.name} ({len(ext.sources)} sources)", file=sys.stderr)
+      partial = cached + f".{os.getpid()}.partial"
       subprocess.check_call([partial if a == "{out}" else a for a in command])
       os.replace(partial, cached)
     out = self.get_ext_fullpath(ext.name)
@@ -84,18 +102,20 @@ setup(
     long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["mortar_tf", "mortar_tf.*"]) + ["mortar_tf_tools"],
-    package_dir={"mortar_tf_tools": "tools"},
+    packages=find_packages(include=["mortar_tf", "mortar_tf.*"]),
     install_requires=_requirements("requirements.txt"),
     extras_require={"test": _requirements("requirements-test.txt")},
-    ext_modules=[Extension("mortar_tf.ops._mortar_ops", sources=OP_SOURCES, depends=OP_HEADERS)],
-    cmdclass={"build_ext": BuildTfOps},
+    ext_modules=[
+        Extension("mortar_tf._native", sources=NATIVE_SOURCES, depends=KERNEL_HEADERS),
+        Extension("mortar_tf.ops._mortar_ops", sources=OP_SOURCES, depends=KERNEL_HEADERS),
+    ],
+    cmdclass={"build_ext": BuildLibraries},
     entry_points={
         "console_scripts": [
-            "mortar-analyze = mortar_tf_tools.analyze_weights:run",
-            "mortar-morph = mortar_tf_tools.morph_saved_model:run",
-            "mortar-estimate = mortar_tf_tools.estimate:run",
-            "mortar-sweep = mortar_tf_tools.sweep:run",
+            "mortar-analyze = mortar_tf.tools.analyze_weights:run",
+            "mortar-morph = mortar_tf.tools.morph_saved_model:run",
+            "mortar-estimate = mortar_tf.tools.estimate:run",
+            "mortar-sweep = mortar_tf.tools.sweep:run",
         ],
     },
 )

@@ -424,35 +424,13 @@ def _aligned_columns(m, d, width) -> np.ndarray:
   return counter.result()[::-1][:width].copy()
 
 
-BACKENDS = ("numpy", "op")
-
-
-def use_op(backend: str | None, what: str) -> bool:
-  """Whether `what` runs on the C++ op: for "op" (RuntimeError if not built),
-  and for None when it is built (otherwise one warning, and numpy).
-
-  The op library sits above this module; it is imported here, lazily, only to
-  dispatch to it (the numpy code is the reference it is tested against).
-  Also used by morph.
-  """
-  if backend not in (None,) + BACKENDS:
-    raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-  if backend == "numpy":
-    return False
-  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
-  if ops.is_built():
-    return True
-  if backend == "op":
-    raise RuntimeError(f"backend='op' but the op library is not available: {ops.why_not_built()}")
-  ops.warn_fallback(what)
-  return False
-
-
 def count_ones(w, domain: str = "significand", *, layout: str | None = None,
                reduction_axes=None, equation: str | None = None,
-               group_size: int = DEFAULT_GROUP_SIZE, width: int = DEFAULT_WIDTH,
-               backend: str | None = None) -> int:
-  """Number of 1 bits of float32 weights in one domain (SPEC 1).
+               group_size: int = DEFAULT_GROUP_SIZE, width: int = DEFAULT_WIDTH) -> int:
+  """Number of 1 bits of float32 weights in one domain (SPEC 1): the numpy reference.
+
+  mortar_tf.count_ones (mortar_tf.backends) is the public entry point; it runs
+  the C++ kernels when they are built and this function otherwise.
 
   Args:
     w: float32 weights (numpy, tf.Tensor or tf.Variable).
@@ -462,15 +440,13 @@ def count_ones(w, domain: str = "significand", *, layout: str | None = None,
     layout, reduction_axes, equation, group_size, width: the grouping of the
       "aligned" domain; ignored by the others (reduction axes default to all
       but the last, which is right for dense and conv kernels).
-    backend: "numpy", "op" (the C++ op), or None: the op when it is built.
 
   Returns:
     A Python int.
 
   Raises:
     TypeError: not float32.
-    ValueError: unknown domain, backend or bad grouping arguments.
-    RuntimeError: backend="op" without the op library.
+    ValueError: unknown domain or bad grouping arguments.
 
   Example (one group: 0.375 sits 3 binades below 3.0, past a 3-column window):
     >>> count_ones(np.float32([[3.0], [0.375]]), "aligned", group_size=2, width=3)
@@ -478,8 +454,6 @@ def count_ones(w, domain: str = "significand", *, layout: str | None = None,
   """
   _check_domain(domain)
   w = as_float32(w)
-  if use_op(backend, "count_ones"):
-    return int(_op_counts(w, domain, layout, reduction_axes, equation, group_size, width)[1])
   if domain == "aligned":
     return _aligned_ones(*_aligned_offsets(w, layout, reduction_axes, equation, group_size, width))
   u = to_bits(w)
@@ -493,9 +467,8 @@ def count_ones(w, domain: str = "significand", *, layout: str | None = None,
 
 def bit_histogram(w, domain: str = "significand", *, layout: str | None = None,
                   reduction_axes=None, equation: str | None = None,
-                  group_size: int = DEFAULT_GROUP_SIZE, width: int = DEFAULT_WIDTH,
-                  backend: str | None = None) -> np.ndarray:
-  """Ones per bit position, most significant first (SPEC 1 and 3).
+                  group_size: int = DEFAULT_GROUP_SIZE, width: int = DEFAULT_WIDTH) -> np.ndarray:
+  """Ones per bit position, most significant first (SPEC 1 and 3): the numpy reference.
 
   Returns an int64 array of 32 counts (`word`: sign, 8 exponent bits, 23
   mantissa bits), 24 (`significand`: hidden bit first) or `width` (`aligned`:
@@ -509,9 +482,6 @@ def bit_histogram(w, domain: str = "significand", *, layout: str | None = None,
   """
   _check_domain(domain)
   w = as_float32(w)
-  if use_op(backend, "bit_histogram"):
-    return np.asarray(_op_counts(w, domain, layout, reduction_axes, equation, group_size,
-                                 width)[0], np.int64)
   if domain == "aligned":
     return _aligned_columns(*_aligned_offsets(w, layout, reduction_axes, equation, group_size,
                                               width))
@@ -521,25 +491,12 @@ def bit_histogram(w, domain: str = "significand", *, layout: str | None = None,
   return counter.result()[:DOMAIN_BITS[domain]][::-1].copy()
 
 
-def _op_counts(w, domain, layout, reduction_axes, equation, group_size, width):
-  """(histogram, total) from the C++ op, as numpy."""
-  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
-  if domain == "aligned":
-    group_size, width = check_group_args(group_size, width)
-    columns, total, _, _ = ops.aligned_count(w, layout=layout, reduction_axes=reduction_axes,
-                                             equation=equation, group_size=group_size,
-                                             width=width)
-    return columns.numpy(), total.numpy()
-  histogram, total = ops.bit_count(w, domain)
-  return histogram.numpy(), total.numpy()
-
-
 def group_cycle_figures(w, *, layout: str | None = None, reduction_axes=None,
                         equation: str | None = None, group_size: int = DEFAULT_GROUP_SIZE,
                         width: int = DEFAULT_WIDTH, window: int = 8):
   """Per group: the most ones in one lane, and Bitlet's column cost (SPEC 4), in numpy.
 
-  The numpy twin of the op's lane_max and bitlet outputs: for each group the
+  The reference for mortar_tf.backends.aligned_statistics: for each group the
   largest number of aligned ones in one lane (Pragmatic's cycles), and the
   maximum over columns of (ones in the column + windows of `window` lanes
   with no one in that column), at least 1 (Bitlet's cycles).
@@ -564,12 +521,7 @@ def group_cycle_figures(w, *, layout: str | None = None, reduction_axes=None,
     ones = column.sum(axis=(-1, -2))
     zero_windows = (column.sum(axis=-1) == 0).sum(axis=-1)
     bitlet = np.maximum(bitlet, ones + zero_windows)
-  return lane_max, bitlet
-
-
-def ones_by_domain(w, **grouping) -> dict[str, int]:
-  """count_ones in every domain: {"significand": .., "word": .., "aligned": ..}."""
-  return {domain: count_ones(w, domain, **grouping) for domain in DOMAINS}
+  return lane_max, bitlet.astype(np.int32)
 
 
 def sparsity_ratio(ones_before: int, ones_after: int) -> float:

@@ -1,4 +1,4 @@
-"""Mantissa morphing (SPEC 2): the numpy reference and the public `morph`.
+"""Mantissa morphing (SPEC 2): the methods' arguments and the numpy reference.
 
 Four methods rewrite float32 weights to values with fewer 1 bits:
 
@@ -13,12 +13,14 @@ evaluated in IEEE double exactly as written (SPEC 2). Special values (±0,
 subnormals, ±inf, NaN with its payload) are returned bit for bit.
 
 The numpy implementation below is the reference; ``mortar_tf.morph_tf`` is
-the TensorFlow one (TF ops only, exportable and XLA-compilable). `morph`
-picks by input kind, or by ``backend=``.
+the TensorFlow one (TF ops only, exportable and XLA-compilable) and
+mortar_tf/cc the C++ one. `mortar_tf.morph` (mortar_tf.backends) picks
+between them by input kind, or by ``backend=``.
 
 Example:
   >>> import numpy as np
-  >>> morph(np.float32([1.375, 1.6]), "paper", precision=0.1)
+  >>> spec = MorphSpec.create("paper", 0.1)
+  >>> morph_numpy(np.float32([1.375, 1.6]), spec)
   array([1.5  , 1.625], dtype=float32)
 """
 
@@ -26,14 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-import sys
 
 import numpy as np
 
 from mortar_tf import bits
 
 METHODS = ("paper", "fewest_ones", "round", "bitx")
-BACKENDS = ("numpy", "tf", "op")
 DEFAULT_PRECISION = 0.1
 
 _U32 = np.uint32
@@ -400,95 +400,3 @@ def morph_numpy(x: np.ndarray, spec: MorphSpec, reduction_axes=()) -> np.ndarray
   if spec.method == "round":
     return _elementwise(x, _round_bits, spec.keep_bits)
   return _bitx_array(x, spec.columns, spec.group_size, reduction_axes)
-
-
-# --------------------------------------------------------------------------
-# Public entry point
-
-
-def _tf_module():
-  """TensorFlow if the caller has imported it (a TF tensor can exist only then)."""
-  return sys.modules.get("tensorflow")
-
-
-def _is_tf(w) -> bool:
-  tf = _tf_module()
-  return tf is not None and (tf.is_tensor(w) or isinstance(w, tf.Variable))
-
-
-def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=None,
-          group_size=None, width=None, layout=None, reduction_axes=None, equation=None,
-          backend: str | None = None):
-  """Morphs float32 weights to nearby values with fewer 1 bits (SPEC 2).
-
-  Args:
-    w: float32 numpy array, tf.Tensor or tf.Variable (read, never assigned).
-    method: "paper", "fewest_ones", "round" or "bitx".
-    precision: P, 0 < P <= 1 (paper, fewest_ones; default 0.1). Converted with
-      float(): np.float32(0.1) is not 0.1.
-    keep_bits: explicit mantissa bits kept, 0..23 (round).
-    columns: aligned columns kept, 1..width (bitx).
-    group_size, width: the grouping of bitx (default 16 and 24).
-    layout, reduction_axes, equation: which axes bitx groups along (SPEC 3);
-      default: all axes but the last.
-    backend: "numpy", "tf" (TF ops only) or "op" (the C++ kernel; not bitx).
-      Default: for numpy input the op when it is built (else numpy, with one
-      warning), for TF input "tf" (so graphs never need the op library).
-      Each backend runs on any input kind; the result has the input's kind.
-
-  Returns:
-    A new array (numpy input) or tf.Tensor (TF input) of the same shape.
-
-  Raises:
-    TypeError: the weights are not float32.
-    ValueError: a bad method, argument or backend.
-    RuntimeError: backend="op" without the op library.
-
-  Example:
-    >>> morph(np.float32([1.375]), "fewest_ones", precision=0.1)
-    array([1.25], dtype=float32)
-  """
-  spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
-                          group_size=group_size, width=width)
-  if spec.method != "bitx" and (layout, reduction_axes, equation) != (None, None, None):
-    raise ValueError(f"method {method!r} works per weight; layout/reduction_axes/equation "
-                     "only apply to 'bitx'")
-  if backend is not None and backend not in BACKENDS:
-    raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-  tf_input = _is_tf(w)
-  if tf_input:
-    dtype = w.dtype.base_dtype if hasattr(w.dtype, "base_dtype") else w.dtype
-    if dtype.name != "float32":
-      raise TypeError(f"weights must be float32, got {dtype.name}")
-    shape = tuple(w.shape)
-  else:
-    w = bits.as_float32(w)
-    shape = w.shape
-  axes = ()
-  if spec.method == "bitx":
-    if None in shape:
-      raise ValueError(f"bitx needs a fully known weight shape, got {shape}")
-    axes = bits.resolve_reduction_axes(shape, reduction_axes, layout, equation)
-
-  if backend is None:
-    if tf_input:
-      backend = "tf"  # graphs never need the op library
-    elif spec.method != "bitx" and bits.use_op(None, "morph"):
-      backend = "op"  # the C++ kernel (it has no bitx) when built
-    else:
-      backend = "numpy"
-  if backend == "op":
-    bits.use_op("op", "morph")  # RuntimeError without the op library
-    from mortar_tf import ops  # pylint: disable=import-outside-toplevel
-    result = ops.morph_spec(w, spec)
-    return result if tf_input else np.asarray(result.numpy())
-  if backend == "numpy":
-    if tf_input:
-      tf = _tf_module()
-      if not tf.executing_eagerly():
-        raise ValueError("backend='numpy' needs eager tensors; inside tf.function use backend='tf'")
-      return tf.constant(morph_numpy(np.asarray(w), spec, axes))
-    return morph_numpy(w, spec, axes)
-  from mortar_tf import morph_tf  # pylint: disable=import-outside-toplevel
-  result = morph_tf.morph_tensor(w, spec, axes)
-  return result if tf_input else np.asarray(result.numpy())

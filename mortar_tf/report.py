@@ -15,6 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
+from mortar_tf import backends
 from mortar_tf import bits
 from mortar_tf import morphing as morph_lib
 from mortar_tf import table
@@ -188,7 +189,7 @@ class _Tensor:
     return TensorSparsity(
         name=self.name, shape=tuple(self.value.shape),
         grouping=_describe(self.grouping, self.value.shape), before=before,
-        after=bits.ones_by_domain(after, **self.count_args),
+        after=backends.ones_by_domain(after, **self.count_args),
         max_rel_error=max_relative_error(self.value, after))
 
 
@@ -221,13 +222,13 @@ def sparsity_reports(weights_by_name: Mapping[str, object], specs, *,
   group_size, width = bits.check_group_args(group_size, width)
   specs = [_resolve_spec(s, None, None, None, group_size, width) for s in specs]
   tensors, skipped = _tensors(weights_by_name, groupings, group_size, width)
-  befores = [bits.ones_by_domain(t.value, **t.count_args) for t in tensors]
+  befores = [backends.ones_by_domain(t.value, **t.count_args) for t in tensors]
   reports = []
   for spec in specs:
     rows = []
     for tensor, before in zip(tensors, befores):
       bitx_grouping = tensor.grouping if spec.method == "bitx" else {}
-      after = morph_lib.morph(tensor.value, spec.method, **spec.settings(), **bitx_grouping,
+      after = backends.morph(tensor.value, spec.method, **spec.settings(), **bitx_grouping,
                               backend=backend)
       rows.append(tensor.row(before, after))
     reports.append(SparsityReport(spec, group_size, width, tuple(rows), skipped))
@@ -276,5 +277,5 @@ def sparsity_report(weights_by_name: Mapping[str, object], method="paper",
     if after.shape != tensor.value.shape:
       raise ValueError(f"morphed tensor {tensor.name!r} has shape {after.shape}, "
                        f"the original {tensor.value.shape}")
-    rows.append(tensor.row(bits.ones_by_domain(tensor.value, **tensor.count_args), after))
+    rows.append(tensor.row(backends.ones_by_domain(tensor.value, **tensor.count_args), after))
   return SparsityReport(spec, group_size, width, tuple(rows), skipped)

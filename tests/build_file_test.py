@@ -39,9 +39,20 @@ def test_every_test_file_has_a_py_test():
 
 def test_every_tool_has_a_py_binary():
   text = (ROOT / "BUILD").read_text()
-  tools = {str(p.relative_to(ROOT)) for p in (ROOT / "tools").glob("*.py")
-           if p.name != "__init__.py"}
-  assert tools <= _quoted_paths(text)
+  tools = re.search(r"for tool in \[(.*?)\]\]", text, re.S)
+  assert tools, "BUILD has no py_binary list of tools"
+  listed = set(re.findall(r'"(\w+)"', tools.group(1)))
+  present = {p.stem for p in (ROOT / "mortar_tf/tools").glob("*.py")
+             if p.name not in ("__init__.py", "flag_parsing.py")}
+  assert listed == present
+  entry_points = set(re.findall(r"mortar_tf\.tools\.(\w+):run", (ROOT / "setup.py").read_text()))
+  assert entry_points == present
+
+
+def test_every_benchmark_has_a_py_binary():
+  text = (ROOT / "BUILD").read_text()
+  present = {str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("bench_*.py")}
+  assert present <= _quoted_paths(text)
 
 
 def _setup_list(name):
@@ -52,14 +63,25 @@ def _setup_list(name):
   raise AssertionError(f"setup.py defines no {name}")
 
 
-def test_op_library_sources_are_exactly_what_setup_py_compiles():
-  text = (ROOT / "BUILD").read_text()
-  block = _block(text, "mortar_tf/ops/_mortar_ops.so")
+def _binary_files(text, name):
+  block = _block(text, name)
   assert "linkshared = 1" in block
-  listed = set(re.findall(r'"([\w/]+\.(?:cc|h))"', block))
-  assert listed == _setup_list("OP_SOURCES") | _setup_list("OP_HEADERS")
-  present = {str(p.relative_to(ROOT)) for p in (ROOT / "mortar_tf/ops/cc").rglob("*")
-             if p.suffix in (".cc", ".h")}
-  assert listed == present
-  assert "-ffp-contract=off" in block  # the flag the bit-exact results rely on
+  return set(re.findall(r'"([\w/]+\.(?:cc|h))"', block))
+
+
+def test_both_libraries_compile_exactly_what_setup_py_compiles():
+  text = (ROOT / "BUILD").read_text()
+  headers = _setup_list("KERNEL_HEADERS")
+  ops_files = _binary_files(text, "mortar_tf/ops/_mortar_ops.so")
+  native_files = _binary_files(text, "mortar_tf/_native.so")
+  assert ops_files == _setup_list("OP_SOURCES") | headers
+  assert native_files == _setup_list("NATIVE_SOURCES") | headers
+  present = {str(p.relative_to(ROOT)) for folder in ("mortar_tf/ops/cc", "mortar_tf/cc")
+             for p in (ROOT / folder).rglob("*") if p.suffix in (".cc", ".h")}
+  assert ops_files | native_files == present
+  # the native library must not need TensorFlow: no TF header or dependency
+  assert "tensorflow" not in _block(text, "mortar_tf/_native.so")
+  for source in _setup_list("NATIVE_SOURCES") | headers:
+    assert '#include "tensorflow' not in (ROOT / source).read_text(), source
+  assert "-ffp-contract=off" in text  # the flag the bit-exact results rely on
   assert "-ffp-contract=off" in (ROOT / "setup.py").read_text()

@@ -45,10 +45,8 @@ def test_the_converter_slices_a_large_tensor_without_changing_its_counts(tmp_pat
   reader = tf.train.load_checkpoint(str(tmp_path / "o" / "variables" / "variables"))
   morphed = reader.get_tensor(record.key)
   for domain in bits.DOMAINS:
-    assert record.ones_before[domain] == bits.count_ones(w, domain, reduction_axes=(0,),
-                                                         backend="numpy"), domain
-    assert record.ones_after[domain] == bits.count_ones(morphed, domain, reduction_axes=(0,),
-                                                        backend="numpy"), domain
+    assert record.ones_before[domain] == bits.count_ones(w, domain, reduction_axes=(0,)), domain
+    assert record.ones_after[domain] == bits.count_ones(morphed, domain, reduction_axes=(0,)), domain
 
 
 @pytest.mark.parametrize("axes,group_size,width", [((0,), 4, 24), ((0, 1), 16, 8),
@@ -58,10 +56,10 @@ def test_the_numpy_aligned_reference_on_its_own(axes, group_size, width):
   w[0, 0, 0], w[1, 1, 1] = 0.0, np.float32(1e-40)  # a zero and a subnormal
   expected = ref.aligned_column_ones(w, axes, group_size, width)
   got = bits.bit_histogram(w, "aligned", reduction_axes=axes, group_size=group_size,
-                           width=width, backend="numpy")
+                           width=width)
   np.testing.assert_array_equal(got, expected)
   assert bits.count_ones(w, "aligned", reduction_axes=axes, group_size=group_size,
-                         width=width, backend="numpy") == sum(expected)
+                         width=width) == sum(expected)
 
 
 class Zeros(tf.Module):

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import mortar_tf
 from mortar_tf import bits
+from mortar_tf import native
 from mortar_tf import ops
 
 import spec_reference as ref
@@ -104,7 +105,7 @@ def test_precision_reaches_the_kernel_as_float64():
 def test_op_in_eager_function_and_graph_mode(mode):
   x = _mixed(5000, seed=3).reshape(50, 100)
   expected = mortar_tf.morph(x, "fewest_ones", 0.3, backend="numpy")
-  hist_expected = bits.bit_histogram(x, "word", backend="numpy")
+  hist_expected = bits.bit_histogram(x, "word")
   if mode == "eager":
     y = ops.mantissa_morph(tf.constant(x), "fewest_ones", 0.3).numpy()
     hist = ops.bit_count(tf.constant(x), "word")[0].numpy()
@@ -124,16 +125,23 @@ def test_op_in_eager_function_and_graph_mode(mode):
   np.testing.assert_array_equal(hist, hist_expected)
 
 
-def test_morph_on_numpy_input_dispatches_to_the_op(monkeypatch):
+def test_numpy_input_runs_the_native_kernels_and_tf_input_stays_on_tf(monkeypatch):
   calls = []
-  real = ops.morph_spec
-  monkeypatch.setattr(ops, "morph_spec", lambda x, spec: calls.append(spec) or real(x, spec))
+  for name in ("morph", "bitx"):
+    real = getattr(native, name)
+    monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name: calls.append(_name)
+                        or _real(*a))
+  op_calls = []
+  real_op = ops.morph_spec
+  monkeypatch.setattr(ops, "morph_spec", lambda *a: op_calls.append(1) or real_op(*a))
   x = _mixed(100, seed=1)
   mortar_tf.morph(x, "paper", 0.1)
-  assert [c.method for c in calls] == ["paper"]
+  mortar_tf.morph(x.reshape(10, 10), "bitx", columns=4)
+  assert calls == ["morph", "bitx"]
   mortar_tf.morph(tf.constant(x), "paper", 0.1)  # TF input stays on pure TF ops
-  mortar_tf.morph(x, "bitx", columns=4)  # no kernel for bitx
-  assert len(calls) == 1
+  assert calls == ["morph", "bitx"] and not op_calls
+  mortar_tf.morph(x, "paper", 0.1, backend="op")
+  assert len(op_calls) == 1
 
 
 def test_gradient_is_straight_through():
@@ -150,9 +158,9 @@ def test_gradient_is_straight_through():
 def test_bit_count_equals_numpy(domain, shape):
   x = _mixed(max(1, int(np.prod(shape))), seed=5)[:int(np.prod(shape))].reshape(shape)
   histogram, total = ops.bit_count(x, domain)
-  expected = bits.bit_histogram(x, domain, backend="numpy")
+  expected = bits.bit_histogram(x, domain)
   np.testing.assert_array_equal(histogram.numpy(), expected)
-  assert int(total) == expected.sum() == bits.count_ones(x, domain, backend="numpy")
+  assert int(total) == expected.sum() == bits.count_ones(x, domain)
   assert bits.count_ones(x, domain) == int(total)  # the default path uses the op
 
 
@@ -239,8 +247,6 @@ def test_spec_engine_example_through_the_op():
     (lambda: ops.aligned_count(np.ones((3, 3), np.float32), window=0), ValueError, "window"),
     (lambda: ops.mantissa_morph(np.ones(3, np.float32), "bitx"), ValueError, "bitx"),
     (lambda: ops.mantissa_morph(np.ones(3, np.float32), "paper", 1.5), ValueError, "precision"),
-    (lambda: mortar_tf.morph(np.ones(3, np.float32), "bitx", columns=2, backend="op"), ValueError,
-     "bitx"),
 ])
 def test_bad_arguments_through_the_wrappers(call, error, match):
   with pytest.raises(error, match=match):
@@ -281,7 +287,7 @@ def test_fallback_without_the_op_library_warns_once_and_gives_the_same_bits(tmp_
   x = _mixed(2000, seed=9)
   np.save(tmp_path / "x.npy", x)
   expected = {"paper": mortar_tf.morph(x, "paper", 0.1, backend="op"),
-              "count": bits.count_ones(x, "word", backend="op")}
+              "count": mortar_tf.count_ones(x, "word", backend="op")}
   script = textwrap.dedent(f"""
       import warnings
       import numpy as np

@@ -59,9 +59,8 @@ def test_a_tied_weight_is_morphed_once_and_counted_per_reading_op(tied, tmp_path
   (other,) = record.other_readers
   axes = other[1]
   assert {tuple(record.reduction_axes), axes} == {(0,), (1,)}
-  want_before = bits.count_ones(w, "aligned", reduction_axes=axes, backend="numpy")
-  want_after = bits.count_ones(after[record.key], "aligned", reduction_axes=axes,
-                               backend="numpy")
+  want_before = bits.count_ones(w, "aligned", reduction_axes=axes)
+  want_after = bits.count_ones(after[record.key], "aligned", reduction_axes=axes)
   assert other[2:] == (want_before, want_after)
   assert "also read by" in report.summary()
   with pytest.raises(ValueError, match="bitx .* tied weight"):

@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mortar_tf import bits
+from mortar_tf import backends
 from mortar_tf import files
 from mortar_tf import morphing
 from mortar_tf import precision_map
@@ -358,17 +358,8 @@ def group_figures(w: np.ndarray, axes, group_size: int, width: int, window: int)
   lane_sum is the sum over groups of max(most ones in one lane, 1), bitlet_sum
   the sum of Bitlet's column costs, columns the ones per aligned column.
   """
-  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
-  if ops.is_built():
-    columns, _, lane_max, bitlet = ops.aligned_count(w, reduction_axes=axes,
-                                                     group_size=group_size, width=width,
-                                                     window=window)
-    lane_max, bitlet, columns = lane_max.numpy(), bitlet.numpy(), columns.numpy()
-  else:
-    lane_max, bitlet = bits.group_cycle_figures(w, reduction_axes=axes, group_size=group_size,
-                                                width=width, window=window)
-    columns = bits.bit_histogram(w, "aligned", reduction_axes=axes, group_size=group_size,
-                                 width=width, backend="numpy")
+  columns, lane_max, bitlet = backends.aligned_statistics(
+      w, reduction_axes=axes, group_size=group_size, width=width, window=window)
   lane_sum = int(np.maximum(lane_max, 1).sum(dtype=np.int64))
   return int(lane_max.size), lane_sum, int(bitlet.sum(dtype=np.int64)), tuple(
       int(c) for c in columns)
@@ -399,8 +390,8 @@ def _morphed(w, spec, axes, group_size, width):
     return w
   if spec.method == "bitx":
     spec = dataclasses.replace(spec, group_size=group_size, width=width)
-    return morphing.morph(w, spec.method, **spec.settings(), reduction_axes=axes)
-  return morphing.morph(w, spec.method, **spec.settings())
+    return backends.morph(w, spec.method, **spec.settings(), reduction_axes=axes)
+  return backends.morph(w, spec.method, **spec.settings())
 
 
 def estimate(saved_model_dir: str, input_shape=None,

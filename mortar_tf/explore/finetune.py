@@ -30,6 +30,7 @@ from typing import Mapping
 
 import numpy as np
 
+from mortar_tf import backends
 from mortar_tf import morphing
 from mortar_tf.explore import metrics as metrics_lib
 from mortar_tf.explore import models
@@ -103,7 +104,7 @@ class Distiller:
 
   def _assign_morphed(self, specs, masters):
     for i, spec in specs.items():
-      self.kernels[i].variable.assign(morphing.morph(masters[i], spec.method,
+      self.kernels[i].variable.assign(backends.morph(masters[i], spec.method,
                                                      **spec.settings()))
 
   def run(self, precision, *, metric, method="fewest_ones", epochs=3, batch_size=32,

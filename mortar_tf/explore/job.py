@@ -17,9 +17,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mortar_tf import bits
+from mortar_tf import backends
 from mortar_tf import files as files_lib
-from mortar_tf import morphing
 from mortar_tf.explore import metrics as metrics_lib
 from mortar_tf.explore import models
 from mortar_tf.explore import plots
@@ -123,18 +122,18 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
                                         os.path.join(out_dir, "bit_density.png")))
 
     def _columns(k, value):
-      return bits.bit_histogram(value, "aligned", reduction_axes=k.axes,
+      return backends.bit_histogram(value, "aligned", reduction_axes=k.axes,
                                 group_size=swept.group_size, width=swept.width)
 
     before = sum(_columns(k, k.original) for k in kernels.values())
     if found is not None and found.precisions:
       applied = search_lib.resolve_map(found.precisions, kernel_list, found.method)
-      after = sum(_columns(k, morphing.morph(k.original, found.method, applied[i]))
+      after = sum(_columns(k, backends.morph(k.original, found.method, applied[i]))
                   if i in applied else _columns(k, k.original)
                   for i, k in enumerate(kernel_list))
       label = "global P search" if found.chose_global else "per-kernel search"
     else:
-      after = sum(_columns(k, morphing.morph(k.original, "paper", 0.1)) for k in kernels.values())
+      after = sum(_columns(k, backends.morph(k.original, "paper", 0.1)) for k in kernels.values())
       label = "paper P=0.1"
     written.append(plots.plot_columns(np.asarray(before), np.asarray(after),
                                     os.path.join(out_dir, "columns.png"), label))

@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from mortar_tf import backends
 from mortar_tf import bits
 
 
@@ -192,7 +193,7 @@ def model_kernels(model, group_size: int = bits.DEFAULT_GROUP_SIZE,
     if value.dtype != np.float32:
       continue
     out.append(Kernel(layer, name, variable, value, axes,
-                      bits.ones_by_domain(value, reduction_axes=axes, group_size=group_size,
+                      backends.ones_by_domain(value, reduction_axes=axes, group_size=group_size,
                                           width=width), tuple(names)))
   if not out:
     raise ValueError("the model has no float32 kernels to morph")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mortar_tf import bits
+from mortar_tf import backends
 from mortar_tf.estimator.plots import pyplot
 from mortar_tf.estimator.plots import save_figure
 from mortar_tf.explore.search import SearchResult
@@ -64,7 +64,7 @@ def plot_bit_density(weights: dict, path: str) -> str:
   weights with a 1 there, as in the paper's bit-density figure."""
   plt = pyplot()
   names = list(weights)
-  density = np.array([bits.bit_histogram(w, "significand") / max(1, w.size)
+  density = np.array([backends.bit_histogram(w, "significand") / max(1, w.size)
                       for w in weights.values()])
   fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(names) + 1.2)))
   image = ax.imshow(density, aspect="auto", cmap="magma", vmin=0, vmax=1)

@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mortar_tf import backends
 from mortar_tf import bits
 from mortar_tf import files
 from mortar_tf import morphing
@@ -55,7 +56,7 @@ _SETTING = {"paper": "precision", "fewest_ones": "precision", "round": "keep_bit
 
 def _morph(kernel: models.Kernel, spec: morphing.MorphSpec) -> np.ndarray:
   grouping = {"reduction_axes": kernel.axes} if spec.method == "bitx" else {}
-  return morphing.morph(kernel.original, spec.method, **spec.settings(), **grouping)
+  return backends.morph(kernel.original, spec.method, **spec.settings(), **grouping)
 
 
 class _Applied:
@@ -80,7 +81,7 @@ def _ratios(kernels, morphed: Mapping[int, np.ndarray], group_size, width):
   after = dict(before)
   for index, value in morphed.items():
     k = kernels[index]
-    now = bits.ones_by_domain(value, reduction_axes=k.axes, group_size=group_size, width=width)
+    now = backends.ones_by_domain(value, reduction_axes=k.axes, group_size=group_size, width=width)
     for d in bits.DOMAINS:
       after[d] += now[d] - k.ones[d]
   return {d: bits.sparsity_ratio(before[d], after[d]) for d in bits.DOMAINS}, before, after
@@ -653,7 +654,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
       for i, k in enumerate(kernels):
         for p in grid:
           value = _morph(k, morphing.MorphSpec.create(method, p))
-          gains[(i, p)] = float(k.ones["aligned"] - bits.count_ones(
+          gains[(i, p)] = float(k.ones["aligned"] - backends.count_ones(
               value, "aligned", reduction_axes=k.axes, group_size=group_size, width=width))
 
     # 1. Sensitivity per kernel and P.

@@ -27,7 +27,7 @@ from typing import Mapping
 
 import numpy as np
 
-from mortar_tf import morphing
+from mortar_tf import backends
 from mortar_tf import precision_map
 from mortar_tf.keras import folding
 from mortar_tf.keras import registry
@@ -511,7 +511,7 @@ def _wrapper_values(wrapper, bn=None):
 
 def _morph_array(value, spec, kernel):
   grouping = kernel.grouping() if spec.method == "bitx" else {}
-  return morphing.morph(np.asarray(value, np.float32), spec.method, **spec.settings(),
+  return backends.morph(np.asarray(value, np.float32), spec.method, **spec.settings(),
                         **grouping)
 
 

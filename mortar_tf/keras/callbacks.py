@@ -18,8 +18,8 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
+from mortar_tf import backends
 from mortar_tf import bits
-from mortar_tf import morphing
 from mortar_tf import precision_map
 from mortar_tf.keras import apply
 from mortar_tf.keras import registry
@@ -217,7 +217,7 @@ class MortarCallback(keras.callbacks.Callback):
           continue
         original = kernel.numpy()
         grouping = kernel.grouping() if spec.method == "bitx" else {}
-        morphed = morphing.morph(original, spec.method, **spec.settings(), **grouping)
+        morphed = backends.morph(original, spec.method, **spec.settings(), **grouping)
         changed[id(kernel.variable)] = (original, morphed)
         kernel.variable.assign(morphed)
       self._write(self.model, path)
@@ -252,8 +252,8 @@ class MortarCallback(keras.callbacks.Callback):
         continue
       original, value = entry
       grouping = kernel.grouping()
-      ones_before = bits.ones_by_domain(original, **grouping)
-      ones_after = bits.ones_by_domain(np.asarray(value, np.float32), **grouping)
+      ones_before = backends.ones_by_domain(original, **grouping)
+      ones_after = backends.ones_by_domain(np.asarray(value, np.float32), **grouping)
       for d in bits.DOMAINS:
         before[d] += ones_before[d]
         after[d] += ones_after[d]

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from mortar_tf import backends
 from mortar_tf import bits
 from mortar_tf import morph_tf
-from mortar_tf import morphing
 from mortar_tf.keras import apply
 from mortar_tf.keras.compat import LEGACY
 from mortar_tf.keras.compat import keras
@@ -253,7 +253,7 @@ def strip_morph_quantization(model):
                          "strips models trained with MorphScheme / MorphQuantizeConfig")
       value = np.asarray(variable.numpy(), np.float32)
       grouping = {"reduction_axes": quantizer.reduction_axes} if quantizer.spec.method == "bitx" else {}
-      by_id[id(variable)] = morphing.morph(value, quantizer.spec.method,
+      by_id[id(variable)] = backends.morph(value, quantizer.spec.method,
                                            **quantizer.spec.settings(), **grouping)
     return layer.layer, by_id
 

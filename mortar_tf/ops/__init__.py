@@ -1,9 +1,10 @@
-"""The C++ ops: bit statistics and mantissa morphing at memory speed.
+"""The C++ kernels as TensorFlow ops: bit statistics and morphing at memory speed.
 
-`is_built()` says whether the library loaded. The numpy-facing functions
-(`mortar_tf.morph` on arrays, `count_ones`, `bit_histogram`) use these ops when
-it did and fall back to numpy, with one warning, when it did not. The Keras
-forward pass never uses them (exported models must not need the .so).
+`is_built()` says whether the op library loaded. mortar_tf.morph,
+count_ones and bit_histogram run these ops with ``backend="op"``; on numpy
+arrays they default to the same kernels without TensorFlow
+(mortar_tf.native). Importing this module imports TensorFlow. The Keras
+forward pass never uses these ops (exported models must not need the .so).
 
 Example:
   >>> import numpy as np
@@ -17,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-import warnings
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -27,7 +28,6 @@ from mortar_tf import morphing
 from mortar_tf.ops import _loader
 
 _LIB, _WHY_NOT = _loader.load()
-_WARNED = False
 
 if _LIB is not None:
 
@@ -45,16 +45,6 @@ def is_built() -> bool:
 def why_not_built() -> str:
   """Why is_built() is False ("" when it is True)."""
   return _WHY_NOT
-
-
-def warn_fallback(what: str) -> None:
-  """Warns once per process that `what` runs in numpy because the ops are missing."""
-  global _WARNED
-  if not _WARNED:
-    _WARNED = True
-    warnings.warn(f"mortar_tf ops are not available ({_WHY_NOT}); {what} uses the numpy "
-                  "implementation, which is slower but gives the same bits",
-                  RuntimeWarning, stacklevel=3)
 
 
 def _library():
@@ -126,7 +116,8 @@ def mantissa_morph(x, method: str = "paper", precision=None, *, keep_bits: int |
   """Morphs float32 weights with the C++ kernel (paper, fewest_ones, round).
 
   Bit for bit the numpy reference; the gradient is straight-through. Prefer
-  mortar_tf.morph(..., backend="op"), which validates like every backend.
+  mortar_tf.morph(..., backend="op"), which validates like every backend
+  (and runs bitx on the op too).
 
   Returns:
     A float32 tensor of x's shape.
@@ -135,11 +126,30 @@ def mantissa_morph(x, method: str = "paper", precision=None, *, keep_bits: int |
   return morph_spec(x, spec)
 
 
-def morph_spec(x, spec):
-  """mantissa_morph for a validated MorphSpec (bitx has no kernel: ValueError)."""
+def morph_spec(x, spec, reduction_axes=()):
+  """mantissa_morph for a validated MorphSpec; bitx groups along `reduction_axes`."""
+  x = _float32_tensor(x)
   if spec.method == "bitx":
-    raise ValueError("the C++ kernel implements paper, fewest_ones and round, not bitx")
+    return _bitx(x, spec, tuple(reduction_axes))
   precision = spec.precision if spec.precision is not None else 1.0
   return _library().mortar_morph(
-      x=_float32_tensor(x), precision=tf.constant(precision, tf.float64), method=spec.method,
+      x=x, precision=tf.constant(precision, tf.float64), method=spec.method,
       keep_bits=spec.keep_bits or 0)
+
+
+def _bitx(x, spec, axes):
+  """BitX on the op: in place when the reduction axes are adjacent, else transposed."""
+  shape = [int(d) for d in x.shape]
+  if not axes or axes == tuple(range(axes[0], axes[-1] + 1)):
+    first, last = (axes[0], axes[-1]) if axes else (len(shape), len(shape) - 1)
+    view = [math.prod(shape[:first]), math.prod(shape[first:last + 1]),
+            math.prod(shape[last + 1:])]
+    return _library().mortar_bitx(x=x, group_size=spec.group_size, columns=spec.columns,
+                                  view=view)
+  out_axes = [a for a in range(len(shape)) if a not in axes]
+  perm = out_axes + list(axes)
+  moved = tf.transpose(x, perm)
+  rows = math.prod(shape[a] for a in out_axes)
+  pruned = _library().mortar_bitx(x=moved, group_size=spec.group_size, columns=spec.columns,
+                                  view=[rows, math.prod(shape[a] for a in axes), 1])
+  return tf.transpose(pruned, np.argsort(perm))

@@ -39,6 +39,7 @@ from typing import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
+from mortar_tf import backends
 from mortar_tf import bits
 from mortar_tf import files
 from mortar_tf import morphing
@@ -211,33 +212,10 @@ def read_record(saved_model_dir: str) -> dict | None:
 _SLICE = 1 << 20
 
 
-def _slices(t: tf.Tensor, axes):
-  """Slices of `t` along its first output (non-reduction) axis, each about
-  _SLICE elements; groups lie along the reduction axes, so each slice holds
-  whole groups and per-slice aligned counts add up."""
-  out_axes = [a for a in range(t.shape.rank) if a not in axes]
-  size = int(np.prod(t.shape))
-  if not out_axes or size <= _SLICE:
-    yield t
-    return
-  axis = out_axes[0]
-  step = max(1, t.shape[axis] * _SLICE // size)
-  for start in range(0, t.shape[axis], step):
-    index = [slice(None)] * t.shape.rank
-    index[axis] = slice(start, start + step)
-    yield t[tuple(index)]
-
-
 def _ones(t: tf.Tensor, axes, group_size: int, width: int) -> dict[str, int]:
-  """Ones of a float32 tensor in every domain; the op reads the tensor in place."""
-  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
-  if not ops.is_built():
-    return bits.ones_by_domain(t.numpy(), reduction_axes=axes, group_size=group_size,
-                               width=width)
-  out = {domain: int(ops.bit_count(t, domain)[1]) for domain in ("significand", "word")}
-  out["aligned"] = sum(int(ops.aligned_count(part, reduction_axes=axes, group_size=group_size,
-                                             width=width)[1]) for part in _slices(t, axes))
-  return {domain: out[domain] for domain in bits.DOMAINS}
+  """Ones of a float32 tensor in every domain, read in place (numpy view, C++ kernels)."""
+  return backends.ones_by_domain(t.numpy(), reduction_axes=axes, group_size=group_size,
+                                 width=width)
 
 
 def _max_rel_error(t: tf.Tensor, morphed: tf.Tensor) -> float:
@@ -251,19 +229,14 @@ def _max_rel_error(t: tf.Tensor, morphed: tf.Tensor) -> float:
 def _morph(t: tf.Tensor, target: selection.Target, group_size: int, width: int):
   """(morphed tensor, MorphedVariable) for one variable's value `t`.
 
-  Memory: `t`, the result and slices of _SLICE elements (with the op;
-  the numpy fallback copies whole tensors).
+  Memory: `t` and the result (the C++ kernels read `t` in place; the numpy
+  fallback makes temporaries of the whole tensor).
   """
   spec = target.spec
   axes = target.axes
   before = _ones(t, axes, group_size, width)
-  if spec.method != "bitx" and bits.use_op(None, "morph"):
-    from mortar_tf import ops  # pylint: disable=import-outside-toplevel
-    morphed = ops.morph_spec(t, spec)
-  else:
-    grouping = {"reduction_axes": axes} if spec.method == "bitx" else {}
-    morphed = tf.constant(morphing.morph(t.numpy(), spec.method, **spec.settings(), **grouping,
-                                         backend="numpy"))
+  grouping = {"reduction_axes": axes} if spec.method == "bitx" else {}
+  morphed = tf.constant(backends.morph(t.numpy(), spec.method, **spec.settings(), **grouping))
   error = _max_rel_error(t, morphed)
   after = _ones(morphed, axes, group_size, width)
   others = tuple((op, tuple(other), _ones(t, other, group_size, width)["aligned"],

@@ -90,4 +90,23 @@ precision: P as a float64 scalar (0 < P <= 1; used by paper and fewest_ones).
 keep_bits: explicit mantissa bits kept by round, 0..23.
 )doc");
 
+REGISTER_OP("MortarBitx")
+    .Input("x: float")
+    .Output("y: float")
+    .Attr("group_size: int >= 1 = 16")
+    .Attr("columns: int >= 1 = 8")
+    .Attr("view: list(int)")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+BitX pruning of float32 weights (SPEC 2.4), bit for bit as the numpy reference.
+
+x is read as a view [a, r, b] of its row-major data (view, product = size):
+element (i, k, j) at (i * r + k) * b + j, with groups of group_size along k.
+Each group keeps its first `columns` exponent-matched columns; an element with
+no bit left becomes +0.0; special values are unchanged.
+)doc");
+
 }  // namespace tensorflow

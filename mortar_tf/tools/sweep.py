@@ -14,10 +14,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-try:
-  from . import flag_parsing
-except ImportError:  # run as a file (python tools/x.py): no parent package
-  import flag_parsing  # pylint: disable=import-self
+from mortar_tf.tools import flag_parsing
 
 _MODEL = flags.DEFINE_string("model", None, "A .keras/.h5 model file or a SavedModel directory.",
                              required=True)

@@ -7,8 +7,8 @@
 // no multiply-add is fused). Hazards handled: special values pass through,
 // unsigned arithmetic only where a value can wrap, no shift by >= 32 or 64.
 
-#ifndef MORTAR_TF_OPS_CC_KERNELS_FLOAT_BITS_H_
-#define MORTAR_TF_OPS_CC_KERNELS_FLOAT_BITS_H_
+#ifndef MORTAR_TF_CC_FLOAT_BITS_H_
+#define MORTAR_TF_CC_FLOAT_BITS_H_
 
 #include <algorithm>
 #include <cfloat>
@@ -217,4 +217,4 @@ inline uint32_t FewestOnes(uint32_t u, double p) {
 
 }  // namespace mortar
 
-#endif  // MORTAR_TF_OPS_CC_KERNELS_FLOAT_BITS_H_
+#endif  // MORTAR_TF_CC_FLOAT_BITS_H_

@@ -18,10 +18,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-try:
-  from . import flag_parsing
-except ImportError:  # run as a file (python tools/x.py): no parent package
-  import flag_parsing  # pylint: disable=import-self
+from mortar_tf.tools import flag_parsing
 
 VERIFY_FAILED = 2
 

@@ -1,0 +1,381 @@
+"""The public entry points, and the one place that chooses who computes.
+
+`morph`, `count_ones`, `bit_histogram` and `aligned_statistics` run on one of:
+
+* ``"native"`` — the C++ kernels on the numpy buffer (mortar_tf/native.py,
+  no TensorFlow, no copies): the default for numpy input when built;
+* ``"op"`` — the same C++ kernels as TensorFlow ops (mortar_tf.ops);
+* ``"tf"`` — TensorFlow ops only (morph only; exportable, XLA-compilable):
+  the default for morphing a tf.Tensor or tf.Variable, so graphs never need a
+  library of ours;
+* ``"numpy"`` — the reference (mortar_tf.bits, mortar_tf.morphing), which
+  every other backend is tested against bit for bit.
+
+With ``backend=None`` numpy input goes to "native", or to "numpy" with one
+RuntimeWarning when the library is missing. TensorFlow is imported only by
+the "op" and "tf" paths, and only when used: ``import mortar_tf`` and every
+numpy-only path leave it unloaded.
+
+This module sits above bits and morphing (the references) and native/ops (the
+kernels); none of them imports it.
+
+Example:
+  >>> import numpy as np
+  >>> morph(np.float32([1.375, 1.6]), "paper", precision=0.1)
+  array([1.5  , 1.625], dtype=float32)
+  >>> count_ones(np.float32([1.5, -0.0]), domain="significand")
+  2
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+
+import numpy as np
+
+from mortar_tf import bits
+from mortar_tf import morphing
+from mortar_tf import native
+
+BACKENDS = ("numpy", "native", "op", "tf")
+COUNT_BACKENDS = ("numpy", "native", "op")
+# The C++ aligned and bitx kernels count up to 2^14 per group column.
+MAX_KERNEL_GROUP_SIZE = 4096
+
+_warned = False
+
+
+def _tf():
+  """TensorFlow if the caller has imported it (a TF tensor can exist only then)."""
+  return sys.modules.get("tensorflow")
+
+
+def _is_tf(w) -> bool:
+  tf = _tf()
+  return tf is not None and (tf.is_tensor(w) or isinstance(w, tf.Variable))
+
+
+def _warn_fallback(what: str) -> None:
+  global _warned
+  if not _warned:
+    _warned = True
+    warnings.warn(f"mortar_tf native kernels are not available ({native.why_not_built()}); "
+                  f"{what} uses the numpy implementation, which is slower but gives the same "
+                  "bits", RuntimeWarning, stacklevel=4)
+
+
+def _ops():
+  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
+  if not ops.is_built():
+    raise RuntimeError(f"backend='op' but the op library is not available: "
+                       f"{ops.why_not_built()}")
+  return ops
+
+
+def resolve(backend: str | None, what: str, allowed=COUNT_BACKENDS) -> str:
+  """The backend that runs `what` on numpy data: `backend`, or the default.
+
+  Raises:
+    ValueError: an unknown backend, or one that does not run `what`.
+    RuntimeError: "native" or "op" asked for but not built.
+  """
+  if backend is None:
+    if native.is_built():
+      return "native"
+    _warn_fallback(what)
+    return "numpy"
+  if backend not in allowed:
+    raise ValueError(f"unknown backend {backend!r} for {what}; expected one of "
+                     f"{', '.join(allowed)}")
+  if backend == "native" and not native.is_built():
+    raise RuntimeError(f"backend='native' but the native kernels are not available: "
+                       f"{native.why_not_built()}")
+  return backend
+
+
+# --------------------------------------------------------------------------
+# Grouped views (SPEC 3) without a whole-tensor transpose
+
+
+def grouped_view(shape, axes) -> tuple[int, int, int] | None:
+  """(a, r, b) when the reduction axes are adjacent in the row-major layout, else None.
+
+  The weight is then [a, r, b] with output elements (a, b) and reductions
+  along r, read in place (a conv kernel [kh, kw, cin, cout] is [1, kh*kw*cin,
+  cout]).
+  """
+  axes = tuple(axes)
+  if not axes:  # nothing reduced: every element is its own output, one per group
+    return math.prod(shape), 1, 1
+  if axes != tuple(range(axes[0], axes[-1] + 1)):
+    return None
+  a = math.prod(shape[:axes[0]])
+  r = math.prod(shape[axes[0]:axes[-1] + 1])
+  b = math.prod(shape[axes[-1] + 1:])
+  return a, r, b
+
+
+def _slices(w: np.ndarray, axes):
+  """For reduction axes that are not adjacent: (index, [n_out, R] matrix) per slice
+  of the first output axis, so only one slice is transposed at a time."""
+  out_axes = [a for a in range(w.ndim) if a not in axes]
+  first = out_axes[0]
+  rest_out = [a - (a > first) for a in out_axes[1:]]
+  rest_red = [a - (a > first) for a in axes]
+  for index in range(w.shape[first]):
+    part = np.take(w, index, axis=first)
+    n_out = math.prod(part.shape[a] for a in rest_out)
+    yield index, np.ascontiguousarray(np.transpose(part, rest_out + rest_red)).reshape(n_out, -1)
+
+
+# --------------------------------------------------------------------------
+# Counting
+
+
+def _check_count_args(w, domain, layout, reduction_axes, equation, group_size, width):
+  if domain not in bits.DOMAINS:
+    raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(bits.DOMAINS)}")
+  w = bits.as_float32(w)
+  axes = None
+  if domain == "aligned":
+    group_size, width = bits.check_group_args(group_size, width)
+    axes = bits.resolve_reduction_axes(w.shape, reduction_axes, layout, equation)
+  return w, axes, group_size, width
+
+
+def _counts(w, domain, axes, group_size, width, backend):
+  """(histogram most significant first, total) on a native or op backend."""
+  if domain == "aligned":
+    columns, _, _ = _aligned(w, axes, group_size, width, 8, False, backend)
+    return columns, int(columns.sum())
+  if backend == "op":
+    histogram, total = _ops().bit_count(w, domain)
+    return np.asarray(histogram.numpy(), np.int64), int(total.numpy())
+  counts = native.count_bits(w, significand=domain == "significand")
+  histogram = counts[:bits.DOMAIN_BITS[domain]][::-1].copy()
+  return histogram, int(histogram.sum())
+
+
+def count_ones(w, domain: str = "significand", *, layout: str | None = None,
+               reduction_axes=None, equation: str | None = None,
+               group_size: int = bits.DEFAULT_GROUP_SIZE, width: int = bits.DEFAULT_WIDTH,
+               backend: str | None = None) -> int:
+  """Number of 1 bits of float32 weights in one domain (SPEC 1).
+
+  Args:
+    w: float32 weights (numpy, tf.Tensor or tf.Variable).
+    domain: "significand" (24 bits with the hidden one; specials count 0),
+      "word" (all 32 bits) or "aligned" (bits inside the exponent-matched
+      window of each group, SPEC 3).
+    layout, reduction_axes, equation, group_size, width: the grouping of the
+      "aligned" domain; ignored by the others (reduction axes default to all
+      but the last, which is right for dense and conv kernels).
+    backend: "native", "op", "numpy", or None (native when built).
+
+  Returns:
+    A Python int.
+
+  Raises:
+    TypeError: not float32.
+    ValueError: unknown domain, backend or bad grouping arguments.
+    RuntimeError: a backend asked for that is not built.
+
+  Example (one group: 0.375 sits 3 binades below 3.0, past a 3-column window):
+    >>> count_ones(np.float32([[3.0], [0.375]]), "aligned", group_size=2, width=3)
+    2
+  """
+  w, axes, group_size, width = _check_count_args(w, domain, layout, reduction_axes, equation,
+                                                 group_size, width)
+  backend = resolve(backend, "count_ones")
+  if backend == "numpy":
+    return bits.count_ones(w, domain, reduction_axes=axes, group_size=group_size, width=width)
+  return _counts(w, domain, axes, group_size, width, backend)[1]
+
+
+def ones_by_domain(w, *, backend: str | None = None, **grouping) -> dict[str, int]:
+  """count_ones in every domain: {"significand": .., "word": .., "aligned": ..}."""
+  return {domain: count_ones(w, domain, backend=backend, **grouping) for domain in bits.DOMAINS}
+
+
+def bit_histogram(w, domain: str = "significand", *, layout: str | None = None,
+                  reduction_axes=None, equation: str | None = None,
+                  group_size: int = bits.DEFAULT_GROUP_SIZE, width: int = bits.DEFAULT_WIDTH,
+                  backend: str | None = None) -> np.ndarray:
+  """Ones per bit position, most significant first (SPEC 1 and 3).
+
+  Returns an int64 array of 32 counts (`word`: sign, 8 exponent bits, 23
+  mantissa bits), 24 (`significand`: hidden bit first) or `width` (`aligned`:
+  column 0 first, the "arched" profile of the paper's figure).
+
+  Args and Raises: as count_ones.
+
+  Example:
+    >>> bit_histogram(np.float32([1.5]), "significand")[:3]
+    array([1, 1, 0])
+  """
+  w, axes, group_size, width = _check_count_args(w, domain, layout, reduction_axes, equation,
+                                                 group_size, width)
+  backend = resolve(backend, "bit_histogram")
+  if backend == "numpy":
+    return bits.bit_histogram(w, domain, reduction_axes=axes, group_size=group_size, width=width)
+  return _counts(w, domain, axes, group_size, width, backend)[0]
+
+
+def aligned_statistics(w, *, layout: str | None = None, reduction_axes=None,
+                       equation: str | None = None, group_size: int = bits.DEFAULT_GROUP_SIZE,
+                       width: int = bits.DEFAULT_WIDTH, window: int = 8,
+                       backend: str | None = None):
+  """Aligned columns and per-group cycle figures of one weight (SPEC 3 and 4).
+
+  Returns:
+    (columns, lane_max, bitlet): ones per column (int64 [width], column 0
+    first); per output element and group (int32 [n_out, groups]) the most
+    ones in one lane (Pragmatic's and Mortar's cycles, >= 0) and Bitlet's
+    cycles (max over columns of ones + all-zero windows of `window` lanes, at
+    least 1). Output elements run in the row-major order of the output axes.
+
+  Raises:
+    TypeError, ValueError, RuntimeError: as count_ones, and a bad window.
+  """
+  w = bits.as_float32(w)
+  group_size, width = bits.check_group_args(group_size, width)
+  if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+    raise ValueError(f"window must be an integer >= 1, got {window!r}")
+  axes = bits.resolve_reduction_axes(w.shape, reduction_axes, layout, equation)
+  return _aligned(w, axes, group_size, width, int(window), True,
+                  resolve(backend, "aligned_statistics"))
+
+
+def _aligned(w, axes, group_size, width, window, figures, backend):
+  if backend == "numpy" or (backend == "native" and group_size > MAX_KERNEL_GROUP_SIZE):
+    columns = bits.bit_histogram(w, "aligned", reduction_axes=axes, group_size=group_size,
+                                 width=width)
+    if not figures:
+      return columns, None, None
+    lane_max, bitlet = bits.group_cycle_figures(w, reduction_axes=axes, group_size=group_size,
+                                                width=width, window=window)
+    return columns, lane_max, bitlet
+  if backend == "op":
+    columns, _, lane_max, bitlet = _ops().aligned_count(
+        w, reduction_axes=axes, group_size=group_size, width=width, window=window)
+    return np.asarray(columns.numpy(), np.int64), lane_max.numpy(), bitlet.numpy()
+  view = grouped_view(w.shape, axes)
+  if view is not None:
+    return native.aligned(w, view, group_size, width, window, figures)
+  columns = np.zeros(width, np.int64)
+  parts = []
+  for _, matrix in _slices(w, axes):
+    part = native.aligned(matrix, (matrix.shape[0], matrix.shape[1], 1), group_size, width,
+                          window, figures)
+    columns += part[0]
+    parts.append(part)
+  if not figures:
+    return columns, None, None
+  return columns, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+
+# --------------------------------------------------------------------------
+# Morphing
+
+
+def _bitx_native(w: np.ndarray, spec, axes) -> np.ndarray:
+  if spec.group_size > MAX_KERNEL_GROUP_SIZE:
+    return morphing.morph_numpy(w, spec, axes)
+  view = grouped_view(w.shape, axes)
+  if view is not None:
+    return native.bitx(w, view, spec.group_size, spec.columns)
+  out = np.empty(w.shape, np.float32)
+  out_axes = [a for a in range(w.ndim) if a not in axes]
+  first = out_axes[0]
+  rest_out = [a - (a > first) for a in out_axes[1:]]
+  rest_red = [a - (a > first) for a in axes]
+  for index, matrix in _slices(w, axes):
+    pruned = native.bitx(matrix, (matrix.shape[0], matrix.shape[1], 1), spec.group_size,
+                         spec.columns)
+    part_shape = np.take(w, 0, axis=first).shape
+    permuted = pruned.reshape([part_shape[a] for a in rest_out + rest_red])
+    target = np.moveaxis(out, first, 0)[index]
+    target[...] = np.transpose(permuted, np.argsort(rest_out + rest_red))
+  return out
+
+
+def _morph_native(w: np.ndarray, spec, axes) -> np.ndarray:
+  if spec.method == "bitx":
+    return _bitx_native(w, spec, axes)
+  return native.morph(w, spec.method, spec.precision or 1.0, spec.keep_bits or 0)
+
+
+def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=None,
+          group_size=None, width=None, layout=None, reduction_axes=None, equation=None,
+          backend: str | None = None):
+  """Morphs float32 weights to nearby values with fewer 1 bits (SPEC 2).
+
+  Args:
+    w: float32 numpy array, tf.Tensor or tf.Variable (read, never assigned).
+    method: "paper", "fewest_ones", "round" or "bitx".
+    precision: P, 0 < P <= 1 (paper, fewest_ones; default 0.1). Converted with
+      float(): np.float32(0.1) is not 0.1.
+    keep_bits: explicit mantissa bits kept, 0..23 (round).
+    columns: aligned columns kept, 1..width (bitx).
+    group_size, width: the grouping of bitx (default 16 and 24).
+    layout, reduction_axes, equation: which axes bitx groups along (SPEC 3);
+      default: all axes but the last.
+    backend: "native", "op", "tf" or "numpy" (see the module docstring).
+      Default: for numpy input "native" when built (else numpy, with one
+      warning), for TF input "tf" (so graphs never need a library of ours).
+      Each backend runs on any input kind; the result has the input's kind.
+
+  Returns:
+    A new array (numpy input) or tf.Tensor (TF input) of the same shape.
+
+  Raises:
+    TypeError: the weights are not float32.
+    ValueError: a bad method, argument or backend.
+    RuntimeError: backend="native" or "op" without its library.
+
+  Example:
+    >>> morph(np.float32([1.375]), "fewest_ones", precision=0.1)
+    array([1.25], dtype=float32)
+  """
+  spec = morphing.MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
+                                   group_size=group_size, width=width)
+  if spec.method != "bitx" and (layout, reduction_axes, equation) != (None, None, None):
+    raise ValueError(f"method {method!r} works per weight; layout/reduction_axes/equation "
+                     "only apply to 'bitx'")
+  if backend is not None and backend not in BACKENDS:
+    raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+  tf_input = _is_tf(w)
+  if tf_input:
+    dtype = w.dtype.base_dtype if hasattr(w.dtype, "base_dtype") else w.dtype
+    if dtype.name != "float32":
+      raise TypeError(f"weights must be float32, got {dtype.name}")
+    shape = tuple(w.shape)
+  else:
+    w = bits.as_float32(w)
+    shape = w.shape
+  axes = ()
+  if spec.method == "bitx":
+    if None in shape:
+      raise ValueError(f"bitx needs a fully known weight shape, got {shape}")
+    axes = bits.resolve_reduction_axes(shape, reduction_axes, layout, equation)
+
+  if backend is None:
+    backend = "tf" if tf_input else resolve(None, "morph")
+  if backend == "op":
+    result = _ops().morph_spec(w, spec, axes)
+    return result if tf_input else np.asarray(result.numpy())
+  if backend in ("numpy", "native"):
+    resolve(backend, "morph", BACKENDS)
+    run = morphing.morph_numpy if backend == "numpy" else _morph_native
+    if tf_input:
+      tf = _tf()
+      if not tf.executing_eagerly():
+        raise ValueError(f"backend={backend!r} needs eager tensors; inside tf.function use "
+                         "backend='tf'")
+      return tf.constant(run(np.asarray(w), spec, axes))
+    return run(w, spec, axes)
+  from mortar_tf import morph_tf  # pylint: disable=import-outside-toplevel
+  result = morph_tf.morph_tensor(w, spec, axes)
+  return result if tf_input else np.asarray(result.numpy())

@@ -1,0 +1,132 @@
+// A C entry point over plain buffers for each kernel of kernels.h, loaded by
+// mortar_tf/native.py with ctypes: numpy arrays go in and come out without a
+// copy and without TensorFlow. Work is split over std::threads; ctypes has
+// released the GIL for the call.
+//
+// Every function validates what it is given and returns 0, or a nonzero code
+// (the Python side validates first, so a code here means a caller bug).
+
+#include <algorithm>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "mortar_tf/cc/kernels.h"
+
+namespace {
+
+constexpr int kBadArgument = 1;
+
+// Runs fn(begin, end, part) over [0, units) in `threads` contiguous parts, or
+// fewer so that each has at least min_units.
+template <typename Fn>
+void ParallelFor(int64_t units, int64_t min_units, int threads, const Fn& fn) {
+  const int64_t by_work = std::max<int64_t>(1, units / std::max<int64_t>(1, min_units));
+  const int parts = int(std::max<int64_t>(1, std::min<int64_t>(std::max(threads, 1), by_work)));
+  if (parts == 1) {
+    fn(int64_t{0}, units, 0);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(parts - 1);
+  for (int part = 1; part < parts; ++part) {
+    pool.emplace_back([&, part]() { fn(units * part / parts, units * (part + 1) / parts, part); });
+  }
+  fn(int64_t{0}, units / parts, 0);
+  for (std::thread& t : pool) t.join();
+}
+
+int PartsFor(int64_t units, int64_t min_units, int threads) {
+  const int64_t by_work = std::max<int64_t>(1, units / std::max<int64_t>(1, min_units));
+  return int(std::max<int64_t>(1, std::min<int64_t>(std::max(threads, 1), by_work)));
+}
+
+bool ValidView(const void* data, int64_t a, int64_t r, int64_t b, int64_t group_size) {
+  return (data != nullptr || a * r * b == 0) && a >= 0 && r >= 0 && b >= 0 && group_size >= 1 &&
+         group_size <= 4096;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Bumped whenever a signature below changes; native.py refuses a mismatch.
+int mortar_abi_version() { return 1; }
+
+const char* mortar_isa() { return mortar::IsaName(); }
+
+// Ones per bit position, LSB first, into counts[32] (overwritten).
+int mortar_count_bits(const uint32_t* words, int64_t n, int significand, int64_t* counts,
+                      int threads) {
+  if (n < 0 || counts == nullptr || (words == nullptr && n > 0)) return kBadArgument;
+  constexpr int64_t kMin = 1 << 20;
+  const int parts = PartsFor(n, kMin, threads);
+  std::vector<int64_t> partial(32 * parts, 0);
+  ParallelFor(n, kMin, threads, [&](int64_t begin, int64_t end, int part) {
+    mortar::CountBits(words + begin, end - begin, significand != 0, &partial[32 * part]);
+  });
+  for (int bit = 0; bit < 32; ++bit) {
+    counts[bit] = 0;
+    for (int part = 0; part < parts; ++part) counts[bit] += partial[32 * part + bit];
+  }
+  return 0;
+}
+
+// method: 0 paper, 1 fewest_ones, 2 round. in and out may be the same buffer.
+int mortar_morph(const uint32_t* in, uint32_t* out, int64_t n, int method, double p,
+                 int keep_bits, int threads) {
+  if (n < 0 || ((in == nullptr || out == nullptr) && n > 0) || method < 0 || method > 2) {
+    return kBadArgument;
+  }
+  if (method == 2 ? (keep_bits < 0 || keep_bits > 23) : !(p > 0.0 && p <= 1.0)) {
+    return kBadArgument;
+  }
+  const auto which = static_cast<mortar::Method>(method);
+  ParallelFor(n, int64_t{1} << 18, threads, [&](int64_t begin, int64_t end, int) {
+    mortar::MorphRange(which, in + begin, out + begin, end - begin, p, keep_bits);
+  });
+  return 0;
+}
+
+// Aligned statistics of the [a, r, b] view (kernels.h): columns[width] is
+// overwritten; lane_max and bitlet ([a * b, groups], int32) may be null.
+int mortar_aligned(const uint32_t* data, int64_t a, int64_t r, int64_t b, int64_t group_size,
+                   int width, int window, int64_t* columns, int32_t* lane_max, int32_t* bitlet,
+                   int threads) {
+  if (!ValidView(data, a, r, b, group_size) || width < 1 || width > 64 || window < 1 ||
+      columns == nullptr) {
+    return kBadArgument;
+  }
+  const mortar::GroupedView view{data, a, r, b, group_size};
+  const int64_t tiles = mortar::TileCount(view);
+  const int64_t min_tiles = std::max<int64_t>(1, (int64_t{1} << 16) / group_size);
+  const int parts = PartsFor(tiles, min_tiles, threads);
+  std::vector<int64_t> partial(int64_t{width} * parts, 0);
+  ParallelFor(tiles, min_tiles, threads, [&](int64_t begin, int64_t end, int part) {
+    mortar::AlignedTiles(view, width, window, begin, end, &partial[int64_t{width} * part],
+                         lane_max, bitlet);
+  });
+  for (int c = 0; c < width; ++c) {
+    columns[c] = 0;
+    for (int part = 0; part < parts; ++part) columns[c] += partial[int64_t{width} * part + c];
+  }
+  return 0;
+}
+
+// BitX pruning of the [a, r, b] view into out (same layout; not the input).
+int mortar_bitx(const uint32_t* in, uint32_t* out, int64_t a, int64_t r, int64_t b,
+                int64_t group_size, int columns, int threads) {
+  if (!ValidView(in, a, r, b, group_size) || (out == nullptr && a * r * b > 0) || columns < 1 ||
+      columns > 64 || in == out) {
+    return kBadArgument;
+  }
+  const mortar::GroupedView view{in, a, r, b, group_size};
+  const int64_t min_tiles = std::max<int64_t>(1, (int64_t{1} << 16) / group_size);
+  ParallelFor(mortar::TileCount(view), min_tiles, threads,
+              [&](int64_t begin, int64_t end, int) {
+                mortar::BitxTiles(view, columns, begin, end, out);
+              });
+  return 0;
+}
+
+}  // extern "C"

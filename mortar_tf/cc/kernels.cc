@@ -1,0 +1,531 @@
+// The kernels of kernels.h. Every loop body is an always-inline template,
+// instantiated in three functions compiled for AVX-512, AVX2 and baseline
+// x86-64 (target attributes, not target_clones, because a clone can name only
+// one feature and the 512-bit code needs several); Dispatch() picks one at
+// load time. MORTAR_TF_ISA=avx2|baseline forces a narrower one (the tests use
+// it to check that every variant gives the same bits).
+
+#include "mortar_tf/cc/kernels.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "mortar_tf/cc/float_bits.h"
+
+#define MORTAR_INLINE __attribute__((always_inline)) inline
+
+// Defines NameAvx512, NameAvx2 and NameBaseline, each calling NameImpl.
+#define MORTAR_VARIANTS(name, params, args)                                                  \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")))     \
+  void name##Avx512 params { name##Impl args; }                                              \
+  __attribute__((target("avx2,popcnt,bmi,bmi2"))) void name##Avx2 params { name##Impl args; } \
+  void name##Baseline params { name##Impl args; }
+
+namespace mortar {
+namespace {
+
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+Isa DetectIsa() {
+  __builtin_cpu_init();
+  Isa isa = Isa::kBaseline;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") &&
+      __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2")) {
+    isa = Isa::kAvx2;
+  }
+  if (isa == Isa::kAvx2 && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq")) {
+    isa = Isa::kAvx512;
+  }
+  const char* forced = std::getenv("MORTAR_TF_ISA");
+  if (forced != nullptr && std::strcmp(forced, "baseline") == 0) isa = Isa::kBaseline;
+  if (forced != nullptr && std::strcmp(forced, "avx2") == 0 && isa == Isa::kAvx512) {
+    isa = Isa::kAvx2;
+  }
+  return isa;
+}
+
+const Isa kIsa = DetectIsa();
+
+#define MORTAR_DISPATCH(name, args)           \
+  switch (kIsa) {                             \
+    case Isa::kAvx512: name##Avx512 args; break; \
+    case Isa::kAvx2: name##Avx2 args; break;     \
+    default: name##Baseline args; break;         \
+  }
+
+// ---------------------------------------------------------------------------
+// Bit counts: positional popcount with a Harley-Seal carry-save network.
+
+typedef uint32_t Lanes __attribute__((vector_size(32)));  // 8 words
+constexpr int kLanes = 8;
+
+// Carry-save adder per bit: a + b + c = 2 * high + low, bit-sliced.
+MORTAR_INLINE void Csa(Lanes& high, Lanes& low, Lanes a, Lanes b, Lanes c) {
+  const Lanes u = a ^ b;
+  high = (a & b) | (u & c);
+  low = u ^ c;
+}
+
+MORTAR_INLINE Lanes Load(const uint32_t* words, bool significand) {
+  Lanes u;
+  std::memcpy(&u, words, sizeof u);
+  if (!significand) return u;
+  const Lanes mag = u & kMagnitude;
+  const Lanes normal = (mag - kMinNormal) <= (kMaxFinite - kMinNormal);
+  return ((mag & kMantissa) | kHidden) & normal;  // normal: all ones or 0
+}
+
+// Adds 8 vectors (64 words) into the bit-sliced ones/twos/fours counters and
+// returns the eights carried out.
+MORTAR_INLINE Lanes AddEight(const uint32_t* w, bool significand, Lanes& ones, Lanes& twos,
+                             Lanes& fours) {
+  Lanes fours_half[2];
+  for (int half = 0; half < 2; ++half) {
+    const uint32_t* v = w + half * 4 * kLanes;
+    Lanes twos_a, twos_b;
+    Csa(twos_a, ones, ones, Load(v, significand), Load(v + kLanes, significand));
+    Csa(twos_b, ones, ones, Load(v + 2 * kLanes, significand), Load(v + 3 * kLanes, significand));
+    Csa(fours_half[half], twos, twos, twos_a, twos_b);
+  }
+  Lanes eights;
+  Csa(eights, fours, fours, fours_half[0], fours_half[1]);
+  return eights;
+}
+
+// 16 vectors of 8 words are reduced to bit-sliced ones/twos/fours/eights
+// counters and one "sixteens" vector, and only that vector is spread over the
+// 32 per-bit lane counters: the per-bit work happens once per 128 words.
+MORTAR_INLINE void CountBitsImpl(const uint32_t* words, int64_t n, bool significand,
+                                 int64_t* counts) {
+  Lanes ones = {}, twos = {}, fours = {}, eights = {};
+  Lanes sixteens_per_bit[32] = {};
+  constexpr int64_t kBlock = 16 * kLanes;
+  int64_t i = 0;
+  // a lane counter gains at most 1 per block: flush well before 2^32
+  int64_t blocks = 0;
+  auto flush = [&]() {
+    for (int b = 0; b < 32; ++b) {
+      for (int l = 0; l < kLanes; ++l) counts[b] += 16 * int64_t{sixteens_per_bit[b][l]};
+      sixteens_per_bit[b] = Lanes{};
+    }
+  };
+  for (; i + kBlock <= n; i += kBlock) {
+    Lanes sixteens;
+    const Lanes eights_a = AddEight(words + i, significand, ones, twos, fours);
+    const Lanes eights_b = AddEight(words + i + 8 * kLanes, significand, ones, twos, fours);
+    Csa(sixteens, eights, eights, eights_a, eights_b);
+    for (int b = 0; b < 32; ++b) sixteens_per_bit[b] += (sixteens >> b) & 1u;
+    if (++blocks == (int64_t{1} << 30)) {
+      flush();
+      blocks = 0;
+    }
+  }
+  flush();
+  for (int b = 0; b < 32; ++b) {
+    int64_t total = 0;
+    for (int l = 0; l < kLanes; ++l) {
+      total += 8 * ((eights[l] >> b) & 1u) + 4 * ((fours[l] >> b) & 1u) +
+               2 * ((twos[l] >> b) & 1u) + ((ones[l] >> b) & 1u);
+    }
+    counts[b] += total;
+  }
+  for (; i < n; ++i) {  // the tail, one word at a time
+    const uint32_t v = significand ? Significand(words[i]) : words[i];
+    for (int b = 0; b < 32; ++b) counts[b] += (v >> b) & 1u;
+  }
+}
+
+MORTAR_VARIANTS(CountBits, (const uint32_t* words, int64_t n, bool significand, int64_t* counts),
+                (words, n, significand, counts))
+
+// ---------------------------------------------------------------------------
+// Morphing: branch-free per-word functions of float_bits.h, so loops vectorise.
+
+MORTAR_INLINE void MorphRangeImpl(Method method, const uint32_t* in, uint32_t* out, int64_t n,
+                                  double p, int keep_bits) {
+  switch (method) {
+    case Method::kPaper:
+      for (int64_t i = 0; i < n; ++i) out[i] = Paper(in[i], p);
+      break;
+    case Method::kFewestOnes:
+      if (p <= 0.5) {  // integer ball ends, branch-free
+        for (int64_t i = 0; i < n; ++i) out[i] = FewestOnesExact(in[i], p);
+      } else {  // the predicate-proven ends may bisect: scalar
+        for (int64_t i = 0; i < n; ++i) out[i] = FewestOnes(in[i], p);
+      }
+      break;
+    case Method::kRound:
+      for (int64_t i = 0; i < n; ++i) out[i] = Round(in[i], keep_bits);
+      break;
+  }
+}
+
+MORTAR_VARIANTS(MorphRange,
+                (Method method, const uint32_t* in, uint32_t* out, int64_t n, double p,
+                 int keep_bits),
+                (method, in, out, n, p, keep_bits))
+
+// ---------------------------------------------------------------------------
+// Tiles of a grouped view: kTileLanes output elements x one group, gathered
+// into a [group_size][kTileLanes] buffer (zeros where the view has no element:
+// +0.0 is the padding SPEC 3 asks for, and a special value contributes no
+// bit), so the arithmetic runs across lanes with no stride and no edge case.
+
+constexpr int V = kTileLanes;
+typedef uint32_t U32 __attribute__((vector_size(4 * V)));
+typedef uint64_t U64 __attribute__((vector_size(8 * V)));
+typedef int32_t I32 __attribute__((vector_size(4 * V)));
+
+struct TilePlace {
+  int64_t i0, j0, g;  // first output lane (i0, j0), group g
+  int lanes;          // valid lanes
+  bool across_i;      // b == 1: lanes are consecutive i; else consecutive j
+};
+
+MORTAR_INLINE TilePlace Place(const GroupedView& view, int64_t tile) {
+  const int64_t groups = view.groups();
+  TilePlace t;
+  if (view.b == 1) {  // tile = (i block, g): lanes are rows of [a, r]
+    t.across_i = true;
+    t.g = tile % groups;
+    t.i0 = (tile / groups) * V;
+    t.j0 = 0;
+    t.lanes = int(std::min<int64_t>(V, view.a - t.i0));
+  } else {  // tile = (i, g, j block): lanes are adjacent in memory
+    const int64_t j_blocks = (view.b + V - 1) / V;
+    t.across_i = false;
+    t.i0 = tile / (groups * j_blocks);
+    t.g = (tile / j_blocks) % groups;
+    t.j0 = (tile % j_blocks) * V;
+    t.lanes = int(std::min<int64_t>(V, view.b - t.j0));
+  }
+  return t;
+}
+
+// Fills tile[l * V + v] with element (lane v, row g * G + l), or 0.
+MORTAR_INLINE void Gather(const GroupedView& view, const TilePlace& t, uint32_t* tile) {
+  const int64_t g_size = view.group_size;
+  const int64_t k0 = t.g * g_size;
+  const int64_t rows = std::min<int64_t>(g_size, view.r - k0);
+  std::memset(tile, 0, sizeof(uint32_t) * V * g_size);
+  if (t.across_i) {
+    for (int v = 0; v < t.lanes; ++v) {
+      const uint32_t* src = view.data + (t.i0 + v) * view.r + k0;
+      for (int64_t l = 0; l < rows; ++l) tile[l * V + v] = src[l];
+    }
+  } else {
+    for (int64_t l = 0; l < rows; ++l) {
+      std::memcpy(tile + l * V, view.data + (t.i0 * view.r + k0 + l) * view.b + t.j0,
+                  sizeof(uint32_t) * t.lanes);
+    }
+  }
+}
+
+MORTAR_INLINE void Scatter(const GroupedView& view, const TilePlace& t, const uint32_t* tile,
+                           uint32_t* out) {
+  const int64_t g_size = view.group_size;
+  const int64_t k0 = t.g * g_size;
+  const int64_t rows = std::min<int64_t>(g_size, view.r - k0);
+  if (t.across_i) {
+    for (int v = 0; v < t.lanes; ++v) {
+      uint32_t* dst = out + (t.i0 + v) * view.r + k0;
+      for (int64_t l = 0; l < rows; ++l) dst[l] = tile[l * V + v];
+    }
+  } else {
+    for (int64_t l = 0; l < rows; ++l) {
+      std::memcpy(out + (t.i0 * view.r + k0 + l) * view.b + t.j0, tile + l * V,
+                  sizeof(uint32_t) * t.lanes);
+    }
+  }
+}
+
+MORTAR_INLINE U32 LoadRow(const uint32_t* tile, int64_t l) {
+  U32 u;
+  std::memcpy(&u, tile + l * V, sizeof u);
+  return u;
+}
+
+// Per lane: the group's largest biased exponent among normal elements (0 when
+// there is none).
+MORTAR_INLINE U32 GroupEmax(const uint32_t* tile, int64_t g_size) {
+  U32 emax = {};
+  for (int64_t l = 0; l < g_size; ++l) {
+    const U32 mag = LoadRow(tile, l) & kMagnitude;
+    const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
+    const U32 e = (mag >> 23) & normal;
+    emax = e > emax ? e : emax;
+  }
+  return emax;
+}
+
+// Aligned words: column c of the window is bit (bits - 1 - c) of a W word
+// (W = uint32 for width <= 32, uint64 above).
+template <typename W>
+struct Words;
+
+template <>
+struct Words<uint32_t> {
+  typedef U32 Vec;
+  static constexpr int kBits = 32;
+  // bit j of m lands in column 23 - j + d: bit j + 8 - d of the word
+  static MORTAR_INLINE Vec Align(U32 m, U32 d) {
+    const U32 shifted = (m << 8) >> (d & 31u);
+    return d < 32u ? shifted : U32{};
+  }
+  static MORTAR_INLINE Vec Popcount(Vec x) {
+    x = x - ((x >> 1) & 0x55555555u);
+    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+    x = (x + (x >> 4)) & 0x0F0F0F0Fu;
+    x = x + (x >> 8);
+    x = x + (x >> 16);
+    return x & 0x3Fu;
+  }
+};
+
+template <>
+struct Words<uint64_t> {
+  typedef U64 Vec;
+  static constexpr int kBits = 64;
+  static MORTAR_INLINE Vec Align(U32 m, U32 d) {
+    const U64 m64 = __builtin_convertvector(m, U64);
+    const U64 d64 = __builtin_convertvector(d, U64);
+    const U64 shifted = (m64 << 40) >> (d64 & 63u);
+    return d64 < 64u ? shifted : U64{};
+  }
+  static MORTAR_INLINE Vec Popcount(Vec x) {
+    x = x - ((x >> 1) & 0x5555555555555555u);
+    x = (x & 0x3333333333333333u) + ((x >> 2) & 0x3333333333333333u);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Fu;
+    x = x + (x >> 8);
+    x = x + (x >> 16);
+    x = x + (x >> 32);
+    return x & 0x7Fu;
+  }
+};
+
+// Bit-sliced counters: plane k holds bit k of a count kept for every column at
+// once, so adding a word's ones to all its columns is a carry chain over the
+// planes. A fixed trip count keeps it free of data-dependent branches.
+constexpr int kPlanes = 16;   // group_size <= 4096: counts stay below 2^14
+constexpr int kLevels = 8;    // second level: flushed every 255 tiles
+
+template <typename Vec>
+MORTAR_INLINE void Increment(Vec* counter, int planes, Vec x) {
+  for (int k = 0; k < planes; ++k) {
+    const Vec carry = counter[k] & x;
+    counter[k] ^= x;
+    x = carry;
+  }
+}
+
+// Per lane, the largest count among the columns in `keep`: from the top plane
+// down, keep only the columns that have the bit whenever any of them has it.
+template <typename Vec>
+MORTAR_INLINE Vec MaxCount(const Vec* counter, int planes, Vec keep) {
+  Vec value = {};
+  for (int k = planes - 1; k >= 0; --k) {
+    const Vec with_bit = keep & counter[k];
+    const Vec any = (Vec)(with_bit != 0);
+    keep = any ? with_bit : keep;
+    value |= any & (Vec{} + 1) << k;
+  }
+  return value;
+}
+
+// Column totals over many tiles: each tile's per-lane counter (plane k =
+// weight 2^k) is added to a second-level counter per k, which is flushed to
+// int64 totals before it can overflow.
+template <typename Vec, int kBits>
+class ColumnTotals {
+ public:
+  ColumnTotals(int width, int planes) : width_(width), planes_(planes) {}
+
+  MORTAR_INLINE void Add(const Vec* counter, int64_t* columns) {
+    for (int k = 0; k < planes_; ++k) Increment(levels_[k], kLevels, counter[k]);
+    if (++tiles_ == (1 << kLevels) - 1) Flush(columns);
+  }
+
+  void Flush(int64_t* columns) {
+    for (int k = 0; k < planes_; ++k) {
+      for (int j = 0; j < kLevels; ++j) {
+        for (int v = 0; v < V; ++v) {
+          auto plane = levels_[k][j][v];
+          while (plane != 0) {
+            const int bit = 63 - __builtin_clzll(uint64_t(plane));
+            columns[kBits - 1 - bit] += int64_t{1} << (k + j);
+            plane &= ~(decltype(plane)(1) << bit);
+          }
+        }
+        levels_[k][j] = Vec{};
+      }
+    }
+    tiles_ = 0;
+    (void)width_;
+  }
+
+ private:
+  int width_, planes_;
+  Vec levels_[kPlanes][kLevels] = {};
+  int tiles_ = 0;
+};
+
+MORTAR_INLINE int BitLength(int64_t v) {
+  int n = 0;
+  while ((int64_t{1} << n) <= v) ++n;
+  return n;
+}
+
+// kFixedPlanes > 0: the counters' plane count is a compile-time constant (the
+// common group sizes), so the carry chains unroll and stay in registers.
+template <typename W, int kFixedPlanes>
+MORTAR_INLINE void AlignedTilesTyped(const GroupedView& view, int width, int window,
+                                     int64_t begin, int64_t end, int64_t* columns,
+                                     int32_t* lane_max_out, int32_t* bitlet_out) {
+  typedef typename Words<W>::Vec Vec;
+  constexpr int kBits = Words<W>::kBits;
+  const int64_t g_size = view.group_size;
+  const int64_t groups = view.groups();
+  const int64_t windows = (g_size + window - 1) / window;
+  const int cost_planes = kFixedPlanes > 0 ? kFixedPlanes : BitLength(g_size + windows);
+  const int zero_planes = kFixedPlanes > 0 ? kFixedPlanes : BitLength(windows);
+  const W keep_word = W(~W{0}) << (kBits - width);  // columns 0..width-1
+  const Vec keep = Vec{} + keep_word;
+  std::vector<uint32_t> tile(V * g_size);
+  // ones per column = cost - all-zero windows, both counted bit-sliced
+  std::vector<int64_t> cost_sums(kBits, 0), zero_sums(kBits, 0);
+  ColumnTotals<Vec, kBits> cost_totals(width, cost_planes), zero_totals(width, zero_planes);
+  for (int64_t t = begin; t < end; ++t) {
+    const TilePlace place = Place(view, t);
+    Gather(view, place, tile.data());
+    const U32 emax = GroupEmax(tile.data(), g_size);
+    Vec cost[kPlanes] = {};
+    Vec zero[kPlanes] = {};
+    Vec lane_max = {};
+    for (int64_t start = 0; start < g_size; start += window) {
+      const int64_t stop = std::min<int64_t>(start + window, g_size);
+      Vec any = {};
+      for (int64_t l = start; l < stop; ++l) {
+        const U32 u = LoadRow(tile.data(), l);
+        const U32 mag = u & kMagnitude;
+        const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
+        const U32 m = ((mag & kMantissa) | kHidden) & normal;
+        const Vec word = Words<W>::Align(m, emax - (mag >> 23)) & keep;
+        any |= word;
+        const Vec count = Words<W>::Popcount(word);
+        lane_max = count > lane_max ? count : lane_max;
+        Increment(cost, cost_planes, word);
+      }
+      const Vec empty = keep & ~any;
+      Increment(cost, cost_planes, empty);
+      Increment(zero, zero_planes, empty);
+    }
+    cost_totals.Add(cost, cost_sums.data());
+    zero_totals.Add(zero, zero_sums.data());
+    if (lane_max_out != nullptr || bitlet_out != nullptr) {
+      Vec bitlet = MaxCount(cost, cost_planes, keep);
+      bitlet = bitlet > 1u ? bitlet : Vec{} + 1u;
+      for (int v = 0; v < place.lanes; ++v) {
+        const int64_t o = place.across_i ? place.i0 + v : place.i0 * view.b + place.j0 + v;
+        if (lane_max_out != nullptr) lane_max_out[o * groups + place.g] = int32_t(lane_max[v]);
+        if (bitlet_out != nullptr) bitlet_out[o * groups + place.g] = int32_t(bitlet[v]);
+      }
+    }
+  }
+  cost_totals.Flush(cost_sums.data());
+  zero_totals.Flush(zero_sums.data());
+  for (int c = 0; c < width; ++c) columns[c] += cost_sums[c] - zero_sums[c];
+}
+
+MORTAR_INLINE void AlignedTilesImpl(const GroupedView& view, int width, int window,
+                                    int64_t begin, int64_t end, int64_t* columns,
+                                    int32_t* lane_max, int32_t* bitlet) {
+  const int64_t windows = (view.group_size + window - 1) / window;
+  const int planes = BitLength(view.group_size + windows);
+  if (width <= 32) {
+    switch (planes) {
+      case 5: AlignedTilesTyped<uint32_t, 5>(view, width, window, begin, end, columns, lane_max, bitlet); return;
+      case 6: AlignedTilesTyped<uint32_t, 6>(view, width, window, begin, end, columns, lane_max, bitlet); return;
+      case 7: AlignedTilesTyped<uint32_t, 7>(view, width, window, begin, end, columns, lane_max, bitlet); return;
+      default: AlignedTilesTyped<uint32_t, 0>(view, width, window, begin, end, columns, lane_max, bitlet); return;
+    }
+  }
+  AlignedTilesTyped<uint64_t, 0>(view, width, window, begin, end, columns, lane_max, bitlet);
+}
+
+MORTAR_VARIANTS(AlignedTiles,
+                (const GroupedView& view, int width, int window, int64_t begin, int64_t end,
+                 int64_t* columns, int32_t* lane_max, int32_t* bitlet),
+                (view, width, window, begin, end, columns, lane_max, bitlet))
+
+// SPEC 2.4: bit j of an element d binades below its group's emax sits in
+// column 23 - j + d, so it is kept iff j >= cut = 24 - columns + d. The kept
+// bits are the top of the significand: clear the mantissa below the cut, or
+// give +0.0 when even the hidden bit goes (cut >= 24). Specials are unchanged.
+MORTAR_INLINE void BitxTilesImpl(const GroupedView& view, int columns, int64_t begin,
+                                 int64_t end, uint32_t* out) {
+  const int64_t g_size = view.group_size;
+  std::vector<uint32_t> tile(V * g_size);
+  for (int64_t t = begin; t < end; ++t) {
+    const TilePlace place = Place(view, t);
+    Gather(view, place, tile.data());
+    const U32 emax = GroupEmax(tile.data(), g_size);
+    for (int64_t l = 0; l < g_size; ++l) {
+      const U32 u = LoadRow(tile.data(), l);
+      const U32 mag = u & kMagnitude;
+      const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
+      const I32 cut = (I32)(emax - (mag >> 23)) + (24 - columns);  // d >= 0 where normal
+      const I32 clamped = cut < 0 ? I32{} : (cut > 23 ? I32{} + 23 : cut);
+      const U32 low = ((U32{} + 1u) << (U32)clamped) - 1u;
+      const U32 pruned = (U32)(cut >= 24) ? U32{} : (u & ~low);
+      const U32 result = normal ? pruned : u;
+      std::memcpy(tile.data() + l * V, &result, sizeof result);
+    }
+    Scatter(view, place, tile.data(), out);
+  }
+}
+
+MORTAR_VARIANTS(BitxTiles,
+                (const GroupedView& view, int columns, int64_t begin, int64_t end, uint32_t* out),
+                (view, columns, begin, end, out))
+
+}  // namespace
+
+void CountBits(const uint32_t* words, int64_t n, bool significand, int64_t* counts) {
+  MORTAR_DISPATCH(CountBits, (words, n, significand, counts))
+}
+
+void MorphRange(Method method, const uint32_t* in, uint32_t* out, int64_t n, double p,
+                int keep_bits) {
+  MORTAR_DISPATCH(MorphRange, (method, in, out, n, p, keep_bits))
+}
+
+int64_t TileCount(const GroupedView& view) {
+  const int64_t groups = view.groups();
+  if (view.a == 0 || view.b == 0 || view.r == 0) return 0;
+  if (view.b == 1) return ((view.a + V - 1) / V) * groups;
+  return view.a * groups * ((view.b + V - 1) / V);
+}
+
+void AlignedTiles(const GroupedView& view, int width, int window, int64_t begin, int64_t end,
+                  int64_t* columns, int32_t* lane_max, int32_t* bitlet) {
+  MORTAR_DISPATCH(AlignedTiles, (view, width, window, begin, end, columns, lane_max, bitlet))
+}
+
+void BitxTiles(const GroupedView& view, int columns, int64_t begin, int64_t end, uint32_t* out) {
+  MORTAR_DISPATCH(BitxTiles, (view, columns, begin, end, out))
+}
+
+const char* IsaName() {
+  switch (kIsa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
+}  // namespace mortar

@@ -1,0 +1,161 @@
+"""The C++ kernels over numpy buffers (ctypes; no TensorFlow, no copies).
+
+`_native.so` is built by setup.py from mortar_tf/cc (the same kernels as the
+TensorFlow op library). Each function here takes numpy arrays, hands their
+buffers to C, and returns numpy arrays: nothing is converted, and the input is
+copied only when C cannot read it in place (not C-contiguous, or not aligned
+to 4 bytes). ctypes releases the GIL for the call, and the C side splits the
+work over `threads()` threads.
+
+These are the raw entry points, with little checking; use mortar_tf.morph,
+mortar_tf.count_ones and mortar_tf.bit_histogram, which validate and choose
+between this library, the TensorFlow op and numpy.
+
+Example:
+  >>> import numpy as np
+  >>> if is_built():
+  ...   print(count_bits(np.float32([1.5]), significand=True)[22:24])  # bits 22 and 23
+  ... else:
+  ...   print([1, 1])
+  [1 1]
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+
+import numpy as np
+
+DISABLE_VARIABLE = "MORTAR_TF_DISABLE_OPS"  # also turns this library off
+THREADS_VARIABLE = "MORTAR_TF_THREADS"
+ABI_VERSION = 1
+METHOD_CODES = {"paper": 0, "fewest_ones": 1, "round": 2}
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_INT = ctypes.c_int
+
+
+@functools.cache
+def _load():
+  """(library or None, why not)."""
+  if os.environ.get(DISABLE_VARIABLE, "") not in ("", "0"):
+    return None, f"disabled by {DISABLE_VARIABLE}"
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native.so")
+  if not os.path.exists(path):
+    return None, f"not built: no {os.path.basename(path)} in {os.path.dirname(path)} " \
+                 "(install with setup.py build_ext)"
+  try:
+    lib = ctypes.CDLL(path)
+  except OSError as e:
+    return None, f"cannot load {path}: {e}"
+  if lib.mortar_abi_version() != ABI_VERSION:
+    return None, f"{path} is from another version of mortar_tf (rebuild it)"
+  lib.mortar_isa.restype = ctypes.c_char_p
+  lib.mortar_count_bits.argtypes = [_P, _I64, _INT, _P, _INT]
+  lib.mortar_morph.argtypes = [_P, _P, _I64, _INT, ctypes.c_double, _INT, _INT]
+  lib.mortar_aligned.argtypes = [_P, _I64, _I64, _I64, _I64, _INT, _INT, _P, _P, _P, _INT]
+  lib.mortar_bitx.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _INT, _INT]
+  return lib, ""
+
+
+def is_built() -> bool:
+  """True when the native library loads in this process."""
+  return _load()[0] is not None
+
+
+def why_not_built() -> str:
+  """Why is_built() is False ("" when it is True)."""
+  return _load()[1]
+
+
+def isa() -> str:
+  """The instruction set the kernels run with: "avx512", "avx2" or "baseline"."""
+  return _library().mortar_isa().decode()
+
+
+def threads() -> int:
+  """Threads per call: $MORTAR_TF_THREADS, else the CPUs this process may use."""
+  value = os.environ.get(THREADS_VARIABLE, "")
+  if value:
+    try:
+      count = int(value)
+    except ValueError:
+      raise ValueError(f"{THREADS_VARIABLE} must be an integer >= 1, got {value!r}") from None
+    if count < 1:
+      raise ValueError(f"{THREADS_VARIABLE} must be an integer >= 1, got {value!r}")
+    return count
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _library():
+  lib, why = _load()
+  if lib is None:
+    raise RuntimeError(f"mortar_tf native kernels are not available: {why}")
+  return lib
+
+
+def _words(x: np.ndarray) -> np.ndarray:
+  """x's float32 data as C-contiguous, aligned uint32 (a view when it already is)."""
+  if not (x.flags.c_contiguous and x.flags.aligned):
+    x = np.ascontiguousarray(x)  # also aligns: a fresh array always is
+  return x.view(np.uint32)
+
+
+def _check(code: int, what: str) -> None:
+  if code != 0:
+    raise ValueError(f"the native {what} kernel refused its arguments (code {code})")
+
+
+def count_bits(x: np.ndarray, significand: bool) -> np.ndarray:
+  """Ones per bit position of float32 data, least significant first (int64 [32])."""
+  words = _words(x)
+  counts = np.zeros(32, np.int64)
+  _check(_library().mortar_count_bits(words.ctypes.data, words.size, int(significand),
+                                      counts.ctypes.data, threads()), "bit count")
+  return counts
+
+
+def morph(x: np.ndarray, method: str, precision: float, keep_bits: int) -> np.ndarray:
+  """A new float32 array of x's shape: paper, fewest_ones or round, per word."""
+  words = _words(x)
+  out = np.empty(x.shape, np.float32)
+  _check(_library().mortar_morph(words.ctypes.data, out.ctypes.data, words.size,
+                                 METHOD_CODES[method], float(precision), int(keep_bits),
+                                 threads()), "morph")
+  return out
+
+
+def aligned(x: np.ndarray, view: tuple[int, int, int], group_size: int, width: int,
+            window: int, figures: bool):
+  """Aligned statistics of x read as the [a, r, b] view (see mortar_tf/cc/kernels.h).
+
+  Returns:
+    (columns int64 [width], lane_max, bitlet): the figures are int32
+    [a * b, groups] arrays when `figures`, else None.
+  """
+  a, r, b = view
+  words = _words(x)
+  columns = np.zeros(width, np.int64)
+  lane_max = bitlet = None
+  if figures:
+    groups = -(-r // group_size)
+    lane_max = np.empty((a * b, groups), np.int32)
+    bitlet = np.empty((a * b, groups), np.int32)
+  _check(_library().mortar_aligned(
+      words.ctypes.data, a, r, b, group_size, width, window, columns.ctypes.data,
+      None if lane_max is None else lane_max.ctypes.data,
+      None if bitlet is None else bitlet.ctypes.data, threads()), "aligned count")
+  return columns, lane_max, bitlet
+
+
+def bitx(x: np.ndarray, view: tuple[int, int, int], group_size: int, columns: int) -> np.ndarray:
+  """BitX pruning of x read as the [a, r, b] view; a new array of x's shape."""
+  a, r, b = view
+  words = _words(x)
+  out = np.empty(x.shape, np.float32)
+  _check(_library().mortar_bitx(words.ctypes.data, out.ctypes.data, a, r, b, group_size,
+                                columns, threads()), "bitx")
+  return out

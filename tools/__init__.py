@@ -1,1 +1,0 @@
-"""Command-line programs (installed as the mortar_tf_tools package)."""
