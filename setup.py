@@ -77,7 +77,7 @@ class BuildLibraries(build_ext):
     command = [cxx, *CXX_FLAGS, f"-I{ROOT}", *compile_flags,
                *[os.path.join(ROOT, s) for s in ext.sources], "-o", "{out}", *link_flags]
     digest = hashlib.sha256()
-    digest.update(" ".join(command).encode())
+    digest.update(" ".join(command).replace(ROOT, "<root>").encode())  # copies share the cache
     digest.update(version)
     digest.update(subprocess.run([cxx, "--version"], capture_output=True, check=True).stdout)
     for source in ext.sources + ext.depends:
