@@ -63,19 +63,23 @@ inline uint32_t Significand(uint32_t u) {
   return IsNormal(mag) ? ((mag & kMantissa) | kHidden) : 0u;
 }
 
-// ceil(x) for 0 <= x < 2^51, without std::ceil: GCC vectorises std::ceil only
-// under -fno-trapping-math, which we do not want near bit-exact code. Adding and
-// subtracting 2^52 rounds x to the nearest integer r (exact: no -ffast-math
-// folds it away); one more is added when r fell below x.
-inline double CeilNonNegative(double x) {
-  const double r = (x + 0x1p52) - 0x1p52;
-  return r + static_cast<double>(r < x);  // no FP op inside a branch: it vectorises
-}
+// ceil(fl(p * m)) and ceil(2 * fl(p * m)) for m < 2^24, 0 < p <= 1, from one
+// product and one truncation (no std::ceil: GCC vectorises it only under
+// -fno-trapping-math, which we do not want near bit-exact code). With
+// t = floor(fl(p * m)) < 2^24, f = fl(p * m) - t is exact (Sterbenz when
+// t >= 1), so the two are t + [f > 0] and 2t + [f > 0] + [f > 0.5]
+// (2 * fl(p * m) is exact). No FP op sits in a branch: it vectorises.
+struct CeilProducts {
+  uint32_t once, twice;
+};
 
-// ceil(fl(p * m) * scale), m < 2^24, 0 < p <= 1, scale 1 or 2: at most 2^25.
-inline uint32_t CeilProduct(double p, uint32_t m, double scale = 1.0) {
-  const double product = p * static_cast<double>(static_cast<int32_t>(m)) * scale;
-  return static_cast<uint32_t>(static_cast<int32_t>(CeilNonNegative(product)));
+inline CeilProducts CeilProduct(double p, uint32_t m) {
+  const double product = p * static_cast<double>(static_cast<int32_t>(m));
+  const int32_t t = static_cast<int32_t>(product);  // truncation = floor here
+  const double f = product - static_cast<double>(t);
+  const uint32_t above = static_cast<uint32_t>(f > 0.0);
+  return {static_cast<uint32_t>(t) + above,
+          2u * static_cast<uint32_t>(t) + above + static_cast<uint32_t>(f > 0.5)};
 }
 
 // SPEC 2.1, in O(1): see morphing._paper_bits for the proof. Branch-free (every
@@ -83,7 +87,7 @@ inline uint32_t CeilProduct(double p, uint32_t m, double scale = 1.0) {
 inline uint32_t Paper(uint32_t u, double p) {
   const uint32_t mag = u & kMagnitude;
   const uint32_t m = (mag & kMantissa) | kHidden;
-  const uint32_t m_plus_d = m + CeilProduct(p, m) - 1u;
+  const uint32_t m_plus_d = m + CeilProduct(p, m).once - 1u;
   const uint32_t reach = PowerOfHighestBit24((m ^ m_plus_d) >> 1) << 1;
   const uint32_t below_reach = reach - static_cast<uint32_t>(reach != 0);
   uint32_t patterns = m & ~(m >> 1) & below_reach;
@@ -117,13 +121,14 @@ inline bool InBall(uint32_t y_mag, double x_abs, double threshold) {
 inline void BallEndsExact(uint32_t mag, double p, uint32_t* a, uint32_t* b) {
   const uint32_t exp_word = mag & kExponent;
   const uint32_t m = (mag & kMantissa) | kHidden;
-  const uint32_t d = CeilProduct(p, m) - 1u;
+  const CeilProducts ceils = CeilProduct(p, m);
+  const uint32_t d = ceils.once - 1u;
   const uint32_t up = m + d;
   const bool next_binade = up >= (1u << 24);
   const uint32_t upper = Select(next_binade, exp_word + (up >> 1), mag + d);
   *b = Select(next_binade & (exp_word == (254u << 23)), kMaxFinite, upper);
   const uint32_t down = m - d;
-  const uint32_t k = 2u * m - (CeilProduct(p, m, 2.0) - 1u);
+  const uint32_t k = 2u * m - (ceils.twice - 1u);
   const bool below_empty = k >= (1u << 24);
   uint32_t lower = Select(below_empty, exp_word, exp_word - (2u << 23) + k);
   lower = Select(!below_empty & (exp_word == (1u << 23)), kMinNormal, lower);
