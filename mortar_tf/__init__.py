@@ -30,13 +30,13 @@ __all__ = [
     "bit_histogram",
     "count_ones",
     "morph",
-    "ops",
     "sparsity_report",
 ]
 
 
 def __getattr__(name):
-  """`mortar_tf.ops` on first use (it imports TensorFlow)."""
+  """`mortar_tf.ops` on first use (it imports TensorFlow; not in __all__, so
+  `from mortar_tf import *` does not)."""
   if name == "ops":
     return importlib.import_module("mortar_tf.ops")
   raise AttributeError(f"module 'mortar_tf' has no attribute {name!r}")

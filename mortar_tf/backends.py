@@ -41,8 +41,9 @@ from mortar_tf import native
 
 BACKENDS = ("numpy", "native", "op", "tf")
 COUNT_BACKENDS = ("numpy", "native", "op")
-# The C++ aligned and bitx kernels count up to 2^14 per group column.
-MAX_KERNEL_GROUP_SIZE = 4096
+MAX_KERNEL_GROUP_SIZE = native.MAX_GROUP_SIZE  # larger groups run in numpy, same bits
+# Non-adjacent reduction axes are transposed this many elements at a time.
+_SLICE_ELEMENTS = 1 << 20
 
 _warned = False
 
@@ -66,7 +67,10 @@ def _warn_fallback(what: str) -> None:
                   "bits", RuntimeWarning, stacklevel=4)
 
 
-def _ops():
+def _ops(group_size=None):
+  if group_size is not None and group_size > MAX_KERNEL_GROUP_SIZE:
+    raise ValueError(f"backend='op' takes group_size up to {MAX_KERNEL_GROUP_SIZE}, got "
+                     f"{group_size} (the default or 'numpy' backend runs any size)")
   from mortar_tf import ops  # pylint: disable=import-outside-toplevel
   if not ops.is_built():
     raise RuntimeError(f"backend='op' but the op library is not available: "
@@ -118,26 +122,39 @@ def grouped_view(shape, axes) -> tuple[int, int, int] | None:
 
 
 def _slices(w: np.ndarray, axes):
-  """For reduction axes that are not adjacent: (index, [n_out, R] matrix) per slice
-  of the first output axis, so only one slice is transposed at a time."""
+  """For reduction axes that are not adjacent: (index range, [n_out, R] matrix) per
+  slice of the first output axis (about _SLICE_ELEMENTS each), so only one slice
+  is transposed at a time. Output elements run row-major over the output axes,
+  so a slice's rows follow the previous slice's."""
   out_axes = [a for a in range(w.ndim) if a not in axes]
   first = out_axes[0]
-  rest_out = [a - (a > first) for a in out_axes[1:]]
-  rest_red = [a - (a > first) for a in axes]
-  for index in range(w.shape[first]):
-    part = np.take(w, index, axis=first)
-    n_out = math.prod(part.shape[a] for a in rest_out)
-    yield index, np.ascontiguousarray(np.transpose(part, rest_out + rest_red)).reshape(n_out, -1)
+  size = w.shape[first]
+  step = max(1, size * _SLICE_ELEMENTS // max(1, w.size))
+  perm = out_axes + list(axes)
+  r = math.prod(w.shape[a] for a in axes)
+  for start in range(0, size, step):
+    index = [slice(None)] * w.ndim
+    index[first] = slice(start, min(start + step, size))
+    part = w[tuple(index)]
+    yield index, np.ascontiguousarray(np.transpose(part, perm)).reshape(-1, r)
 
 
 # --------------------------------------------------------------------------
 # Counting
 
 
+def _values(w, what: str) -> np.ndarray:
+  """The float32 values of an array or an eager tensor (a symbolic one has none)."""
+  if _is_tf(w) and not _tf().executing_eagerly():
+    raise ValueError(f"{what} reads the weights' values: call it eagerly, not inside "
+                     "tf.function (mortar_tf.morph(..., backend='tf') runs in graphs)")
+  return bits.as_float32(w)
+
+
 def _check_count_args(w, domain, layout, reduction_axes, equation, group_size, width):
   if domain not in bits.DOMAINS:
     raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(bits.DOMAINS)}")
-  w = bits.as_float32(w)
+  w = _values(w, "counting")
   axes = None
   if domain == "aligned":
     group_size, width = bits.check_group_args(group_size, width)
@@ -239,12 +256,13 @@ def aligned_statistics(w, *, layout: str | None = None, reduction_axes=None,
   Raises:
     TypeError, ValueError, RuntimeError: as count_ones, and a bad window.
   """
-  w = bits.as_float32(w)
+  w = _values(w, "aligned_statistics")
   group_size, width = bits.check_group_args(group_size, width)
   if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
     raise ValueError(f"window must be an integer >= 1, got {window!r}")
   axes = bits.resolve_reduction_axes(w.shape, reduction_axes, layout, equation)
-  return _aligned(w, axes, group_size, width, int(window), True,
+  # a window of G lanes or more is one window over the group: the same figures
+  return _aligned(w, axes, group_size, width, int(min(window, group_size)), True,
                   resolve(backend, "aligned_statistics"))
 
 
@@ -258,22 +276,26 @@ def _aligned(w, axes, group_size, width, window, figures, backend):
                                                 width=width, window=window)
     return columns, lane_max, bitlet
   if backend == "op":
-    columns, _, lane_max, bitlet = _ops().aligned_count(
+    columns, _, lane_max, bitlet = _ops(group_size).aligned_count(
         w, reduction_axes=axes, group_size=group_size, width=width, window=window)
     return np.asarray(columns.numpy(), np.int64), lane_max.numpy(), bitlet.numpy()
   view = grouped_view(w.shape, axes)
   if view is not None:
     return native.aligned(w, view, group_size, width, window, figures)
   columns = np.zeros(width, np.int64)
-  parts = []
+  lane_max, bitlet = [], []
   for _, matrix in _slices(w, axes):
     part = native.aligned(matrix, (matrix.shape[0], matrix.shape[1], 1), group_size, width,
                           window, figures)
     columns += part[0]
-    parts.append(part)
+    lane_max.append(part[1])
+    bitlet.append(part[2])
   if not figures:
     return columns, None, None
-  return columns, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+  groups = -(-math.prod(w.shape[a] for a in axes) // group_size)
+  empty = np.zeros((0, groups), np.int32)
+  return (columns, np.concatenate(lane_max) if lane_max else empty,
+          np.concatenate(bitlet) if bitlet else empty)
 
 
 # --------------------------------------------------------------------------
@@ -288,16 +310,13 @@ def _bitx_native(w: np.ndarray, spec, axes) -> np.ndarray:
     return native.bitx(w, view, spec.group_size, spec.columns)
   out = np.empty(w.shape, np.float32)
   out_axes = [a for a in range(w.ndim) if a not in axes]
-  first = out_axes[0]
-  rest_out = [a - (a > first) for a in out_axes[1:]]
-  rest_red = [a - (a > first) for a in axes]
+  perm = out_axes + list(axes)
   for index, matrix in _slices(w, axes):
     pruned = native.bitx(matrix, (matrix.shape[0], matrix.shape[1], 1), spec.group_size,
                          spec.columns)
-    part_shape = np.take(w, 0, axis=first).shape
-    permuted = pruned.reshape([part_shape[a] for a in rest_out + rest_red])
-    target = np.moveaxis(out, first, 0)[index]
-    target[...] = np.transpose(permuted, np.argsort(rest_out + rest_red))
+    target = out[tuple(index)]
+    target[...] = np.transpose(pruned.reshape([target.shape[a] for a in perm]),
+                               np.argsort(perm))
   return out
 
 
@@ -364,7 +383,7 @@ def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=N
   if backend is None:
     backend = "tf" if tf_input else resolve(None, "morph")
   if backend == "op":
-    result = _ops().morph_spec(w, spec, axes)
+    result = _ops(spec.group_size).morph_spec(w, spec, axes)
     return result if tf_input else np.asarray(result.numpy())
   if backend in ("numpy", "native"):
     resolve(backend, "morph", BACKENDS)

@@ -170,7 +170,7 @@ def reduction_axes_for(layout: str, ndim: int, equation: str | None = None) -> t
           f"einsum equation {equation!r} gives the weight {n_labels} axes but it has {ndim}")
     return axes
   if equation is not None:
-    raise ValueError(f"equation is only used with layout 'einsum', not {layout!r}")
+    raise ValueError(f"equation is only used with layout='einsum' (got layout={layout!r})")
   if layout == "dense" and ndim != 2:
     raise ValueError(f"a dense kernel is [in, out] (rank 2), got rank {ndim}")
   if layout in ("conv", "separable_pointwise", "depthwise", "separable_depthwise",
@@ -196,7 +196,7 @@ def resolve_reduction_axes(shape: Sequence[int], reduction_axes=None, layout=Non
   if reduction_axes is not None and (layout is not None or equation is not None):
     raise ValueError("give either reduction_axes or layout (with equation), not both")
   if reduction_axes is None:
-    return reduction_axes_for(layout or "default", ndim, equation)
+    return reduction_axes_for("default" if layout is None else layout, ndim, equation)
   if isinstance(reduction_axes, numbers.Integral):
     reduction_axes = (reduction_axes,)
   axes = []
@@ -511,6 +511,7 @@ def group_cycle_figures(w, *, layout: str | None = None, reduction_axes=None,
   axes = resolve_reduction_axes(w.shape, reduction_axes, layout, equation)
   words = aligned_words(to_groups(w, axes, group_size), width)  # bit k = column width-1-k
   lane_max = np.bitwise_count(words).max(axis=-1, initial=0).astype(np.int32)
+  window = min(int(window), group_size)  # a wider window is one window over the group
   n_windows = -(-group_size // window)
   padded = np.zeros(words.shape[:-1] + (n_windows * window,), np.uint64)
   padded[..., :group_size] = words  # padding lanes are zero: they change no window's status

@@ -378,7 +378,8 @@ def _bitx_array(x: np.ndarray, columns: int, group_size: int, reduction_axes) ->
   cut = 24 - columns + d  # lowest kept bit of the significand
   keep = ~((np.int32(1) << np.clip(cut, 0, 23)) - 1)
   morphed = np.where(cut >= 24, _U32(0), u & keep.view(_U32))
-  return np.where(m != 0, morphed, u).view(np.float32)  # m == 0: a special value, unchanged
+  result = np.where(m != 0, morphed, u).view(np.float32)  # m == 0: a special value, unchanged
+  return result.reshape(x.shape)  # np.where made a 0-d input 1-d
 
 
 def _elementwise(x: np.ndarray, fn, arg) -> np.ndarray:

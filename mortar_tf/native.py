@@ -25,11 +25,17 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import warnings
 
 import numpy as np
 
-DISABLE_VARIABLE = "MORTAR_TF_DISABLE_OPS"  # also turns this library off
+DISABLE_VARIABLE = "MORTAR_TF_DISABLE_OPS"  # any value but "" or "0": this library is off too
 THREADS_VARIABLE = "MORTAR_TF_THREADS"
+ISA_VARIABLE = "MORTAR_TF_ISA"  # avx2 or baseline: a narrower variant (read at load)
+ISAS = ("avx512", "avx2", "baseline")
+# The largest group the C++ aligned and bitx kernels take (their counters hold
+# 16 bits per column: G lanes plus G windows at most); larger ones run in numpy.
+MAX_GROUP_SIZE = 16384
 ABI_VERSION = 1
 METHOD_CODES = {"paper": 0, "fewest_ones": 1, "round": 2}
 
@@ -47,6 +53,10 @@ def _load():
   if not os.path.exists(path):
     return None, f"not built: no {os.path.basename(path)} in {os.path.dirname(path)} " \
                  "(install with setup.py build_ext)"
+  forced = os.environ.get(ISA_VARIABLE, "")
+  if forced not in ("",) + ISAS:
+    warnings.warn(f"{ISA_VARIABLE}={forced!r} is not one of {', '.join(ISAS)}; ignored",
+                  RuntimeWarning, stacklevel=3)
   try:
     lib = ctypes.CDLL(path)
   except OSError as e:
@@ -98,10 +108,20 @@ def _library():
 
 
 def _words(x: np.ndarray) -> np.ndarray:
-  """x's float32 data as C-contiguous, aligned uint32 (a view when it already is)."""
+  """x's float32 data as C-contiguous, aligned uint32: a view when it already is,
+  else one copy (a fresh array is always aligned)."""
+  if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+    raise TypeError(f"the native kernels read float32 numpy arrays, got "
+                    f"{getattr(x, 'dtype', type(x).__name__)}")
   if not (x.flags.c_contiguous and x.flags.aligned):
-    x = np.ascontiguousarray(x)  # also aligns: a fresh array always is
+    x = np.array(x, np.float32, order="C", copy=True)
   return x.view(np.uint32)
+
+
+def _check_view(x: np.ndarray, view) -> None:
+  a, r, b = view
+  if min(a, r, b) < 0 or a * r * b != x.size:
+    raise ValueError(f"view {tuple(view)} does not cover the {x.size} elements of x")
 
 
 def _check(code: int, what: str) -> None:
@@ -136,6 +156,7 @@ def aligned(x: np.ndarray, view: tuple[int, int, int], group_size: int, width: i
     (columns int64 [width], lane_max, bitlet): the figures are int32
     [a * b, groups] arrays when `figures`, else None.
   """
+  _check_view(x, view)
   a, r, b = view
   words = _words(x)
   columns = np.zeros(width, np.int64)
@@ -153,6 +174,7 @@ def aligned(x: np.ndarray, view: tuple[int, int, int], group_size: int, width: i
 
 def bitx(x: np.ndarray, view: tuple[int, int, int], group_size: int, columns: int) -> np.ndarray:
   """BitX pruning of x read as the [a, r, b] view; a new array of x's shape."""
+  _check_view(x, view)
   a, r, b = view
   words = _words(x)
   out = np.empty(x.shape, np.float32)

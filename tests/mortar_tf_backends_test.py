@@ -262,9 +262,67 @@ def test_counts_copy_nothing_and_morph_allocates_only_its_result():
 
 
 def test_non_adjacent_reduction_axes_are_transposed_one_slice_at_a_time():
-  w = weights(64 * 256 * 256, seed=4).reshape(64, 256, 256)  # 16 MiB, reduce axes 0 and 2
+  w = weights(128 * 256 * 256, seed=4).reshape(128, 256, 256)  # 32 MiB, reduce axes 0 and 2
   peak = _peak_bytes(lambda: mortar_tf.count_ones(w, "aligned", reduction_axes=(0, 2)))
-  assert peak < w.nbytes // 256 * 2 + (1 << 20)  # one slice of the first output axis
+  assert peak < 10 << 20  # slices of about 2^20 elements (4 MiB), never the whole tensor
+  peak = _peak_bytes(lambda: mortar_tf.morph(w, "bitx", columns=5, reduction_axes=(0, 2)))
+  assert peak < w.nbytes + (16 << 20)  # the result and a slice or two, with their results
+
+
+def test_edge_cases_the_first_user_found():
+  # an empty first output axis with non-adjacent reduction axes
+  empty = np.zeros((4, 0, 6), np.float32)
+  for backend in ("native", "numpy"):
+    columns, lane_max, bitlet = mortar_tf.aligned_statistics(empty, reduction_axes=(0, 2),
+                                                             backend=backend)
+    assert columns.tolist() == [0] * 24 and lane_max.shape == bitlet.shape == (0, 2)
+  # a window of G lanes or more is one window: the same figures, no huge allocation
+  w = weights(256 * 4, seed=2).reshape(256, 4)
+  one_window = mortar_tf.aligned_statistics(w, window=16)
+  for window in (17, 2**32 + 8, 2**62):
+    for backend in ("native", "numpy"):
+      got = mortar_tf.aligned_statistics(w, window=window, backend=backend)
+      for a, b in zip(got, one_window):
+        np.testing.assert_array_equal(a, b)
+  # bitx keeps a 0-d shape on every backend
+  scalar = np.array(1.375, np.float32)
+  for backend in ("native", "numpy"):
+    assert mortar_tf.morph(scalar, "bitx", columns=1, backend=backend).shape == ()
+  # "" is not a layout
+  with pytest.raises(ValueError, match="unknown layout ''"):
+    mortar_tf.count_ones(w, "aligned", layout="")
+  # unaligned input is copied to an aligned buffer before C reads it
+  raw = np.zeros(4 * 12 + 1, np.uint8)
+  unaligned = np.frombuffer(raw.data, np.float32, count=12, offset=1)
+  assert native._words(unaligned).ctypes.data % 4 == 0  # pylint: disable=protected-access
+  # the raw entry points check what they are given
+  with pytest.raises(TypeError, match="float32"):
+    native.morph(np.ones(10, np.float64), "paper", 0.1, 0)
+  with pytest.raises(ValueError, match="does not cover"):
+    native.aligned(np.ones(10, np.float32), (1, 11, 1), 4, 24, 8, True)
+  with pytest.raises(ValueError, match="does not cover"):
+    native.bitx(np.ones(10, np.float32), (2, 5, 2), 4, 3)
+
+
+def test_counting_inside_tf_function_says_to_call_it_eagerly():
+  tf = pytest.importorskip("tensorflow")
+
+  @tf.function
+  def count(t):
+    return mortar_tf.count_ones(t, "word")
+
+  with pytest.raises(ValueError, match="call it eagerly"):
+    count(tf.ones(3))
+
+
+def test_an_unknown_isa_is_named_and_ignored(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-W", "always", "-c",
+       "import mortar_tf; from mortar_tf import native; print(native.isa())"],
+      capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+      env=dict(os.environ, MORTAR_TF_ISA="avx3"))
+  assert result.returncode == 0, result.stderr
+  assert "MORTAR_TF_ISA='avx3' is not one of avx512, avx2, baseline; ignored" in result.stderr
 
 
 # ---------------------------------------------------------------------------
@@ -307,13 +365,18 @@ def test_dispatch_and_its_errors():
     mortar_tf.count_ones(w.astype(np.float64))
   with pytest.raises(ValueError, match="window"):
     mortar_tf.aligned_statistics(w, window=0)
-  # group sizes past the kernels' counters fall back to numpy, same bits
-  big = weights(5000, seed=6).reshape(5000, 1)
-  np.testing.assert_array_equal(
-      u32(mortar_tf.morph(big, "bitx", columns=9, group_size=4500)),
-      u32(mortar_tf.morph(big, "bitx", columns=9, group_size=4500, backend="numpy")))
-  assert mortar_tf.count_ones(big, "aligned", group_size=4500) == bits.count_ones(
-      big, "aligned", group_size=4500)
+  # group sizes past the kernels' counters fall back to numpy, same bits; the
+  # largest the kernels take runs on them
+  big = weights(20000, seed=6).reshape(20000, 1)
+  for g in (native.MAX_GROUP_SIZE, native.MAX_GROUP_SIZE + 1):
+    np.testing.assert_array_equal(
+        u32(mortar_tf.morph(big, "bitx", columns=9, group_size=g)),
+        u32(mortar_tf.morph(big, "bitx", columns=9, group_size=g, backend="numpy")))
+    for a, b in zip(mortar_tf.aligned_statistics(big, group_size=g, window=3),
+                    mortar_tf.aligned_statistics(big, group_size=g, window=3, backend="numpy")):
+      np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="backend='op' takes group_size up to 16384"):
+    mortar_tf.count_ones(big, "aligned", group_size=16385, backend="op")
 
 
 def test_the_native_library_refuses_bad_arguments_instead_of_crashing():

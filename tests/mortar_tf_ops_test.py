@@ -342,5 +342,5 @@ def test_aligned_count_of_empty_matrices(shape):
 
 
 def test_aligned_count_rejects_huge_groups_by_name():
-  with pytest.raises(tf.errors.InvalidArgumentError, match="group_size must be in 1..4096"):
-    ops.aligned_count(np.ones((2, 8), np.float32), group_size=5000)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="group_size must be in 1..16384"):
+    ops.aligned_count(np.ones((2, 8), np.float32), group_size=16385)

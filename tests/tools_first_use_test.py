@@ -115,3 +115,13 @@ def test_every_tool_names_a_shared_name_the_same_way(tmp_path):
   for name in ("k (first)", "k (second)"):
     assert name in analyze.stdout and name in morph.stdout, name
   assert "#2" not in analyze.stdout
+
+
+@pytest.mark.parametrize("command,flag", [("mortar-analyze", "--model"),
+                                          ("mortar-morph", "--input"),
+                                          ("mortar-estimate", "--saved_model"),
+                                          ("mortar-sweep", "--model")])
+def test_helpshort_of_an_installed_command_describes_it_and_its_flags(command, flag):
+  result = installed_tool.run(command, "--helpshort")
+  assert f"{flag}:" in result.stdout and "flags:" in result.stdout, result.stdout[-2000:]
+  assert len(result.stdout.splitlines()) > 10  # the tool's docstring, not just USAGE

@@ -43,7 +43,7 @@ int PartsFor(int64_t units, int64_t min_units, int threads) {
 
 bool ValidView(const void* data, int64_t a, int64_t r, int64_t b, int64_t group_size) {
   return (data != nullptr || a * r * b == 0) && a >= 0 && r >= 0 && b >= 0 && group_size >= 1 &&
-         group_size <= 4096;
+         group_size <= mortar::kMaxGroupSize;
 }
 
 }  // namespace

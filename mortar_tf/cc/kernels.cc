@@ -311,7 +311,7 @@ struct Words<uint64_t> {
 // Bit-sliced counters: plane k holds bit k of a count kept for every column at
 // once, so adding a word's ones to all its columns is a carry chain over the
 // planes. A fixed trip count keeps it free of data-dependent branches.
-constexpr int kPlanes = 16;   // group_size <= 4096: counts stay below 2^14
+constexpr int kPlanes = 16;   // group_size <= kMaxGroupSize: counts stay below 2^16
 constexpr int kLevels = 8;    // second level: flushed every 255 tiles
 
 template <typename Vec>

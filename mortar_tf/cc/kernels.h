@@ -45,6 +45,9 @@ struct GroupedView {
 // group. TileCount says how many a view has, in an order that reads memory
 // forwards.
 constexpr int kTileLanes = 16;
+// The largest group the grouped kernels take: per column a group counts at
+// most group_size ones plus group_size all-zero windows in 16-bit counters.
+constexpr int64_t kMaxGroupSize = 16384;
 int64_t TileCount(const GroupedView& view);
 
 // Aligned-domain statistics (SPEC 3 and 4) of tiles [begin, end):

@@ -2,8 +2,27 @@
 
 import json
 import os
+import sys
 
 from absl import app
+from absl import flags
+
+
+def run_tool(main, module_name: str) -> None:
+  """app.run(main) for the tool defined in `module_name`.
+
+  An installed command's __main__ is pip's wrapper script, which has no
+  docstring and defines no flags, so absl's --help and --helpshort would
+  describe nothing: the tool's docstring and flags are lent to it first.
+  """
+  module = sys.modules[module_name]
+  main_module = sys.modules["__main__"]
+  if main_module is not module:
+    if not main_module.__doc__:
+      main_module.__doc__ = module.__doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  app.run(main)
 
 
 def numbers(name: str, values, kind) -> list:

@@ -100,7 +100,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  flag_parsing.run_tool(main, __name__)
 
 
 if __name__ == "__main__":

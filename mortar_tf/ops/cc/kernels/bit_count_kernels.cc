@@ -66,8 +66,9 @@ class MortarAlignedCountOp : public OpKernel {
     OP_REQUIRES_OK(context, context->GetAttr("group_size", &group_size_));
     OP_REQUIRES_OK(context, context->GetAttr("width", &width_));
     OP_REQUIRES_OK(context, context->GetAttr("window", &window_));
-    OP_REQUIRES(context, group_size_ >= 1 && group_size_ <= 4096,
-                errors::InvalidArgument("group_size must be in 1..4096, got ", group_size_));
+    OP_REQUIRES(context, group_size_ >= 1 && group_size_ <= mortar::kMaxGroupSize,
+                errors::InvalidArgument("group_size must be in 1..", mortar::kMaxGroupSize,
+                                        ", got ", group_size_));
     OP_REQUIRES(context, width_ >= 1 && width_ <= 64,
                 errors::InvalidArgument("width must be in 1..64, got ", width_));
     OP_REQUIRES(context, window_ >= 1,

@@ -67,8 +67,9 @@ class MortarBitxOp : public OpKernel {
     OP_REQUIRES_OK(context, context->GetAttr("group_size", &group_size_));
     OP_REQUIRES_OK(context, context->GetAttr("columns", &columns_));
     OP_REQUIRES_OK(context, context->GetAttr("view", &view_));
-    OP_REQUIRES(context, group_size_ >= 1 && group_size_ <= 4096,
-                errors::InvalidArgument("group_size must be in 1..4096, got ", group_size_));
+    OP_REQUIRES(context, group_size_ >= 1 && group_size_ <= mortar::kMaxGroupSize,
+                errors::InvalidArgument("group_size must be in 1..", mortar::kMaxGroupSize,
+                                        ", got ", group_size_));
     OP_REQUIRES(context, columns_ >= 1 && columns_ <= 64,
                 errors::InvalidArgument("columns must be in 1..64, got ", columns_));
     OP_REQUIRES(context, view_.size() == 3 && view_[0] >= 0 && view_[1] >= 0 && view_[2] >= 0,
