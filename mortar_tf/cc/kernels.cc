@@ -17,12 +17,16 @@
 
 #define MORTAR_INLINE __attribute__((always_inline)) inline
 
-// Defines NameAvx512, NameAvx2 and NameBaseline, each calling NameImpl.
-#define MORTAR_VARIANTS(name, params, args)                                                  \
-  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")))     \
-  void name##Avx512 params { name##Impl args; }                                              \
-  __attribute__((target("avx2,popcnt,bmi,bmi2"))) void name##Avx2 params { name##Impl args; } \
-  void name##Baseline params { name##Impl args; }
+// Defines NameAvx512, NameAvx2 and NameBaseline, each calling NameImpl<L>
+// with L the uint32 lanes of the variant's vector registers (16, 8, 4): code
+// written for vectors of L lanes keeps its working set in registers.
+#define MORTAR_VARIANTS(name, params, args)                                                 \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")))    \
+  void name##Avx512 params { name##Impl<16> args; }                                         \
+  __attribute__((target("avx2,popcnt,bmi,bmi2"))) void name##Avx2 params {                  \
+    name##Impl<8> args;                                                                     \
+  }                                                                                         \
+  void name##Baseline params { name##Impl<4> args; }
 
 namespace mortar {
 namespace {
@@ -100,6 +104,7 @@ MORTAR_INLINE Lanes AddEight(const uint32_t* w, bool significand, Lanes& ones, L
 // 16 vectors of 8 words are reduced to bit-sliced ones/twos/fours/eights
 // counters and one "sixteens" vector, and only that vector is spread over the
 // 32 per-bit lane counters: the per-bit work happens once per 128 words.
+template <int L>
 MORTAR_INLINE void CountBitsImpl(const uint32_t* words, int64_t n, bool significand,
                                  int64_t* counts) {
   Lanes ones = {}, twos = {}, fours = {}, eights = {};
@@ -146,6 +151,7 @@ MORTAR_VARIANTS(CountBits, (const uint32_t* words, int64_t n, bool significand, 
 // ---------------------------------------------------------------------------
 // Morphing: branch-free per-word functions of float_bits.h, so loops vectorise.
 
+template <int L>
 MORTAR_INLINE void MorphRangeImpl(Method method, const uint32_t* in, uint32_t* out, int64_t n,
                                   double p, int keep_bits) {
   switch (method) {
@@ -177,9 +183,14 @@ MORTAR_VARIANTS(MorphRange,
 // bit), so the arithmetic runs across lanes with no stride and no edge case.
 
 constexpr int V = kTileLanes;
-typedef uint32_t U32 __attribute__((vector_size(4 * V)));
-typedef uint64_t U64 __attribute__((vector_size(8 * V)));
-typedef int32_t I32 __attribute__((vector_size(4 * V)));
+
+// Vectors of L lanes. A tile (V lanes) is worked on in V / L parts of L lanes.
+template <int L>
+struct Vectors {
+  typedef uint32_t U32 __attribute__((vector_size(4 * L)));
+  typedef uint64_t U64 __attribute__((vector_size(8 * L)));
+  typedef int32_t I32 __attribute__((vector_size(4 * L)));
+};
 
 struct TilePlace {
   int64_t i0, j0, g;  // first output lane (i0, j0), group g
@@ -244,18 +255,23 @@ MORTAR_INLINE void Scatter(const GroupedView& view, const TilePlace& t, const ui
   }
 }
 
-MORTAR_INLINE U32 LoadRow(const uint32_t* tile, int64_t l) {
-  U32 u;
-  std::memcpy(&u, tile + l * V, sizeof u);
+// Lanes [part, part + L) of row l.
+template <int L>
+MORTAR_INLINE typename Vectors<L>::U32 LoadRow(const uint32_t* tile, int64_t l, int part) {
+  typename Vectors<L>::U32 u;
+  std::memcpy(&u, tile + l * V + part, sizeof u);
   return u;
 }
 
 // Per lane: the group's largest biased exponent among normal elements (0 when
 // there is none).
-MORTAR_INLINE U32 GroupEmax(const uint32_t* tile, int64_t g_size) {
+template <int L>
+MORTAR_INLINE typename Vectors<L>::U32 GroupEmax(const uint32_t* tile, int64_t g_size,
+                                                 int part) {
+  typedef typename Vectors<L>::U32 U32;
   U32 emax = {};
   for (int64_t l = 0; l < g_size; ++l) {
-    const U32 mag = LoadRow(tile, l) & kMagnitude;
+    const U32 mag = LoadRow<L>(tile, l, part) & kMagnitude;
     const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
     const U32 e = (mag >> 23) & normal;
     emax = e > emax ? e : emax;
@@ -265,11 +281,12 @@ MORTAR_INLINE U32 GroupEmax(const uint32_t* tile, int64_t g_size) {
 
 // Aligned words: column c of the window is bit (bits - 1 - c) of a W word
 // (W = uint32 for width <= 32, uint64 above).
-template <typename W>
+template <typename W, int L>
 struct Words;
 
-template <>
-struct Words<uint32_t> {
+template <int L>
+struct Words<uint32_t, L> {
+  typedef typename Vectors<L>::U32 U32;
   typedef U32 Vec;
   static constexpr int kBits = 32;
   // bit j of m lands in column 23 - j + d: bit j + 8 - d of the word
@@ -287,15 +304,16 @@ struct Words<uint32_t> {
   }
 };
 
-template <>
-struct Words<uint64_t> {
-  typedef U64 Vec;
+template <int L>
+struct Words<uint64_t, L> {
+  typedef typename Vectors<L>::U32 U32;
+  typedef typename Vectors<L>::U64 Vec;
   static constexpr int kBits = 64;
   static MORTAR_INLINE Vec Align(U32 m, U32 d) {
-    const U64 m64 = __builtin_convertvector(m, U64);
-    const U64 d64 = __builtin_convertvector(d, U64);
-    const U64 shifted = (m64 << 40) >> (d64 & 63u);
-    return d64 < 64u ? shifted : U64{};
+    const Vec m64 = __builtin_convertvector(m, Vec);
+    const Vec d64 = __builtin_convertvector(d, Vec);
+    const Vec shifted = (m64 << 40) >> (d64 & 63u);
+    return d64 < 64u ? shifted : Vec{};
   }
   static MORTAR_INLINE Vec Popcount(Vec x) {
     x = x - ((x >> 1) & 0x5555555555555555u);
@@ -312,7 +330,7 @@ struct Words<uint64_t> {
 // once, so adding a word's ones to all its columns is a carry chain over the
 // planes. A fixed trip count keeps it free of data-dependent branches.
 constexpr int kPlanes = 16;   // group_size <= kMaxGroupSize: counts stay below 2^16
-constexpr int kLevels = 8;    // second level: flushed every 255 tiles
+constexpr int kLevels = 8;    // second level: flushed every 255 additions
 
 template <typename Vec>
 MORTAR_INLINE void Increment(Vec* counter, int planes, Vec x) {
@@ -337,41 +355,40 @@ MORTAR_INLINE Vec MaxCount(const Vec* counter, int planes, Vec keep) {
   return value;
 }
 
-// Column totals over many tiles: each tile's per-lane counter (plane k =
+// Column totals over many tile parts: each part's per-lane counter (plane k =
 // weight 2^k) is added to a second-level counter per k, which is flushed to
 // int64 totals before it can overflow.
-template <typename Vec, int kBits>
+template <typename Vec, int kBits, int L>
 class ColumnTotals {
  public:
-  ColumnTotals(int width, int planes) : width_(width), planes_(planes) {}
+  explicit ColumnTotals(int planes) : planes_(planes) {}
 
   MORTAR_INLINE void Add(const Vec* counter, int64_t* columns) {
     for (int k = 0; k < planes_; ++k) Increment(levels_[k], kLevels, counter[k]);
-    if (++tiles_ == (1 << kLevels) - 1) Flush(columns);
+    if (++added_ == (1 << kLevels) - 1) Flush(columns);
   }
 
   void Flush(int64_t* columns) {
     for (int k = 0; k < planes_; ++k) {
       for (int j = 0; j < kLevels; ++j) {
-        for (int v = 0; v < V; ++v) {
-          auto plane = levels_[k][j][v];
+        for (int v = 0; v < L; ++v) {
+          uint64_t plane = uint64_t(levels_[k][j][v]);
           while (plane != 0) {
-            const int bit = 63 - __builtin_clzll(uint64_t(plane));
+            const int bit = 63 - __builtin_clzll(plane);
             columns[kBits - 1 - bit] += int64_t{1} << (k + j);
-            plane &= ~(decltype(plane)(1) << bit);
+            plane &= ~(uint64_t{1} << bit);
           }
         }
         levels_[k][j] = Vec{};
       }
     }
-    tiles_ = 0;
-    (void)width_;
+    added_ = 0;
   }
 
  private:
-  int width_, planes_;
+  int planes_;
   Vec levels_[kPlanes][kLevels] = {};
-  int tiles_ = 0;
+  int added_ = 0;
 };
 
 MORTAR_INLINE int BitLength(int64_t v) {
@@ -382,57 +399,64 @@ MORTAR_INLINE int BitLength(int64_t v) {
 
 // kFixedPlanes > 0: the counters' plane count is a compile-time constant (the
 // common group sizes), so the carry chains unroll and stay in registers.
-template <typename W, int kFixedPlanes>
+template <typename W, int kFixedPlanes, int L>
 MORTAR_INLINE void AlignedTilesTyped(const GroupedView& view, int width, int window,
                                      int64_t begin, int64_t end, int64_t* columns,
                                      int32_t* lane_max_out, int32_t* bitlet_out) {
-  typedef typename Words<W>::Vec Vec;
-  constexpr int kBits = Words<W>::kBits;
+  typedef typename Vectors<L>::U32 U32;
+  typedef typename Words<W, L>::Vec Vec;
+  constexpr int kBits = Words<W, L>::kBits;
   const int64_t g_size = view.group_size;
   const int64_t groups = view.groups();
   const int64_t windows = (g_size + window - 1) / window;
   const int cost_planes = kFixedPlanes > 0 ? kFixedPlanes : BitLength(g_size + windows);
-  const int zero_planes = kFixedPlanes > 0 ? kFixedPlanes : BitLength(windows);
+  const int zero_planes = BitLength(windows);
   const W keep_word = W(~W{0}) << (kBits - width);  // columns 0..width-1
   const Vec keep = Vec{} + keep_word;
   std::vector<uint32_t> tile(V * g_size);
   // ones per column = cost - all-zero windows, both counted bit-sliced
   std::vector<int64_t> cost_sums(kBits, 0), zero_sums(kBits, 0);
-  ColumnTotals<Vec, kBits> cost_totals(width, cost_planes), zero_totals(width, zero_planes);
+  ColumnTotals<Vec, kBits, L> cost_totals(cost_planes), zero_totals(zero_planes);
   for (int64_t t = begin; t < end; ++t) {
     const TilePlace place = Place(view, t);
     Gather(view, place, tile.data());
-    const U32 emax = GroupEmax(tile.data(), g_size);
-    Vec cost[kPlanes] = {};
-    Vec zero[kPlanes] = {};
-    Vec lane_max = {};
-    for (int64_t start = 0; start < g_size; start += window) {
-      const int64_t stop = std::min<int64_t>(start + window, g_size);
-      Vec any = {};
-      for (int64_t l = start; l < stop; ++l) {
-        const U32 u = LoadRow(tile.data(), l);
-        const U32 mag = u & kMagnitude;
-        const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
-        const U32 m = ((mag & kMantissa) | kHidden) & normal;
-        const Vec word = Words<W>::Align(m, emax - (mag >> 23)) & keep;
-        any |= word;
-        const Vec count = Words<W>::Popcount(word);
-        lane_max = count > lane_max ? count : lane_max;
-        Increment(cost, cost_planes, word);
+    for (int part = 0; part < place.lanes; part += L) {
+      const U32 emax = GroupEmax<L>(tile.data(), g_size, part);
+      Vec cost[kPlanes] = {};
+      Vec zero[kPlanes] = {};
+      Vec lane_max = {};
+      for (int64_t start = 0; start < g_size; start += window) {
+        const int64_t stop = std::min<int64_t>(start + window, g_size);
+        Vec any = {};
+        for (int64_t l = start; l < stop; ++l) {
+          const U32 u = LoadRow<L>(tile.data(), l, part);
+          const U32 mag = u & kMagnitude;
+          const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
+          const U32 m = ((mag & kMantissa) | kHidden) & normal;
+          const Vec word = Words<W, L>::Align(m, emax - (mag >> 23)) & keep;
+          any |= word;
+          const Vec count = Words<W, L>::Popcount(word);
+          lane_max = count > lane_max ? count : lane_max;
+          Increment(cost, cost_planes, word);
+        }
+        const Vec empty = keep & ~any;
+        Increment(cost, cost_planes, empty);
+        Increment(zero, zero_planes, empty);
       }
-      const Vec empty = keep & ~any;
-      Increment(cost, cost_planes, empty);
-      Increment(zero, zero_planes, empty);
-    }
-    cost_totals.Add(cost, cost_sums.data());
-    zero_totals.Add(zero, zero_sums.data());
-    if (lane_max_out != nullptr || bitlet_out != nullptr) {
-      Vec bitlet = MaxCount(cost, cost_planes, keep);
-      bitlet = bitlet > 1u ? bitlet : Vec{} + 1u;
-      for (int v = 0; v < place.lanes; ++v) {
-        const int64_t o = place.across_i ? place.i0 + v : place.i0 * view.b + place.j0 + v;
-        if (lane_max_out != nullptr) lane_max_out[o * groups + place.g] = int32_t(lane_max[v]);
-        if (bitlet_out != nullptr) bitlet_out[o * groups + place.g] = int32_t(bitlet[v]);
+      // lanes past place.lanes hold zeros: their windows are empty in both
+      // counters, so they cancel in cost - zero
+      cost_totals.Add(cost, cost_sums.data());
+      zero_totals.Add(zero, zero_sums.data());
+      if (lane_max_out != nullptr || bitlet_out != nullptr) {
+        Vec bitlet = MaxCount(cost, cost_planes, keep);
+        bitlet = bitlet > 1u ? bitlet : Vec{} + 1u;
+        const int lanes = std::min(L, place.lanes - part);
+        for (int v = 0; v < lanes; ++v) {
+          const int64_t lane = part + v;
+          const int64_t o = place.across_i ? place.i0 + lane : place.i0 * view.b + place.j0 + lane;
+          if (lane_max_out != nullptr) lane_max_out[o * groups + place.g] = int32_t(lane_max[v]);
+          if (bitlet_out != nullptr) bitlet_out[o * groups + place.g] = int32_t(bitlet[v]);
+        }
       }
     }
   }
@@ -441,6 +465,7 @@ MORTAR_INLINE void AlignedTilesTyped(const GroupedView& view, int width, int win
   for (int c = 0; c < width; ++c) columns[c] += cost_sums[c] - zero_sums[c];
 }
 
+template <int L>
 MORTAR_INLINE void AlignedTilesImpl(const GroupedView& view, int width, int window,
                                     int64_t begin, int64_t end, int64_t* columns,
                                     int32_t* lane_max, int32_t* bitlet) {
@@ -448,13 +473,25 @@ MORTAR_INLINE void AlignedTilesImpl(const GroupedView& view, int width, int wind
   const int planes = BitLength(view.group_size + windows);
   if (width <= 32) {
     switch (planes) {
-      case 5: AlignedTilesTyped<uint32_t, 5>(view, width, window, begin, end, columns, lane_max, bitlet); return;
-      case 6: AlignedTilesTyped<uint32_t, 6>(view, width, window, begin, end, columns, lane_max, bitlet); return;
-      case 7: AlignedTilesTyped<uint32_t, 7>(view, width, window, begin, end, columns, lane_max, bitlet); return;
-      default: AlignedTilesTyped<uint32_t, 0>(view, width, window, begin, end, columns, lane_max, bitlet); return;
+      case 5:
+        AlignedTilesTyped<uint32_t, 5, L>(view, width, window, begin, end, columns, lane_max,
+                                          bitlet);
+        return;
+      case 6:
+        AlignedTilesTyped<uint32_t, 6, L>(view, width, window, begin, end, columns, lane_max,
+                                          bitlet);
+        return;
+      case 7:
+        AlignedTilesTyped<uint32_t, 7, L>(view, width, window, begin, end, columns, lane_max,
+                                          bitlet);
+        return;
+      default:
+        AlignedTilesTyped<uint32_t, 0, L>(view, width, window, begin, end, columns, lane_max,
+                                          bitlet);
+        return;
     }
   }
-  AlignedTilesTyped<uint64_t, 0>(view, width, window, begin, end, columns, lane_max, bitlet);
+  AlignedTilesTyped<uint64_t, 0, L>(view, width, window, begin, end, columns, lane_max, bitlet);
 }
 
 MORTAR_VARIANTS(AlignedTiles,
@@ -466,24 +503,29 @@ MORTAR_VARIANTS(AlignedTiles,
 // column 23 - j + d, so it is kept iff j >= cut = 24 - columns + d. The kept
 // bits are the top of the significand: clear the mantissa below the cut, or
 // give +0.0 when even the hidden bit goes (cut >= 24). Specials are unchanged.
+template <int L>
 MORTAR_INLINE void BitxTilesImpl(const GroupedView& view, int columns, int64_t begin,
                                  int64_t end, uint32_t* out) {
+  typedef typename Vectors<L>::U32 U32;
+  typedef typename Vectors<L>::I32 I32;
   const int64_t g_size = view.group_size;
   std::vector<uint32_t> tile(V * g_size);
   for (int64_t t = begin; t < end; ++t) {
     const TilePlace place = Place(view, t);
     Gather(view, place, tile.data());
-    const U32 emax = GroupEmax(tile.data(), g_size);
-    for (int64_t l = 0; l < g_size; ++l) {
-      const U32 u = LoadRow(tile.data(), l);
-      const U32 mag = u & kMagnitude;
-      const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
-      const I32 cut = (I32)(emax - (mag >> 23)) + (24 - columns);  // d >= 0 where normal
-      const I32 clamped = cut < 0 ? I32{} : (cut > 23 ? I32{} + 23 : cut);
-      const U32 low = ((U32{} + 1u) << (U32)clamped) - 1u;
-      const U32 pruned = (U32)(cut >= 24) ? U32{} : (u & ~low);
-      const U32 result = normal ? pruned : u;
-      std::memcpy(tile.data() + l * V, &result, sizeof result);
+    for (int part = 0; part < place.lanes; part += L) {
+      const U32 emax = GroupEmax<L>(tile.data(), g_size, part);
+      for (int64_t l = 0; l < g_size; ++l) {
+        const U32 u = LoadRow<L>(tile.data(), l, part);
+        const U32 mag = u & kMagnitude;
+        const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
+        const I32 cut = (I32)(emax - (mag >> 23)) + (24 - columns);  // d >= 0 where normal
+        const I32 clamped = cut < 0 ? I32{} : (cut > 23 ? I32{} + 23 : cut);
+        const U32 low = ((U32{} + 1u) << (U32)clamped) - 1u;
+        const U32 pruned = (U32)(cut >= 24) ? U32{} : (u & ~low);
+        const U32 result = normal ? pruned : u;
+        std::memcpy(tile.data() + l * V + part, &result, sizeof result);
+      }
     }
     Scatter(view, place, tile.data(), out);
   }
