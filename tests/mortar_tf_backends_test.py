@@ -411,3 +411,27 @@ def test_threads_give_the_same_bits(monkeypatch):
                      for a in mortar_tf.aligned_statistics(w, group_size=64)],
                     hashlib.sha256(u32(mortar_tf.morph(w, "bitx", columns=6))).hexdigest()])
   assert results[0] == results[1] == results[2]
+
+
+def test_the_references_and_kernels_sit_below_the_one_module_that_chooses():
+  # bits and morphing are the numpy references, native the kernels: none of them
+  # imports backends, ops or TensorFlow (the old bits <-> ops circle), and only
+  # backends imports native.
+  import ast  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  package = pathlib.Path(mortar_tf.__file__).parent
+  allowed = {"bits": {"numpy"}, "morphing": {"numpy", "mortar_tf.bits"}, "native": {"numpy"}}
+  for name, others in allowed.items():
+    tree = ast.parse((package / f"{name}.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        imported.update(alias.name for alias in node.names)
+      elif isinstance(node, ast.ImportFrom) and node.module:
+        imported.update(f"{node.module}.{alias.name}" if node.module == "mortar_tf"
+                        else node.module for alias in node.names)
+    ours = {m for m in imported if m.startswith(("mortar_tf", "tensorflow", "keras"))}
+    assert ours <= others, (name, ours - others)
+  users = [p.name for p in package.rglob("*.py")
+           if "from mortar_tf import native" in p.read_text() and p.name != "backends.py"]
+  assert users == [], users
