@@ -3,9 +3,11 @@
 Each case is timed --repeats times and so is np.copy of the same array, in
 the same run, interleaved (copy, case, copy, case, ...), so both see the same
 machine state; the ratio printed is the median of the per-round ratios, with
-their spread (min..max). Also printed per case: the bytes numpy allocated at
-the peak (tracemalloc), as a multiple of the array, and whether the result
-shares memory with the input; and the import time of mortar_tf (which must not
+their spread (min..max). Also printed per case, as multiples of the array:
+the bytes numpy allocated at the peak (tracemalloc) and the peak resident
+memory above what was resident before the call (Linux's VmHWM, reset through
+/proc/self/clear_refs; the result counts); and whether the result shares
+memory with the input; and the import time of mortar_tf (which must not
 load TensorFlow) against numpy's. The goals are issue 15's; nothing here is
 asserted.
 
@@ -13,6 +15,7 @@ asserted.
       [--reference]   # also time the numpy reference (slow: seconds per case)
 """
 
+import re
 import statistics
 import subprocess
 import sys
@@ -55,6 +58,26 @@ def _peak_allocated(fn):
     tracemalloc.stop()
 
 
+def _status_bytes(key):
+  with open("/proc/self/status", encoding="ascii") as f:
+    return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+def _peak_rss(fn):
+  """Peak resident memory during fn() above the resident memory before it (bytes),
+  or None where Linux's peak cannot be reset (/proc/self/clear_refs)."""
+  try:
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+      f.write("5")  # resets VmHWM to the current VmRSS
+  except OSError:
+    return None
+  before = _status_bytes("VmRSS")
+  result = fn()
+  peak = _status_bytes("VmHWM")
+  del result
+  return peak - before
+
+
 def _import_seconds(statement, repeats=3):
   times = []
   for _ in range(repeats):
@@ -95,7 +118,8 @@ def main(argv):
                   lambda g=g: mortar_tf.bit_histogram(w, "aligned", group_size=g, **conv), 3.0))
     cases.append((f"aligned + cycle figures G={g}",
                   lambda g=g: mortar_tf.aligned_statistics(w, group_size=g, **conv), 3.0))
-  header = f"{'case':32s} {'x copy':>7s} {'spread':>11s} {'goal':>5s}  {'peak alloc':>10s} {'shares':>6s}"
+  header = (f"{'case':32s} {'x copy':>7s} {'spread':>11s} {'goal':>5s}  {'peak alloc':>10s} "
+            f"{'peak RSS':>8s} {'shares':>6s}")
   if _REFERENCE.value:
     header += f" {'numpy x copy':>12s}"
   print(header)
@@ -105,8 +129,11 @@ def main(argv):
     peak, result = _peak_allocated(fn)
     shares = "-" if not isinstance(result, np.ndarray) else (
         "yes" if np.shares_memory(result, w) else "no")
+    del result
+    rss = _peak_rss(fn)
+    rss = "n/a" if rss is None else f"{max(0, rss) / w.nbytes:.2f}x"
     line = (f"{name:32s} {median:7.2f} {min(ratios):5.2f}..{max(ratios):<5.2f} {goal:5.1f}"
-            f"{' ' if median <= goal else '!'} {peak / w.nbytes:9.2f}x {shares:>6s}")
+            f"{' ' if median <= goal else '!'} {peak / w.nbytes:9.2f}x {rss:>8s} {shares:>6s}")
     if _REFERENCE.value:
       reference = _ratios(lambda fn=fn, name=name: _reference(name, w), w, 1)
       line += f" {reference[0]:12.1f}"
