@@ -162,6 +162,18 @@ def _check_count_args(w, domain, layout, reduction_axes, equation, group_size, w
   return w, axes, group_size, width
 
 
+def _count(what, w, domain, layout, reduction_axes, equation, group_size, width, backend):
+  """count_ones (`what` = "count_ones") or bit_histogram on the chosen backend."""
+  w, axes, group_size, width = _check_count_args(w, domain, layout, reduction_axes, equation,
+                                                 group_size, width)
+  backend = resolve(backend, what)
+  if backend == "numpy":
+    reference = bits.count_ones if what == "count_ones" else bits.bit_histogram
+    return reference(w, domain, reduction_axes=axes, group_size=group_size, width=width)
+  histogram, total = _counts(w, domain, axes, group_size, width, backend)
+  return total if what == "count_ones" else histogram
+
+
 def _counts(w, domain, axes, group_size, width, backend):
   """(histogram most significant first, total) on a native or op backend."""
   if domain == "aligned":
@@ -203,12 +215,8 @@ def count_ones(w, domain: str = "significand", *, layout: str | None = None,
     >>> count_ones(np.float32([[3.0], [0.375]]), "aligned", group_size=2, width=3)
     2
   """
-  w, axes, group_size, width = _check_count_args(w, domain, layout, reduction_axes, equation,
-                                                 group_size, width)
-  backend = resolve(backend, "count_ones")
-  if backend == "numpy":
-    return bits.count_ones(w, domain, reduction_axes=axes, group_size=group_size, width=width)
-  return _counts(w, domain, axes, group_size, width, backend)[1]
+  return _count("count_ones", w, domain, layout, reduction_axes, equation, group_size, width,
+                backend)
 
 
 def ones_by_domain(w, *, backend: str | None = None, **grouping) -> dict[str, int]:
@@ -232,12 +240,8 @@ def bit_histogram(w, domain: str = "significand", *, layout: str | None = None,
     >>> bit_histogram(np.float32([1.5]), "significand")[:3]
     array([1, 1, 0])
   """
-  w, axes, group_size, width = _check_count_args(w, domain, layout, reduction_axes, equation,
-                                                 group_size, width)
-  backend = resolve(backend, "bit_histogram")
-  if backend == "numpy":
-    return bits.bit_histogram(w, domain, reduction_axes=axes, group_size=group_size, width=width)
-  return _counts(w, domain, axes, group_size, width, backend)[0]
+  return _count("bit_histogram", w, domain, layout, reduction_axes, equation, group_size, width,
+                backend)
 
 
 def aligned_statistics(w, *, layout: str | None = None, reduction_axes=None,

@@ -427,26 +427,9 @@ def _aligned_columns(m, d, width) -> np.ndarray:
 def count_ones(w, domain: str = "significand", *, layout: str | None = None,
                reduction_axes=None, equation: str | None = None,
                group_size: int = DEFAULT_GROUP_SIZE, width: int = DEFAULT_WIDTH) -> int:
-  """Number of 1 bits of float32 weights in one domain (SPEC 1): the numpy reference.
-
-  mortar_tf.count_ones (mortar_tf.backends) is the public entry point; it runs
-  the C++ kernels when they are built and this function otherwise.
-
-  Args:
-    w: float32 weights (numpy, tf.Tensor or tf.Variable).
-    domain: "significand" (24 bits with the hidden one; specials count 0),
-      "word" (all 32 bits) or "aligned" (bits inside the exponent-matched
-      window of each group, SPEC 3).
-    layout, reduction_axes, equation, group_size, width: the grouping of the
-      "aligned" domain; ignored by the others (reduction axes default to all
-      but the last, which is right for dense and conv kernels).
-
-  Returns:
-    A Python int.
-
-  Raises:
-    TypeError: not float32.
-    ValueError: unknown domain or bad grouping arguments.
+  """Number of 1 bits of float32 weights in one domain (SPEC 1): the numpy reference
+  of mortar_tf.count_ones, which documents the arguments (all but `backend`) and
+  runs the C++ kernels when they are built.
 
   Example (one group: 0.375 sits 3 binades below 3.0, past a 3-column window):
     >>> count_ones(np.float32([[3.0], [0.375]]), "aligned", group_size=2, width=3)
@@ -468,13 +451,8 @@ def count_ones(w, domain: str = "significand", *, layout: str | None = None,
 def bit_histogram(w, domain: str = "significand", *, layout: str | None = None,
                   reduction_axes=None, equation: str | None = None,
                   group_size: int = DEFAULT_GROUP_SIZE, width: int = DEFAULT_WIDTH) -> np.ndarray:
-  """Ones per bit position, most significant first (SPEC 1 and 3): the numpy reference.
-
-  Returns an int64 array of 32 counts (`word`: sign, 8 exponent bits, 23
-  mantissa bits), 24 (`significand`: hidden bit first) or `width` (`aligned`:
-  column 0 first, the "arched" profile of the paper's figure).
-
-  Args and Raises: as count_ones.
+  """Ones per bit position, most significant first: the numpy reference of
+  mortar_tf.bit_histogram (which documents the result), with count_ones' arguments.
 
   Example:
     >>> bit_histogram(np.float32([1.5]), "significand")[:3]
