@@ -1,9 +1,10 @@
 // The kernels of kernels.h. Every loop body is an always-inline template,
 // instantiated in three functions compiled for AVX-512, AVX2 and baseline
 // x86-64 (target attributes, not target_clones, because a clone can name only
-// one feature and the 512-bit code needs several); Dispatch() picks one at
+// one feature and the 512-bit code needs several); DetectIsa() picks one at
 // load time. MORTAR_TF_ISA=avx2|baseline forces a narrower one (the tests use
-// it to check that every variant gives the same bits).
+// it to check that every variant gives the same bits). On other CPUs, or built
+// with -DMORTAR_TF_PORTABLE, there is one portable variant.
 
 #include "mortar_tf/cc/kernels.h"
 
@@ -17,6 +18,7 @@
 
 #define MORTAR_INLINE __attribute__((always_inline)) inline
 
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(MORTAR_TF_PORTABLE)
 // Defines NameAvx512, NameAvx2 and NameBaseline, each calling NameImpl<L>
 // with L the uint32 lanes of the variant's vector registers (16, 8, 4): code
 // written for vectors of L lanes keeps its working set in registers.
@@ -27,6 +29,12 @@
     name##Impl<8> args;                                                                     \
   }                                                                                         \
   void name##Baseline params { name##Impl<4> args; }
+#else  // other CPUs: one portable variant (the names stay, the dispatcher picks it)
+#define MORTAR_VARIANTS(name, params, args)                \
+  void name##Avx512 params { name##Impl<4> args; }         \
+  void name##Avx2 params { name##Impl<4> args; }           \
+  void name##Baseline params { name##Impl<4> args; }
+#endif
 
 namespace mortar {
 namespace {
@@ -34,8 +42,9 @@ namespace {
 enum class Isa { kBaseline, kAvx2, kAvx512 };
 
 Isa DetectIsa() {
-  __builtin_cpu_init();
   Isa isa = Isa::kBaseline;
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(MORTAR_TF_PORTABLE)
+  __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") &&
       __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2")) {
     isa = Isa::kAvx2;
@@ -45,6 +54,7 @@ Isa DetectIsa() {
       __builtin_cpu_supports("avx512dq")) {
     isa = Isa::kAvx512;
   }
+#endif
   const char* forced = std::getenv("MORTAR_TF_ISA");
   if (forced != nullptr && std::strcmp(forced, "baseline") == 0) isa = Isa::kBaseline;
   if (forced != nullptr && std::strcmp(forced, "avx2") == 0 && isa == Isa::kAvx512) {
