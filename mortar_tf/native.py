@@ -118,10 +118,18 @@ def _words(x: np.ndarray) -> np.ndarray:
   return x.view(np.uint32)
 
 
-def _check_view(x: np.ndarray, view) -> None:
+def _check_view(x: np.ndarray, view, group_size: int) -> None:
   a, r, b = view
   if min(a, r, b) < 0 or a * r * b != x.size:
     raise ValueError(f"view {tuple(view)} does not cover the {x.size} elements of x")
+  if not 1 <= group_size <= MAX_GROUP_SIZE:
+    raise ValueError(f"the native kernels take group_size 1..{MAX_GROUP_SIZE}, got {group_size}")
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> int:
+  if not low <= value <= high:  # ctypes would silently wrap a C int
+    raise ValueError(f"{name} must be in {low}..{high}, got {value}")
+  return int(value)
 
 
 def _check(code: int, what: str) -> None:
@@ -140,6 +148,11 @@ def count_bits(x: np.ndarray, significand: bool) -> np.ndarray:
 
 def morph(x: np.ndarray, method: str, precision: float, keep_bits: int) -> np.ndarray:
   """A new float32 array of x's shape: paper, fewest_ones or round, per word."""
+  if method not in METHOD_CODES:
+    raise ValueError(f"the native morph kernel runs {', '.join(METHOD_CODES)}, not {method!r}")
+  keep_bits = _check_range("keep_bits", keep_bits, 0, 23) if method == "round" else 0
+  if method != "round" and not 0.0 < float(precision) <= 1.0:
+    raise ValueError(f"precision must satisfy 0 < P <= 1, got {precision!r}")
   words = _words(x)
   out = np.empty(x.shape, np.float32)
   _check(_library().mortar_morph(words.ctypes.data, out.ctypes.data, words.size,
@@ -156,7 +169,9 @@ def aligned(x: np.ndarray, view: tuple[int, int, int], group_size: int, width: i
     (columns int64 [width], lane_max, bitlet): the figures are int32
     [a * b, groups] arrays when `figures`, else None.
   """
-  _check_view(x, view)
+  _check_view(x, view, group_size)
+  width = _check_range("width", width, 1, 64)
+  window = _check_range("window", window, 1, 2**31 - 1)
   a, r, b = view
   words = _words(x)
   columns = np.zeros(width, np.int64)
@@ -174,7 +189,8 @@ def aligned(x: np.ndarray, view: tuple[int, int, int], group_size: int, width: i
 
 def bitx(x: np.ndarray, view: tuple[int, int, int], group_size: int, columns: int) -> np.ndarray:
   """BitX pruning of x read as the [a, r, b] view; a new array of x's shape."""
-  _check_view(x, view)
+  _check_view(x, view, group_size)
+  columns = _check_range("columns", columns, 1, 64)
   a, r, b = view
   words = _words(x)
   out = np.empty(x.shape, np.float32)

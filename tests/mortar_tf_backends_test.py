@@ -302,6 +302,12 @@ def test_edge_cases_the_first_user_found():
     native.aligned(np.ones(10, np.float32), (1, 11, 1), 4, 24, 8, True)
   with pytest.raises(ValueError, match="does not cover"):
     native.bitx(np.ones(10, np.float32), (2, 5, 2), 4, 3)
+  with pytest.raises(ValueError, match="window must be in 1..2147483647"):
+    native.aligned(np.ones(10, np.float32), (1, 10, 1), 4, 24, 2**32 + 8, True)
+  with pytest.raises(ValueError, match="group_size 1..16384"):
+    native.bitx(np.ones(10, np.float32), (1, 10, 1), 16385, 3)
+  with pytest.raises(ValueError, match="keep_bits must be in 0..23"):
+    native.morph(np.ones(10, np.float32), "round", 1.0, 2**32 + 3)
 
 
 def test_counting_inside_tf_function_says_to_call_it_eagerly():
