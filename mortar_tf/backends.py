@@ -100,25 +100,7 @@ def resolve(backend: str | None, what: str, allowed=COUNT_BACKENDS) -> str:
 
 
 # --------------------------------------------------------------------------
-# Grouped views (SPEC 3) without a whole-tensor transpose
-
-
-def grouped_view(shape, axes) -> tuple[int, int, int] | None:
-  """(a, r, b) when the reduction axes are adjacent in the row-major layout, else None.
-
-  The weight is then [a, r, b] with output elements (a, b) and reductions
-  along r, read in place (a conv kernel [kh, kw, cin, cout] is [1, kh*kw*cin,
-  cout]).
-  """
-  axes = tuple(axes)
-  if not axes:  # nothing reduced: every element is its own output, one per group
-    return math.prod(shape), 1, 1
-  if axes != tuple(range(axes[0], axes[-1] + 1)):
-    return None
-  a = math.prod(shape[:axes[0]])
-  r = math.prod(shape[axes[0]:axes[-1] + 1])
-  b = math.prod(shape[axes[-1] + 1:])
-  return a, r, b
+# Reduction axes that are not adjacent (no grouped view): sliced
 
 
 def _slices(w: np.ndarray, axes):
@@ -283,7 +265,7 @@ def _aligned(w, axes, group_size, width, window, figures, backend):
     columns, _, lane_max, bitlet = _ops(group_size).aligned_count(
         w, reduction_axes=axes, group_size=group_size, width=width, window=window)
     return np.asarray(columns.numpy(), np.int64), lane_max.numpy(), bitlet.numpy()
-  view = grouped_view(w.shape, axes)
+  view = bits.grouped_view(w.shape, axes)
   if view is not None:
     return native.aligned(w, view, group_size, width, window, figures)
   columns = np.zeros(width, np.int64)
@@ -309,7 +291,7 @@ def _aligned(w, axes, group_size, width, window, figures, backend):
 def _bitx_native(w: np.ndarray, spec, axes) -> np.ndarray:
   if spec.group_size > MAX_KERNEL_GROUP_SIZE:
     return morphing.morph_numpy(w, spec, axes)
-  view = grouped_view(w.shape, axes)
+  view = bits.grouped_view(w.shape, axes)
   if view is not None:
     return native.bitx(w, view, spec.group_size, spec.columns)
   out = np.empty(w.shape, np.float32)

@@ -211,6 +211,24 @@ def resolve_reduction_axes(shape: Sequence[int], reduction_axes=None, layout=Non
   return tuple(sorted(axes))
 
 
+def grouped_view(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, int, int] | None:
+  """(a, r, b) when the reduction axes are adjacent in the row-major layout, else None.
+
+  The weight is then [a, r, b] with output elements (a, b) and reductions
+  along r, read in place (a conv kernel [kh, kw, cin, cout] is [1, kh*kw*cin,
+  cout]).
+  """
+  axes = tuple(axes)
+  if not axes:  # nothing reduced: every element is its own output, one per group
+    return math.prod(shape), 1, 1
+  if axes != tuple(range(axes[0], axes[-1] + 1)):
+    return None
+  a = math.prod(shape[:axes[0]])
+  r = math.prod(shape[axes[0]:axes[-1] + 1])
+  b = math.prod(shape[axes[-1] + 1:])
+  return a, r, b
+
+
 def check_group_args(group_size, width) -> tuple[int, int]:
   """Validates `group_size` (>= 1) and `width` (1..64); returns them as ints."""
   if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral) or group_size < 1:

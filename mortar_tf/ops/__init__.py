@@ -140,12 +140,10 @@ def morph_spec(x, spec, reduction_axes=()):
 def _bitx(x, spec, axes):
   """BitX on the op: in place when the reduction axes are adjacent, else transposed."""
   shape = [int(d) for d in x.shape]
-  if not axes or axes == tuple(range(axes[0], axes[-1] + 1)):
-    first, last = (axes[0], axes[-1]) if axes else (len(shape), len(shape) - 1)
-    view = [math.prod(shape[:first]), math.prod(shape[first:last + 1]),
-            math.prod(shape[last + 1:])]
+  view = bits.grouped_view(shape, axes)
+  if view is not None:
     return _library().mortar_bitx(x=x, group_size=spec.group_size, columns=spec.columns,
-                                  view=view)
+                                  view=list(view))
   out_axes = [a for a in range(len(shape)) if a not in axes]
   perm = out_axes + list(axes)
   moved = tf.transpose(x, perm)
