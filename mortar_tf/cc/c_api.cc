@@ -17,12 +17,17 @@ namespace {
 
 constexpr int kBadArgument = 1;
 
-// Runs fn(begin, end, part) over [0, units) in `threads` contiguous parts, or
-// fewer so that each has at least min_units.
+// How many parts ParallelFor cuts `units` into: `threads`, or fewer so that
+// each has at least min_units (callers size per-part results with it).
+int PartsFor(int64_t units, int64_t min_units, int threads) {
+  const int64_t by_work = std::max<int64_t>(1, units / std::max<int64_t>(1, min_units));
+  return int(std::max<int64_t>(1, std::min<int64_t>(std::max(threads, 1), by_work)));
+}
+
+// Runs fn(begin, end, part) over [0, units) in PartsFor(...) contiguous parts.
 template <typename Fn>
 void ParallelFor(int64_t units, int64_t min_units, int threads, const Fn& fn) {
-  const int64_t by_work = std::max<int64_t>(1, units / std::max<int64_t>(1, min_units));
-  const int parts = int(std::max<int64_t>(1, std::min<int64_t>(std::max(threads, 1), by_work)));
+  const int parts = PartsFor(units, min_units, threads);
   if (parts == 1) {
     fn(int64_t{0}, units, 0);
     return;
@@ -34,11 +39,6 @@ void ParallelFor(int64_t units, int64_t min_units, int threads, const Fn& fn) {
   }
   fn(int64_t{0}, units / parts, 0);
   for (std::thread& t : pool) t.join();
-}
-
-int PartsFor(int64_t units, int64_t min_units, int threads) {
-  const int64_t by_work = std::max<int64_t>(1, units / std::max<int64_t>(1, min_units));
-  return int(std::max<int64_t>(1, std::min<int64_t>(std::max(threads, 1), by_work)));
 }
 
 bool ValidView(const void* data, int64_t a, int64_t r, int64_t b, int64_t group_size) {
