@@ -7,9 +7,11 @@ copied only when C cannot read it in place (not C-contiguous, or not aligned
 to 4 bytes). ctypes releases the GIL for the call, and the C side splits the
 work over `threads()` threads.
 
-These are the raw entry points, with little checking; use mortar_tf.morph,
-mortar_tf.count_ones and mortar_tf.bit_histogram, which validate and choose
-between this library, the TensorFlow op and numpy.
+These are the raw entry points: they check only what C would otherwise
+misread (dtype, the view's size, integers a C int would wrap). Use
+mortar_tf.morph, count_ones, bit_histogram and aligned_statistics, which
+validate every argument and choose between this library, the TensorFlow op
+and numpy.
 
 Example:
   >>> import numpy as np

@@ -123,7 +123,7 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
 
     def _columns(k, value):
       return backends.bit_histogram(value, "aligned", reduction_axes=k.axes,
-                                group_size=swept.group_size, width=swept.width)
+                                    group_size=swept.group_size, width=swept.width)
 
     before = sum(_columns(k, k.original) for k in kernels.values())
     if found is not None and found.precisions:

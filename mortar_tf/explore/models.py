@@ -194,7 +194,7 @@ def model_kernels(model, group_size: int = bits.DEFAULT_GROUP_SIZE,
       continue
     out.append(Kernel(layer, name, variable, value, axes,
                       backends.ones_by_domain(value, reduction_axes=axes, group_size=group_size,
-                                          width=width), tuple(names)))
+                                              width=width), tuple(names)))
   if not out:
     raise ValueError("the model has no float32 kernels to morph")
   for kernel in out:
