@@ -184,6 +184,17 @@ BUILDERS = {
 }
 
 
+def fully_convolutional(seed=9):
+  """Free H and W (as MTCNN's PNet and HED), two valid 3x3 convs "a" and "b": inputs
+  under 5x5 cannot run. Not in the zoo; the SavedModel tools' tests export it."""
+  inputs = keras.Input((None, None, 3))
+  x = layers.Conv2D(4, 3, name="a")(inputs)
+  model = keras.Model(inputs, layers.Conv2D(2, 3, name="b")(x))
+  rng = np.random.default_rng(seed)
+  model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.weights])
+  return model
+
+
 def build(name):
   model = BUILDERS[name]()
   return model if name == "fer" else _seeded(model)

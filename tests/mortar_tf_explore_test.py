@@ -15,6 +15,8 @@ import mortar_tf
 from mortar_tf import explore
 from mortar_tf.explore import job
 
+import keras_zoo
+
 rng = np.random.default_rng(11)
 X = rng.standard_normal((64, 16)).astype(np.float32)
 
@@ -224,12 +226,7 @@ def test_a_saved_model_sweeps_like_the_keras_model_it_was_exported_from(tmp_path
 def test_a_fully_convolutional_saved_model_is_estimated_at_the_datas_shape(tmp_path):
   # Free H and W (MTCNN's PNet, HED): the job estimates at one sample of the
   # data's own shape, and its figure is the estimator's at that shape.
-  inputs = keras.Input((None, None, 3))
-  x = keras.layers.Conv2D(4, 3, name="a")(inputs)
-  outputs = keras.layers.Conv2D(2, 3, name="b")(x)
-  model = keras.Model(inputs, outputs)
-  model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.weights])
-  model.export(str(tmp_path / "sm"), verbose=False)
+  keras_zoo.fully_convolutional().export(str(tmp_path / "sm"), verbose=False)
   x = rng.standard_normal((6, 20, 24, 3)).astype(np.float32)
   np.savez(tmp_path / "d.npz", x=x)
   result = job.run_job(str(tmp_path / "sm"), str(tmp_path / "d.npz"), str(tmp_path / "out"),

@@ -6,12 +6,12 @@ commands: one clear message, a non-zero exit, nothing left behind.
 import os
 import stat
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import installed_tool
+import keras_zoo
 
 rng = np.random.default_rng(9)
 
@@ -20,12 +20,7 @@ rng = np.random.default_rng(9)
 def fully_conv(tmp_path_factory):
   """Free H and W, two valid 3x3 convs: inputs under 5x5 cannot run."""
   d = tmp_path_factory.mktemp("fc")
-  inputs = keras.Input((None, None, 3))
-  x = keras.layers.Conv2D(4, 3, name="a")(inputs)
-  outputs = keras.layers.Conv2D(2, 3, name="b")(x)
-  model = keras.Model(inputs, outputs)
-  model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.weights])
-  model.export(str(d / "m"), verbose=False)
+  keras_zoo.fully_convolutional().export(str(d / "m"), verbose=False)
   return d / "m"
 
 
