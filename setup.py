@@ -116,6 +116,7 @@ setup(
             "mortar-morph = mortar_tf.tools.morph_saved_model:run",
             "mortar-estimate = mortar_tf.tools.estimate:run",
             "mortar-sweep = mortar_tf.tools.sweep:run",
+            "mortar-results = mortar_tf.tools.results:run",
         ],
     },
 )

@@ -401,15 +401,18 @@ def _specs(grid, group_size, width) -> list[morphing.MorphSpec]:
   return specs
 
 
-def _progress(enabled: bool, done: int, total: int, label: str) -> None:
-  if enabled:
+def _progress(enabled, done: int, total: int, label: str) -> None:
+  """A bar on stderr when `enabled` is True; a callable is called instead."""
+  if callable(enabled):
+    enabled(done, total, label)
+  elif enabled:
     table.progress(done, total, label, width=24, label_width=32)
 
 
 def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
           higher_is_better: bool = True, estimate_speedup: bool = True, input_shape=None,
           group_size: int = engines_lib.DEFAULT_GROUP_SIZE,
-          width: int = engines_lib.DEFAULT_WIDTH, progress: bool = False) -> SweepResult:
+          width: int = engines_lib.DEFAULT_WIDTH, progress=False) -> SweepResult:
   """Evaluates the model with its kernels morphed at each setting of `grid`.
 
   Args:
@@ -423,7 +426,8 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
     input_shape: for the estimator (default: the model's, batch 1).
     group_size, width: the aligned domain's grouping (bitx's, and the
       ratios'); default the engines' (64, 24).
-    progress: draw a progress bar on stderr.
+    progress: draw a progress bar on stderr; or a callable (done, total,
+      label), called before each setting and at the end.
 
   Raises:
     ValueError: an empty grid or method grid, a bad setting, a model without
@@ -563,7 +567,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
                       input_shape=None, group_size: int = engines_lib.DEFAULT_GROUP_SIZE,
                       width: int = engines_lib.DEFAULT_WIDTH, calibration=None,
                       max_evaluations: int = 30, estimate_speedup: bool = True,
-                      refine=None, progress: bool = False) -> SearchResult:
+                      refine=None, progress=False) -> SearchResult:
   """A {kernel: P} map that saves the most within a metric budget.
 
   1. Sensitivity: on a calibration subset (`calibration`, else the inputs a
@@ -599,6 +603,9 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     refine: None, or a function {kernel key: P} -> metric value that a full
       evaluation calls instead of scoring the morphed model as it is
       (finetune.search_with_finetune distils each candidate this way).
+    progress: a bar on stderr over the sensitivity measurements; or a
+      callable (done, total, label), called for each of them and for each
+      full evaluation (done counting up to max_evaluations).
 
   Returns:
     A SearchResult whose map, applied through the map matcher as morph_model
@@ -630,6 +637,8 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
 
   def full(chosen: Mapping[int, float]) -> float:
     counter["full"] += 1
+    if callable(progress):  # a bar has no total to show these against
+      progress(counter["full"], max_evaluations, f"full evaluation {counter['full']}")
     if refine is not None and chosen:
       return float(refine({kernels[i].key: p for i, p in chosen.items()}))
     # One morphed copy at a time: assigned as soon as it is made (memory: the

@@ -1,0 +1,573 @@
+"""The paper's evaluation on a list of models: one record per model.
+
+For each model of a list (a JSON file of `ModelEntry`s: a Keras file or a
+SavedModel, an .npz to score on, a built-in metric and a budget),
+`evaluate_model` measures what the paper's tables and figures show, plus what
+they leave out:
+
+- the design-space table: the metric, the ones ratios in the three domains
+  and SPEC 4's two headline speedups at every P of the grid, for `paper` and
+  `fewest_ones` (`sweep`);
+- BitX at the column counts that bracket Mortar's aligned sparsity (`paper`
+  at the reference P), with its metric and speedups;
+- the per-kernel search within the entry's budget, against the best global P;
+- the estimator's cycle totals of every engine on the original and on the
+  weights morphed at the reference P, with the engines' areas;
+- what the figures need: ones per word bit position of every kernel before
+  morphing, and the aligned column profile before and after morphing;
+- the wall time of each part.
+
+A record is a JSON file, `work_dir/NAME.json`, written when the model is
+done. `evaluate_all` skips a model whose record exists with the same settings
+(resumable), unless asked to redo it; `mortar_tf.explore.results_page` turns
+the records into the results page.
+
+Example:
+  entries = load_entries("models.json")
+  records = evaluate_all(entries, "out/results", Settings())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from mortar_tf import backends
+from mortar_tf import files
+from mortar_tf import morphing
+from mortar_tf.estimator import engines as engines_lib
+from mortar_tf.explore import metrics as metrics_lib
+
+RECORD_VERSION = 1
+METRICS = ("accuracy", "agreement", "mse", "psnr")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+  """One model of the evaluation.
+
+  Attributes:
+    name: a short identifier ([A-Za-z0-9_-]); the record's file name.
+    model: a .keras/.h5 file or a SavedModel directory (relative paths are
+      taken from the list file's directory).
+    data: an .npz with the inputs under `x_key` (and labels under `y_key`
+      for accuracy).
+    metric: accuracy (labels), agreement (top-1 with the original), mse or
+      psnr (against the original's outputs).
+    budget: the largest metric drop the search may spend, in the metric's
+      units (accuracy 0.005 is half a point; psnr 260 keeps PSNR >= 40 dB
+      against the original's 300 dB cap).
+    title, weights, data_source: what the page says the model, its weights
+      and its data are and where they come from.
+    output: the scored output of a multi-output SavedModel signature.
+    samples: use the first N samples only.
+  """
+  name: str
+  model: str
+  data: str
+  metric: str
+  budget: float
+  title: str = ""
+  weights: str = ""
+  data_source: str = ""
+  output: str | None = None
+  x_key: str = "x"
+  y_key: str = "y"
+  samples: int | None = None
+
+  def check(self) -> None:
+    """Raises ValueError naming the first bad field."""
+    if not isinstance(self.name, str) or not self.name or not all(
+        c.isalnum() or c in "_-" for c in self.name):
+      raise ValueError(f"model name {self.name!r} must be letters, digits, '_' or '-'")
+    if self.metric not in METRICS:
+      raise ValueError(f"model {self.name}: unknown metric {self.metric!r}; expected one of "
+                       f"{', '.join(METRICS)}")
+    if (isinstance(self.budget, bool) or not isinstance(self.budget, (int, float))
+        or not self.budget >= 0 or not math.isfinite(self.budget)):
+      raise ValueError(f"model {self.name}: budget must be a number >= 0, got {self.budget!r}")
+    if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
+      raise ValueError(f"model {self.name}: samples must be an integer >= 1, "
+                       f"got {self.samples!r}")
+    if not os.path.exists(self.model):
+      raise ValueError(f"model {self.name}: no such model file or directory {self.model!r}")
+    if not os.path.isfile(self.data):
+      raise ValueError(f"model {self.name}: no such data file {self.data!r}")
+
+
+def load_entries(path: str) -> list[ModelEntry]:
+  """The entries of a JSON list file: [{"name": ..., "model": ..., ...}, ...],
+  or {"intro": "...", "models": [...]} (read_intro gives the intro).
+
+  Raises:
+    ValueError: an unreadable file, an unknown or missing field, a bad value,
+      a missing model or data file, or a name used twice.
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      raw = json.load(f)
+  except OSError as e:
+    raise ValueError(f"cannot read the model list {path!r}: {e.strerror or e}") from e
+  except json.JSONDecodeError as e:
+    raise ValueError(f"the model list {path!r} is not JSON: {e}") from e
+  if isinstance(raw, dict) and set(raw) <= {"intro", "models"} and "models" in raw:
+    raw = raw["models"]
+  if not isinstance(raw, list) or not raw:
+    raise ValueError(f"the model list {path!r} must be a non-empty JSON list of objects, or "
+                     "an object {\"intro\": text, \"models\": list}")
+  fields = {f.name for f in dataclasses.fields(ModelEntry)}
+  required = {f.name for f in dataclasses.fields(ModelEntry)
+              if f.default is dataclasses.MISSING}
+  base = os.path.dirname(os.path.abspath(path))
+  entries = []
+  for n, item in enumerate(raw):
+    if not isinstance(item, dict):
+      raise ValueError(f"entry {n} of {path!r} is not a JSON object")
+    unknown = sorted(set(item) - fields)
+    missing = sorted(required - set(item))
+    if unknown or missing:
+      raise ValueError(f"entry {n} ({item.get('name', '?')}) of {path!r}: " +
+                       "; ".join(([f"unknown fields {unknown}"] if unknown else []) +
+                                 ([f"missing fields {missing}"] if missing else [])) +
+                       f" (fields: {', '.join(sorted(fields))})")
+    item = dict(item)
+    for key in ("model", "data"):
+      if isinstance(item[key], str):
+        item[key] = os.path.normpath(os.path.join(base, item[key]))
+    entry = ModelEntry(**item)
+    entry.check()
+    entries.append(entry)
+  names = [e.name for e in entries]
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise ValueError(f"model names used twice in {path!r}: {', '.join(twice)}")
+  return entries
+
+
+def read_intro(path: str) -> str:
+  """The "intro" text of a model list file ({"intro": ..., "models": [...]}),
+  or "" (call after load_entries, which checks the file)."""
+  with open(path, encoding="utf-8") as f:
+    raw = json.load(f)
+  intro = raw.get("intro", "") if isinstance(raw, dict) else ""
+  if not isinstance(intro, str):
+    raise ValueError(f"the intro of {path!r} must be a string")
+  return intro
+
+
+PAPER_PRECISIONS = (1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.3, 0.5)
+SEARCH_PRECISIONS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What is measured; a record made with other settings is redone.
+
+  Attributes:
+    precisions: the design-space grid of P (paper and fewest_ones).
+    reference: the P of the paper's headline figures (0.1); must be in
+      `precisions`.
+    search_precisions: the P candidates per kernel of the search.
+    search_method: the method whose P the search chooses.
+    max_evaluations: the search's cap on full evaluations.
+    bitx: evaluate BitX at the column counts bracketing Mortar's sparsity.
+    search: run the per-kernel search.
+  """
+  precisions: tuple[float, ...] = PAPER_PRECISIONS
+  reference: float = 0.1
+  search_precisions: tuple[float, ...] = SEARCH_PRECISIONS
+  search_method: str = "fewest_ones"
+  max_evaluations: int = 30
+  bitx: bool = True
+  search: bool = True
+
+  def check(self) -> None:
+    """Raises ValueError naming the bad setting."""
+    for p in self.precisions + self.search_precisions:
+      morphing.check_precision(p)
+    if not self.precisions:
+      raise ValueError("the P grid is empty")
+    if self.reference not in self.precisions:
+      raise ValueError(f"the reference P {self.reference:g} must be one of the grid's "
+                       f"({', '.join(f'{p:g}' for p in self.precisions)})")
+    if self.search_method not in ("paper", "fewest_ones"):
+      raise ValueError(f"search_method must be 'paper' or 'fewest_ones', "
+                       f"not {self.search_method!r}")
+    if self.search and not self.search_precisions:
+      raise ValueError("the search's P grid is empty")
+    if not isinstance(self.max_evaluations, int) or self.max_evaluations < 4:
+      raise ValueError(f"max_evaluations must be an integer >= 4, got {self.max_evaluations!r}")
+
+  def to_dict(self) -> dict:
+    out = dataclasses.asdict(self)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------
+# Progress with an ETA
+
+
+def _duration(seconds: float) -> str:
+  seconds = max(0, int(round(seconds)))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress:
+  """Progress lines on a stream: the model, its step, elapsed time and ETAs.
+
+  A model's ETA comes from its units of work done so far (sweep points,
+  search steps) and their pace; the run's ETA adds, for each model still to
+  do, the time its last record took where one exists, else the mean of the
+  models done in this run (or the current model's projection).
+  """
+
+  def __init__(self, names: Sequence[str], previous: Mapping[str, float] | None = None,
+               stream=None, enabled: bool = True, interval: float = 5.0):
+    self.names = list(names)
+    self.previous = dict(previous or {})
+    self.stream = sys.stderr if stream is None else stream
+    self.enabled = enabled
+    self.interval = interval
+    self.start = time.perf_counter()
+    self.done_seconds: list[float] = []
+    self.current = None
+    self.model_start = 0.0
+    self.units = 1
+    self.units_done = 0.0
+    self.last = (None, -math.inf)  # (stage, time) of the last line
+
+  def begin(self, name: str, units: float) -> None:
+    self.current, self.model_start = name, time.perf_counter()
+    self.units, self.units_done = max(units, 1), 0.0
+
+  def add_units(self, units: float) -> None:
+    """The model's work turned out larger (e.g. the search's own steps)."""
+    self.units += units
+
+  def step(self, units_done: float, label: str) -> None:
+    """Reports progress; prints a line when the stage (the label before ':')
+    changes or every `interval` seconds."""
+    self.units_done = min(units_done, self.units)
+    now = time.perf_counter()
+    stage = label.split(":")[0]
+    if not self.enabled or (stage == self.last[0] and now - self.last[1] < self.interval):
+      return
+    self.last = (stage, now)
+    elapsed = time.perf_counter() - self.model_start
+    model_eta = (elapsed / self.units_done * (self.units - self.units_done)
+                 if self.units_done > 0 else None)
+    index = self.names.index(self.current)
+    rest = self.names[index + 1:]
+    typical = (float(np.mean(self.done_seconds)) if self.done_seconds else
+               (elapsed + model_eta if model_eta is not None else None))
+    later = [self.previous.get(n, typical) for n in rest]
+    total_eta = (None if model_eta is None or any(t is None for t in later)
+                 else model_eta + sum(later))
+    eta = ("ETA " + (f"{_duration(model_eta)} model, {_duration(total_eta)} all"
+                     if total_eta is not None else "unknown"))
+    self.stream.write(f"[{index + 1}/{len(self.names)} {self.current}] {label} | "
+                      f"{_duration(elapsed)} on this model, "
+                      f"{_duration(time.perf_counter() - self.start)} in all | {eta}\n")
+    self.stream.flush()
+
+  def end(self, seconds: float) -> None:
+    self.done_seconds.append(seconds)
+
+  def note(self, text: str) -> None:
+    if self.enabled:
+      self.stream.write(text + "\n")
+      self.stream.flush()
+
+
+# --------------------------------------------------------------------------
+# One model
+
+
+def _point(p) -> dict:
+  return p.to_dict()
+
+
+def _load(entry: ModelEntry):
+  """(model, data, metric) of an entry."""
+  from mortar_tf.explore import models  # pylint: disable=import-outside-toplevel
+  data = metrics_lib.load_npz(entry.data, entry.x_key,
+                              entry.y_key if entry.metric == "accuracy" else None)
+  if entry.samples is not None:
+    data = {k: v[:entry.samples] for k, v in data.items()}
+  input_shape = (1,) + tuple(data["x"].shape[1:])
+  model = models.load(entry.model, output=entry.output, input_shape=input_shape)
+  metric = metrics_lib.builtin_metric(entry.metric, model, data)
+  return model, data, metric, input_shape
+
+
+def _columns(kernels, values: Mapping[int, np.ndarray] | None = None) -> list[int]:
+  """Ones per aligned column (engines' G and width) over every kernel, with
+  `values` replacing some kernels' weights."""
+  total = np.zeros(engines_lib.DEFAULT_WIDTH, np.int64)
+  for i, k in enumerate(kernels):
+    w = k.original if values is None or i not in values else values[i]
+    total += backends.bit_histogram(w, "aligned", reduction_axes=k.axes,
+                                    group_size=engines_lib.DEFAULT_GROUP_SIZE,
+                                    width=engines_lib.DEFAULT_WIDTH)
+  return [int(v) for v in total]
+
+
+def _estimate_record(result) -> dict:
+  """Cycle totals, headlines and areas of an Estimate."""
+  return {"cycles": result.total_cycles(),
+          "headline": result.headline(),
+          "headline_iso_area": result.headline_iso_area(),
+          "engines": {e.name: {"model": e.model, "group_size": e.group_size, "width": e.width,
+                               "num_pes": e.num_pes, "area_mm2": e.area_mm2,
+                               "power_w": e.power_w} for e in result.engines},
+          "layers": len(result.mapped), "unmapped": len(result.unmapped)}
+
+
+def bitx_bracket(columns: Sequence[int], target: float) -> tuple[int, int | None]:
+  """The BitX column counts around a target aligned ratio.
+
+  Keeping the first c columns of the aligned window leaves exactly the ones
+  of those columns (SPEC 2.4: a kept bit stays where it was, and a group's
+  leading element keeps its leading bit, so the group's exponent is
+  unchanged), so the ratio at c is total / sum(columns[:c]). Returns (c, c +
+  1): c the largest count whose ratio is at least `target` (at least as
+  sparse as the target; 1 if none is), and the next count (less sparse), or
+  None past the window.
+  """
+  total = float(sum(columns))
+  kept = np.cumsum(np.asarray(columns, np.float64))
+  ratios = [total / k if k else math.inf for k in kept]
+  sparse = [c for c in range(1, len(columns) + 1) if ratios[c - 1] >= target]
+  c = max(sparse) if sparse else 1
+  return c, (c + 1 if c < len(columns) else None)
+
+
+def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | None = None) -> dict:
+  """Measures one model (see the module docstring); returns its record.
+
+  Raises:
+    ValueError: a model or data file that cannot be used (the message says
+      why), a metric returning NaN.
+  """
+  from mortar_tf.explore import models  # pylint: disable=import-outside-toplevel
+  from mortar_tf.explore import search as search_lib  # pylint: disable=import-outside-toplevel
+  settings.check()
+  started = time.perf_counter()
+  seconds = {}
+  n_dse = 2 * len(settings.precisions)
+  units = n_dse + (2 if settings.bitx else 0) + (settings.max_evaluations if settings.search
+                                                 else 0) + 3
+  if progress is not None:
+    progress.begin(entry.name, units)
+
+  def step(done, label):
+    if progress is not None:
+      progress.step(done, label)
+
+  step(0, "loading the model and data")
+  model, data, metric, input_shape = _load(entry)
+  kernels = models.model_kernels(model)
+  original = metric(model)
+  seconds["load"] = time.perf_counter() - started
+  t = time.perf_counter()
+  grid = {"paper": list(settings.precisions), "fewest_ones": list(settings.precisions)}
+  swept = search_lib.sweep(model, metric, grid, input_shape=input_shape,
+                           progress=lambda d, n, label: step(1 + d, f"design space: {label}"))
+  seconds["design_space"] = time.perf_counter() - t
+  done = 1 + n_dse
+
+  record = {
+      "version": RECORD_VERSION, "name": entry.name, "entry": dataclasses.asdict(entry),
+      "settings": settings.to_dict(),
+      "model": {"kernels": len(kernels), "weights": int(sum(k.original.size for k in kernels)),
+                "input_shape": list(input_shape), "samples": int(len(data["x"])),
+                "scored": model.scored() if hasattr(model, "scored") else "the model's output"},
+      "metric": {"name": swept.metric_name, "higher_is_better": swept.higher_is_better,
+                 "original": original, "budget": entry.budget},
+      "original_speedup": swept.original_speedup,
+      "design_space": {m: [_point(p) for p in swept.points if p.method == m] for m in grid},
+  }
+
+  # Figures: word bits per kernel before morphing; aligned columns before/after.
+  reference = {m: {i: backends.morph(k.original, m, settings.reference)
+                   for i, k in enumerate(kernels)} for m in grid}
+  record["layers"] = [{"name": k.key, "size": int(k.original.size),
+                       "word_bits": [int(v) for v in backends.bit_histogram(k.original, "word")]}
+                      for k in kernels]
+  record["columns"] = {"original": _columns(kernels),
+                       **{m: _columns(kernels, reference[m]) for m in grid}}
+
+  # BitX at Mortar's aligned sparsity (paper at the reference P).
+  paper_ref = next(p for p in swept.points
+                   if p.method == "paper" and p.settings["precision"] == settings.reference)
+  if settings.bitx:
+    t = time.perf_counter()
+    target = paper_ref.ratio["aligned"]
+    low, high = bitx_bracket(record["columns"]["original"], target)
+    counts = [c for c in (low, high) if c is not None]
+    bitx = search_lib.sweep(model, metric, {"bitx": counts}, input_shape=input_shape,
+                            progress=lambda d, n, label: step(done + d, f"bitx: {label}"))
+    record["bitx"] = {"target": {"method": "paper", "precision": settings.reference,
+                                 "aligned": target},
+                      "points": [_point(p) for p in bitx.points]}
+    seconds["bitx"] = time.perf_counter() - t
+    done += 2
+
+  # The estimator's matrix at the reference P.
+  t = time.perf_counter()
+  estimator = search_lib.ModelEstimator(model, input_shape)
+  try:
+    record["estimates"] = {}
+    for m in grid:
+      step(done, f"estimator: {m} P={settings.reference:g}")
+      record["estimates"][m] = _estimate_record(estimator(m, settings.reference))
+      done += 1
+  finally:
+    estimator.close()
+  seconds["estimates"] = time.perf_counter() - t
+
+  if settings.search:
+    t = time.perf_counter()
+    base = done
+
+    half = settings.max_evaluations / 2  # units: the sensitivity, then full evaluations
+
+    def search_progress(d, n, label):
+      later = half if label.startswith("full evaluation") else 0.0
+      step(base + later + half * d / max(n, 1), f"search: {label}")
+
+    step(done, "search: sensitivity")
+    found = search_lib.search_precisions(
+        model, metric, entry.budget, method=settings.search_method,
+        precisions=list(settings.search_precisions), max_evaluations=settings.max_evaluations,
+        input_shape=input_shape, progress=search_progress)
+    record["search"] = found.to_dict()
+    chosen = (search_lib.resolve_map(found.precisions, kernels, found.method)
+              if found.precisions else {})  # an empty map: nothing fits the budget
+    record["columns"]["search"] = _columns(
+        kernels, {i: backends.morph(kernels[i].original, found.method, p)
+                  for i, p in chosen.items()})
+    seconds["search"] = time.perf_counter() - t
+  seconds["total"] = time.perf_counter() - started
+  record["seconds"] = seconds
+  record["machine"] = machine()
+  step(units, "done")
+  return record
+
+
+def machine() -> dict:
+  """What the record was measured on."""
+  from mortar_tf import native  # pylint: disable=import-outside-toplevel
+  return {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+          else os.cpu_count(), "machine": platform.machine(),
+          "isa": native.isa() if native.is_built() else "numpy",
+          "python": platform.python_version()}
+
+
+# --------------------------------------------------------------------------
+# Every model, resumably
+
+
+def record_path(work_dir: str, name: str) -> str:
+  return os.path.join(work_dir, name + ".json")
+
+
+def read_record(work_dir: str, name: str) -> dict | None:
+  """The record of a model, or None if there is none or it cannot be read."""
+  try:
+    with open(record_path(work_dir, name), encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+def is_current(record: dict | None, entry: ModelEntry, settings: Settings) -> bool:
+  """Whether a record was made of this entry with these settings."""
+  return (record is not None and record.get("version") == RECORD_VERSION
+          and record.get("entry") == json.loads(json.dumps(dataclasses.asdict(entry)))
+          and record.get("settings") == json.loads(json.dumps(settings.to_dict())))
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """What evaluate_all did with one model: "done", "kept" (a current record
+  was reused) or "failed" (error holds the message)."""
+  name: str
+  status: str
+  record: dict | None
+  error: str | None = None
+
+
+def _finite(value):
+  """JSON-safe: inf and NaN become None, recursively."""
+  if isinstance(value, float):
+    return files.finite_or_none(value)
+  if isinstance(value, dict):
+    return {str(k): _finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite(v) for v in value]
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  if isinstance(value, (np.floating,)):
+    return _finite(float(value))
+  return value
+
+
+def evaluate_all(entries: Sequence[ModelEntry], work_dir: str, settings: Settings, *,
+                 redo: Sequence[str] = (), progress: bool = True, stream=None,
+                 evaluate: Callable[..., dict] = evaluate_model) -> list[Outcome]:
+  """Evaluates each entry unless a current record exists (resumable).
+
+  `redo` names models to evaluate again ("all" for every one). A model that
+  fails is reported (its old record, if any, is left as it was) and the
+  others go on. Each record is written when its model is done, atomically.
+
+  Raises:
+    ValueError: bad settings, a name in `redo` that is not an entry.
+    files.OutputError: `work_dir` cannot be made or written.
+  """
+  settings.check()
+  names = [e.name for e in entries]
+  unknown = sorted(set(redo) - set(names) - {"all"})
+  if unknown:
+    raise ValueError(f"cannot redo {', '.join(unknown)}: not in the model list "
+                     f"({', '.join(names)})")
+  files.check_creatable_dir(work_dir, "work directory")
+  files.make_dirs(work_dir)
+  old = {e.name: read_record(work_dir, e.name) for e in entries}
+  previous = {n: r["seconds"]["total"] for n, r in old.items()
+              if r and isinstance(r.get("seconds"), dict) and "total" in r["seconds"]}
+  todo = [e for e in entries
+          if "all" in redo or e.name in redo or not is_current(old[e.name], e, settings)]
+  reporter = Progress([e.name for e in todo], previous, stream, progress)
+  outcomes = []
+  for entry in entries:
+    if entry not in todo:
+      reporter.note(f"{entry.name}: kept its record from an earlier run "
+                    f"({_duration(previous.get(entry.name, 0))}; redo it with --redo={entry.name})")
+      outcomes.append(Outcome(entry.name, "kept", old[entry.name]))
+      continue
+    if old[entry.name] is not None and entry.name not in redo and "all" not in redo:
+      reporter.note(f"{entry.name}: its record was made with other settings; evaluating again")
+    try:
+      record = _finite(evaluate(entry, settings, reporter))
+    except (ValueError, TypeError, OSError) as e:
+      reporter.note(f"{entry.name}: failed: {e}")
+      outcomes.append(Outcome(entry.name, "failed", None, f"{type(e).__name__}: {e}"))
+      continue
+    reporter.end(record["seconds"]["total"])
+    files.write_json(record_path(work_dir, entry.name), record)
+    outcomes.append(Outcome(entry.name, "done", record))
+  return outcomes

@@ -1,0 +1,116 @@
+"""Reproduces the paper's evaluation over a list of models and writes one results page.
+
+  mortar-results --models=models.json --page=docs/results.md
+  mortar-results --models=models.json --redo=hed          # measure one model again
+  mortar-results --models=models.json --page_only         # rebuild the page from the records
+
+--models is a JSON list of {"name", "model", "data", "metric", "budget", "title",
+"weights", "data_source"} (optional: "output", "x_key", "y_key", "samples"; paths
+relative to the list's directory), or {"intro": markdown, "models": list}. For each model: the design-space sweep of
+`paper` and `fewest_ones` over --precisions, BitX at Mortar's sparsity, the
+estimator's matrix at --reference, and the per-kernel search within the
+model's budget. Each model's record goes to --work_dir/NAME.json when it is
+done; a model whose record exists with the same settings is kept. The page
+(--page) and its figures (--figures_dir) are written from the records, all or
+none. Exit status: 0 done, 1 a model failed (the page lists it) or bad input.
+"""
+
+import os
+import shlex
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from mortar_tf.tools import flag_parsing
+
+_MODELS = flags.DEFINE_string("models", None, "The model list (JSON).", required=True)
+_WORK_DIR = flags.DEFINE_string("work_dir", "out/results", "Where the per-model records go.")
+_PAGE = flags.DEFINE_string("page", "docs/results.md", "The results page (markdown).")
+_FIGURES_DIR = flags.DEFINE_string("figures_dir", None,
+                                   "Where the page's PNGs go (default: PAGE's directory/results).")
+_PRECISIONS = flags.DEFINE_list("precisions", ["1e-4", "5e-4", "1e-3", "5e-3", "0.01", "0.05",
+                                               "0.1", "0.3", "0.5"],
+                                "The design-space P grid (paper and fewest_ones).")
+_REFERENCE = flags.DEFINE_float("reference", 0.1, "The P of the headline figures (in the grid).")
+_SEARCH_PRECISIONS = flags.DEFINE_list(
+    "search_precisions", ["0.001", "0.005", "0.01", "0.02", "0.05", "0.1", "0.2", "0.3", "0.5",
+                          "1.0"], "P candidates per kernel of the search.")
+_SEARCH_METHOD = flags.DEFINE_enum("search_method", "fewest_ones", ["paper", "fewest_ones"],
+                                   "Method whose P the search chooses per kernel.")
+_MAX_EVALUATIONS = flags.DEFINE_integer("max_evaluations", 30,
+                                        "Cap on the search's full evaluations per model.")
+_SEARCH = flags.DEFINE_bool("search", True, "Run the per-kernel search.")
+_BITX = flags.DEFINE_bool("bitx", True, "Evaluate BitX at Mortar's sparsity.")
+_REDO = flags.DEFINE_list("redo", [], "Models to measure again even if their record is "
+                          "current ('all' for every one).")
+_ONLY = flags.DEFINE_list("only", [], "Evaluate only these models of the list (the page "
+                          "still shows every model that has a current record).")
+_PAGE_ONLY = flags.DEFINE_bool("page_only", False,
+                               "Measure nothing: rebuild the page from the current records.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Print progress and ETA lines on stderr.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # Keras' export logs each step at INFO
+  from mortar_tf.explore import evaluation  # pylint: disable=import-outside-toplevel
+  settings = evaluation.Settings(
+      precisions=tuple(flag_parsing.numbers("precisions", _PRECISIONS.value, float)),
+      reference=_REFERENCE.value,
+      search_precisions=tuple(flag_parsing.numbers("search_precisions",
+                                                   _SEARCH_PRECISIONS.value, float)),
+      search_method=_SEARCH_METHOD.value, max_evaluations=_MAX_EVALUATIONS.value,
+      bitx=_BITX.value, search=_SEARCH.value)
+  figures_dir = _FIGURES_DIR.value or os.path.join(os.path.dirname(_PAGE.value) or ".", "results")
+  try:
+    settings.check()
+    entries = evaluation.load_entries(_MODELS.value)
+    names = [e.name for e in entries]
+    unknown = sorted(set(_ONLY.value) - set(names))
+    if unknown:
+      raise ValueError(f"--only names models not in the list: {', '.join(unknown)} "
+                       f"(the list has {', '.join(names)})")
+    from mortar_tf import files  # pylint: disable=import-outside-toplevel
+    files.check_creatable_dir(os.path.dirname(os.path.abspath(_PAGE.value)), "page's directory")
+    if os.path.isdir(_PAGE.value):
+      raise ValueError(f"--page {_PAGE.value!r} is a directory, not a file")
+    files.check_creatable_dir(figures_dir, "figures directory")
+    failed = {}
+    if not _PAGE_ONLY.value:
+      chosen = [e for e in entries if not _ONLY.value or e.name in _ONLY.value]
+      outcomes = evaluation.evaluate_all(chosen, _WORK_DIR.value, settings, redo=_REDO.value,
+                                         progress=_PROGRESS.value)
+      failed = {o.name: o.error for o in outcomes if o.status == "failed"}
+    records, missing = [], []
+    for entry in entries:
+      record = evaluation.read_record(_WORK_DIR.value, entry.name)
+      if evaluation.is_current(record, entry, settings):
+        records.append(record)
+      elif entry.name not in failed:
+        missing.append(entry.name)
+    not_yet = {name: "no current record yet (run without --page_only/--only to measure it)"
+               for name in missing}
+    from mortar_tf.explore import results_page  # pylint: disable=import-outside-toplevel
+    command = "mortar-results " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    written = results_page.write_page(records, _PAGE.value, figures_dir,
+                                      failed={**failed, **not_yet}, work_dir=_WORK_DIR.value,
+                                      intro=evaluation.read_intro(_MODELS.value),
+                                      command=os.environ.get("MORTAR_RESULTS_COMMAND", command))
+  except (ValueError, TypeError) as e:
+    print(f"mortar-results: error: {e}", file=sys.stderr)
+    return 1
+  print("Wrote " + ", ".join(written))
+  for name, why in {**failed, **not_yet}.items():
+    print(f"mortar-results: {name}: {why}", file=sys.stderr)
+  return 1 if failed else 0
+
+
+def run():
+  flag_parsing.run_tool(main, __name__)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,272 @@
+"""The results job (`mortar-results`, mortar_tf.explore.evaluation/results_page).
+
+The smoke run: a small CNN trained here on real MNIST digits (a Keras file,
+scored by accuracy on labels) and its SavedModel export (scored by agreement),
+with a tiny grid. Its numbers are checked against independent computations:
+SPEC's plain-loop morph and a bit count of our own, BitX's column bracket
+against SPEC's BitX loop, the page's BitX hardware figure against the
+estimator run with a stripes engine of that width.
+"""
+
+import gzip
+import io
+import json
+import os
+import pickle
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+import installed_tool
+import spec_reference
+from mortar_tf import estimator
+from mortar_tf.estimator import engines as engines_lib
+from mortar_tf.explore import evaluation
+from mortar_tf.explore import results_page
+
+MNIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, ".cache", "data",
+                     "mnist.pkl.gz")
+GRID = ["--precisions=0.01,0.1", "--search_precisions=0.05,0.3", "--max_evaluations=4"]
+
+
+def _run(*args):
+  return installed_tool.run("mortar-results", *args)
+
+
+def _cnn():
+  keras.utils.set_random_seed(1)
+  return keras.Sequential([
+      keras.Input((28, 28, 1)),
+      keras.layers.Conv2D(6, 3, activation="relu", name="conv"),
+      keras.layers.MaxPooling2D(3),
+      keras.layers.Flatten(),
+      keras.layers.Dense(24, activation="relu", name="fc1"),
+      keras.layers.Dense(10, name="fc2")])
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+  """Trains the CNN, writes the list, runs the tool once; returns its paths."""
+  d = tmp_path_factory.mktemp("results")
+  with gzip.open(MNIST) as f:
+    (x_train, y_train), _, (x_test, y_test) = pickle.load(f, encoding="latin1")
+  model = _cnn()
+  model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  model.fit(x_train[:3000].reshape(-1, 28, 28, 1), y_train[:3000].astype(np.int64), epochs=1,
+            batch_size=64, verbose=0)
+  model.save(d / "cnn.keras")
+  model.export(str(d / "cnn_saved"), verbose=False)
+  np.savez(d / "test.npz", x=x_test[:400].reshape(-1, 28, 28, 1).astype(np.float32),
+           y=y_test[:400].astype(np.int64))
+  models = [{"name": "cnn", "model": "cnn.keras", "data": "test.npz", "metric": "accuracy",
+             "budget": 0.02, "title": "MNIST CNN", "weights": "trained in the test",
+             "data_source": "400 MNIST test digits"},
+            {"name": "cnn_saved", "model": "cnn_saved", "data": "test.npz",
+             "metric": "agreement", "budget": 0.02, "title": "its SavedModel"}]
+  (d / "models.json").write_text(json.dumps({"intro": "Trained in the test.", "models": models}))
+  args = [f"--models={d / 'models.json'}", f"--work_dir={d / 'work'}",
+          f"--page={d / 'docs' / 'results.md'}", *GRID]
+  result = _run(*args)
+  assert result.returncode == 0, result.stderr
+  return {"dir": d, "args": args, "stderr": result.stderr, "model": model,
+          "x": x_test[:400].reshape(-1, 28, 28, 1).astype(np.float32),
+          "y": y_test[:400].astype(np.int64)}
+
+
+def _record(job, name):
+  return json.loads((job["dir"] / "work" / f"{name}.json").read_text())
+
+
+def _word_ones(w):
+  return int(np.unpackbits(np.ascontiguousarray(w, np.float32).view(np.uint8)).sum())
+
+
+def test_page_and_figures_are_written(job):
+  docs = job["dir"] / "docs"
+  page = (docs / "results.md").read_text()
+  for heading in ("What holds of the paper's claims", "Design space", "BitX at Mortar's sparsity",
+                  "Per-layer search against the best global P", "Speedups (SPEC 4)", "Time"):
+    assert f"## {heading}" in page
+  for png in ("bit_density.png", "columns.png", "pareto.png"):
+    assert (docs / "results" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"](results/{png})" in page
+  assert "ETA" in job["stderr"] and "[1/2 cnn]" in job["stderr"]
+  assert "## Models and data\n\nTrained in the test.\n" in page
+  assert not [p for p in docs.rglob("*") if ".tmp" in p.name]
+
+
+def test_design_space_matches_spec_loops_and_an_own_bit_count(job):
+  """paper P=0.1: accuracy of the model with every kernel morphed by SPEC's
+  loop, and the word-domain ratio by unpackbits, against the record and the page."""
+  record = _record(job, "cnn")
+  point = next(p for p in record["design_space"]["paper"] if p["settings"]["precision"] == 0.1)
+  model = keras.models.clone_model(job["model"])
+  model.set_weights(job["model"].get_weights())
+  before = after = 0
+  for layer in model.layers:
+    if not layer.weights:
+      continue
+    kernel, bias = layer.get_weights()
+    morphed = np.vectorize(lambda v: spec_reference.paper(np.float32(v), 0.1),
+                           otypes=[np.float32])(kernel)
+    before, after = before + _word_ones(kernel), after + _word_ones(morphed)
+    layer.set_weights([morphed, bias])
+  accuracy = float(np.mean(np.argmax(model.predict(job["x"], verbose=0), -1) == job["y"]))
+  assert point["metric"] == accuracy
+  assert point["ratio"]["word"] == pytest.approx(before / after, rel=1e-12)
+  page = (job["dir"] / "docs" / "results.md").read_text()
+  assert f"| 0.1 | {100 * accuracy:.2f}%" in page
+  assert f"{before / after:.2f}x" in page
+
+
+def test_a_saved_model_gets_the_same_bits_as_its_keras_source(job):
+  keras_record, saved_record = _record(job, "cnn"), _record(job, "cnn_saved")
+  assert saved_record["metric"]["original"] == 1.0  # agreement with itself
+  for method in ("paper", "fewest_ones"):
+    for a, b in zip(keras_record["design_space"][method], saved_record["design_space"][method]):
+      assert a["ratio"] == b["ratio"] and a["speedup"] == b["speedup"]
+  for key in ("original", "paper", "fewest_ones"):  # the searches score other metrics
+    assert keras_record["columns"][key] == saved_record["columns"][key]
+
+
+def test_bitx_columns_bracket_mortars_sparsity(job):
+  record = _record(job, "cnn")
+  target = record["bitx"]["target"]["aligned"]
+  low, high = record["bitx"]["points"]
+  assert high["settings"]["columns"] == low["settings"]["columns"] + 1
+  assert low["ratio"]["aligned"] >= target > high["ratio"]["aligned"]
+
+
+def test_bitx_bracket_is_the_ratio_of_spec_bitx():
+  rng = np.random.default_rng(5)
+  w = (rng.standard_normal((3, 3, 4, 5)) * 2.0 ** rng.integers(-6, 2, (3, 3, 4, 5))).astype(
+      np.float32)
+  w[0, 0, 0, :2] = 0.0
+  axes, group = (0, 1, 2), 8
+  columns = spec_reference.aligned_column_ones(w, axes, group, 24)
+  total = sum(columns)
+  ratios = {c: total / sum(spec_reference.aligned_column_ones(
+      spec_reference.bitx(w, axes, group, c), axes, group, 24)) for c in range(1, 25)}
+  for target in (1.0, 1.5, 3.0, 4.7, 9.0, 1e9):
+    low, high = evaluation.bitx_bracket(columns, target)
+    if ratios[1] >= target:
+      assert ratios[low] >= target
+    else:
+      assert low == 1
+    if high is not None:
+      assert ratios[high] < target
+    else:
+      assert low == 24
+
+
+def test_bitx_hardware_cycles_are_a_stripes_engine_of_that_width(tmp_path):
+  model = _cnn()
+  model.export(str(tmp_path / "m"), verbose=False)
+  result = estimator.estimate(str(tmp_path / "m"), method="paper", precision=0.1)
+  record = {"estimates": {"paper": evaluation._estimate_record(result)}}  # pylint: disable=protected-access
+  for columns in (1, 5, 6, 24):
+    narrow = estimator.estimate(str(tmp_path / "m"), method="paper", precision=0.1,
+                                engines=[engines_lib.Engine("bitx", "stripes", width=columns)])
+    assert results_page.bitx_cycles(record, columns) == narrow.total_cycles()["bitx"]["original"]
+
+
+def test_second_run_keeps_records_and_redo_measures_again(job):
+  work = job["dir"] / "work"
+  before = {n: (work / f"{n}.json").read_bytes() for n in ("cnn", "cnn_saved")}
+  again = _run(*job["args"])
+  assert again.returncode == 0, again.stderr
+  assert "cnn: kept its record" in again.stderr and "ETA" not in again.stderr
+  assert {n: (work / f"{n}.json").read_bytes() for n in before} == before
+  redo = _run(*job["args"], "--redo=cnn_saved")
+  assert redo.returncode == 0, redo.stderr
+  assert "[1/1 cnn_saved]" in redo.stderr
+  assert (work / "cnn.json").read_bytes() == before["cnn"]
+  assert (work / "cnn_saved.json").read_bytes() != before["cnn_saved"]  # its times differ
+
+
+def test_other_settings_measure_again_and_the_page_names_what_is_missing(job, tmp_path):
+  page = tmp_path / "page.md"
+  shutil.copytree(job["dir"] / "work", tmp_path / "work")
+  result = _run(job["args"][0], f"--work_dir={tmp_path / 'work'}", f"--page={page}",
+                "--precisions=0.05,0.1",
+                "--search_precisions=0.05,0.3", "--max_evaluations=4", "--nosearch",
+                "--only=cnn")
+  assert result.returncode == 0, result.stderr
+  assert "cnn: its record was made with other settings" in result.stderr
+  text = page.read_text()
+  assert "| 0.05 |" in text and "cnn_saved: no current record yet" in text
+  assert "## Per-layer search" in text
+
+
+def test_a_model_that_fails_is_listed_and_the_others_are_kept(job, tmp_path):
+  np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 5), np.float32), y=np.zeros(4, np.int64))
+  models = [{"name": "cnn", "model": str(job["dir"] / "cnn.keras"),
+             "data": str(job["dir"] / "test.npz"), "metric": "accuracy", "budget": 0.02},
+            {"name": "broken", "model": str(job["dir"] / "cnn.keras"),
+             "data": str(tmp_path / "wrong.npz"), "metric": "accuracy", "budget": 0.02}]
+  (tmp_path / "models.json").write_text(json.dumps(models))
+  page = tmp_path / "page.md"
+  result = _run(f"--models={tmp_path / 'models.json'}", f"--work_dir={tmp_path / 'work'}",
+                f"--page={page}", *GRID)
+  assert result.returncode == 1
+  assert "broken: failed:" in result.stderr
+  assert "**Not evaluated:** broken:" in page.read_text()
+  assert (tmp_path / "work" / "cnn.json").exists()
+  assert not (tmp_path / "work" / "broken.json").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"metric": "top5"}, "unknown metric 'top5'"),
+    ({"budget": -1}, "budget must be a number >= 0"),
+    ({"budget": True}, "budget must be a number >= 0"),
+    ({"model": "nowhere.keras"}, "no such model file or directory"),
+    ({"data": "nowhere.npz"}, "no such data file"),
+    ({"name": "a b"}, "must be letters, digits"),
+    ({"colour": "red"}, "unknown fields ['colour']"),
+    ({"metric": None, "budget": None}, "missing fields ['budget', 'metric']"),
+])
+def test_a_bad_model_list_is_one_clear_error(job, tmp_path, change, message):
+  entry = {"name": "cnn", "model": str(job["dir"] / "cnn.keras"),
+           "data": str(job["dir"] / "test.npz"), "metric": "accuracy", "budget": 0.02}
+  entry.update(change)
+  entry = {k: v for k, v in entry.items() if v is not None}
+  (tmp_path / "models.json").write_text(json.dumps([entry]))
+  with pytest.raises(ValueError, match=None) as raised:
+    evaluation.load_entries(str(tmp_path / "models.json"))
+  assert message in str(raised.value)
+
+
+def test_the_tool_refuses_bad_input_before_any_work(job, tmp_path):
+  (tmp_path / "twice.json").write_text(json.dumps([
+      {"name": "m", "model": str(job["dir"] / "cnn.keras"), "data": str(job["dir"] / "test.npz"),
+       "metric": "accuracy", "budget": 0.01}] * 2))
+  (tmp_path / "not.json").write_text("[{")
+  page = tmp_path / "page.md"
+  for args, message in (
+      ([f"--models={tmp_path / 'twice.json'}"], "model names used twice"),
+      ([f"--models={tmp_path / 'not.json'}"], "is not JSON"),
+      ([f"--models={tmp_path / 'missing.json'}"], "cannot read the model list"),
+      ([f"--models={job['dir'] / 'models.json'}", "--reference=0.2"],
+       "the reference P 0.2 must be one of the grid's"),
+      ([f"--models={job['dir'] / 'models.json'}", "--only=nothing"],
+       "--only names models not in the list: nothing"),
+      ([f"--models={job['dir'] / 'models.json'}", "--redo=nothing"], "cannot redo nothing")):
+    result = _run(*args, f"--page={page}", f"--work_dir={tmp_path / 'work'}")
+    assert result.returncode == 1, args
+    assert message in result.stderr, (args, result.stderr)
+    assert not page.exists()
+
+
+def test_progress_eta_counts_the_models_still_to_do():
+  stream = io.StringIO()
+  progress = evaluation.Progress(["a", "b", "c"], previous={"c": 100.0}, stream=stream,
+                                 interval=0.0)
+  progress.begin("a", 10)
+  progress.model_start -= 20.0  # 20 s into model a, half of it done
+  progress.step(5, "design space: paper P=0.1")
+  line = stream.getvalue().strip()
+  # a: 20 s more; b: no earlier time, so a's projection (40 s); c: its last time (100 s).
+  assert line.startswith("[1/3 a] design space: paper P=0.1 | 20s on this model")
+  assert line.endswith("ETA 20s model, 2m40s all")
