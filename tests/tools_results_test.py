@@ -131,6 +131,18 @@ def test_a_saved_model_gets_the_same_bits_as_its_keras_source(job):
     assert keras_record["columns"][key] == saved_record["columns"][key]
 
 
+def test_the_search_row_says_what_the_search_found(job):
+  page = (job["dir"] / "docs" / "results.md").read_text()
+  search = page[page.index("## Per-layer search"):page.index("## Speedups")]
+  for name in ("cnn", "cnn_saved"):
+    found = _record(job, name)["search"]
+    kind = ("nothing within budget" if not found["precisions"] else
+            "global P" if found["chose_global"] else "per kernel")
+    assert f"| **{name}** | " in search
+    row = next(line for line in search.splitlines() if line.startswith(f"| **{name}** |"))
+    assert row.split(" | ")[2] == kind
+
+
 def test_bitx_columns_bracket_mortars_sparsity(job):
   record = _record(job, "cnn")
   target = record["bitx"]["target"]["aligned"]
@@ -188,11 +200,16 @@ def test_second_run_keeps_records_and_redo_measures_again(job):
 
 def test_other_settings_measure_again_and_the_page_names_what_is_missing(job, tmp_path):
   page = tmp_path / "page.md"
+  page.write_text("the full page")
   shutil.copytree(job["dir"] / "work", tmp_path / "work")
-  result = _run(job["args"][0], f"--work_dir={tmp_path / 'work'}", f"--page={page}",
-                "--precisions=0.05,0.1",
-                "--search_precisions=0.05,0.3", "--max_evaluations=4", "--nosearch",
-                "--only=cnn")
+  args = [job["args"][0], f"--work_dir={tmp_path / 'work'}", f"--page={page}",
+          "--precisions=0.05,0.1", "--search_precisions=0.05,0.3", "--max_evaluations=4",
+          "--nosearch", "--only=cnn"]
+  refused = _run(*args)  # the page would lack cnn_saved: refused before any work
+  assert refused.returncode == 1
+  assert "the page would lack cnn_saved" in refused.stderr and "ETA" not in refused.stderr
+  assert page.read_text() == "the full page"
+  result = _run(*args, "--partial")
   assert result.returncode == 0, result.stderr
   assert "cnn: its record was made with other settings" in result.stderr
   text = page.read_text()
@@ -243,6 +260,9 @@ def test_the_tool_refuses_bad_input_before_any_work(job, tmp_path):
       {"name": "m", "model": str(job["dir"] / "cnn.keras"), "data": str(job["dir"] / "test.npz"),
        "metric": "accuracy", "budget": 0.01}] * 2))
   (tmp_path / "not.json").write_text("[{")
+  (tmp_path / "psnr.json").write_text(json.dumps([
+      {"name": "m", "model": str(job["dir"] / "cnn.keras"), "data": str(job["dir"] / "test.npz"),
+       "metric": "psnr", "budget": 40}]))
   page = tmp_path / "page.md"
   for args, message in (
       ([f"--models={tmp_path / 'twice.json'}"], "model names used twice"),
@@ -252,7 +272,11 @@ def test_the_tool_refuses_bad_input_before_any_work(job, tmp_path):
        "the reference P 0.2 must be one of the grid's"),
       ([f"--models={job['dir'] / 'models.json'}", "--only=nothing"],
        "--only names models not in the list: nothing"),
-      ([f"--models={job['dir'] / 'models.json'}", "--redo=nothing"], "cannot redo nothing")):
+      ([f"--models={job['dir'] / 'models.json'}", "--redo=nothing"], "cannot redo nothing"),
+      ([f"--models={tmp_path / 'psnr.json'}", "--page_only", "--partial"],
+       "40 keeps PSNR >= 260 dB (for PSNR >= 40 dB write 260)"),
+      ([f"--models={job['dir'] / 'models.json'}", "--page_only"],
+       "the page would lack cnn, cnn_saved")):
     result = _run(*args, f"--page={page}", f"--work_dir={tmp_path / 'work'}")
     assert result.returncode == 1, args
     assert message in result.stderr, (args, result.stderr)

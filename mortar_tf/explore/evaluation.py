@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from typing import Callable, Mapping, Sequence
@@ -47,6 +48,7 @@ from mortar_tf.estimator import engines as engines_lib
 from mortar_tf.explore import metrics as metrics_lib
 
 RECORD_VERSION = 1
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 METRICS = ("accuracy", "agreement", "mse", "psnr")
 
 
@@ -63,8 +65,8 @@ class ModelEntry:
     metric: accuracy (labels), agreement (top-1 with the original), mse or
       psnr (against the original's outputs).
     budget: the largest metric drop the search may spend, in the metric's
-      units (accuracy 0.005 is half a point; psnr 260 keeps PSNR >= 40 dB
-      against the original's 300 dB cap).
+      units (accuracy 0.005 is half a point; psnr 260 keeps PSNR >= 40 dB:
+      identical outputs score the 300 dB cap).
     title, weights, data_source: what the page says the model, its weights
       and its data are and where they come from.
     output: the scored output of a multi-output SavedModel signature.
@@ -564,8 +566,9 @@ def evaluate_all(entries: Sequence[ModelEntry], work_dir: str, settings: Setting
     try:
       record = _finite(evaluate(entry, settings, reporter))
     except (ValueError, TypeError, OSError) as e:
-      reporter.note(f"{entry.name}: failed: {e}")
-      outcomes.append(Outcome(entry.name, "failed", None, f"{type(e).__name__}: {e}"))
+      message = _ANSI.sub("", str(e)).strip()  # Keras colours some of its messages
+      reporter.note(f"{entry.name}: failed: {message}")
+      outcomes.append(Outcome(entry.name, "failed", None, f"{type(e).__name__}: {message}"))
       continue
     reporter.end(record["seconds"]["total"])
     files.write_json(record_path(work_dir, entry.name), record)

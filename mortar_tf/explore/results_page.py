@@ -25,7 +25,6 @@ from mortar_tf.estimator import engines as engines_lib
 # speedups are over the paper's baseline, which SPEC 4 reads as stripes.
 PAPER_WORD_RATIO = (1.28, 2.51)
 PAPER_SPEEDUPS = {"ResNet50": 4.467, "SqueezeNet1_1": 6.032}
-PAPER_UP_TO = 4.8
 BITX_AREA = engines_lib.BITX_FIGURES["area_mm2"]
 
 
@@ -140,7 +139,7 @@ def _grid(n: int, width: float, height: float):
   return fig, list(axes.flat[:n])
 
 
-def _short_names(names: Sequence[str], limit: int = 22) -> list[str]:
+def _short_names(names: Sequence[str], limit: int = 30) -> list[str]:
   """Layer names without the prefix they all share, at most `limit` characters
   (the end kept)."""
   prefix = os.path.commonprefix(list(names)) if len(names) > 1 else ""
@@ -161,8 +160,9 @@ def plot_bit_density(records: Sequence[dict], path: str) -> str:
     image = ax.imshow(density, aspect="auto", cmap="magma", vmin=0, vmax=1,
                       interpolation="nearest")
     names = _short_names([layer["name"] for layer in r["layers"]])
-    step = max(1, -(-len(names) // 16))
-    ax.set_yticks(np.arange(0, len(names), step), names[::step], fontsize=6)
+    step = max(1, -(-len(names) // 32))
+    ax.set_yticks(np.arange(0, len(names), step), names[::step],
+                  fontsize=6 if len(names) <= 16 else 4.5)
     ax.set_xticks([0, 4.5, 20], ["s", "exponent", "mantissa"], fontsize=7)
     for edge in (0.5, 8.5):
       ax.axvline(edge, color="white", linewidth=0.6)
@@ -185,7 +185,7 @@ def plot_columns(records: Sequence[dict], path: str, reference: float) -> str:
     ax.bar(x, np.asarray(r["columns"]["original"]) / weights, 0.8, color="#bbbbbb",
            label="original")
     for key, label, color, marker in series:
-      if key in r["columns"]:
+      if key in r["columns"] and (key != "search" or _morphs(r)):
         ax.plot(x, np.asarray(r["columns"][key]) / weights, color=color, marker=marker,
                 markersize=3, linewidth=1.2, label=label)
     ax.set_title(r["entry"]["title"] or r["name"], fontsize=8)
@@ -217,17 +217,18 @@ def plot_pareto(records: Sequence[dict], path: str) -> str:
       ax.scatter([1.0], [r["metric"]["original"]], marker="s", color="black", label="original",
                  zorder=3)
     search = r.get("search")
-    if search:
+    if search and _morphs(r):
       ax.scatter([search["point"]["ratio"]["aligned"]], [search["point"]["metric"]], marker="*",
                  s=150, color="crimson", zorder=4,
                  label="global P search" if search["chose_global"] else "per-kernel search")
-      if search["best_global"]:
-        g = search["best_global"]
-        ax.scatter([g["ratio"]["aligned"]], [g["metric"]], marker="D", s=30, color="orange",
-                   zorder=4, label="best global P")
+    if search and search["best_global"]:
+      g = search["best_global"]
+      ax.scatter([g["ratio"]["aligned"]], [g["metric"]], marker="D", s=30, color="orange",
+                 zorder=4, label="best global P")
+    if search:
       limit = r["metric"]["original"] - (r["metric"]["budget"] if r["metric"]["higher_is_better"]
                                          else -r["metric"]["budget"])
-      ax.axhline(limit, color="crimson", linestyle=":", linewidth=1)
+      ax.axhline(limit, color="crimson", linestyle=":", linewidth=1, label="budget")
     ax.set_xscale("log")
     ticks = [t for t in (1, 2, 3, 5, 10, 20) if t <= ax.get_xlim()[1]]
     ax.set_xticks(ticks, [f"{t}x" for t in ticks])
@@ -237,14 +238,35 @@ def plot_pareto(records: Sequence[dict], path: str) -> str:
     ax.set_ylabel("PSNR against the original (dB)" if name == "psnr" else name, fontsize=7)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=6)
+  handles = {}
+  for ax in axes:
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+      handles.setdefault(label, handle)
   fig.suptitle("Metric against bit sparsity (dotted: the search's budget)", fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.04, 1, 1))
+  fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles),
+             fontsize=8, frameon=False)
   return _save(fig, path)
 
 
 # --------------------------------------------------------------------------
 # The page
+
+
+def _morphs(record) -> bool:
+  """Whether the record's search morphs any kernel."""
+  s = record.get("search")
+  return bool(s and s["precisions"])
+
+
+def _within_budget_speedups(records) -> str:
+  """' Within budget (the searched maps): a to b over stripes.'"""
+  values = [r["search"]["point"]["speedup"] for r in records
+            if _morphs(r) and r["search"]["point"]["speedup"]]
+  if not values:
+    return ""
+  return (f" Within each model's budget (the searched maps) the same estimate gives "
+          f"{_span(values)} over `stripes`.")
 
 
 def _no_worse(record, a: float, b: float) -> bool:
@@ -261,8 +283,8 @@ def _summary(records, reference) -> list[str]:
     ratios = [p["ratio"]["word"] for _, p in word]
     inside = [r["name"] for r, p in word
               if PAPER_WORD_RATIO[0] <= p["ratio"]["word"] <= PAPER_WORD_RATIO[1]]
-    lines.append(f"- **Sparsity.** `paper` at P = {reference:g} removes {_span(ratios)} of "
-                 f"the word-domain ones here (ones before / after); the paper reports "
+    lines.append(f"- **Sparsity.** `paper` at P = {reference:g} cuts the word-domain ones "
+                 f"{_span(ratios)} here (ones before / after); the paper reports "
                  f"{PAPER_WORD_RATIO[0]}x to {PAPER_WORD_RATIO[1]}x on its models "
                  f"({len(inside)} of {len(word)} of ours fall in that range).")
     kept = [r["name"] for r, p in word if _within(r, p)]
@@ -279,18 +301,24 @@ def _summary(records, reference) -> list[str]:
                  f"morphed at P = {reference:g}) runs {_span(over)} "
                  f"faster than `stripes` on the original weights (the paper: "
                  f"{', '.join(f'{k} {v}x' for k, v in PAPER_SPEEDUPS.items())}); morphing "
-                 f"alone buys {_span(alone)} on the same hardware.")
+                 f"alone buys {_span(alone)} on the same hardware." + _within_budget_speedups(
+                     records))
   searched = [r for r in records if r.get("search")]
   if searched:
-    gains = []
+    gains, faster = [], []
     for r in searched:
       s = r["search"]
-      if s["best_global"] and s["best_global"]["ratio"]["aligned"]:
-        gains.append(s["point"]["ratio"]["aligned"] / s["best_global"]["ratio"]["aligned"])
+      g = s["best_global"]
+      if g and g["ratio"]["aligned"] and _morphs(r):
+        gains.append(s["point"]["ratio"]["aligned"] / g["ratio"]["aligned"])
+        if s["point"]["speedup"] and g["speedup"]:
+          faster.append(s["point"]["speedup"] / g["speedup"])
     if gains:
       lines.append(f"- **Per-layer P** (beyond the paper, which uses one P). Within each model's "
                    f"budget the search's aligned ratio is {_span(gains)} that of the best "
-                   "single P of the same grid.")
+                   "single P of the same grid" +
+                   (f", its estimated speedup {_span(faster)} that P's" if faster else "") +
+                   " (scored on the samples it chose on: optimistic, see below).")
   bitx = []
   for r in records:
     if r.get("bitx") and r["bitx"]["points"]:
@@ -299,9 +327,11 @@ def _summary(records, reference) -> list[str]:
       bitx.append((r, mortar, b))
   if bitx:
     better = [r["name"] for r, m, b in bitx if _no_worse(r, m["metric"], b["metric"])]
+    pairs = ", ".join(f"{r['name']} {_metric(m['metric'], r['metric']['name'])} against "
+                      f"{_metric(b['metric'], r['metric']['name'])}" for r, m, b in bitx)
     lines.append(f"- **Against BitX** at the column count that is at least as sparse as Mortar "
-                 f"(P = {reference:g}): Mortar scores as well or better on {len(better)} of "
-                 f"{len(bitx)} models ({', '.join(better) or 'none'}).")
+                 f"(P = {reference:g}; BitX slightly sparser by construction): Mortar scores as "
+                 f"well or better on {len(better)} of {len(bitx)} models ({pairs}).")
     few = [(r, _at(r, "fewest_ones", reference), b) for r, _, b in bitx]
     sparser = [r["name"] for r, f, b in few if f["ratio"]["aligned"] >= b["ratio"]["aligned"]]
     both = [r["name"] for r, f, b in few if f["ratio"]["aligned"] >= b["ratio"]["aligned"] and
@@ -409,7 +439,8 @@ def _search_table(records) -> list[str]:
       continue
     name = r["metric"]["name"]
     pt, g = s["point"], s["best_global"]
-    kind = "global P" if s["chose_global"] else "per kernel"
+    kind = ("nothing within budget" if not _morphs(r) else
+            "global P" if s["chose_global"] else "per kernel")
     morphed = len(s["precisions"]) if not s["chose_global"] else r["model"]["kernels"]
     gain = (pt["ratio"]["aligned"] / g["ratio"]["aligned"]
             if g and g["ratio"]["aligned"] and pt["ratio"]["aligned"] else None)
@@ -427,7 +458,7 @@ def _search_table(records) -> list[str]:
 
 def _speedup_table(records, reference) -> list[str]:
   rows = [[f"paper: {', '.join(PAPER_SPEEDUPS)}",
-           " / ".join(f"{v}x" for v in PAPER_SPEEDUPS.values()) + f" (up to {PAPER_UP_TO}x)",
+           " / ".join(f"{v}x" for v in PAPER_SPEEDUPS.values()),
            "-", "-", "-", "-", "-", "-"]]
   for r in records:
     est = r["estimates"]
@@ -454,13 +485,13 @@ def _timing(records) -> list[str]:
   parts = ("load", "design_space", "bitx", "estimates", "search")
   for r in records:
     sec = r["seconds"]
-    rows.append([r["name"]] + [f"{sec[p]:.0f} s" if p in sec else "-" for p in parts] +
-                [_minutes(sec["total"])])
+    rows.append([r["name"]] + [f"{sec[p]:.1f} s" if p in sec else "-" for p in parts] +
+                [f"{sec['total']:.1f} s"])
   total = sum(r["seconds"]["total"] for r in records)
-  rows.append(["**all**"] + [f"{sum(r['seconds'].get(p, 0) for r in records):.0f} s"
-                             for p in parts] + [f"**{_minutes(total)}**"])
+  rows.append(["**all**"] + [f"{sum(r['seconds'].get(p, 0) for r in records):.1f} s"
+                             for p in parts] + [f"**{total:.1f} s** ({_minutes(total)})"])
   return _table(["model", "load + original", "design space", "BitX", "estimates", "search",
-                 "total"], rows)
+                 "total (with the figures' data)"], rows)
 
 
 def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[str, str],
@@ -497,7 +528,8 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
             "engine on the morphed weights over `stripes` on the original weights, at each P. "
             "✗ marks a drop beyond the model's search budget. 24.00x is the ceiling of that "
             "estimate: every lane of every group keeps at most one 1 bit, so `mortar` spends "
-            "one cycle a group where `stripes` spends 24.", ""]
+            "one cycle a group where `stripes` spends 24; 12.00x means at most two 1 bits a "
+            "lane, and so on (the cycles of a group are its busiest lane's ones).", ""]
   for r in records:
     lines += [f"### {r['name']}: {r['entry']['title']}", ""] + _design_space(r)
   lines += [f"## Accuracy and sparsity at P = {reference:g}", "",
@@ -543,6 +575,8 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
             "the same thing." + (" Small data sets (" + ", ".join(
                 f"{r['name']}: {r['model']['samples']}" for r in small) + " inputs) make those "
                 "scores coarse." if small else ""),
+            "- The search chooses and scores its map on the same samples (no held-out set), so "
+            "its results sit at the edge of the budget and are optimistic for unseen inputs.",
             "- The speedups are the estimator's weight-side cycle counts (SPEC 4), not the "
             "paper's RTL; activations are not serialised, memory and exponent matching are not "
             "modelled. The BitX hardware figure is our model of it (above).", ""]

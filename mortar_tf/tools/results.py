@@ -4,7 +4,8 @@
   mortar-results --models=models.json --redo=hed          # measure one model again
   mortar-results --models=models.json --page_only         # rebuild the page from the records
 
---models is a JSON list of {"name", "model", "data", "metric", "budget", "title",
+A psnr budget is the drop allowed from the 300 dB of identical outputs (260
+keeps PSNR >= 40 dB). --models is a JSON list of {"name", "model", "data", "metric", "budget", "title",
 "weights", "data_source"} (optional: "output", "x_key", "y_key", "samples"; paths
 relative to the list's directory), or {"intro": markdown, "models": list}. For each model: the design-space sweep of
 `paper` and `fewest_ones` over --precisions, BitX at Mortar's sparsity, the
@@ -18,6 +19,7 @@ none. Exit status: 0 done, 1 a model failed (the page lists it) or bad input.
 import os
 import shlex
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -49,6 +51,10 @@ _ONLY = flags.DEFINE_list("only", [], "Evaluate only these models of the list (t
                           "still shows every model that has a current record).")
 _PAGE_ONLY = flags.DEFINE_bool("page_only", False,
                                "Measure nothing: rebuild the page from the current records.")
+_PARTIAL = flags.DEFINE_bool("partial", False,
+                             "Write the page even when some models of the list have no current "
+                             "record (they are named on it); without it such a run stops "
+                             "before any work, so a quick --only run cannot replace a full page.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Print progress and ETA lines on stderr.")
 
 
@@ -73,11 +79,21 @@ def main(argv):
     if unknown:
       raise ValueError(f"--only names models not in the list: {', '.join(unknown)} "
                        f"(the list has {', '.join(names)})")
-    from mortar_tf import files  # pylint: disable=import-outside-toplevel
-    files.check_creatable_dir(os.path.dirname(os.path.abspath(_PAGE.value)), "page's directory")
-    if os.path.isdir(_PAGE.value):
-      raise ValueError(f"--page {_PAGE.value!r} is a directory, not a file")
-    files.check_creatable_dir(figures_dir, "figures directory")
+    _check_outputs(_PAGE.value, figures_dir)
+    for entry in entries:
+      if entry.metric == "psnr" and entry.budget < 150:
+        print(f"mortar-results: warning: {entry.name}: a psnr budget is the drop allowed from "
+              f"the 300 dB of identical outputs: {entry.budget:g} keeps PSNR >= "
+              f"{300 - entry.budget:g} dB (for PSNR >= 40 dB write 260)", file=sys.stderr)
+    measured = [] if _PAGE_ONLY.value else [
+        e.name for e in entries if not _ONLY.value or e.name in _ONLY.value]
+    left_out = [e.name for e in entries if e.name not in measured and not evaluation.is_current(
+        evaluation.read_record(_WORK_DIR.value, e.name), e, settings)]
+    if left_out and not _PARTIAL.value:
+      raise ValueError(f"the page would lack {', '.join(left_out)}: no record of "
+                       f"{'it' if len(left_out) == 1 else 'them'} with these settings, and this "
+                       "run does not measure them; measure them (drop --only/--page_only), "
+                       "or pass --partial (perhaps with another --page)")
     failed = {}
     if not _PAGE_ONLY.value:
       chosen = [e for e in entries if not _ONLY.value or e.name in _ONLY.value]
@@ -102,10 +118,32 @@ def main(argv):
   except (ValueError, TypeError) as e:
     print(f"mortar-results: error: {e}", file=sys.stderr)
     return 1
+  except KeyboardInterrupt:
+    print("mortar-results: interrupted; the records of finished models are kept, run again "
+          "to go on", file=sys.stderr)
+    return 130
   print("Wrote " + ", ".join(written))
   for name, why in {**failed, **not_yet}.items():
     print(f"mortar-results: {name}: {why}", file=sys.stderr)
   return 1 if failed else 0
+
+
+def _check_outputs(page: str, figures_dir: str) -> None:
+  """Before any work: the page and figures can be written (an existing
+  directory is probed with a file, which also catches what permission bits
+  do not say, e.g. a read-only mount or a root-owned pseudo file system)."""
+  from mortar_tf import files  # pylint: disable=import-outside-toplevel
+  page_dir = os.path.dirname(os.path.abspath(page))
+  if os.path.isdir(page):
+    raise ValueError(f"--page {page!r} is a directory, not a file")
+  for directory, what in ((page_dir, "page's directory"), (figures_dir, "figures directory")):
+    files.check_creatable_dir(directory, what)
+    if os.path.isdir(directory):
+      try:
+        with tempfile.TemporaryFile(dir=directory):
+          pass
+      except OSError as e:
+        raise files.OutputError(files.describe_os_error(e, directory)) from e
 
 
 def run():
