@@ -78,6 +78,12 @@ def _ops(group_size=None):
   return ops
 
 
+def native_isa() -> str:
+  """The instruction set the native kernels run on ("avx512", "avx2",
+  "baseline", "portable"), or "numpy" where they are not built."""
+  return native.isa() if native.is_built() else "numpy"
+
+
 def resolve(backend: str | None, what: str, allowed=COUNT_BACKENDS) -> str:
   """The backend that runs `what` on numpy data: `backend`, or the default.
 

@@ -471,10 +471,8 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
 
 def machine() -> dict:
   """What the record was measured on."""
-  from mortar_tf import native  # pylint: disable=import-outside-toplevel
   return {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-          else os.cpu_count(), "machine": platform.machine(),
-          "isa": native.isa() if native.is_built() else "numpy",
+          else os.cpu_count(), "machine": platform.machine(), "isa": backends.native_isa(),
           "python": platform.python_version()}
 
 
