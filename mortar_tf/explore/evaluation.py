@@ -297,10 +297,6 @@ class Progress:
 # One model
 
 
-def _point(p) -> dict:
-  return p.to_dict()
-
-
 def _load(entry: ModelEntry):
   """(model, data, metric) of an entry."""
   from mortar_tf.explore import models  # pylint: disable=import-outside-toplevel
@@ -381,7 +377,6 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
   step(0, "loading the model and data")
   model, data, metric, input_shape = _load(entry)
   kernels = models.model_kernels(model)
-  original = metric(model)
   seconds["load"] = time.perf_counter() - started
   t = time.perf_counter()
   grid = {"paper": list(settings.precisions), "fewest_ones": list(settings.precisions)}
@@ -397,9 +392,9 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
                 "input_shape": list(input_shape), "samples": int(len(data["x"])),
                 "scored": model.scored() if hasattr(model, "scored") else "the model's output"},
       "metric": {"name": swept.metric_name, "higher_is_better": swept.higher_is_better,
-                 "original": original, "budget": entry.budget},
+                 "original": swept.original_metric, "budget": entry.budget},
       "original_speedup": swept.original_speedup,
-      "design_space": {m: [_point(p) for p in swept.points if p.method == m] for m in grid},
+      "design_space": {m: [p.to_dict() for p in swept.points if p.method == m] for m in grid},
   }
 
   # Figures: word bits per kernel before morphing; aligned columns before/after.
@@ -423,7 +418,7 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
                             progress=lambda d, n, label: step(done + d, f"bitx: {label}"))
     record["bitx"] = {"target": {"method": "paper", "precision": settings.reference,
                                  "aligned": target},
-                      "points": [_point(p) for p in bitx.points]}
+                      "points": [p.to_dict() for p in bitx.points]}
     seconds["bitx"] = time.perf_counter() - t
     done += 2
 

@@ -490,7 +490,7 @@ def _timing(records) -> list[str]:
   total = sum(r["seconds"]["total"] for r in records)
   rows.append(["**all**"] + [f"{sum(r['seconds'].get(p, 0) for r in records):.1f} s"
                              for p in parts] + [f"**{total:.1f} s** ({_minutes(total)})"])
-  return _table(["model", "load + original", "design space", "BitX", "estimates", "search",
+  return _table(["model", "load", "design space", "BitX", "estimates", "search",
                  "total (with the figures' data)"], rows)
 
 
