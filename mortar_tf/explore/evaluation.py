@@ -310,16 +310,13 @@ def _load(entry: ModelEntry):
   return model, data, metric, input_shape
 
 
-def _columns(kernels, values: Mapping[int, np.ndarray] | None = None) -> list[int]:
-  """Ones per aligned column (engines' G and width) over every kernel, with
-  `values` replacing some kernels' weights."""
-  total = np.zeros(engines_lib.DEFAULT_WIDTH, np.int64)
-  for i, k in enumerate(kernels):
-    w = k.original if values is None or i not in values else values[i]
-    total += backends.bit_histogram(w, "aligned", reduction_axes=k.axes,
-                                    group_size=engines_lib.DEFAULT_GROUP_SIZE,
-                                    width=engines_lib.DEFAULT_WIDTH)
-  return [int(v) for v in total]
+def _columns(kernels, method: str | None = None,
+             precisions: Mapping[int, float] | None = None) -> list[int]:
+  """models.column_profile at the engines' G and width, as a JSON list."""
+  from mortar_tf.explore import models  # pylint: disable=import-outside-toplevel
+  return [int(v) for v in models.column_profile(
+      kernels, method, precisions, group_size=engines_lib.DEFAULT_GROUP_SIZE,
+      width=engines_lib.DEFAULT_WIDTH)]
 
 
 def _estimate_record(result) -> dict:
@@ -398,13 +395,12 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
   }
 
   # Figures: word bits per kernel before morphing; aligned columns before/after.
-  reference = {m: {i: backends.morph(k.original, m, settings.reference)
-                   for i, k in enumerate(kernels)} for m in grid}
+  everywhere = dict.fromkeys(range(len(kernels)), settings.reference)
   record["layers"] = [{"name": k.key, "size": int(k.original.size),
                        "word_bits": [int(v) for v in backends.bit_histogram(k.original, "word")]}
                       for k in kernels]
   record["columns"] = {"original": _columns(kernels),
-                       **{m: _columns(kernels, reference[m]) for m in grid}}
+                       **{m: _columns(kernels, m, everywhere) for m in grid}}
 
   # BitX at Mortar's aligned sparsity (paper at the reference P).
   paper_ref = next(p for p in swept.points
@@ -453,9 +449,7 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
     record["search"] = found.to_dict()
     chosen = (search_lib.resolve_map(found.precisions, kernels, found.method)
               if found.precisions else {})  # an empty map: nothing fits the budget
-    record["columns"]["search"] = _columns(
-        kernels, {i: backends.morph(kernels[i].original, found.method, p)
-                  for i, p in chosen.items()})
+    record["columns"]["search"] = _columns(kernels, found.method, chosen)
     seconds["search"] = time.perf_counter() - t
   seconds["total"] = time.perf_counter() - started
   record["seconds"] = seconds

@@ -15,9 +15,6 @@ import io
 import os
 from typing import Mapping, Sequence
 
-import numpy as np
-
-from mortar_tf import backends
 from mortar_tf import files as files_lib
 from mortar_tf.explore import metrics as metrics_lib
 from mortar_tf.explore import models
@@ -121,22 +118,18 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     written.append(plots.plot_bit_density({name: k.original for name, k in kernels.items()},
                                         os.path.join(out_dir, "bit_density.png")))
 
-    def _columns(k, value):
-      return backends.bit_histogram(value, "aligned", reduction_axes=k.axes,
-                                    group_size=swept.group_size, width=swept.width)
-
-    before = sum(_columns(k, k.original) for k in kernels.values())
+    geometry = dict(group_size=swept.group_size, width=swept.width)
+    before = models.column_profile(kernel_list, **geometry)
     if found is not None and found.precisions:
       applied = search_lib.resolve_map(found.precisions, kernel_list, found.method)
-      after = sum(_columns(k, backends.morph(k.original, found.method, applied[i]))
-                  if i in applied else _columns(k, k.original)
-                  for i, k in enumerate(kernel_list))
+      after = models.column_profile(kernel_list, found.method, applied, **geometry)
       label = "global P search" if found.chose_global else "per-kernel search"
     else:
-      after = sum(_columns(k, backends.morph(k.original, "paper", 0.1)) for k in kernels.values())
+      after = models.column_profile(kernel_list, "paper",
+                                    dict.fromkeys(range(len(kernel_list)), 0.1), **geometry)
       label = "paper P=0.1"
-    written.append(plots.plot_columns(np.asarray(before), np.asarray(after),
-                                    os.path.join(out_dir, "columns.png"), label))
+    written.append(plots.plot_columns(before, after, os.path.join(out_dir, "columns.png"),
+                                      label))
     if found is not None and found.precisions:
       written.append(_speedup_plot(model, found, os.path.join(out_dir, "cycles.png"),
                                    input_shape))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Mapping
 
 import numpy as np
 
@@ -200,6 +201,22 @@ def model_kernels(model, group_size: int = bits.DEFAULT_GROUP_SIZE,
   for kernel in out:
     kernel.key = _unique_key(kernel, out)
   return out
+
+
+def column_profile(kernels, method: str | None = None,
+                   precisions: Mapping[int, float] | None = None,
+                   group_size: int = bits.DEFAULT_GROUP_SIZE,
+                   width: int = bits.DEFAULT_WIDTH) -> np.ndarray:
+  """Ones per aligned column summed over `kernels` (the "arched" profile),
+  with kernel i morphed by `method` at precisions[i] where given and the
+  others as they are; one morphed copy at a time."""
+  total = np.zeros(width, np.int64)
+  for i, k in enumerate(kernels):
+    w = (k.original if not precisions or i not in precisions else
+         backends.morph(k.original, method, precisions[i]))
+    total += backends.bit_histogram(w, "aligned", reduction_axes=k.axes, group_size=group_size,
+                                    width=width)
+  return total
 
 
 def _unique_key(kernel: Kernel, kernels) -> str:
