@@ -20,6 +20,7 @@ import json
 import math
 import os
 import uuid
+from typing import Mapping
 
 import numpy as np
 
@@ -192,6 +193,20 @@ def write_json(path: str, data) -> str:
 def finite_or_none(x):
   """`x`, or None where it is None, inf or NaN (JSON has no inf)."""
   return None if x is None or not math.isfinite(x) else x
+
+
+def finite_tree(tree):
+  """`tree` (mappings, lists, tuples, scalars) with inf and NaN as None and
+  numpy scalars as Python numbers: what strict JSON can hold."""
+  if isinstance(tree, Mapping):
+    return {k: finite_tree(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [finite_tree(v) for v in tree]
+  if isinstance(tree, np.integer):
+    return int(tree)
+  if isinstance(tree, (float, np.floating)):
+    return finite_or_none(float(tree))
+  return tree
 
 
 def read_npz(path: str, what: str = "data file") -> dict:

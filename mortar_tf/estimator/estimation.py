@@ -316,11 +316,7 @@ class Estimate:
     files.write_text(path, buffer.getvalue())
 
   def to_dict(self) -> dict:
-    def finite(tree):
-      if isinstance(tree, Mapping):
-        return {k: finite(v) for k, v in tree.items()}
-      return files.finite_or_none(tree) if isinstance(tree, float) else tree
-
+    finite = files.finite_tree
     return {
         "saved_model": self.saved_model_dir, "signature": self.signature,
         "baseline": {"engine": self.baseline[0], "weights": self.baseline[1]},

@@ -499,21 +499,6 @@ class Outcome:
   error: str | None = None
 
 
-def _finite(value):
-  """JSON-safe: inf and NaN become None, recursively."""
-  if isinstance(value, float):
-    return files.finite_or_none(value)
-  if isinstance(value, dict):
-    return {str(k): _finite(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_finite(v) for v in value]
-  if isinstance(value, (np.integer,)):
-    return int(value)
-  if isinstance(value, (np.floating,)):
-    return _finite(float(value))
-  return value
-
-
 def evaluate_all(entries: Sequence[ModelEntry], work_dir: str, settings: Settings, *,
                  redo: Sequence[str] = (), progress: bool = True, stream=None,
                  evaluate: Callable[..., dict] = evaluate_model) -> list[Outcome]:
@@ -551,7 +536,7 @@ def evaluate_all(entries: Sequence[ModelEntry], work_dir: str, settings: Setting
     if old[entry.name] is not None and entry.name not in redo and "all" not in redo:
       reporter.note(f"{entry.name}: its record was made with other settings; evaluating again")
     try:
-      record = _finite(evaluate(entry, settings, reporter))
+      record = files.finite_tree(evaluate(entry, settings, reporter))
     except (ValueError, TypeError, OSError) as e:
       message = _ANSI.sub("", str(e)).strip()  # Keras colours some of its messages
       reporter.note(f"{entry.name}: failed: {message}")
