@@ -80,6 +80,81 @@ def check_output_file(path: str) -> None:
     raise OutputError(f"{path!r} is a directory, not a file")
 
 
+FILE, FOLDER, TREE = "file", "folder", "tree"
+
+
+def _real(path: str) -> str:
+  """The path with `~`, `..` and every symlink of its existing part resolved."""
+  return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+
+
+def _under(inner: str, outer: str) -> bool:
+  """`inner` equals `outer` or lies below it (both resolved)."""
+  return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def _same_file(a: str, b: str) -> bool:
+  """Two existing paths that are one file (hard links, bind mounts)."""
+  try:
+    return os.path.samefile(a, b)
+  except OSError:
+    return False
+
+
+def check_apart(outputs, inputs=()) -> None:
+  """Refuses, before any work, a path a tool writes that could damage what it reads.
+
+  The rule, for every output of a tool: it is never equal to an input, never
+  inside an input directory, and never the same file as an input under
+  another name (a symlink, `..`, a hard link); and no two outputs are the
+  same path, nor is one output inside a directory another output writes
+  whole. Paths are compared after resolving `~`, `..` and symlinks of their
+  existing part.
+
+  Args:
+    outputs: (label, path, kind) triples, `label` as the user gave it
+      ("--report"); `kind` is FILE (a file written whole), FOLDER (a directory
+      the tool writes named files into; list those files as FILE outputs
+      too) or TREE (a directory written whole, e.g. a SavedModel: nothing
+      else may lie inside it, and no input either).
+    inputs: (label, path) pairs of everything the tool reads.
+
+  Raises:
+    OutputError: one line naming the output and the path it would damage.
+
+  Example:
+    >>> check_apart([("--report", "in/saved_model.pb", FILE)], [("--input", "in")])
+    Traceback (most recent call last):
+    ...
+    mortar_tf.files.OutputError: --report 'in/saved_model.pb' lies inside the input --input 'in': choose a path outside it
+  """
+  outs = [(label, path, kind, _real(path)) for label, path, kind in outputs if path]
+  ins = [(label, path, _real(path)) for label, path in inputs if path]
+  for label, path, kind, real in outs:
+    for in_label, in_path, in_real in ins:
+      if real == in_real or _same_file(path, in_path):
+        why = "is" if real == in_real else "is the same file as"
+        raise OutputError(f"{label} {path!r} {why} the input {in_label} {in_path!r}: it would "
+                          "be overwritten; choose another path")
+      if _under(real, in_real):
+        raise OutputError(f"{label} {path!r} lies inside the input {in_label} {in_path!r}: "
+                          "choose a path outside it")
+      if kind == TREE and _under(in_real, real):
+        raise OutputError(f"the input {in_label} {in_path!r} lies inside {label} {path!r}, "
+                          "which is written whole: choose another path")
+  for i, (label, path, kind, real) in enumerate(outs):
+    for other_label, other_path, other_kind, other_real in outs[i + 1:]:
+      if real == other_real and not kind == other_kind == FOLDER:
+        raise OutputError(f"{label} {path!r} and {other_label} {other_path!r} are the same "
+                          "path: one would overwrite the other")
+      for (a_label, a_path, a_real), (b_label, b_path, b_kind, b_real) in (
+          ((label, path, real), (other_label, other_path, other_kind, other_real)),
+          ((other_label, other_path, other_real), (label, path, kind, real))):
+        if b_kind == TREE and a_real != b_real and _under(a_real, b_real):
+          raise OutputError(f"{a_label} {a_path!r} lies inside {b_label} {b_path!r}, which is "
+                            "written whole: choose a path outside it")
+
+
 class _OutputSet:
   """Temp files waiting to be renamed together (and directories made for them)."""
 

@@ -6,7 +6,9 @@ to: its full name ("enc/mha/query/kernel"), each enclosing layer path ("enc",
 "enc/mha", "enc/mha/query") and each layer's own name ("mha", "query"), plus
 what the caller adds (a SavedModel checkpoint key, the names of the ops that
 read the weight). The first entry that matches wins, in the map's order: put
-specific entries before general ones.
+specific entries before general ones. Every entry must win at least one
+weight: an entry that matches nothing, or only weights that earlier entries
+already take (`{"*": 0.1, "fc": 0.01}`), is an error naming it.
 
 morph_model, MorphWrapper, MortarCallback, mortar-morph --precision_map,
 mortar_tf.savedmodel.convert and the estimator all match through here.
@@ -95,8 +97,10 @@ def resolve(precision_map, weights: Mapping[str, Sequence[str]], method: str = "
     what: how the error message calls the weights ("kernel", "variable").
 
   Raises:
-    ValueError: as `check`, or an entry that matches no weight (a typo guard;
-      the message lists the weights' names).
+    ValueError: as `check`; an entry that matches no weight (a typo guard;
+      the message lists the weights' names); an entry that matches weights
+      but wins none, every one of them taken by earlier entries (the
+      message names the entries that shadow it).
   """
   specs = check(precision_map, method)
   unused = [p for p in specs if not any(_hits(p, names) for names in weights.values())]
@@ -104,9 +108,23 @@ def resolve(precision_map, weights: Mapping[str, Sequence[str]], method: str = "
     listed = ", ".join(sorted(names[0] for names in weights.values() if names)) or "(none)"
     raise ValueError(f"precision map entries {unused} match no {what}; the {what}s are: "
                      f"{listed}")
-  out = {}
+  out, winner = {}, {}
   for key, names in weights.items():
     pattern = next((p for p in specs if _hits(p, names)), None)
     if pattern is not None:
       out[key] = specs[pattern]
+      winner[key] = pattern
+  won = set(winner.values())
+  for pattern in specs:
+    if pattern in won:
+      continue
+    matched = [key for key, names in weights.items() if _hits(pattern, names)]
+    shown = [weights[key][0] if weights[key] else str(key) for key in matched]
+    before = list(dict.fromkeys(winner[key] for key in matched))
+    raise ValueError(
+        f"precision map entry {pattern!r} never applies: every {what} it matches "
+        f"({', '.join(shown[:4])}{', ...' if len(shown) > 4 else ''}) is matched first by "
+        f"the earlier {'entry' if len(before) == 1 else 'entries'} "
+        f"{', '.join(repr(p) for p in before)} (the first matching entry wins); put "
+        f"{pattern!r} before {'it' if len(before) == 1 else 'them'}, or remove it")
   return out

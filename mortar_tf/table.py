@@ -22,6 +22,22 @@ def ratio(value: float) -> str:
   return "inf" if math.isinf(value) else f"{value:.3f}x"
 
 
+def shorten(text: str, limit: int) -> str:
+  """`text` cut to at most `limit` characters at a word boundary, with " ..."
+  where it was cut (never in the middle of a word, unless one word is longer
+  than `limit`).
+
+  >>> shorten("the input is too small for the kernel", 20)
+  'the input is too ...'
+  """
+  if len(text) <= limit:
+    return text
+  cut = text[:max(limit - 4, 1)]
+  if not text[len(cut)].isspace() and " " in cut:
+    cut = cut[:cut.rindex(" ")]
+  return cut.rstrip() + " ..."
+
+
 def _cell(value) -> str:
   if isinstance(value, bool):
     return str(value)

@@ -2,6 +2,7 @@
 path and the SavedModel converter resolve the same map to the same weights."""
 
 import collections
+import re
 import types
 
 import pytest
@@ -78,3 +79,68 @@ def test_the_converter_matches_through_the_same_rules():
                   "layer-1/*", "*Conv2D"):
     assert precision_map.lookup({pattern: 0.1}, names) == 0.1
   assert precision_map.lookup({"block/conv": 0.1}, names) is None  # paths start at the root
+
+
+def _first_match_by_hand(patterns, names_of):
+  """{weight: the index of the first pattern matching one of its names}, by
+  plain loops over fnmatch (independent of precision_map)."""
+  import fnmatch  # pylint: disable=import-outside-toplevel
+  out = {}
+  for weight, names in names_of.items():
+    for i, pattern in enumerate(patterns):
+      if any(fnmatch.fnmatchcase(n, pattern) for n in names):
+        out[weight] = i
+        break
+  return out
+
+
+def test_an_entry_that_wins_no_weight_is_an_error_naming_what_shadows_it():
+  import random  # pylint: disable=import-outside-toplevel
+  rng = random.Random(4)
+  layers = ["conv1d_1", "conv1d_10", "pooled_dense", "enc/mha/query", "enc/mha/key", "fc"]
+  pool = ["*", "conv1d_1", "conv1d_1*", "pooled_dense", "enc", "mha", "enc/mha/query",
+          "query", "*dense*", "fc", "f?", "enc/*/key", "*/kernel", "conv*"]
+  names_of = {layer: precision_map.weight_names(f"{layer}/kernel") for layer in layers}
+  checked = shadowed_seen = 0
+  for _ in range(400):
+    patterns = rng.sample(pool, rng.randint(1, 4))
+    winners = _first_match_by_hand(patterns, names_of)
+    matches = [any(_hits_by_hand(p, names) for names in names_of.values()) for p in patterns]
+    if not all(matches):
+      continue  # the older rule: an entry matching nothing
+    mapping = {p: 0.1 * (i + 1) for i, p in enumerate(patterns)}
+    losers = [i for i in range(len(patterns)) if i not in winners.values()]
+    checked += 1
+    if not losers:
+      specs = precision_map.resolve(mapping, names_of)
+      assert {w: s.precision for w, s in specs.items()} == {
+          w: mapping[patterns[i]] for w, i in winners.items()}
+      continue
+    shadowed_seen += 1
+    with pytest.raises(ValueError) as error:
+      precision_map.resolve(mapping, names_of)
+    first = patterns[losers[0]]
+    message = str(error.value)
+    assert message.startswith(f"precision map entry {first!r} never applies")
+    shadows = {patterns[winners[w]] for w, names in names_of.items()
+               if _hits_by_hand(first, names)}
+    for pattern in shadows:
+      assert repr(pattern) in message.split("first by the earlier")[1]
+  assert checked > 100 and shadowed_seen > 30  # both verdicts were exercised
+
+
+def _hits_by_hand(pattern, names):
+  import fnmatch  # pylint: disable=import-outside-toplevel
+  return any(fnmatch.fnmatchcase(n, pattern) for n in names)
+
+
+@pytest.mark.parametrize("mapping,shadowed,by", [
+    ({"*": 0.1, "pooled_dense": 0.01}, "pooled_dense", "'*'"),
+    ({"conv1d_1*": 0.05, "conv1d_1": 0.3}, "conv1d_1", "'conv1d_1*'"),
+])
+def test_the_issues_examples(mapping, shadowed, by):
+  names_of = {n: precision_map.weight_names(f"{n}/kernel")
+              for n in ("conv1d_1", "conv1d_10", "pooled_dense")}
+  with pytest.raises(ValueError, match=re.escape(f"entry '{shadowed}' never applies") + ".*"
+                     + re.escape(f"earlier entry {by}")):
+    precision_map.resolve(mapping, names_of)

@@ -91,3 +91,34 @@ def test_bad_input_exits_nonzero_and_writes_nothing(src, tmp_path, args, message
   assert message in result.stderr
   assert not (tmp_path / "out").exists()
   assert not any(p.name.endswith(".mortar-tmp") for p in tmp_path.iterdir())
+
+
+class _Typed(tf.Module):
+  """Two matmul kernels of one dtype (float16, bfloat16, float64, or int8
+  cast to float32 before the matmul, as a dequantising model does)."""
+
+  def __init__(self, dtype):
+    super().__init__()
+    rng = np.random.default_rng(1)
+    make = (lambda shape: rng.integers(-8, 8, shape)) if dtype == "int8" else (
+        lambda shape: rng.standard_normal(shape))
+    self.w1 = tf.Variable(tf.constant(make((4, 3)), dtype=dtype), name="w1")
+    self.w2 = tf.Variable(tf.constant(make((3, 2)), dtype=dtype), name="w2")
+    self.compute = tf.float32 if dtype == "int8" else tf.as_dtype(dtype)
+    self.__call__ = tf.function(self.forward,
+                                input_signature=[tf.TensorSpec([None, 4], self.compute)])
+
+  def forward(self, x):
+    w1, w2 = tf.cast(self.w1, self.compute), tf.cast(self.w2, self.compute)
+    return tf.matmul(tf.matmul(x, w1), w2)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64", "int8"])
+def test_a_model_without_float32_kernels_is_refused_before_writing(tmp_path, dtype):
+  module = _Typed(dtype)
+  tf.saved_model.save(module, str(tmp_path / "m"), signatures=module.__call__)
+  result = _run(f"--input={tmp_path / 'm'}", f"--output={tmp_path / 'out'}")
+  assert result.returncode == 1, result.stdout
+  assert f"are {dtype} (2), none float32" in result.stderr, result.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no copy, no lock, no temp
+  assert "Traceback" not in result.stderr

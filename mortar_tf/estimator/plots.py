@@ -149,11 +149,14 @@ def plot_density(result: Estimate, path: str) -> str:
   return save_figure(fig, path)
 
 
+FILES = ("cycles.png", "speedup.png", "density.png")  # what write_plots writes
+
+
 def write_plots(result: Estimate, out_dir: str) -> list[str]:
-  """Writes cycles.png, speedup.png and density.png into out_dir."""
+  """Writes FILES (cycles.png, speedup.png and density.png) into out_dir."""
   if not result.mapped:
     raise ValueError("no estimated layers to plot")
   files.make_dirs(out_dir)
-  return [plot_cycles(result, os.path.join(out_dir, "cycles.png")),
-          plot_speedup(result, os.path.join(out_dir, "speedup.png")),
-          plot_density(result, os.path.join(out_dir, "density.png"))]
+  cycles, speedup, density = (os.path.join(out_dir, name) for name in FILES)
+  return [plot_cycles(result, cycles), plot_speedup(result, speedup),
+          plot_density(result, density)]

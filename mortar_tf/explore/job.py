@@ -22,6 +22,20 @@ from mortar_tf.explore import plots
 from mortar_tf.explore import search as search_lib
 
 
+# Every file run_job may write into out_dir.
+FILES = ("sweep.csv", "sweep.json", "summary.md", "pareto.png", "bit_density.png", "columns.png",
+         "cycles.png", "finetuned.keras")
+
+
+def check_paths(model_path: str, data_path: str, out_dir: str) -> None:
+  """Refuses an out_dir (or a file it would write) inside, equal to or aliasing
+  the model or the data (files.check_apart)."""
+  files_lib.check_apart(
+      [("--out_dir", out_dir, files_lib.FOLDER)]
+      + [(f"--out_dir's {name}", os.path.join(out_dir, name), files_lib.FILE) for name in FILES],
+      [("--model", model_path), ("--data", data_path)])
+
+
 @dataclasses.dataclass(frozen=True)
 class JobResult:
   sweep: search_lib.SweepResult
@@ -54,10 +68,12 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
 
   Raises:
     ValueError: an unreadable model or data file, missing arrays, a bad
-      metric, grid or budget.
+      metric, grid or budget; an out_dir inside, equal to or aliasing the
+      model or the data (files.OutputError, before any work).
   """
   if search and (not isinstance(budget, (int, float)) or not budget >= 0):
     raise ValueError(f"budget must be a number >= 0, got {budget!r}")
+  check_paths(model_path, data_path, out_dir)
   needs_labels = metric == "accuracy"
   data = metrics_lib.load_npz(data_path, x_key, y_key if needs_labels else None)
   if samples is not None:

@@ -585,6 +585,9 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
   return "\n".join(lines)
 
 
+FIGURES = ("bit_density.png", "columns.png", "pareto.png")  # what write_page puts in figures_dir
+
+
 def write_page(records: Sequence[dict], page_path: str, figures_dir: str, *,
                failed: Mapping[str, str] | None = None, command: str = "",
                work_dir: str = "out/results", intro: str = "") -> list[str]:
@@ -603,11 +606,11 @@ def write_page(records: Sequence[dict], page_path: str, figures_dir: str, *,
   with files.output_set():
     files.make_dirs(page_dir)
     files.make_dirs(figures_dir)
+    bit_density, columns, pareto = (os.path.join(figures_dir, name) for name in FIGURES)
     figures = {
-        "bit_density": plot_bit_density(records, os.path.join(figures_dir, "bit_density.png")),
-        "columns": plot_columns(records, os.path.join(figures_dir, "columns.png"),
-                                records[0]["settings"]["reference"]),
-        "pareto": plot_pareto(records, os.path.join(figures_dir, "pareto.png")),
+        "bit_density": plot_bit_density(records, bit_density),
+        "columns": plot_columns(records, columns, records[0]["settings"]["reference"]),
+        "pareto": plot_pareto(records, pareto),
     }
     text = page(records, figures, failed or {}, command, page_dir, work_dir, intro)
     files.write_text(page_path, text + "\n")

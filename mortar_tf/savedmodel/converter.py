@@ -179,19 +179,43 @@ def _version() -> str:
   return mortar_tf.__version__
 
 
-def _check_paths(src: str, dst: str) -> None:
+def _check_paths(src: str, dst: str, report_path: str | None, verify_inputs) -> None:
   if not dst:
     raise ValueError("no output directory given")
-  src_real, dst_real = os.path.realpath(src), os.path.realpath(dst)
-  if src_real == dst_real:
-    raise ValueError(f"output {dst!r} is the input; write the morphed model somewhere else")
-  if dst_real.startswith(src_real + os.sep):
-    raise ValueError(f"output {dst!r} is inside the input SavedModel {src!r}")
+  files.check_apart(
+      [("dst", dst, files.TREE), ("report_path", report_path, files.FILE)],
+      [("src", src)] + ([("verify_inputs", verify_inputs)]
+                         if isinstance(verify_inputs, (str, os.PathLike)) else []))
   if os.path.lexists(dst):
     raise ValueError(f"output {dst!r} already exists; remove it or choose another path")
   parent = os.path.dirname(os.path.abspath(dst))
   if not os.path.isdir(parent):
     raise ValueError(f"the output's parent directory {parent!r} does not exist")
+
+
+def _nothing_to_morph(src: str, graph, select, skipped) -> str:
+  """Why a selection came out empty: the dtypes of what it would have taken,
+  or what the compute ops read instead of variables."""
+  if select == "kernels":
+    read = {op.weight.key for op in graph.mapped if op.weight.kind == "variable"}
+    found = [v for v in graph.variables if v.key in read]
+    what = "the variables its compute ops read as weights"
+  else:
+    found = [v for v in graph.variables if v.role == "model"]
+    what = "its model variables"
+  dtypes: dict[str, int] = {}
+  for var in found:
+    dtypes[var.dtype] = dtypes.get(var.dtype, 0) + 1
+  head = f"nothing to morph in {src!r}"
+  if dtypes and "float32" not in dtypes:
+    listed = ", ".join(f"{d} ({n})" for d, n in sorted(dtypes.items()))
+    return f"{head}: {what} are {listed}, none float32; only float32 weights are morphed"
+  if not found:
+    constants = sum(1 for op in graph.mapped if op.weight.kind == "constant")
+    unmapped = len(graph.ops) - len(graph.mapped)
+    return (f"{head}: no compute op of the signature reads a variable ({len(graph.ops)} "
+            f"compute ops: {constants} read graph constants, {unmapped} unmapped)")
+  return f"{head}: " + "; ".join(f"{name}: {why}" for name, why in skipped[:6])
 
 
 def read_record(saved_model_dir: str) -> dict | None:
@@ -394,7 +418,7 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
       that is not float32, or an already morphed model without `force`.
   """
   start = time.monotonic()
-  _check_paths(src, dst)
+  _check_paths(src, dst, report_path, verify_inputs)
   if report_path:
     files.check_output_file(report_path)
   group_size, width = bits.check_group_args(
@@ -422,6 +446,8 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
                      "morph it again")
   graph = graph_lib.read_graph(src, input_shape=input_shape, signature=signature)
   targets, skipped = selection.select_targets(graph, method, precision, spec_kwargs, select)
+  if not targets:
+    raise ValueError(_nothing_to_morph(src, graph, select, skipped))
   reader, _ = variables_lib.open_checkpoint(src)
   targets = selection.twins(targets, graph.twins, reader, src, graph.variables)
   if isinstance(precision, Mapping):

@@ -47,11 +47,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from mortar_tf import table
 from mortar_tf.savedmodel import control_flow
 from mortar_tf.savedmodel import graph_protos as protos
 from mortar_tf.savedmodel import variables as variables_lib
@@ -210,7 +211,7 @@ class _Walker:
         frame.traced = None  # keep the saved shapes
         if self.trace_error is None:  # say why, e.g. an input too small for the model
           text = str(e).strip().splitlines()
-          self.trace_error = text[0][:300] if text else type(e).__name__
+          self.trace_error = table.shorten(text[0], 300) if text else type(e).__name__
     for node in fdef.node_def:
       if node.name not in live:
         continue  # its result reaches no output (Keras' RNNs run a step only for shapes)
@@ -343,6 +344,22 @@ def _signature_calls(meta_graph, signature: str):
   return sigs[signature], calls
 
 
+def input_shape_hint(declared: Mapping[str, Sequence[int] | None]) -> str:
+  """How to give one shape per input, in both syntaxes, from the declared
+  shapes ("?" where the signature leaves a dim to the caller; the batch as 1):
+  "--input_shape='a:1,?;b:1,?' on the command line, input_shape={'a': (1, ?),
+  'b': (1, ?)} in Python"."""
+  def dims(shape):
+    if shape is None:
+      return ["..."]
+    return ["1" if i == 0 and d < 0 else "?" if d < 0 else str(d) for i, d in enumerate(shape)]
+  shown = {n: dims(declared[n]) for n in sorted(declared)}
+  cli = ";".join(f"{n}:{','.join(d)}" for n, d in shown.items())
+  python = ", ".join(f"{n!r}: ({', '.join(d)}{',' if d in (['1'], ['?']) else ''})"
+                     for n, d in shown.items())
+  return f"--input_shape='{cli}' on the command line, input_shape={{{python}}} in Python"
+
+
 def _input_shapes(sig, input_shape) -> tuple[dict, int]:
   """{name: shape} of the signature's inputs with the user's shapes, and the batch."""
   declared = {k: protos.shape_of(v.tensor_shape) for k, v in sig.inputs.items()}
@@ -353,8 +370,8 @@ def _input_shapes(sig, input_shape) -> tuple[dict, int]:
   elif len(declared) == 1:
     given = {next(iter(declared)): input_shape}
   else:
-    raise ValueError(f"the signature has inputs {sorted(declared)}: give input_shape as a "
-                     "{name: shape} dict")
+    raise ValueError(f"the signature has {len(declared)} inputs ({', '.join(sorted(declared))}):"
+                     f" give one shape per input, {input_shape_hint(declared)}")
   unknown = sorted(set(given) - set(declared))
   if unknown:
     raise ValueError(f"input_shape names {unknown}; the signature's inputs are {sorted(declared)}")

@@ -38,7 +38,10 @@ class Verification:
   Attributes:
     inputs: {input name: shape used}.
     source: "npz" (given inputs) or "random".
-    outputs: {output name: {"max_abs": max |a - b|, "max_rel": max |a - b| / max |a|}}.
+    outputs: {output name: compare(original, morphed)}: "max_abs" (max |a - b|),
+      "max_rel" (max |a - b| / max |a|), both over the positions finite in
+      both, and the counts "non_finite" (NaN/inf alike in both) and
+      "non_finite_mismatches" (a failure when not 0).
     max_rel: the tolerance on max_rel; max_abs: the one on max_abs (None: none).
   """
   inputs: Mapping[str, tuple[int, ...]]
@@ -50,6 +53,9 @@ class Verification:
   def failures(self) -> list[str]:
     out = []
     for name, diff in self.outputs.items():
+      if diff.get("non_finite_mismatches"):
+        out.append(f"{name}: {diff['non_finite_mismatches']} position(s) where one output is "
+                   "NaN or inf and the other is not the same")
       if not diff["max_rel"] <= self.max_rel:  # NaN fails too
         out.append(f"{name}: max rel diff {diff['max_rel']:.3g} > {self.max_rel:.3g}")
       if self.max_abs is not None and not diff["max_abs"] <= self.max_abs:
@@ -65,8 +71,12 @@ class Verification:
     out = [f"Verified on {self.source} inputs ({shapes}); tolerance max rel {self.max_rel:.3g}"
            + (f", max abs {self.max_abs:.3g}" if self.max_abs is not None else "")]
     for name, diff in self.outputs.items():
-      out.append(f"  output {name}: max abs diff {diff['max_abs']:.3g}, max rel diff "
-                 f"{diff['max_rel']:.3g}")
+      line = (f"  output {name}: max abs diff {diff['max_abs']:.3g}, max rel diff "
+              f"{diff['max_rel']:.3g}")
+      if diff.get("non_finite") or diff.get("non_finite_mismatches"):
+        line += (f" (over the finite positions; {diff.get('non_finite', 0)} NaN/inf in both "
+                 f"alike, {diff.get('non_finite_mismatches', 0)} not alike)")
+      out.append(line)
     failures = self.failures()
     out.append("  FAILED: " + "; ".join(failures) if failures else "  passed")
     return out
@@ -77,6 +87,35 @@ class Verification:
                         for n, d in self.outputs.items()},
             "tolerance": {"max_rel": self.max_rel, "max_abs": self.max_abs},
             "passed": self.passed}
+
+
+def compare(original, morphed) -> dict:
+  """How far `morphed` is from `original` (same shape), as Verification.outputs holds it.
+
+  Non-finite values are compared by position and kind: a NaN, +inf or -inf
+  of the original must be the same in the morphed output, and a finite value
+  must stay finite ("non_finite_mismatches" counts the positions where not).
+  The finite positions of both are compared by value: "max_abs" is their
+  largest |a - b|, "max_rel" that over the largest finite |a| (0 when
+  nothing differs, inf when only zeros were expected); "non_finite" counts
+  the positions non-finite in both alike.
+
+  >>> compare(np.float32([1.0, np.nan]), np.float32([1.5, np.nan]))
+  {'max_abs': 0.5, 'max_rel': 0.5, 'non_finite': 1, 'non_finite_mismatches': 0}
+  """
+  x = np.asarray(original, np.float64).ravel()
+  y = np.asarray(morphed, np.float64).ravel()
+  fx, fy = np.isfinite(x), np.isfinite(y)
+  kind_x = np.where(np.isnan(x), 0.0, np.sign(x))  # NaN 0, +inf 1, -inf -1 where non-finite
+  kind_y = np.where(np.isnan(y), 0.0, np.sign(y))
+  mismatches = int(np.count_nonzero((fx != fy) | (~fx & ~fy & (kind_x != kind_y))))
+  both = fx & fy
+  diff = float(np.max(np.abs(x[both] - y[both]))) if both.any() else 0.0
+  scale = float(np.max(np.abs(x[both]))) if both.any() else 0.0
+  return {"max_abs": diff,
+          "max_rel": diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf),
+          "non_finite": int(np.count_nonzero(~fx & ~fy & (kind_x == kind_y))),
+          "non_finite_mismatches": mismatches}
 
 
 def default_tolerance(specs: Sequence[morphing.MorphSpec]) -> float:
@@ -154,13 +193,21 @@ def make_inputs(specs, inputs=None, input_shape=None, seed: int = 0):
   return feed, "random"
 
 
+def _hint(specs) -> str:
+  """graph.input_shape_hint for the TensorSpecs `specs`."""
+  from mortar_tf.savedmodel import graph  # pylint: disable=import-outside-toplevel
+  return graph.input_shape_hint(
+      {n: None if s.shape.rank is None else [-1 if d is None else d for d in s.shape.as_list()]
+       for n, s in specs.items()})
+
+
 def _given_shapes(specs, input_shape) -> dict:
   """{name: shape} of input_shape: one shape names a one-input signature's
   input; a mapping must name the signature's inputs."""
   if input_shape is not None and not isinstance(input_shape, Mapping):
     if len(specs) != 1:
       raise ValueError(f"the signature takes {len(specs)} inputs ({', '.join(sorted(specs))}): "
-                       "give one shape per input (name:shape;name:shape)")
+                       f"give one shape per input, {_hint(specs)}")
     input_shape = {next(iter(specs)): input_shape}
   input_shape = dict(input_shape or {})
   unknown = sorted(set(input_shape) - set(specs))
@@ -182,8 +229,8 @@ def _shapes(specs, input_shape) -> dict:
       out[name] = given
       continue
     if dims is None or any(d is None for d in dims[1:]):
-      raise ValueError(f"input {name!r} has unknown dimensions {dims}: give its shape "
-                       "(input_shape) or the inputs as an .npz; none is invented")
+      raise ValueError(f"input {name!r} has unknown dimensions {dims}: give the shapes, "
+                       f"{_hint(specs)}, or the inputs as an .npz; none is invented")
     out[name] = tuple(1 if i == 0 and d is None else d for i, d in enumerate(dims))
   return out
 
@@ -216,13 +263,6 @@ def verify_outputs(src: str, dst: str, signature: str, inputs=None, input_shape=
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ValueError(f"the model does not run on the verification inputs ({shapes}): "
                      f"{first}; give inputs it takes (--input_shape or an .npz)") from None
-  outputs = {}
-  for name in sorted(a):
-    x = np.asarray(a[name], np.float64)
-    y = np.asarray(b[name], np.float64)
-    diff = float(np.max(np.abs(x - y))) if x.size else 0.0
-    scale = float(np.max(np.abs(x))) if x.size else 0.0
-    outputs[name] = {"max_abs": diff, "max_rel": diff / scale if scale > 0 else
-                     (0.0 if diff == 0 else math.inf)}
+  outputs = {name: compare(a[name], b[name]) for name in sorted(a)}
   return Verification({n: tuple(t.shape) for n, t in feed.items()}, source, outputs, max_rel,
                       max_abs)

@@ -4,12 +4,15 @@
   mortar-analyze --model=saved_model_dir --methods=paper,fewest_ones --precisions=0.05,0.1,0.3
 """
 
+import sys
+
 from absl import app
 from absl import flags
 
 from mortar_tf.tools import flag_parsing
 
 from mortar_tf import analyze as analyze_lib
+from mortar_tf import files
 
 _MODEL = flags.DEFINE_string("model", None, "A .keras/.h5/.tflite model file or a SavedModel directory.",
                              required=True)
@@ -38,14 +41,22 @@ def main(argv):
         flag_parsing.numbers("keep_bits", _KEEP_BITS.value, int),
         flag_parsing.numbers("columns", _COLUMNS.value, int),
         group_size=_GROUP_SIZE.value, width=_WIDTH.value)
-    analysis = analyze_lib.analyze(_MODEL.value, specs, select=_SELECT.value,
-                                   group_size=_GROUP_SIZE.value, width=_WIDTH.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  print(analyze_lib.format_analysis(analysis, _DOMAIN.value, _PER_LAYER.value))
-  if _JSON.value:
-    analysis.write_json(_JSON.value)
-    print(f"\nWrote {_JSON.value}")
+  try:
+    flag_parsing.check_paths([(_JSON, files.FILE)], [_MODEL])
+    if _JSON.value:
+      files.check_output_file(_JSON.value)  # before the analysis, not after
+    analysis = analyze_lib.analyze(_MODEL.value, specs, select=_SELECT.value,
+                                   group_size=_GROUP_SIZE.value, width=_WIDTH.value)
+    print(analyze_lib.format_analysis(analysis, _DOMAIN.value, _PER_LAYER.value))
+    if _JSON.value:
+      analysis.write_json(_JSON.value)
+      print(f"\nWrote {_JSON.value}")
+  except (ValueError, TypeError) as e:
+    print(f"mortar-analyze: error: {e}", file=sys.stderr)
+    return 1
+  return 0
 
 
 def run():

@@ -16,6 +16,7 @@ The output files are written all or none (each renamed into place once all
 are written). Exit status: 0 done, 1 failed.
 """
 
+import os
 import sys
 
 from absl import app
@@ -63,6 +64,11 @@ def main(argv):
   from mortar_tf import files  # pylint: disable=import-outside-toplevel
   from mortar_tf.estimator import plots  # pylint: disable=import-outside-toplevel
   try:
+    plot_files = [(f"--plots_dir's {name}", os.path.join(_PLOTS_DIR.value, name), files.FILE)
+                  for name in plots.FILES] if _PLOTS_DIR.value else []
+    flag_parsing.check_paths([(_CSV, files.FILE), (_JSON, files.FILE),
+                              (_PLOTS_DIR, files.FOLDER)] + plot_files,
+                             [_SAVED_MODEL, _CONFIG, _PRECISION_MAP])
     for path in (_CSV.value, _JSON.value):  # before any work: all or nothing is written
       if path:
         files.check_output_file(path)

@@ -7,6 +7,8 @@ import sys
 from absl import app
 from absl import flags
 
+from mortar_tf import files
+
 
 def run_tool(main, module_name: str) -> None:
   """app.run(main) for the tool defined in `module_name`.
@@ -22,7 +24,37 @@ def run_tool(main, module_name: str) -> None:
       main_module.__doc__ = module.__doc__
     for flag in flags.FLAGS.get_key_flags_for_module(module_name):
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(main)
+  command = os.path.basename(sys.argv[0])
+  if not command.startswith("mortar-"):
+    command = f"python -m {module_name}"
+  app.run(_short_usage_errors(main, command))
+
+
+def _short_usage_errors(main, command: str):
+  """`main` with a UsageError printed as its cause and where help is (absl
+  would print the whole help before the one line that matters); exit status 1."""
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except app.UsageError as e:
+      print(f"{command}: error: {e}\nsee {command} --helpshort", file=sys.stderr)
+      return e.exitcode
+  return wrapped
+
+
+def check_paths(outputs, inputs) -> None:
+  """files.check_apart over flags: `outputs` are (flag holder, kind) pairs or
+  (label, path, kind) triples, `inputs` flag holders or (label, path) pairs;
+  flags left unset are skipped.
+
+  Raises:
+    files.OutputError: an output inside, equal to or aliasing an input or
+      another output (one line naming both).
+  """
+  def labelled(item):
+    return (f"--{item.name}", item.value) if isinstance(item, flags.FlagHolder) else item
+  files.check_apart([(*labelled(o[0]), o[1]) if len(o) == 2 else o for o in outputs],
+                    [labelled(i) for i in inputs])
 
 
 def numbers(name: str, values, kind) -> list:
@@ -82,9 +114,15 @@ def precision(value, map_path):
     raise app.UsageError("give --precision or --precision_map, not both")
   if not os.path.isfile(map_path):
     raise app.UsageError(f"--precision_map: no such file {map_path!r}")
+  def unique(pairs):
+    seen = [k for i, (k, _) in enumerate(pairs) if k in (p for p, _ in pairs[:i])]
+    if seen:  # json.load would keep the last silently
+      raise app.UsageError(f"--precision_map {map_path!r} gives {seen[0]!r} twice")
+    return dict(pairs)
+
   try:
     with open(map_path, encoding="utf-8") as f:
-      mapping = json.load(f)
+      mapping = json.load(f, object_pairs_hook=unique)
   except ValueError as e:
     raise app.UsageError(f"--precision_map {map_path!r} is not valid JSON: {e}") from None
   if not isinstance(mapping, dict) or not all(

@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mortar_tf import files
 from mortar_tf.tools import flag_parsing
 
 VERIFY_FAILED = 2
@@ -73,6 +74,11 @@ def main(argv):
       raise app.UsageError(f"--{flag.name} is for --verify: add --verify (or drop it)")
   select = _SELECT.value
   select = select[0] if select in (["kernels"], ["all"]) else select
+  try:  # every path it writes, apart from every path it reads
+    flag_parsing.check_paths([(_OUTPUT, files.TREE), (_REPORT, files.FILE)],
+                             [_INPUT, _VERIFY_INPUTS, _PRECISION_MAP])
+  except files.OutputError as e:
+    return _failed(e)
   # TensorFlow loads after the flags are checked: usage errors stay fast.
   logging.set_verbosity(logging.WARNING)  # TF's loader logs each SavedModel at INFO
   from mortar_tf import savedmodel  # pylint: disable=import-outside-toplevel
@@ -90,13 +96,17 @@ def main(argv):
     print(f"mortar-morph: {e}", file=sys.stderr)
     return VERIFY_FAILED
   except (ValueError, TypeError) as e:
-    print(f"mortar-morph: error: {e}", file=sys.stderr)
-    print("Nothing was written.", file=sys.stderr)
-    return 1
+    return _failed(e)
   print(report.summary())
   if _REPORT.value:
     print(f"Wrote {_REPORT.value}")
   return 0
+
+
+def _failed(error: Exception) -> int:
+  print(f"mortar-morph: error: {error}", file=sys.stderr)
+  print("Nothing was written.", file=sys.stderr)
+  return 1
 
 
 def run():

@@ -79,7 +79,7 @@ def main(argv):
     if unknown:
       raise ValueError(f"--only names models not in the list: {', '.join(unknown)} "
                        f"(the list has {', '.join(names)})")
-    _check_outputs(_PAGE.value, figures_dir)
+    _check_outputs(entries, figures_dir)
     for entry in entries:
       if entry.metric == "psnr" and entry.budget < 150:
         print(f"mortar-results: warning: {entry.name}: a psnr budget is the drop allowed from "
@@ -128,11 +128,25 @@ def main(argv):
   return 1 if failed else 0
 
 
-def _check_outputs(page: str, figures_dir: str) -> None:
-  """Before any work: the page and figures can be written (an existing
-  directory is probed with a file, which also catches what permission bits
-  do not say, e.g. a read-only mount or a root-owned pseudo file system)."""
+def _check_outputs(entries, figures_dir: str) -> None:
+  """Before any work: no output lies inside, equals or aliases an input (the
+  list, a model, its data) or another output, and the page and figures can be
+  written (an existing directory is probed with a file, which also catches
+  what permission bits do not say, e.g. a read-only mount or a root-owned
+  pseudo file system)."""
   from mortar_tf import files  # pylint: disable=import-outside-toplevel
+  from mortar_tf.explore import evaluation  # pylint: disable=import-outside-toplevel
+  from mortar_tf.explore import results_page  # pylint: disable=import-outside-toplevel
+  page = _PAGE.value
+  flag_parsing.check_paths(
+      [(_PAGE, files.FILE), ("--figures_dir", figures_dir, files.FOLDER),
+       (_WORK_DIR, files.FOLDER)]
+      + [(f"--figures_dir's {name}", os.path.join(figures_dir, name), files.FILE)
+         for name in results_page.FIGURES]
+      + [(f"--work_dir's record of {e.name}", evaluation.record_path(_WORK_DIR.value, e.name),
+          files.FILE) for e in entries],
+      [_MODELS] + [(f"--models entry {e.name!r}'s {what}", path) for e in entries
+                   for what, path in (("model", e.model), ("data", e.data))])
   page_dir = os.path.dirname(os.path.abspath(page))
   if os.path.isdir(page):
     raise ValueError(f"--page {page!r} is a directory, not a file")

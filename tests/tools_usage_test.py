@@ -1,0 +1,60 @@
+"""What a mistyped command line prints: the cause, then where the help is, never
+the whole help first; multi-input shape errors in the command line's own syntax."""
+
+import keras
+import pytest
+
+import installed_tool
+
+# Each tool with a usage error of its own (the required flags given).
+CASES = [
+    ("mortar-analyze", ["--model=m.keras", "--precisions=abc"],
+     "--precisions must be a list of floats"),
+    ("mortar-morph", ["--input=in", "--output=out", "--verify_inputs=x.npz"],
+     "--verify_inputs is for --verify"),
+    ("mortar-estimate", ["--saved_model=m", "--input_shape=a:1,x"], "--input_shape"),
+    ("mortar-sweep", ["--model=m.keras", "--data=d.npz", "--methods=magic"],
+     "unknown methods ['magic']"),
+    ("mortar-results", ["--models=m.json", "stray"], "unexpected arguments: stray"),
+    ("mortar-morph", ["--input=in", "--output=out", "--precision=0.1",
+                      "--precision_map=p.json"], "give --precision or --precision_map"),
+]
+
+
+@pytest.mark.parametrize("tool,args,cause", CASES)
+def test_a_usage_error_is_its_cause_and_a_pointer_to_the_help(tool, args, cause, tmp_path):
+  (tmp_path / "p.json").write_text("{}")
+  result = installed_tool.run(tool, *[a.replace("p.json", str(tmp_path / "p.json"))
+                                      for a in args])
+  assert result.returncode == 1
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 2, result.stderr
+  assert lines[0].startswith(f"{tool}: error: ") and cause in lines[0], lines[0]
+  assert lines[1] == f"see {tool} --helpshort"
+  help_ = installed_tool.run(tool, "--helpshort")
+  assert "--" in help_.stdout and "--helpfull" in help_.stdout  # the pointer leads somewhere
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory):
+  d = tmp_path_factory.mktemp("two")
+  a, b = keras.Input((5,), name="token_ids"), keras.Input((5,), name="padding_mask")
+  out = keras.layers.Dense(3, name="fc")(keras.layers.Concatenate()([a, b]))
+  keras.Model([a, b], out).export(str(d / "m"), verbose=False)
+  return d / "m"
+
+
+@pytest.mark.parametrize("tool,args", [
+    ("mortar-estimate", ["--saved_model={m}", "--input_shape=1,5"]),
+    ("mortar-morph", ["--input={m}", "--output={out}", "--input_shape=1,5"]),
+])
+def test_multi_input_shape_errors_speak_the_flags_syntax(two_inputs, tmp_path, tool, args):
+  result = installed_tool.run(tool, *[a.format(m=two_inputs, out=tmp_path / "out")
+                                      for a in args])
+  assert result.returncode == 1
+  assert "--input_shape='padding_mask:1,5;token_ids:1,5'" in result.stderr, result.stderr
+  assert "{name: shape}" not in result.stderr and "dict" not in result.stderr
+  # The syntax it shows works.
+  ok = installed_tool.run("mortar-estimate", f"--saved_model={two_inputs}",
+                          "--input_shape=padding_mask:1,5;token_ids:1,5")
+  assert ok.returncode == 0, ok.stderr
