@@ -15,4 +15,4 @@ export TF_CPP_MIN_LOG_LEVEL=2
 .venv/bin/python scripts/train_mnist.py
 export MORTAR_RESULTS_COMMAND="bash scripts/results.sh${*:+ $*}"
 exec .venv/bin/mortar-results --models=scripts/results_models.json --work_dir=out/results \
-  --page=docs/results.md --figures_dir=docs/results "$@"
+  --page=docs/results.md --figures_dir=docs/results --readme=README.md "$@"

@@ -11,3 +11,14 @@ def test_readme_examples():
                             optionflags=doctest.NORMALIZE_WHITESPACE)
   assert result.attempted >= 5
   assert result.failed == 0
+
+
+def test_the_results_summary_is_the_pages_own():
+  """The README's summary of the results is the "What holds" section of
+  docs/results.md, word for word (scripts/results.sh copies it)."""
+  from mortar_tf.explore import results_page  # pylint: disable=import-outside-toplevel
+  readme = README.read_text(encoding="utf-8")
+  page = (README.parent / "docs" / "results.md").read_text(encoding="utf-8")
+  summary = results_page.summary_of(page)
+  assert len(summary) >= 5
+  assert results_page.with_summary(readme, summary) == readme

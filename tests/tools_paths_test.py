@@ -32,7 +32,8 @@ TOOLS = {
     "mortar-analyze": ("analyze_weights", {"json": FILE}, ["model"], []),
     "mortar-sweep": ("sweep", {"out_dir": FOLDER}, ["model", "data"],
                      ["signature", "output", "x_key", "y_key"]),
-    "mortar-results": ("results", {"page": FILE, "figures_dir": FOLDER, "work_dir": FOLDER},
+    "mortar-results": ("results", {"page": FILE, "figures_dir": FOLDER, "work_dir": FOLDER,
+                                   "readme": FILE},
                        ["models"], []),
 }
 

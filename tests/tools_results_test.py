@@ -294,3 +294,28 @@ def test_progress_eta_counts_the_models_still_to_do():
   # a: 20 s more; b: no earlier time, so a's projection (40 s); c: its last time (100 s).
   assert line.startswith("[1/3 a] design space: paper P=0.1 | 20s on this model")
   assert line.endswith("ETA 20s model, 2m40s all")
+
+
+def test_the_readme_block_gets_the_pages_summary(job, tmp_path):
+  """--readme fills the marked block with the page's "What holds" bullets and
+  leaves every other line of the file as it was; a file without the block is
+  refused before any work."""
+  readme = tmp_path / "README.md"
+  readme.write_text("# Title\n\nBefore.\n\n<!-- results-summary: begin -->\nold line\n"
+                    "<!-- results-summary: end -->\n\nAfter.\n")
+  page = tmp_path / "page.md"
+  result = _run(*job["args"][:2], f"--page={page}", "--page_only", *GRID, f"--readme={readme}")
+  assert result.returncode == 0, result.stderr
+  text = page.read_text()
+  start = text.index("## What holds of the paper's claims")
+  bullets = [l for l in text[start:text.index("\n## ", start + 1)].splitlines()[1:] if l]
+  assert bullets and all(l.startswith("- **") for l in bullets)
+  assert readme.read_text() == ("# Title\n\nBefore.\n\n<!-- results-summary: begin -->\n" +
+                                "\n".join(bullets) + "\n<!-- results-summary: end -->\n\n"
+                                "After.\n")
+  plain = tmp_path / "plain.md"
+  plain.write_text("no block\n")
+  refused = _run(*job["args"][:2], f"--page={tmp_path / 'p2.md'}", "--page_only", *GRID,
+                 f"--readme={plain}")
+  assert refused.returncode == 1 and "no <!-- results-summary: begin -->" in refused.stderr
+  assert plain.read_text() == "no block\n" and not (tmp_path / "p2.md").exists()

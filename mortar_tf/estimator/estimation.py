@@ -8,8 +8,10 @@ original and on the morphed weights. The headline figures are the `mortar`
 engine on the morphed weights over `stripes` and over `mortar` on the
 original weights; every cell is also a speedup over a chosen baseline cell
 (default stripes, original). The per-group
-figures come from the C++ op (MortarAlignedCount) when it is built, else from
-vectorised numpy; nothing loops per group or per weight in Python.
+figures come from backends.aligned_statistics on the weights' numpy buffers:
+the C++ kernels through the native library (mortar_tf.native) when it is
+built, else vectorised numpy; nothing loops per group or per weight in
+Python.
 
 Example:
   result = estimate("model_dir", input_shape=(1, 224, 224, 3))

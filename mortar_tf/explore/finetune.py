@@ -9,9 +9,9 @@ the copy and scores it. If the metric is not better than the plain morph's,
 the plain morph is returned: training never makes the answer worse.
 
 The loop is MorphWrapper's arithmetic without the wrapper: the morph runs
-outside the graph (the C++ op, or numpy), so one compiled step serves every
-map; the wrapper's TF-ops morph took 43 s to compile per map on the FER
-model, against 0.7 s an epoch after it.
+outside the graph (backends.morph: the C++ kernels, or numpy), so one
+compiled step serves every map; the wrapper's TF-ops morph took 43 s to
+compile per map on the FER model, against 0.7 s an epoch after it.
 
 `search_with_finetune` is the per-kernel search whose every full evaluation
 distils the candidate map first, so the calibrated budget reaches larger P at

@@ -259,14 +259,64 @@ def _morphs(record) -> bool:
   return bool(s and s["precisions"])
 
 
+def _search_outcomes(records) -> tuple[list, list, list]:
+  """The searched records split by what the search returned: a per-kernel
+  map, the best global P (no map beat it), nothing within the budget."""
+  searched = [r for r in records if r.get("search")]
+  return ([r for r in searched if _morphs(r) and not r["search"]["chose_global"]],
+          [r for r in searched if _morphs(r) and r["search"]["chose_global"]],
+          [r for r in searched if not _morphs(r)])
+
+
+def _names(records) -> str:
+  return ", ".join(r["name"] for r in records)
+
+
 def _within_budget_speedups(records) -> str:
-  """' Within budget (the searched maps): a to b over stripes.'"""
-  values = [r["search"]["point"]["speedup"] for r in records
-            if _morphs(r) and r["search"]["point"]["speedup"]]
+  """' Within each model's budget the search's result (...) gives a to b over
+  stripes.', saying which results are per-kernel maps and which global P."""
+  per_kernel, global_p, _ = _search_outcomes(records)
+  values = [r["search"]["point"]["speedup"] for r in per_kernel + global_p
+            if r["search"]["point"]["speedup"]]
   if not values:
     return ""
-  return (f" Within each model's budget (the searched maps) the same estimate gives "
-          f"{_span(values)} over `stripes`.")
+  kinds = "; ".join(part for part in (
+      f"a per-kernel map on {_names(per_kernel)}" if per_kernel else "",
+      f"one P for the whole model on {_names(global_p)}" if global_p else "") if part)
+  ceiling = (" (24.00x is the estimate's ceiling: one 1 bit per lane)"
+             if max(values) >= 24 - 5e-3 else "")
+  return (f" Within each model's budget the search's result ({kinds}) gives "
+          f"{_span(values)} over `stripes`{ceiling}.")
+
+
+def _global_p_check(records) -> str:
+  """Whether the bisection's best global P is the largest P within budget
+  that the design-space table (every P evaluated) shows, on the P values both
+  grids share: the bisection assumes the drop grows with P."""
+  found, agree = [], []
+  for r in records:
+    s = r.get("search")
+    if not s:
+      continue
+    method = r["settings"]["search_method"]
+    chosen = s["best_global"]["settings"]["precision"] if s["best_global"] else 0.0
+    shared = set(r["settings"]["search_precisions"])
+    above = [p["settings"]["precision"] for p in r["design_space"].get(method, [])
+             if p["settings"]["precision"] in shared and p["settings"]["precision"] > chosen
+             and _within(r, p)]
+    if above:
+      found.append(f"{r['name']} (P = {max(above):g} within the budget, the bisection's "
+                   f"{'P = ' + format(chosen, 'g') if chosen else 'none'})")
+    else:
+      agree.append(r["name"])
+  if not found and not agree:
+    return ""
+  if not found:
+    return (" The design-space table, which evaluates every P, agrees on every model: no "
+            "larger P of both grids is within the budget.")
+  return (" The bisection assumes the drop grows with P; the design-space table, which "
+          f"evaluates every P, shows a larger P within the budget on {'; '.join(found)}"
+          + (f" (it agrees on {', '.join(agree)})" if agree else "") + ".")
 
 
 def _no_worse(record, a: float, b: float) -> bool:
@@ -303,22 +353,30 @@ def _summary(records, reference) -> list[str]:
                  f"{', '.join(f'{k} {v}x' for k, v in PAPER_SPEEDUPS.items())}); morphing "
                  f"alone buys {_span(alone)} on the same hardware." + _within_budget_speedups(
                      records))
-  searched = [r for r in records if r.get("search")]
-  if searched:
-    gains, faster = [], []
-    for r in searched:
-      s = r["search"]
-      g = s["best_global"]
-      if g and g["ratio"]["aligned"] and _morphs(r):
-        gains.append(s["point"]["ratio"]["aligned"] / g["ratio"]["aligned"])
-        if s["point"]["speedup"] and g["speedup"]:
-          faster.append(s["point"]["speedup"] / g["speedup"])
+  per_kernel, global_p, nothing = _search_outcomes(records)
+  gains, faster = [], []
+  for r in per_kernel:
+    s, g = r["search"], r["search"]["best_global"]
+    if g and g["ratio"]["aligned"]:
+      gains.append(s["point"]["ratio"]["aligned"] / g["ratio"]["aligned"])
+      if s["point"]["speedup"] and g["speedup"]:
+        faster.append(s["point"]["speedup"] / g["speedup"])
+  if per_kernel or global_p or nothing:
+    searched = len(per_kernel) + len(global_p) + len(nothing)
+    parts = []
     if gains:
-      lines.append(f"- **Per-layer P** (beyond the paper, which uses one P). Within each model's "
-                   f"budget the search's aligned ratio is {_span(gains)} that of the best "
-                   "single P of the same grid" +
-                   (f", its estimated speedup {_span(faster)} that P's" if faster else "") +
-                   " (scored on the samples it chose on: optimistic, see below).")
+      parts.append(f"On {len(per_kernel)} of {searched} models ({_names(per_kernel)}) the search "
+                   "found a per-kernel map within the budget that beats the best single P of "
+                   f"the same grid: its aligned ratio is {_span(gains)} that P's" +
+                   (f", its estimated speedup {_span(faster)}" if faster else ""))
+    else:
+      parts.append(f"On none of {searched} models did a per-kernel map beat the best single P")
+    if global_p:
+      parts.append(f"on {_names(global_p)} none did, and the search returned that P")
+    if nothing:
+      parts.append(f"on {_names(nothing)} nothing could be morphed within the budget")
+    lines.append("- **Per-layer P** (beyond the paper, which uses one P). " + "; ".join(parts) +
+                 " (scored on the samples it chose on: optimistic, see below).")
   bitx = []
   for r in records:
     if r.get("bitx") and r["bitx"]["points"]:
@@ -547,8 +605,9 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
   lines += ["## Per-layer search against the best global P", "",
             "`search_precisions` (`fewest_ones`, one P per kernel from "
             f"{', '.join(f'{p:g}' for p in records[0]['settings']['search_precisions'])}) "
-            "within the model's budget, scored on all samples; the best global P is the "
-            "largest single P of that grid within the same budget.", ""]
+            "within the model's budget, scored on all samples; the best global P is one P "
+            "of that grid for every kernel, found by bisection over the grid (one full "
+            "evaluation a step)." + _global_p_check(records), ""]
   lines += _search_table(records)
   lines += ["## Speedups (SPEC 4)", "",
             "Cycle totals of the estimator's engines over every layer the graph reader maps "
@@ -588,13 +647,45 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
 FIGURES = ("bit_density.png", "columns.png", "pareto.png")  # what write_page puts in figures_dir
 
 
-def write_page(records: Sequence[dict], page_path: str, figures_dir: str, *,
-               failed: Mapping[str, str] | None = None, command: str = "",
-               work_dir: str = "out/results", intro: str = "") -> list[str]:
-  """Writes the page and its figures, all or none; returns the paths.
+SUMMARY_HEADING = "## What holds of the paper's claims"
+README_BEGIN, README_END = "<!-- results-summary: begin -->", "<!-- results-summary: end -->"
+
+
+def summary_of(page_text: str) -> list[str]:
+  """The lines of the page's "What holds" section (its bullets)."""
+  lines = page_text.splitlines()
+  start = lines.index(SUMMARY_HEADING) + 1
+  end = next(i for i in range(start, len(lines)) if lines[i].startswith("## "))
+  return [line for line in lines[start:end] if line.strip()]
+
+
+def with_summary(readme_text: str, summary: Sequence[str]) -> str:
+  """`readme_text` with the lines between its README_BEGIN and README_END
+  markers replaced by `summary`.
 
   Raises:
-    ValueError: no records; records made with different settings.
+    ValueError: the markers are missing or out of order.
+  """
+  begin, end = readme_text.find(README_BEGIN), readme_text.find(README_END)
+  if begin < 0 or end < begin:
+    raise ValueError(f"the README has no {README_BEGIN} ... {README_END} block to fill")
+  head = readme_text[:begin + len(README_BEGIN)]
+  return head + "\n" + "\n".join(summary) + "\n" + readme_text[end:]
+
+
+def write_page(records: Sequence[dict], page_path: str, figures_dir: str, *,
+               failed: Mapping[str, str] | None = None, command: str = "",
+               work_dir: str = "out/results", intro: str = "",
+               readme: str | None = None) -> list[str]:
+  """Writes the page and its figures, all or none; returns the paths.
+
+  With `readme`, the page's "What holds" bullets also replace the block
+  between that file's README_BEGIN and README_END markers (written with the
+  page, or not at all).
+
+  Raises:
+    ValueError: no records; records made with different settings; a
+      `readme` without the markers.
     files.OutputError: a path that cannot be written.
   """
   if not records:
@@ -614,4 +705,10 @@ def write_page(records: Sequence[dict], page_path: str, figures_dir: str, *,
     }
     text = page(records, figures, failed or {}, command, page_dir, work_dir, intro)
     files.write_text(page_path, text + "\n")
-  return [page_path] + list(figures.values())
+    written = [page_path] + list(figures.values())
+    if readme:
+      with open(readme, encoding="utf-8") as f:
+        current = f.read()
+      files.write_text(readme, with_summary(current, summary_of(text)))
+      written.append(readme)
+  return written

@@ -56,6 +56,9 @@ _PARTIAL = flags.DEFINE_bool("partial", False,
                              "record (they are named on it); without it such a run stops "
                              "before any work, so a quick --only run cannot replace a full page.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Print progress and ETA lines on stderr.")
+_README = flags.DEFINE_string(
+    "readme", None, "Also copy the page's \"What holds\" bullets into this markdown file, "
+    "between its <!-- results-summary: begin --> and <!-- results-summary: end --> lines.")
 
 
 def main(argv):
@@ -114,7 +117,8 @@ def main(argv):
     written = results_page.write_page(records, _PAGE.value, figures_dir,
                                       failed={**failed, **not_yet}, work_dir=_WORK_DIR.value,
                                       intro=evaluation.read_intro(_MODELS.value),
-                                      command=os.environ.get("MORTAR_RESULTS_COMMAND", command))
+                                      command=os.environ.get("MORTAR_RESULTS_COMMAND", command),
+                                      readme=_README.value)
   except (ValueError, TypeError) as e:
     print(f"mortar-results: error: {e}", file=sys.stderr)
     return 1
@@ -140,7 +144,7 @@ def _check_outputs(entries, figures_dir: str) -> None:
   page = _PAGE.value
   flag_parsing.check_paths(
       [(_PAGE, files.FILE), ("--figures_dir", figures_dir, files.FOLDER),
-       (_WORK_DIR, files.FOLDER)]
+       (_WORK_DIR, files.FOLDER), (_README, files.FILE)]
       + [(f"--figures_dir's {name}", os.path.join(figures_dir, name), files.FILE)
          for name in results_page.FIGURES]
       + [(f"--work_dir's record of {e.name}", evaluation.record_path(_WORK_DIR.value, e.name),
@@ -150,6 +154,12 @@ def _check_outputs(entries, figures_dir: str) -> None:
   page_dir = os.path.dirname(os.path.abspath(page))
   if os.path.isdir(page):
     raise ValueError(f"--page {page!r} is a directory, not a file")
+  if _README.value:
+    if not os.path.isfile(_README.value):
+      raise ValueError(f"--readme {_README.value!r} is not a file")
+    with open(_README.value, encoding="utf-8") as f:
+      results_page.with_summary(f.read(), [])  # the markers are there, before any work
+    files.check_output_file(_README.value)
   for directory, what in ((page_dir, "page's directory"), (figures_dir, "figures directory")):
     files.check_creatable_dir(directory, what)
     if os.path.isdir(directory):
