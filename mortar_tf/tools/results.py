@@ -19,7 +19,6 @@ none. Exit status: 0 done, 1 a model failed (the page lists it) or bad input.
 import os
 import shlex
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
@@ -129,21 +128,14 @@ def main(argv):
 
 
 def _check_outputs(page: str, figures_dir: str) -> None:
-  """Before any work: the page and figures can be written (an existing
-  directory is probed with a file, which also catches what permission bits
-  do not say, e.g. a read-only mount or a root-owned pseudo file system)."""
+  """Before any work: the page and figures can be written (the directory, or
+  its nearest existing ancestor, is probed with a file: files.probe_writable_dir)."""
   from mortar_tf import files  # pylint: disable=import-outside-toplevel
   page_dir = os.path.dirname(os.path.abspath(page))
   if os.path.isdir(page):
     raise ValueError(f"--page {page!r} is a directory, not a file")
   for directory, what in ((page_dir, "page's directory"), (figures_dir, "figures directory")):
-    files.check_creatable_dir(directory, what)
-    if os.path.isdir(directory):
-      try:
-        with tempfile.TemporaryFile(dir=directory):
-          pass
-      except OSError as e:
-        raise files.OutputError(files.describe_os_error(e, directory)) from e
+    files.check_creatable_dir(directory, what, probe=True)
 
 
 def run():
