@@ -242,7 +242,11 @@ def _from_config(source: _Source, name: str):
         f"cannot re-create {source.cls.__name__} {name!r} from its config ({type(e).__name__}: "
         f"{e}); a copy that keeps a Functional subclass's class and attributes is made as "
         "keras.models.clone_model makes one, cls.from_config(model.get_config()), so its "
-        "get_config() must hold every constructor argument") from e
+        "get_config() must hold every constructor argument" + _PLAIN_HINT) from e
+
+
+_PLAIN_HINT = ("; to go on without the class, use keras.Model(model.input, model.output), "
+               "a plain Functional over the same layers")
 
 
 def _inner(layer):
@@ -271,7 +275,7 @@ def _pairs(graph, rebuilt, source: _Source) -> list:
     return ValueError(
         f"cannot re-create {source.cls.__name__} {graph.name!r} from its config: the model "
         f"its class builds from get_config() differs from this one ({why}); its get_config() "
-        "must hold every constructor argument")
+        "must hold every constructor argument" + _PLAIN_HINT)
 
   if len(src) != len(dst):
     raise differ(f"{len(dst)} layers instead of {len(src)}")
@@ -305,7 +309,7 @@ def _check_rebuildable(graph, source: _Source) -> None:
         raise ValueError(
             f"cannot re-create {source.cls.__name__} {graph.name!r} from its config: its "
             f"layer {new.name!r} gets weights of shapes {get} instead of {have}; its "
-            "get_config() must hold every constructor argument")
+            "get_config() must hold every constructor argument" + _PLAIN_HINT)
 
   rebuilt = _from_config(source, graph.name)
   compare(graph, rebuilt)
@@ -315,7 +319,8 @@ def _check_rebuildable(graph, source: _Source) -> None:
                   if config.get(k, ...) != source.config.get(k, ...))
     raise ValueError(
         f"{source.cls.__name__}.from_config({graph.name!r}.get_config()) builds a model whose "
-        f"get_config() differs in {keys}: a copy keeping the class would not be the model")
+        f"get_config() differs in {keys}: a copy keeping the class would not be the model"
+        + _PLAIN_HINT)
 
 
 def _warn_plain_copy(what: str, graph, source: _Source) -> None:
