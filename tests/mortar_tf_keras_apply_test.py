@@ -17,27 +17,12 @@ from mortar_tf.keras.compat import IS_KERAS3
 from mortar_tf.keras.compat import keras
 
 layers = keras.layers
-# (producer, its BN, whether the producer has a bias of its own)
-PAIRS = [("conv", "conv_norm", False), ("mix", "mix_norm", True),
-         ("pooled_dense", "pooled_norm", True)]
+PAIRS = keras_zoo.BACKBONE_FOLDS
 PLAIN_COPY = "plain Functional model, not a ConvBackbone"
 
 
 def u32(a):
   return np.asarray(a, np.float32).view(np.uint32)
-
-
-def _hand_fold(model, producer, bn_name):
-  """(kernel, bias) folded in numpy float64 from the BN's four vectors, read by
-  Keras' own weight names: scale = gamma / sqrt(var + eps) along the output
-  channels (the kernel's last axis for Conv1D and Dense)."""
-  layer, bn = model.get_layer(producer), model.get_layer(bn_name)
-  named = {keras_zoo.short_name(w): np.asarray(w.numpy(), np.float64) for w in bn.weights}
-  scale = named["gamma"] / np.sqrt(named["moving_variance"] + bn.epsilon)
-  kernel = np.asarray(layer.kernel.numpy(), np.float64) * scale
-  bias = np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias else 0.0
-  bias = (bias - named["moving_mean"]) * scale + named["beta"]
-  return kernel.astype(np.float32), bias.astype(np.float32)
 
 
 def _batch(model):
@@ -49,9 +34,9 @@ def test_fold_batchnorm_equals_a_hand_fold():
   with pytest.warns(UserWarning, match=PLAIN_COPY):
     folded = fold_batchnorm(model)
   kinds = {l.name: type(l).__name__ for l in folded.layers}
-  assert [kinds[bn] for _, bn, _ in PAIRS] == ["Identity"] * 3
-  for producer, bn, _ in PAIRS:
-    kernel, bias = _hand_fold(model, producer, bn)
+  assert [kinds[bn] for _, bn in PAIRS] == ["Identity"] * 3
+  for producer, bn in PAIRS:
+    kernel, bias = keras_zoo.folded_by_hand(model, producer, bn)
     got = folded.get_layer(producer)
     np.testing.assert_array_equal(u32(got.kernel.numpy()), u32(kernel), err_msg=producer)
     np.testing.assert_array_equal(u32(got.bias.numpy()), u32(bias), err_msg=producer)
@@ -71,11 +56,11 @@ def test_morph_model_folds_a_functional_subclass():
                              rtol=2e-5, atol=2e-5)
   wrapped = morph_model(model, "paper", precision=0.1, fold_batchnorm=True)
   assert {l.name for l in wrapped.layers if type(l).__name__ == "Identity"} == {
-      bn for _, bn, _ in PAIRS}
+      bn for _, bn in PAIRS}
   with pytest.warns(UserWarning, match=PLAIN_COPY):
     stripped = strip_morphing(wrapped)
-  for producer, bn, _ in PAIRS:
-    kernel, _ = _hand_fold(model, producer, bn)
+  for producer, bn in PAIRS:
+    kernel, _ = keras_zoo.folded_by_hand(model, producer, bn)
     np.testing.assert_array_equal(
         u32(stripped.get_layer(producer).kernel.numpy()),
         u32(mortar_tf.morph(kernel, "paper", 0.1, backend="numpy")), err_msg=producer)

@@ -105,15 +105,15 @@ def check_writable(path: str, fmt: str, template: str | None = None) -> None:
 
   Raises:
     ValueError: the directory cannot be created or written to, or `path` is
-      taken (the message names the directory, the template and why).
+      taken (the message names the template, the directory and why).
   """
   directory = os.path.dirname(path) or "."
-  of = f" (of {template!r})" if template and template != path else ""
+  where = f"cannot save to {template or path!r}: "
   head = directory
   while head and not os.path.exists(head) and os.path.dirname(head) != head:
     head = os.path.dirname(head)
   if head and os.path.exists(head) and not os.path.isdir(head):
-    raise ValueError(f"cannot create the output directory {directory!r}{of}: {head!r} is a "
+    raise ValueError(f"{where}cannot create the output directory {directory!r}: {head!r} is a "
                      "file, not a directory")
   try:
     os.makedirs(directory, exist_ok=True)
@@ -121,8 +121,12 @@ def check_writable(path: str, fmt: str, template: str | None = None) -> None:
     # ENOENT once makedirs made the missing parents: the file system takes no new entries (/proc).
     why = ("its file system takes no new directories" if e.errno == errno.ENOENT
            else files.os_error_reason(e))
-    raise ValueError(f"cannot create the output directory {directory!r}{of}: {why}") from None
-  files.probe_writable_dir(directory, f"output directory{of}")
+    raise ValueError(f"{where}cannot create the output directory {directory!r}: {why}") from None
+  try:
+    files.probe_writable_dir(directory, "output directory")
+  except files.OutputError as e:
+    raise ValueError(f"{where}{e}") from None
+  of = f" (of {template!r})" if template and template != path else ""
   if fmt == "keras" and os.path.isdir(path):
     raise ValueError(f"cannot save to {path!r}{of}: it is a directory, and format 'keras' "
                      "writes a file")
