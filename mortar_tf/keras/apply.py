@@ -180,7 +180,13 @@ class _Source:
   folded: bool  # BNs the class builds are folded away: it cannot be re-created
 
 
-_SOURCES = weakref.WeakKeyDictionary()  # morph_model's clone -> the _Source it was made from
+# morph_model's clone -> the _Source it was made from. In memory only: a wrapped
+# model saved and loaded is a plain Functional, and so is its stripped copy.
+_SOURCES = weakref.WeakKeyDictionary()
+
+
+_PLAIN_HINT = ("; to go on without the class, use keras.Model(model.input, model.output), "
+               "a plain Functional over the same layers")
 
 
 def _functional_subclass(model) -> bool:
@@ -243,10 +249,6 @@ def _from_config(source: _Source, name: str):
         f"{e}); a copy that keeps a Functional subclass's class and attributes is made as "
         "keras.models.clone_model makes one, cls.from_config(model.get_config()), so its "
         "get_config() must hold every constructor argument" + _PLAIN_HINT) from e
-
-
-_PLAIN_HINT = ("; to go on without the class, use keras.Model(model.input, model.output), "
-               "a plain Functional over the same layers")
 
 
 def _inner(layer):
@@ -556,7 +558,9 @@ def strip_morphing(model, fold_batchnorm: bool = False):
   Functional subclass (a keras-hub Backbone) comes back as that class, with
   its attributes and config, re-created from its config as
   keras.models.clone_model re-creates one; folded, it is a plain Functional
-  (its class builds the BNs the fold takes away), with a warning.
+  (its class builds the BNs the fold takes away), with a warning. (morph_model
+  keeps that link in memory: a wrapped model saved and loaded strips to a
+  plain Functional.)
 
   Args:
     model: a model with MorphWrappers, or a MorphWrapper.
