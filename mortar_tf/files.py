@@ -40,11 +40,16 @@ class OutputError(ValueError):
   """An output that cannot be written; the message names the path and why."""
 
 
+def os_error_reason(error: BaseException) -> str:
+  """Why an OSError (or TensorFlow's I/O error) happened, in words."""
+  code = getattr(error, "errno", None)
+  return (_HINTS.get(code) or getattr(error, "strerror", None) or str(error)
+          or type(error).__name__)
+
+
 def describe_os_error(error: BaseException, path: str) -> str:
   """'cannot write PATH: WHY' for an OSError (or TensorFlow's I/O errors)."""
-  code = getattr(error, "errno", None)
-  why = _HINTS.get(code) or getattr(error, "strerror", None) or str(error) or type(error).__name__
-  return f"cannot write {path!r}: {why}"
+  return f"cannot write {path!r}: {os_error_reason(error)}"
 
 
 def check_writable_dir(directory: str, what: str = "output directory") -> None:
@@ -57,19 +62,59 @@ def check_writable_dir(directory: str, what: str = "output directory") -> None:
     raise OutputError(f"the {what} {directory!r} is not writable")
 
 
-def check_creatable_dir(directory: str, what: str = "output directory") -> None:
+def probe_writable_dir(directory: str, what: str = "output directory") -> None:
+  """Raises OutputError unless a file can really be created in `directory`.
+
+  Creates and removes an empty hidden file there. Permission bits and
+  os.access cannot say it: they answer yes to root everywhere but on a
+  read-only mount, yet root cannot create a file in /sys (permission denied)
+  or /proc (no such file), and a network mount may refuse what its bits allow.
+
+  Args:
+    directory: the directory, as the user named it (the message names it so).
+    what: what it is, for the message (e.g. "figures directory").
+
+  Raises:
+    OutputError: `directory` does not exist, is not a directory, or refuses
+      a new file (the message names it and why).
+  """
+  if not os.path.exists(directory):
+    raise OutputError(f"the {what} {directory!r} does not exist")
+  if not os.path.isdir(directory):
+    raise OutputError(f"the {what} {directory!r} is not a directory")
+  probe = os.path.join(directory, f".mortar-probe-{uuid.uuid4().hex[:8]}")
+  try:
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+  except OSError as e:
+    # ENOENT in a directory that exists: the file system takes no new files (/proc).
+    why = ("its file system takes no new files" if e.errno == errno.ENOENT
+           else os_error_reason(e))
+    raise OutputError(f"cannot write in the {what} {directory!r}: {why}") from e
+  try:
+    os.remove(probe)
+  except OSError as e:
+    raise OutputError(f"the {what} {directory!r} lets a file be created but not removed "
+                      f"({probe!r} is left there): {e.strerror or e}") from e
+
+
+def check_creatable_dir(directory: str, what: str = "output directory",
+                        probe: bool = False) -> None:
   """Raises OutputError unless `directory` exists and is writable, or can be
-  made: its nearest existing ancestor is a writable directory."""
+  made: its nearest existing ancestor is a writable directory. With `probe`,
+  that directory is also probed with a file (probe_writable_dir), which
+  catches what permission bits do not say."""
   head = os.path.abspath(directory)
   while not os.path.exists(head):
     parent = os.path.dirname(head)
     if parent == head:
       break
     head = parent
-  if head == os.path.abspath(directory):
-    check_writable_dir(head, what)
-  else:
-    check_writable_dir(head, f"directory {head!r} that would hold the {what} {directory!r}")
+  if head != os.path.abspath(directory):
+    what = f"directory {head!r} that would hold the {what} {directory!r}"
+    directory = head
+  check_writable_dir(directory, what)
+  if probe:
+    probe_writable_dir(directory, what)
 
 
 def check_output_file(path: str) -> None:

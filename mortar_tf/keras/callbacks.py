@@ -46,7 +46,9 @@ class MortarCallback(keras.callbacks.Callback):
   holding TFMOT pruning wrappers, under a distribution strategy). For a model
   with MorphWrappers the copy is strip_morphing(model) (kernels morphed once,
   never twice; a graph model is needed). With fold_batchnorm the copy is a
-  plain clone with the BNs folded (a graph model is needed).
+  plain clone with the BNs folded (a graph model is needed; a Functional
+  subclass, e.g. a keras-hub Backbone, is then saved as a plain Functional,
+  and a warning says so when training starts).
 
   Args:
     filepath: where to write; may hold `{epoch}` and `{batch}` (1-based) and
@@ -78,10 +80,11 @@ class MortarCallback(keras.callbacks.Callback):
 
   Raises:
     ValueError: a bad save_freq, format, path pattern or morphing argument
-      (here); a map entry matching no kernel, nothing to morph, an output
-      directory that cannot be written, or a model the copy cannot be made of
-      (when training starts, before the first batch where the model is built
-      by then, else after it).
+      (here); an output directory that cannot be written (probed with a
+      file when training starts); a map entry matching no kernel, nothing to
+      morph, or a model the copy cannot be made of (when training starts,
+      before the first batch where the model is built by then, else after
+      it).
     TypeError: kernels that are not float32 (when training starts).
   """
 
@@ -130,6 +133,7 @@ class MortarCallback(keras.callbacks.Callback):
       self._check()
 
   def on_train_begin(self, logs=None):
+    self._check_output()  # needs no model: even one built by its first batch
     if self.model.built:
       self._check()
 
@@ -156,12 +160,17 @@ class MortarCallback(keras.callbacks.Callback):
 
   # -- checks, done once per model before anything is saved
 
+  def _check_output(self):
+    """The first save's directory is made and probed with a file (os.access
+    says yes to root where nothing can be written, e.g. /sys)."""
+    saving.check_writable(self.filepath.format(epoch=1, batch=1, **_dummy_fields(self.filepath)),
+                          self.format, template=self.filepath)
+
   def _check(self):
     model = self.model
     if self._checked_model is model:
       return
-    saving.check_writable(self.filepath.format(
-        epoch=1, batch=1, **_dummy_fields(self.filepath)))
+    self._check_output()
     self._wrapped = _has_wrappers(model)
     if self.format == "savedmodel":
       saving.check_exportable(model)
@@ -186,6 +195,8 @@ class MortarCallback(keras.callbacks.Callback):
       if self.verbose:
         print("MortarCallback: " + plan.summary(
             [k.name for k in plan.kernels if id(k.variable) in specs]))
+    if needs_clone:  # the folds, and the classes the copy keeps, now rather than after an epoch
+      apply.check_copy(model, self.specs, self.fold_batchnorm, what="MortarCallback")
     self._checked_model = model
 
   # -- work
@@ -195,7 +206,8 @@ class MortarCallback(keras.callbacks.Callback):
     path = saving.format_path(self.filepath, epoch=self._epoch + 1,
                               batch=None if batch is None else batch + 1, logs=logs)
     if self._wrapped or self.fold_batchnorm:
-      copy, record = apply.copy_and_values(self.model, self.specs, self.fold_batchnorm)
+      copy, record = apply.copy_and_values(self.model, self.specs, self.fold_batchnorm,
+                                           what="MortarCallback", quiet=True)
       self._write(copy, path)
       changed = {key: (np.asarray(w.numpy()), value) for key, (w, value) in record.items()}
     else:

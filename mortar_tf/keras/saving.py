@@ -7,11 +7,13 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import string
 import tempfile
 
+from mortar_tf import files
 from mortar_tf.keras.compat import IS_KERAS3
 from mortar_tf.keras.compat import keras
 
@@ -87,19 +89,50 @@ def check_exportable(model) -> None:
         "batch before fit, or save with format='keras'")
 
 
-def check_writable(path: str) -> None:
-  """Creates `path`'s directory if needed and checks that it is writable.
+def check_writable(path: str, fmt: str, template: str | None = None) -> None:
+  """Creates `path`'s directory if needed and probes it with a file.
+
+  A file is created there and removed (mortar_tf.files.probe_writable_dir):
+  os.access says yes to root even where nothing can be written (/sys, /proc),
+  so only a real file says whether a save will work. Also refuses a path
+  taken by the other kind of entry (a directory where a ".keras" file goes,
+  a file where a SavedModel directory goes).
+
+  Args:
+    path: one save's path (the template filled in).
+    fmt: "keras" or "savedmodel".
+    template: the path pattern the user gave, named in the messages.
 
   Raises:
-    ValueError: it cannot be created or written to.
+    ValueError: the directory cannot be created or written to, or `path` is
+      taken (the message names the template, the directory and why).
   """
-  directory = os.path.dirname(os.path.abspath(path))
+  directory = os.path.dirname(path) or "."
+  where = f"cannot save to {template or path!r}: "
+  head = directory
+  while head and not os.path.exists(head) and os.path.dirname(head) != head:
+    head = os.path.dirname(head)
+  if head and os.path.exists(head) and not os.path.isdir(head):
+    raise ValueError(f"{where}cannot create the output directory {directory!r}: {head!r} is a "
+                     "file, not a directory")
   try:
     os.makedirs(directory, exist_ok=True)
   except OSError as e:
-    raise ValueError(f"cannot create the output directory {directory!r}: {e}") from None
-  if not os.access(directory, os.W_OK | os.X_OK):
-    raise ValueError(f"the output directory {directory!r} is not writable")
+    # ENOENT once makedirs made the missing parents: the file system takes no new entries (/proc).
+    why = ("its file system takes no new directories" if e.errno == errno.ENOENT
+           else files.os_error_reason(e))
+    raise ValueError(f"{where}cannot create the output directory {directory!r}: {why}") from None
+  try:
+    files.probe_writable_dir(directory, "output directory")
+  except files.OutputError as e:
+    raise ValueError(f"{where}{e}") from None
+  of = f" (of {template!r})" if template and template != path else ""
+  if fmt == "keras" and os.path.isdir(path):
+    raise ValueError(f"cannot save to {path!r}{of}: it is a directory, and format 'keras' "
+                     "writes a file")
+  if fmt == "savedmodel" and os.path.lexists(path) and not os.path.isdir(path):
+    raise ValueError(f"cannot save to {path!r}{of}: it is a file, and format 'savedmodel' "
+                     "writes a directory")
 
 
 def write_model(model, path: str, fmt: str) -> None:

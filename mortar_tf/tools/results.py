@@ -19,7 +19,6 @@ none. Exit status: 0 done, 1 a model failed (the page lists it) or bad input.
 import os
 import shlex
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
@@ -135,9 +134,8 @@ def main(argv):
 def _check_outputs(entries, figures_dir: str) -> None:
   """Before any work: no output lies inside, equals or aliases an input (the
   list, a model, its data) or another output, and the page and figures can be
-  written (an existing directory is probed with a file, which also catches
-  what permission bits do not say, e.g. a read-only mount or a root-owned
-  pseudo file system)."""
+  written (the directory, or its nearest existing ancestor, is probed with a
+  file: files.probe_writable_dir)."""
   from mortar_tf import files  # pylint: disable=import-outside-toplevel
   from mortar_tf.explore import evaluation  # pylint: disable=import-outside-toplevel
   from mortar_tf.explore import results_page  # pylint: disable=import-outside-toplevel
@@ -161,13 +159,7 @@ def _check_outputs(entries, figures_dir: str) -> None:
       results_page.with_summary(f.read(), [])  # the markers are there, before any work
     files.check_output_file(_README.value)
   for directory, what in ((page_dir, "page's directory"), (figures_dir, "figures directory")):
-    files.check_creatable_dir(directory, what)
-    if os.path.isdir(directory):
-      try:
-        with tempfile.TemporaryFile(dir=directory):
-          pass
-      except OSError as e:
-        raise files.OutputError(files.describe_os_error(e, directory)) from e
+    files.check_creatable_dir(directory, what, probe=True)
 
 
 def run():
