@@ -53,16 +53,6 @@ def describe_os_error(error: BaseException, path: str) -> str:
 
 
 def check_writable_dir(directory: str, what: str = "output directory") -> None:
-  """Raises OutputError unless `directory` exists, is a directory and is writable."""
-  if not os.path.exists(directory):
-    raise OutputError(f"the {what} {directory!r} does not exist")
-  if not os.path.isdir(directory):
-    raise OutputError(f"the {what} {directory!r} is not a directory")
-  if not os.access(directory, os.W_OK | os.X_OK):
-    raise OutputError(f"the {what} {directory!r} is not writable")
-
-
-def probe_writable_dir(directory: str, what: str = "output directory") -> None:
   """Raises OutputError unless a file can really be created in `directory`.
 
   Creates and removes an empty hidden file there. Permission bits and
@@ -97,12 +87,9 @@ def probe_writable_dir(directory: str, what: str = "output directory") -> None:
                       f"({probe!r} is left there): {e.strerror or e}") from e
 
 
-def check_creatable_dir(directory: str, what: str = "output directory",
-                        probe: bool = False) -> None:
-  """Raises OutputError unless `directory` exists and is writable, or can be
-  made: its nearest existing ancestor is a writable directory. With `probe`,
-  that directory is also probed with a file (probe_writable_dir), which
-  catches what permission bits do not say."""
+def check_creatable_dir(directory: str, what: str = "output directory") -> None:
+  """Raises OutputError unless `directory` exists and takes a new file, or can
+  be made: its nearest existing ancestor takes one (check_writable_dir)."""
   head = os.path.abspath(directory)
   while not os.path.exists(head):
     parent = os.path.dirname(head)
@@ -113,8 +100,6 @@ def check_creatable_dir(directory: str, what: str = "output directory",
     what = f"directory {head!r} that would hold the {what} {directory!r}"
     directory = head
   check_writable_dir(directory, what)
-  if probe:
-    probe_writable_dir(directory, what)
 
 
 def check_output_file(path: str) -> None:

@@ -438,3 +438,20 @@ def test_a_wrapped_functional_subclass_is_saved_as_its_class(tmp_path):
       u32(saved.get_layer("mix").kernel.numpy()),
       u32(mortar_tf.morph(backbone.get_layer("mix").kernel.numpy(), "paper", 0.1,
                           backend="numpy")))
+
+
+@pytest.mark.parametrize("filepath,fmt", [
+    ("{log}/train", "savedmodel"),        # the saves would replace the event directory
+    ("{log}", "savedmodel"),              # written whole, it would hold the events
+    ("{log}/../logs/train", "savedmodel"),
+])
+def test_a_save_path_on_the_tensorboard_events_is_refused_at_construction(tmp_path, filepath,
+                                                                            fmt):
+  log = tmp_path / "logs"
+  with pytest.raises(ValueError, match="log_dir's event directory"):
+    MortarCallback(filepath.format(log=log), "paper", precision=0.1, format=fmt,
+                   log_dir=str(log))
+  # Beside the events, or a .keras file in log_dir: fine.
+  MortarCallback(str(log / "m-{epoch}"), "paper", precision=0.1, format="savedmodel",
+                 log_dir=str(log))
+  MortarCallback(str(log / "train" / "m.keras"), "paper", precision=0.1, log_dir=str(log))

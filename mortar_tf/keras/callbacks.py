@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from mortar_tf import backends
 from mortar_tf import bits
+from mortar_tf import files
 from mortar_tf import precision_map
 from mortar_tf.keras import apply
 from mortar_tf.keras import registry
@@ -79,12 +80,13 @@ class MortarCallback(keras.callbacks.Callback):
   figures go only to TensorBoard (the progress bar prints every logs key).
 
   Raises:
-    ValueError: a bad save_freq, format, path pattern or morphing argument
-      (here); an output directory that cannot be written (probed with a
-      file when training starts); a map entry matching no kernel, nothing to
-      morph, or a model the copy cannot be made of (when training starts,
-      before the first batch where the model is built by then, else after
-      it).
+    ValueError: a bad save_freq, format, path pattern or morphing argument,
+      or a save path on log_dir's TensorBoard event directory (here); an
+      output directory that cannot be written (probed with a file when
+      training starts); a map entry matching no kernel or winning none,
+      nothing to morph, or a model the copy cannot be made of (when training
+      starts, before the first batch where the model is built by then, else
+      after it).
     TypeError: kernels that are not float32 (when training starts).
   """
 
@@ -109,6 +111,11 @@ class MortarCallback(keras.callbacks.Callback):
     else:
       self.spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
                                    group_size=group_size, width=width)
+    if log_dir:  # its saves never land on the TensorBoard events it writes
+      sample = self.filepath.format(epoch=1, batch=1, **_dummy_fields(self.filepath))
+      files.check_apart([("filepath", sample, files.TREE if format == "savedmodel" else files.FILE),
+                         ("log_dir's event directory", os.path.join(log_dir, "train"),
+                          files.FOLDER)])
     self.method = method
     self.save_freq = save_freq
     self.format = format

@@ -92,7 +92,7 @@ def check_exportable(model) -> None:
 def check_writable(path: str, fmt: str, template: str | None = None) -> None:
   """Creates `path`'s directory if needed and probes it with a file.
 
-  A file is created there and removed (mortar_tf.files.probe_writable_dir):
+  A file is created there and removed (mortar_tf.files.check_writable_dir):
   os.access says yes to root even where nothing can be written (/sys, /proc),
   so only a real file says whether a save will work. Also refuses a path
   taken by the other kind of entry (a directory where a ".keras" file goes,
@@ -123,7 +123,7 @@ def check_writable(path: str, fmt: str, template: str | None = None) -> None:
            else files.os_error_reason(e))
     raise ValueError(f"{where}cannot create the output directory {directory!r}: {why}") from None
   try:
-    files.probe_writable_dir(directory, "output directory")
+    files.check_writable_dir(directory, "output directory")
   except files.OutputError as e:
     raise ValueError(f"{where}{e}") from None
   of = f" (of {template!r})" if template and template != path else ""

@@ -135,7 +135,7 @@ def _check_outputs(entries, figures_dir: str) -> None:
   """Before any work: no output lies inside, equals or aliases an input (the
   list, a model, its data) or another output, and the page and figures can be
   written (the directory, or its nearest existing ancestor, is probed with a
-  file: files.probe_writable_dir)."""
+  file: files.check_writable_dir)."""
   from mortar_tf import files  # pylint: disable=import-outside-toplevel
   from mortar_tf.explore import evaluation  # pylint: disable=import-outside-toplevel
   from mortar_tf.explore import results_page  # pylint: disable=import-outside-toplevel
@@ -159,7 +159,7 @@ def _check_outputs(entries, figures_dir: str) -> None:
       results_page.with_summary(f.read(), [])  # the markers are there, before any work
     files.check_output_file(_README.value)
   for directory, what in ((page_dir, "page's directory"), (figures_dir, "figures directory")):
-    files.check_creatable_dir(directory, what, probe=True)
+    files.check_creatable_dir(directory, what)
 
 
 def run():
