@@ -167,14 +167,16 @@ def test_knapsack_equals_brute_force(seed):
   r = np.random.default_rng(seed)
   layers, per_layer = int(r.integers(2, 6)), int(r.integers(1, 4))
   budget = float(r.uniform(0.2, 2.0))
-  # Half the drops sit just above a multiple of 1/2000 of the budget, where a
-  # cost rounded down (or a float product rounded below its integer) lets
-  # several options through together past the budget.
-  def drop():
-    if r.random() < 0.5:
-      return float(r.uniform(0, 1))
-    return budget * int(r.integers(1, 2000)) / 2000 * (1 + 1e-12)
-  options = [[(drop(), float(r.uniform(0, 10)), (layer, k)) for k in range(per_layer)]
+  # One option per layer sits a hair (1e-13 relative) above its share of the
+  # budget, the shares adding up to 2000/2000: together they exceed the
+  # budget, which a cost rounded down (or a float product nudged below its
+  # integer) would let through, and their gains make them the best pick.
+  shares = np.diff(np.concatenate([[0], np.sort(r.choice(np.arange(1, 2000), layers - 1,
+                                                         replace=False)), [2000]]))
+  options = [[(budget * int(shares[layer]) / 2000 * (1 + 1e-13), 20.0 + float(r.uniform(0, 1)),
+               (layer, 0))] +
+             [(float(r.uniform(0, 1)), float(r.uniform(0, 10)), (layer, k))
+              for k in range(1, per_layer)]
              for layer in range(layers)]
   chosen = _picked(options, search._knapsack(options, budget))  # pylint: disable=protected-access
   # Never above the budget, exactly (no float tolerance).
@@ -191,10 +193,11 @@ def test_knapsack_never_lets_rounding_add_up_past_the_budget():
   # Each drop is a hair above half the budget (1000.0001 units): two of them
   # exceed it, so only one may be taken, whatever the gains.
   budget = 1.0
-  half = 0.5 * (1 + 2e-7)
-  options = [[(half, 5.0, "a")], [(half, 4.0, "b")], [(0.0, 1.0, "c")]]
-  picks = search._knapsack(options, budget)  # pylint: disable=protected-access
-  assert picks == ["a", None, "c"]
+  for excess in (2e-7, 1e-13):
+    half = 0.5 * (1 + excess)
+    options = [[(half, 5.0, "a")], [(half, 4.0, "b")], [(0.0, 1.0, "c")]]
+    picks = search._knapsack(options, budget)  # pylint: disable=protected-access
+    assert picks == ["a", None, "c"], excess
   # An option exactly at the budget fits.
   assert search._knapsack([[(0.3, 1.0, "x")]], 0.3) == ["x"]  # pylint: disable=protected-access
   # Three drops of exactly a third of a budget of 0.3 (0.1 each in float:
@@ -390,13 +393,15 @@ def test_a_search_that_tried_maps_says_how_many_failed():
 
 def test_sensitivity_is_made_monotone_in_p():
   # A metric with a known answer: each kernel's drop is looked up from a table
-  # by the P its values were morphed with, and drops add up. The table is not
-  # monotone in P (0.1 costs less than 0.01): the search must count every P
-  # at least as much as any smaller one, i.e. the running maximum.
+  # by the P its values were morphed with, and drops add up. d0..d2's table is
+  # not monotone in P (0.1 costs less than 0.01): the search must count every
+  # P at least as much as any smaller one, i.e. the running maximum. d3 is free.
   model = _four_dense()
   kernels = explore.models.model_kernels(model)
+  assert [k.key for k in kernels] == ["d0", "d1", "d2", "d3"]
   grid = [0.01, 0.1, 0.5]
-  table = {0.0: 0.0, 0.01: 0.3, 0.1: 0.1, 0.5: 0.2}
+  noisy = {0.0: 0.0, 0.01: 0.3, 0.1: 0.1, 0.5: 0.2}
+  tables = [noisy, noisy, noisy, {0.0: 0.0, 0.01: 0.0, 0.1: 0.0, 0.5: 0.0}]
   morphed = {(i, p): mortar_tf.morph(k.original, "fewest_ones", p, backend="numpy")
              for i, k in enumerate(kernels) for p in grid}
   for i, k in enumerate(kernels):  # the P of a kernel can be read back from its values
@@ -411,16 +416,32 @@ def test_sensitivity_is_made_monotone_in_p():
       p = next((p for p in grid if np.array_equal(now.view(np.uint32),
                                                   morphed[(i, p)].view(np.uint32))), 0.0)
       assert p or np.array_equal(now.view(np.uint32), k.original.view(np.uint32))
-      total += table[p]
+      total += tables[i][p]
     return -total
 
   found = explore.search_precisions(model, score, 0.25, precisions=grid, max_evaluations=60,
                                     estimate_speedup=False)
   assert not found.bounded and not found.cut_short  # every pair was measured
   running = {0.01: 0.3, 0.1: 0.3, 0.5: 0.3}  # by hand: max(0.3), max(0.3, 0.1), max(.., 0.2)
-  for k in kernels:
-    assert found.sensitivity[k.key] == pytest.approx(running)
-  # The map it returns meets the budget by the table, counted by hand.
-  applied = search.resolve_map(found.precisions, kernels, "fewest_ones") \
-      if found.precisions else {}
-  assert sum(table[p] for p in applied.values()) <= 0.25 + 1e-12
+  for key in ("d0", "d1", "d2"):
+    assert found.sensitivity[key] == pytest.approx(running)
+  assert found.sensitivity["d3"] == {0.01: 0.0, 0.1: 0.0, 0.5: 0.0}
+  # By hand: every global P costs 3 x 0.2 or more (> 0.25), so there is no
+  # global floor. d3 is free. The knapsack sees 0.3 for any P of d0..d2, so
+  # one of them fits a proxy budget of 0.3 and that one takes 0.5 (its
+  # largest gain); the metric, checking that map, finds 0.2 <= 0.25 and keeps
+  # it, and refuses two (0.4). Which one: the largest gain at 0.5, counted
+  # here with the numpy reference (aligned ones, G = 64, width 24).
+  gains = {k.key: mortar_tf.count_ones(k.original, "aligned", group_size=64, width=24,
+                                       backend="numpy") -
+           mortar_tf.count_ones(morphed[(i, 0.5)], "aligned", group_size=64, width=24,
+                                backend="numpy")
+           for i, k in enumerate(kernels)}
+  best = max(("d0", "d1", "d2"), key=gains.get)
+  assert sorted(gains[k] for k in ("d0", "d1", "d2")).count(gains[best]) == 1
+  assert found.best_global is None
+  assert dict(found.precisions) == {best: 0.5, "d3": 0.5}
+  lines = found.summary().splitlines()
+  assert f"Per kernel: {', '.join(f'{k}: P=0.5' for k in sorted([best, 'd3']))}" in lines
+  assert "Left unmorphed: " + ", ".join(k for k in ("d0", "d1", "d2") if k != best) in lines
+  assert found.point.drop == pytest.approx(0.2)
