@@ -281,7 +281,8 @@ def test_layers_it_cannot_map_are_listed_with_the_reason(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(group_size=0), "group_size .* must be 1..4096"),
+    (dict(group_size=0), "group_size .* must be 1..16384"),
+    (dict(group_size=16385), r"group_size \(lanes\) must be 1..16384, got 16385"),
     (dict(power_w=-1.0), "power_w must be >= 0"),
     (dict(width=65), "width must be 1..64"),
     (dict(num_pes=0), "num_pes must be >= 1"),
