@@ -754,3 +754,78 @@ def test_every_instruction_set_variant_gives_spec_and_the_edges(tmp_path):
     for (p, exact), (lower, upper) in zip(ball_cases, results[len(checks):]):
       _check_ball_ends(x, p, np.array(lower, np.uint32), np.array(upper, np.uint32))
   assert "baseline" in seen  # the forced variant really ran
+
+
+# ---------------------------------------------------------------------------
+# The largest group: one limit (kMaxGroupSize in mortar_tf/cc/kernels.h, which
+# the library reports) for the C++ kernels behind every entry point; G at the
+# limit runs on them, G past it is a clear error where the kernels were asked
+# for by name (backend=None runs it in numpy, same bits: test_dispatch_...).
+
+
+def test_one_limit_on_the_group_size_everywhere():
+  from mortar_tf.estimator import engines  # pylint: disable=import-outside-toplevel
+  lib = native._library()  # pylint: disable=protected-access
+  assert lib.mortar_max_group_size() == native.MAX_GROUP_SIZE == 16384
+  assert backends.MAX_KERNEL_GROUP_SIZE == engines.MAX_GROUP_SIZE == native.MAX_GROUP_SIZE
+
+
+def _full_and_empty_group(g):
+  """One group of g lanes: the first half 1.11...1b (a 1 in all 24 columns),
+  the second half 0: per column g/2 ones and, with window 1, g/2 all-zero
+  windows, so Bitlet's count reaches g, the most the counters hold here."""
+  w = np.zeros((g, 1), np.float32)
+  w[:g // 2] = ALL_24
+  return w
+
+
+@pytest.mark.parametrize("backend", ["native", "op"])
+def test_the_largest_group_runs_on_the_kernels_and_one_more_is_refused(backend):
+  if backend == "op":
+    pytest.importorskip("tensorflow")
+  g = native.MAX_GROUP_SIZE
+  w = _full_and_empty_group(g)
+  # by hand: 24 columns of g/2 ones; one lane holds 24; Bitlet g/2 + g/2 windows
+  columns, lane_max, bitlet = mortar_tf.aligned_statistics(w, group_size=g, width=24, window=1,
+                                                           backend=backend)
+  assert columns.tolist() == [g // 2] * 24
+  assert lane_max.tolist() == [[24]] and bitlet.tolist() == [[g]]
+  assert mortar_tf.count_ones(w, "aligned", group_size=g, backend=backend) == 24 * (g // 2)
+  pruned = mortar_tf.morph(w, "bitx", columns=3, group_size=g, backend=backend)
+  np.testing.assert_array_equal(pruned[:g // 2], np.float32(1.75))  # 1.11b: three columns
+  np.testing.assert_array_equal(u32(pruned[g // 2:]), 0)
+  big = np.zeros((g + 1, 1), np.float32)
+  message = f"backend='{backend}' takes group_size up to {g}, got {g + 1}"
+  for call in (lambda: mortar_tf.count_ones(big, "aligned", group_size=g + 1, backend=backend),
+               lambda: mortar_tf.bit_histogram(big, "aligned", group_size=g + 1,
+                                               backend=backend),
+               lambda: mortar_tf.aligned_statistics(big, group_size=g + 1, backend=backend),
+               lambda: mortar_tf.morph(big, "bitx", columns=3, group_size=g + 1,
+                                       backend=backend)):
+    with pytest.raises(ValueError, match=message):
+      call()
+
+
+def test_the_raw_entry_points_take_the_largest_group_and_refuse_one_more():
+  g = native.MAX_GROUP_SIZE
+  w = _full_and_empty_group(g)
+  columns, lane_max, bitlet = native.aligned(w, (1, g, 1), g, 24, 1, True)
+  assert columns.tolist() == [g // 2] * 24 and bitlet.tolist() == [[g]]
+  assert lane_max.tolist() == [[24]]
+  assert native.bitx(w, (1, g, 1), g, 24).tolist() == w.tolist()
+  for call in (lambda: native.aligned(np.zeros(g + 1, np.float32), (1, g + 1, 1), g + 1, 24, 8,
+                                      False),
+               lambda: native.bitx(np.zeros(g + 1, np.float32), (1, g + 1, 1), g + 1, 3)):
+    with pytest.raises(ValueError, match=f"the native kernels take group_size 1..{g}, got "
+                                         f"{g + 1}"):
+      call()
+  lib = native._library()  # pylint: disable=protected-access
+  x = np.zeros(g + 1, np.float32)
+  out = np.empty_like(x)
+  cols = np.zeros(24, np.int64)
+  assert lib.mortar_aligned(x.ctypes.data, 1, g, 1, g, 24, 8, cols.ctypes.data, None, None,
+                            1) == 0
+  assert lib.mortar_aligned(x.ctypes.data, 1, g + 1, 1, g + 1, 24, 8, cols.ctypes.data, None,
+                            None, 1) != 0
+  assert lib.mortar_bitx(x.ctypes.data, out.ctypes.data, 1, g, 1, g, 3, 1) == 0
+  assert lib.mortar_bitx(x.ctypes.data, out.ctypes.data, 1, g + 1, 1, g + 1, 3, 1) != 0
