@@ -26,14 +26,14 @@ import numbers
 import os
 from typing import Mapping, Sequence
 
-from mortar_tf import native
+from mortar_tf import backends
 
 MODELS = ("fp32", "stripes", "pragmatic", "bitlet", "mortar")
-# The largest G: the C++ kernels' (native.MAX_GROUP_SIZE, kMaxGroupSize in
-# mortar_tf/cc/kernels.h), whose per-column counters hold a group's G lanes
-# plus G all-zero windows in 16 bits. Per-group figures of a larger G would
-# run in numpy, far slower, for a PE wider than any design.
-MAX_GROUP_SIZE = native.MAX_GROUP_SIZE
+# The largest G: the C++ kernels' (kMaxGroupSize in mortar_tf/cc/kernels.h,
+# through backends), whose per-column counters hold a group's G lanes plus G
+# all-zero windows in 16 bits. Per-group figures of a larger G would run in
+# numpy, far slower, for a PE wider than any design.
+MAX_GROUP_SIZE = backends.MAX_KERNEL_GROUP_SIZE
 _BITLET_RTL = "Bitlet-PE public RTL defaults (64 lanes, 24 columns, 8-lane window)"
 # The default engines' geometry (Bitlet-PE RTL): what aligned figures shown
 # next to their estimates use.
