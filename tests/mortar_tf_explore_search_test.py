@@ -293,7 +293,7 @@ def _global_drop(model, score, p):
     return -score.value(model)
 
 
-@pytest.mark.parametrize("cap", [4, 5, 9, 30])
+@pytest.mark.parametrize("cap", [4, 9, 30])
 @pytest.mark.parametrize("budget_kind", ["zero", "tight", "huge"])
 def test_the_evaluation_cap_holds_on_every_path_without_calibration_inputs(cap, budget_kind):
   model = _four_dense()
