@@ -263,7 +263,7 @@ def test_precision_float32_is_not_its_float64_value():
   # the ball, float(np.float32(0.2)) = 0.200000003 lets it in.
   x = np.float32([1.25])
   assert not ref.in_ball(1.5, 1.25, 0.2) and ref.in_ball(1.5, 1.25, float(np.float32(0.2)))
-  for backend in BACKENDS:
+  for backend in BACKENDS + KERNEL_BACKENDS:  # the C++ kernels get P as a double too
     assert_same_bits(mortar_tf.morph(x, "paper", 0.2, backend=backend), [1.25])
     assert_same_bits(mortar_tf.morph(x, "paper", np.float32(0.2), backend=backend), [1.5])
     assert_same_bits(mortar_tf.morph(x, "fewest_ones", np.float32(0.2), backend=backend), [1.0])
