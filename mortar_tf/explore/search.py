@@ -810,8 +810,9 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
         hi = mid - 1
     global_complete = lo > hi
     if not global_complete:
+      untried = f"{grid[lo]:g}" if lo == hi else f"{grid[lo]:g} to {grid[hi]:g}"
       cut_short.append(
-          f"the global bisection stopped with P {grid[lo]:g}..{grid[hi]:g} untried"
+          f"the global bisection stopped with P {untried} untried"
           + (f" (P = {best_global:g} meets the budget; a larger P may too)"
              if best_global is not None else " (no global P tried meets the budget)"))
 
@@ -844,7 +845,11 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     _progress(progress, len(pairs), len(pairs), "sensitivity done")
     sensitivity, bounded = _monotone_costs(kernels, grid, raw)
     total_pairs = len(kernels) * len(grid)
-    if len(pairs) < total_pairs:
+    if not pairs:
+      cut_short.append(
+          f"the sensitivity measured none of the {total_pairs} (kernel, P) pairs (without "
+          "calibration inputs each is a full evaluation), so no per-kernel map was chosen")
+    elif len(pairs) < total_pairs:
       unmeasured = [k.key for i, k in enumerate(kernels) if not raw[i]]
       cut_short.append(
           f"the sensitivity measured {len(pairs)} of {total_pairs} (kernel, P) pairs (without "
