@@ -41,7 +41,9 @@ from mortar_tf import native
 
 BACKENDS = ("numpy", "native", "op", "tf")
 COUNT_BACKENDS = ("numpy", "native", "op")
-MAX_KERNEL_GROUP_SIZE = native.MAX_GROUP_SIZE  # larger groups run in numpy, same bits
+# The C++ kernels' largest group: backend=None runs a larger one in numpy (same
+# bits); backend="native" or "op" asked for by name refuses it.
+MAX_KERNEL_GROUP_SIZE = native.MAX_GROUP_SIZE
 # Non-adjacent reduction axes are transposed this many elements at a time.
 _SLICE_ELEMENTS = 1 << 20
 
@@ -67,10 +69,17 @@ def _warn_fallback(what: str) -> None:
                   "bits", RuntimeWarning, stacklevel=4)
 
 
+def _check_kernel_group(backend, group_size) -> None:
+  """A kernel backend asked for by name refuses a group past its counters
+  (backend=None runs such a group in numpy instead, with the same bits)."""
+  if backend in ("native", "op") and group_size is not None and \
+      group_size > MAX_KERNEL_GROUP_SIZE:
+    raise ValueError(f"backend={backend!r} takes group_size up to {MAX_KERNEL_GROUP_SIZE}, "
+                     f"got {group_size} (the default or 'numpy' backend runs any size)")
+
+
 def _ops(group_size=None):
-  if group_size is not None and group_size > MAX_KERNEL_GROUP_SIZE:
-    raise ValueError(f"backend='op' takes group_size up to {MAX_KERNEL_GROUP_SIZE}, got "
-                     f"{group_size} (the default or 'numpy' backend runs any size)")
+  _check_kernel_group("op", group_size)
   from mortar_tf import ops  # pylint: disable=import-outside-toplevel
   if not ops.is_built():
     raise RuntimeError(f"backend='op' but the op library is not available: "
@@ -154,6 +163,8 @@ def _count(what, w, domain, layout, reduction_axes, equation, group_size, width,
   """count_ones (`what` = "count_ones") or bit_histogram on the chosen backend."""
   w, axes, group_size, width = _check_count_args(w, domain, layout, reduction_axes, equation,
                                                  group_size, width)
+  if domain == "aligned":
+    _check_kernel_group(backend, group_size)
   backend = resolve(backend, what)
   if backend == "numpy":
     reference = bits.count_ones if what == "count_ones" else bits.bit_histogram
@@ -253,6 +264,7 @@ def aligned_statistics(w, *, layout: str | None = None, reduction_axes=None,
   if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
     raise ValueError(f"window must be an integer >= 1, got {window!r}")
   axes = bits.resolve_reduction_axes(w.shape, reduction_axes, layout, equation)
+  _check_kernel_group(backend, group_size)
   # a window of G lanes or more is one window over the group: the same figures
   return _aligned(w, axes, group_size, width, int(min(window, group_size)), True,
                   resolve(backend, "aligned_statistics"))
@@ -357,6 +369,8 @@ def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=N
                      "only apply to 'bitx'")
   if backend is not None and backend not in BACKENDS:
     raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+  if spec.method == "bitx":
+    _check_kernel_group(backend, spec.group_size)
   tf_input = _is_tf(w)
   if tf_input:
     dtype = w.dtype.base_dtype if hasattr(w.dtype, "base_dtype") else w.dtype

@@ -35,10 +35,13 @@ DISABLE_VARIABLE = "MORTAR_TF_DISABLE_OPS"  # any value but "" or "0": this libr
 THREADS_VARIABLE = "MORTAR_TF_THREADS"
 ISA_VARIABLE = "MORTAR_TF_ISA"  # avx2 or baseline: a narrower variant (read at load)
 ISAS = ("avx512", "avx2", "baseline")
-# The largest group the C++ aligned and bitx kernels take (their counters hold
-# 16 bits per column: G lanes plus G windows at most); larger ones run in numpy.
+# The largest group the C++ aligned and bitx kernels take (kMaxGroupSize in
+# mortar_tf/cc/kernels.h, which the library reports and _load checks): their
+# per-column counters hold 16 bits, and a group's count is at most G lanes plus
+# G all-zero windows. Larger groups run in numpy (same bits) by default; the
+# op refuses them; the estimator's engines stop here.
 MAX_GROUP_SIZE = 16384
-ABI_VERSION = 1
+ABI_VERSION = 2
 METHOD_CODES = {"paper": 0, "fewest_ones": 1, "round": 2}
 
 _P = ctypes.c_void_p
@@ -66,6 +69,11 @@ def _load():
   if lib.mortar_abi_version() != ABI_VERSION:
     return None, f"{path} is from another version of mortar_tf (rebuild it)"
   lib.mortar_isa.restype = ctypes.c_char_p
+  lib.mortar_max_group_size.restype = _I64
+  if lib.mortar_max_group_size() != MAX_GROUP_SIZE:
+    return None, (f"{path} takes groups up to {lib.mortar_max_group_size()}, not "
+                  f"{MAX_GROUP_SIZE} (rebuild it)")
+  lib.mortar_ball_ends.argtypes = [_P, _I64, ctypes.c_double, _INT, _P, _P]
   lib.mortar_count_bits.argtypes = [_P, _I64, _INT, _P, _INT]
   lib.mortar_morph.argtypes = [_P, _P, _I64, _INT, ctypes.c_double, _INT, _INT]
   lib.mortar_aligned.argtypes = [_P, _I64, _I64, _I64, _I64, _INT, _INT, _P, _P, _P, _INT]
@@ -199,3 +207,37 @@ def bitx(x: np.ndarray, view: tuple[int, int, int], group_size: int, columns: in
   _check(_library().mortar_bitx(words.ctypes.data, out.ctypes.data, a, r, b, group_size,
                                 columns, threads()), "bitx")
   return out
+
+
+def ball_ends(magnitudes: np.ndarray, precision: float, exact: bool):
+  """The C++ ball ends (float_bits.h) of positive normal float32 values.
+
+  Args:
+    magnitudes: positive normal float32 values (any shape).
+    precision: P, 0 < P <= 1 (P <= 0.5 with `exact`).
+    exact: BallEndsExact (integer arithmetic, P <= 0.5), else BallEndsGeneral.
+
+  Returns:
+    (lower, upper) float32 arrays of the input's shape: the smallest normal
+    and the largest finite float32 y with fabs((double)y - (double)x) <
+    P * (double)x (both x where that ball is empty).
+
+  Raises:
+    ValueError: a value that is not a positive normal float32, or P out of
+      range.
+  """
+  words = _words(magnitudes)
+  limit = 0.5 if exact else 1.0
+  if isinstance(precision, bool) or not 0.0 < float(precision) <= limit:
+    raise ValueError(f"precision must satisfy 0 < P <= {limit:g} here, got {precision!r}")
+  bad = np.flatnonzero(((words >> 23) == 0) | ((words >> 23) >= 255))
+  if bad.size:
+    value = words.reshape(-1)[bad[0]].view(np.float32)
+    raise ValueError(f"ball ends take positive normal float32 values, got {value!r} "
+                     f"(word {int(words.reshape(-1)[bad[0]]):#010x})")
+  lower = np.empty(words.shape, np.uint32)
+  upper = np.empty(words.shape, np.uint32)
+  _check(_library().mortar_ball_ends(words.ctypes.data, words.size, float(precision),
+                                     int(bool(exact)), lower.ctypes.data, upper.ctypes.data),
+         "ball ends")
+  return lower.view(np.float32), upper.view(np.float32)

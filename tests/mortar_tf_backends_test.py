@@ -441,3 +441,391 @@ def test_the_references_and_kernels_sit_below_the_one_module_that_chooses():
   users = [p.name for p in package.rglob("*.py")
            if "from mortar_tf import native" in p.read_text() and p.name != "backends.py"]
   assert users == [], users
+
+
+# ---------------------------------------------------------------------------
+# The edges of the aligned window (SPEC 3: a bit lands in column
+# c = (23 - j) + (emax - e), kept iff c < width), SPEC 5's worked examples and
+# the ball ends, on every backend and every instruction-set variant. The
+# kernels shift by the exponent gap d = emax - e, which C forbids at >= 32 for
+# a 32-bit word (widths up to 32) and at >= 64 for a 64-bit one (widths 33..64):
+# each guard is met at its boundary here. Expected columns are counted by hand
+# from SPEC 3 (and checked against the naive loop of spec_reference too).
+
+MIN_NORMAL = float(np.finfo(np.float32).tiny)
+F32_MAX = float(np.finfo(np.float32).max)
+ALL_24 = (2**24 - 1) * 2.0**-23  # 1.11...1b: a 1 in each of the 24 significand bits
+
+# (one group's values, width, {column: ones}); the group is the whole vector.
+ALIGNED_EDGES = [
+    ([1.0, 2.0**-31], 32, {0: 1, 31: 1}),  # d = 31: the hidden bit in the last column
+    ([1.0, 2.0**-32], 32, {0: 1}),  # d = 32: past the 32-bit word
+    ([1.0, 2.0**-31], 31, {0: 1}),  # d = 31 at width 31: outside
+    ([1.5, 1.5 * 2.0**-31], 32, {0: 1, 1: 1, 31: 1}),  # its second bit falls in column 32
+    ([-1.0, -(2.0**-31)], 32, {0: 1, 31: 1}),  # signs are ignored
+    ([1.0, ALL_24 * 2.0**-9], 32, {0: 1, **{c: 1 for c in range(9, 32)}}),  # columns 9..32
+    ([1.0, 2.0**-32], 33, {0: 1, 32: 1}),  # d = 32 in the 64-bit word
+    ([1.0, 2.0**-33], 33, {0: 1}),
+    ([1.0, 2.0**-63], 64, {0: 1, 63: 1}),  # d = 63: the hidden bit in the last column
+    ([1.0, 2.0**-64], 64, {0: 1}),  # d = 64: past the 64-bit word
+    ([1.5, 1.5 * 2.0**-63], 64, {0: 1, 1: 1, 63: 1}),
+    ([1.0, ALL_24 * 2.0**-41], 64, {0: 1, **{c: 1 for c in range(41, 64)}}),  # columns 41..64
+    ([2.0**100, 2.0**-100], 64, {0: 1}),  # d = 200
+    ([F32_MAX, MIN_NORMAL], 64, {c: 1 for c in range(24)}),  # d = 253
+    ([2.0**-31, 1.0, 0.0, 2.0**-32], 32, {0: 1, 31: 1}),  # the largest need not come first
+]
+
+# (one group's values, columns, result): bitx keeps bit j of an element d
+# binades below the group's largest iff (23 - j) + d < columns.
+BITX_EDGES = [
+    ([1.0, 1.5 * 2.0**-31, 1.5 * 2.0**-32], 32, [1.0, 2.0**-31, 0.0]),
+    ([-1.0, -1.5 * 2.0**-31, -1.5 * 2.0**-32], 32, [-1.0, -(2.0**-31), 0.0]),  # +0.0
+    ([1.75, 1.75 * 2.0**-30], 32, [1.75, 1.5 * 2.0**-30]),
+    ([1.0, 1.5 * 2.0**-63, 1.5 * 2.0**-64], 64, [1.0, 2.0**-63, 0.0]),
+    ([1.0, ALL_24 * 2.0**-41], 64, [1.0, (ALL_24 - 2.0**-23) * 2.0**-41]),  # its last bit goes
+    ([1.0, 1.5 * 2.0**-23, 1.5 * 2.0**-24], 24, [1.0, 2.0**-23, 0.0]),
+    ([F32_MAX, MIN_NORMAL, 1.0], 64, [F32_MAX, 0.0, 0.0]),
+]
+
+
+def _column(values, copies):
+  """`values` as `copies` identical output elements of one group each: [G, copies]
+  (copies > 16 spans more than one tile of lanes)."""
+  return np.repeat(np.float32(values).reshape(-1, 1), copies, axis=1)
+
+
+def _hand_columns(width, ones):
+  return [ones.get(c, 0) for c in range(width)]
+
+
+@pytest.mark.parametrize("values,width,ones", ALIGNED_EDGES)
+def test_spec_reference_agrees_with_the_hand_counted_edges(values, width, ones):
+  w = _column(values, 1)
+  assert ref.aligned_column_ones(w, (0,), len(values), width) == _hand_columns(width, ones)
+  assert mortar_tf.count_ones(w, "aligned", group_size=len(values), width=width,
+                              backend="numpy") == sum(ones.values())
+
+
+@pytest.mark.parametrize("backend", ["native", "op", "numpy"])
+@pytest.mark.parametrize("copies", [1, 17])
+@pytest.mark.parametrize("values,width,ones", ALIGNED_EDGES)
+def test_aligned_columns_at_the_shift_guards(values, width, ones, copies, backend):
+  if backend == "op":
+    pytest.importorskip("tensorflow")
+  w = _column(values, copies)
+  g = len(values)
+  expected = [copies * n for n in _hand_columns(width, ones)]
+  assert mortar_tf.bit_histogram(w, "aligned", group_size=g, width=width,
+                                 backend=backend).tolist() == expected
+  assert mortar_tf.count_ones(w, "aligned", group_size=g, width=width,
+                              backend=backend) == sum(expected)
+  # the per-group cycle figures at the same edges, against the naive loops
+  _, lane_max, bitlet = mortar_tf.aligned_statistics(w, group_size=g, width=width, window=2,
+                                                     backend=backend)
+  figures = ref.engine_group_figures(w, (0,), g, width, 2)
+  assert list(zip(lane_max.reshape(-1).tolist(), bitlet.reshape(-1).tolist())) == figures
+
+
+def test_the_issue_example_counts_two_ones_everywhere():
+  # count_ones([[1.0], [2**-31]], "aligned", group_size=2, width=32): 1.0's
+  # hidden bit in column 0, 2^-31's in column 31 (< 32): 2 ones.
+  w = np.float32([[1.0], [2.0**-31]])
+  backends_here = ["numpy", "native"] + (["op"] if _has_tf() else [])
+  for backend in backends_here:
+    assert mortar_tf.count_ones(w, "aligned", group_size=2, width=32, backend=backend) == 2
+
+
+def _has_tf():
+  try:
+    import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+@pytest.mark.parametrize("backend", ["native", "op", "numpy", "tf"])
+@pytest.mark.parametrize("values,columns,expected", BITX_EDGES)
+def test_bitx_at_the_shift_guards(values, columns, expected, backend):
+  if backend in ("op", "tf"):
+    pytest.importorskip("tensorflow")
+  w = _column(values, 17)
+  got = mortar_tf.morph(w, "bitx", columns=columns, group_size=len(values),
+                        width=max(24, columns), backend=backend)
+  want = _column(expected, 17)
+  np.testing.assert_array_equal(u32(got), u32(want))
+  np.testing.assert_array_equal(u32(ref.bitx(w, (0,), len(values), columns)), u32(want))
+
+
+# ---------------------------------------------------------------------------
+# The ball ends of float_bits.h (native.ball_ends), against SPEC's predicate
+# evaluated in double exactly as written: a ball end is in the ball and its
+# outer neighbour is not (or is past the smallest normal / largest finite).
+# The predicate is monotone on each side of x, so that pins each end down.
+
+
+def _in_ball(y_words, x_words, p):
+  y = np.asarray(y_words, np.uint32).view(np.float32).astype(np.float64)
+  x = np.asarray(x_words, np.uint32).view(np.float32).astype(np.float64)
+  return np.abs(y - x) < p * x  # IEEE double, as SPEC writes it (numpy fuses nothing)
+
+
+def _ball_end_inputs(seed):
+  """Positive normal words: random over every binade, and the edges."""
+  r = np.random.default_rng(seed)
+  random = ((r.integers(1, 255, 4000).astype(np.uint32) << 23) |
+            r.integers(0, 1 << 23, 4000).astype(np.uint32))
+  edges = [0x00800000, 0x00800001, 0x00FFFFFF, 0x01000000, 0x7F7FFFFF, 0x7F7FFFFE, 0x7F000000,
+           0x7F000001, 0x7EFFFFFF, 0x3F800000, 0x3F800001, 0x3F7FFFFF, 0x3FFFFFFF, 0x40000000,
+           0x3FC00000, 0x3FB00000, 0x3F8CCCCD, 0x3DCC8B44]
+  near_powers = [(e << 23) + dm for e in (1, 2, 64, 127, 128, 200, 253, 254)
+                 for dm in (0, 1, 2, 3, (1 << 23) - 1, (1 << 23) - 2, 1 << 22)]
+  return np.concatenate([random, np.array(edges + near_powers, np.uint32)])
+
+
+BALL_PRECISIONS = [1.0, 1.0 - 2.0**-30, 0.999, 0.75, 0.5 + 2.0**-40, 0.5, 0.3, 0.1, 0.01, 1e-3,
+                   2.0**-24, 1e-6, 1e-9, 2.0**-30, 5e-324]
+
+
+def _check_ball_ends(x, p, lower, upper):
+  """Every end against the predicate; returns how many balls were empty."""
+  x = np.asarray(x, np.uint32)
+  lo, hi = np.asarray(lower).view(np.uint32), np.asarray(upper).view(np.uint32)
+  empty = ~_in_ball(x, x, p)  # P * x rounds to 0 in double: nothing is in the ball
+  np.testing.assert_array_equal(lo[empty], x[empty])
+  np.testing.assert_array_equal(hi[empty], x[empty])
+  full = ~empty
+  x, lo, hi = x[full], lo[full], hi[full]
+  assert np.all((lo <= x) & (x <= hi))
+  assert np.all(_in_ball(lo, x, p)) and np.all(_in_ball(hi, x, p))
+  below = np.maximum(lo.astype(np.int64) - 1, 0x00800000)
+  above = np.minimum(hi.astype(np.int64) + 1, 0x7F7FFFFF)
+  assert np.all((lo == 0x00800000) | ~_in_ball(below, x, p))
+  assert np.all((hi == 0x7F7FFFFF) | ~_in_ball(above, x, p))
+  return int(empty.sum())
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "general"])
+@pytest.mark.parametrize("p", BALL_PRECISIONS)
+def test_ball_ends_are_the_predicates_ends(p, exact):
+  if exact and p > 0.5:
+    with pytest.raises(ValueError, match=r"0 < P <= 0.5"):
+      native.ball_ends(np.float32([1.0]), p, exact)
+    return
+  x = _ball_end_inputs(seed=int(p * 1e6) % 1000)
+  lower, upper = native.ball_ends(x.view(np.float32), p, exact)
+  empty = _check_ball_ends(x, p, lower, upper)
+  assert (empty > 0) == (p == 5e-324)  # only there does P * x round to 0 (for x < 2^52 or so)
+  # the numpy reference's ends (a second implementation) agree word for word
+  from mortar_tf import morphing  # pylint: disable=import-outside-toplevel
+  if exact:
+    a, b = morphing._ball_ends_exact(x.astype(np.int32), p)  # pylint: disable=protected-access
+  else:
+    values = x.view(np.float32).astype(np.float64)
+    a, b = morphing._ball_ends(x.astype(np.int64), values, p * values)  # pylint: disable=protected-access
+  keep = _in_ball(x, x, p)  # an empty ball has no ends to compare
+  np.testing.assert_array_equal(lower.view(np.uint32)[keep], np.asarray(a, np.int64)[keep])
+  np.testing.assert_array_equal(upper.view(np.uint32)[keep], np.asarray(b, np.int64)[keep])
+
+
+@pytest.mark.parametrize("p", [1e-3, 1e-4, 2.0**-20])
+def test_ball_ends_by_brute_force(p):
+  # Every float32 word near x enumerated: the ends are the first and last in the ball.
+  x = _ball_end_inputs(seed=11)[::20]
+  x = np.concatenate([x, np.array([0x00800000, 0x7F7FFFFF, 0x3F800000, 0x40000000], np.uint32)])
+  reach = int(4 * p * 2**24) + 8
+  for exact in (True, False):
+    lower, upper = native.ball_ends(x.view(np.float32), p, exact)
+    for i, word in enumerate(x.tolist()):
+      window = np.arange(max(word - reach, 0x00800000), min(word + reach, 0x7F7FFFFF) + 1,
+                         dtype=np.int64)
+      inside = window[_in_ball(window, word, p)]
+      assert inside[0] > window[0] or window[0] == 0x00800000  # the window holds the ball
+      assert inside[-1] < window[-1] or window[-1] == 0x7F7FFFFF
+      assert (int(lower.view(np.uint32)[i]), int(upper.view(np.uint32)[i])) == (
+          int(inside[0]), int(inside[-1])), (hex(word), exact)
+
+
+def test_ball_ends_refuse_what_they_are_not_for():
+  for bad in (0.0, -1.0, 1e-40, np.inf, np.nan):
+    with pytest.raises(ValueError, match="positive normal float32"):
+      native.ball_ends(np.float32([1.0, bad]), 0.1, exact=False)
+  for p in (0.0, 1.5, -0.1, True):
+    with pytest.raises(ValueError, match="precision"):
+      native.ball_ends(np.float32([1.0]), p, exact=False)
+  # the C entry point refuses too (a caller bug past the Python checks)
+  lib = native._library()  # pylint: disable=protected-access
+  words = np.array([0x3F800000, 0x80000001], np.uint32)
+  out = np.zeros(2, np.uint32)
+  assert lib.mortar_ball_ends(words.ctypes.data, 2, 0.1, 0, out.ctypes.data,
+                              out.ctypes.data) != 0
+  assert lib.mortar_ball_ends(words.ctypes.data, 1, 0.7, 1, out.ctypes.data,
+                              out.ctypes.data) != 0
+  assert out.tolist() == [0, 0]  # nothing written
+
+
+# ---------------------------------------------------------------------------
+# The same answers from every instruction-set variant (chosen at load time, so
+# each runs in a subprocess): SPEC 5's worked examples, the window's edges, the
+# bitx edges and the ball ends, all on the native library.
+
+JOBS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import mortar_tf
+    from mortar_tf import native
+    out = []
+    for job in json.load(sys.stdin):
+      x = np.array(job["words"], np.uint32).view(np.float32).reshape(job["shape"])
+      kind, kw = job["kind"], job["kwargs"]
+      if kind == "morph":
+        out.append(mortar_tf.morph(x, backend="native", **kw).view(np.uint32).reshape(-1)
+                   .tolist())
+      elif kind == "aligned":
+        columns, lane_max, bitlet = mortar_tf.aligned_statistics(x, backend="native", **kw)
+        out.append([columns.tolist(), lane_max.reshape(-1).tolist(),
+                    bitlet.reshape(-1).tolist()])
+      else:
+        lower, upper = native.ball_ends(x, **kw)
+        out.append([lower.view(np.uint32).tolist(), upper.view(np.uint32).tolist()])
+    print(json.dumps({"isa": native.isa(), "results": out}))
+""")
+
+
+def _job(kind, values, **kwargs):
+  x = np.asarray(values, np.float32)
+  return {"kind": kind, "words": u32(x).reshape(-1).tolist(), "shape": list(x.shape),
+          "kwargs": kwargs}
+
+
+def _variant_jobs():
+  """(jobs, check(results)): each check compares with SPEC, the hand counts
+  or the predicate, never with another variant."""
+  jobs, checks = [], []
+  xs = [ref.example_value(x) for x, _, _, _ in ref.WORKED_EXAMPLES]
+  for method, column in (("paper", 2), ("fewest_ones", 3)):
+    for (x, p, *answers), value in zip(ref.WORKED_EXAMPLES, xs):
+      jobs.append(_job("morph", [value], method=method, precision=p))
+      checks.append((f"SPEC 5 {method} {x} P={p}", u32([ref.example_value(answers[column - 2])])
+                     .tolist()))
+  for x, keep, result in ref.ROUND_EXAMPLES:
+    jobs.append(_job("morph", [x], method="round", keep_bits=keep))
+    checks.append((f"SPEC 5 round {x} keep {keep}", u32([result]).tolist()))
+  for columns, result in ref.BITX_EXAMPLES:
+    jobs.append(_job("morph", np.float32(ref.BITX_GROUP).reshape(4, 1), method="bitx",
+                     columns=columns, group_size=4, width=24))
+    checks.append((f"SPEC 5 bitx columns={columns}", u32(result).tolist()))
+  e = ref.ENGINE_EXAMPLE
+  jobs.append(_job("aligned", np.float32(ref.ENGINE_GROUP).reshape(4, 1),
+                   group_size=e["group_size"], width=e["width"], window=e["window"]))
+  checks.append(("SPEC 5 engines", [e["columns"], [e["lane_max"]], [e["bitlet"]]]))
+  for values, width, ones in ALIGNED_EDGES:
+    w = _column(values, 17)
+    jobs.append(_job("aligned", w, group_size=len(values), width=width, window=2))
+    figures = ref.engine_group_figures(w, (0,), len(values), width, 2)
+    checks.append((f"aligned edge {values} width {width}",
+                   [[17 * n for n in _hand_columns(width, ones)], [f[0] for f in figures],
+                    [f[1] for f in figures]]))
+  for values, columns, result in BITX_EDGES:
+    jobs.append(_job("morph", _column(values, 17), method="bitx", columns=columns,
+                     group_size=len(values), width=max(24, columns)))
+    checks.append((f"bitx edge {values} columns {columns}",
+                   u32(_column(result, 17)).reshape(-1).tolist()))
+  return jobs, checks
+
+
+def test_every_instruction_set_variant_gives_spec_and_the_edges(tmp_path):
+  jobs, checks = _variant_jobs()
+  x = _ball_end_inputs(seed=3)
+  ball_cases = [(p, exact) for p in BALL_PRECISIONS for exact in (True, False)
+                if not (exact and p > 0.5)]
+  jobs += [_job("ball_ends", x.view(np.float32), precision=p, exact=exact)
+           for p, exact in ball_cases]
+  seen = set()
+  for isa in ("", "avx2", "baseline"):
+    result = subprocess.run([sys.executable, "-c", JOBS_SCRIPT], input=json.dumps(jobs),
+                            capture_output=True, text=True, timeout=600, check=False,
+                            cwd=tmp_path, env=dict(os.environ, MORTAR_TF_ISA=isa))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    seen.add(out["isa"])
+    results = out["results"]
+    for (label, expected), got in zip(checks, results):
+      assert got == expected, f"{out['isa']}: {label}"
+    for (p, exact), (lower, upper) in zip(ball_cases, results[len(checks):]):
+      _check_ball_ends(x, p, np.array(lower, np.uint32), np.array(upper, np.uint32))
+  assert "baseline" in seen  # the forced variant really ran
+
+
+# ---------------------------------------------------------------------------
+# The largest group: one limit (kMaxGroupSize in mortar_tf/cc/kernels.h, which
+# the library reports) for the C++ kernels behind every entry point; G at the
+# limit runs on them, G past it is a clear error where the kernels were asked
+# for by name (backend=None runs it in numpy, same bits: test_dispatch_...).
+
+
+def test_one_limit_on_the_group_size_everywhere():
+  from mortar_tf.estimator import engines  # pylint: disable=import-outside-toplevel
+  lib = native._library()  # pylint: disable=protected-access
+  assert lib.mortar_max_group_size() == native.MAX_GROUP_SIZE == 16384
+  assert backends.MAX_KERNEL_GROUP_SIZE == engines.MAX_GROUP_SIZE == native.MAX_GROUP_SIZE
+
+
+def _full_and_empty_group(g):
+  """One group of g lanes: the first half 1.11...1b (a 1 in all 24 columns),
+  the second half 0: per column g/2 ones and, with window 1, g/2 all-zero
+  windows, so Bitlet's count reaches g, the most the counters hold here."""
+  w = np.zeros((g, 1), np.float32)
+  w[:g // 2] = ALL_24
+  return w
+
+
+@pytest.mark.parametrize("backend", ["native", "op"])
+def test_the_largest_group_runs_on_the_kernels_and_one_more_is_refused(backend):
+  if backend == "op":
+    pytest.importorskip("tensorflow")
+  g = native.MAX_GROUP_SIZE
+  w = _full_and_empty_group(g)
+  # by hand: 24 columns of g/2 ones; one lane holds 24; Bitlet g/2 + g/2 windows
+  columns, lane_max, bitlet = mortar_tf.aligned_statistics(w, group_size=g, width=24, window=1,
+                                                           backend=backend)
+  assert columns.tolist() == [g // 2] * 24
+  assert lane_max.tolist() == [[24]] and bitlet.tolist() == [[g]]
+  assert mortar_tf.count_ones(w, "aligned", group_size=g, backend=backend) == 24 * (g // 2)
+  pruned = mortar_tf.morph(w, "bitx", columns=3, group_size=g, backend=backend)
+  np.testing.assert_array_equal(pruned[:g // 2], np.float32(1.75))  # 1.11b: three columns
+  np.testing.assert_array_equal(u32(pruned[g // 2:]), 0)
+  big = np.zeros((g + 1, 1), np.float32)
+  message = f"backend='{backend}' takes group_size up to {g}, got {g + 1}"
+  for call in (lambda: mortar_tf.count_ones(big, "aligned", group_size=g + 1, backend=backend),
+               lambda: mortar_tf.bit_histogram(big, "aligned", group_size=g + 1,
+                                               backend=backend),
+               lambda: mortar_tf.aligned_statistics(big, group_size=g + 1, backend=backend),
+               lambda: mortar_tf.morph(big, "bitx", columns=3, group_size=g + 1,
+                                       backend=backend)):
+    with pytest.raises(ValueError, match=message):
+      call()
+
+
+def test_the_raw_entry_points_take_the_largest_group_and_refuse_one_more():
+  g = native.MAX_GROUP_SIZE
+  w = _full_and_empty_group(g)
+  columns, lane_max, bitlet = native.aligned(w, (1, g, 1), g, 24, 1, True)
+  assert columns.tolist() == [g // 2] * 24 and bitlet.tolist() == [[g]]
+  assert lane_max.tolist() == [[24]]
+  assert native.bitx(w, (1, g, 1), g, 24).tolist() == w.tolist()
+  for call in (lambda: native.aligned(np.zeros(g + 1, np.float32), (1, g + 1, 1), g + 1, 24, 8,
+                                      False),
+               lambda: native.bitx(np.zeros(g + 1, np.float32), (1, g + 1, 1), g + 1, 3)):
+    with pytest.raises(ValueError, match=f"the native kernels take group_size 1..{g}, got "
+                                         f"{g + 1}"):
+      call()
+  lib = native._library()  # pylint: disable=protected-access
+  x = np.zeros(g + 1, np.float32)
+  out = np.empty_like(x)
+  cols = np.zeros(24, np.int64)
+  assert lib.mortar_aligned(x.ctypes.data, 1, g, 1, g, 24, 8, cols.ctypes.data, None, None,
+                            1) == 0
+  assert lib.mortar_aligned(x.ctypes.data, 1, g + 1, 1, g + 1, 24, 8, cols.ctypes.data, None,
+                            None, 1) != 0
+  assert lib.mortar_bitx(x.ctypes.data, out.ctypes.data, 1, g, 1, g, 3, 1) == 0
+  assert lib.mortar_bitx(x.ctypes.data, out.ctypes.data, 1, g + 1, 1, g + 1, 3, 1) != 0

@@ -69,6 +69,25 @@ def test_spec_engine_example_through_a_saved_model(tmp_path):
   assert result.headline() == {"over_stripes": 2.0, "over_unmorphed": 1.0}
 
 
+def test_engines_take_the_kernels_largest_group_and_not_one_more(tmp_path):
+  # SPEC 5's group padded to G = 16384 lanes (the C++ kernels' largest), width
+  # 4, window 2. By hand: the lanes 1100, 1000, 0110, 0000 and 16380 zeros;
+  # a lane holds at most 2 ones (pragmatic, mortar 2); Bitlet's 8192 windows
+  # of 2 lanes: column 0 has 2 ones and 8191 empty windows (all but lanes
+  # 0-1), column 1 2 + 8190, column 2 1 + 8191, column 3 0 + 8192: 8193.
+  _export_dense(tmp_path / "m", [[1.5], [1], [0.75], [0]])
+  engines = [Engine(m, m, group_size=16384, width=4, window=2) for m in estimator.MODELS]
+  result = estimator.estimate(str(tmp_path / "m"), input_shape=(1, 4), engines=engines,
+                              precision=1e-9)
+  (layer,) = result.layers
+  expected = {"fp32": 1, "stripes": 4, "pragmatic": 2, "bitlet": 8193, "mortar": 2}
+  assert layer.cycles == {m: {"original": c, "morphed": c} for m, c in expected.items()}
+  with pytest.raises(ValueError, match=r"group_size \(lanes\) must be 1..16384, got 16385"):
+    Engine("mortar", "mortar", group_size=16385)
+  with pytest.raises(ValueError, match=r"group_size \(lanes\) must be 1..16384, got 16385"):
+    estimator.estimate(str(tmp_path / "m"), input_shape=(1, 4), group_size=16385)
+
+
 def test_spec_example_morphed_cells_and_baseline_cells(tmp_path):
   # [1.375, 1, 0.75, 0] at P = 0.3 (paper): 1.375 (1.011b) -> 1.5 (SPEC 5).
   # Aligned to the group's exponent, width 4: lanes 1.011, 1.000, 0.110, 0 hold
@@ -281,7 +300,8 @@ def test_layers_it_cannot_map_are_listed_with_the_reason(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(group_size=0), "group_size .* must be 1..4096"),
+    (dict(group_size=0), "group_size .* must be 1..16384"),
+    (dict(group_size=16385), r"group_size \(lanes\) must be 1..16384, got 16385"),
     (dict(power_w=-1.0), "power_w must be >= 0"),
     (dict(width=65), "width must be 1..64"),
     (dict(num_pes=0), "num_pes must be >= 1"),

@@ -5,8 +5,10 @@ Every returned map is re-applied here the way a user applies it
 knapsack is checked against brute force over every combination.
 """
 
+import fractions
 import itertools
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -16,6 +18,7 @@ import mortar_tf
 from mortar_tf import explore
 from mortar_tf.explore import search
 from mortar_tf.keras import morph_model
+from mortar_tf.keras import strip_morphing
 
 rng = np.random.default_rng(5)
 
@@ -52,10 +55,20 @@ def test_a_separable_convs_two_kernels_get_their_own_keys_and_the_map_keeps_its_
     budget = 2 * metric(model)  # room for more than the head alone at P = 0.1
   found = explore.search_precisions(model, metric, budget, method="paper",
                                     precisions=[0.01, 0.1, 0.5], estimate_speedup=False)
-  assert set(found.sensitivity) == {"sep/depthwise_kernel", "sep/pointwise_kernel", "head"}
+  every = ["sep/depthwise_kernel", "sep/pointwise_kernel", "head"]  # the model's kernels
+  assert set(found.sensitivity) == set(every)
   assert found.precisions and not found.chose_global
-  left = [k for k in found.sensitivity if k not in found.precisions]
-  assert ("Left unmorphed: " + ", ".join(left) in found.summary()) if left else True
+  # The summary names each chosen kernel with its P, and the others (if any)
+  # as left unmorphed; with every kernel morphed it must say nothing is left.
+  summary = found.summary()
+  assert ("Per kernel: " + ", ".join(f"{k}: P={p:g}" for k, p in found.precisions.items())
+          in summary.splitlines())
+  left = [k for k in every if k not in found.precisions]
+  if left:
+    assert "Left unmorphed: " + ", ".join(left) in summary.splitlines()
+  else:
+    assert "Left unmorphed" not in summary
+  assert set(found.precisions) | set(left) == set(every)
   # Applied as the README says: morph_model with the map, evaluated here.
   wrapped = morph_model(model, "paper", precision=dict(found.precisions))
   reference = model.predict(x, verbose=0)
@@ -129,20 +142,70 @@ def _brute_force(options, budget):
   return best
 
 
-@pytest.mark.parametrize("seed", range(6))
+def _exact_sum(drops):
+  """The exact sum of float drops (each float is a rational number)."""
+  return sum((fractions.Fraction(d) for d in drops), fractions.Fraction(0))
+
+
+def _brute_force_exact(options, budget):
+  """The largest total gain whose drops' exact sum is within `budget`."""
+  best = 0.0
+  for combo in itertools.product(*[[(0.0, 0.0)] + [(d, g) for d, g, _ in layer]
+                                   for layer in options]):
+    if _exact_sum(d for d, _ in combo) <= fractions.Fraction(budget):
+      best = max(best, sum(g for _, g in combo))
+  return best
+
+
+def _picked(options, picks):
+  return [next(o for o in options[layer] if o[2] == pick) for layer, pick in enumerate(picks)
+          if pick is not None]
+
+
+@pytest.mark.parametrize("seed", range(40))
 def test_knapsack_equals_brute_force(seed):
   r = np.random.default_rng(seed)
-  options = [[(float(r.uniform(0, 1)), float(r.uniform(0, 10)), (layer, k)) for k in range(3)]
-             for layer in range(4)]
+  layers, per_layer = int(r.integers(2, 6)), int(r.integers(1, 4))
   budget = float(r.uniform(0.2, 2.0))
-  picks = search._knapsack(options, budget)  # pylint: disable=protected-access
-  chosen = [next(o for o in options[layer] if o[2] == pick) for layer, pick in enumerate(picks)
-            if pick is not None]
-  assert sum(d for d, _, _ in chosen) <= budget * (1 + 1 / 2000) + 1e-12
-  # Drops are rounded up to 1/2000 of the budget: the answer may leave out a
-  # combination within that rounding, never take one above the budget.
-  assert sum(g for _, g, _ in chosen) >= _brute_force(options, budget * (1 - 4 / 2000)) - 1e-9
-  assert sum(g for _, g, _ in chosen) <= _brute_force(options, budget) + 1e-9
+  # One option per layer sits a hair (1e-13 relative) above its share of the
+  # budget, the shares adding up to 2000/2000: together they exceed the
+  # budget, which a cost rounded down (or a float product nudged below its
+  # integer) would let through, and their gains make them the best pick.
+  shares = np.diff(np.concatenate([[0], np.sort(r.choice(np.arange(1, 2000), layers - 1,
+                                                         replace=False)), [2000]]))
+  options = [[(budget * int(shares[layer]) / 2000 * (1 + 1e-13), 20.0 + float(r.uniform(0, 1)),
+               (layer, 0))] +
+             [(float(r.uniform(0, 1)), float(r.uniform(0, 10)), (layer, k))
+              for k in range(1, per_layer)]
+             for layer in range(layers)]
+  chosen = _picked(options, search._knapsack(options, budget))  # pylint: disable=protected-access
+  # Never above the budget, exactly (no float tolerance).
+  assert _exact_sum(d for d, _, _ in chosen) <= fractions.Fraction(budget)
+  # Drops are rounded up to whole 1/2000ths of the budget, each by less than
+  # one: the answer is at least the best combination within the budget less
+  # one unit per layer, and at most the best within the budget.
+  gain = sum(g for _, g, _ in chosen)
+  assert gain >= _brute_force_exact(options, budget * (1 - layers / 2000)) - 1e-9
+  assert gain <= _brute_force_exact(options, budget) + 1e-9
+
+
+def test_knapsack_never_lets_rounding_add_up_past_the_budget():
+  # Each drop is a hair above half the budget (1000.0001 units): two of them
+  # exceed it, so only one may be taken, whatever the gains.
+  budget = 1.0
+  for excess in (2e-7, 1e-13):
+    half = 0.5 * (1 + excess)
+    options = [[(half, 5.0, "a")], [(half, 4.0, "b")], [(0.0, 1.0, "c")]]
+    picks = search._knapsack(options, budget)  # pylint: disable=protected-access
+    assert picks == ["a", None, "c"], excess
+  # An option exactly at the budget fits.
+  assert search._knapsack([[(0.3, 1.0, "x")]], 0.3) == ["x"]  # pylint: disable=protected-access
+  # Three drops of exactly a third of a budget of 0.3 (0.1 each in float:
+  # 0.1 + 0.1 + 0.1 > 0.3 in exact arithmetic): at most two fit.
+  options = [[(0.1, 1.0, i)] for i in range(3)]
+  chosen = _picked(options, search._knapsack(options, 0.3))  # pylint: disable=protected-access
+  assert _exact_sum(d for d, _, _ in chosen) <= fractions.Fraction(0.3)
+  assert len(chosen) == 2
 
 
 def test_knapsack_respects_its_capacity_and_a_zero_budget():
@@ -184,3 +247,201 @@ def test_sweep_takes_a_list_grid_and_names_what_it_expects():
     explore.sweep(model, metric, [0.1, 0.2], estimate_speedup=False)
   with pytest.raises(ValueError, match="must not be a float"):
     explore.sweep(model, metric, 0.1, estimate_speedup=False)
+
+
+# ---------------------------------------------------------------------------
+# Without calibration inputs every measurement is a full evaluation: the cap
+# holds on every path, counted by the metric itself.
+
+
+def _four_dense():
+  return _randomise(keras.Sequential(
+      [keras.Input((16,))] + [keras.layers.Dense(16, name=f"d{i}") for i in range(4)]))
+
+
+class _CountingScore:
+  """A plain callable metric (no inputs for calibration) that counts its calls:
+  the negated mean squared change of the outputs, so the original scores 0."""
+
+  def __init__(self, model, x):
+    self.x = x
+    self.reference = model.predict(x, verbose=0)
+    self.calls = 0
+    self.__name__ = "score"
+
+  def value(self, model):
+    return -float(np.mean((model.predict(self.x, verbose=0) - self.reference) ** 2))
+
+  def __call__(self, model):
+    self.calls += 1
+    return self.value(model)
+
+
+def _applied_drop(model, score, method, precision_map):
+  """The drop of the map applied as the README says (morph_model), scored
+  without counting."""
+  if not precision_map:
+    return 0.0
+  return -score.value(morph_model(model, method, precision=dict(precision_map)))
+
+
+def _global_drop(model, score, p):
+  kernels = explore.models.model_kernels(model)
+  values = {i: mortar_tf.morph(k.original, "fewest_ones", p, backend="numpy")
+            for i, k in enumerate(kernels)}
+  with search._Applied(kernels, values):  # pylint: disable=protected-access
+    return -score.value(model)
+
+
+@pytest.mark.parametrize("cap", [4, 9, 30])
+@pytest.mark.parametrize("budget_kind", ["zero", "tight", "huge"])
+def test_the_evaluation_cap_holds_on_every_path_without_calibration_inputs(cap, budget_kind):
+  model = _four_dense()
+  x = rng.standard_normal((32, 16)).astype(np.float32)
+  score = _CountingScore(model, x)
+  budget = {"zero": 0.0, "tight": _global_drop(model, score, 0.05), "huge": 1e9}[budget_kind]
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    found = explore.search_precisions(model, score, budget, max_evaluations=cap,
+                                      estimate_speedup=False)
+  assert score.calls <= cap
+  assert found.evaluations == score.calls  # the search's own count is honest
+  assert found.max_evaluations == cap
+  # The returned map, applied by the user, meets the budget; its point is that map's score.
+  drop = _applied_drop(model, score, "fewest_ones", found.precisions)
+  assert drop <= budget + 1e-9
+  assert found.point.drop == pytest.approx(drop, rel=1e-4, abs=1e-12)
+  # Whatever the cap stopped is said, in the summary and as a warning.
+  summary = found.summary()
+  cap_warnings = [w for w in caught if "cut the search short" in str(w.message)]
+  assert bool(found.cut_short) == bool(cap_warnings)
+  for text in found.cut_short:
+    assert f"Cut short by the cap of {cap} full evaluations: {text}." in summary
+  # A claim that nothing can be morphed is never made from a search the cap stopped.
+  assert "none can be morphed" not in summary
+  if not found.precisions:
+    assert ("maps tried meets the budget" in summary or
+            f"the cap of {cap} full evaluations was reached before any per-kernel map" in summary)
+
+
+@pytest.mark.parametrize("cap", [5, 9, 30, 60])
+def test_a_huge_budget_morphs_every_kernel_at_the_largest_p(cap):
+  # The default grid (8 P values: a bisection needs 4 evaluations, the
+  # sensitivity of 4 kernels x 8 P would need 32 without calibration inputs).
+  model = _four_dense()
+  x = rng.standard_normal((32, 16)).astype(np.float32)
+  score = _CountingScore(model, x)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # the cap cuts the sensitivity short: tested above
+    found = explore.search_precisions(model, score, 1e9, max_evaluations=cap,
+                                      estimate_speedup=False)
+  largest = max(search.DEFAULT_SEARCH_PRECISIONS)
+  assert largest == 0.5
+  assert score.calls <= cap
+  # Every kernel at P = 0.5, whichever way the map says it: applied and
+  # stripped as the README says, each kernel is the numpy morph at 0.5.
+  stripped = strip_morphing(morph_model(model, "fewest_ones", precision=dict(found.precisions)))
+  assert len(stripped.layers) == 4
+  for layer, original in zip(stripped.layers, model.layers):
+    expected = mortar_tf.morph(original.kernel.numpy(), "fewest_ones", 0.5, backend="numpy")
+    np.testing.assert_array_equal(layer.kernel.numpy().view(np.uint32), expected.view(np.uint32))
+  assert found.best_global is not None and found.best_global.settings["precision"] == 0.5
+  assert found.global_complete
+  summary = found.summary()
+  assert "No global P" not in summary and "nothing morphed" not in summary
+
+
+def test_a_cap_that_stops_the_global_bisection_says_so():
+  model = _four_dense()
+  x = rng.standard_normal((32, 16)).astype(np.float32)
+  score = _CountingScore(model, x)
+  with pytest.warns(RuntimeWarning, match="the global bisection stopped"):
+    found = explore.search_precisions(model, score, 1e9, max_evaluations=4,
+                                      estimate_speedup=False)
+  assert score.calls == 4  # the original and three steps of the bisection
+  # Bisection over 8 P values at an infinite budget: indices 3, 5, 6 fit.
+  assert found.best_global.settings["precision"] == sorted(search.DEFAULT_SEARCH_PRECISIONS)[6]
+  assert not found.global_complete
+  summary = found.summary()
+  assert "the bisection was stopped by the cap of 4 full evaluations: a larger P may fit" in summary
+  assert "no per-kernel map was verified within the cap of 4 full evaluations" in summary
+  assert found.maps_tried == 0
+
+
+def test_a_search_that_tried_maps_says_how_many_failed():
+  model = _four_dense()
+  x = rng.standard_normal((32, 16)).astype(np.float32)
+  score = _CountingScore(model, x)
+  found = explore.search_precisions(model, score, 0.0, precisions=[0.01, 0.1],
+                                    max_evaluations=30, estimate_speedup=False)
+  # 4 kernels x 2 P fit in the cap: every pair measured, nothing cut short.
+  assert not found.cut_short and not found.bounded and found.global_complete
+  assert found.precisions == {} and found.best_global is None
+  assert score.calls <= 30
+  # Each kernel alone at P = 0.01 changes the outputs: measured here.
+  kernels = explore.models.model_kernels(model)
+  for i, k in enumerate(kernels):
+    one = {i: mortar_tf.morph(k.original, "fewest_ones", 0.01, backend="numpy")}
+    with search._Applied(kernels, one):  # pylint: disable=protected-access
+      assert -score.value(model) > 0
+  summary = found.summary()
+  assert "No global P of the grid meets the budget." in summary
+  assert (f"Per kernel: nothing morphed: none of the {found.maps_tried} maps tried meets the "
+          "budget" in summary)
+  assert found.maps_tried >= 1
+
+
+def test_sensitivity_is_made_monotone_in_p():
+  # A metric with a known answer: each kernel's drop is looked up from a table
+  # by the P its values were morphed with, and drops add up. d0..d2's table is
+  # not monotone in P (0.1 costs less than 0.01): the search must count every
+  # P at least as much as any smaller one, i.e. the running maximum. d3 is free.
+  model = _four_dense()
+  kernels = explore.models.model_kernels(model)
+  assert [k.key for k in kernels] == ["d0", "d1", "d2", "d3"]
+  grid = [0.01, 0.1, 0.5]
+  noisy = {0.0: 0.0, 0.01: 0.3, 0.1: 0.1, 0.5: 0.2}
+  tables = [noisy, noisy, noisy, {0.0: 0.0, 0.01: 0.0, 0.1: 0.0, 0.5: 0.0}]
+  morphed = {(i, p): mortar_tf.morph(k.original, "fewest_ones", p, backend="numpy")
+             for i, k in enumerate(kernels) for p in grid}
+  for i, k in enumerate(kernels):  # the P of a kernel can be read back from its values
+    values = [k.original] + [morphed[(i, p)] for p in grid]
+    assert len({v.tobytes() for v in values}) == len(values)
+
+  def score(m):
+    del m
+    total = 0.0
+    for i, k in enumerate(kernels):
+      now = np.asarray(k.variable.numpy())
+      p = next((p for p in grid if np.array_equal(now.view(np.uint32),
+                                                  morphed[(i, p)].view(np.uint32))), 0.0)
+      assert p or np.array_equal(now.view(np.uint32), k.original.view(np.uint32))
+      total += tables[i][p]
+    return -total
+
+  found = explore.search_precisions(model, score, 0.25, precisions=grid, max_evaluations=60,
+                                    estimate_speedup=False)
+  assert not found.bounded and not found.cut_short  # every pair was measured
+  running = {0.01: 0.3, 0.1: 0.3, 0.5: 0.3}  # by hand: max(0.3), max(0.3, 0.1), max(.., 0.2)
+  for key in ("d0", "d1", "d2"):
+    assert found.sensitivity[key] == pytest.approx(running)
+  assert found.sensitivity["d3"] == {0.01: 0.0, 0.1: 0.0, 0.5: 0.0}
+  # By hand: every global P costs 3 x 0.2 or more (> 0.25), so there is no
+  # global floor. d3 is free. The knapsack sees 0.3 for any P of d0..d2, so
+  # one of them fits a proxy budget of 0.3 and that one takes 0.5 (its
+  # largest gain); the metric, checking that map, finds 0.2 <= 0.25 and keeps
+  # it, and refuses two (0.4). Which one: the largest gain at 0.5, counted
+  # here with the numpy reference (aligned ones, G = 64, width 24).
+  gains = {k.key: mortar_tf.count_ones(k.original, "aligned", group_size=64, width=24,
+                                       backend="numpy") -
+           mortar_tf.count_ones(morphed[(i, 0.5)], "aligned", group_size=64, width=24,
+                                backend="numpy")
+           for i, k in enumerate(kernels)}
+  best = max(("d0", "d1", "d2"), key=gains.get)
+  assert sorted(gains[k] for k in ("d0", "d1", "d2")).count(gains[best]) == 1
+  assert found.best_global is None
+  assert dict(found.precisions) == {best: 0.5, "d3": 0.5}
+  lines = found.summary().splitlines()
+  assert f"Per kernel: {', '.join(f'{k}: P=0.5' for k in sorted([best, 'd3']))}" in lines
+  assert "Left unmorphed: " + ", ".join(k for k in ("d0", "d1", "d2") if k != best) in lines
+  assert found.point.drop == pytest.approx(0.2)

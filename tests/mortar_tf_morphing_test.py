@@ -13,8 +13,9 @@ from mortar_tf import morph_tf
 
 import spec_reference as ref
 
-BACKENDS = ("numpy", "tf")  # every method
-ELEMENTWISE_BACKENDS = ("numpy", "tf", "op")  # the C++ kernel has no bitx
+BACKENDS = ("numpy", "tf")  # every method, in Python
+ELEMENTWISE_BACKENDS = ("numpy", "tf", "op", "native")
+KERNEL_BACKENDS = ("native", "op")  # the C++ kernels (bitx included)
 F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -30,36 +31,9 @@ def assert_same_bits(actual, expected):
   np.testing.assert_array_equal(u32(actual), u32(expected))
 
 
-# SPEC 5: x, P, paper, fewest_ones
-SPEC_EXAMPLES = [
-    (1.375, 0.1, 1.5, 1.25),
-    (1.0078125, 0.1, 1.015625, 1.0),
-    (1.6, 0.1, 1.625, 1.5),
-    (1.75, 0.1, 1.75, 1.75),
-    (0.7, 0.1, 0.75, 0.75),
-    (1.1, 0.1, 1.125, 1.0),
-    (0.0999, 0.1, 0.1015625, 0.09375),
-    ("1.5+1ulp", 0.1, "1.5+2ulp", 1.5),
-    (1.375, 0.3, 1.5, 1.0),
-    (1.6, 0.3, 2.0, 2.0),
-    (1.75, 0.3, 2.0, 2.0),
-    (-0.15625, 0.3, -0.1875, -0.125),
-    (0.7, 0.3, 0.75, 0.5),
-    (F32_MAX, 0.5, F32_MAX, 2.0**127),
-    (1.6, 0.001, 1.6015625, 1.6015625),
-    (1.0009765625, 0.001, 1.001953125, 1.0),
-    (1.6, 1e-9, 1.6, 1.6),
-    (2e-38, 1.0, 2.0**-125, 2.0**-125),
-    (1e-38, 1.0, 1e-38, 1e-38),
-]
-
-
-def _value(v):
-  if v == "1.5+1ulp":
-    return from_bits([0x3FC00001])[0]
-  if v == "1.5+2ulp":
-    return from_bits([0x3FC00002])[0]
-  return np.float32(v)
+# SPEC 5: x, P, paper, fewest_ones (the table lives with the naive references)
+SPEC_EXAMPLES = ref.WORKED_EXAMPLES
+_value = ref.example_value
 
 
 @pytest.mark.parametrize("backend", ELEMENTWISE_BACKENDS)
@@ -79,18 +53,17 @@ def test_spec_examples_agree_with_references(x, p, paper, fewest):
 
 
 @pytest.mark.parametrize("backend", ELEMENTWISE_BACKENDS)
-@pytest.mark.parametrize("x,keep,expected", [
-    (1.25, 1, 1.5), (-1.75, 1, -2.0), (1.5, 0, 2.0), (F32_MAX, 0, 2.0**127), (1.6, 3, 1.625)])
+@pytest.mark.parametrize("x,keep,expected", ref.ROUND_EXAMPLES)
 def test_round_spec_examples(x, keep, expected, backend):
   got = mortar_tf.morph(np.float32([x]), "round", keep_bits=keep, backend=backend)
   assert_same_bits(got, [expected])
   assert ref.f32_bits(ref.round_keep_bits(np.float32(x), keep)) == ref.f32_bits(expected)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("columns,expected", [(3, [3, 1, 0.0, 0.0]), (4, [3, 1, 0.25, 0.0])])
+@pytest.mark.parametrize("backend", BACKENDS + KERNEL_BACKENDS)
+@pytest.mark.parametrize("columns,expected", ref.BITX_EXAMPLES)
 def test_bitx_spec_example(columns, expected, backend):
-  group = np.float32([[3], [1], [0.375], [-0.0078125]])  # one output element, R = 4
+  group = np.float32(ref.BITX_GROUP).reshape(4, 1)  # one output element, R = 4
   got = mortar_tf.morph(group, "bitx", columns=columns, group_size=4, width=24, backend=backend)
   assert_same_bits(got.ravel(), expected)  # +0.0, not -0.0, for the emptied negative element
 
@@ -290,7 +263,7 @@ def test_precision_float32_is_not_its_float64_value():
   # the ball, float(np.float32(0.2)) = 0.200000003 lets it in.
   x = np.float32([1.25])
   assert not ref.in_ball(1.5, 1.25, 0.2) and ref.in_ball(1.5, 1.25, float(np.float32(0.2)))
-  for backend in BACKENDS:
+  for backend in BACKENDS + KERNEL_BACKENDS:  # the C++ kernels get P as a double too
     assert_same_bits(mortar_tf.morph(x, "paper", 0.2, backend=backend), [1.25])
     assert_same_bits(mortar_tf.morph(x, "paper", np.float32(0.2), backend=backend), [1.5])
     assert_same_bits(mortar_tf.morph(x, "fewest_ones", np.float32(0.2), backend=backend), [1.0])

@@ -231,6 +231,15 @@ def _loop_cycle_figures(groups, width, window):
   return lane_max, bitlet
 
 
+def test_a_window_past_the_group_is_one_window_over_it():
+  # SPEC 5's group: a window of G = 4 lanes or more is one window (Bitlet 2);
+  # an int64 window past 2^31 must not wrap to a small one in the kernel.
+  w = np.float32([[1.5], [1.0], [0.75], [0.0]])
+  for window in (4, 5, 2**31, 2**32 + 1, 2**62):
+    _, _, lane_max, bitlet = ops.aligned_count(w, group_size=4, width=4, window=window)
+    assert lane_max.numpy().tolist() == [[2]] and bitlet.numpy().tolist() == [[2]], window
+
+
 def test_spec_engine_example_through_the_op():
   # SPEC 5: [1.5, 1, 0.75, 0], G=4, width 4, window 2 -> pragmatic 2, bitlet 3.
   columns, total, lane_max, bitlet = ops.aligned_count(

@@ -14,6 +14,49 @@ import struct
 import numpy as np
 
 
+# SPEC 5's worked examples, word for word (x, P, paper, fewest_ones); "1.5+1ulp"
+# names the float32 word 0x3FC00001, whose decimal would not say which float.
+F32_MAX = float(np.finfo(np.float32).max)
+WORKED_EXAMPLES = [
+    (1.375, 0.1, 1.5, 1.25),
+    (1.0078125, 0.1, 1.015625, 1.0),
+    (1.6, 0.1, 1.625, 1.5),
+    (1.75, 0.1, 1.75, 1.75),
+    (0.7, 0.1, 0.75, 0.75),
+    (1.1, 0.1, 1.125, 1.0),
+    (0.0999, 0.1, 0.1015625, 0.09375),
+    ("1.5+1ulp", 0.1, "1.5+2ulp", 1.5),
+    (1.375, 0.3, 1.5, 1.0),
+    (1.6, 0.3, 2.0, 2.0),
+    (1.75, 0.3, 2.0, 2.0),
+    (-0.15625, 0.3, -0.1875, -0.125),
+    (0.7, 0.3, 0.75, 0.5),
+    (F32_MAX, 0.5, F32_MAX, 2.0**127),
+    (1.6, 0.001, 1.6015625, 1.6015625),
+    (1.0009765625, 0.001, 1.001953125, 1.0),
+    (1.6, 1e-9, 1.6, 1.6),
+    (2e-38, 1.0, 2.0**-125, 2.0**-125),
+    (1e-38, 1.0, 1e-38, 1e-38),
+]
+# round: (x, keep_bits, result)
+ROUND_EXAMPLES = [(1.25, 1, 1.5), (-1.75, 1, -2.0), (1.5, 0, 2.0), (F32_MAX, 0, 2.0**127),
+                  (1.6, 3, 1.625)]
+# bitx: one group, G = 4, width 24: columns -> result (+0.0 for the emptied -0.0078125)
+BITX_GROUP = [3.0, 1.0, 0.375, -0.0078125]
+BITX_EXAMPLES = [(3, [3.0, 1.0, 0.0, 0.0]), (4, [3.0, 1.0, 0.25, 0.0])]
+# engines: one group [1.5, 1, 0.75, 0], G = 4, width 4, window 2: aligned windows
+# 1100, 1000, 0110, 0000, so columns [2, 2, 1, 0], pragmatic (lane max) 2, bitlet 3.
+ENGINE_GROUP = [1.5, 1.0, 0.75, 0.0]
+ENGINE_EXAMPLE = dict(group_size=4, width=4, window=2, columns=[2, 2, 1, 0], lane_max=2,
+                      bitlet=3)
+
+
+def example_value(v) -> np.float32:
+  """A value of the tables above as float32."""
+  names = {"1.5+1ulp": 0x3FC00001, "1.5+2ulp": 0x3FC00002}
+  return bits_f32(names[v]) if isinstance(v, str) else np.float32(v)
+
+
 def f32_bits(x) -> int:
   return struct.unpack("<I", struct.pack("<f", np.float32(x)))[0]
 

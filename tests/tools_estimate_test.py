@@ -82,6 +82,21 @@ def test_group_size_and_width_flags_set_every_engines_geometry(model, tmp_path):
   assert "G=8 width=12" in result.stdout
 
 
+def test_the_largest_group_is_the_kernels_and_one_more_is_refused(model, tmp_path):
+  # G = 16384 (the C++ kernels' largest) runs; 16385 is refused by name.
+  result = _run(f"--saved_model={model}", "--input_shape=2,8,8,3", "--group_size=16384",
+                f"--json={tmp_path / 'e.json'}")
+  assert result.returncode == 0, result.stderr
+  data = json.loads((tmp_path / "e.json").read_text())
+  assert {e["group_size"] for e in data["engines"]} == {16384}
+  # one group per output element (the conv's 27, the depthwise's 9 and the
+  # dense's 64 reduced weights each fit one): 4, 4 and 5 groups
+  assert [set(layer["n_groups"].values()) for layer in data["layers"]] == [{4}, {4}, {5}]
+  result = _run(f"--saved_model={model}", "--input_shape=2,8,8,3", "--group_size=16385")
+  assert result.returncode == 1
+  assert "group_size (lanes) must be 1..16384, got 16385" in result.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["--saved_model=/nonexistent"], "no such SavedModel"),
     (["--engines=bitlet,tpu"], "unknown engines ['tpu']"),

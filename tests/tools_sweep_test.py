@@ -1,12 +1,16 @@
 """End-to-end tests of the installed `mortar-sweep` command."""
 
+import csv
+import json
 import os
 
 import keras
 import numpy as np
 import pytest
 
+import mortar_tf
 import installed_tool
+import spec_reference as ref
 
 TOOL = installed_tool.path("mortar-sweep")
 
@@ -44,6 +48,108 @@ def test_sweep_and_search(files, tmp_path):
   for name in ("sweep.csv", "sweep.json", "summary.md", "pareto.png", "bit_density.png",
                "columns.png"):
     assert (out / name).stat().st_size > 0
+
+  # Every number of the CSV, recomputed here from the morphed kernels: ones
+  # and cycles with the naive loops of spec_reference, accuracy with
+  # model.predict. The sweep's rows are SPEC's methods by the scalar
+  # references; the search's row is its map morphed by the numpy reference.
+  with open(out / "sweep.csv", newline="", encoding="utf-8") as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ["method", "setting", "precisions", "accuracy", "drop", "ratio_significand",
+                     "ratio_word", "ratio_aligned", "speedup_over_stripes",
+                     "speedup_over_unmorphed"]
+  model = keras.models.load_model(files / "m.keras")
+  data = np.load(files / "data.npz")
+  x, y = data["x"], data["y"]
+  names = [layer.name for layer in model.layers]
+  assert names == ["h", "out"]
+  originals = [layer.kernel.numpy() for layer in model.layers]
+
+  def accuracy(kernels):
+    for layer, kernel in zip(model.layers, kernels):
+      layer.kernel.assign(kernel)
+    try:
+      return float(np.mean(np.argmax(model.predict(x, batch_size=256, verbose=0), -1) == y))
+    finally:
+      for layer, kernel in zip(model.layers, originals):
+        layer.kernel.assign(kernel)
+
+  def elementwise(kernel, fn):
+    return np.array([fn(np.float32(v)) for v in kernel.ravel()], np.float32).reshape(
+        kernel.shape)
+
+  expected_settings = [("paper", {"precision": 0.05}), ("paper", {"precision": 0.3}),
+                       ("round", {"keep_bits": 4})]
+  morphed_rows = []
+  for method, settings in expected_settings:
+    if method == "paper":
+      fn = lambda v, p=settings["precision"]: ref.paper(v, p)  # pylint: disable=cell-var-from-loop
+    else:
+      fn = lambda v, k=settings["keep_bits"]: ref.round_keep_bits(v, k)  # pylint: disable=cell-var-from-loop
+    morphed_rows.append([elementwise(k, fn) for k in originals])
+  assert len(rows) == 1 + len(expected_settings) + 1  # the sweep, then the search
+  search_row = rows[-1]
+  chosen = json.loads(search_row[2])
+  assert chosen and set(chosen) <= {"*", "h", "out"}
+  precision_of = {name: chosen.get(name, chosen.get("*")) for name in names}
+  morphed_rows.append([
+      k if precision_of[name] is None else
+      mortar_tf.morph(k, "fewest_ones", precision_of[name], backend="numpy")
+      for name, k in zip(names, originals)])
+
+  base_ones, base_stripes, base_mortar = _ones(originals), _stripes(originals), \
+      _mortar(originals)
+  original_accuracy = accuracy(originals)
+  assert original_accuracy == 1.0  # the labels are the model's own predictions
+  for row, kernels, (method, settings) in zip(
+      rows[1:], morphed_rows, expected_settings + [("fewest_ones", None)]):
+    assert row[0] == method
+    if settings is not None:
+      assert {k: v for k, v in json.loads(row[1]).items() if k in settings} == settings
+    ones = _ones(kernels)
+    acc = accuracy(kernels)
+    numbers = [float(v) for v in row[3:]]
+    assert numbers[0] == pytest.approx(acc, abs=1e-12), row
+    assert numbers[1] == pytest.approx(original_accuracy - acc, abs=1e-12), row
+    for value, domain in zip(numbers[2:5], ("significand", "word", "aligned")):
+      assert value == pytest.approx(base_ones[domain] / ones[domain], rel=1e-12), (row, domain)
+    assert numbers[5] == pytest.approx(base_stripes / _mortar(kernels), rel=1e-12), row
+    assert numbers[6] == pytest.approx(base_mortar / _mortar(kernels), rel=1e-12), row
+  assert float(search_row[4]) <= 0.02 + 1e-12  # the search met its budget
+
+  # The JSON holds the same numbers, and the search stayed within its cap.
+  record = json.loads((out / "sweep.json").read_text())
+  points = record["sweep"]["points"]
+  assert len(points) == len(rows) - 1
+  for point, row in zip(points, rows[1:]):
+    assert [point["metric"], point["drop"], point["ratio"]["significand"],
+            point["ratio"]["word"], point["ratio"]["aligned"], point["speedup"],
+            point["speedup_unmorphed"]] == [float(v) for v in row[3:]]
+  search = record["search"]
+  assert search["precisions"] == chosen
+  assert search["evaluations"] <= search["max_evaluations"] == 30
+
+
+def _ones(kernels):
+  """Ones of Dense kernels in each domain, by spec_reference's loops (aligned:
+  the engines' G = 64, width 24, reduced along axis 0)."""
+  words = [ref.f32_bits(v) for k in kernels for v in k.ravel()]
+  return {"significand": sum(ref.sig_ones(u) for u in words),
+          "word": sum(bin(u).count("1") for u in words),
+          "aligned": sum(sum(ref.aligned_column_ones(k, (0,), 64, 24)) for k in kernels)}
+
+
+def _stripes(kernels):
+  """SPEC 4's stripes cycles at batch 1 (N_pos = 1 for a Dense layer): width
+  24 per group of 64, one group per output here (6 and 8 inputs)."""
+  return sum(24 * k.shape[1] * -(-k.shape[0] // 64) for k in kernels)
+
+
+def _mortar(kernels):
+  """SPEC 4's mortar cycles at batch 1: per group the most ones in one lane,
+  at least 1 (spec_reference's loops)."""
+  return sum(max(1, lane_max) for k in kernels
+             for lane_max, _ in ref.engine_group_figures(k, (0,), 64, 24, 8))
 
 
 @pytest.mark.parametrize("args,message", [

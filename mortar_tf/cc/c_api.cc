@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "mortar_tf/cc/float_bits.h"
 #include "mortar_tf/cc/kernels.h"
 
 namespace {
@@ -51,9 +52,32 @@ bool ValidView(const void* data, int64_t a, int64_t r, int64_t b, int64_t group_
 extern "C" {
 
 // Bumped whenever a signature below changes; native.py refuses a mismatch.
-int mortar_abi_version() { return 1; }
+int mortar_abi_version() { return 2; }
 
 const char* mortar_isa() { return mortar::IsaName(); }
+
+// The largest group_size mortar_aligned and mortar_bitx take (kMaxGroupSize).
+int64_t mortar_max_group_size() { return mortar::kMaxGroupSize; }
+
+// The ball ends of float_bits.h (what fewest_ones builds on), for tests: for
+// each positive normal magnitude word, the smallest normal (lower) and the
+// largest finite (upper) float32 in its ball at P (SPEC 2), by BallEndsExact
+// (exact != 0, P <= 0.5 only) or BallEndsGeneral, in the chosen instruction
+// set. A ball the predicate finds empty (P * |x| is 0 in double) gives |x|
+// for both. Any other word, or P outside its range, is refused before
+// anything is written. One thread: this is for tests.
+int mortar_ball_ends(const uint32_t* magnitudes, int64_t n, double p, int exact,
+                     uint32_t* lower, uint32_t* upper) {
+  if (n < 0 || ((magnitudes == nullptr || lower == nullptr || upper == nullptr) && n > 0) ||
+      !(p > 0.0 && p <= (exact != 0 ? 0.5 : 1.0))) {
+    return kBadArgument;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (!mortar::IsNormal(magnitudes[i])) return kBadArgument;  // also any sign bit
+  }
+  mortar::BallEndsRange(magnitudes, n, p, exact != 0, lower, upper);
+  return 0;
+}
 
 // Ones per bit position, LSB first, into counts[32] (overwritten).
 int mortar_count_bits(const uint32_t* words, int64_t n, int significand, int64_t* counts,

@@ -186,6 +186,21 @@ MORTAR_VARIANTS(MorphRange,
                  int keep_bits),
                 (method, in, out, n, p, keep_bits))
 
+template <int L>
+MORTAR_INLINE void BallEndsRangeImpl(const uint32_t* magnitudes, int64_t n, double p,
+                                     bool exact, uint32_t* lower, uint32_t* upper) {
+  if (exact) {  // branch-free: vectorises as in MorphRange
+    for (int64_t i = 0; i < n; ++i) BallEndsExact(magnitudes[i], p, &lower[i], &upper[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) BallEndsGeneral(magnitudes[i], p, &lower[i], &upper[i]);
+  }
+}
+
+MORTAR_VARIANTS(BallEndsRange,
+                (const uint32_t* magnitudes, int64_t n, double p, bool exact, uint32_t* lower,
+                 uint32_t* upper),
+                (magnitudes, n, p, exact, lower, upper))
+
 // ---------------------------------------------------------------------------
 // Tiles of a grouped view: kTileLanes output elements x one group, gathered
 // into a [group_size][kTileLanes] buffer (zeros where the view has no element:
@@ -554,6 +569,11 @@ void CountBits(const uint32_t* words, int64_t n, bool significand, int64_t* coun
 void MorphRange(Method method, const uint32_t* in, uint32_t* out, int64_t n, double p,
                 int keep_bits) {
   MORTAR_DISPATCH(MorphRange, (method, in, out, n, p, keep_bits))
+}
+
+void BallEndsRange(const uint32_t* magnitudes, int64_t n, double p, bool exact,
+                   uint32_t* lower, uint32_t* upper) {
+  MORTAR_DISPATCH(BallEndsRange, (magnitudes, n, p, exact, lower, upper))
 }
 
 int64_t TileCount(const GroupedView& view) {

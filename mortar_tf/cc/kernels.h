@@ -32,6 +32,12 @@ enum class Method : int { kPaper = 0, kFewestOnes = 1, kRound = 2 };
 void MorphRange(Method method, const uint32_t* in, uint32_t* out, int64_t n, double p,
                 int keep_bits);
 
+// For tests of what fewest_ones builds on: the ball ends of float_bits.h of
+// n positive normal magnitude words, BallEndsExact when `exact` (P <= 0.5),
+// else BallEndsGeneral, compiled like MorphRange for each instruction set.
+void BallEndsRange(const uint32_t* magnitudes, int64_t n, double p, bool exact,
+                   uint32_t* lower, uint32_t* upper);
+
 // The [a, r, b] view of a weight, cut into groups along r.
 struct GroupedView {
   const uint32_t* data;

@@ -26,9 +26,14 @@ import numbers
 import os
 from typing import Mapping, Sequence
 
+from mortar_tf import backends
+
 MODELS = ("fp32", "stripes", "pragmatic", "bitlet", "mortar")
-# The op's bit-sliced lane counters hold 16 planes: groups up to 4096 lanes.
-MAX_GROUP_SIZE = 4096
+# The largest G: the C++ kernels' (kMaxGroupSize in mortar_tf/cc/kernels.h,
+# through backends), whose per-column counters hold a group's G lanes plus G
+# all-zero windows in 16 bits. Per-group figures of a larger G would run in
+# numpy, far slower, for a PE wider than any design.
+MAX_GROUP_SIZE = backends.MAX_KERNEL_GROUP_SIZE
 _BITLET_RTL = "Bitlet-PE public RTL defaults (64 lanes, 24 columns, 8-lane window)"
 # The default engines' geometry (Bitlet-PE RTL): what aligned figures shown
 # next to their estimates use.
@@ -46,7 +51,8 @@ class Engine:
       paper's accelerator, which the paper does not specify: it computes only
       the 1 bits of exponent-matched weights with the lanes of a group in
       step, i.e. the pragmatic rule, with Mortar's power and area.
-    group_size: lanes per PE, the G of the weight groups (1..4096).
+    group_size: lanes per PE, the G of the weight groups (1..MAX_GROUP_SIZE,
+      16384).
     width: aligned window width in columns (1..64).
     window: lanes per Bitlet window (>= 1).
     num_pes: processing elements working in parallel (>= 1).

@@ -12,9 +12,11 @@ ratio uses the default engines' G and width (64, 24), as the estimates do.
 bits (or saves the most estimated cycles) while the metric stays within
 `budget` of the original: it measures each layer's sensitivity at each P,
 picks one P per layer by an exact multiple-choice knapsack on those
-measurements, checks the choice with one evaluation (stepping back the
-layer that costs most if interactions push it past the budget), and never
-returns less than the best single global P that meets the budget.
+measurements, calibrates the knapsack's budget against the metric (a
+bisection, one full evaluation a step), and never returns less than the
+best single global P its bisection over the grid finds within the budget.
+Every full evaluation counts against `max_evaluations`; what the cap cuts
+short is reported.
 
 Example:
   result = sweep(model, metric, {"paper": [0.05, 0.1], "round": [4, 7]})
@@ -26,11 +28,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import json
 import math
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -261,13 +265,24 @@ class SearchResult:
     best_global: the best single-P SweepPoint within the budget, or None.
     budget: the allowed drop; objective: "aligned" or "speedup".
     sensitivity: {kernel key: {P: cost}} measured one kernel at a time
-      (the proxy, or the metric's drop without calibration inputs).
-    evaluations: how many times the metric ran on the full data.
+      (the proxy, or the metric's drop without calibration inputs), made
+      monotone in P; the P in `bounded` were not measured (see there), and
+      a P absent from a kernel's costs could not be chosen.
+    evaluations: how many times the metric ran on the full data (the
+      original's score, the global bisection, the sensitivity without
+      calibration inputs and every verified map), at most max_evaluations.
     chose_global: True when no per-kernel map beat the best global P (the
       map is then {"*": P}).
     calibration_samples: samples predicted for the sensitivity (all kernels
       and P together); full_samples: samples in one full evaluation, if known.
     proxy: what the sensitivity measured.
+    max_evaluations: the cap on `evaluations`.
+    global_complete: False when the cap stopped the global bisection (a
+      larger global P than best_global's may meet the budget).
+    maps_tried: per-kernel maps verified by a full evaluation.
+    cut_short: what the cap stopped, one sentence each ("" when nothing).
+    bounded: {kernel key: P values whose cost was not measured but bounded
+      by the next larger measured P} (the cap cut the sensitivity short).
   """
   method: str
   precisions: Mapping[str, float]
@@ -281,6 +296,11 @@ class SearchResult:
   calibration_samples: int = 0
   proxy: str = ""
   full_samples: int | None = None
+  max_evaluations: int | None = None
+  global_complete: bool = True
+  maps_tried: int = 0
+  cut_short: tuple[str, ...] = ()
+  bounded: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
   def cost_text(self) -> str:
     """Full evaluations, plus the calibration work in full evaluations' worth."""
@@ -290,8 +310,17 @@ class SearchResult:
                f"more ({self.calibration_samples} samples)")
     return text
 
+  def _cap_text(self) -> str:
+    return (f"the cap of {self.max_evaluations} full evaluations"
+            if self.max_evaluations is not None else "the evaluation cap")
+
   def summary(self) -> str:
-    kind = "global P (no per-kernel map did better)" if self.chose_global else "per kernel"
+    if not self.chose_global:
+      kind = "per kernel"
+    elif self.maps_tried or not self.cut_short:
+      kind = "global P (no per-kernel map did better)"
+    else:
+      kind = f"global P (no per-kernel map was verified within {self._cap_text()})"
     lines = [f"Search ({self.method}, budget {self.budget:g}, objective {self.objective}): "
              f"{kind}: {self.point.metric:.4f} (drop {self.point.drop:+.4f}), aligned "
              f"{table.ratio(self.point.ratio['aligned'])}, est. "
@@ -300,17 +329,32 @@ class SearchResult:
       g = self.best_global
       lines.append(f"Best global P within budget: {g.settings.get('precision')} -> "
                    f"{g.metric:.4f} (drop {g.drop:+.4f}), aligned {table.ratio(g.ratio['aligned'])}"
-                   f", est. {_speedups_text(g)}")
-    else:
+                   f", est. {_speedups_text(g)}" +
+                   ("" if self.global_complete else
+                    f" (the bisection was stopped by {self._cap_text()}: a larger P may fit)"))
+    elif self.global_complete:
       lines.append("No global P of the grid meets the budget.")
+    else:
+      lines.append(f"No global P was found: {self._cap_text()} was reached before the "
+                   "bisection over the grid finished.")
     if self.chose_global:
       lines.append(f"Map: {{'*': {self.precisions['*']:g}}} (every kernel)")
-    else:
-      lines.append("Per kernel: " + ", ".join(f"{k}: P={v:g}" for k, v in self.precisions.items())
-                   if self.precisions else "Per kernel: none can be morphed within the budget")
+    elif self.precisions:
+      lines.append("Per kernel: " + ", ".join(f"{k}: P={v:g}" for k, v in self.precisions.items()))
       left = [k for k in self.sensitivity if k not in self.precisions]
-      if self.precisions and left:
+      if left:
         lines.append("Left unmorphed: " + ", ".join(left))
+    elif self.maps_tried:
+      lines.append(f"Per kernel: nothing morphed: none of the {self.maps_tried} maps tried meets "
+                   "the budget" + (f" ({self._cap_text()} stopped the search)"
+                                   if self.cut_short else ""))
+    elif self.cut_short:
+      lines.append(f"Per kernel: nothing morphed: {self._cap_text()} was reached before any "
+                   "per-kernel map could be tried")
+    else:
+      lines.append("Per kernel: nothing morphed: no kernel gains anything at any P of the grid")
+    for text in self.cut_short:
+      lines.append(f"Cut short by {self._cap_text()}: {text}.")
     return "\n".join(lines)
 
   def to_dict(self) -> dict:
@@ -322,7 +366,10 @@ class SearchResult:
                             for k, v in self.sensitivity.items()},
             "evaluations": self.evaluations, "chose_global": self.chose_global,
             "calibration_samples": self.calibration_samples, "proxy": self.proxy,
-            "full_samples": self.full_samples}
+            "full_samples": self.full_samples, "max_evaluations": self.max_evaluations,
+            "global_complete": self.global_complete, "maps_tried": self.maps_tried,
+            "cut_short": list(self.cut_short),
+            "bounded": {k: list(v) for k, v in self.bounded.items()}}
 
 
 def _speedups_text(point: SweepPoint) -> str:
@@ -475,18 +522,23 @@ def _knapsack(options: list[list[tuple[float, float, object]]], budget: float):
   """Picks one option per layer maximising total gain with total drop <= budget.
 
   options[l] = [(drop, gain, choice), ...]; (0, 0, None) is always allowed.
-  Drops are rounded up to 1/2000 of the budget (exact for budget 0: only
-  options that do not worsen the metric are free).
+  Drops are rounded up to whole 1/2000ths of the budget in exact rational
+  arithmetic, so the chosen drops' exact sum never exceeds the budget (a
+  float `drop * 2000 / budget` can round below the integer it should reach
+  and let several options through together). Budget 0: only options that
+  do not worsen the metric are free; an infinite budget takes any finite
+  drop; an infinite drop never fits.
   """
   units = 2000
-  scale = units / budget if budget > 0 else 0.0
 
   def cost(drop):
     if drop <= 0:
       return 0
-    if budget <= 0:
+    if budget <= 0 or not math.isfinite(drop):
       return units + 1
-    return math.ceil(drop * scale - 1e-9)
+    if math.isinf(budget):
+      return 0
+    return math.ceil(fractions.Fraction(float(drop)) * units / fractions.Fraction(float(budget)))
 
   best = {0: (0.0, [])}  # used capacity -> (gain, choices)
   for layer_options in options:
@@ -505,6 +557,49 @@ def _knapsack(options: list[list[tuple[float, float, object]]], budget: float):
 # A drop equal to the budget meets it: 0.98 - 0.96 is 0.020000000000000018.
 _SLACK = 1e-9
 DEFAULT_SEARCH_PRECISIONS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+def _coarse_to_fine(n: int) -> list[int]:
+  """Indices 0..n-1, the last first, then the midpoints of what is left,
+  level by level (n = 8: 7, 3, 1, 5, 0, 2, 4, 6): a prefix of any length
+  spreads over the grid and always holds the largest P."""
+  order, intervals = [n - 1], [(0, n - 2)]
+  while intervals:
+    following = []
+    for lo, hi in intervals:
+      if lo > hi:
+        continue
+      mid = (lo + hi) // 2
+      order.append(mid)
+      following += [(lo, mid - 1), (mid + 1, hi)]
+    intervals = following
+  return order
+
+
+def _monotone_costs(kernels, grid, raw):
+  """({kernel key: {P: cost}}, {kernel key: [P bounded, not measured]}).
+
+  A larger P never costs less (noise is not a discount): each measured cost
+  is raised to the largest measured at a smaller P. An unmeasured P costs
+  what the next larger measured P costs (an upper bound when drops grow with
+  P); a P with no larger measurement has no cost and cannot be chosen.
+  """
+  sensitivity, bounded = {}, {}
+  for i, k in enumerate(kernels):
+    costs, running = {}, 0.0
+    for p in grid:
+      if p in raw[i]:
+        running = max(running, raw[i][p])
+        costs[p] = running
+    bound = None
+    for p in reversed(grid):
+      if p in costs:
+        bound = costs[p]
+      elif bound is not None:
+        costs[p] = bound
+        bounded.setdefault(k.key, []).insert(0, p)
+    sensitivity[k.key] = {p: costs[p] for p in grid if p in costs}
+  return sensitivity, bounded
 
 
 def _calibration_size(n: int) -> int:
@@ -570,19 +665,28 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
                       refine=None, progress=False) -> SearchResult:
   """A {kernel: P} map that saves the most within a metric budget.
 
+  0. The floor, first: the best global P that meets the budget, by
+     bisection over the grid (assuming drops grow with P).
   1. Sensitivity: on a calibration subset (`calibration`, else the inputs a
      built-in metric holds, first 1/8, 16..256 samples), each kernel alone at
      each P, scored by a continuous proxy: the mean squared change of the
      outputs over their mean square. Without inputs, the metric itself, a
-     drop's size counted as its cost (a negative drop is noise, never free).
+     drop's size counted as its cost (a negative drop is noise, never free):
+     each is a full evaluation, so they are made coarse to fine over the
+     grid (every kernel's largest P first) within what the cap leaves, and
+     an unmeasured P counts the next larger measured P's cost.
   2. Choice: an exact multiple-choice knapsack maximising the gain (aligned
      ones removed, or the mortar engine's estimated cycles saved with
      objective="speedup") within a proxy budget.
   3. Calibration: the proxy budget is bisected against the real metric on the
      full data, one full evaluation a step; the best map that meets the
-     budget is kept. The best global P that meets it (found by bisection
-     over the grid) is the floor: when no map beats it, it is returned and
-     labelled global.
+     budget is kept, then single verified upgrades spend what is left. When
+     no map beats the global floor, it is returned as {"*": P} and labelled
+     global.
+  Every full evaluation counts against `max_evaluations`, the original's
+  score included; a map is never evaluated twice, and the returned point
+  is the evaluation of exactly the returned map. What the cap cut short is
+  in the result's `cut_short` and summary, and raised as a RuntimeWarning.
   Memory: one morphed copy of a kernel at a time, besides the originals.
 
   Args:
@@ -597,7 +701,8 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     input_shape: for the estimator (default: the model's, batch 1).
     group_size, width: the aligned domain (default: the engines' 64, 24).
     calibration: inputs for the proxy (an array), or None.
-    max_evaluations: cap on full evaluations of the metric (>= 4).
+    max_evaluations: cap on full evaluations of the metric (>= 4), held
+      on every path.
     estimate_speedup: estimate the points' speedups (objective "speedup"
       always does).
     refine: None, or a function {kernel key: P} -> metric value that a full
@@ -634,26 +739,54 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
   estimator = (ModelEstimator(model, input_shape or model_input_shape(model))
                if estimate_speedup or objective == "speedup" else None)
   counter = {"full": 0, "calibration": 0}
+  evaluated: dict[tuple, float] = {}  # every full evaluation, by its map
 
-  def full(chosen: Mapping[int, float]) -> float:
+  def left() -> int:
+    """Full evaluations still allowed."""
+    return max_evaluations - counter["full"]
+
+  def key(chosen: Mapping[int, float], refined: bool = True) -> tuple:
+    return (tuple(sorted(chosen.items())), refined and refine is not None and bool(chosen))
+
+  def affordable(chosen: Mapping[int, float], refined: bool = True) -> bool:
+    """True when full(chosen) is known already or the cap allows one more."""
+    return key(chosen, refined) in evaluated or left() > 0
+
+  def full(chosen: Mapping[int, float], refined: bool = True) -> float:
+    """The metric with `chosen` applied, on the full data; each map once (a
+    repeat is looked up), and never past the cap. `refined`: through
+    `refine` when one is given (the sensitivity scores the plain morph)."""
+    signature = key(chosen, refined)
+    if signature in evaluated:
+      return evaluated[signature]
+    if left() <= 0:  # every caller checks affordable() first
+      raise AssertionError(f"the search would pass its cap of {max_evaluations} full "
+                           "evaluations")
     counter["full"] += 1
     if callable(progress):  # a bar has no total to show these against
       progress(counter["full"], max_evaluations, f"full evaluation {counter['full']}")
-    if refine is not None and chosen:
-      return float(refine({kernels[i].key: p for i, p in chosen.items()}))
-    # One morphed copy at a time: assigned as soon as it is made (memory: the
-    # variables and the originals, ~2x the kernels).
-    try:
-      for i, p in chosen.items():
-        kernels[i].variable.assign(_morph(kernels[i], morphing.MorphSpec.create(method, p)))
-      return metric(model)
-    finally:
-      for i in chosen:
-        kernels[i].variable.assign(kernels[i].original)
+    if signature[1]:
+      value = float(refine({kernels[i].key: p for i, p in chosen.items()}))
+    else:
+      # One morphed copy at a time: assigned as soon as it is made (memory:
+      # the variables and the originals, ~2x the kernels).
+      try:
+        for i, p in chosen.items():
+          kernels[i].variable.assign(_morph(kernels[i], morphing.MorphSpec.create(method, p)))
+        value = metric(model)
+      finally:
+        for i in chosen:
+          kernels[i].variable.assign(kernels[i].original)
+    evaluated[signature] = value
+    return value
+
+  cut_short = []  # what the cap stopped, in words
 
   try:
-    original = metric(model)
-    counter["full"] += 1
+    original = full({})
+
+    def fits(value):
+      return metric.drop(original, value) <= budget + _SLACK
 
     # Gains per kernel and P, in the objective's units (morphed values dropped at once).
     if objective == "speedup":
@@ -666,36 +799,66 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
           gains[(i, p)] = float(k.ones["aligned"] - backends.count_ones(
               value, "aligned", reduction_axes=k.axes, group_size=group_size, width=width))
 
+    # The floor first, so that nothing else can starve it: the best global P
+    # within the budget, by bisection over the grid (drops grow with P).
+    lo, hi, best_global = 0, len(grid) - 1, None
+    while lo <= hi and left() > 0:
+      mid = (lo + hi) // 2
+      if fits(full({i: grid[mid] for i in range(len(kernels))})):
+        best_global, lo = grid[mid], mid + 1
+      else:
+        hi = mid - 1
+    global_complete = lo > hi
+    if not global_complete:
+      untried = f"{grid[lo]:g}" if lo == hi else f"{grid[lo]:g} to {grid[hi]:g}"
+      cut_short.append(
+          f"the global bisection stopped with P {untried} untried"
+          + (f" (P = {best_global:g} meets the budget; a larger P may too)"
+             if best_global is not None else " (no global P tried meets the budget)"))
+
     # 1. Sensitivity per kernel and P.
     inputs = calibration if calibration is not None else getattr(metric, "inputs", None)
-    sensitivity: dict[str, dict[float, float]] = {}
-    total = len(kernels) * len(grid)
     if inputs is not None:
       cal = np.asarray(inputs)[:_calibration_size(len(inputs))]
       reference = _predict(model, cal)
       proxy_name = f"output change on {len(cal)} calibration samples"
+      pairs = [(i, j) for i in range(len(kernels)) for j in range(len(grid))]
     else:
+      # Each measurement is a full evaluation: coarse to fine over the grid
+      # (every kernel's largest P first), as many as the cap allows while
+      # keeping some for choosing and verifying a map.
       cal, proxy_name = None, f"{metric.name} drop (no calibration inputs)"
-    for n, (i, k) in enumerate((i, k) for i, k in enumerate(kernels)):
-      costs = {}
-      for j, p in enumerate(grid):
-        _progress(progress, n * len(grid) + j, total, f"{k.key} P={p:g}")
+      pairs = [(i, j) for j in _coarse_to_fine(len(grid)) for i in range(len(kernels))]
+      spare = left()
+      if len(pairs) > spare - 1:
+        pairs = pairs[:max(0, spare - max(1, spare // 5))]
+    raw: dict[int, dict[float, float]] = {i: {} for i in range(len(kernels))}
+    for n, (i, j) in enumerate(pairs):
+      k, p = kernels[i], grid[j]
+      _progress(progress, n, len(pairs), f"{k.key} P={p:g}")
+      if cal is not None:
         with _Applied(kernels, {i: _morph(k, morphing.MorphSpec.create(method, p))}):
-          if cal is not None:
-            cost = _proxy(reference, _predict(model, cal))
-            counter["calibration"] += len(cal)
-          else:
-            cost = abs(metric.drop(original, metric(model)))
-            counter["full"] += 1
-        costs[p] = cost
-      running = 0.0
-      for p in grid:  # a larger P never costs less: noise is not a discount
-        running = max(running, costs[p])
-        costs[p] = running
-      sensitivity[k.key] = costs
-    _progress(progress, total, total, "sensitivity done")
+          raw[i][p] = _proxy(reference, _predict(model, cal))
+        counter["calibration"] += len(cal)
+      else:  # a negative drop is noise, never free
+        raw[i][p] = abs(metric.drop(original, full({i: p}, refined=False)))
+    _progress(progress, len(pairs), len(pairs), "sensitivity done")
+    sensitivity, bounded = _monotone_costs(kernels, grid, raw)
+    total_pairs = len(kernels) * len(grid)
+    if not pairs:
+      cut_short.append(
+          f"the sensitivity measured none of the {total_pairs} (kernel, P) pairs (without "
+          "calibration inputs each is a full evaluation), so no per-kernel map was chosen")
+    elif len(pairs) < total_pairs:
+      unmeasured = [k.key for i, k in enumerate(kernels) if not raw[i]]
+      cut_short.append(
+          f"the sensitivity measured {len(pairs)} of {total_pairs} (kernel, P) pairs (without "
+          "calibration inputs each is a full evaluation); an unmeasured P counts what the next "
+          "larger measured P costs" +
+          (f"; kernels with no measurement are left out: {', '.join(unmeasured)}"
+           if unmeasured else ""))
 
-    options = [[(sensitivity[k.key][p], gains[(i, p)], p) for p in grid]
+    options = [[(sensitivity[k.key][p], gains[(i, p)], p) for p in grid if p in sensitivity[k.key]]
                for i, k in enumerate(kernels)]
 
     def choose(proxy_budget):
@@ -705,36 +868,27 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     def gain_of(chosen):
       return sum(gains[(i, p)] for i, p in chosen.items())
 
-    def fits(value):
-      return metric.drop(original, value) <= budget + _SLACK
+    tried = set()  # per-kernel maps evaluated
 
-    # Best global P within the budget: bisection over the grid (drops grow with P).
-    lo, hi, best_global = 0, len(grid) - 1, None
-    global_values = {}
-    while lo <= hi and counter["full"] < max_evaluations - 2:
-      mid = (lo + hi) // 2
-      value = full({i: grid[mid] for i in range(len(kernels))})
-      global_values[grid[mid]] = value
-      if fits(value):
-        best_global, lo = grid[mid], mid + 1
-      else:
-        hi = mid - 1
+    def verify(chosen) -> float:
+      if chosen:
+        tried.add(key(chosen))
+      return full(chosen)
 
     # 3. Calibrate the proxy budget against the metric, by bisection in log space,
     # starting from the budget that lets every kernel take its largest P.
     positive = sorted({c for costs in sensitivity.values() for c in costs.values() if c > 0})
     best = ({}, original)  # (chosen, value): the empty map always meets the budget
-    tried = {}
     if positive:
       low, high = math.log(positive[0]) - 1.0, math.log(sum(
-          max(costs.values()) for costs in sensitivity.values()) + positive[0])
+          max(costs.values()) for costs in sensitivity.values() if costs) + positive[0])
       log_b = high
-      while counter["full"] < max_evaluations - 1:
+      while True:
         chosen = choose(math.exp(log_b))
-        signature = tuple(sorted(chosen.items()))
-        if signature not in tried:
-          tried[signature] = full(chosen)
-        value = tried[signature]
+        if not affordable(chosen):
+          cut_short.append("the proxy budget's bisection stopped before it converged")
+          break
+        value = verify(chosen)
         if fits(value):
           if gain_of(chosen) > gain_of(best[0]):
             best = (chosen, value)
@@ -744,11 +898,14 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
         if high - low < 0.05:
           break
         log_b = (low + high) / 2
-    else:  # nothing moves the proxy: everything at the largest P is free
-      chosen = {i: grid[-1] for i in range(len(kernels))}
-      value = full(chosen)
-      if fits(value):
-        best = (chosen, value)
+    else:  # nothing moves the proxy: everything measured at the largest P is free
+      chosen = {i: grid[-1] for i, k in enumerate(kernels) if grid[-1] in sensitivity[k.key]}
+      if chosen and affordable(chosen):
+        value = verify(chosen)
+        if fits(value):
+          best = (chosen, value)
+      elif chosen:
+        cut_short.append("no map of the kernels at the largest P could be verified")
     chosen, value = best
 
     # 4. Spend what is left of the evaluations on verified single upgrades:
@@ -757,7 +914,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
       out = []
       for i, k in enumerate(kernels):
         now = current.get(i)
-        higher = [p for p in grid if now is None or p > now]
+        higher = [p for p in grid if (now is None or p > now) and p in sensitivity[k.key]]
         if not higher:
           continue
         p = higher[0]
@@ -768,13 +925,15 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
       return sorted(out, reverse=True)
 
     rejected = set()
-    while counter["full"] < max_evaluations - 1:
+    while True:
       options_left = [(r, i, p) for r, i, p in upgrades(chosen) if (i, p) not in rejected]
       if not options_left:
         break
       _, i, p = options_left[0]
       trial = {**chosen, i: p}
-      trial_value = full(trial)
+      if not affordable(trial):
+        break  # the usual end: the rest of the cap is spent
+      trial_value = verify(trial)
       if fits(trial_value):
         chosen, value = trial, trial_value
       else:
@@ -788,25 +947,35 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     precision_map = ({"*": best_global} if chose_global else
                      {kernels[i].key: p for i, p in chosen.items()})
 
-    # The point: the returned map applied through the matcher, evaluated.
+    # The point: the returned map applied through the matcher; its value is
+    # the full evaluation of exactly that map (made above: no extra one).
     applied = resolve_map(precision_map, kernels, method) if precision_map else {}
     if applied != chosen:
       raise AssertionError(f"the map {precision_map} resolves to {applied}, not {chosen}")
+    if key(applied) not in evaluated:
+      raise AssertionError(f"the chosen map {applied} was never evaluated")
     value = full(applied)
     point = _point(method, precision_map, applied, kernels, metric, original, value, estimator,
                    group_size, width, global_p=best_global if chose_global else None)
     global_point = None
     if best_global is not None:
-      global_point = _point(method, None, {i: best_global for i in range(len(kernels))},
-                            kernels, metric, original, global_values[best_global], estimator,
-                            group_size, width, global_p=best_global)
+      everything = {i: best_global for i in range(len(kernels))}
+      global_point = _point(method, None, everything, kernels, metric, original,
+                            full(everything), estimator, group_size, width,
+                            global_p=best_global)
   finally:
     if estimator is not None:
       estimator.close()
+  if cut_short:
+    warnings.warn(f"search_precisions: the cap of {max_evaluations} full evaluations cut the "
+                  f"search short: {'; '.join(cut_short)}", RuntimeWarning, stacklevel=2)
   return SearchResult(method, precision_map, point, global_point, float(budget), objective,
                       sensitivity, counter["full"], chose_global,
                       calibration_samples=counter["calibration"], proxy=proxy_name,
-                      full_samples=len(inputs) if inputs is not None else None)
+                      full_samples=len(inputs) if inputs is not None else None,
+                      max_evaluations=max_evaluations, global_complete=global_complete,
+                      maps_tried=len(tried), cut_short=tuple(cut_short),
+                      bounded={k: tuple(v) for k, v in bounded.items()})
 
 
 def resolve_map(precision_map, kernels, method) -> dict[int, float]:

@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mortar_tf import backends
 from mortar_tf.tools import flag_parsing
 
 _SAVED_MODEL = flags.DEFINE_string("saved_model", None, "The SavedModel directory.",
@@ -45,7 +46,8 @@ _PRECISION_MAP = flags.DEFINE_string("precision_map", None,
 _KEEP_BITS = flags.DEFINE_integer("keep_bits", None, "Mantissa bits kept by round.")
 _COLUMNS = flags.DEFINE_integer("columns", None, "Aligned columns kept by bitx.")
 _GROUP_SIZE = flags.DEFINE_integer("group_size", None,
-                                   "Replace every engine's lanes per PE (G), 1..4096.")
+                                   "Replace every engine's lanes per PE (G), "
+                                   f"1..{backends.MAX_KERNEL_GROUP_SIZE}.")
 _WIDTH = flags.DEFINE_integer("width", None, "Replace every engine's aligned width, 1..64.")
 _CSV = flags.DEFINE_string("csv", None, "Write the per-layer table as CSV here.")
 _JSON = flags.DEFINE_string("json", None, "Write the full estimate as JSON here.")

@@ -2,6 +2,7 @@
 // mortar_tf/cc/kernels.h, sharded over TF's CPU worker pool with per-shard
 // counters merged at the end.
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -73,6 +74,10 @@ class MortarAlignedCountOp : public OpKernel {
                 errors::InvalidArgument("width must be in 1..64, got ", width_));
     OP_REQUIRES(context, window_ >= 1,
                 errors::InvalidArgument("window must be >= 1, got ", window_));
+    // A window of G lanes or more is one window over the group (the same
+    // figures), and a G-sized one fits the int the kernels take: an int64
+    // attr past 2^31 would wrap.
+    window_ = std::min(window_, group_size_);
   }
 
   void Compute(OpKernelContext* context) override {
