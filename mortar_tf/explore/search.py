@@ -213,6 +213,14 @@ class SweepResult:
   group_size: int
   width: int
   original_speedup: float | None = None  # mortar over stripes, both on the original weights
+  # What the estimated speedups cover (estimator.Coverage; one graph, so the
+  # same for every point), or None without estimates.
+  coverage: object = None
+
+  def coverage_text(self) -> str:
+    """"Estimated speedups cover ..." (one line), or "" without estimates."""
+    return "" if self.coverage is None else (
+        f"Estimated speedups cover {self.coverage.summary()}.")
 
   def table(self) -> str:
     headers = ["method", "setting", self.metric_name, "drop", "significand x", "word x",
@@ -236,6 +244,7 @@ class SweepResult:
     return {"metric": self.metric_name, "higher_is_better": self.higher_is_better,
             "original_metric": self.original_metric, "group_size": self.group_size,
             "width": self.width, "original_speedup": self.original_speedup,
+            "coverage": None if self.coverage is None else self.coverage.to_dict(),
             "points": [p.to_dict() for p in self.points]}
 
   def csv_rows(self) -> list[list]:
@@ -281,6 +290,7 @@ class SearchResult:
   calibration_samples: int = 0
   proxy: str = ""
   full_samples: int | None = None
+  coverage: object = None  # what the estimated speedups cover (estimator.Coverage), or None
 
   def cost_text(self) -> str:
     """Full evaluations, plus the calibration work in full evaluations' worth."""
@@ -303,6 +313,8 @@ class SearchResult:
                    f", est. {_speedups_text(g)}")
     else:
       lines.append("No global P of the grid meets the budget.")
+    if self.coverage is not None:
+      lines.append(f"Estimated speedups cover {self.coverage.summary()}.")
     if self.chose_global:
       lines.append(f"Map: {{'*': {self.precisions['*']:g}}} (every kernel)")
     else:
@@ -322,7 +334,8 @@ class SearchResult:
                             for k, v in self.sensitivity.items()},
             "evaluations": self.evaluations, "chose_global": self.chose_global,
             "calibration_samples": self.calibration_samples, "proxy": self.proxy,
-            "full_samples": self.full_samples}
+            "full_samples": self.full_samples,
+            "coverage": None if self.coverage is None else self.coverage.to_dict()}
 
 
 def _speedups_text(point: SweepPoint) -> str:
@@ -440,10 +453,11 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
   estimator = (ModelEstimator(model, input_shape or model_input_shape(model))
                if estimate_speedup else None)
   points = []
-  original_speedup = None
+  original_speedup = coverage = None
   try:
     if estimator is not None:
       original_speedup = _unmorphed_speedup(estimator)
+      coverage = estimator.reference().coverage()
     for n, spec in enumerate(specs):
       _progress(progress, n, len(specs), spec.label())
       morphed = {i: _morph(k, spec) for i, k in enumerate(kernels)}
@@ -464,7 +478,7 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
     if estimator is not None:
       estimator.close()
   return SweepResult(metric.name, metric.higher_is_better, original, tuple(points), group_size,
-                     width, original_speedup)
+                     width, original_speedup, coverage)
 
 
 # --------------------------------------------------------------------------
@@ -800,13 +814,15 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
       global_point = _point(method, None, {i: best_global for i in range(len(kernels))},
                             kernels, metric, original, global_values[best_global], estimator,
                             group_size, width, global_p=best_global)
+    coverage = estimator.reference().coverage() if estimator is not None else None
   finally:
     if estimator is not None:
       estimator.close()
   return SearchResult(method, precision_map, point, global_point, float(budget), objective,
                       sensitivity, counter["full"], chose_global,
                       calibration_samples=counter["calibration"], proxy=proxy_name,
-                      full_samples=len(inputs) if inputs is not None else None)
+                      full_samples=len(inputs) if inputs is not None else None,
+                      coverage=coverage)
 
 
 def resolve_map(precision_map, kernels, method) -> dict[int, float]:

@@ -63,6 +63,16 @@ CONV_OPS = ("Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput",
             "Conv3DBackpropInputV2")
 MATMUL_OPS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum")
 COMPUTE_OPS = CONV_OPS + MATMUL_OPS
+# Ops that multiply-accumulate with a weight but that the reader does not
+# model (fused, quantized, sparse, cuDNN RNN and XLA ops): listed, unmapped,
+# so an estimate says what it misses instead of leaving them out unseen.
+UNMODELLED_OPS = ("Conv", "Conv3DBackpropInput", "DepthwiseConv2dNativeBackpropInput",
+                  "CudnnRNN", "CudnnRNNV2", "CudnnRNNV3", "BlockLSTM", "BlockLSTMV2",
+                  "LSTMBlockCell", "GRUBlockCell", "SparseMatMul", "SparseTensorDenseMatMul",
+                  "QuantizedConv2D", "QuantizedMatMul", "QuantizedBatchMatMul",
+                  "QuantizedDepthwiseConv2D", "_FusedConv2D", "_FusedMatMul",
+                  "_FusedBatchMatMulV2", "FusedPadConv2D", "FusedResizeAndPadConv2D",
+                  "XlaConv", "XlaConvV2", "XlaDot", "XlaDotV2", "XlaEinsum")
 PASS_THROUGH_OPS = weight_trace.PASS_THROUGH_OPS
 Weight = weight_trace.Weight
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
@@ -95,6 +105,9 @@ class ComputeOp:
     repeats: how many times the op runs per call: 1, a loop's trip count
       (the product over nested loops), or None where a loop's count is unknown.
     branch: "<If node>:then" / ":else" for an op in a conditional branch.
+    activation_op: both operands depend on a model input (attention scores,
+      attention x values): the op multiplies two activations and reads no
+      stored weight (unmapped, and not a weight op).
   """
   name: str
   type: str
@@ -107,6 +120,7 @@ class ComputeOp:
   unmapped: str | None = None
   repeats: int | None = 1
   branch: str | None = None
+  activation_op: bool = False
 
   @property
   def mapped(self) -> bool:
@@ -242,6 +256,8 @@ class _Walker:
                       f"{frame.prefix}{node.name}:{label}", lists)
       elif node.op in COMPUTE_OPS:
         self.ops.append(self._compute_op(frame, node))
+      elif node.op in UNMODELLED_OPS:
+        self.ops.append(self._unmodelled_op(frame, node))
     self.stack.pop()
 
   def _resolved(self, shape):
@@ -426,6 +442,16 @@ class _Walker:
       return shape
     return self._resolved(shape)
 
+  def _unmodelled_op(self, frame: protos.Frame, node) -> ComputeOp:
+    inputs = [i for i in node.input if not i.startswith("^")]
+    shapes = (frame.traced or {}).get(node.name) or protos.saved_shapes(node) or [None]
+    output = shapes[0]
+    return ComputeOp(frame.prefix + node.name, node.op, {},
+                     tuple(frame.ref_shape(i) for i in inputs), output,
+                     unmapped=f"{node.op} is an op the reader does not model (its MACs are "
+                     "unknown)", repeats=getattr(frame, "repeats", 1),
+                     branch=getattr(frame, "branch", None))
+
   def _compute_op(self, frame: protos.Frame, node) -> ComputeOp:
     attrs = {k: protos.attr_value(node.attr[k]) for k in _ATTRS if k in node.attr}
     inputs = [i for i in node.input if not i.startswith("^")]
@@ -456,7 +482,12 @@ class _Walker:
       if node.op in _FILTER_OPERAND:
         why = reasons[0][1] if reasons else "no filter input"
         return ComputeOp(**base, unmapped=f"weight not found: the filter comes from {why}")
-      return ComputeOp(**base, unmapped="weight not found: both operands are computed tensors")
+      if all(weight_trace.reads_input(self.top, frame, inputs[k]) for k in (0, 1)
+             if k < len(inputs)):
+        return ComputeOp(**base, unmapped="multiplies two activations (no stored weight)",
+                         activation_op=True)
+      return ComputeOp(**base, unmapped="weight not found: an operand is computed from stored "
+                       "tensors (" + "; ".join(why for _, why in reasons) + ")")
     # Prefer a variable over a constant, then the second operand.
     operand, weight, steps = sorted(found, key=lambda f: f[1].kind != "variable")[0]
     path = tuple(s.op for s in reversed(steps))

@@ -223,7 +223,7 @@ def _add_hints(fdef, hints) -> dict:
     hint = fdef.node_def.add()
     hint.name = f"{name}{_HINT}{flat}"
     hint.op = "EnsureShape"
-    hint.input.append(_flat_ref(node, flat))
+    hint.input.append(flat_ref(node, flat))
     hint.attr["T"].type = dtype
     hint.attr["shape"].shape.CopyFrom(
         tf.TensorShape([None if d < 0 else d for d in shape]).as_proto())
@@ -241,7 +241,7 @@ def _add_hints(fdef, hints) -> dict:
   return made
 
 
-def _flat_ref(node, flat: int) -> str:
+def flat_ref(node, flat: int) -> str:
   """The FunctionDef reference "node:out_arg:i" of flat output `flat`."""
   op_def = registered_op_def(node.op)
   position = 0
