@@ -486,8 +486,9 @@ class _Walker:
              if k < len(inputs)):
         return ComputeOp(**base, unmapped="multiplies two activations (no stored weight)",
                          activation_op=True)
-      return ComputeOp(**base, unmapped="weight not found: an operand is computed from stored "
-                       "tensors (" + "; ".join(why for _, why in reasons) + ")")
+      made = [why for _, why in reasons if why != "activation"] or ["a computed tensor"]
+      return ComputeOp(**base, unmapped="weight not found: the weight operand comes from "
+                       + "; ".join(made))
     # Prefer a variable over a constant, then the second operand.
     operand, weight, steps = sorted(found, key=lambda f: f[1].kind != "variable")[0]
     path = tuple(s.op for s in reversed(steps))
