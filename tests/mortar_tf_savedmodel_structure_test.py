@@ -295,11 +295,12 @@ def test_per_input_shapes_on_the_command_line(encoder, tmp_path):
 # --------------------------------------------------------------------------
 # Recurrent layers over a free time dimension, stacked (keras_zoo.free_time_rnn)
 
-FREE_RNN_SAVE = """
+ZOO_SAVE = """
 import sys
 sys.path.insert(0, sys.argv[3])
 import keras_zoo  # tf_keras: the caller sets TF_USE_LEGACY_KERAS
-model = keras_zoo.free_time_rnn()
+name = sys.argv[4]
+model = keras_zoo.free_time_rnn() if name == "free_time_rnn" else keras_zoo.build(name)
 if sys.argv[2] == "save":
   model.save(sys.argv[1])
 else:
@@ -333,26 +334,31 @@ def _free_rnn_kernel(weight: str):
   return found[0]
 
 
-@pytest.fixture(scope="module", params=["keras3_export", "keras3_tf_saved_model",
-                                        "tf_keras_save", "tf_keras_export"])
-def free_rnn(request, tmp_path_factory):
+def _export_zoo(name: str, route: str, path):
+  """Saves keras_zoo model `name` by `route`: keras3_export, keras3_tf_saved_model
+  (here), tf_keras_save or tf_keras_export (tf_keras in a subprocess)."""
   import os, subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
   import keras_zoo  # pylint: disable=import-outside-toplevel
-  path = tmp_path_factory.mktemp(request.param) / "m"
-  if request.param.startswith("keras3"):
-    model = keras_zoo.free_time_rnn()
-    if request.param == "keras3_export":
+  if route.startswith("keras3"):
+    model = keras_zoo.free_time_rnn() if name == "free_time_rnn" else keras_zoo.build(name)
+    if route == "keras3_export":
       model.export(str(path), verbose=False)
     else:
       tf.saved_model.save(model, str(path))
     return path
-  route = "save" if request.param == "tf_keras_save" else "export"
-  result = subprocess.run([sys.executable, "-c", FREE_RNN_SAVE, str(path), route,
-                           os.path.dirname(os.path.abspath(__file__))], capture_output=True,
-                          text=True, timeout=600, check=False,
+  result = subprocess.run([sys.executable, "-c", ZOO_SAVE, str(path), route.split("_")[-1],
+                           os.path.dirname(os.path.abspath(__file__)), name],
+                          capture_output=True, text=True, timeout=600, check=False,
                           env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
   assert result.returncode == 0, result.stderr[-3000:]
   return path
+
+
+@pytest.fixture(scope="module", params=["keras3_export", "keras3_tf_saved_model",
+                                        "tf_keras_save", "tf_keras_export"])
+def free_rnn(request, tmp_path_factory):
+  return _export_zoo("free_time_rnn", request.param,
+                     tmp_path_factory.mktemp(request.param) / "m")
 
 
 @pytest.mark.parametrize("batch,steps", [(2, 7), (1, 11)])
@@ -398,3 +404,32 @@ def test_free_time_rnn_kernels_are_morphed_bit_exactly(free_rnn, tmp_path):
   for v in report.morphed:
     np.testing.assert_array_equal(_u32(after[v.key]), _u32(mortar_tf.morph(
         before[v.key], "fewest_ones", 0.1, backend="numpy")))
+
+
+@pytest.mark.parametrize("route", ["keras3_export", "tf_keras_save"])
+def test_the_zoo_bilstm_with_its_mask_is_estimated_step_by_step(route, tmp_path):
+  """keras_zoo.bilstm: Embedding(mask_zero) -> Bidirectional(LSTM(6)) ->
+  TimeDistributed(Dense(5)) -> Bidirectional(LSTM(4)) -> Dense(2), 10 tokens.
+  With a mask, Keras also runs a step outside the loop, only for zeros_like
+  of its output: not computed by any accelerator, not counted."""
+  path = _export_zoo("bilstm", route, tmp_path / "m")
+  result = estimator.estimate(str(path), input_shape=(2, 10))
+  assert result.coverage().complete, result.coverage().warning()
+  macs = {}
+  for layer in result.layers:  # by layer, direction and kernel (names differ per route)
+    top = layer.weight.split("/")[0]
+    direction = next((d for d in ("forward", "backward") if d in layer.weight), "")
+    kind = "recurrent" if "recurrent_kernel" in layer.weight else "kernel"
+    macs[(top, direction, kind)] = macs.get((top, direction, kind), 0) + layer.macs
+  # By hand, 2 samples x 10 steps: LSTM(6) on 12 features, 12 x 24 and 6 x 24
+  # per step and direction; the TimeDistributed Dense 12 x 5 per step; LSTM(4)
+  # on 5 features, 5 x 16 and 4 x 16; the head 8 x 2 once per sample.
+  steps = 2 * 10
+  expected = {("td", "", "kernel"): steps * 12 * 5, ("head", "", "kernel"): 2 * 8 * 2}
+  for direction in ("forward", "backward"):
+    expected[("bi", direction, "kernel")] = steps * 12 * 24
+    expected[("bi", direction, "recurrent")] = steps * 6 * 24
+    expected[("bi2", direction, "kernel")] = steps * 5 * 16
+    expected[("bi2", direction, "recurrent")] = steps * 4 * 16
+  assert macs == expected
+  assert result.coverage().macs == sum(expected.values()) == 2 * 12136

@@ -7,7 +7,9 @@ output elements; for Conv*Transpose, batch x input spatial size), MACs
 original and on the morphed weights. The headline figures are the `mortar`
 engine on the morphed weights over `stripes` and over `mortar` on the
 original weights; every cell is also a speedup over a chosen baseline cell
-(default stripes, original). The per-group
+(default stripes, original). Every estimate states its coverage (Coverage:
+the weight MACs of the estimated layers out of those of every weight op the
+reader found; ops that multiply two activations are not weight ops). The per-group
 figures come from the C++ op (MortarAlignedCount) when it is built, else from
 vectorised numpy; nothing loops per group or per weight in Python.
 

@@ -4,7 +4,8 @@ Nothing is executed. The reader starts at a signature (default
 "serving_default"), follows the call nodes from there into nested functions
 (never the whole function library: tf_keras SavedModels hold each layer
 twice), and lists every compute op it meets (CONV_OPS and MATMUL_OPS) with
-its attributes, shapes and weight. A weight operand is followed back through
+its attributes, shapes and weight, and every op it does not model that
+multiplies with weights (UNMODELLED_OPS), unmapped. A weight operand is followed back through
 Identity, Cast, ReadVariableOp, ExpandDims, Reshape and Transpose (also across
 function arguments) to a variable, named with its checkpoint key through the
 object graph, or to a constant.
@@ -13,7 +14,9 @@ The weight's reduction axes (SPEC 3) are those of the op, mapped back to the
 stored variable's layout: Transpose permutes them, ExpandDims drops the
 inserted axis, and a Reshape keeps them where it only splits or merges axes
 of one kind. A Reshape that merges a reduction axis with an output axis makes
-the op unmapped, with that reason, as does a weight made by any other op.
+the op unmapped, with that reason, as does a weight made by any other op. A
+MatMul-like op both of whose operands depend on a model input multiplies two
+activations (attention scores): unmapped, and marked `activation_op`.
 
 Control flow is entered: a While/StatelessWhile body (how RNN layers export
 their time loop) like a call whose arguments are the loop's inputs, so a
@@ -24,7 +27,9 @@ constant maximum_iterations, None when neither is constant. If/StatelessIf
 branches are entered too, their ops marked with the branch (`branch`). Ops
 whose results reach no output of their function are left out: TensorFlow
 prunes them (Keras' RNNs compute one step outside the loop only for its
-shapes).
+shapes); so are those whose results are used only through their shape
+(control_flow.SHAPE_ONLY_OPS: a masked Keras RNN's step outside the loop
+feeds only zeros_like).
 
 Shapes come from the nodes' `_output_shapes`. Where a compute op's saved
 shapes leave a dim unknown, its function is traced with TensorFlow's shape
@@ -33,10 +38,16 @@ from `input_shape`, else 1; other dims from `input_shape` or as declared):
 a MatMul behind a reshape that folds the sequence into the batch (Keras'
 Tensordot) then gets batch x sequence, and a dim nothing fixes stays -1
 (unknown), never guessed. Without tracing, only a convolution's leading -1
-is read as the batch.
+is read as the batch. TF infers one function at a time, and loses what
+crosses a call or a loop; the walk carries it (see _Walker's shape flow): a
+function is traced with its arguments' shapes and the element shapes of the
+TensorLists it is given (an RNN loop body's time step), with hints for a
+loop's stacked output, a call's results and resource arguments' variable
+shapes, until no hint adds a dim.
 
 The parts live beside this module: graph_protos (references, shapes, frames),
-weight_trace (weights and their axes), control_flow (live nodes, trip counts).
+weight_trace (weights and their axes), control_flow (live nodes, trip counts,
+TensorLists).
 
 Example:
   graph = read_graph("exported_model", input_shape=(1, 224, 224, 3))

@@ -4,8 +4,9 @@ shapes, and the frames of the walk (one per function call).
 A frame knows its function's nodes and how the caller feeds each argument,
 so a reference can be followed back across calls (`source`) and constant
 values and static dims read without running anything (`const_value`,
-`static_int`). `traced_shapes` runs TensorFlow's shape inference on one
-function where the saved shapes leave a dim unknown.
+`static_int`). `traced_shapes` (and ShapeTracer, which imports the function
+library once) runs TensorFlow's shape inference on one function where the
+saved shapes leave a dim unknown, with hints for what TF cannot see.
 """
 
 from __future__ import annotations
