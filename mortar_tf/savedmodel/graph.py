@@ -5,10 +5,10 @@ Nothing is executed. The reader starts at a signature (default
 (never the whole function library: tf_keras SavedModels hold each layer
 twice), and lists every compute op it meets (CONV_OPS and MATMUL_OPS) with
 its attributes, shapes and weight, and every op it does not model that
-multiplies with weights (UNMODELLED_OPS), unmapped. A weight operand is followed back through
-Identity, Cast, ReadVariableOp, ExpandDims, Reshape and Transpose (also across
-function arguments) to a variable, named with its checkpoint key through the
-object graph, or to a constant.
+multiplies with weights (UNMODELLED_OPS), unmapped. A weight operand is
+followed back through Identity, Cast, ReadVariableOp, ExpandDims, Reshape and
+Transpose (also across function arguments) to a variable, named with its
+checkpoint key through the object graph, or to a constant.
 
 The weight's reduction axes (SPEC 3) are those of the op, mapped back to the
 stored variable's layout: Transpose permutes them, ExpandDims drops the
