@@ -265,6 +265,22 @@ def fully_convolutional(seed=9):
   return model
 
 
+def free_time_rnn(features=8, seed=10):
+  """Recurrent layers stacked over a free time dimension, as text models are:
+  inputs (None, features) -> LSTM(4, return_sequences) -> Bidirectional(GRU(3,
+  return_sequences)) -> SimpleRNN(5) -> Dense(2). Its MACs per time step, by
+  kernel: lstm 8x16 and 4x16, each GRU direction 4x9 and 3x9, rnn 6x5 and
+  5x5; fc 5x2 once. Not in the zoo (its inputs need a time length); the
+  SavedModel tests export it."""
+  keras.utils.set_random_seed(seed)
+  inputs = keras.Input((None, features), name="sequence")
+  x = layers.LSTM(4, return_sequences=True, name="lstm")(inputs)
+  # the inner layer is named: an unnamed GRU takes "gru_N" from a global counter
+  x = layers.Bidirectional(layers.GRU(3, return_sequences=True, name="gru"), name="bi")(x)
+  x = layers.SimpleRNN(5, name="rnn")(x)
+  return _seeded(keras.Model(inputs, layers.Dense(2, name="fc")(x), name="free_time_rnn"))
+
+
 def build(name):
   model = BUILDERS[name]()
   return model if name == "fer" else _seeded(model)

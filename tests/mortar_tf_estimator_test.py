@@ -288,15 +288,29 @@ class _Unsupported(tf.Module):
     return tf.matmul(x, self.w), gram, sliced
 
 
-def test_layers_it_cannot_map_are_listed_with_the_reason(tmp_path):
+def test_layers_it_cannot_map_are_listed_with_the_reason_and_the_coverage(tmp_path):
   module = _Unsupported()
   tf.saved_model.save(module, str(tmp_path / "m"), signatures=module.__call__)
   result = estimator.estimate(str(tmp_path / "m"), input_shape=(2, 4))
   assert len(result.layers) == 3
   assert len(result.mapped) == 1 and result.mapped[0].weight == "w"
-  reasons = [layer.unmapped for layer in result.unmapped]
-  assert all("both operands are computed tensors" in r for r in reasons)
-  assert "Not estimated" in result.table()
+  gram, sliced = sorted(result.unmapped, key=lambda layer: layer.weight_op)
+  # x x^T multiplies two activations: not a weight op; x w[:, :2] reads a weight
+  # the reader cannot trace (a StridedSlice): a weight op the estimate misses.
+  assert not gram.weight_op and gram.unmapped == "multiplies two activations (no stored weight)"
+  assert sliced.weight_op and "StridedSlice" in sliced.unmapped
+  # By hand, x is [2, 4]: x w has 2x3 outputs of 4 MACs each (24), x w[:, :2]
+  # 2x2 outputs of 4 (16); x x^T (2x2x4) is not counted.
+  coverage = result.coverage()
+  assert (coverage.estimated_macs, coverage.macs) == (24, 40)
+  assert (coverage.estimated_ops, coverage.ops, coverage.activation_ops) == (1, 2, 1)
+  assert coverage.basis == "MACs" and coverage.fraction == 24 / 40 and not coverage.complete
+  assert coverage.weights is None  # the sliced weight is not a stored tensor
+  assert (gram.shape_macs, sliced.shape_macs) == (16, 16)
+  text = result.table()
+  assert "Coverage: 60.0% of the weight MACs (24 of 40; 1 of 2 weight ops estimated)" in text
+  assert f"Not estimated: #{sliced.index} " in text
+  assert f"Not a weight op (not counted): #{gram.index} " in text
 
 
 @pytest.mark.parametrize("kwargs,message", [

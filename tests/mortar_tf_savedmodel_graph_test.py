@@ -122,7 +122,8 @@ def test_ops_weights_axes_and_shapes_match_keras(exports, route):
   assert by_weight["tconv/kernel"].attrs["strides"] == (1, 2, 2, 1)
   # The attention scores multiply two activations: listed, with the reason.
   unmapped = graph.unmapped
-  assert len(unmapped) == 2 and all("both operands" in op.unmapped for op in unmapped)
+  assert len(unmapped) == 2 and all(op.activation_op for op in unmapped)
+  assert {op.unmapped for op in unmapped} == {"multiplies two activations (no stored weight)"}
 
 
 def test_optimizer_state_is_never_a_weight(exports):
@@ -239,3 +240,78 @@ def test_transpose_then_reshape_maps_back_to_the_stored_axis(tmp_path):
   assert op.reduction_axes == (2,)
   assert op.weight.path == ("ReadVariableOp", "Transpose", "Reshape")
   assert op.output_shape == (7, 12)
+
+
+class _TwoLoops(tf.Module):
+  """Two hand-written recurrences over a free time dimension (TensorArrays in
+  tf.while_loop, no Keras): h = tanh(x_t w + h u), then g = tanh(h_t v)."""
+
+  def __init__(self):
+    super().__init__()
+    self.w = tf.Variable(tf.ones([5, 3]), name="w")
+    self.u = tf.Variable(tf.ones([3, 3]), name="u")
+    self.v = tf.Variable(tf.ones([3, 2]), name="v")
+
+  def _scan(self, xs, step, units):  # xs: [T, B, features]
+    steps, batch = tf.shape(xs)[0], tf.shape(xs)[1]
+    items = tf.TensorArray(tf.float32, size=steps).unstack(xs)
+    out = tf.TensorArray(tf.float32, size=steps)
+
+    def body(t, h, out):
+      h = step(items.read(t), h)
+      return t + 1, h, out.write(t, h)
+
+    _, _, out = tf.while_loop(lambda t, *_: t < steps, body,
+                              (tf.constant(0), tf.zeros([batch, units]), out))
+    return out.stack()
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, 5], tf.float32)])
+  def __call__(self, x):  # [B, T, 5]
+    hs = self._scan(tf.transpose(x, [1, 0, 2]),
+                    lambda x_t, h: tf.tanh(tf.matmul(x_t, self.w) + tf.matmul(h, self.u)), 3)
+    gs = self._scan(hs, lambda h_t, g: tf.tanh(tf.matmul(h_t, self.v)), 2)
+    return tf.transpose(gs, [1, 0, 2])
+
+
+def test_loop_bodies_get_their_step_shapes_through_tensor_lists(tmp_path):
+  module = _TwoLoops()
+  tf.saved_model.save(module, str(tmp_path / "m"), signatures=module.__call__)
+  graph = graph_lib.read_graph(str(tmp_path / "m"), input_shape=(2, 9, 5))
+  by_weight = {op.weight.name: op for op in graph.mapped}
+  assert sorted(by_weight) == ["u", "v", "w"] and not graph.unmapped
+  # Each step multiplies one time step of the batch: [2, in] x [in, out], 9 times.
+  for name, (features, units) in {"w": (5, 3), "u": (3, 3), "v": (3, 2)}.items():
+    op = by_weight[name]
+    assert (op.activation_shape, op.output_shape, op.repeats) == ((2, features), (2, units), 9)
+  # Without the time length the second loop's steps (the first's stacked
+  # output) are unknown, never guessed.
+  free = graph_lib.read_graph(str(tmp_path / "m"))
+  assert {op.weight.name: op.repeats for op in free.mapped} == {"w": None, "u": None, "v": None}
+
+
+class _Unmodelled(tf.Module):
+  """A generic `Conv` op (which the reader does not model) beside a MatMul."""
+
+  def __init__(self):
+    super().__init__()
+    self.filt = tf.Variable(tf.ones([3, 3, 2, 4]), name="filt")
+    self.w = tf.Variable(tf.ones([2, 5]), name="w")
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 6, 6, 2], tf.float32)])
+  def __call__(self, x):
+    conv = tf.raw_ops.Conv(input=x, filter=self.filt, strides=[1, 1, 1, 1], padding="VALID")
+    return conv, tf.matmul(tf.reshape(x, [-1, 2]), self.w)
+
+
+def test_an_op_the_reader_does_not_model_is_listed_and_counts_as_missed(tmp_path):
+  from mortar_tf import estimator  # pylint: disable=import-outside-toplevel
+  module = _Unmodelled()
+  tf.saved_model.save(module, str(tmp_path / "m"), signatures=module.__call__)
+  graph = graph_lib.read_graph(str(tmp_path / "m"), input_shape=(1, 6, 6, 2))
+  (conv,) = graph.unmapped
+  assert conv.type == "Conv" and "does not model" in conv.unmapped and not conv.activation_op
+  coverage = estimator.estimate(str(tmp_path / "m"), input_shape=(1, 6, 6, 2)).coverage()
+  # Its MACs and weight are unknown to the reader: coverage falls back to ops.
+  assert (coverage.basis, coverage.estimated_ops, coverage.ops) == ("ops", 1, 2)
+  assert not coverage.complete and "Conv is an op the reader does not model" in (
+      coverage.warning())

@@ -290,3 +290,146 @@ def test_per_input_shapes_on_the_command_line(encoder, tmp_path):
   wrong = installed_tool.run("mortar-estimate", f"--saved_model={encoder}",
                              "--input_shape=2,16")
   assert wrong.returncode == 1 and "token_ids" in wrong.stderr
+
+
+# --------------------------------------------------------------------------
+# Recurrent layers over a free time dimension, stacked (keras_zoo.free_time_rnn)
+
+ZOO_SAVE = """
+import sys
+sys.path.insert(0, sys.argv[3])
+import keras_zoo  # tf_keras: the caller sets TF_USE_LEGACY_KERAS
+name = sys.argv[4]
+model = keras_zoo.free_time_rnn() if name == "free_time_rnn" else keras_zoo.build(name)
+if sys.argv[2] == "save":
+  model.save(sys.argv[1])
+else:
+  model.export(sys.argv[1])
+"""
+
+# Hand-computed MACs of one sample and one time step, per kernel, from the
+# layer sizes of keras_zoo.free_time_rnn (inputs 8 features): an LSTM(u) on
+# `in` features multiplies in x 4u (input kernel) and u x 4u (recurrent), a
+# GRU 3u, a SimpleRNN u; the Bidirectional GRU's two directions alike; the
+# Dense head runs once per sample.
+FREE_RNN_STEP_MACS = {
+    ("lstm/", "kernel"): 8 * 4 * 4, ("lstm/", "recurrent_kernel"): 4 * 4 * 4,
+    ("forward_gru", "kernel"): 4 * 3 * 3, ("forward_gru", "recurrent_kernel"): 3 * 3 * 3,
+    ("backward_gru", "kernel"): 4 * 3 * 3, ("backward_gru", "recurrent_kernel"): 3 * 3 * 3,
+    ("rnn/", "kernel"): 6 * 5, ("rnn/", "recurrent_kernel"): 5 * 5}
+FREE_RNN_HEAD_MACS = 5 * 2
+
+
+FC = ("fc/", "kernel")
+
+
+def _free_rnn_kernel(weight: str):
+  """The FREE_RNN_STEP_MACS key of an estimated layer's weight name, or FC."""
+  if weight.startswith("fc/"):
+    return FC
+  kind = "recurrent_kernel" if weight.endswith("recurrent_kernel") else "kernel"
+  found = [key for key in FREE_RNN_STEP_MACS if key[1] == kind and (
+      key[0] in weight if key[0].endswith("gru") else weight.startswith(key[0]))]
+  assert len(found) == 1, (weight, found)
+  return found[0]
+
+
+def _export_zoo(name: str, route: str, path):
+  """Saves keras_zoo model `name` by `route`: keras3_export, keras3_tf_saved_model
+  (here), tf_keras_save or tf_keras_export (tf_keras in a subprocess)."""
+  import os, subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  import keras_zoo  # pylint: disable=import-outside-toplevel
+  if route.startswith("keras3"):
+    model = keras_zoo.free_time_rnn() if name == "free_time_rnn" else keras_zoo.build(name)
+    if route == "keras3_export":
+      model.export(str(path), verbose=False)
+    else:
+      tf.saved_model.save(model, str(path))
+    return path
+  result = subprocess.run([sys.executable, "-c", ZOO_SAVE, str(path), route.split("_")[-1],
+                           os.path.dirname(os.path.abspath(__file__)), name],
+                          capture_output=True, text=True, timeout=600, check=False,
+                          env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return path
+
+
+@pytest.fixture(scope="module", params=["keras3_export", "keras3_tf_saved_model",
+                                        "tf_keras_save", "tf_keras_export"])
+def free_rnn(request, tmp_path_factory):
+  return _export_zoo("free_time_rnn", request.param,
+                     tmp_path_factory.mktemp(request.param) / "m")
+
+
+@pytest.mark.parametrize("batch,steps", [(2, 7), (1, 11)])
+def test_free_time_rnn_every_kernel_is_estimated_at_every_step(free_rnn, batch, steps):
+  result = estimator.estimate(str(free_rnn), input_shape=(batch, steps, 8), precision=0.1)
+  assert not result.unmapped, [(layer.name, layer.unmapped) for layer in result.unmapped]
+  kernels = sorted(_free_rnn_kernel(layer.weight) for layer in result.layers)
+  assert kernels == sorted(list(FREE_RNN_STEP_MACS) + [FC])  # each kernel once
+  for layer in result.layers:
+    key = _free_rnn_kernel(layer.weight)
+    if key == FC:
+      assert (layer.n_pos, layer.macs) == (batch, batch * FREE_RNN_HEAD_MACS)
+    else:  # a loop body: once per time step
+      assert layer.n_pos == batch * steps, layer.name
+      assert layer.macs == batch * steps * FREE_RNN_STEP_MACS[key], layer.name
+    assert layer.shape_macs == layer.macs  # the second count, from the op's own shapes
+  total = batch * (steps * sum(FREE_RNN_STEP_MACS.values()) + FREE_RNN_HEAD_MACS)
+  coverage = result.coverage()
+  assert coverage.complete and (coverage.estimated_macs, coverage.macs) == (total, total)
+  assert result.total_macs() == total
+
+
+def test_free_time_rnn_without_the_time_length_says_what_it_misses(free_rnn):
+  result = estimator.estimate(str(free_rnn))  # no input_shape: the loops' steps are unknown
+  assert [_free_rnn_kernel(layer.weight) for layer in result.mapped] == [FC]
+  assert all("give input_shape" in layer.unmapped for layer in result.unmapped)
+  coverage = result.coverage()
+  assert not coverage.complete and coverage.macs is None and coverage.basis == "weights"
+  # Every kernel's weights, by hand: the MACs of one step are the weights.
+  weights = sum(FREE_RNN_STEP_MACS.values()) + FREE_RNN_HEAD_MACS
+  assert (coverage.estimated_weights, coverage.weights) == (FREE_RNN_HEAD_MACS, weights)
+  assert (coverage.estimated_ops, coverage.ops) == (1, 9)
+  assert "give input_shape" in coverage.warning()
+
+
+def test_free_time_rnn_kernels_are_morphed_bit_exactly(free_rnn, tmp_path):
+  report = savedmodel.convert(str(free_rnn), str(tmp_path / "o"), "fewest_ones", 0.1,
+                              input_shape=(2, 7, 8))
+  morphed = [v for v in report.morphed if not v.twin_of]
+  assert sorted(_free_rnn_kernel(v.name) for v in morphed) == sorted(
+      list(FREE_RNN_STEP_MACS) + [FC])
+  before, after = _checkpoint(free_rnn), _checkpoint(tmp_path / "o")
+  for v in report.morphed:
+    np.testing.assert_array_equal(_u32(after[v.key]), _u32(mortar_tf.morph(
+        before[v.key], "fewest_ones", 0.1, backend="numpy")))
+
+
+@pytest.mark.parametrize("route", ["keras3_export", "tf_keras_save"])
+def test_the_zoo_bilstm_with_its_mask_is_estimated_step_by_step(route, tmp_path):
+  """keras_zoo.bilstm: Embedding(mask_zero) -> Bidirectional(LSTM(6)) ->
+  TimeDistributed(Dense(5)) -> Bidirectional(LSTM(4)) -> Dense(2), 10 tokens.
+  With a mask, Keras also runs a step outside the loop, only for zeros_like
+  of its output: not computed by any accelerator, not counted."""
+  path = _export_zoo("bilstm", route, tmp_path / "m")
+  result = estimator.estimate(str(path), input_shape=(2, 10))
+  assert result.coverage().complete, result.coverage().warning()
+  macs = {}
+  for layer in result.layers:  # by layer, direction and kernel (names differ per route)
+    top = layer.weight.split("/")[0]
+    direction = next((d for d in ("forward", "backward") if d in layer.weight), "")
+    kind = "recurrent" if "recurrent_kernel" in layer.weight else "kernel"
+    macs[(top, direction, kind)] = macs.get((top, direction, kind), 0) + layer.macs
+  # By hand, 2 samples x 10 steps: LSTM(6) on 12 features, 12 x 24 and 6 x 24
+  # per step and direction; the TimeDistributed Dense 12 x 5 per step; LSTM(4)
+  # on 5 features, 5 x 16 and 4 x 16; the head 8 x 2 once per sample.
+  steps = 2 * 10
+  expected = {("td", "", "kernel"): steps * 12 * 5, ("head", "", "kernel"): 2 * 8 * 2}
+  for direction in ("forward", "backward"):
+    expected[("bi", direction, "kernel")] = steps * 12 * 24
+    expected[("bi", direction, "recurrent")] = steps * 6 * 24
+    expected[("bi2", direction, "kernel")] = steps * 5 * 16
+    expected[("bi2", direction, "recurrent")] = steps * 4 * 16
+  assert macs == expected
+  assert result.coverage().macs == sum(expected.values()) == 2 * 12136

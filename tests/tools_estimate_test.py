@@ -46,8 +46,19 @@ def test_writes_table_csv_json_and_plots(model, tmp_path):
   assert "over mortar on the original weights" in result.stdout
   with open(tmp_path / "l.csv", newline="", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
+  *rows, coverage = rows  # the last row states the coverage
   assert [r["Op"] for r in rows] == ["Conv2D", "DepthwiseConv2dNative", "MatMul"]
+  # By hand, batch 2: conv 6x6x4 outputs x 3x3x3, depthwise 4x4x4 x 3x3, dense 5 x 64.
+  macs = 2 * (6 * 6 * 4 * 27 + 4 * 4 * 4 * 9 + 5 * 64)
+  assert [int(r["MACs"]) for r in rows] == [2 * 6 * 6 * 4 * 27, 2 * 4 * 4 * 4 * 9, 2 * 5 * 64]
+  assert coverage["LayerID"] == "coverage" and int(coverage["MACs"]) == macs
+  assert int(coverage["Op MACs"]) == macs and coverage["Layer name"].startswith(
+      "100% of the weight MACs")
+  assert "Coverage: 100% of the weight MACs (9,568 of 9,568; 3 of 3 weight ops estimated)" in (
+      result.stdout) and macs == 9568
+  assert "warning" not in result.stderr
   data = json.loads((tmp_path / "e.json").read_text())
+  assert data["coverage"]["fraction"] == 1.0 and data["coverage"]["macs"] == macs
   for weights in ("original", "morphed"):
     assert [int(r[f"Total Cycles mortar {weights}"]) for r in rows] == [
         layer["cycles"]["mortar"][weights] for layer in data["layers"]]
@@ -112,3 +123,78 @@ def test_bad_input_exits_nonzero(model, args, message):
   result = _run(*args)
   assert result.returncode != 0
   assert message in result.stderr
+
+
+@pytest.fixture(scope="module")
+def stacked_lstm(tmp_path_factory):
+  """Two stacked LSTMs (the first returns sequences), exported with a fixed
+  time dimension (10) and with a free one; and a free-time LSTM under a Dense."""
+  d = tmp_path_factory.mktemp("lstm")
+  for name, steps in (("fixed", 10), ("free", None)):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((steps, 8)),
+                              keras.layers.LSTM(4, return_sequences=True, name="lstm_a"),
+                              keras.layers.LSTM(4, name="lstm_b")], name="stack")
+    model.export(str(d / name), verbose=False)
+  inputs = keras.Input((None, 8))
+  head = keras.layers.Dense(3, name="fc")(keras.layers.LSTM(4, name="lstm")(inputs))
+  keras.Model(inputs, head).export(str(d / "headed"), verbose=False)
+  return d
+
+
+@pytest.mark.parametrize("name", ["fixed", "free"])
+def test_stacked_lstm_kernels_are_estimated_at_every_time_step(stacked_lstm, name, tmp_path):
+  result = _run(f"--saved_model={stacked_lstm / name}", "--input_shape=1,10,8",
+                f"--json={tmp_path / 'e.json'}", f"--csv={tmp_path / 'l.csv'}")
+  assert result.returncode == 0, result.stderr
+  assert "warning" not in result.stderr
+  # By hand, 10 time steps of one sample: LSTM(4) on 8 features multiplies
+  # 8 x 16 (input kernel) and 4 x 16 (recurrent) per step; the second LSTM,
+  # on the first one's 4 features, 4 x 16 and 4 x 16.
+  expected = {"stack/lstm_a/lstm_cell/kernel": 10 * 8 * 16,
+              "stack/lstm_a/lstm_cell/recurrent_kernel": 10 * 4 * 16,
+              "stack/lstm_b/lstm_cell/kernel": 10 * 4 * 16,
+              "stack/lstm_b/lstm_cell/recurrent_kernel": 10 * 4 * 16}
+  data = json.loads((tmp_path / "e.json").read_text())
+  assert {layer["weight"]: layer["macs"] for layer in data["layers"]} == expected
+  assert {layer["weight"]: layer["n_pos"] for layer in data["layers"]} == dict.fromkeys(
+      expected, 10)
+  assert data["coverage"]["complete"] and data["coverage"]["macs"] == 3200
+  assert sum(expected.values()) == 3200
+  assert "Coverage: 100% of the weight MACs (3,200 of 3,200; 4 of 4 weight ops estimated)" in (
+      result.stdout)
+  with open(tmp_path / "l.csv", newline="", encoding="utf-8") as f:
+    coverage = list(csv.DictReader(f))[-1]
+  assert coverage["LayerID"] == "coverage" and int(coverage["Op MACs"]) == 3200
+
+
+def test_an_incomplete_estimate_warns_and_require_complete_refuses(stacked_lstm, tmp_path):
+  model = stacked_lstm / "headed"  # no --input_shape: the LSTM's steps are unknown
+  result = _run(f"--saved_model={model}", f"--json={tmp_path / 'e.json'}")
+  assert result.returncode == 0, result.stderr
+  warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+  assert len(warnings) == 1, result.stderr
+  # By hand: the Dense reads 4 x 3 weights, the LSTM 8 x 16 + 4 x 16; the
+  # LSTM's MACs are unknown without its steps, so coverage counts weights.
+  assert warnings[0].startswith("mortar-estimate: warning: the estimate covers 5.9% of the "
+                                "weights the weight ops read (12 of 204; 1 of 3 weight ops "
+                                "estimated)")
+  assert "lstm_cell_1/MatMul (MatMul): in a loop whose number of steps" in warnings[0]
+  assert "give input_shape" in warnings[0] and 12 / 204 < 0.0595
+  coverage = json.loads((tmp_path / "e.json").read_text())["coverage"]
+  assert (coverage["basis"], coverage["estimated_weights"], coverage["weights"]) == (
+      "weights", 12, 204)
+  assert not coverage["complete"] and coverage["macs"] is None and len(coverage["missing"]) == 2
+  refused = _run(f"--saved_model={model}", "--require_complete", f"--json={tmp_path / 'r.json'}",
+                 f"--csv={tmp_path / 'r.csv'}", f"--plots_dir={tmp_path / 'plots'}")
+  assert refused.returncode == 1
+  (error,) = [line for line in refused.stderr.splitlines() if line.startswith("mortar-")]
+  assert error.startswith("mortar-estimate: error: --require_complete: the estimate covers 5.9% "
+                          "of the weights")
+  assert error.endswith("(nothing was written)") and refused.stdout == ""
+  assert not any((tmp_path / name).exists() for name in ("r.json", "r.csv", "plots"))
+  given = _run(f"--saved_model={model}", "--input_shape=2,6,8", "--require_complete")
+  assert given.returncode == 0, given.stderr
+  # 2 samples x 6 steps x (8 x 16 + 4 x 16), and the Dense 2 x 4 x 3.
+  assert "100% of the weight MACs (2,328 of 2,328;" in given.stdout
+  assert 2 * 6 * (8 * 16 + 4 * 16) + 2 * 4 * 3 == 2328

@@ -18,6 +18,7 @@ import shutil
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import installed_tool
 import spec_reference
@@ -343,3 +344,56 @@ def test_an_output_directory_that_takes_no_file_is_refused_before_any_work(tmp_p
   assert result.returncode == 1
   assert message in result.stderr, result.stderr
   assert not (tmp_path / "work").exists() and not (tmp_path / "page.md").exists()
+
+
+def test_records_and_the_page_state_what_the_estimates_cover(job):
+  # By hand, one 28x28 digit: conv 26x26x6 outputs x 3x3 taps, fc1 (8x8x6 after
+  # the 3x3 pooling) x 24, fc2 24 x 10.
+  macs = 26 * 26 * 6 * 9 + 8 * 8 * 6 * 24 + 24 * 10
+  for name in ("cnn", "cnn_saved"):
+    for method in ("paper", "fewest_ones"):
+      coverage = _record(job, name)["estimates"][method]["coverage"]
+      assert coverage["complete"] and (coverage["estimated_macs"], coverage["macs"]) == (
+          macs, macs) == (45960, 45960)
+  page = (job["dir"] / "docs" / "results.md").read_text()
+  header = next(line for line in page.splitlines() if "nothing morphed" in line)
+  assert header.rstrip(" |").endswith("coverage (weight MACs estimated)")
+  rows = [line for line in page.splitlines() if line.startswith("| **cnn")]
+  assert rows and all(line.rstrip(" |").endswith("100%") for line in rows[-2:])
+  assert "cover only part" not in page and "warning" not in job["stderr"]
+
+
+class _SlicedWeight(tf.Module):
+  """x w + x v[:, :3]: the graph reader cannot trace the sliced weight."""
+
+  def __init__(self):
+    super().__init__()
+    rng = np.random.default_rng(5)
+    self.w = tf.Variable(rng.standard_normal((6, 3)).astype(np.float32), name="w")
+    self.v = tf.Variable(rng.standard_normal((6, 4)).astype(np.float32), name="v")
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32)])
+  def __call__(self, x):
+    return tf.matmul(x, self.w) + tf.matmul(x, self.v[:, :3])
+
+
+def test_a_partly_estimated_model_is_flagged_on_the_page_and_stderr(tmp_path):
+  module = _SlicedWeight()
+  tf.saved_model.save(module, str(tmp_path / "sliced"), signatures=module.__call__)
+  np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((64, 6)).astype(
+      np.float32))
+  (tmp_path / "models.json").write_text(json.dumps([
+      {"name": "sliced", "model": str(tmp_path / "sliced"), "data": str(tmp_path / "x.npz"),
+       "metric": "mse", "budget": 1.0}]))
+  page = tmp_path / "page.md"
+  result = _run(f"--models={tmp_path / 'models.json'}", f"--work_dir={tmp_path / 'work'}",
+                f"--page={page}", "--precisions=0.1", "--nosearch", "--nobitx")
+  assert result.returncode == 0, result.stderr
+  # By hand, one sample: x w and x v[:, :3] each multiply 6 x 3; only x w is estimated.
+  (warning,) = [line for line in result.stderr.splitlines() if "warning" in line]
+  assert warning.startswith("mortar-results: warning: sliced: its estimated speedups cover "
+                            "50.0% of the weight MACs (18 of 36; 1 of 2 weight ops estimated)")
+  assert "StridedSlice" in warning
+  text = page.read_text()
+  assert "**50.0% of the weight MACs**" in text
+  assert "The estimates of sliced (50.0% of the weight MACs) cover only part of the model" in text

@@ -7,6 +7,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import mortar_tf
 import installed_tool
@@ -173,3 +174,52 @@ def test_an_output_directory_that_cannot_be_made_fails_before_the_sweep(files, t
   assert result.returncode == 1
   assert "not a directory" in result.stderr and "Sweep" not in result.stdout
   assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+class _SlicedWeight(tf.Module):
+  """x w + x v[:, :3]: the second weight is cut by a StridedSlice, which the
+  graph reader does not trace to a stored tensor."""
+
+  def __init__(self):
+    super().__init__()
+    rng = np.random.default_rng(5)
+    self.w = tf.Variable(rng.standard_normal((6, 3)).astype(np.float32), name="w")
+    self.v = tf.Variable(rng.standard_normal((6, 4)).astype(np.float32), name="v")
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32)])
+  def __call__(self, x):
+    return tf.matmul(x, self.w) + tf.matmul(x, self.v[:, :3])
+
+
+def test_the_summary_and_json_state_what_the_speedups_cover(files, tmp_path):
+  out = tmp_path / "out"
+  result = _run(f"--model={files / 'm.keras'}", f"--data={files / 'data.npz'}",
+                "--methods=paper", "--precisions=0.1", "--nosearch", f"--out_dir={out}")
+  assert result.returncode == 0, result.stderr
+  # By hand, one sample (the estimator's shape): Dense 6 -> 8 and 8 -> 3.
+  text = "Estimated speedups cover 100% of the weight MACs (72 of 72; 2 of 2 weight ops"
+  assert text in result.stdout and text in (out / "summary.md").read_text()
+  assert 6 * 8 + 8 * 3 == 72 and "warning" not in result.stderr
+  record = json.loads((out / "sweep.json").read_text())
+  assert record["sweep"]["coverage"]["complete"] and record["sweep"]["coverage"]["macs"] == 72
+
+
+def test_speedups_of_a_partly_estimated_model_are_flagged(files, tmp_path):
+  module = _SlicedWeight()
+  tf.saved_model.save(module, str(tmp_path / "sliced"), signatures=module.__call__)
+  out = tmp_path / "out"
+  result = _run(f"--model={tmp_path / 'sliced'}", f"--data={files / 'data.npz'}",
+                "--metric=mse", "--methods=paper", "--precisions=0.1", "--nosearch",
+                f"--out_dir={out}")
+  assert result.returncode == 0, result.stderr
+  # By hand, one sample: x w and x v[:, :3] each multiply 6 x 3; only the first is estimated.
+  (warning,) = [line for line in result.stderr.splitlines() if "warning" in line]
+  assert warning.startswith("mortar-sweep: warning: the estimated speedups (est. x columns) "
+                            "miss part of the model: the estimate covers 50.0% of the weight "
+                            "MACs (18 of 36; 1 of 2 weight ops estimated)")
+  assert "StridedSlice" in warning
+  summary = (out / "summary.md").read_text()
+  assert "Estimated speedups cover 50.0% of the weight MACs (18 of 36;" in summary
+  assert "Not estimated: #" in summary
+  coverage = json.loads((out / "sweep.json").read_text())["sweep"]["coverage"]
+  assert (coverage["fraction"], coverage["complete"]) == (0.5, False)

@@ -7,10 +7,12 @@ output elements; for Conv*Transpose, batch x input spatial size), MACs
 original and on the morphed weights. The headline figures are the `mortar`
 engine on the morphed weights over `stripes` and over `mortar` on the
 original weights; every cell is also a speedup over a chosen baseline cell
-(default stripes, original). The per-group
-figures come from backends.aligned_statistics on the weights' numpy buffers:
-the C++ kernels through the native library (mortar_tf.native) when it is
-built, else vectorised numpy; nothing loops per group or per weight in
+(default stripes, original). Every estimate states its coverage (Coverage:
+the weight MACs of the estimated layers out of those of every weight op the
+reader found; ops that multiply two activations are not weight ops). The
+per-group figures come from backends.aligned_statistics on the weights' numpy
+buffers: the C++ kernels through the native library (mortar_tf.native) when
+it is built, else vectorised numpy; nothing loops per group or per weight in
 Python.
 
 Example:
@@ -72,6 +74,15 @@ class LayerEstimate:
     precision: the morphing settings of this layer's weight, or None (left
       as it is: its morphed cells equal the original ones).
     unmapped: why the layer has no estimate, or None.
+    weight_op: False for an op that multiplies two activations (attention
+      scores): it reads no stored weight, so its MACs are not weight MACs and
+      coverage leaves it out.
+    shape_macs: the op's MACs from its shapes alone (output elements x the
+      size of the reduction, times its loop steps), estimated or not; None
+      where a shape or the steps are unknown. Equals `macs` for an estimated
+      layer.
+    weight_size: how many weights the op reads (its stored weight's size),
+      estimated or not; None where no stored weight was found.
   """
   index: int
   name: str
@@ -87,6 +98,9 @@ class LayerEstimate:
   columns: Mapping[str, Mapping[str, tuple[int, ...]]] = dataclasses.field(default_factory=dict)
   precision: Mapping[str, object] | None = None
   unmapped: str | None = None
+  weight_op: bool = True
+  shape_macs: int | None = None
+  weight_size: int | None = None
 
   @property
   def mapped(self) -> bool:
@@ -101,6 +115,134 @@ def _ratio(a: float, b: float) -> float:
   if b == 0:
     return math.inf if a else 1.0
   return a / b
+
+
+def _percent(part: int, whole: int) -> str:
+  """part/whole as a percentage that never reads 100% short of it."""
+  if whole == 0 or part == whole:
+    return "100%"
+  text = f"{100 * part / whole:.1f}%"
+  return ">99.9%" if text == "100.0%" else text
+
+
+@dataclasses.dataclass(frozen=True)
+class Coverage:
+  """What an estimate covers: the weight MACs its estimated layers hold out
+  of the weight MACs of every weight op the graph reader found.
+
+  A weight op is a compute op with a stored weight operand (or one computed
+  from stored tensors), and every op the reader does not model; an op that
+  multiplies two activations (attention scores) is not one, and is left out
+  of both sides (counted in `activation_ops`). Where a layer that is not
+  estimated has unknown MACs (unknown shapes), the MAC fraction cannot be
+  known: coverage then counts the weights the weight ops read, and where a
+  weight is unknown too, the weight ops.
+
+  Attributes:
+    ops, estimated_ops: weight ops found; estimated.
+    macs, estimated_macs: weight MACs of all weight ops (None where one is
+      unknown); of the estimated ones.
+    weights, estimated_weights: weights read by the weight ops (per op; None
+      where one is unknown); by the estimated ones.
+    missing: (layer label, reason) of each weight op not estimated.
+    activation_ops: ops that multiply two activations (not counted).
+  """
+  ops: int
+  estimated_ops: int
+  macs: int | None
+  estimated_macs: int
+  weights: int | None
+  estimated_weights: int
+  missing: tuple[tuple[str, str], ...] = ()
+  activation_ops: int = 0
+
+  @classmethod
+  def of(cls, layers: Sequence[LayerEstimate]) -> "Coverage":
+    weight_ops = [layer for layer in layers if layer.weight_op]
+    done = [layer for layer in weight_ops if layer.mapped]
+    rest = [layer for layer in weight_ops if not layer.mapped]
+    estimated_macs = sum(layer.macs for layer in done)
+    estimated_weights = sum(layer.weights for layer in done)
+    rest_macs = [layer.shape_macs for layer in rest]
+    rest_weights = [layer.weight_size for layer in rest]
+    return cls(
+        ops=len(weight_ops), estimated_ops=len(done),
+        macs=None if None in rest_macs else estimated_macs + sum(rest_macs),
+        estimated_macs=estimated_macs,
+        weights=None if None in rest_weights else estimated_weights + sum(rest_weights),
+        estimated_weights=estimated_weights,
+        missing=tuple((f"#{layer.index} {layer.name} ({layer.op})", layer.unmapped)
+                      for layer in rest),
+        activation_ops=len(layers) - len(weight_ops))
+
+  @property
+  def complete(self) -> bool:
+    """Every weight op is estimated."""
+    return self.estimated_ops == self.ops
+
+  @property
+  def basis(self) -> str:
+    """What the fraction counts: "MACs", else "weights", else "ops"."""
+    if self.macs is not None:
+      return "MACs"
+    return "weights" if self.weights is not None else "ops"
+
+  @property
+  def fraction(self) -> float:
+    """Estimated / all, on `basis` (1.0 when there is nothing to estimate)."""
+    part, whole = {"MACs": (self.estimated_macs, self.macs),
+                   "weights": (self.estimated_weights, self.weights),
+                   "ops": (self.estimated_ops, self.ops)}[self.basis]
+    return 1.0 if whole == 0 else part / whole
+
+  def short(self) -> str:
+    """The fraction and its basis, e.g. "66.7% of the weight MACs"."""
+    part, whole = {"MACs": (self.estimated_macs, self.macs),
+                   "weights": (self.estimated_weights, self.weights),
+                   "ops": (self.estimated_ops, self.ops)}[self.basis]
+    what = {"MACs": "the weight MACs", "weights": "the weights of the weight ops",
+            "ops": "the weight ops"}[self.basis]
+    return f"{_percent(part, whole)} of {what}"
+
+  def summary(self) -> str:
+    """One line: the fraction, on what, and how many weight ops."""
+    ops = f"{self.estimated_ops} of {self.ops} weight ops estimated"
+    if self.basis == "MACs":
+      text = (f"{_percent(self.estimated_macs, self.macs)} of the weight MACs "
+              f"({self.estimated_macs:,} of {self.macs:,}; {ops})")
+    elif self.basis == "weights":
+      text = (f"{_percent(self.estimated_weights, self.weights)} of the weights the weight ops "
+              f"read ({self.estimated_weights:,} of {self.weights:,}; {ops}); the MACs of "
+              "the others are unknown")
+    else:
+      text = (f"{_percent(self.estimated_ops, self.ops)} of the weight ops ({ops}); the MACs "
+              "and weights of the others are unknown")
+    if self.activation_ops:
+      text += (f"; {self.activation_ops} op{'s' if self.activation_ops > 1 else ''} multiplying "
+               "two activations not counted (no stored weight)")
+    return text
+
+  def missing_text(self, limit: int | None = None) -> str:
+    """The weight ops not estimated, each with its reason ("" if none)."""
+    items = [f"{name}: {why}" for name, why in self.missing]
+    if limit is not None and len(items) > limit:
+      items = items[:limit] + [f"and {len(items) - limit} more (listed in the report)"]
+    return "; ".join(items)
+
+  def warning(self) -> str | None:
+    """One line for stderr when the estimate is incomplete, else None."""
+    if self.complete:
+      return None
+    return (f"the estimate covers {self.summary()}; not estimated: {self.missing_text(3)}")
+
+  def to_dict(self) -> dict:
+    return {"fraction": self.fraction, "basis": self.basis, "complete": self.complete,
+            "ops": self.ops, "estimated_ops": self.estimated_ops,
+            "macs": self.macs, "estimated_macs": self.estimated_macs,
+            "weights": self.weights, "estimated_weights": self.estimated_weights,
+            "activation_ops": self.activation_ops,
+            "missing": [{"layer": name, "reason": why} for name, why in self.missing],
+            "short": self.short(), "summary": self.summary()}
 
 
 def parse_baseline(baseline) -> tuple[str, str]:
@@ -156,7 +298,12 @@ class Estimate:
             for e in self.engines}
 
   def total_macs(self) -> int:
+    """MACs of the estimated layers (coverage() says of how many)."""
     return sum(layer.macs for layer in self.mapped)
+
+  def coverage(self) -> Coverage:
+    """What this estimate covers of the model's weight MACs (Coverage)."""
+    return Coverage.of(self.layers)
 
   def speedup(self, layer: LayerEstimate | None = None,
               baseline=None) -> dict[str, dict[str, float]]:
@@ -263,10 +410,14 @@ class Estimate:
             "Totals (speedup = cycles of the baseline, " + self.baseline_text() +
             ", over the cell's; aligned ones at each engine's own G and width):\n" +
             self.matrix_table(),
-            self.headline_text()]
-    if self.unmapped:
-      text.append("\n".join(f"Not estimated: #{layer.index} {layer.name} ({layer.op}): "
-                            f"{layer.unmapped}" for layer in self.unmapped))
+            self.headline_text(),
+            "Coverage: " + self.coverage().summary()]
+    unmapped = [f"Not estimated: #{layer.index} {layer.name} ({layer.op}): {layer.unmapped}"
+                for layer in self.unmapped if layer.weight_op]
+    unmapped += [f"Not a weight op (not counted): #{layer.index} {layer.name} ({layer.op}): "
+                 f"{layer.unmapped}" for layer in self.unmapped if not layer.weight_op]
+    if unmapped:
+      text.append("\n".join(unmapped))
     return "\n\n".join(text)
 
   def matrix_table(self) -> str:
@@ -298,18 +449,28 @@ class Estimate:
     header = (["LayerID", "Layer name", "Op", "Weight", "MACs", "Weights", "N_pos"] +
               [f"Total Cycles {n} {w}" for n, w in cells] +
               [f"Speedup {n} {w}" for n, w in cells] +
-              ["Speedup mortar over stripes", "Speedup mortar over unmorphed", "Note"])
+              ["Speedup mortar over stripes", "Speedup mortar over unmorphed", "Op MACs",
+               "Note"])
     rows = [header]
     for layer in self.layers:
+      op_macs = "unknown" if layer.shape_macs is None else layer.shape_macs
       if not layer.mapped:
         rows.append([layer.index, layer.name, layer.op, layer.weight or "", "", "", ""] +
-                    [""] * (2 * len(cells) + 2) + [layer.unmapped])
+                    [""] * (2 * len(cells) + 2) + [op_macs, layer.unmapped])
         continue
       speed, head = self.speedup(layer), self.headline(layer)
       rows.append([layer.index, layer.name, layer.op, layer.weight, layer.macs, layer.weights,
                    layer.n_pos] + [layer.cycles[n][w] for n, w in cells] +
                   [f"{speed[n][w]:.6g}" for n, w in cells] +
-                  ["" if head[k] is None else f"{head[k]:.6g}" for k, _, _ in HEADLINES] + [""])
+                  ["" if head[k] is None else f"{head[k]:.6g}" for k, _, _ in HEADLINES] +
+                  [layer.macs, ""])
+    # The last row states the coverage: the MACs and weights columns hold the
+    # estimated layers' totals, "Op MACs" all weight MACs (or "unknown").
+    coverage = self.coverage()
+    rows.append(["coverage", coverage.summary(), "", "", coverage.estimated_macs,
+                 coverage.estimated_weights, ""] + [""] * (2 * len(cells) + 2) +
+                ["unknown" if coverage.macs is None else coverage.macs,
+                 coverage.missing_text()])
     return rows
 
   def write_csv(self, path: str) -> None:
@@ -327,6 +488,7 @@ class Estimate:
         "engines": [e.to_dict() for e in self.engines],
         "headline": finite(self.headline()),
         "headline_iso_area": finite(self.headline_iso_area()),
+        "coverage": self.coverage().to_dict(),
         "total": {"macs": self.total_macs(), "cycles": self.total_cycles(),
                   "aligned_ones": self.aligned_ones(),
                   "speedup": finite(self.speedup()),
@@ -379,6 +541,75 @@ def _n_pos(op: graph_lib.ComputeOp, weight_shape, axes) -> tuple[int | None, str
     return None, (f"output {out} is not a whole number of the weight's {n_out} output "
                   "elements")
   return total // n_out, None
+
+
+def _known(*shapes) -> bool:
+  return all(shape is not None and -1 not in shape for shape in shapes)
+
+
+def shape_macs(op: graph_lib.ComputeOp) -> int | None:
+  """An op's MACs from its shapes alone, whatever its weight: output elements
+  times the size of the reduction (a transposed conv: input elements times
+  the filter's spatial size times its output channels), times the loop
+  steps it runs. None where a shape it needs or the steps are unknown, and
+  for ops the reader does not model."""
+  shapes, out = op.input_shapes, op.output_shape
+  if op.repeats is None or len(shapes) < 2:
+    return None
+  if op.type in ("Conv2D", "Conv3D"):
+    filt = shapes[1]
+    per_output = int(np.prod(filt[:-1])) if _known(filt) else None
+  elif op.type == "DepthwiseConv2dNative":
+    filt = shapes[1]
+    per_output = int(np.prod(filt[:-2])) if _known(filt) else None
+  elif op.type in _TRANSPOSED:
+    data, filt = shapes[2] if len(shapes) > 2 else None, shapes[1]
+    if not _known(data, filt):
+      return None
+    return int(np.prod(data)) * int(np.prod(filt[:-1])) * op.repeats
+  elif op.type == "MatMul":
+    a, b = shapes[0], shapes[1]
+    if _known(a):
+      per_output = a[0] if op.attrs.get("transpose_a") else a[1]
+    else:
+      per_output = (b[1] if op.attrs.get("transpose_b") else b[0]) if _known(b) else None
+  elif op.type.startswith("BatchMatMul"):
+    x, y = shapes[0], shapes[1]
+    if _known(x):
+      per_output = x[-2] if op.attrs.get("adj_x") else x[-1]
+    else:
+      per_output = (y[-1] if op.attrs.get("adj_y") else y[-2]) if _known(y) else None
+  elif op.type == "Einsum":
+    per_output = _einsum_reduction(op.attrs.get("equation", ""), shapes)
+  else:
+    return None
+  if per_output is None or not _known(out):
+    return None
+  return int(np.prod(out)) * int(per_output) * op.repeats
+
+
+def _einsum_reduction(equation: str, shapes) -> int | None:
+  """The product of the sizes of the labels an einsum sums over (absent from
+  its output), read from the operands' shapes."""
+  if "->" not in equation:
+    return None
+  lhs, out = equation.replace(" ", "").split("->", 1)
+  sizes = {}
+  for labels, shape in zip(lhs.split(","), shapes):
+    if not _known(shape):
+      continue
+    if "..." in labels:
+      before, after = labels.split("...")
+      labels = before + "." * (len(shape) - len(before) - len(after)) + after
+    if len(labels) != len(shape):
+      return None
+    for label, size in zip(labels, shape):
+      if label != ".":
+        sizes[label] = size
+  summed = {label for label in lhs.replace(",", "").replace(".", "") if label not in out}
+  if not summed <= set(sizes):
+    return None
+  return int(np.prod([sizes[label] for label in summed]))
 
 
 def _morphed(w, spec, axes, group_size, width):
@@ -459,7 +690,9 @@ def estimate(saved_model_dir: str, input_shape=None,
     # An op in a conditional branch: both branches are estimated, so say which.
     common = dict(index=index, name=op.name if op.branch is None else f"{op.name} [{op.branch}]",
                   op=op.type,
-                  weight=(display.get(op.weight.key, op.weight.name) if op.weight else None))
+                  weight=(display.get(op.weight.key, op.weight.name) if op.weight else None),
+                  weight_op=not op.activation_op, shape_macs=shape_macs(op),
+                  weight_size=int(np.prod(op.weight.shape)) if op.weight else None)
     if not op.mapped:
       layers.append(LayerEstimate(**common, unmapped=op.unmapped))
       continue

@@ -79,6 +79,9 @@ def _totals_text(result: Estimate) -> str:
     if head[key] is not None:
       extra = f", iso-area {iso[key]:.2f}x" if iso[key] is not None else ""
       lines.append(f"mortar (morphed) {text}: {head[key]:.2f}x{extra}")
+  coverage = result.coverage()
+  if lines and not coverage.complete:  # the figures hold only the estimated layers
+    lines.append(f"coverage: {coverage.short()}")
   return "\n".join(lines)
 
 

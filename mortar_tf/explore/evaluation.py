@@ -47,7 +47,7 @@ from mortar_tf import morphing
 from mortar_tf.estimator import engines as engines_lib
 from mortar_tf.explore import metrics as metrics_lib
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: estimates carry their coverage
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 METRICS = ("accuracy", "agreement", "mse", "psnr")
 
@@ -327,7 +327,8 @@ def _estimate_record(result) -> dict:
           "engines": {e.name: {"model": e.model, "group_size": e.group_size, "width": e.width,
                                "num_pes": e.num_pes, "area_mm2": e.area_mm2,
                                "power_w": e.power_w} for e in result.engines},
-          "layers": len(result.mapped), "unmapped": len(result.unmapped)}
+          "layers": len(result.mapped), "unmapped": len(result.unmapped),
+          "coverage": result.coverage().to_dict()}
 
 
 def bitx_bracket(columns: Sequence[int], target: float) -> tuple[int, int | None]:

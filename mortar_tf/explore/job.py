@@ -43,6 +43,14 @@ class JobResult:
   files: tuple[str, ...]
   summary: str
 
+  def warnings(self) -> list[str]:
+    """Lines for stderr: the estimated speedups miss part of the model."""
+    coverage = self.sweep.coverage
+    if coverage is None or coverage.complete:
+      return []
+    return [f"the estimated speedups (est. x columns) miss part of the model: "
+            f"{coverage.warning()}"]
+
 
 def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "accuracy",
             x_key: str = "x", y_key: str = "y", samples: int | None = None,
@@ -204,6 +212,9 @@ def _summary(model_path, data_path, samples, swept, found, model, tuned=None,
            "weights (SPEC 4; mortar_tf.estimator, default engines)."
            + (f" Scored: {model.scored()}." if hasattr(model, "scored") else ""), "",
            "```", swept.table(), "```", ""]
+  if swept.coverage is not None:
+    lines += [swept.coverage_text() + ("" if swept.coverage.complete else
+                                       f" Not estimated: {swept.coverage.missing_text()}."), ""]
   if found is not None:
     lines += ["```", found.summary(), "```", ""]
   if tuned is not None:

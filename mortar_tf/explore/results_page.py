@@ -253,6 +253,29 @@ def plot_pareto(records: Sequence[dict], path: str) -> str:
 # The page
 
 
+def _coverage(record) -> dict:
+  """The coverage of a record's estimates (the same graph for every setting)."""
+  return record["estimates"]["paper"]["coverage"]
+
+
+def _coverage_cell(record) -> str:
+  coverage = _coverage(record)
+  return "100%" if coverage["complete"] else f"**{coverage['short']}**"
+
+
+def coverage_warnings(records) -> list[str]:
+  """One line per model whose estimates miss part of its weight MACs."""
+  lines = []
+  for r in records:
+    coverage = _coverage(r)
+    if not coverage["complete"]:
+      missing = "; ".join(f"{m['layer']}: {m['reason']}" for m in coverage["missing"][:3])
+      more = len(coverage["missing"]) - 3
+      lines.append(f"{r['name']}: its estimated speedups cover {coverage['summary']}; not "
+                   f"estimated: {missing}" + (f"; and {more} more" if more > 0 else ""))
+  return lines
+
+
 def _morphs(record) -> bool:
   """Whether the record's search morphs any kernel."""
   s = record.get("search")
@@ -270,6 +293,16 @@ def _search_outcomes(records) -> tuple[list, list, list]:
 
 def _names(records) -> str:
   return ", ".join(r["name"] for r in records)
+
+
+def _partial_estimates(records) -> str:
+  """' The estimates of A, B cover only part of their weight MACs (...).', or ''."""
+  partial = [f"{r['name']} ({_coverage_cell(r).strip('*')})" for r in records
+             if r.get("estimates") and not _coverage(r)["complete"]]
+  if not partial:
+    return ""
+  return (f" The estimates of {', '.join(partial)} cover only part of the model: their "
+          "speedups are over the estimated layers (the Speedups table's coverage column).")
 
 
 def _within_budget_speedups(records) -> str:
@@ -352,7 +385,7 @@ def _summary(records, reference) -> list[str]:
                  f"faster than `stripes` on the original weights (the paper: "
                  f"{', '.join(f'{k} {v}x' for k, v in PAPER_SPEEDUPS.items())}); morphing "
                  f"alone buys {_span(alone)} on the same hardware." + _within_budget_speedups(
-                     records))
+                     records) + _partial_estimates(records))
   per_kernel, global_p, nothing = _search_outcomes(records)
   gains, faster = [], []
   for r in per_kernel:
@@ -517,7 +550,7 @@ def _search_table(records) -> list[str]:
 def _speedup_table(records, reference) -> list[str]:
   rows = [[f"paper: {', '.join(PAPER_SPEEDUPS)}",
            " / ".join(f"{v}x" for v in PAPER_SPEEDUPS.values()),
-           "-", "-", "-", "-", "-", "-"]]
+           "-", "-", "-", "-", "-", "-", "-"]]
   for r in records:
     est = r["estimates"]
     cells = [f"**{r['name']}**"]
@@ -530,12 +563,13 @@ def _speedup_table(records, reference) -> list[str]:
     cells.append(f"{_x(s['point']['speedup'])} / {_x(s['point']['speedup_unmorphed'])}"
                  if s else "-")
     cells.append(_x(cyc["stripes"]["original"] / max(1, cyc["mortar"]["original"])))
+    cells.append(_coverage_cell(r))
     rows.append(cells)
   return _table(["model", f"paper P={reference:g}: mortar x stripes",
                  "mortar x mortar unmorphed (iso-area)", f"fewest_ones P={reference:g}: "
                  "x stripes", "x unmorphed (iso-area)", "bitlet morphed x bitlet original",
-                 "searched map: x stripes / x unmorphed", "mortar x stripes, nothing morphed"],
-                rows)
+                 "searched map: x stripes / x unmorphed", "mortar x stripes, nothing morphed",
+                 "coverage (weight MACs estimated)"], rows)
 
 
 def _timing(records) -> list[str]:
@@ -611,7 +645,9 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
   lines += _search_table(records)
   lines += ["## Speedups (SPEC 4)", "",
             "Cycle totals of the estimator's engines over every layer the graph reader maps "
-            "(weight-serial models, G = 64, width 24; see the README's \"Reading the estimate\"). "
+            "(weight-serial models, G = 64, width 24; see the README's \"Reading the estimate\"); "
+            "the coverage column says what share of the model's weight MACs those layers hold "
+            "(the README's \"Coverage\"). "
             "Iso-area figures need an area for both engines: only `mortar` has one among the "
             "default engines, so the iso-area speedup over `mortar` unmorphed equals the "
             "plain one and there is none over `stripes`.", ""]

@@ -217,6 +217,14 @@ class SweepResult:
   group_size: int
   width: int
   original_speedup: float | None = None  # mortar over stripes, both on the original weights
+  # What the estimated speedups cover (estimator.Coverage; one graph, so the
+  # same for every point), or None without estimates.
+  coverage: object = None
+
+  def coverage_text(self) -> str:
+    """"Estimated speedups cover ..." (one line), or "" without estimates."""
+    return "" if self.coverage is None else (
+        f"Estimated speedups cover {self.coverage.summary()}.")
 
   def table(self) -> str:
     headers = ["method", "setting", self.metric_name, "drop", "significand x", "word x",
@@ -240,6 +248,7 @@ class SweepResult:
     return {"metric": self.metric_name, "higher_is_better": self.higher_is_better,
             "original_metric": self.original_metric, "group_size": self.group_size,
             "width": self.width, "original_speedup": self.original_speedup,
+            "coverage": None if self.coverage is None else self.coverage.to_dict(),
             "points": [p.to_dict() for p in self.points]}
 
   def csv_rows(self) -> list[list]:
@@ -301,6 +310,7 @@ class SearchResult:
   maps_tried: int = 0
   cut_short: tuple[str, ...] = ()
   bounded: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+  coverage: object = None  # what the estimated speedups cover (estimator.Coverage), or None
 
   def cost_text(self) -> str:
     """Full evaluations, plus the calibration work in full evaluations' worth."""
@@ -337,6 +347,8 @@ class SearchResult:
     else:
       lines.append(f"No global P was found: {self._cap_text()} was reached before the "
                    "bisection over the grid finished.")
+    if self.coverage is not None:
+      lines.append(f"Estimated speedups cover {self.coverage.summary()}.")
     if self.chose_global:
       lines.append(f"Map: {{'*': {self.precisions['*']:g}}} (every kernel)")
     elif self.precisions:
@@ -369,7 +381,8 @@ class SearchResult:
             "full_samples": self.full_samples, "max_evaluations": self.max_evaluations,
             "global_complete": self.global_complete, "maps_tried": self.maps_tried,
             "cut_short": list(self.cut_short),
-            "bounded": {k: list(v) for k, v in self.bounded.items()}}
+            "bounded": {k: list(v) for k, v in self.bounded.items()},
+            "coverage": None if self.coverage is None else self.coverage.to_dict()}
 
 
 def _speedups_text(point: SweepPoint) -> str:
@@ -487,10 +500,11 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
   estimator = (ModelEstimator(model, input_shape or model_input_shape(model))
                if estimate_speedup else None)
   points = []
-  original_speedup = None
+  original_speedup = coverage = None
   try:
     if estimator is not None:
       original_speedup = _unmorphed_speedup(estimator)
+      coverage = estimator.reference().coverage()
     for n, spec in enumerate(specs):
       _progress(progress, n, len(specs), spec.label())
       morphed = {i: _morph(k, spec) for i, k in enumerate(kernels)}
@@ -511,7 +525,7 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
     if estimator is not None:
       estimator.close()
   return SweepResult(metric.name, metric.higher_is_better, original, tuple(points), group_size,
-                     width, original_speedup)
+                     width, original_speedup, coverage)
 
 
 # --------------------------------------------------------------------------
@@ -963,6 +977,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
       global_point = _point(method, None, everything, kernels, metric, original,
                             full(everything), estimator, group_size, width,
                             global_p=best_global)
+    coverage = estimator.reference().coverage() if estimator is not None else None
   finally:
     if estimator is not None:
       estimator.close()
@@ -975,7 +990,8 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
                       full_samples=len(inputs) if inputs is not None else None,
                       max_evaluations=max_evaluations, global_complete=global_complete,
                       maps_tried=len(tried), cut_short=tuple(cut_short),
-                      bounded={k: tuple(v) for k, v in bounded.items()})
+                      bounded={k: tuple(v) for k, v in bounded.items()},
+                      coverage=coverage)
 
 
 def resolve_map(precision_map, kernels, method) -> dict[int, float]:

@@ -4,16 +4,19 @@ Nothing is executed. The reader starts at a signature (default
 "serving_default"), follows the call nodes from there into nested functions
 (never the whole function library: tf_keras SavedModels hold each layer
 twice), and lists every compute op it meets (CONV_OPS and MATMUL_OPS) with
-its attributes, shapes and weight. A weight operand is followed back through
-Identity, Cast, ReadVariableOp, ExpandDims, Reshape and Transpose (also across
-function arguments) to a variable, named with its checkpoint key through the
-object graph, or to a constant.
+its attributes, shapes and weight, and every op it does not model that
+multiplies with weights (UNMODELLED_OPS), unmapped. A weight operand is
+followed back through Identity, Cast, ReadVariableOp, ExpandDims, Reshape and
+Transpose (also across function arguments) to a variable, named with its
+checkpoint key through the object graph, or to a constant.
 
 The weight's reduction axes (SPEC 3) are those of the op, mapped back to the
 stored variable's layout: Transpose permutes them, ExpandDims drops the
 inserted axis, and a Reshape keeps them where it only splits or merges axes
 of one kind. A Reshape that merges a reduction axis with an output axis makes
-the op unmapped, with that reason, as does a weight made by any other op.
+the op unmapped, with that reason, as does a weight made by any other op. A
+MatMul-like op both of whose operands depend on a model input multiplies two
+activations (attention scores): unmapped, and marked `activation_op`.
 
 Control flow is entered: a While/StatelessWhile body (how RNN layers export
 their time loop) like a call whose arguments are the loop's inputs, so a
@@ -24,7 +27,9 @@ constant maximum_iterations, None when neither is constant. If/StatelessIf
 branches are entered too, their ops marked with the branch (`branch`). Ops
 whose results reach no output of their function are left out: TensorFlow
 prunes them (Keras' RNNs compute one step outside the loop only for its
-shapes).
+shapes); so are those whose results are used only through their shape
+(control_flow.SHAPE_ONLY_OPS: a masked Keras RNN's step outside the loop
+feeds only zeros_like).
 
 Shapes come from the nodes' `_output_shapes`. Where a compute op's saved
 shapes leave a dim unknown, its function is traced with TensorFlow's shape
@@ -33,10 +38,16 @@ from `input_shape`, else 1; other dims from `input_shape` or as declared):
 a MatMul behind a reshape that folds the sequence into the batch (Keras'
 Tensordot) then gets batch x sequence, and a dim nothing fixes stays -1
 (unknown), never guessed. Without tracing, only a convolution's leading -1
-is read as the batch.
+is read as the batch. TF infers one function at a time, and loses what
+crosses a call or a loop; the walk carries it (see _Walker's shape flow): a
+function is traced with its arguments' shapes and the element shapes of the
+TensorLists it is given (an RNN loop body's time step), with hints for a
+loop's stacked output, a call's results and resource arguments' variable
+shapes, until no hint adds a dim.
 
 The parts live beside this module: graph_protos (references, shapes, frames),
-weight_trace (weights and their axes), control_flow (live nodes, trip counts).
+weight_trace (weights and their axes), control_flow (live nodes, trip counts,
+TensorLists).
 
 Example:
   graph = read_graph("exported_model", input_shape=(1, 224, 224, 3))
@@ -51,6 +62,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 
 from mortar_tf import table
 from mortar_tf.savedmodel import control_flow
@@ -63,6 +75,16 @@ CONV_OPS = ("Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput",
             "Conv3DBackpropInputV2")
 MATMUL_OPS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum")
 COMPUTE_OPS = CONV_OPS + MATMUL_OPS
+# Ops that multiply-accumulate with a weight but that the reader does not
+# model (fused, quantized, sparse, cuDNN RNN and XLA ops): listed, unmapped,
+# so an estimate says what it misses instead of leaving them out unseen.
+UNMODELLED_OPS = ("Conv", "Conv3DBackpropInput", "DepthwiseConv2dNativeBackpropInput",
+                  "CudnnRNN", "CudnnRNNV2", "CudnnRNNV3", "BlockLSTM", "BlockLSTMV2",
+                  "LSTMBlockCell", "GRUBlockCell", "SparseMatMul", "SparseTensorDenseMatMul",
+                  "QuantizedConv2D", "QuantizedMatMul", "QuantizedBatchMatMul",
+                  "QuantizedDepthwiseConv2D", "_FusedConv2D", "_FusedMatMul",
+                  "_FusedBatchMatMulV2", "FusedPadConv2D", "FusedResizeAndPadConv2D",
+                  "XlaConv", "XlaConvV2", "XlaDot", "XlaDotV2", "XlaEinsum")
 PASS_THROUGH_OPS = weight_trace.PASS_THROUGH_OPS
 Weight = weight_trace.Weight
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
@@ -95,6 +117,9 @@ class ComputeOp:
     repeats: how many times the op runs per call: 1, a loop's trip count
       (the product over nested loops), or None where a loop's count is unknown.
     branch: "<If node>:then" / ":else" for an op in a conditional branch.
+    activation_op: both operands depend on a model input (attention scores,
+      attention x values): the op multiplies two activations and reads no
+      stored weight (unmapped, and not a weight op).
   """
   name: str
   type: str
@@ -107,6 +132,7 @@ class ComputeOp:
   unmapped: str | None = None
   repeats: int | None = 1
   branch: str | None = None
+  activation_op: bool = False
 
   @property
   def mapped(self) -> bool:
@@ -194,24 +220,22 @@ class _Walker:
     self.traced_any = False
     self.trace_error = None
     self.stack: list[str] = []
+    self.tracer = protos.ShapeTracer(library)
+    self._traces = {}  # (function, argument shapes, lists, constants) -> traced shapes
+    self._tracing: set[str] = set()  # functions being traced (recursion guard)
+    self._live = {}
+    self._loops = {}
 
   def walk(self, fdef, prefix: str, parent, call_inputs, arg_shapes=None, repeats=1,
-           branch=None):
+           branch=None, lists=None):
     if fdef.signature.name in self.stack:
       return  # recursion through a function library (never in Keras exports)
     self.stack.append(fdef.signature.name)
-    frame = protos.Frame(fdef, prefix, parent, call_inputs, arg_shapes)
+    frame = self._frame(fdef, prefix, parent, call_inputs, arg_shapes, lists)
     frame.repeats, frame.branch = repeats, branch
-    live = control_flow.live_nodes(fdef)
+    live = self._live_nodes(fdef)
     if self.trace and arg_shapes is not None and self._needs_trace(frame):
-      try:
-        frame.traced = protos.traced_shapes(self.library, fdef, arg_shapes)
-        self.traced_any = True
-      except (ValueError, TypeError, tf.errors.OpError) as e:
-        frame.traced = None  # keep the saved shapes
-        if self.trace_error is None:  # say why, e.g. an input too small for the model
-          text = str(e).strip().splitlines()
-          self.trace_error = table.shorten(text[0], 300) if text else type(e).__name__
+      self._trace(frame)
     for node in fdef.node_def:
       if node.name not in live:
         continue  # its result reaches no output (Keras' RNNs run a step only for shapes)
@@ -219,43 +243,99 @@ class _Walker:
         callee = self.functions.get(node.attr["f"].func.name)
         if callee is None:
           continue
-        shapes = [self._resolved(frame.ref_shape(i)) for i in node.input if not i.startswith("^")]
-        inputs = [i for i in node.input if not i.startswith("^")]
+        inputs, shapes, lists = self._arguments(frame, node, callee)
         # The model's own function keeps its names; deeper calls get a prefix.
         sub = prefix if parent is None else f"{prefix}{node.name}/"
-        self.walk(callee, sub, frame, inputs, shapes, repeats, branch)
+        self.walk(callee, sub, frame, inputs, shapes, repeats, branch, lists)
       elif node.op in _WHILE_OPS and "body" in node.attr:
         body = self.functions.get(node.attr["body"].func.name)
         if body is None:
           continue
-        inputs = [i for i in node.input if not i.startswith("^")]
-        shapes = [self._resolved(frame.ref_shape(i)) for i in inputs]
+        inputs, shapes, lists = self._arguments(frame, node, body)
         cond = self.functions.get(node.attr["cond"].func.name)
         trips = control_flow.trip_count(cond, node, frame)
         total = None if trips is None or repeats is None else repeats * trips
         # Keras names a loop body's nodes after the loop already ("while/MatMul").
         named = all(n.name.startswith(f"{node.name}/") for n in body.node_def)
         self.walk(body, prefix if named else f"{prefix}{node.name}/", frame, inputs, shapes,
-                  total, branch)
+                  total, branch, lists)
       elif node.op in _IF_OPS:
-        inputs = [i for i in node.input if not i.startswith("^")][1:]  # 0: the predicate
-        shapes = [self._resolved(frame.ref_shape(i)) for i in inputs]
         for attr, label in (("then_branch", "then"), ("else_branch", "else")):
           callee = self.functions.get(node.attr[attr].func.name) if attr in node.attr else None
           if callee is not None:
+            inputs, shapes, lists = self._arguments(frame, node, callee, skip=1)  # 0: predicate
             self.walk(callee, f"{prefix}{node.name}/{label}/", frame, inputs, shapes, repeats,
-                      f"{frame.prefix}{node.name}:{label}")
+                      f"{frame.prefix}{node.name}:{label}", lists)
       elif node.op in COMPUTE_OPS:
         self.ops.append(self._compute_op(frame, node))
+      elif node.op in UNMODELLED_OPS:
+        self.ops.append(self._unmodelled_op(frame, node))
     self.stack.pop()
 
   def _resolved(self, shape):
     return _substitute(shape, self.batch)
 
+  # ------------------------------------------------------------ shape flow
+  # TF's shape inference runs on one function at a time and loses what a
+  # call returns and what a While loop's TensorLists hold. The walk carries
+  # those across: a function is traced with its arguments' shapes and the
+  # element shapes of the TensorLists it is given (how an RNN loop body gets
+  # its time step), and with hints (graph_protos.traced_shapes) for what TF
+  # cannot see in it: a TensorList's items, a loop's stacked output
+  # ([steps] + item) and the outputs of a call that holds a loop. Each hint
+  # only fills unknown dims; tracing repeats until no hint adds anything.
+
+  def _frame(self, fdef, prefix, parent, call_inputs, arg_shapes, lists) -> protos.Frame:
+    frame = protos.Frame(fdef, prefix, parent, call_inputs, arg_shapes)
+    frame.arg_shapes, frame.lists = arg_shapes, dict(lists or {})
+    return frame
+
+  def _live_nodes(self, fdef) -> set[str]:
+    name = fdef.signature.name
+    if name not in self._live:
+      self._live[name] = control_flow.live_nodes(fdef)
+    return self._live[name]
+
+  def _arguments(self, frame: protos.Frame, node, callee, skip: int = 0):
+    """(inputs, shapes, {argument index: TensorList element shape}) of a call,
+    loop or branch (`skip` leading inputs are not arguments: an If's predicate)."""
+    inputs = [i for i in node.input if not i.startswith("^")][skip:]
+    shapes = [self._resolved(frame.ref_shape(i)) for i in inputs]
+    lists = {}
+    args = callee.signature.input_arg
+    for k, ref in enumerate(inputs):
+      if k < len(args) and args[k].type == types_pb2.DT_VARIANT:
+        element = control_flow.list_element(frame, ref, self._loop_item)
+        if element is not None:
+          lists[k] = element
+    return inputs, shapes, lists
+
+  def _has_loop(self, name: str, seen=()) -> bool:
+    """Whether function `name` runs a While loop, itself or in what it calls."""
+    if name not in self._loops:
+      fdef = self.functions.get(name)
+      found = False
+      if fdef is not None and name not in seen:
+        for node in fdef.node_def:
+          if node.op in _WHILE_OPS:
+            found = True
+          elif node.op in _CALL_OPS + _IF_OPS:
+            for attr in ("f", "then_branch", "else_branch"):
+              if attr in node.attr and self._has_loop(node.attr[attr].func.name,
+                                                      seen + (name,)):
+                found = True
+          if found:
+            break
+      self._loops[name] = found
+    return self._loops[name]
+
   def _needs_trace(self, frame: protos.Frame) -> bool:
     """Whether a compute op's saved shapes leave a dim unknown (the batch too:
     a leading -1 is the batch only where nothing reshaped it, e.g. not after
-    Keras' Tensordot, which folds the sequence into it)."""
+    Keras' Tensordot, which folds the sequence into it), or the function runs
+    a loop (its steps and the loop's inputs are read from the shapes)."""
+    if frame.lists or self._has_loop(frame.fdef.signature.name):
+      return True
     for node in frame.fdef.node_def:
       if node.op in COMPUTE_OPS:
         shapes = protos.saved_shapes(node)
@@ -266,6 +346,106 @@ class _Walker:
           return True
     return False
 
+  def _trace_key(self, frame: protos.Frame):
+    constants = ()
+    if frame.parent is not None:  # a loop bound passed in as an argument
+      constants = tuple(protos.static_int(frame.parent, ref) if shape == () else None
+                        for ref, shape in zip(frame.call_inputs, frame.arg_shapes))
+    return (frame.fdef.signature.name, tuple(frame.arg_shapes),
+            tuple(sorted(frame.lists.items())), constants)
+
+  def _trace(self, frame: protos.Frame) -> None:
+    """Sets frame.traced: TF's shape inference with the hints that add to it
+    (None, keeping the saved shapes, where inference fails)."""
+    key = self._trace_key(frame)
+    if key in self._traces:
+      frame.traced = self._traces[key]
+      return
+    name = frame.fdef.signature.name
+    if name in self._tracing:
+      return
+    self._tracing.add(name)
+    hints = {}
+    try:
+      for _ in range(10_000):  # each round adds known dims: it ends
+        frame.traced = self.tracer.trace(frame.fdef, frame.arg_shapes, hints)
+        self.traced_any = True
+        new = self._hints(frame)
+        if not new:
+          break
+        hints.update(new)
+    except (ValueError, TypeError, tf.errors.OpError) as e:
+      if not hints:
+        frame.traced = None  # keep the saved shapes
+      # else: the last trace that worked stays
+      if self.trace_error is None:  # say why, e.g. an input too small for the model
+        text = str(e).strip().splitlines()
+        self.trace_error = table.shorten(text[0], 300) if text else type(e).__name__
+    finally:
+      self._tracing.discard(name)
+    self._traces[key] = frame.traced
+
+  def _hints(self, frame: protos.Frame) -> dict:
+    """{(node, output index): shape} that knows more than frame.traced: the
+    TensorLists read in this function (an item, a stacked list) and the
+    outputs of calls to functions that run a loop."""
+    hints = {}
+
+    def offer(name, flat, shape):
+      current = frame.traced.get(name)
+      if current is None or flat >= len(current):
+        return
+      merged = control_flow.merge_shapes(current[flat], shape)
+      if merged != current[flat]:
+        hints[(name, flat)] = merged
+
+    for node in frame.fdef.node_def:
+      if node.name not in self._live_nodes(frame.fdef):
+        continue
+      if node.op == "TensorListGetItem":
+        offer(node.name, 0, control_flow.list_element(frame, node.input[0], self._loop_item))
+      elif node.op == "TensorListStack":
+        element = control_flow.list_element(frame, node.input[0], self._loop_item)
+        length = control_flow.list_length(frame, node.input[0])
+        if element is not None:
+          offer(node.name, 0, (-1 if length is None else length,) + tuple(element))
+      elif node.op in _CALL_OPS and "f" in node.attr:
+        callee = self.functions.get(node.attr["f"].func.name)
+        outputs = frame.traced.get(node.name) or []
+        # A call's outputs matter where it runs a loop, or where a dim other
+        # than the batch is unknown (a free sequence or image size).
+        if callee is None or not (self._has_loop(callee.signature.name) or any(
+            s is None or -1 in s[1:] for s in outputs)):
+          continue
+        inputs, shapes, lists = self._arguments(frame, node, callee)
+        child = self._frame(callee, "", frame, inputs, shapes, lists)
+        self._trace(child)
+        if child.traced is None:
+          continue
+        for k, out in enumerate(callee.signature.output_arg):
+          if out.name in callee.ret:
+            offer(node.name, k, child.ref_shape(callee.ret[out.name]))
+    return hints
+
+  def _loop_item(self, frame: protos.Frame, node, k: int):
+    """The element shape the body of While `node` (in `frame`) sets in the
+    TensorList it carries as loop variable k, or None."""
+    body = self.functions.get(node.attr["body"].func.name) if "body" in node.attr else None
+    if body is None or k >= len(body.signature.output_arg):
+      return None
+    ret = body.ret.get(body.signature.output_arg[k].name)
+    if ret is None:
+      return None
+    inputs, shapes, lists = self._arguments(frame, node, body)
+    child = self._frame(body, "", frame, inputs, shapes, lists)
+    self._trace(child)
+    if child.traced is None:
+      return None
+    name = protos.parse_ref(ret, True)[0]
+    if name in child.args:
+      return None  # passed through unchanged: the caller follows its input
+    return control_flow.list_element(child, ret, lambda *_: None)
+
   def _op_shape(self, frame: protos.Frame, node, shape):
     """A compute op's shape: traced shapes as they are; saved shapes with a
     leading -1 read as the batch only for convolutions (always batch-first
@@ -273,6 +453,16 @@ class _Walker:
     if frame.traced is not None or node.op not in CONV_OPS:
       return shape
     return self._resolved(shape)
+
+  def _unmodelled_op(self, frame: protos.Frame, node) -> ComputeOp:
+    inputs = [i for i in node.input if not i.startswith("^")]
+    shapes = (frame.traced or {}).get(node.name) or protos.saved_shapes(node) or [None]
+    output = shapes[0]
+    return ComputeOp(frame.prefix + node.name, node.op, {},
+                     tuple(frame.ref_shape(i) for i in inputs), output,
+                     unmapped=f"{node.op} is an op the reader does not model (its MACs are "
+                     "unknown)", repeats=getattr(frame, "repeats", 1),
+                     branch=getattr(frame, "branch", None))
 
   def _compute_op(self, frame: protos.Frame, node) -> ComputeOp:
     attrs = {k: protos.attr_value(node.attr[k]) for k in _ATTRS if k in node.attr}
@@ -304,7 +494,13 @@ class _Walker:
       if node.op in _FILTER_OPERAND:
         why = reasons[0][1] if reasons else "no filter input"
         return ComputeOp(**base, unmapped=f"weight not found: the filter comes from {why}")
-      return ComputeOp(**base, unmapped="weight not found: both operands are computed tensors")
+      if all(weight_trace.reads_input(self.top, frame, inputs[k]) for k in (0, 1)
+             if k < len(inputs)):
+        return ComputeOp(**base, unmapped="multiplies two activations (no stored weight)",
+                         activation_op=True)
+      made = [why for _, why in reasons if why != "activation"] or ["a computed tensor"]
+      return ComputeOp(**base, unmapped="weight not found: the weight operand comes from "
+                       + "; ".join(made))
     # Prefer a variable over a constant, then the second operand.
     operand, weight, steps = sorted(found, key=lambda f: f[1].kind != "variable")[0]
     path = tuple(s.op for s in reversed(steps))

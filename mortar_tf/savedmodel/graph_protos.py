@@ -4,8 +4,9 @@ shapes, and the frames of the walk (one per function call).
 A frame knows its function's nodes and how the caller feeds each argument,
 so a reference can be followed back across calls (`source`) and constant
 values and static dims read without running anything (`const_value`,
-`static_int`). `traced_shapes` runs TensorFlow's shape inference on one
-function where the saved shapes leave a dim unknown.
+`static_int`). `traced_shapes` (and ShapeTracer, which imports the function
+library once) runs TensorFlow's shape inference on one function where the
+saved shapes leave a dim unknown, with hints for what TF cannot see.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import function_pb2
 from tensorflow.core.framework import graph_pb2
+from tensorflow.core.framework import types_pb2
 
 
 def parse_ref(ref: str, in_function: bool) -> tuple[str, str | None, int]:
@@ -184,42 +186,165 @@ def static_int(frame: Frame, ref: str) -> int | None:
   return None
 
 
-def traced_shapes(library, fdef, arg_shapes):
+def output_dtype(node, flat: int):
+  """The dtype (a DataType enum) of output `flat` of `node`, or None where the
+  op type is not registered."""
+  op_def = registered_op_def(node.op)
+  if op_def is None:
+    return None
+  position = 0
+  for arg in op_def.output_arg:
+    single = arg.type or (node.attr[arg.type_attr].type if arg.type_attr else None)
+    if arg.number_attr:
+      types = [single] * int(node.attr[arg.number_attr].i)
+    elif arg.type_list_attr:
+      types = list(node.attr[arg.type_list_attr].list.type)
+    else:
+      types = [single]
+    if flat < position + len(types):
+      return types[flat - position]
+    position += len(types)
+  return None
+
+
+_HINT = "/_mortar_shape_hint_"
+
+
+def _add_hints(fdef, hints) -> dict:
+  """Puts an EnsureShape after each hinted output of `fdef` (a copy) and feeds
+  its consumers from it, so shape inference downstream starts from the hint.
+  Returns {hint node name: (node name, flat output index)}."""
+  nodes = {n.name: n for n in fdef.node_def}
+  made, refs = {}, {}
+  for (name, flat), shape in sorted(hints.items()):
+    node = nodes.get(name)
+    dtype = output_dtype(node, flat) if node is not None else None
+    if dtype is None:
+      continue
+    hint = fdef.node_def.add()
+    hint.name = f"{name}{_HINT}{flat}"
+    hint.op = "EnsureShape"
+    hint.input.append(flat_ref(node, flat))
+    hint.attr["T"].type = dtype
+    hint.attr["shape"].shape.CopyFrom(
+        tf.TensorShape([None if d < 0 else d for d in shape]).as_proto())
+    made[hint.name] = (name, flat)
+    refs[(name, flat)] = f"{hint.name}:output:0"
+  for node in fdef.node_def:
+    if node.name in made:
+      continue
+    for k, ref in enumerate(node.input):
+      if ref.startswith("^"):
+        continue
+      name, out_arg, index = parse_ref(ref, True)
+      if name in nodes:
+        node.input[k] = refs.get((name, flat_output_index(nodes[name], out_arg, index)), ref)
+  return made
+
+
+def flat_ref(node, flat: int) -> str:
+  """The FunctionDef reference "node:out_arg:i" of flat output `flat`."""
+  op_def = registered_op_def(node.op)
+  position = 0
+  for arg in op_def.output_arg:
+    if arg.number_attr:
+      n = int(node.attr[arg.number_attr].i)
+    elif arg.type_list_attr:
+      n = len(node.attr[arg.type_list_attr].list.type)
+    else:
+      n = 1
+    if flat < position + n:
+      return f"{node.name}:{arg.name}:{flat - position}"
+    position += n
+  raise ValueError(f"{node.name} has no output {flat}")
+
+
+def _variable_handles(fdef) -> None:
+  """Feeds the readers of each resource argument that carries its variable's
+  shape (handle_data) from a VarHandleOp of that shape: the importer gives an
+  argument no handle data, so a ResourceGather (an embedding lookup) would
+  have no shape. Only for shape inference: the copy never runs."""
+  handles = {}
+  for arg in fdef.signature.input_arg:
+    if arg.type == types_pb2.DT_RESOURCE and len(arg.handle_data) == 1:
+      node = fdef.node_def.add()
+      node.name = f"{arg.name}{_HINT}variable"
+      node.op = "VarHandleOp"
+      node.attr["dtype"].type = arg.handle_data[0].dtype
+      node.attr["shape"].shape.CopyFrom(arg.handle_data[0].shape)
+      node.attr["shared_name"].s = node.name.encode()
+      node.attr["container"].s = b""
+      handles[arg.name] = f"{node.name}:resource:0"
+  if not handles:
+    return
+  for node in fdef.node_def:
+    for k, ref in enumerate(node.input):
+      if ref in handles:
+        node.input[k] = handles[ref]
+
+
+class ShapeTracer:
+  """TensorFlow's shape inference on the functions of one function library
+  (imported into a graph once, for every function traced)."""
+
+  def __init__(self, library):
+    self.library = library
+    self._graph = None
+
+  def trace(self, fdef, arg_shapes, hints=None):
+    """{node name: [shapes]} for `fdef` with `arg_shapes` (see traced_shapes)."""
+    from tensorflow.python.framework import function_def_to_graph  # pylint: disable=g-direct-tensorflow-import,import-outside-toplevel
+    fdef = function_pb2.FunctionDef.FromString(fdef.SerializeToString())
+
+    def _known(value):
+      return all(not s.unknown_rank and all(d.size >= 0 for d in s.dim)
+                 for s in value.list.shape)
+
+    for node in fdef.node_def:
+      if "_output_shapes" in node.attr and not _known(node.attr["_output_shapes"]):
+        del node.attr["_output_shapes"]
+    for index, attrs in fdef.arg_attr.items():
+      if "_output_shapes" in attrs.attr and (arg_shapes[index] is not None
+                                             or not _known(attrs.attr["_output_shapes"])):
+        del attrs.attr["_output_shapes"]
+    _variable_handles(fdef)
+    made = _add_hints(fdef, hints) if hints else {}
+    if self._graph is None:
+      self._graph = tf.Graph()
+      with self._graph.as_default():
+        holder = graph_pb2.GraphDef()
+        holder.library.CopyFrom(self.library)
+        tf.graph_util.import_graph_def(holder, name="")
+    with self._graph.as_default():
+      shapes = [None if s is None else tf.TensorShape([None if d < 0 else d for d in s])
+                for s in arg_shapes]
+      func_graph = function_def_to_graph.function_def_to_graph(fdef, input_shapes=shapes)
+    out = {}
+    for op in func_graph.get_operations():
+      out[op.name] = [None if o.shape.rank is None else
+                      tuple(-1 if d is None else int(d) for d in o.shape.as_list())
+                      for o in op.outputs]
+    for hint, (name, flat) in made.items():  # the hinted node's output is the hint's
+      if name in out and flat < len(out[name]):
+        out[name][flat] = out[hint][0]
+      del out[hint]
+    for index, arg in enumerate(fdef.signature.input_arg):
+      if arg.name in out:
+        out[("", index)] = out[arg.name][0]
+    return out
+
+
+def traced_shapes(library, fdef, arg_shapes, hints=None):
   """{node name: [shapes]} for `fdef` by TF shape inference with `arg_shapes`.
 
   Uses tensorflow.python's function_def_to_graph: TF has no public way to
   build a graph from a FunctionDef. Saved shapes with unknown dims are
-  dropped first (the importer would keep them); nested calls' outputs stay
-  unknown.
+  dropped first (the importer would keep them). TF's inference stops at
+  what it cannot see: nested calls' outputs, a While loop's TensorLists (it
+  keeps neither their length nor, inside the loop body, their element
+  shape). `hints` {(node name, flat output index): shape} supplies those
+  from outside (the walk in graph.py infers them): each hinted output gets
+  an EnsureShape with the hint, so every op downstream is inferred from it,
+  and a hint that contradicts TF's inference is an error, never a guess.
   """
-  from tensorflow.python.framework import function_def_to_graph  # pylint: disable=g-direct-tensorflow-import,import-outside-toplevel
-  fdef = function_pb2.FunctionDef.FromString(fdef.SerializeToString())
-
-  def _known(value):
-    return all(not s.unknown_rank and all(d.size >= 0 for d in s.dim)
-               for s in value.list.shape)
-
-  for node in fdef.node_def:
-    if "_output_shapes" in node.attr and not _known(node.attr["_output_shapes"]):
-      del node.attr["_output_shapes"]
-  for index, attrs in fdef.arg_attr.items():
-    if "_output_shapes" in attrs.attr and (arg_shapes[index] is not None
-                                           or not _known(attrs.attr["_output_shapes"])):
-      del attrs.attr["_output_shapes"]
-  graph = tf.Graph()
-  with graph.as_default():
-    holder = graph_pb2.GraphDef()
-    holder.library.CopyFrom(library)
-    tf.graph_util.import_graph_def(holder, name="")
-    shapes = [None if s is None else tf.TensorShape([None if d < 0 else d for d in s])
-              for s in arg_shapes]
-    func_graph = function_def_to_graph.function_def_to_graph(fdef, input_shapes=shapes)
-  out = {}
-  for op in func_graph.get_operations():
-    out[op.name] = [None if o.shape.rank is None else
-                    tuple(-1 if d is None else int(d) for d in o.shape.as_list())
-                    for o in op.outputs]
-  for index, arg in enumerate(fdef.signature.input_arg):
-    if arg.name in out:
-      out[("", index)] = out[arg.name][0]
-  return out
+  return ShapeTracer(library).trace(fdef, arg_shapes, hints)

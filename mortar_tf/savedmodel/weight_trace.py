@@ -126,6 +126,32 @@ def trace(top: TopLevel, frame: protos.Frame, ref: str):
   return None, steps, "a cycle"
 
 
+def reads_input(top: TopLevel, frame: protos.Frame, ref: str) -> bool:
+  """Whether the tensor `ref` depends on a model input (is an activation):
+  followed back through every op, function argument, call and loop (a call's
+  or loop's result is taken to depend on all its inputs). A weight computed
+  from variables and constants alone (a slice, a scaled kernel) does not."""
+  pending, seen = [(frame, ref)], set()
+  while pending:
+    frame, ref = pending.pop()
+    name = protos.parse_ref(ref, True)[0]
+    if (id(frame), name) in seen:
+      continue
+    seen.add((id(frame), name))
+    if name in frame.args:
+      index = frame.args[name]
+      if frame.parent is not None:
+        pending.append((frame.parent, frame.call_inputs[index]))
+      elif top.source(frame.call_inputs, frame.fdef.signature.name, index,
+                      len(frame.args))[0] == "activation":
+        return True
+      continue
+    node = frame.nodes.get(name)
+    if node is not None:
+      pending.extend((frame, i) for i in node.input if not i.startswith("^"))
+  return False
+
+
 class Unmappable(Exception):
   pass
 

@@ -12,6 +12,11 @@ over --baseline.
 --config is a JSON file with a list of engine objects ({"name", "model",
 "group_size", "width", "window", "num_pes", "frequency_hz", "power_w",
 "area_mm2", "sources"}); without it the five engines of SPEC 4 are used.
+Every report states its coverage: the weight MACs of the layers it estimates
+out of those of every weight op the graph holds (see the README's "Coverage").
+Below 100% a warning on stderr names what is missing and why;
+--require_complete makes that an error (exit 1, nothing written).
+
 The output files are written all or none (each renamed into place once all
 are written). Exit status: 0 done, 1 failed.
 """
@@ -53,6 +58,9 @@ _CSV = flags.DEFINE_string("csv", None, "Write the per-layer table as CSV here."
 _JSON = flags.DEFINE_string("json", None, "Write the full estimate as JSON here.")
 _PLOTS_DIR = flags.DEFINE_string("plots_dir", None,
                                  "Write cycles.png, speedup.png and density.png here.")
+_REQUIRE_COMPLETE = flags.DEFINE_bool(
+    "require_complete", False, "Fail (exit 1, nothing written) unless every weight op is "
+    "estimated (coverage 100%).")
 
 
 def main(argv):
@@ -93,7 +101,13 @@ def main(argv):
       reasons = sorted({layer.unmapped for layer in result.layers}) or ["no compute ops found"]
       raise ValueError(f"no compute op of {_SAVED_MODEL.value!r} could be estimated: "
                        + "; ".join(reasons) + " (nothing was written)")
+    coverage = result.coverage()
+    if not coverage.complete and _REQUIRE_COMPLETE.value:
+      raise ValueError(f"--require_complete: the estimate covers {coverage.summary()}; not "
+                       f"estimated: {coverage.missing_text(3)} (nothing was written)")
     print(result.table())
+    if not coverage.complete:
+      print(f"mortar-estimate: warning: {coverage.warning()}", file=sys.stderr)
     written = []
     with files.output_set():
       if _CSV.value:

@@ -126,6 +126,8 @@ def main(argv):
           "to go on", file=sys.stderr)
     return 130
   print("Wrote " + ", ".join(written))
+  for line in results_page.coverage_warnings(records):
+    print(f"mortar-results: warning: {line}", file=sys.stderr)
   for name, why in {**failed, **not_yet}.items():
     print(f"mortar-results: {name}: {why}", file=sys.stderr)
   return 1 if failed else 0

@@ -86,6 +86,8 @@ def main(argv):
     return 1
   print(result.summary)
   print("Wrote " + ", ".join(result.files))
+  for line in result.warnings():
+    print(f"mortar-sweep: warning: {line}", file=sys.stderr)
   return 0
 
 
