@@ -202,8 +202,13 @@ def backbone():
   """The keras-hub-like Functional subclass, its BNs given statistics far from
   the identity (so a fold that skipped one would show)."""
   keras.utils.set_random_seed(8)
-  model = ConvBackbone(VOCAB, 8, 6, 10, name="backbone")
-  rng = np.random.default_rng(8)
+  return with_batchnorm_statistics(ConvBackbone(VOCAB, 8, 6, 10, name="backbone"), seed=8)
+
+
+def with_batchnorm_statistics(model, seed: int):
+  """`model` with every BatchNormalization's gamma, beta and moving statistics
+  drawn far from the identity (so a fold that skipped one would show)."""
+  rng = np.random.default_rng(seed)
   for layer in model.layers:
     if isinstance(layer, layers.BatchNormalization):
       n = layer.weights[0].shape[0]

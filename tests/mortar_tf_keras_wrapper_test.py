@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_zoo
 import mortar_tf
 from mortar_tf import bits
 from mortar_tf.keras import MorphWrapper
@@ -277,16 +278,7 @@ def _bn_model():
   x = layers.Flatten(name="flat")(x)
   x = layers.Dense(5, activation="relu", name="fc")(x)
   outputs = layers.BatchNormalization(name="bn4")(x)  # after a ReLU: not foldable
-  model = keras.Model(inputs, outputs)
-  rng = np.random.default_rng(8)
-  for layer in model.layers:
-    if isinstance(layer, layers.BatchNormalization):
-      n = layer.weights[0].shape[0]
-      layer.set_weights([rng.uniform(0.5, 2, n).astype(np.float32),   # gamma
-                         rng.normal(0, 0.5, n).astype(np.float32),    # beta
-                         rng.normal(0, 0.5, n).astype(np.float32),    # moving mean
-                         rng.uniform(0.2, 3, n).astype(np.float32)])  # moving variance
-  return model
+  return keras_zoo.with_batchnorm_statistics(keras.Model(inputs, outputs), seed=8)
 
 
 def _folded_by_hand(kernel, bias, bn, axis):

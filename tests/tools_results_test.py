@@ -21,6 +21,7 @@ import pytest
 import tensorflow as tf
 
 import installed_tool
+import tf_modules
 import spec_reference
 from mortar_tf import estimator
 from mortar_tf.estimator import engines as engines_lib
@@ -363,22 +364,8 @@ def test_records_and_the_page_state_what_the_estimates_cover(job):
   assert "cover only part" not in page and "warning" not in job["stderr"]
 
 
-class _SlicedWeight(tf.Module):
-  """x w + x v[:, :3]: the graph reader cannot trace the sliced weight."""
-
-  def __init__(self):
-    super().__init__()
-    rng = np.random.default_rng(5)
-    self.w = tf.Variable(rng.standard_normal((6, 3)).astype(np.float32), name="w")
-    self.v = tf.Variable(rng.standard_normal((6, 4)).astype(np.float32), name="v")
-
-  @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32)])
-  def __call__(self, x):
-    return tf.matmul(x, self.w) + tf.matmul(x, self.v[:, :3])
-
-
 def test_a_partly_estimated_model_is_flagged_on_the_page_and_stderr(tmp_path):
-  module = _SlicedWeight()
+  module = tf_modules.SlicedWeight()
   tf.saved_model.save(module, str(tmp_path / "sliced"), signatures=module.__call__)
   np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((64, 6)).astype(
       np.float32))

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import mortar_tf
 import installed_tool
+import tf_modules
 import spec_reference as ref
 
 TOOL = installed_tool.path("mortar-sweep")
@@ -176,21 +177,6 @@ def test_an_output_directory_that_cannot_be_made_fails_before_the_sweep(files, t
   assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
-class _SlicedWeight(tf.Module):
-  """x w + x v[:, :3]: the second weight is cut by a StridedSlice, which the
-  graph reader does not trace to a stored tensor."""
-
-  def __init__(self):
-    super().__init__()
-    rng = np.random.default_rng(5)
-    self.w = tf.Variable(rng.standard_normal((6, 3)).astype(np.float32), name="w")
-    self.v = tf.Variable(rng.standard_normal((6, 4)).astype(np.float32), name="v")
-
-  @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32)])
-  def __call__(self, x):
-    return tf.matmul(x, self.w) + tf.matmul(x, self.v[:, :3])
-
-
 def test_the_summary_and_json_state_what_the_speedups_cover(files, tmp_path):
   out = tmp_path / "out"
   result = _run(f"--model={files / 'm.keras'}", f"--data={files / 'data.npz'}",
@@ -205,7 +191,7 @@ def test_the_summary_and_json_state_what_the_speedups_cover(files, tmp_path):
 
 
 def test_speedups_of_a_partly_estimated_model_are_flagged(files, tmp_path):
-  module = _SlicedWeight()
+  module = tf_modules.SlicedWeight()
   tf.saved_model.save(module, str(tmp_path / "sliced"), signatures=module.__call__)
   out = tmp_path / "out"
   result = _run(f"--model={tmp_path / 'sliced'}", f"--data={files / 'data.npz'}",
