@@ -11,4 +11,4 @@ bash scripts/fetch_models.sh
 export TF_CPP_MIN_LOG_LEVEL=2
 .venv/bin/python scripts/train_mnist.py
 exec .venv/bin/mortar-sweep --model=.cache/models/mnist_cnn.keras \
-  --data=.cache/data/mnist_test.npz --metric=accuracy --budget=0.003 --out_dir=out/main "$@"
+  --data=.cache/data/mnist_test.npz --metric=accuracy --budget=0.001 --out_dir=out/main "$@"
