@@ -114,13 +114,20 @@ FILE, FOLDER, TREE = "file", "folder", "tree"
 
 
 def _real(path: str) -> str:
-  """The path with `~`, `..` and every symlink of its existing part resolved."""
-  return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+  """The path with `..` and every symlink of its existing part resolved. A
+  `~` is a name like any other: the writers take paths literally (the shell
+  expands `~` before a command sees it), so the rule must too."""
+  return os.path.realpath(os.path.abspath(path))
 
 
 def _under(inner: str, outer: str) -> bool:
   """`inner` equals `outer` or lies below it (both resolved)."""
   return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def same_path(a: str, b: str) -> bool:
+  """Whether two paths name one place (after `..` and symlinks), existing or not."""
+  return _real(a) == _real(b) or _same_file(a, b)
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -138,8 +145,8 @@ def check_apart(outputs, inputs=()) -> None:
   inside an input directory, and never the same file as an input under
   another name (a symlink, `..`, a hard link); and no two outputs are the
   same path, nor is one output inside a directory another output writes
-  whole. Paths are compared after resolving `~`, `..` and symlinks of their
-  existing part.
+  whole. Paths are compared after resolving `..` and the symlinks of their
+  existing part (`~` is taken literally, as the writers take it).
 
   Args:
     outputs: (label, path, kind) triples, `label` as the user gave it

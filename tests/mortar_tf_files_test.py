@@ -90,6 +90,14 @@ def test_outputs_never_overwrite_each_other(layout):
   files.check_apart([("--output", "out/m", TREE), ("--report", "out/m.json", FILE)])
 
 
+def test_a_tilde_is_a_name_as_the_writers_take_it(layout):
+  """The tools write "~/m/x" into a directory named "~" (the shell expands ~,
+  not they): the rule must see that "./~/m" and "~/m" are one place."""
+  (layout / "~" / "m").mkdir(parents=True)
+  with pytest.raises(files.OutputError, match="lies inside the input"):
+    files.check_apart([("--report", "./~/m/saved_model.pb", FILE)], [("--input", "~/m")])
+
+
 def test_unset_paths_and_inputs_that_do_not_exist_yet(layout):
   files.check_apart([("--report", None, FILE), ("--csv", "", FILE)], [("--config", None)])
   with pytest.raises(files.OutputError, match="is the input"):

@@ -444,10 +444,11 @@ def test_a_wrapped_functional_subclass_is_saved_as_its_class(tmp_path):
     ("{log}/train", "savedmodel"),        # the saves would replace the event directory
     ("{log}", "savedmodel"),              # written whole, it would hold the events
     ("{log}/../logs/train", "savedmodel"),
+    ("{log}/../{{epoch}}", "savedmodel"),  # epoch 2's save would be log_dir "2"
 ])
 def test_a_save_path_on_the_tensorboard_events_is_refused_at_construction(tmp_path, filepath,
                                                                             fmt):
-  log = tmp_path / "logs"
+  log = tmp_path / ("2" if "epoch" in filepath else "logs")
   with pytest.raises(ValueError, match="log_dir's event directory"):
     MortarCallback(filepath.format(log=log), "paper", precision=0.1, format=fmt,
                    log_dir=str(log))
@@ -455,3 +456,38 @@ def test_a_save_path_on_the_tensorboard_events_is_refused_at_construction(tmp_pa
   MortarCallback(str(log / "m-{epoch}"), "paper", precision=0.1, format="savedmodel",
                  log_dir=str(log))
   MortarCallback(str(log / "train" / "m.keras"), "paper", precision=0.1, log_dir=str(log))
+
+
+def test_a_savedmodel_save_never_replaces_a_directory_of_other_files(tmp_path):
+  """A save replaces an earlier SavedModel at its path (as ModelCheckpoint
+  replaces its files), never a directory holding anything else."""
+  keep = tmp_path / "keep"
+  keep.mkdir()
+  (keep / "notes.txt").write_text("precious")
+  model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+  model.compile("sgd", "mse")
+  x, y = np.zeros((8, 8), np.float32), np.zeros((8, 4), np.float32)
+  with pytest.raises(ValueError, match="is a directory that is not a SavedModel"):
+    model.fit(x, y, epochs=1, verbose=0,
+              callbacks=[MortarCallback(str(keep), "paper", precision=0.1, format="savedmodel")])
+  assert sorted(os.listdir(keep)) == ["notes.txt"]
+  out = tmp_path / "out"
+  for _ in range(2):  # the second run replaces the first run's SavedModel
+    model.fit(x, y, epochs=1, verbose=0,
+              callbacks=[MortarCallback(str(out), "paper", precision=0.1, format="savedmodel")])
+    assert (out / "saved_model.pb").is_file()
+
+
+@pytest.mark.parametrize("log_dir", ["/sys/mortar-logs", "{file}"])
+def test_an_unwritable_log_dir_fails_at_train_start(tmp_path, log_dir):
+  (tmp_path / "file").write_text("x")
+  model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+  model.compile("sgd", "mse")
+  seen = []
+  probe = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs: seen.append(1))
+  with pytest.raises(ValueError, match="cannot write TensorBoard events"):
+    model.fit(np.zeros((8, 8), np.float32), np.zeros((8, 4), np.float32), epochs=1, verbose=0,
+              callbacks=[MortarCallback(str(tmp_path / "m.keras"), "paper", precision=0.1,
+                                        log_dir=log_dir.format(file=tmp_path / "file")),
+                         probe])
+  assert not seen and not (tmp_path / "m.keras").exists()

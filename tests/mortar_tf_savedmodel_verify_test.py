@@ -48,6 +48,8 @@ def test_a_non_finite_mismatch_fails_and_is_named():
   assert bad.failures() == ["y: 1 position(s) where one output is NaN or inf and the other is "
                             "not the same"]
   assert bad.to_dict()["outputs"]["y"]["non_finite_mismatches"] == 1
+  assert "no tolerance allows" in bad.advice() and "raise the tolerance" in _verification(
+      {"y": verify.compare(np.float32([1.0]), np.float32([2.0]))}).advice()
 
 
 class _NonFinite(tf.Module):

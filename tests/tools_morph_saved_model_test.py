@@ -122,3 +122,29 @@ def test_a_model_without_float32_kernels_is_refused_before_writing(tmp_path, dty
   assert f"are {dtype} (2), none float32" in result.stderr, result.stderr
   assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no copy, no lock, no temp
   assert "Traceback" not in result.stderr
+
+
+class _HalfAndFull(tf.Module):
+  """A float32 kernel `full` and a float16 kernel `half` side by side."""
+
+  def __init__(self):
+    super().__init__()
+    rng = np.random.default_rng(2)
+    self.full = tf.Variable(rng.standard_normal((4, 3)).astype(np.float32), name="full")
+    self.half = tf.Variable(rng.standard_normal((4, 3)).astype(np.float16), name="half")
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+  def __call__(self, x):
+    return tf.matmul(x, self.full) + tf.cast(tf.matmul(tf.cast(x, tf.float16), self.half),
+                                             tf.float32)
+
+
+def test_a_map_entry_naming_only_a_float16_kernel_says_so(tmp_path):
+  module = _HalfAndFull()
+  tf.saved_model.save(module, str(tmp_path / "m"), signatures=module.__call__)
+  (tmp_path / "map.json").write_text('{"half": 0.1, "full": 0.1}')
+  result = _run(f"--input={tmp_path / 'm'}", f"--output={tmp_path / 'out'}",
+                f"--precision_map={tmp_path / 'map.json'}")
+  assert result.returncode == 1
+  assert "entry 'half' matches only half (float16): only float32" in result.stderr, result.stderr
+  assert not (tmp_path / "out").exists()

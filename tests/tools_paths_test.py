@@ -125,8 +125,8 @@ READS = {
                         ("--precision_map", "map.json")],
     "mortar-analyze": [("--model", "model.keras")],
     "mortar-sweep": [("--model", "model.keras"), ("--data", "data.npz")],
-    "mortar-results": [("--models", "models.json"), ("--models entry 'm''s model", "model.keras"),
-                       ("--models entry 'm''s data", "data.npz")],
+    "mortar-results": [("--models", "models.json"), ("--models entry m's model", "model.keras"),
+                       ("--models entry m's data", "data.npz")],
 }
 
 # Each output flag of each tool against one input, rotating through the
@@ -174,6 +174,18 @@ def test_a_results_output_inside_a_listed_savedmodel_is_refused(inputs, tmp_path
                               f"--page={tmp_path / 'p.md'}", "--precisions=0.1",
                               "--search=false", "--bitx=false")
   assert result.returncode == 1
-  assert "--work_dir" in result.stderr and "'saved''s model" in result.stderr, result.stderr
+  assert "--work_dir" in result.stderr and "--models entry saved's model" in result.stderr, result.stderr
   assert _digest(str(inputs / "saved")) == before
   assert sorted(os.listdir(tmp_path)) == ["list"]
+
+
+def test_mortar_morphs_lock_file_is_an_output_too(inputs, tmp_path):
+  """mortar-morph holds ".<output>.mortar-lock" beside --output while it runs."""
+  lock = tmp_path / ".o.mortar-lock"
+  lock.write_text('{"fc": 0.1}')
+  result = installed_tool.run("mortar-morph", f"--input={inputs / 'saved'}",
+                              f"--output={tmp_path / 'o'}", f"--precision_map={lock}")
+  assert result.returncode == 1
+  assert "--output's lock file" in result.stderr and "--precision_map" in result.stderr
+  assert lock.read_text() == '{"fc": 0.1}'
+  assert sorted(os.listdir(tmp_path)) == [".o.mortar-lock"]

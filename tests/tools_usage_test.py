@@ -18,6 +18,11 @@ CASES = [
     ("mortar-results", ["--models=m.json", "stray"], "unexpected arguments: stray"),
     ("mortar-morph", ["--input=in", "--output=out", "--precision=0.1",
                       "--precision_map=p.json"], "give --precision or --precision_map"),
+    # absl's own parsing errors, in the same form
+    ("mortar-morph", ["--output=out"], "--input must have a value other than None"),
+    ("mortar-estimate", ["--saved_model=m", "--bogus=1"], "Unknown command line flag 'bogus'"),
+    ("mortar-sweep", ["--model=m.keras", "--data=d.npz", "--budget=abc"], "--budget"),
+    ("mortar-analyze", ["--model=m.keras", "--domain=bits"], "--domain"),
 ]
 
 
@@ -57,4 +62,19 @@ def test_multi_input_shape_errors_speak_the_flags_syntax(two_inputs, tmp_path, t
   # The syntax it shows works.
   ok = installed_tool.run("mortar-estimate", f"--saved_model={two_inputs}",
                           "--input_shape=padding_mask:1,5;token_ids:1,5")
+  assert ok.returncode == 0, ok.stderr
+
+
+def test_a_shape_for_some_inputs_only_is_refused(tmp_path):
+  """Free sequence lengths: a shape for one input leaves the other's unknown."""
+  a, b = keras.Input((None, 4), name="token_ids"), keras.Input((None, 4), name="padding_mask")
+  out = keras.layers.Dense(3, name="fc")(keras.layers.Add()([a, b]))
+  keras.Model([a, b], out).export(str(tmp_path / "m"), verbose=False)
+  result = installed_tool.run("mortar-estimate", f"--saved_model={tmp_path / 'm'}",
+                              "--input_shape=token_ids:1,5,4")
+  assert result.returncode == 1
+  assert "gives token_ids but not padding_mask" in result.stderr, result.stderr
+  assert "--input_shape='padding_mask:1,?,4;token_ids:1,5,4'" in result.stderr
+  ok = installed_tool.run("mortar-estimate", f"--saved_model={tmp_path / 'm'}",
+                          "--input_shape=token_ids:1,5,4;padding_mask:1,5,4")
   assert ok.returncode == 0, ok.stderr

@@ -700,7 +700,8 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
   Every full evaluation counts against `max_evaluations`, the original's
   score included; a map is never evaluated twice, and the returned point
   is the evaluation of exactly the returned map. What the cap cut short is
-  in the result's `cut_short` and summary, and raised as a RuntimeWarning.
+  in the result's `cut_short` and summary, and raised as a RuntimeWarning
+  (unless every kernel got the grid's largest P anyway).
   Memory: one morphed copy of a kernel at a time, besides the originals.
 
   Args:
@@ -981,7 +982,8 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
   finally:
     if estimator is not None:
       estimator.close()
-  if cut_short:
+  at_the_top = len(applied) == len(kernels) and all(p == grid[-1] for p in applied.values())
+  if cut_short and not at_the_top:  # every kernel at the grid's largest P: nothing was lost
     warnings.warn(f"search_precisions: the cap of {max_evaluations} full evaluations cut the "
                   f"search short: {'; '.join(cut_short)}", RuntimeWarning, stacklevel=2)
   return SearchResult(method, precision_map, point, global_point, float(budget), objective,

@@ -33,6 +33,7 @@ import numpy as np
 
 from mortar_tf import backends
 from mortar_tf import precision_map
+from mortar_tf import table
 from mortar_tf.keras import folding
 from mortar_tf.keras import registry
 from mortar_tf.keras.compat import IS_KERAS3
@@ -246,9 +247,16 @@ def _from_config(source: _Source, name: str):
   except Exception as e:  # pylint: disable=broad-except  (a constructor may raise anything)
     raise ValueError(
         f"cannot re-create {source.cls.__name__} {name!r} from its config ({type(e).__name__}: "
-        f"{e}); a copy that keeps a Functional subclass's class and attributes is made as "
+        f"{_first_line(e)}); a copy that keeps a Functional subclass's class and attributes is made as "
         "keras.models.clone_model makes one, cls.from_config(model.get_config()), so its "
         "get_config() must hold every constructor argument" + _PLAIN_HINT) from e
+
+
+def _first_line(error: BaseException) -> str:
+  """The first line of an error's text, at most 200 characters (Keras nests
+  whole tracebacks in its messages)."""
+  text = str(error).strip()
+  return table.shorten(text.splitlines()[0], 200) if text else type(error).__name__
 
 
 def _inner(layer):

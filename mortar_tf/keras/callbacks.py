@@ -111,11 +111,16 @@ class MortarCallback(keras.callbacks.Callback):
     else:
       self.spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
                                    group_size=group_size, width=width)
-    if log_dir:  # its saves never land on the TensorBoard events it writes
-      sample = self.filepath.format(epoch=1, batch=1, **_dummy_fields(self.filepath))
-      files.check_apart([("filepath", sample, files.TREE if format == "savedmodel" else files.FILE),
-                         ("log_dir's event directory", os.path.join(log_dir, "train"),
-                          files.FOLDER)])
+    if log_dir and format == "savedmodel":  # a save never replaces the events it writes
+      events = os.path.abspath(os.path.join(log_dir, "train"))
+      chain = [events] + [os.path.dirname(events)]
+      while os.path.dirname(chain[-1]) != chain[-1]:
+        chain.append(os.path.dirname(chain[-1]))
+      hit = next((p for p in chain[:-1] if saving.template_reaches(self.filepath, p)), None)
+      if hit is not None:
+        raise ValueError(f"filepath {filepath!r} can name {hit!r}, which holds log_dir's event "
+                         f"directory {events!r}: a SavedModel save would replace it whole; "
+                         "choose another path")
     self.method = method
     self.save_freq = save_freq
     self.format = format
@@ -169,9 +174,16 @@ class MortarCallback(keras.callbacks.Callback):
 
   def _check_output(self):
     """The first save's directory is made and probed with a file (os.access
-    says yes to root where nothing can be written, e.g. /sys)."""
+    says yes to root where nothing can be written, e.g. /sys), and so is
+    log_dir's event directory (or its nearest existing ancestor)."""
     saving.check_writable(self.filepath.format(epoch=1, batch=1, **_dummy_fields(self.filepath)),
                           self.format, template=self.filepath)
+    if self.log_dir:
+      try:
+        files.check_creatable_dir(os.path.join(self.log_dir, "train"),
+                                  f"log_dir {self.log_dir!r}'s event directory")
+      except files.OutputError as e:
+        raise ValueError(f"cannot write TensorBoard events: {e}") from None
 
   def _check(self):
     model = self.model

@@ -133,6 +133,48 @@ def check_writable(path: str, fmt: str, template: str | None = None) -> None:
   if fmt == "savedmodel" and os.path.lexists(path) and not os.path.isdir(path):
     raise ValueError(f"cannot save to {path!r}{of}: it is a file, and format 'savedmodel' "
                      "writes a directory")
+  if fmt == "savedmodel":
+    check_replaceable(path, of)
+
+
+# What a SavedModel directory holds; a directory with anything else is not one
+# a save may replace.
+SAVEDMODEL_ENTRIES = frozenset({"saved_model.pb", "saved_model.pbtxt", "variables", "assets",
+                                "assets.extra", "fingerprint.pb", "keras_metadata.pb"})
+
+
+def check_replaceable(path: str, of: str = "") -> None:
+  """Raises ValueError when `path` is a directory a SavedModel save must not
+  replace: one that is not empty and is not a SavedModel (the user's files,
+  TensorBoard events). An earlier save's SavedModel is replaced, as Keras'
+  ModelCheckpoint replaces its own files."""
+  if not os.path.isdir(path):
+    return
+  entries = set(os.listdir(path))
+  if entries and ("saved_model.pb" not in entries or not entries <= SAVEDMODEL_ENTRIES):
+    shown = ", ".join(sorted(entries)[:4]) + (", ..." if len(entries) > 4 else "")
+    raise ValueError(f"cannot save to {path!r}{of}: it is a directory that is not a "
+                     f"SavedModel (it holds {shown}); a save would replace it whole, so it is "
+                     "left alone: choose another path")
+
+
+def template_reaches(template: str, path: str) -> bool:
+  """Whether filling the placeholders of the save path `template` ({epoch},
+  {batch}, logs values: numbers) can give `path`; the literal directory
+  before the first placeholder and `path` are resolved as files.check_apart
+  resolves paths (`..`, symlinks)."""
+  import re  # pylint: disable=import-outside-toplevel
+  pieces = [(text, name) for text, name, _, _ in string.Formatter().parse(template)]
+  if all(name is None for _, name in pieces):
+    return files.same_path(template, path)
+  head, name = pieces[0]
+  cut = head.rfind("/") + 1
+  pieces[0] = (head[cut:], name)
+  base = os.path.realpath(os.path.abspath(head[:cut] or "."))
+  number = "[-+0-9.eEinfa ]*"  # what str.format makes of an int or a float
+  pattern = re.escape(base.rstrip("/") + "/") + "".join(
+      re.escape(text) + (number if name is not None else "") for text, name in pieces)
+  return re.fullmatch(pattern, os.path.realpath(os.path.abspath(path))) is not None
 
 
 def write_model(model, path: str, fmt: str) -> None:
@@ -156,6 +198,7 @@ def write_model(model, path: str, fmt: str) -> None:
         model.export(temp, verbose=False)
       else:
         tf.saved_model.save(model, temp)
+      check_replaceable(path)  # again: it may have appeared during training
       if os.path.isdir(path):
         shutil.rmtree(path)
       os.replace(temp, path)

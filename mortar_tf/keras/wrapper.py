@@ -207,7 +207,12 @@ class MorphWrapper(keras.layers.Wrapper):
     else:
       names = {k.name: precision_map.weight_names(f"{self.layer.name}/{k.name}", (k.name,))
                for k in kernels}
-      specs = precision_map.resolve(dict(self.precision), names, self.method, what="kernel")
+      try:
+        specs = precision_map.resolve(dict(self.precision), names, self.method, what="kernel")
+      except ValueError as e:
+        raise ValueError(f"MorphWrapper of {self.layer.name!r}: {e} (a wrapper matches its map "
+                         "against its own layer's kernels only; morph_model, the callback and "
+                         "the converter take a map for the whole model)") from None
     self._targets = tuple(Target(k.name, k, specs.get(k.name)) for k in kernels)
     if not IS_KERAS3:
       for t in self._targets:

@@ -183,7 +183,8 @@ def _check_paths(src: str, dst: str, report_path: str | None, verify_inputs) -> 
   if not dst:
     raise ValueError("no output directory given")
   files.check_apart(
-      [("dst", dst, files.TREE), ("report_path", report_path, files.FILE)],
+      [("dst", dst, files.TREE), ("report_path", report_path, files.FILE),
+       ("dst's lock file", output_lib.lock_path(dst), files.FILE)],
       [("src", src)] + ([("verify_inputs", verify_inputs)]
                          if isinstance(verify_inputs, (str, os.PathLike)) else []))
   if os.path.lexists(dst):
@@ -474,7 +475,7 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
       if not verification.passed:
         raise verify_lib.VerificationError(
             "verification failed, nothing was written: " + "; ".join(verification.failures())
-            + " (raise the tolerance, or morph less)", verification)
+            + f" ({verification.advice()})", verification)
     report = ConversionReport(os.path.abspath(src), os.path.abspath(dst), method, settings,
                               morphed, tuple(skipped), fingerprint, verification,
                               time.monotonic() - start, group_size, width,

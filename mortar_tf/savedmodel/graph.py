@@ -583,6 +583,12 @@ def _input_shapes(sig, input_shape) -> tuple[dict, int]:
                        f"{tuple(None if d < 0 else d for d in want)}")
     out[name] = shape
     batch = shape[0] if batch is None and shape else batch
+  left = sorted(n for n, d in declared.items() if n not in given and (d is None or any(
+      x < 0 for x in d[1:])))
+  if left:  # a shape for some inputs only: the others' unknown dims would stay unknown
+    raise ValueError(f"input_shape gives {', '.join(sorted(given))} but not {', '.join(left)}, "
+                     "whose shape the signature leaves unknown; give every input, "
+                     f"{input_shape_hint({**declared, **given})}")
   return out, batch or 1
 
 

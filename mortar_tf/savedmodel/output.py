@@ -58,6 +58,12 @@ def writing(path: str):
     raise files.OutputError(describe_error(e, path)) from e
 
 
+def lock_path(dst: str) -> str:
+  """The lock file a run writing `dst` holds (beside it): an output too."""
+  dst = os.path.abspath(dst)
+  return os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}{LOCK_SUFFIX}")
+
+
 def _pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -102,7 +108,7 @@ class Destination:
   def __init__(self, dst: str):
     self.dst = os.path.abspath(dst)
     self.parent = os.path.dirname(self.dst)
-    self.lock_path = os.path.join(self.parent, f".{os.path.basename(self.dst)}{LOCK_SUFFIX}")
+    self.lock_path = lock_path(self.dst)
     self.tmp = None
     self.stale: list[str] = []
     self._lock = None

@@ -188,6 +188,29 @@ def twins(targets, pairs, reader, src, variables):
   return out
 
 
+def _check_map_dtypes(precision, candidates, graph) -> None:
+  """A map entry that names only weights of another dtype than float32 is an
+  error that says so (precision_map.resolve would say it matches nothing)."""
+  read = {op.weight.key: op.name for op in graph.mapped if op.weight.kind == "variable"}
+  chosen = {var.key for var, _, _ in candidates}
+  others = [v for v in graph.variables
+            if v.key in read and v.key not in chosen and v.dtype != "float32"]
+  if not others:
+    return
+  names = [map_names(var.name, var.key, ops, var.path) for var, _, ops in candidates]
+  for pattern in precision:
+    if not isinstance(pattern, str) or precision_map.lookup({pattern: True}, (
+        n for names_ in names for n in names_)):
+      continue
+    hits = [v for v in others
+            if precision_map.lookup({pattern: True}, map_names(v.name, v.key, (read[v.key],),
+                                                               v.path))]
+    if hits:
+      listed = ", ".join(f"{v.name} ({v.dtype})" for v in hits[:4])
+      raise ValueError(f"precision map entry {pattern!r} matches only {listed}: only float32 "
+                       "weights are morphed")
+
+
 def select_targets(graph, method: str, precision, spec_kwargs: Mapping | None = None,
                    select="kernels"):
   """([Target], [(name, reason)] left alone) for a graph read by read_graph.
@@ -198,6 +221,8 @@ def select_targets(graph, method: str, precision, spec_kwargs: Mapping | None = 
   """
   spec_kwargs = {k: v for k, v in (spec_kwargs or {}).items() if v is not None}
   candidates, skipped = _select(graph, graph.variables, select)
+  if isinstance(precision, Mapping):
+    _check_map_dtypes(precision, candidates, graph)
   specs, uncovered = _specs_for(candidates, precision, method, spec_kwargs)
   skipped += [(var.name, "not covered by the precision map") for var in uncovered]
   display = graph.display_names()

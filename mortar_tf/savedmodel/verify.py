@@ -50,6 +50,13 @@ class Verification:
   max_rel: float
   max_abs: float | None
 
+  def advice(self) -> str:
+    """What to do about the failures: a NaN or inf that appeared or vanished
+    is no matter of tolerance."""
+    if any(d.get("non_finite_mismatches") for d in self.outputs.values()):
+      return "a NaN or inf appeared or vanished, which no tolerance allows: morph less"
+    return "raise the tolerance, or morph less"
+
   def failures(self) -> list[str]:
     out = []
     for name, diff in self.outputs.items():

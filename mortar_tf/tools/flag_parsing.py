@@ -27,7 +27,19 @@ def run_tool(main, module_name: str) -> None:
   command = os.path.basename(sys.argv[0])
   if not command.startswith("mortar-"):
     command = f"python -m {module_name}"
-  app.run(_short_usage_errors(main, command))
+  app.run(_short_usage_errors(main, command), flags_parser=_flags_parser(command))
+
+
+def _flags_parser(command: str):
+  """absl's flag parsing with its errors (a missing required flag, an unknown
+  flag, a value of the wrong type) in the tools' one-line form, exit status 1."""
+  def parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      print(f"{command}: error: {e}\nsee {command} --helpshort", file=sys.stderr)
+      sys.exit(1)
+  return parse
 
 
 def _short_usage_errors(main, command: str):

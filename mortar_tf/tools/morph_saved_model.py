@@ -74,15 +74,16 @@ def main(argv):
       raise app.UsageError(f"--{flag.name} is for --verify: add --verify (or drop it)")
   select = _SELECT.value
   select = select[0] if select in (["kernels"], ["all"]) else select
-  try:  # every path it writes, apart from every path it reads
-    flag_parsing.check_paths([(_OUTPUT, files.TREE), (_REPORT, files.FILE)],
-                             [_INPUT, _VERIFY_INPUTS, _PRECISION_MAP])
-  except files.OutputError as e:
-    return _failed(e)
   # TensorFlow loads after the flags are checked: usage errors stay fast.
   logging.set_verbosity(logging.WARNING)  # TF's loader logs each SavedModel at INFO
   from mortar_tf import savedmodel  # pylint: disable=import-outside-toplevel
+  from mortar_tf.savedmodel import output  # pylint: disable=import-outside-toplevel
   try:
+    # Every path it writes (the lock beside --output too), apart from every path it reads.
+    flag_parsing.check_paths([(_OUTPUT, files.TREE), (_REPORT, files.FILE),
+                              ("--output's lock file", output.lock_path(_OUTPUT.value),
+                               files.FILE)],
+                             [_INPUT, _VERIFY_INPUTS, _PRECISION_MAP])
     report = savedmodel.convert(
         _INPUT.value, _OUTPUT.value, _METHOD.value, precision, keep_bits=_KEEP_BITS.value,
         columns=_COLUMNS.value, group_size=_GROUP_SIZE.value, width=_WIDTH.value,

@@ -149,7 +149,7 @@ def _check_outputs(entries, figures_dir: str) -> None:
          for name in results_page.FIGURES]
       + [(f"--work_dir's record of {e.name}", evaluation.record_path(_WORK_DIR.value, e.name),
           files.FILE) for e in entries],
-      [_MODELS] + [(f"--models entry {e.name!r}'s {what}", path) for e in entries
+      [_MODELS] + [(f"--models entry {e.name}'s {what}", path) for e in entries
                    for what, path in (("model", e.model), ("data", e.data))])
   page_dir = os.path.dirname(os.path.abspath(page))
   if os.path.isdir(page):
