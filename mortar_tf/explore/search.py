@@ -983,7 +983,9 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     if estimator is not None:
       estimator.close()
   at_the_top = len(applied) == len(kernels) and all(p == grid[-1] for p in applied.values())
-  if cut_short and not at_the_top:  # every kernel at the grid's largest P: nothing was lost
+  if at_the_top:  # every kernel at the grid's largest P: the cap cost nothing
+    cut_short = []
+  if cut_short:
     warnings.warn(f"search_precisions: the cap of {max_evaluations} full evaluations cut the "
                   f"search short: {'; '.join(cut_short)}", RuntimeWarning, stacklevel=2)
   return SearchResult(method, precision_map, point, global_point, float(budget), objective,
