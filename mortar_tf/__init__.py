@@ -13,6 +13,7 @@ Example:
 
 import importlib
 
+from mortar_tf import _keras_registration
 from mortar_tf.backends import aligned_statistics
 from mortar_tf.backends import bit_histogram
 from mortar_tf.backends import count_ones
@@ -22,6 +23,10 @@ from mortar_tf.report import SparsityReport
 from mortar_tf.report import sparsity_report
 
 __version__ = "0.1.0"
+
+# A saved model holding MorphWrappers loads after a plain `import mortar_tf`:
+# the Keras classes are registered once TensorFlow and Keras are loaded.
+_keras_registration.install()
 
 __all__ = [
     "MorphSpec",

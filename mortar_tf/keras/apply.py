@@ -974,3 +974,24 @@ def _output_rank(layer, kernel_rank: int) -> int:
   if isinstance(layer, keras.layers.Dense):
     return len(_build_shape(layer))
   return kernel_rank  # conv kinds: [k..., cin, cout] -> [batch, spatial..., channels]
+
+
+def morph_scope():
+  """A Keras custom-object scope holding mortar_tf's Keras classes, like
+  TFMOT's `quantize_scope()`: loading a model saved with MorphWrappers (an
+  unstripped model, a checkpoint of morph-aware training) inside it needs no
+  registration. `import mortar_tf` registers the classes anyway once Keras is
+  loaded; the scope is for code that wants to say so, and for loading in a
+  process that reset Keras' registry.
+
+  Example:
+    with morph_scope():
+      model = keras.models.load_model("wrapped.keras")
+  """
+  objects = {}
+  for cls in (MorphWrapper, FoldedBatchNorm):
+    objects[cls.__name__] = cls
+    objects[f"mortar_tf>{cls.__name__}"] = cls
+  if IS_KERAS3:
+    return keras.saving.custom_object_scope(objects)
+  return keras.utils.custom_object_scope(objects)
