@@ -74,7 +74,11 @@ def test_a_plain_import_mortar_tf_registers_the_classes(saved, order):
   _run(saved, imports + textwrap.dedent("""\
       assert "tensorflow" in sys.modules
       for path in paths:
-        load(path)
+        model = load(path)
+      # Deploying from a checkpoint: strip the loaded model; the forward pass is unchanged.
+      from mortar_tf.keras import strip_morphing
+      got = np.asarray(strip_morphing(model)(x))
+      assert (got.view(np.uint32) == want.view(np.uint32)).all()
       assert not any(type(f).__module__ == "mortar_tf._keras_registration" for f in sys.meta_path)
       print("OK")
       """))
@@ -108,3 +112,20 @@ def test_without_mortar_tf_keras_cannot_load_it_and_morph_scope_can(saved):
           load(path)
       print("OK")
       """)
+
+
+def test_a_weights_only_checkpoint_loads_into_the_same_wrapped_structure(tmp_path):
+  inputs = keras.Input((6,))
+  model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(
+      keras.layers.Dense(5, activation="relu", name="hidden")(inputs)))
+  x = np.random.default_rng(4).standard_normal((4, 6)).astype(np.float32)
+  wrapped = morph_model(model, "fewest_ones", precision={"hidden": 0.2, "fc": 0.05})
+  wrapped.compile("sgd", "mse")
+  wrapped.fit(x, np.zeros((4, 3), np.float32), epochs=1, verbose=0)
+  path = str(tmp_path / ("ckpt.weights.h5" if not LEGACY else "ckpt.h5"))
+  wrapped.save_weights(path)
+  fresh = morph_model(keras.models.clone_model(model), "fewest_ones",
+                      precision={"hidden": 0.2, "fc": 0.05})
+  fresh.load_weights(path)
+  np.testing.assert_array_equal(np.asarray(fresh(x)).view(np.uint32),
+                                np.asarray(wrapped(x)).view(np.uint32))

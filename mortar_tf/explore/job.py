@@ -164,7 +164,8 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
         tuned_model.save(temp)  # a .keras file, renamed with the other outputs
       written.append(path)
     summary = _summary(model_path, data_path, len(data["x"]), swept, found, model, tuned,
-                       len(tune_x) if tune_x is not None else 0, tuned_result)
+                       len(tune_x) if tune_x is not None else 0, tuned_result,
+                       headline(record) if found is not None else None)
     written.append(files_lib.write_text(os.path.join(out_dir, "summary.md"), summary))
   return JobResult(swept, found, tuple(written), summary)
 
@@ -202,7 +203,7 @@ def _speedup_plot(model, found, path: str, input_shape) -> str:
 
 
 def _summary(model_path, data_path, samples, swept, found, model, tuned=None,
-             distilled_on=0, tuned_result=None) -> str:
+             distilled_on=0, tuned_result=None, head=None) -> str:
   lines = [f"# mortar-sweep: {os.path.basename(model_path)}", "",
            f"Model `{model_path}`, data `{data_path}` ({samples} samples), metric "
            f"{swept.metric_name} ({'higher' if swept.higher_is_better else 'lower'} is better). "
@@ -210,8 +211,10 @@ def _summary(model_path, data_path, samples, swept, found, model, tuned=None,
            "the engines' geometry); est. x stripes is the mortar engine on the morphed weights "
            "over stripes on the original weights, est. x unmorphed over mortar on the original "
            "weights (SPEC 4; mortar_tf.estimator, default engines)."
-           + (f" Scored: {model.scored()}." if hasattr(model, "scored") else ""), "",
-           "```", swept.table(), "```", ""]
+           + (f" Scored: {model.scored()}." if hasattr(model, "scored") else ""), ""]
+  if head is not None:
+    lines += [head, ""]
+  lines += ["```", swept.table(), "```", ""]
   if swept.coverage is not None:
     lines += [swept.coverage_text() + ("" if swept.coverage.complete else
                                        f" Not estimated: {swept.coverage.missing_text()}."), ""]
@@ -231,4 +234,53 @@ def _summary(model_path, data_path, samples, swept, found, model, tuned=None,
       lines += [f"Distillation did not improve the chosen map ({tuned_result.after:.4f} against "
                 f"{tuned_result.before:.4f} for the plain morph): the plain morph is the answer, "
                 "and no finetuned.keras was written.", ""]
+  return "\n".join(lines)
+
+
+def _metric_text(name: str, value: float) -> str:
+  return f"{value:.2%}" if name in ("accuracy", "agreement") else f"{value:.4g}"
+
+
+def headline(record: dict) -> str:
+  """The gain against the metric, as a markdown table, from a sweep.json
+  record (`run_job`'s): the original, the best single P within the budget and
+  the per-kernel search. Each column says whether it is measured (ones counted,
+  the metric scored) or modelled (the cycle estimator), the speedup over the
+  same engine unmorphed comes before the one over stripes (which includes what
+  the engine gains with nothing morphed), and a speedup at the estimate's
+  ceiling (stripes' width: one 1 bit per lane) is marked."""
+  sweep, found = record["sweep"], record.get("search")
+  if found is None:
+    raise ValueError("the record holds no search: run mortar-sweep with --budget")
+  name, width = sweep["metric"], sweep["width"]
+  drop_unit = " points" if name in ("accuracy", "agreement") else ""
+
+  def speedup_over_stripes(value):
+    if value is None:
+      return "-"
+    mark = f" (the ceiling: one 1 bit per lane, {width}x)" if value >= 0.995 * width else ""
+    return f"{value:.3f}x{mark}"
+
+  def row(label, point):
+    return (f"| {label} | {_metric_text(name, point['metric'])} | {point['ratio']['aligned']:.3f}x "
+            f"| {point['speedup_unmorphed']:.3f}x | {speedup_over_stripes(point['speedup'])} |")
+
+  budget = found["budget"]
+  budget_text = (f"{budget * 100:g}{drop_unit}" if drop_unit else f"{budget:g}")
+  lines = [f"| kernels morphed by | {name} (measured) | aligned 1 bits removed (measured) "
+           "| cycles, x over the same engine unmorphed (modelled) "
+           "| x over a dense bit-serial engine, stripes (modelled) |",
+           "|---|---|---|---|---|",
+           f"| nothing | {_metric_text(name, sweep['original_metric'])} | 1.000x | 1.000x "
+           f"| {speedup_over_stripes(sweep['original_speedup'])} |"]
+  method = found["method"]
+  best = found.get("best_global")
+  if best is not None:
+    lines.append(row(f"`{method}`, one P = {best['settings']['precision']:g} for every kernel "
+                     "(the best single P within the budget)", best))
+  point = found["point"]
+  per_kernel = point.get("precisions") and "*" not in point["precisions"]
+  lines.append(row(f"`{method}`, " + ("one P per kernel" if per_kernel else "the search's answer: "
+                                       "one P for every kernel") +
+                   f" (the search, budget {budget_text})", point))
   return "\n".join(lines)
