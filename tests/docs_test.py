@@ -178,7 +178,7 @@ def test_the_headline_marks_the_ceiling_and_tags_its_columns():
 
 
 def test_the_results_summary_is_the_pages_own():
-  """The README's summary of the results is the "What holds" section of
+  """The README's summary of the results is the "Summary" section of
   docs/results.md, word for word (scripts/results.sh copies it)."""
   from mortar_tf.explore import results_page  # pylint: disable=import-outside-toplevel
   readme = README.read_text(encoding="utf-8")

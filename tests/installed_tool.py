@@ -12,7 +12,8 @@ def path(name: str) -> str:
   return os.path.join(os.path.dirname(sys.executable), name)
 
 
-def run(name: str, *args, env=None) -> subprocess.CompletedProcess:
-  """Runs an installed command with `args`; output captured as text, 5 min at most."""
+def run(name: str, *args, env=None, cwd=None) -> subprocess.CompletedProcess:
+  """Runs an installed command with `args` (in `cwd` if given); output
+  captured as text, 5 min at most."""
   return subprocess.run([path(name), *args], capture_output=True, text=True,
-                        env=ENV if env is None else env, timeout=300, check=False)
+                        env=ENV if env is None else env, timeout=300, check=False, cwd=cwd)

@@ -275,6 +275,46 @@ def test_reports_csv_json_plots(layer_case, tmp_path):
   assert "total" in result.table()
 
 
+def test_plots_show_engines_with_the_same_cycles_as_one_bar(layer_case):
+  """SPEC 4: `mortar` counts cycles by the pragmatic rule, so at one geometry
+  the two engines' bars are duplicates: one bar, labelled with both names.
+  With more PEs they differ and keep a bar each."""
+  _, path, _, in_shape, _, _ = layer_case
+  result = estimator.estimate(path, input_shape=(BATCH,) + in_shape)
+  groups = plots._engine_groups(result)  # pylint: disable=protected-access
+  assert ["pragmatic", "mortar"] in groups
+  assert sorted(n for g in groups for n in g) == sorted(e.name for e in result.engines)
+  for a in result.engines:  # a shared bar exactly where every layer's cycles are equal
+    for b in result.engines:
+      same = all(l.cycles[a.name] == l.cycles[b.name] for l in result.mapped)
+      together = any(a.name in g and b.name in g for g in groups)
+      assert same == together, (a.name, b.name)
+  labels = [label for label, _, _ in plots._engine_series(result, lambda *_: 1)]  # pylint: disable=protected-access
+  assert "pragmatic = mortar original" in labels and "pragmatic = mortar morphed" in labels
+  assert not any(label.startswith("mortar ") for label in labels)
+  wide = estimator.estimate(path, input_shape=(BATCH,) + in_shape, engines=[
+      Engine("stripes", "stripes"),
+      Engine("pragmatic", "pragmatic", num_pes=4),
+      Engine("mortar", "mortar")])
+  assert plots._engine_groups(wide) == [["stripes"], ["pragmatic"], ["mortar"]]  # pylint: disable=protected-access
+
+
+def test_the_plots_totals_show_iso_area_only_where_it_differs(layer_case):
+  _, path, _, in_shape, _, _ = layer_case
+  result = estimator.estimate(path, input_shape=(BATCH,) + in_shape)
+  head = result.headline()
+  text = plots._totals_text(result)  # pylint: disable=protected-access
+  # Over mortar unmorphed the areas are the same engine's: iso-area is the plain figure.
+  assert f"over mortar (original): {head['over_unmorphed']:.2f}x" in text
+  assert "iso-area" not in text
+  sized = estimator.estimate(path, input_shape=(BATCH,) + in_shape, engines=[
+      Engine("stripes", "stripes", area_mm2=0.05),
+      Engine("mortar", "mortar", area_mm2=0.031)])
+  plain = sized.headline()["over_stripes"]
+  assert (f"over stripes (original): {plain:.2f}x, iso-area {plain * 0.05 / 0.031:.2f}x"
+          in plots._totals_text(sized))  # pylint: disable=protected-access
+
+
 class _Unsupported(tf.Module):
 
   def __init__(self):

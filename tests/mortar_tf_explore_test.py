@@ -241,3 +241,37 @@ def test_a_fully_convolutional_saved_model_is_estimated_at_the_datas_shape(tmp_p
   assert point.speedup == pytest.approx(direct.headline()["over_stripes"])
   assert point.speedup_unmorphed == pytest.approx(direct.headline()["over_unmorphed"])
   assert point.speedup_unmorphed != pytest.approx(1.0)
+
+
+# The main job's crowded corner (MNIST sweep): round keep_bits=4 beside paper
+# P=0.05 once printed "40.05"; round 10 and bitx 12 sit side by side.
+CROWDED = [(2.887, 0.9780, "0.01"), (4.045, 0.9782, "0.05"), (4.842, 0.9772, "0.1"),
+           (3.308, 0.9781, "0.01"), (4.926, 0.9794, "0.05"), (6.166, 0.9795, "0.1"),
+           (3.955, 0.9785, "4"), (2.620, 0.9780, "7"), (1.945, 0.9779, "10"),
+           (3.410, 0.9782, "8"), (2.128, 0.9779, "12"), (1.0, 0.9779, "original")]
+
+
+def test_point_labels_overlap_no_other_label_and_no_point():
+  from mortar_tf.estimator.plots import pyplot  # pylint: disable=import-outside-toplevel
+  from mortar_tf.explore import plots  # pylint: disable=import-outside-toplevel
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(7.5, 5))
+  try:
+    ax.scatter([x for x, _, _ in CROWDED], [y for _, y, _ in CROWDED], s=36)
+    ax.set_xscale("log")
+    annotations = plots.place_labels(ax, CROWDED)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [a.get_window_extent(renderer) for a in annotations]
+    frame = ax.get_window_extent(renderer)
+    radius = 3.0 * fig.dpi / 72  # the markers: s=36 is 6 points across
+    for i, (box, (x, y, text)) in enumerate(zip(boxes, CROWDED)):
+      assert annotations[i].get_text() == text and annotations[i].xy == (x, y)
+      for other in boxes[i + 1:]:
+        assert not box.overlaps(other), (text, box, other)
+      for px, py in (ax.transData.transform((x2, y2)) for x2, y2, _ in CROWDED):
+        assert not (box.x0 < px + radius and box.x1 > px - radius and
+                    box.y0 < py + radius and box.y1 > py - radius), (text, px, py)
+      assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 <= box.y1 <= frame.y1
+  finally:
+    plt.close(fig)

@@ -5,6 +5,7 @@ References: the numpy mortar_tf.morph of values read with TensorFlow's own
 checkpoint reader, and numpy aligned counts on the axes each op reads.
 """
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -131,6 +132,41 @@ def test_exploration_finds_each_variable_by_its_path(repeated):
                                        "hed/kernel (blocks/2/kernel)"]
   for i, k in enumerate(kernels):  # the very variable the signature multiplies with
     assert k.variable is loaded.loaded.blocks[i].kernel
+
+
+class ScopedRepeated(tf.Module):
+  """Blocks whose kernels share one name, each read by a matmul in its own name scope."""
+
+  def __init__(self):
+    super().__init__()
+    self.blocks = []
+    for i in range(3):
+      block = tf.Module()
+      block.kernel = tf.Variable(np.random.default_rng(i).standard_normal((4, 4))
+                                 .astype(np.float32), name="hed/kernel")
+      self.blocks.append(block)
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+  def __call__(self, x):
+    for i, block in enumerate(self.blocks):
+      with tf.name_scope(f"stage{i}"):
+        x = tf.matmul(x, block.kernel)
+    return x
+
+
+def test_a_kernel_known_by_its_object_path_is_labelled_by_the_layer_that_reads_it(tmp_path):
+  """Figures name a kernel whose only unique name is its object path
+  ("blocks/1/kernel", HED's "variables/26") by the op that reads it; a Keras
+  kernel by its layer, its map key."""
+  module = ScopedRepeated()
+  tf.saved_model.save(module, str(tmp_path / "m"), signatures=module.__call__)
+  kernels = models.model_kernels(models.LoadedSavedModel(str(tmp_path / "m")))
+  assert [k.key for k in kernels] == ["blocks/0/kernel", "blocks/1/kernel", "blocks/2/kernel"]
+  assert [k.label for k in kernels] == ["stage0", "stage1", "stage2"]
+  keras_model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="first"),
+                                  keras.layers.Dense(2, name="second")])
+  assert [(k.key, k.label) for k in models.model_kernels(keras_model)] == [
+      ("first", "first"), ("second", "second")]
 
 
 class TwoHeads(tf.Module):

@@ -67,7 +67,8 @@ def job(tmp_path_factory):
              "data_source": "400 MNIST test digits"},
             {"name": "cnn_saved", "model": "cnn_saved", "data": "test.npz",
              "metric": "agreement", "budget": 0.02, "title": "its SavedModel"}]
-  (d / "models.json").write_text(json.dumps({"intro": "Trained in the test.", "models": models}))
+  (d / "models.json").write_text(json.dumps({"title": "Smoke run", "intro": "Trained in the test.",
+                                             "models": models}))
   args = [f"--models={d / 'models.json'}", f"--work_dir={d / 'work'}",
           f"--page={d / 'docs' / 'results.md'}", *GRID]
   result = _run(*args)
@@ -88,8 +89,10 @@ def _word_ones(w):
 def test_page_and_figures_are_written(job):
   docs = job["dir"] / "docs"
   page = (docs / "results.md").read_text()
-  for heading in ("What holds of the paper's claims", "Design space", "BitX at Mortar's sparsity",
-                  "Per-layer search against the best global P", "Speedups (SPEC 4)", "Time"):
+  assert page.startswith("# Smoke run\n")  # the list's title
+  for heading in ("Summary", "Design space", "BitX at Mortar's sparsity",
+                  "Per-layer search against the best global P", "Speedups (modelled, SPEC 4)",
+                  "Time"):
     assert f"## {heading}" in page
   for png in ("bit_density.png", "columns.png", "pareto.png"):
     assert (docs / "results" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -232,6 +235,7 @@ def test_a_model_that_fails_is_listed_and_the_others_are_kept(job, tmp_path):
   assert result.returncode == 1
   assert "broken: failed:" in result.stderr
   assert "**Not evaluated:** broken:" in page.read_text()
+  assert page.read_text().startswith("# Mortar evaluation of 1 model\n")  # a list without title
   assert (tmp_path / "work" / "cnn.json").exists()
   assert not (tmp_path / "work" / "broken.json").exists()
 
@@ -245,6 +249,12 @@ def test_a_model_that_fails_is_listed_and_the_others_are_kept(job, tmp_path):
     ({"name": "a b"}, "must be letters, digits"),
     ({"colour": "red"}, "unknown fields ['colour']"),
     ({"metric": None, "budget": None}, "missing fields ['budget', 'metric']"),
+    ({"budget": None, "psnr_floor": 40}, "psnr_floor is for the psnr metric, not 'accuracy'"),
+    ({"metric": "psnr", "psnr_floor": 40}, "give budget or psnr_floor, not both"),
+    ({"metric": "psnr", "budget": None, "psnr_floor": 301},
+     "psnr_floor must be a number of dB from 0 to 300, got 301"),
+    ({"metric": "psnr", "budget": None, "psnr_floor": "40"},
+     "psnr_floor must be a number of dB from 0 to 300, got '40'"),
 ])
 def test_a_bad_model_list_is_one_clear_error(job, tmp_path, change, message):
   entry = {"name": "cnn", "model": str(job["dir"] / "cnn.keras"),
@@ -255,6 +265,30 @@ def test_a_bad_model_list_is_one_clear_error(job, tmp_path, change, message):
   with pytest.raises(ValueError, match=None) as raised:
     evaluation.load_entries(str(tmp_path / "models.json"))
   assert message in str(raised.value)
+
+
+def test_a_psnr_budget_can_be_given_as_its_floor(job, tmp_path):
+  entry = {"name": "m", "model": str(job["dir"] / "cnn.keras"),
+           "data": str(job["dir"] / "test.npz"), "metric": "psnr"}
+  (tmp_path / "floor.json").write_text(json.dumps([dict(entry, psnr_floor=38.5)]))
+  (tmp_path / "drop.json").write_text(json.dumps([dict(entry, budget=261.5)]))
+  (floor,) = evaluation.load_entries(str(tmp_path / "floor.json"))
+  (drop,) = evaluation.load_entries(str(tmp_path / "drop.json"))
+  assert floor.budget == 261.5 == 300 - 38.5  # the drop from the 300 dB of identical outputs
+  assert floor == drop  # the same entry: records made from either stay current
+
+
+def test_the_page_goes_into_the_work_dir_by_default(job, tmp_path):
+  """Without --page the page is WORK_DIR/results.md (figures beside it in
+  results/), never docs/results.md of the current directory."""
+  shutil.copytree(job["dir"] / "work", tmp_path / "work")
+  result = installed_tool.run("mortar-results", job["args"][0], f"--work_dir={tmp_path / 'work'}",
+                              "--page_only", *GRID, cwd=str(tmp_path))
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "work" / "results.md").read_text().startswith("# Smoke run\n")
+  for png in results_page.FIGURES:
+    assert (tmp_path / "work" / "results" / png).is_file()
+  assert not (tmp_path / "docs").exists()
 
 
 def test_the_tool_refuses_bad_input_before_any_work(job, tmp_path):
@@ -276,7 +310,8 @@ def test_the_tool_refuses_bad_input_before_any_work(job, tmp_path):
        "--only names models not in the list: nothing"),
       ([f"--models={job['dir'] / 'models.json'}", "--redo=nothing"], "cannot redo nothing"),
       ([f"--models={tmp_path / 'psnr.json'}", "--page_only", "--partial"],
-       "40 keeps PSNR >= 260 dB (for PSNR >= 40 dB write 260)"),
+       "40 keeps PSNR >= 260 dB (for PSNR >= 40 dB write \"budget\": 260 or "
+       "\"psnr_floor\": 40)"),
       ([f"--models={job['dir'] / 'models.json'}", "--page_only"],
        "the page would lack cnn, cnn_saved")):
     result = _run(*args, f"--page={page}", f"--work_dir={tmp_path / 'work'}")
@@ -299,7 +334,7 @@ def test_progress_eta_counts_the_models_still_to_do():
 
 
 def test_the_readme_block_gets_the_pages_summary(job, tmp_path):
-  """--readme fills the marked block with the page's "What holds" bullets and
+  """--readme fills the marked block with the page's summary bullets and
   leaves every other line of the file as it was; a file without the block is
   refused before any work."""
   readme = tmp_path / "README.md"
@@ -309,7 +344,7 @@ def test_the_readme_block_gets_the_pages_summary(job, tmp_path):
   result = _run(*job["args"][:2], f"--page={page}", "--page_only", *GRID, f"--readme={readme}")
   assert result.returncode == 0, result.stderr
   text = page.read_text()
-  start = text.index("## What holds of the paper's claims")
+  start = text.index("## Summary")
   bullets = [l for l in text[start:text.index("\n## ", start + 1)].splitlines()[1:] if l]
   assert bullets and all(l.startswith("- **") for l in bullets)
   assert readme.read_text() == ("# Title\n\nBefore.\n\n<!-- results-summary: begin -->\n" +
@@ -357,7 +392,8 @@ def test_records_and_the_page_state_what_the_estimates_cover(job):
       assert coverage["complete"] and (coverage["estimated_macs"], coverage["macs"]) == (
           macs, macs) == (45960, 45960)
   page = (job["dir"] / "docs" / "results.md").read_text()
-  header = next(line for line in page.splitlines() if "nothing morphed" in line)
+  header = next(line for line in page.splitlines()
+                if line.startswith("| model |") and "nothing morphed" in line)
   assert header.rstrip(" |").endswith("coverage (weight MACs estimated)")
   rows = [line for line in page.splitlines() if line.startswith("| **cnn")]
   assert rows and all(line.rstrip(" |").endswith("100%") for line in rows[-2:])

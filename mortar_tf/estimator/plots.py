@@ -56,28 +56,48 @@ def _grouped_bars(result: Estimate, series, fig_width: float):
   return fig, ax
 
 
-def _engine_series(result: Estimate):
-  """Bars for every engine on both weights: one colour an engine, the
-  original weights hatched and pale, the morphed solid."""
+def _engine_groups(result: Estimate) -> list[list[str]]:
+  """The engines in order, those with the same cycles on every layer for both
+  weights (pragmatic and mortar at one group size) grouped: one bar shows them."""
+  groups, seen = [], {}
+  for engine in result.engines:
+    cycles = tuple((layer.cycles[engine.name]["original"], layer.cycles[engine.name]["morphed"])
+                   for layer in result.mapped)
+    if cycles in seen:
+      seen[cycles].append(engine.name)
+    else:
+      seen[cycles] = [engine.name]
+      groups.append(seen[cycles])
+  return groups
+
+
+def _engine_series(result: Estimate, value):
+  """Bars for every engine on both weights, `value(layer, engine, weights)`
+  each: one colour an engine, the original weights hatched and pale, the
+  morphed solid; engines with the same cycles everywhere share one bar
+  labelled with every name ("pragmatic = mortar")."""
   colours = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
   series = []
-  for k, engine in enumerate(result.engines):
+  for k, names in enumerate(_engine_groups(result)):
     colour = colours[k % len(colours)]
     for weights in ("original", "morphed"):
       style = ({"color": colour, "alpha": 0.35, "hatch": "//", "edgecolor": colour}
                if weights == "original" else {"color": colour})
-      series.append((f"{engine.name} {weights}",
-                     lambda layer, n=engine.name, w=weights: layer.cycles[n][w], style))
+      series.append((f"{' = '.join(names)} {weights}",
+                     lambda layer, n=names[-1], w=weights: value(layer, n, w), style))
   return series
 
 
 def _totals_text(result: Estimate) -> str:
+  """The headline speedups; the iso-area one only where it differs from the
+  plain one (over mortar unmorphed it never does: one engine, one area)."""
   head, iso = result.headline(), result.headline_iso_area()
   lines = []
   for key, text in (("over_stripes", "over stripes (original)"),
                     ("over_unmorphed", "over mortar (original)")):
     if head[key] is not None:
-      extra = f", iso-area {iso[key]:.2f}x" if iso[key] is not None else ""
+      extra = (f", iso-area {iso[key]:.2f}x"
+               if iso[key] is not None and f"{iso[key]:.2f}" != f"{head[key]:.2f}" else "")
       lines.append(f"mortar (morphed) {text}: {head[key]:.2f}x{extra}")
   coverage = result.coverage()
   if lines and not coverage.complete:  # the figures hold only the estimated layers
@@ -87,8 +107,9 @@ def _totals_text(result: Estimate) -> str:
 
 def plot_matrix(result: Estimate, path: str) -> str:
   """Per layer, the cycles of every engine on the original (hatched) and the
-  morphed (solid) weights, log scale; the headline speedups in a box."""
-  series = _engine_series(result)
+  morphed (solid) weights, log scale (engines with the same cycles everywhere
+  share a bar); the headline speedups in a box."""
+  series = _engine_series(result, lambda layer, name, weights: layer.cycles[name][weights])
   fig, ax = _grouped_bars(result, series, max(7, 0.22 * len(result.mapped) * len(series) / 2 + 4))
   ax.set_ylabel("cycles (log)")
   ax.set_title(f"Cycles per layer: each engine on the original and the morphed weights "
@@ -116,9 +137,8 @@ def plot_cycles(result: Estimate, path: str) -> str:
 def plot_speedup(result: Estimate, path: str) -> str:
   """Per layer, every cell's speedup over the baseline cell (log scale), the
   headline speedups in the title."""
-  series = [(label, (lambda layer, n=label.split()[0], w=label.split()[1]:
-                     result.speedup(layer)[n][w]), style)
-            for label, _, style in _engine_series(result)]
+  series = _engine_series(result,
+                          lambda layer, name, weights: result.speedup(layer)[name][weights])
   fig, ax = _grouped_bars(result, series, max(7, 0.22 * len(result.mapped) * len(series) / 2 + 4))
   ax.axhline(1.0, color="black", linewidth=0.8)
   ax.set_ylabel(f"speedup over {result.baseline_text()}")

@@ -66,7 +66,9 @@ class ModelEntry:
       psnr (against the original's outputs).
     budget: the largest metric drop the search may spend, in the metric's
       units (accuracy 0.005 is half a point; psnr 260 keeps PSNR >= 40 dB:
-      identical outputs score the 300 dB cap).
+      identical outputs score the 300 dB cap). A list may give a psnr
+      entry's budget as its floor instead, "psnr_floor": 40 (dB), which
+      load_entries turns into budget 260.
     title, weights, data_source: what the page says the model, its weights
       and its data are and where they come from.
     output: the scored output of a multi-output SavedModel signature.
@@ -105,26 +107,58 @@ class ModelEntry:
       raise ValueError(f"model {self.name}: no such data file {self.data!r}")
 
 
+LIST_FIELDS = ("title", "intro", "models")  # of a list given as an object
+
+
+def _read_list(path: str):
+  """The JSON of a model list file (a list, or an object of LIST_FIELDS)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except OSError as e:
+    raise ValueError(f"cannot read the model list {path!r}: {e.strerror or e}") from e
+  except json.JSONDecodeError as e:
+    raise ValueError(f"the model list {path!r} is not JSON: {e}") from e
+
+
+def _psnr_floor_to_budget(item: dict, where: str) -> dict:
+  """An entry with "psnr_floor" (dB) given instead of "budget": the same
+  entry with budget = the 300 dB cap minus the floor (a psnr budget is the
+  drop from the cap)."""
+  if "psnr_floor" not in item:
+    return item
+  floor = item["psnr_floor"]
+  if "budget" in item:
+    raise ValueError(f"{where}: give budget or psnr_floor, not both")
+  if item.get("metric") != "psnr":
+    raise ValueError(f"{where}: psnr_floor is for the psnr metric, not {item.get('metric')!r} "
+                     "(give budget: the drop allowed)")
+  if (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor)
+      or not 0 <= floor <= metrics_lib.PSNR_CAP):
+    raise ValueError(f"{where}: psnr_floor must be a number of dB from 0 to "
+                     f"{metrics_lib.PSNR_CAP:g}, got {floor!r}")
+  item = {k: v for k, v in item.items() if k != "psnr_floor"}
+  item["budget"] = metrics_lib.PSNR_CAP - floor
+  return item
+
+
 def load_entries(path: str) -> list[ModelEntry]:
   """The entries of a JSON list file: [{"name": ..., "model": ..., ...}, ...],
-  or {"intro": "...", "models": [...]} (read_intro gives the intro).
+  or {"title": "...", "intro": "...", "models": [...]} (title and intro
+  optional; read_title and read_intro give them). A psnr entry may give
+  "psnr_floor" (dB) instead of "budget".
 
   Raises:
     ValueError: an unreadable file, an unknown or missing field, a bad value,
       a missing model or data file, or a name used twice.
   """
-  try:
-    with open(path, encoding="utf-8") as f:
-      raw = json.load(f)
-  except OSError as e:
-    raise ValueError(f"cannot read the model list {path!r}: {e.strerror or e}") from e
-  except json.JSONDecodeError as e:
-    raise ValueError(f"the model list {path!r} is not JSON: {e}") from e
-  if isinstance(raw, dict) and set(raw) <= {"intro", "models"} and "models" in raw:
+  raw = _read_list(path)
+  if isinstance(raw, dict) and set(raw) <= set(LIST_FIELDS) and "models" in raw:
     raw = raw["models"]
   if not isinstance(raw, list) or not raw:
     raise ValueError(f"the model list {path!r} must be a non-empty JSON list of objects, or "
-                     "an object {\"intro\": text, \"models\": list}")
+                     "an object {\"title\": text, \"intro\": text, \"models\": list} (title "
+                     "and intro optional)")
   fields = {f.name for f in dataclasses.fields(ModelEntry)}
   required = {f.name for f in dataclasses.fields(ModelEntry)
               if f.default is dataclasses.MISSING}
@@ -133,14 +167,14 @@ def load_entries(path: str) -> list[ModelEntry]:
   for n, item in enumerate(raw):
     if not isinstance(item, dict):
       raise ValueError(f"entry {n} of {path!r} is not a JSON object")
-    unknown = sorted(set(item) - fields)
-    missing = sorted(required - set(item))
+    unknown = sorted(set(item) - fields - {"psnr_floor"})
+    missing = sorted(required - set(item) - ({"budget"} if "psnr_floor" in item else set()))
     if unknown or missing:
       raise ValueError(f"entry {n} ({item.get('name', '?')}) of {path!r}: " +
                        "; ".join(([f"unknown fields {unknown}"] if unknown else []) +
                                  ([f"missing fields {missing}"] if missing else [])) +
-                       f" (fields: {', '.join(sorted(fields))})")
-    item = dict(item)
+                       f" (fields: {', '.join(sorted(fields | {'psnr_floor'}))})")
+    item = _psnr_floor_to_budget(dict(item), f"entry {n} ({item.get('name', '?')}) of {path!r}")
     for key in ("model", "data"):
       if isinstance(item[key], str):
         item[key] = os.path.normpath(os.path.join(base, item[key]))
@@ -154,15 +188,24 @@ def load_entries(path: str) -> list[ModelEntry]:
   return entries
 
 
+def _list_text(path: str, key: str) -> str:
+  raw = _read_list(path)
+  text = raw.get(key, "") if isinstance(raw, dict) else ""
+  if not isinstance(text, str):
+    raise ValueError(f"the {key} of {path!r} must be a string")
+  return text
+
+
 def read_intro(path: str) -> str:
   """The "intro" text of a model list file ({"intro": ..., "models": [...]}),
   or "" (call after load_entries, which checks the file)."""
-  with open(path, encoding="utf-8") as f:
-    raw = json.load(f)
-  intro = raw.get("intro", "") if isinstance(raw, dict) else ""
-  if not isinstance(intro, str):
-    raise ValueError(f"the intro of {path!r} must be a string")
-  return intro
+  return _list_text(path, "intro")
+
+
+def read_title(path: str) -> str:
+  """The "title" of a model list file ({"title": ..., "models": [...]}), or
+  "" (the page then has a neutral title of its own)."""
+  return _list_text(path, "title")
 
 
 PAPER_PRECISIONS = (1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.3, 0.5)
@@ -397,7 +440,7 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
 
   # Figures: word bits per kernel before morphing; aligned columns before/after.
   everywhere = dict.fromkeys(range(len(kernels)), settings.reference)
-  record["layers"] = [{"name": k.key, "size": int(k.original.size),
+  record["layers"] = [{"name": k.key, "label": k.label or k.key, "size": int(k.original.size),
                        "word_bits": [int(v) for v in backends.bit_histogram(k.original, "word")]}
                       for k in kernels]
   record["columns"] = {"original": _columns(kernels),

@@ -38,6 +38,9 @@ class Kernel:
       as morph_model (Keras) or the converter (SavedModel) matches them.
     key: the shortest of those names that no other kernel answers to: the
       key a searched map gives it (its layer where the layer holds only it).
+    label: a readable name for figures: the key where it is the kernel's
+      layer or name; else (a SavedModel variable known by its object path,
+      "variables/26") the layer of the first op that reads it.
   """
   layer: str
   name: str
@@ -47,6 +50,7 @@ class Kernel:
   ones: dict
   names: tuple[str, ...] = ()
   key: str = ""
+  label: str = ""
 
 
 class LoadedSavedModel:
@@ -103,8 +107,9 @@ class LoadedSavedModel:
     return f"output {self.output!r} of {self.outputs}"
 
   def kernels(self):
-    """[(layer, unique name, variable, reduction axes, map names)] of the
-    variables ops read.
+    """[(layer, unique name, variable, reduction axes, map names, reader's
+    layer)] of the variables ops read (the reader: the layer part of the
+    first op's name that reads it).
 
     Each is found in the loaded object by its object path (unique), not by its
     name (which several variables may share); the unique name is the
@@ -131,7 +136,9 @@ class LoadedSavedModel:
       parts = var.name.split("/")
       layer = "/".join(parts[:-1]) if len(parts) > 1 else parts[0]
       names = selection.map_names(var.name, var.key, readers[var.key], var.path)
-      out.append((layer if name == var.name else name, name, found, op.reduction_axes, names))
+      reader = readers[var.key][0]
+      out.append((layer if name == var.name else name, name, found, op.reduction_axes, names,
+                  reader.rsplit("/", 1)[0] if "/" in reader else reader))
     return out
 
 
@@ -180,26 +187,29 @@ def model_kernels(model, group_size: int = bits.DEFAULT_GROUP_SIZE,
   """
   from mortar_tf import precision_map  # pylint: disable=import-outside-toplevel
   if isinstance(model, LoadedSavedModel):
-    found = [(layer, name, var, tuple(axes), names)
-             for layer, name, var, axes, names in model.kernels()]
+    found = [(layer, name, var, tuple(axes), names, reader)
+             for layer, name, var, axes, names, reader in model.kernels()]
   else:
     from mortar_tf.keras import apply, registry  # pylint: disable=import-outside-toplevel
     plan = registry.find_kernels(model)
     apply.log_plan("exploration", plan, [k.name for k in plan.kernels])
     found = [(k.layer_path, k.name, k.variable, k.reduction_axes(),
-              precision_map.weight_names(k.name)) for k in plan.kernels]
-  out = []
-  for layer, name, variable, axes, names in found:
+              precision_map.weight_names(k.name), "") for k in plan.kernels]
+  out, readers = [], []
+  for layer, name, variable, axes, names, reader in found:
     value = np.array(variable.numpy())
     if value.dtype != np.float32:
       continue
     out.append(Kernel(layer, name, variable, value, axes,
                       backends.ones_by_domain(value, reduction_axes=axes, group_size=group_size,
                                               width=width), tuple(names)))
+    readers.append(reader)
   if not out:
     raise ValueError("the model has no float32 kernels to morph")
-  for kernel in out:
+  for kernel, reader in zip(out, readers):
     kernel.key = _unique_key(kernel, out)
+    kernel.label = (kernel.key if kernel.key in (kernel.layer, kernel.name) or not reader
+                    else reader)
   return out
 
 

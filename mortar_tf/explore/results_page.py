@@ -55,22 +55,105 @@ def _with_drop(value, drop, name: str) -> str:
 def _drop(value, name: str) -> str:
   if value is None:
     return "-"
+  value = 0.0 - value  # a change of +0.00, not -0.00, for no drop
   if name == "psnr":
-    return f"{-value:+.1f} dB"
+    return f"{value:+.1f} dB"
   if name == "accuracy":
-    return f"{-100 * value:+.2f} pt"
+    return f"{100 * value:+.2f} pt"
   if name == "mse":
-    return f"{-value:+.3g}"
-  return f"{-value:+.3f}"
+    return f"{value:+.3g}"
+  return f"{value:+.3f}"
+
+
+def _number(value: float) -> str:
+  """A bound as given: up to six significant digits, float noise dropped
+  (0.9779 - 0.005 is 0.9729)."""
+  return f"{value:.6g}"
+
+
+def _limit(record) -> float:
+  """The score the budget allows: the original's less the budget where
+  higher is better (a floor), plus it where lower is (a ceiling)."""
+  m = record["metric"]
+  return m["original"] - m["budget"] if m["higher_is_better"] else m["original"] + m["budget"]
+
+
+def _bound(record) -> str:
+  """The budget as the bound it puts on the score: "PSNR ≥ 40 dB",
+  "accuracy ≥ 97.29%", "agreement ≥ 0.99", "mse ≤ 0.001"."""
+  name, limit = record["metric"]["name"], _limit(record)
+  if name == "psnr":
+    return f"PSNR ≥ {_number(limit)} dB"
+  if name == "accuracy":
+    return f"accuracy ≥ {_number(100 * limit)}%"
+  return f"{name} {'≥' if record['metric']['higher_is_better'] else '≤'} {_number(limit)}"
 
 
 def _budget(record) -> str:
-  name, budget = record["metric"]["name"], record["metric"]["budget"]
-  if name == "psnr":
-    return f"PSNR >= {300 - budget:g} dB"
-  if name == "accuracy":
-    return f"{100 * budget:g} pt of accuracy"
-  return f"{name} drop {budget:g}"
+  """The models table's budget cell: the bound, and the drop it allows where
+  the original is not the metric's fixed best (accuracy)."""
+  if record["metric"]["name"] == "accuracy":
+    return f"{_bound(record)} (drop ≤ {_number(100 * record['metric']['budget'])} pt)"
+  return _bound(record)
+
+
+# Score differences up to these count as ties (stated on the page): half a dB of
+# PSNR; one input of accuracy or agreement (1 / samples); an mse factor of
+# 10 ** 0.05, the same 0.5 dB.
+PSNR_RESOLUTION = 0.5
+MSE_FACTOR = 10 ** (PSNR_RESOLUTION / 10)
+RESOLUTION_TEXT = (f"differences of at most {PSNR_RESOLUTION:g} dB of PSNR, one input of "
+                   "accuracy or agreement (1 / the model's samples) or a factor of "
+                   f"{MSE_FACTOR:.2f} of mse (the same {PSNR_RESOLUTION:g} dB) count as ties")
+
+
+def _compare(record, a: float, b: float) -> int:
+  """1 if score `a` is better than `b` by more than the metric's resolution,
+  -1 if worse, 0 for a tie (RESOLUTION_TEXT)."""
+  name, higher = record["metric"]["name"], record["metric"]["higher_is_better"]
+  if name == "mse" or (name not in ("psnr", "accuracy", "agreement") and not higher):
+    low, high = sorted((abs(a), abs(b)))
+    if high <= low * MSE_FACTOR * (1 + 1e-12):
+      return 0
+    return 1 if a < b else -1
+  resolution = (PSNR_RESOLUTION if name == "psnr" else
+                1.0 / max(1, record["model"]["samples"]) if name in ("accuracy", "agreement")
+                else 0.0)
+  if abs(a - b) <= resolution * (1 + 1e-9) + 1e-12:
+    return 0
+  return 1 if (a > b) == higher else -1
+
+
+CEILING = "†"  # marks a speedup at the estimate's ceiling
+
+
+def _stripes_width(record) -> int:
+  """The width of the record's `stripes` engine (the default's without estimates)."""
+  engines = (record.get("estimates") or {}).get("paper", {}).get("engines", {})
+  return engines.get("stripes", {}).get("width", engines_lib.DEFAULT_WIDTH)
+
+
+def _at_ceiling(record, over_stripes) -> bool:
+  """Whether a speedup over `stripes` is the estimate's ceiling: `mortar`
+  spends one cycle a group where `stripes` spends its width (24.00x as
+  shown, or more where whole groups are zero)."""
+  return over_stripes is not None and over_stripes >= _stripes_width(record) - 5e-3
+
+
+def _xc(value, ceiling: bool) -> str:
+  """A speedup, marked when at the ceiling."""
+  return _x(value) + (CEILING if ceiling and value is not None else "")
+
+
+def _ceiling_note(record) -> str:
+  width = _stripes_width(record)
+  return (f"{CEILING} marks the estimate's ceiling ({width:.2f}x over `stripes`): `mortar` "
+          "spends one cycle a group, every lane keeping at most one 1 bit, as when every "
+          "weight is a power of two (`fewest_ones` at P ≥ 1/3)")
+
+
+def _plural(count: int, noun: str) -> str:
+  return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -92,6 +175,14 @@ def _span(values, fmt="{:.2f}x") -> str:
   """'a to b', or one value when they are the same at the shown precision."""
   low, high = fmt.format(min(values)), fmt.format(max(values))
   return low if low == high else f"{low} to {high}"
+
+
+def _span_marked(pairs) -> str:
+  """_span of (speedup, at the ceiling) pairs, the ends marked CEILING where
+  they are at it."""
+  low, high = min(pairs), max(pairs)
+  low_text, high_text = _xc(*low), _xc(*high)
+  return low_text if low_text == high_text else f"{low_text} to {high_text}"
 
 
 def _minutes(seconds: float) -> str:
@@ -139,13 +230,34 @@ def _grid(n: int, width: float, height: float):
   return fig, list(axes.flat[:n])
 
 
+def middle_ellipsis(text: str, limit: int) -> str:
+  """`text` cut to at most `limit` characters by an ellipsis in the middle,
+  keeping both ends (a layer's block and its index).
+
+  >>> middle_ellipsis("separable_conv2d_12/depthwise", 20)
+  'separable…/depthwise'
+  """
+  if len(text) <= limit:
+    return text
+  head = (limit - 1) // 2
+  return text[:head] + "…" + text[len(text) - (limit - 1 - head):]
+
+
 def _short_names(names: Sequence[str], limit: int = 30) -> list[str]:
-  """Layer names without the prefix they all share, at most `limit` characters
-  (the end kept)."""
+  """Layer names without the prefix they all share and without a trailing
+  "kernel" (every one is a kernel: "sep/depthwise_kernel" is "sep/depthwise"),
+  at most `limit` characters (middle_ellipsis)."""
   prefix = os.path.commonprefix(list(names)) if len(names) > 1 else ""
   prefix = prefix[:prefix.rfind("/") + 1]
-  out = [n[len(prefix):] or n for n in names]
-  return [n if len(n) <= limit else "..." + n[-(limit - 3):] for n in out]
+  out = []
+  for name in names:
+    short = name[len(prefix):] or name
+    for suffix in ("/kernel", "_kernel"):
+      if short.endswith(suffix) and len(short) > len(suffix):
+        short = short[:-len(suffix)]
+        break
+    out.append(middle_ellipsis(short, limit))
+  return out
 
 
 def plot_bit_density(records: Sequence[dict], path: str) -> str:
@@ -159,7 +271,7 @@ def plot_bit_density(records: Sequence[dict], path: str) -> str:
                         for layer in r["layers"]])
     image = ax.imshow(density, aspect="auto", cmap="magma", vmin=0, vmax=1,
                       interpolation="nearest")
-    names = _short_names([layer["name"] for layer in r["layers"]])
+    names = _short_names([layer.get("label", layer["name"]) for layer in r["layers"]])
     step = max(1, -(-len(names) // 32))
     ax.set_yticks(np.arange(0, len(names), step), names[::step],
                   fontsize=6 if len(names) <= 16 else 4.5)
@@ -217,14 +329,18 @@ def plot_pareto(records: Sequence[dict], path: str) -> str:
       ax.scatter([1.0], [r["metric"]["original"]], marker="s", color="black", label="original",
                  zorder=3)
     search = r.get("search")
-    if search and _morphs(r):
-      ax.scatter([search["point"]["ratio"]["aligned"]], [search["point"]["metric"]], marker="*",
-                 s=150, color="crimson", zorder=4,
-                 label="global P search" if search["chose_global"] else "per-kernel search")
     if search and search["best_global"]:
       g = search["best_global"]
       ax.scatter([g["ratio"]["aligned"]], [g["metric"]], marker="D", s=30, color="orange",
                  zorder=4, label="best global P")
+    if search and _morphs(r):
+      point = ([search["point"]["ratio"]["aligned"]], [search["point"]["metric"]])
+      if search["chose_global"]:  # the same point as the diamond: a hollow star around it
+        ax.scatter(*point, marker="*", s=260, facecolors="none", edgecolors="crimson",
+                   linewidths=1.2, zorder=5, label="search result: the best global P")
+      else:
+        ax.scatter(*point, marker="*", s=150, color="crimson", zorder=4,
+                   label="search result: a per-kernel map")
     if search:
       limit = r["metric"]["original"] - (r["metric"]["budget"] if r["metric"]["higher_is_better"]
                                          else -r["metric"]["budget"])
@@ -242,6 +358,10 @@ def plot_pareto(records: Sequence[dict], path: str) -> str:
   for ax in axes:
     for handle, label in zip(*ax.get_legend_handles_labels()):
       handles.setdefault(label, handle)
+  order = ["paper", "fewest_ones", "bitx", "original", "best global P",
+           "search result: a per-kernel map", "search result: the best global P", "budget"]
+  handles = {k: handles[k] for k in sorted(handles, key=lambda k: order.index(k)
+                                           if k in order else len(order))}
   fig.suptitle("Metric against bit sparsity (dotted: the search's budget)", fontsize=10)
   fig.tight_layout(rect=(0, 0.04, 1, 1))
   fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles),
@@ -295,31 +415,75 @@ def _names(records) -> str:
   return ", ".join(r["name"] for r in records)
 
 
+def _and(parts: Sequence[str]) -> str:
+  """'a', 'a and b', 'a, b and c'."""
+  parts = list(parts)
+  return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _tally(groups, total: int, models: bool = True) -> str:
+  """Which models fall in which group, as one phrase: groups are
+  (phrase, names) with the phrase naming what they share ("better"); empty
+  groups are left out. 'better on all 7 models', 'better on 2 of the 7
+  models (a, b), the same on 1 (c) and worse on 4 (d, e, f, g)'; with one
+  model, 'better on a'. models=False counts within models already named:
+  'better on all of them', 'better on 2 (a, b) and worse on 1 (c)'."""
+  groups = [(phrase, names) for phrase, names in groups if names]
+  if total == 1:
+    ((phrase, (name,)),) = groups
+    return f"{phrase} on {name}"
+  parts = []
+  for i, (phrase, names) in enumerate(groups):
+    if len(names) == total:
+      every = ("both" if total == 2 else f"all {total}") if models else (
+          "both" if total == 2 else "all")
+      parts.append(f"{phrase} on {every} {'models' if models else 'of them'}"
+                   .replace("both of them", "both"))
+    elif i == 0 and models:
+      parts.append(f"{phrase} on {len(names)} of the {total} models ({', '.join(names)})")
+    else:
+      parts.append(f"{phrase} on {len(names)} ({', '.join(names)})")
+  return _and(parts)
+
+
 def _partial_estimates(records) -> str:
-  """' The estimates of A, B cover only part of their weight MACs (...).', or ''."""
+  """' The estimates of A, B cover only part of their model (...).', or ''."""
   partial = [f"{r['name']} ({_coverage_cell(r).strip('*')})" for r in records
              if r.get("estimates") and not _coverage(r)["complete"]]
   if not partial:
     return ""
-  return (f" The estimates of {', '.join(partial)} cover only part of the model: their "
-          "speedups are over the estimated layers (the Speedups table's coverage column).")
+  if len(partial) == 1:
+    return (f" The estimates of {partial[0]} cover only part of the model: its speedups are "
+            "over the estimated layers (the Speedups table's coverage column).")
+  return (f" The estimates of {_and(partial)} cover only part of each model: their speedups "
+          "are over the estimated layers (the Speedups table's coverage column).")
 
 
 def _within_budget_speedups(records) -> str:
-  """' Within each model's budget the search's result (...) gives a to b over
-  stripes.', saying which results are per-kernel maps and which global P."""
+  """' Spending at most each model's budget, the search's result (...) makes
+  `mortar` a to b faster than unmorphed (c to d over `stripes`).', saying
+  which results are per-kernel maps and which one global P, ceilings marked."""
   per_kernel, global_p, _ = _search_outcomes(records)
-  values = [r["search"]["point"]["speedup"] for r in per_kernel + global_p
-            if r["search"]["point"]["speedup"]]
-  if not values:
+  found = [r for r in per_kernel + global_p if r["search"]["point"]["speedup"]]
+  if not found:
     return ""
-  kinds = "; ".join(part for part in (
-      f"a per-kernel map on {_names(per_kernel)}" if per_kernel else "",
-      f"one P for the whole model on {_names(global_p)}" if global_p else "") if part)
-  ceiling = (" (24.00x is the estimate's ceiling: one 1 bit per lane)"
-             if max(values) >= 24 - 5e-3 else "")
-  return (f" Within each model's budget the search's result ({kinds}) gives "
-          f"{_span(values)} over `stripes`{ceiling}.")
+  if len(records) == 1:
+    kinds = "a per-kernel map" if per_kernel else "one P for the whole model"
+  else:
+    kinds = "; ".join(part for part in (
+        f"a per-kernel map on {_names(per_kernel)}" if per_kernel else "",
+        f"one P for the whole model on {_names(global_p)}" if global_p else "") if part)
+  stripes = [(r["search"]["point"]["speedup"],
+              _at_ceiling(r, r["search"]["point"]["speedup"])) for r in found]
+  alone = [(r["search"]["point"]["speedup_unmorphed"],
+            _at_ceiling(r, r["search"]["point"]["speedup"])) for r in found
+           if r["search"]["point"].get("speedup_unmorphed")]
+  lead = (f"`mortar` {_span_marked(alone)} faster than unmorphed ({_span_marked(stripes)} over "
+          "`stripes`)" if alone else f"`mortar` {_span_marked(stripes)} faster than `stripes`")
+  ceiling = next((r for r, (_, top) in zip(found, stripes) if top), None)
+  return (" Spending at most " + ("its" if len(records) == 1 else "each model's") + " budget, the "
+          f"search's result ({kinds}) makes {lead}" +
+          (f"; {_ceiling_note(ceiling)}" if ceiling else "") + ".")
 
 
 def _global_p_check(records) -> str:
@@ -345,91 +509,155 @@ def _global_p_check(records) -> str:
   if not found and not agree:
     return ""
   if not found:
-    return (" The design-space table, which evaluates every P, agrees on every model: no "
-            "larger P of both grids is within the budget.")
+    return (" The design-space table, which evaluates every P, agrees" +
+            (" on every model" if len(agree) > 1 else "") +
+            ": no larger P of both grids is within the budget.")
   return (" The bisection assumes the drop grows with P; the design-space table, which "
           f"evaluates every P, shows a larger P within the budget on {'; '.join(found)}"
           + (f" (it agrees on {', '.join(agree)})" if agree else "") + ".")
 
 
-def _no_worse(record, a: float, b: float) -> bool:
-  """Whether score `a` is at least as good as `b` for the record's metric."""
-  return a >= b if record["metric"]["higher_is_better"] else a <= b
+def _fall_in(inside: Sequence[str], names: Sequence[str]) -> str:
+  """'all 7 models here fall in it.', '2 of the 7 models here fall in it (a,
+  b).', 'a falls in it.' for one model, and so on."""
+  n, k = len(names), len(inside)
+  if n == 1:
+    return f"{names[0]} {'falls' if k else 'does not fall'} in it."
+  if k == n:
+    return f"{'both' if n == 2 else 'all ' + str(n)} models here fall in it."
+  if k == 0:
+    return f"none of the {n} models here falls in it."
+  return (f"{k} of the {n} models here {'falls' if k == 1 else 'fall'} in it "
+          f"({', '.join(inside)}).")
+
+
+def _score_at(record, point) -> str:
+  """'97.72% at 4.84x': a point's metric and aligned ones ratio."""
+  return f"{_metric(point['metric'], record['metric']['name'])} at {_x(point['ratio']['aligned'])}"
 
 
 def _summary(records, reference) -> list[str]:
-  """Facts the paper's claims can be checked against, from the records."""
+  """The page's summary bullets, every number from the records (tagged
+  measured or modelled) but the paper's published figures (tagged so)."""
   lines = []
+  n = len(records)
   word = [(r, _at(r, "paper", reference)) for r in records]
   word = [(r, p) for r, p in word if p is not None]
   if word:
-    ratios = [p["ratio"]["word"] for _, p in word]
     inside = [r["name"] for r, p in word
               if PAPER_WORD_RATIO[0] <= p["ratio"]["word"] <= PAPER_WORD_RATIO[1]]
-    lines.append(f"- **Sparsity.** `paper` at P = {reference:g} cuts the word-domain ones "
-                 f"{_span(ratios)} here (ones before / after); the paper reports "
-                 f"{PAPER_WORD_RATIO[0]}x to {PAPER_WORD_RATIO[1]}x on its models "
-                 f"({len(inside)} of {len(word)} of ours fall in that range).")
+    lines.append(
+        f"- **Sparsity** (measured). `paper` at P = {reference:g} cuts the word-domain ones "
+        f"{_span([p['ratio']['word'] for _, p in word])} (ones before / after) and the "
+        f"aligned-domain ones, which a bit-serial engine pays for, "
+        f"{_span([p['ratio']['aligned'] for _, p in word])}. The paper's published word-domain "
+        f"range on its own ImageNet models is {PAPER_WORD_RATIO[0]}x to {PAPER_WORD_RATIO[1]}x; "
+        + _fall_in(inside, [r["name"] for r, _ in word]))
     kept = [r["name"] for r, p in word if _within(r, p)]
-    lost = [f"{r['name']} at {_with_drop(p['metric'], p['drop'], r['metric']['name'])}"
-            for r, p in word if not _within(r, p)]
-    lines.append(f"- **Accuracy at P = {reference:g}.** {len(kept)} of {len(word)} models stay "
-                 f"within their budget ({', '.join(kept) or 'none'})" +
-                 (f"; {', '.join(lost)} do not" if lost else "") + ".")
-  heads = [(r, r["estimates"]["paper"]["headline"]) for r in records if r.get("estimates")]
+    lost = [(r, p) for r, p in word if not _within(r, p)]
+    misses = ", ".join(f"{r['name']} {_metric(p['metric'], r['metric']['name'])} "
+                       f"(budget: {_bound(r)})" for r, p in lost)
+    if len(word) == 1:
+      (r, p), = word
+      text = (f"{r['name']} meets its budget ({_bound(r)}) at "
+              f"{_with_drop(p['metric'], p['drop'], r['metric']['name'])}." if kept else
+              f"{r['name']} does not meet its budget ({_bound(r)}): it scores "
+              f"{_with_drop(p['metric'], p['drop'], r['metric']['name'])}.")
+    elif not lost:
+      text = f"All {len(word)} models meet their budget."
+    elif not kept:
+      text = f"None of the {len(word)} models meets its budget: {misses}."
+    else:
+      text = (f"{len(kept)} of the {len(word)} models {'meets its' if len(kept) == 1 else 'meet their'} "
+              f"budget ({', '.join(kept)}); below it: {misses}.")
+    lines.append(f"- **Scores at P = {reference:g}** (measured). " + text)
+  heads = [r for r in records if r.get("estimates")]
   if heads:
-    over = [h["over_stripes"] for _, h in heads if h["over_stripes"]]
-    alone = [h["over_unmorphed"] for _, h in heads if h["over_unmorphed"]]
-    lines.append(f"- **Speedup.** Our reading of the accelerator (`mortar` on the weights "
-                 f"morphed at P = {reference:g}) runs {_span(over)} "
-                 f"faster than `stripes` on the original weights (the paper: "
-                 f"{', '.join(f'{k} {v}x' for k, v in PAPER_SPEEDUPS.items())}); morphing "
-                 f"alone buys {_span(alone)} on the same hardware." + _within_budget_speedups(
-                     records) + _partial_estimates(records))
+    alone = [r["estimates"]["paper"]["headline"]["over_unmorphed"] for r in heads]
+    over = [r["estimates"]["paper"]["headline"]["over_stripes"] for r in heads]
+    base = [r["estimates"]["paper"]["cycles"]["stripes"]["original"] /
+            max(1, r["estimates"]["paper"]["cycles"]["mortar"]["original"]) for r in heads]
+    lines.append(
+        f"- **Speedup** (modelled: the estimator's cycle counts, SPEC 4). On the weights "
+        f"morphed at P = {reference:g}, `mortar` runs "
+        f"{_span_marked([(v, _at_ceiling(r, o)) for r, v, o in zip(heads, alone, over) if v])} "
+        f"faster than on the unmorphed weights, at the scores above; over `stripes` on the "
+        f"unmorphed weights that is "
+        f"{_span_marked([(o, _at_ceiling(r, o)) for r, o in zip(heads, over) if o])}, which "
+        f"includes the {_span(base)} `mortar` gets over `stripes` with nothing morphed. The "
+        "paper's published speedups, over its baseline (which SPEC 4 reads as `stripes`) on its "
+        f"own ImageNet models: {', '.join(f'{k} {v}x' for k, v in PAPER_SPEEDUPS.items())}."
+        + _within_budget_speedups(records) + _partial_estimates(records))
   per_kernel, global_p, nothing = _search_outcomes(records)
-  gains, faster = [], []
-  for r in per_kernel:
-    s, g = r["search"], r["search"]["best_global"]
-    if g and g["ratio"]["aligned"]:
-      gains.append(s["point"]["ratio"]["aligned"] / g["ratio"]["aligned"])
-      if s["point"]["speedup"] and g["speedup"]:
-        faster.append(s["point"]["speedup"] / g["speedup"])
+  beat = [r for r in per_kernel if r["search"]["best_global"]
+          and r["search"]["best_global"]["ratio"]["aligned"]]
+  alone_maps = [r for r in per_kernel if r not in beat]
   if per_kernel or global_p or nothing:
     searched = len(per_kernel) + len(global_p) + len(nothing)
+    gains = [r["search"]["point"]["ratio"]["aligned"] / r["search"]["best_global"]["ratio"]["aligned"]
+             for r in beat]
+    faster = [r["search"]["point"]["speedup"] / r["search"]["best_global"]["speedup"]
+              for r in beat if r["search"]["point"]["speedup"] and r["search"]["best_global"]["speedup"]]
     parts = []
-    if gains:
-      parts.append(f"On {len(per_kernel)} of {searched} models ({_names(per_kernel)}) the search "
-                   "found a per-kernel map within the budget that beats the best single P of "
-                   f"the same grid: its aligned ratio is {_span(gains)} that P's" +
-                   (f", its estimated speedup {_span(faster)}" if faster else ""))
-    else:
-      parts.append(f"On none of {searched} models did a per-kernel map beat the best single P")
+    if beat:
+      who = (beat[0]["name"] if searched == 1 else
+             f"{'both' if searched == 2 else 'all ' + str(searched)} models"
+             if len(beat) == searched else
+             f"{len(beat)} of the {searched} models ({_names(beat)})")
+      parts.append(f"on {who} the search found a per-kernel map within the budget that beats "
+                   f"the best single P of the same grid: its aligned ratio (measured) is "
+                   f"{_span(gains)} that P's" +
+                   (f", its estimated speedup (modelled) {_span(faster)}" if faster else ""))
+    if alone_maps:
+      parts.append(f"on {_names(alone_maps)} it found a per-kernel map within the budget where "
+                   "no single P of the grid is")
     if global_p:
-      parts.append(f"on {_names(global_p)} none did, and the search returned that P")
+      parts.append(f"on {_names(global_p)} no per-kernel map beat the best single P, and the "
+                   "search returned that P")
     if nothing:
       parts.append(f"on {_names(nothing)} nothing could be morphed within the budget")
-    lines.append("- **Per-layer P** (beyond the paper, which uses one P). " + "; ".join(parts) +
-                 " (scored on the samples it chose on: optimistic, see below).")
+    text = "; ".join(parts)
+    lines.append("- **Per-layer P** (beyond the paper, which uses one P). " + text[0].upper() +
+                 text[1:] + " (scored on the samples it chose on: optimistic, see below).")
   bitx = []
   for r in records:
     if r.get("bitx") and r["bitx"]["points"]:
-      mortar = _at(r, "paper", reference)
-      b = r["bitx"]["points"][0]
-      bitx.append((r, mortar, b))
+      bitx.append((r, _at(r, "paper", reference), r["bitx"]["points"][0]))
   if bitx:
-    better = [r["name"] for r, m, b in bitx if _no_worse(r, m["metric"], b["metric"])]
-    pairs = ", ".join(f"{r['name']} {_metric(m['metric'], r['metric']['name'])} against "
-                      f"{_metric(b['metric'], r['metric']['name'])}" for r, m, b in bitx)
-    lines.append(f"- **Against BitX** at the column count that is at least as sparse as Mortar "
-                 f"(P = {reference:g}; BitX slightly sparser by construction): Mortar scores as "
-                 f"well or better on {len(better)} of {len(bitx)} models ({pairs}).")
+    verdicts = [_compare(r, m["metric"], b["metric"]) for r, m, b in bitx]
+    pairs = "; ".join(f"{r['name']} {_score_at(r, m)} against {_score_at(r, b)}"
+                      for r, m, b in bitx)
+    lines.append(
+        f"- **Against BitX** (measured) at P = {reference:g}, BitX keeping the most columns "
+        f"that leave it at least as sparse (aligned) as `paper`: Mortar scores " +
+        _tally([(word_, [r["name"] for (r, _, _), v in zip(bitx, verdicts) if v == k])
+                for k, word_ in ((1, "better"), (0, "the same within the resolution"),
+                                 (-1, "worse"))], len(bitx)) +
+        f". Mortar against BitX, score at aligned ones ratio: {pairs}. Here "
+        f"{RESOLUTION_TEXT}.")
     few = [(r, _at(r, "fewest_ones", reference), b) for r, _, b in bitx]
-    sparser = [r["name"] for r, f, b in few if f["ratio"]["aligned"] >= b["ratio"]["aligned"]]
-    both = [r["name"] for r, f, b in few if f["ratio"]["aligned"] >= b["ratio"]["aligned"] and
-            _no_worse(r, f["metric"], b["metric"])]
-    lines.append(f"- **`fewest_ones`** (beyond the paper) at P = {reference:g} is sparser than that "
-                 f"BitX point on {len(sparser)} of {len(few)} models and, at the same time, scores "
-                 f"as well or better on {len(both)} ({', '.join(both) or 'none'}).")
+    sparser = [(r, f, b) for r, f, b in few if f["ratio"]["aligned"] >= b["ratio"]["aligned"]]
+    names = [r["name"] for r, _, _ in sparser]
+    if not sparser:
+      text = ("is not sparser (aligned) than that BitX point on " +
+              (few[0][0]["name"] if len(few) == 1 else f"any of the {len(few)} models") + ".")
+    else:
+      where = (names[0] if len(few) == 1 else
+               f"{'both' if len(few) == 2 else 'all ' + str(len(few))} models"
+               if len(names) == len(few) else
+               f"{len(names)} of the {len(few)} models ({', '.join(names)})")
+      verdicts = [_compare(r, f["metric"], b["metric"]) for r, f, b in sparser]
+      groups = [(word_, [r["name"] for (r, _, _), v in zip(sparser, verdicts) if v == k])
+                for k, word_ in ((1, "better"), (0, "the same within the resolution"),
+                                 (-1, "worse"))]
+      if len(sparser) == 1:
+        ((phrase, _),) = [(phrase, group) for phrase, group in groups if group]
+        text = f"is sparser (aligned) than that BitX point on {where}, and scores {phrase} there."
+      else:
+        scores = _tally(groups, len(sparser), models=False)
+        text = (f"is sparser (aligned) than that BitX point on {where}; " +
+                ("it" if len(sparser) == len(few) else "of those, it") + f" scores {scores}.")
+    lines.append(f"- **`fewest_ones`** (beyond the paper; measured) at P = {reference:g} " + text)
   return lines
 
 
@@ -458,7 +686,7 @@ def _models_table(records) -> list[str]:
                  _budget(r), f"{m['kernels']} / {m['weights']:,}",
                  _minutes(r["seconds"]["total"])])
   return _table(["model", "what", "weights from", "data", "samples", "metric (original)",
-                 "search budget", "kernels / weights", "time"], rows)
+                 "budget", "kernels / weights", "time"], rows)
 
 
 def _design_space(r) -> list[str]:
@@ -469,15 +697,18 @@ def _design_space(r) -> list[str]:
     for method in ("paper", "fewest_ones"):
       pt = _at(r, method, p)
       mark = "" if _within(r, pt) else " ✗"
+      top = _at_ceiling(r, pt["speedup"])
       row += [f"{_metric(pt['metric'], name)}{mark}", _x(pt["ratio"]["word"]),
-              _x(pt["ratio"]["aligned"]), _x(pt["speedup"])]
+              _x(pt["ratio"]["aligned"]), _xc(pt.get("speedup_unmorphed"), top),
+              _xc(pt["speedup"], top)]
     rows.append(row)
-  return _table(["P", "paper: " + name, "word x", "aligned x", "est. x stripes",
-                 "fewest_ones: " + name, "word x", "aligned x", "est. x stripes"], rows)
+  return _table(["P", "paper: " + name, "word x", "aligned x", "est. x unmorphed",
+                 "est. x stripes", "fewest_ones: " + name, "word x", "aligned x",
+                 "est. x unmorphed", "est. x stripes"], rows)
 
 
 def _at_reference(records, reference) -> list[str]:
-  rows = [["paper (its ImageNet models)", "-", "accuracy kept (their claim)",
+  rows = [["the paper's (its ImageNet models)", "-", "accuracy kept (its claim)",
            f"{PAPER_WORD_RATIO[0]}x..{PAPER_WORD_RATIO[1]}x", "-", "-", "-", "-", "-"]]
   for r in records:
     name = r["metric"]["name"]
@@ -515,11 +746,11 @@ def _bitx_table(records, reference) -> list[str]:
       rows.append([f"**{r['name']}**", f"{_x(mortar['ratio']['aligned'])}, "
                    f"{_metric(mortar['metric'], name)}", f"{c}", _x(b["ratio"]["aligned"]),
                    _with_drop(b['metric'], b['drop'], name),
-                   _x(b["speedup"]), _x(hw),
+                   _xc(b["speedup"], _at_ceiling(r, b["speedup"])), _x(hw),
                    _x(hw * BITX_AREA / mortar_area) if mortar_area else "-"])
   return _table(["model", f"Mortar (paper P={reference:g}): aligned x, metric", "BitX columns",
-                 "BitX aligned x", "BitX metric", "mortar engine on BitX weights, x stripes",
-                 "Mortar over BitX hardware", "same, iso-area"], rows)
+                 "BitX aligned x", "BitX metric", "est. mortar engine on BitX weights, x stripes",
+                 "est. Mortar over BitX hardware", "est. same, iso-area"], rows)
 
 
 def _search_table(records) -> list[str]:
@@ -535,41 +766,63 @@ def _search_table(records) -> list[str]:
     morphed = len(s["precisions"]) if not s["chose_global"] else r["model"]["kernels"]
     gain = (pt["ratio"]["aligned"] / g["ratio"]["aligned"]
             if g and g["ratio"]["aligned"] and pt["ratio"]["aligned"] else None)
-    rows.append([f"**{r['name']}**", _budget(r), kind,
+    top = _at_ceiling(r, pt["speedup"])
+    rows.append([f"**{r['name']}**", _bound(r), kind,
                  _with_drop(pt['metric'], pt['drop'], name),
-                 _x(pt["ratio"]["aligned"]), _x(pt["speedup"]), _x(pt["speedup_unmorphed"]),
+                 _x(pt["ratio"]["aligned"]), _xc(pt.get("speedup_unmorphed"), top),
+                 _xc(pt["speedup"], top),
                  f"{morphed} / {r['model']['kernels']}",
                  (f"P={g['settings']['precision']:g}: {_metric(g['metric'], name)}, "
-                  f"{_x(g['ratio']['aligned'])}, {_x(g['speedup'])}") if g else "none in budget",
+                  f"{_x(g['ratio']['aligned'])}, "
+                  f"{_xc(g['speedup'], _at_ceiling(r, g['speedup']))}") if g else
+                 "none in budget",
                  _x(gain), f"{s['evaluations']}", _minutes(r["seconds"]["search"])])
-  return _table(["model", "budget", "result", "metric", "aligned x", "est. x stripes",
-                 "est. x unmorphed", "kernels morphed", "best global P: metric, aligned x, "
+  return _table(["model", "budget", "result", "metric", "aligned x", "est. x unmorphed",
+                 "est. x stripes", "kernels morphed", "best global P: metric, aligned x, "
                  "est. x stripes", "search / global (aligned)", "full evaluations", "time"], rows)
 
 
+def _iso_area_differs(records) -> bool:
+  """Whether any iso-area headline says something the plain one does not:
+  it exists over `stripes`, or differs over `mortar` unmorphed."""
+  for r in records:
+    for method in ("paper", "fewest_ones"):
+      h, iso = r["estimates"][method]["headline"], r["estimates"][method]["headline_iso_area"]
+      if iso["over_stripes"] is not None or _x(iso["over_unmorphed"]) != _x(h["over_unmorphed"]):
+        return True
+  return False
+
+
 def _speedup_table(records, reference) -> list[str]:
-  rows = [[f"paper: {', '.join(PAPER_SPEEDUPS)}",
+  iso = _iso_area_differs(records)
+  rows = [[f"the paper's: {', '.join(PAPER_SPEEDUPS)}", "-",
            " / ".join(f"{v}x" for v in PAPER_SPEEDUPS.values()),
-           "-", "-", "-", "-", "-", "-", "-"]]
+           "-", "-", "-", "-", "-", "-"]]
   for r in records:
     est = r["estimates"]
     cells = [f"**{r['name']}**"]
     for method in ("paper", "fewest_ones"):
-      h, iso = est[method]["headline"], est[method]["headline_iso_area"]
-      cells += [_x(h["over_stripes"]), f"{_x(h['over_unmorphed'])} ({_x(iso['over_unmorphed'])})"]
+      h = est[method]["headline"]
+      top = _at_ceiling(r, h["over_stripes"])
+      alone = _xc(h["over_unmorphed"], top)
+      if iso:
+        alone += f" (iso-area {_x(est[method]['headline_iso_area']['over_unmorphed'])})"
+      cells += [alone, _xc(h["over_stripes"], top)]
     cyc = est["paper"]["cycles"]
     cells.append(_x(cyc["bitlet"]["original"] / max(1, cyc["bitlet"]["morphed"])))
     s = r.get("search")
-    cells.append(f"{_x(s['point']['speedup'])} / {_x(s['point']['speedup_unmorphed'])}"
-                 if s else "-")
+    top = bool(s) and _at_ceiling(r, s["point"]["speedup"])
+    cells.append(f"{_xc(s['point'].get('speedup_unmorphed'), top)} / "
+                 f"{_xc(s['point']['speedup'], top)}" if s else "-")
     cells.append(_x(cyc["stripes"]["original"] / max(1, cyc["mortar"]["original"])))
     cells.append(_coverage_cell(r))
     rows.append(cells)
-  return _table(["model", f"paper P={reference:g}: mortar x stripes",
-                 "mortar x mortar unmorphed (iso-area)", f"fewest_ones P={reference:g}: "
-                 "x stripes", "x unmorphed (iso-area)", "bitlet morphed x bitlet original",
-                 "searched map: x stripes / x unmorphed", "mortar x stripes, nothing morphed",
-                 "coverage (weight MACs estimated)"], rows)
+  return _table(["model", f"paper P={reference:g}: est. mortar x mortar unmorphed",
+                 "est. mortar x stripes", f"fewest_ones P={reference:g}: est. x unmorphed",
+                 "est. x stripes", "est. bitlet morphed x bitlet original",
+                 "searched map: est. x unmorphed / x stripes",
+                 "est. mortar x stripes, nothing morphed", "coverage (weight MACs estimated)"],
+                rows)
 
 
 def _timing(records) -> list[str]:
@@ -586,52 +839,70 @@ def _timing(records) -> list[str]:
                  "total (with the figures' data)"], rows)
 
 
+def _ceiling_seen(records) -> bool:
+  """Whether any speedup on the page is at the estimate's ceiling."""
+  for r in records:
+    points = [p for m in ("paper", "fewest_ones") for p in r["design_space"][m]]
+    points += (r.get("bitx") or {}).get("points", [])
+    search = r.get("search") or {}
+    points += [p for p in (search.get("point"), search.get("best_global")) if p]
+    if any(_at_ceiling(r, p["speedup"]) for p in points):
+      return True
+  return False
+
+
 def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[str, str],
-         command: str, page_dir: str, work_dir: str = "out/results", intro: str = "") -> str:
-  """The markdown of the results page."""
+         command: str, page_dir: str, work_dir: str = "out/results", intro: str = "",
+         title: str = "") -> str:
+  """The markdown of the results page (`title`: its heading; a neutral one
+  naming the number of models when empty)."""
   reference = records[0]["settings"]["reference"]
   total = sum(r["seconds"]["total"] for r in records)
   machine = records[0]["machine"]
   rel = {k: os.path.relpath(v, page_dir) for k, v in figures.items()}
   small = [r for r in records if r["model"]["samples"] < 50]
-  lines = ["# Mortar's evaluation, reproduced on real models", "",
+  ceiling = (" " + _ceiling_note(records[0]) + "." if _ceiling_seen(records) else "")
+  lines = [f"# {title or 'Mortar evaluation of ' + _plural(len(records), 'model')}", "",
            f"Generated by `{command}` ({datetime.date.today().isoformat()}). Every number on "
-           f"this page comes from that run's records (`{work_dir}/NAME.json`); the only others "
-           "are the paper's published figures, marked \"paper\". The run took "
-           f"**{_minutes(total)}** of compute on {machine['cpus']} CPU cores ({machine['isa']} "
-           "kernels), not counting the setup and the models' export; it is resumable: a model "
-           "whose record exists with the same settings is kept (`--redo=NAME` measures it "
-           "again).", ""]
+           f"this page comes from that run's records (`{work_dir}/NAME.json`) but the paper's "
+           "published figures, marked \"the paper's\". The others are **measured** (the "
+           "metric, and the ones counts of the weights) or **modelled** (speedups: the "
+           "estimator's cycle counts of its engine models, SPEC 4; their columns say \"est.\"). "
+           f"The run took **{_minutes(total)}** of compute on {machine['cpus']} CPU cores "
+           f"({machine['isa']} kernels), not counting the setup and the models' export; it is "
+           "resumable: a model whose record exists with the same settings is kept "
+           "(`--redo=NAME` measures it again).", ""]
   if failed:
     lines += ["**Not evaluated:** " + "; ".join(f"{k}: {v}" for k, v in failed.items()), ""]
-  lines += ["## What holds of the paper's claims", ""] + _summary(records, reference) + [""]
+  lines += [SUMMARY_HEADING, ""] + _summary(records, reference) + [""]
   labelled = [r["name"] for r in records if r["metric"]["name"] == "accuracy"]
   lines += ["## Models and data", ""] + ([intro, ""] if intro else []) + [
             (f"Scored on labels (accuracy): {', '.join(labelled)}. " if labelled else "") +
             "The other metrics compare the morphed model with the original on the same inputs: "
             "**agreement** is the share of inputs whose top-1 class is unchanged, **psnr** the "
             "peak signal-to-noise ratio of the outputs against the original's (300 dB means "
-            "identical), **mse** their mean squared difference. The search's budget is stated "
-            "per model.", ""]
+            "identical), **mse** their mean squared difference. Each model's budget is the "
+            "bound its score must keep (a floor; for mse a ceiling), up to which the search "
+            "spends.", ""]
   lines += _models_table(records)
   lines += ["## Design space (the paper's DSE table)", "",
-            "The metric, the ones ratio (original / morphed) in the word and aligned domains "
-            "(G = 64, width 24, the engines' geometry) and the estimated speedup of the `mortar` "
-            "engine on the morphed weights over `stripes` on the original weights, at each P. "
-            "✗ marks a drop beyond the model's search budget. 24.00x is the ceiling of that "
-            "estimate: every lane of every group keeps at most one 1 bit, so `mortar` spends "
-            "one cycle a group where `stripes` spends 24; 12.00x means at most two 1 bits a "
-            "lane, and so on (the cycles of a group are its busiest lane's ones).", ""]
+            "The metric and the ones ratio (original / morphed) in the word and aligned domains "
+            "(G = 64, width 24, the engines' geometry), measured, and the estimated speedup "
+            "(modelled) of the `mortar` engine on the morphed weights over `mortar` on the "
+            "unmorphed weights and over `stripes` on them, at each P. ✗ marks a score outside "
+            "the model's budget. The cycles of a group are its busiest lane's ones, so 12.00x "
+            "over `stripes` means at most two 1 bits a lane." + ceiling, ""]
   for r in records:
     lines += [f"### {r['name']}: {r['entry']['title']}", ""] + _design_space(r)
-  lines += [f"## Accuracy and sparsity at P = {reference:g}", "",
+  lines += [f"## Scores and sparsity at P = {reference:g} (measured)", "",
             "The paper reads its sparsity in what SPEC 1 takes to be the word domain (all 32 bits); "
             "the aligned domain is what a bit-serial engine pays for. BitX keeps the first "
             "`columns` columns of each exponent-matched group; the column count shown is the "
             "largest that is at least as sparse (aligned) as `paper` at this P.", ""]
   lines += _at_reference(records, reference)
   lines += ["## BitX at Mortar's sparsity", "",
-            "Both column counts around Mortar's aligned ratio. *Mortar over BitX hardware* is "
+            "Both column counts around Mortar's aligned ratio; scores and ratios measured, "
+            "speedups modelled. *Mortar over BitX hardware* is "
             "our model, not the BitX paper's RTL: a BitX engine spends one cycle per kept column "
             f"of a group (SPEC 4's stripes rule over `columns` columns), with BitX's published "
             f"{BITX_AREA} mm² against Mortar's 0.031 mm² for the iso-area figure.", ""]
@@ -643,14 +914,18 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
             "of that grid for every kernel, found by bisection over the grid (one full "
             "evaluation a step)." + _global_p_check(records), ""]
   lines += _search_table(records)
-  lines += ["## Speedups (SPEC 4)", "",
+  iso = _iso_area_differs(records)
+  lines += ["## Speedups (modelled, SPEC 4)", "",
             "Cycle totals of the estimator's engines over every layer the graph reader maps "
             "(weight-serial models, G = 64, width 24; see the README's \"Reading the estimate\"); "
             "the coverage column says what share of the model's weight MACs those layers hold "
-            "(the README's \"Coverage\"). "
-            "Iso-area figures need an area for both engines: only `mortar` has one among the "
-            "default engines, so the iso-area speedup over `mortar` unmorphed equals the "
-            "plain one and there is none over `stripes`.", ""]
+            "(the README's \"Coverage\"). Over `stripes` includes what `mortar` gains with "
+            "nothing morphed (its own column). " +
+            ("Iso-area figures need an area for both engines." if iso else
+             "No iso-area figures: they need an area for both engines, and only `mortar` has "
+             "one among the default engines, so over `mortar` unmorphed the iso-area speedup "
+             "is the plain one (the same engine on both sides) and over `stripes` there is "
+             "none.") + (ceiling if ceiling else ""), ""]
   lines += _speedup_table(records, reference)
   lines += ["## Figures", "",
             "Bit density per layer and bit of the IEEE word before morphing (the paper's "
@@ -662,8 +937,8 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
             "The metric against aligned sparsity per model:", "", f"![pareto]({rel['pareto']})",
             ""]
   lines += ["## What these numbers cannot say", "",
-            "- The paper's own models (ImageNet CNNs) cannot be had offline here, so no row of "
-            "its tables is reproduced model for model; its figures are shown beside ours as "
+            "- The paper's own models (ImageNet CNNs) are not among these, so no row of "
+            "its tables is reproduced model for model; its figures are shown beside these as "
             "published.",
             "- Agreement and PSNR measure how far the morphed model moves from the original, "
             "which is stricter than task accuracy (a changed output can still be right) but not "
@@ -683,12 +958,12 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
 FIGURES = ("bit_density.png", "columns.png", "pareto.png")  # what write_page puts in figures_dir
 
 
-SUMMARY_HEADING = "## What holds of the paper's claims"
+SUMMARY_HEADING = "## Summary"
 README_BEGIN, README_END = "<!-- results-summary: begin -->", "<!-- results-summary: end -->"
 
 
 def summary_of(page_text: str) -> list[str]:
-  """The lines of the page's "What holds" section (its bullets)."""
+  """The lines of the page's summary section (its bullets)."""
   lines = page_text.splitlines()
   start = lines.index(SUMMARY_HEADING) + 1
   end = next(i for i in range(start, len(lines)) if lines[i].startswith("## "))
@@ -711,11 +986,11 @@ def with_summary(readme_text: str, summary: Sequence[str]) -> str:
 
 def write_page(records: Sequence[dict], page_path: str, figures_dir: str, *,
                failed: Mapping[str, str] | None = None, command: str = "",
-               work_dir: str = "out/results", intro: str = "",
+               work_dir: str = "out/results", intro: str = "", title: str = "",
                readme: str | None = None) -> list[str]:
   """Writes the page and its figures, all or none; returns the paths.
 
-  With `readme`, the page's "What holds" bullets also replace the block
+  With `readme`, the page's summary bullets also replace the block
   between that file's README_BEGIN and README_END markers (written with the
   page, or not at all).
 
@@ -739,7 +1014,7 @@ def write_page(records: Sequence[dict], page_path: str, figures_dir: str, *,
         "columns": plot_columns(records, columns, records[0]["settings"]["reference"]),
         "pareto": plot_pareto(records, pareto),
     }
-    text = page(records, figures, failed or {}, command, page_dir, work_dir, intro)
+    text = page(records, figures, failed or {}, command, page_dir, work_dir, intro, title)
     files.write_text(page_path, text + "\n")
     written = [page_path] + list(figures.values())
     if readme:

@@ -1,19 +1,24 @@
-"""Reproduces the paper's evaluation over a list of models and writes one results page.
+"""Evaluates Mortar's morphing on a list of models and writes one results page.
 
+  mortar-results --models=models.json                     # page: out/results/results.md
   mortar-results --models=models.json --page=docs/results.md
   mortar-results --models=models.json --redo=hed          # measure one model again
   mortar-results --models=models.json --page_only         # rebuild the page from the records
 
-A psnr budget is the drop allowed from the 300 dB of identical outputs (260
-keeps PSNR >= 40 dB). --models is a JSON list of {"name", "model", "data", "metric", "budget", "title",
+--models is a JSON list of {"name", "model", "data", "metric", "budget", "title",
 "weights", "data_source"} (optional: "output", "x_key", "y_key", "samples"; paths
-relative to the list's directory), or {"intro": markdown, "models": list}. For each model: the design-space sweep of
-`paper` and `fewest_ones` over --precisions, BitX at Mortar's sparsity, the
-estimator's matrix at --reference, and the per-kernel search within the
-model's budget. Each model's record goes to --work_dir/NAME.json when it is
-done; a model whose record exists with the same settings is kept. The page
-(--page) and its figures (--figures_dir) are written from the records, all or
-none. Exit status: 0 done, 1 a model failed (the page lists it) or bad input.
+relative to the list's directory), or {"title": heading, "intro": markdown,
+"models": list} (title and intro optional). A budget is the drop in the metric
+the search may spend; a psnr budget is the drop from the 300 dB of identical
+outputs (260 keeps PSNR >= 40 dB), or give "psnr_floor": 40 instead. For each
+model: the design-space sweep of `paper` and `fewest_ones` over --precisions
+(the paper's table), BitX at Mortar's sparsity, the estimator's matrix at
+--reference, and the per-kernel search within the model's budget. Each model's
+record goes to --work_dir/NAME.json when it is done; a model whose record
+exists with the same settings is kept. The page (--page, by default
+--work_dir/results.md) and its figures (--figures_dir) are written from the
+records, all or none. Exit status: 0 done, 1 a model failed (the page lists
+it) or bad input.
 """
 
 import os
@@ -28,7 +33,8 @@ from mortar_tf.tools import flag_parsing
 
 _MODELS = flags.DEFINE_string("models", None, "The model list (JSON).", required=True)
 _WORK_DIR = flags.DEFINE_string("work_dir", "out/results", "Where the per-model records go.")
-_PAGE = flags.DEFINE_string("page", "docs/results.md", "The results page (markdown).")
+_PAGE = flags.DEFINE_string("page", None, "The results page (markdown; default: "
+                            "WORK_DIR/results.md).")
 _FIGURES_DIR = flags.DEFINE_string("figures_dir", None,
                                    "Where the page's PNGs go (default: PAGE's directory/results).")
 _PRECISIONS = flags.DEFINE_list("precisions", ["1e-4", "5e-4", "1e-3", "5e-3", "0.01", "0.05",
@@ -56,7 +62,7 @@ _PARTIAL = flags.DEFINE_bool("partial", False,
                              "before any work, so a quick --only run cannot replace a full page.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Print progress and ETA lines on stderr.")
 _README = flags.DEFINE_string(
-    "readme", None, "Also copy the page's \"What holds\" bullets into this markdown file, "
+    "readme", None, "Also copy the page's summary bullets into this markdown file, "
     "between its <!-- results-summary: begin --> and <!-- results-summary: end --> lines.")
 
 
@@ -72,7 +78,8 @@ def main(argv):
                                                    _SEARCH_PRECISIONS.value, float)),
       search_method=_SEARCH_METHOD.value, max_evaluations=_MAX_EVALUATIONS.value,
       bitx=_BITX.value, search=_SEARCH.value)
-  figures_dir = _FIGURES_DIR.value or os.path.join(os.path.dirname(_PAGE.value) or ".", "results")
+  page = _PAGE.value or os.path.join(_WORK_DIR.value, "results.md")
+  figures_dir = _FIGURES_DIR.value or os.path.join(os.path.dirname(page) or ".", "results")
   try:
     settings.check()
     entries = evaluation.load_entries(_MODELS.value)
@@ -81,12 +88,13 @@ def main(argv):
     if unknown:
       raise ValueError(f"--only names models not in the list: {', '.join(unknown)} "
                        f"(the list has {', '.join(names)})")
-    _check_outputs(entries, figures_dir)
+    _check_outputs(entries, page, figures_dir)
     for entry in entries:
       if entry.metric == "psnr" and entry.budget < 150:
         print(f"mortar-results: warning: {entry.name}: a psnr budget is the drop allowed from "
               f"the 300 dB of identical outputs: {entry.budget:g} keeps PSNR >= "
-              f"{300 - entry.budget:g} dB (for PSNR >= 40 dB write 260)", file=sys.stderr)
+              f"{300 - entry.budget:g} dB (for PSNR >= 40 dB write \"budget\": 260 or "
+              "\"psnr_floor\": 40)", file=sys.stderr)
     measured = [] if _PAGE_ONLY.value else [
         e.name for e in entries if not _ONLY.value or e.name in _ONLY.value]
     left_out = [e.name for e in entries if e.name not in measured and not evaluation.is_current(
@@ -113,9 +121,10 @@ def main(argv):
                for name in missing}
     from mortar_tf.explore import results_page  # pylint: disable=import-outside-toplevel
     command = "mortar-results " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    written = results_page.write_page(records, _PAGE.value, figures_dir,
+    written = results_page.write_page(records, page, figures_dir,
                                       failed={**failed, **not_yet}, work_dir=_WORK_DIR.value,
                                       intro=evaluation.read_intro(_MODELS.value),
+                                      title=evaluation.read_title(_MODELS.value),
                                       command=os.environ.get("MORTAR_RESULTS_COMMAND", command),
                                       readme=_README.value)
   except (ValueError, TypeError) as e:
@@ -133,7 +142,7 @@ def main(argv):
   return 1 if failed else 0
 
 
-def _check_outputs(entries, figures_dir: str) -> None:
+def _check_outputs(entries, page: str, figures_dir: str) -> None:
   """Before any work: no output lies inside, equals or aliases an input (the
   list, a model, its data) or another output, and the page and figures can be
   written (the directory, or its nearest existing ancestor, is probed with a
@@ -141,9 +150,8 @@ def _check_outputs(entries, figures_dir: str) -> None:
   from mortar_tf import files  # pylint: disable=import-outside-toplevel
   from mortar_tf.explore import evaluation  # pylint: disable=import-outside-toplevel
   from mortar_tf.explore import results_page  # pylint: disable=import-outside-toplevel
-  page = _PAGE.value
   flag_parsing.check_paths(
-      [(_PAGE, files.FILE), ("--figures_dir", figures_dir, files.FOLDER),
+      [("--page", page, files.FILE), ("--figures_dir", figures_dir, files.FOLDER),
        (_WORK_DIR, files.FOLDER), (_README, files.FILE)]
       + [(f"--figures_dir's {name}", os.path.join(figures_dir, name), files.FILE)
          for name in results_page.FIGURES]
