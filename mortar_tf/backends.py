@@ -330,19 +330,21 @@ def _morph_native(w: np.ndarray, spec, axes) -> np.ndarray:
   return native.morph(w, spec.method, spec.precision or 1.0, spec.keep_bits or 0)
 
 
-def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=None,
+def morph(w, method="paper", precision=None, *, keep_bits=None, columns=None,
           group_size=None, width=None, layout=None, reduction_axes=None, equation=None,
           backend: str | None = None):
   """Morphs float32 weights to nearby values with fewer 1 bits (SPEC 2).
 
   Args:
     w: float32 numpy array, tf.Tensor or tf.Variable (read, never assigned).
-    method: "paper", "fewest_ones", "round" or "bitx".
+    method: "paper", "fewest_ones", "round" or "bitx", or a MorphSpec (then
+      none of the settings below may be given: they are the spec's).
     precision: P, 0 < P <= 1 (paper, fewest_ones; default 0.1). Converted with
       float(): np.float32(0.1) is not 0.1.
     keep_bits: explicit mantissa bits kept, 0..23 (round).
     columns: aligned columns kept, 1..width (bitx).
-    group_size, width: the grouping of bitx (default 16 and 24).
+    group_size, width: the grouping of bitx (default bits.DEFAULT_GROUP_SIZE
+      and bits.DEFAULT_WIDTH).
     layout, reduction_axes, equation: which axes bitx groups along (SPEC 3);
       default: all axes but the last.
     backend: "native", "op", "tf" or "numpy" (see the module docstring).
@@ -355,17 +357,20 @@ def morph(w, method: str = "paper", precision=None, *, keep_bits=None, columns=N
 
   Raises:
     TypeError: the weights are not float32.
-    ValueError: a bad method, argument or backend.
+    ValueError: a bad method, argument or backend; a MorphSpec together with
+      flat settings.
     RuntimeError: backend="native" or "op" without its library.
 
   Example:
     >>> morph(np.float32([1.375]), "fewest_ones", precision=0.1)
     array([1.25], dtype=float32)
+    >>> morph(np.float32([1.375]), morphing.MorphSpec("fewest_ones", 0.1))
+    array([1.25], dtype=float32)
   """
-  spec = morphing.MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
-                                   group_size=group_size, width=width)
+  spec = morphing.as_spec(method, precision, keep_bits=keep_bits, columns=columns,
+                          group_size=group_size, width=width)
   if spec.method != "bitx" and (layout, reduction_axes, equation) != (None, None, None):
-    raise ValueError(f"method {method!r} works per weight; layout/reduction_axes/equation "
+    raise ValueError(f"method {spec.method!r} works per weight; layout/reduction_axes/equation "
                      "only apply to 'bitx'")
   if backend is not None and backend not in BACKENDS:
     raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")

@@ -19,7 +19,7 @@ between them by input kind, or by ``backend=``.
 
 Example:
   >>> import numpy as np
-  >>> spec = MorphSpec.create("paper", 0.1)
+  >>> spec = MorphSpec("paper", 0.1)
   >>> morph_numpy(np.float32([1.375, 1.6]), spec)
   array([1.5  , 1.625], dtype=float32)
 """
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from typing import Mapping
 
 import numpy as np
 
@@ -73,65 +74,120 @@ def _check_int(name: str, value, low: int, high: int) -> int:
   return int(value)
 
 
-@dataclasses.dataclass(frozen=True)
-class MorphSpec:
-  """A validated morphing method and its settings.
+_TAKES = {"paper": ("precision",), "fewest_ones": ("precision",), "round": ("keep_bits",),
+          "bitx": ("columns", "group_size", "width")}
+SETTINGS = ("precision", "keep_bits", "columns", "group_size", "width")
 
-  Build one with `MorphSpec.create`, which checks every argument; the fields
-  that do not apply to the method are None.
 
-  Attributes:
-    method: one of METHODS.
-    precision: P for "paper" and "fewest_ones".
-    keep_bits: explicit mantissa bits kept by "round" (0..23).
-    columns: aligned columns kept by "bitx" (1..width).
-    group_size: lanes per group (G) for "bitx".
-    width: window width for "bitx" (1..64).
-  """
-  method: str
-  precision: float | None = None
-  keep_bits: int | None = None
-  columns: int | None = None
-  group_size: int | None = None
-  width: int | None = None
-
-  @classmethod
-  def create(cls, method: str = "paper", precision=None, *, keep_bits=None, columns=None,
-             group_size=None, width=None) -> "MorphSpec":
-    """Validates the arguments of `method` and rejects those it does not take.
-
-    Raises:
-      ValueError: unknown method, a bad value, a missing required argument, or
-        an argument the method does not use (e.g. precision with "round").
-    """
-    if method not in METHODS:
-      raise ValueError(f"unknown morphing method {method!r}; expected one of {', '.join(METHODS)}")
-    given = {"precision": precision, "keep_bits": keep_bits, "columns": columns,
-             "group_size": group_size, "width": width}
-    takes = {"paper": ("precision",), "fewest_ones": ("precision",), "round": ("keep_bits",),
-             "bitx": ("columns", "group_size", "width")}[method]
-    extra = [k for k, v in given.items() if v is not None and k not in takes]
-    if extra:
-      raise ValueError(
-          f"method {method!r} takes {', '.join(takes)}; it does not use {', '.join(extra)}")
-    if method in ("paper", "fewest_ones"):
-      return cls(method, precision=check_precision(
-          DEFAULT_PRECISION if precision is None else precision))
-    if method == "round":
-      if keep_bits is None:
-        raise ValueError("method 'round' needs keep_bits (explicit mantissa bits kept, 0..23)")
-      return cls(method, keep_bits=_check_int("keep_bits", keep_bits, 0, 23))
+def _validated(method, precision, keep_bits, columns, group_size, width) -> dict:
+  """The fields of a MorphSpec: checked, defaults filled in, unused ones None."""
+  if not isinstance(method, str) or method not in METHODS:
+    raise ValueError(f"unknown morphing method {method!r}; expected one of {', '.join(METHODS)}")
+  given = {"precision": precision, "keep_bits": keep_bits, "columns": columns,
+           "group_size": group_size, "width": width}
+  takes = _TAKES[method]
+  extra = [k for k, v in given.items() if v is not None and k not in takes]
+  if extra:
+    raise ValueError(
+        f"method {method!r} takes {', '.join(takes)}; it does not use {', '.join(extra)}")
+  fields = dict.fromkeys(given)
+  if method in ("paper", "fewest_ones"):
+    fields["precision"] = check_precision(DEFAULT_PRECISION if precision is None else precision)
+  elif method == "round":
+    if keep_bits is None:
+      raise ValueError("method 'round' needs keep_bits (explicit mantissa bits kept, 0..23)")
+    fields["keep_bits"] = _check_int("keep_bits", keep_bits, 0, 23)
+  else:
     group_size, width = bits.check_group_args(
         bits.DEFAULT_GROUP_SIZE if group_size is None else group_size,
         bits.DEFAULT_WIDTH if width is None else width)
     if columns is None:
       raise ValueError(f"method 'bitx' needs columns (aligned columns kept, 1..{width})")
-    return cls(method, columns=_check_int("columns", columns, 1, width),
-               group_size=group_size, width=width)
+    fields.update(columns=_check_int("columns", columns, 1, width), group_size=group_size,
+                  width=width)
+  return dict(fields, method=method)
+
+
+@dataclasses.dataclass(frozen=True, init=False, repr=False)
+class MorphSpec:
+  """A morphing method and its settings: the one scheme object.
+
+  Every function that takes a method takes a MorphSpec in its place
+  (mortar_tf.morph, MorphWrapper, morph_model, MortarCallback, MorphScheme,
+  mortar_tf.savedmodel.convert, the estimator), and a precision map's value
+  may be one (a per-layer method). The constructor validates: a spec always
+  holds a usable method, with the defaults filled in (P = 0.1; bitx's
+  group_size and width from mortar_tf.bits) and the settings the method does
+  not use None. Specs are immutable and hashable; equal settings make equal
+  specs. `MorphSpec.create` is the same constructor.
+
+  Args:
+    method: one of METHODS.
+    precision: P for "paper" and "fewest_ones" (0 < P <= 1; default 0.1).
+      Converted with float(): np.float32(0.1) is not 0.1.
+    keep_bits: explicit mantissa bits kept by "round" (0..23; required).
+    columns: aligned columns kept by "bitx" (1..width; required).
+    group_size: lanes per group (G) for "bitx" (default bits.DEFAULT_GROUP_SIZE).
+    width: window width for "bitx" (1..64; default bits.DEFAULT_WIDTH).
+
+  Raises:
+    ValueError: unknown method, a bad value, a missing required setting, or
+      a setting the method does not use (e.g. precision with "round").
+
+  Example:
+    >>> MorphSpec("fewest_ones", 0.05)
+    MorphSpec('fewest_ones', precision=0.05)
+    >>> MorphSpec.from_config({"method": "round", "keep_bits": 7}).to_config()
+    {'method': 'round', 'keep_bits': 7}
+  """
+  method: str
+  precision: float | None
+  keep_bits: int | None
+  columns: int | None
+  group_size: int | None
+  width: int | None
+
+  def __init__(self, method: str = "paper", precision=None, *, keep_bits=None, columns=None,
+               group_size=None, width=None):
+    for name, value in _validated(method, precision, keep_bits, columns, group_size,
+                                  width).items():
+      object.__setattr__(self, name, value)
+
+  @classmethod
+  def create(cls, method: str = "paper", precision=None, *, keep_bits=None, columns=None,
+             group_size=None, width=None) -> "MorphSpec":
+    """The constructor under its older name (same arguments, same checks)."""
+    return cls(method, precision, keep_bits=keep_bits, columns=columns, group_size=group_size,
+               width=width)
 
   def settings(self) -> dict:
     """The method's own settings, e.g. {"precision": 0.1}."""
-    return {k: v for k, v in dataclasses.asdict(self).items() if k != "method" and v is not None}
+    return {k: getattr(self, k) for k in SETTINGS if getattr(self, k) is not None}
+
+  def to_config(self) -> dict:
+    """A JSON-able dict, {"method": "paper", "precision": 0.1}; from_config takes it back."""
+    return {"method": self.method, **self.settings()}
+
+  @classmethod
+  def from_config(cls, config) -> "MorphSpec":
+    """The spec of a to_config() dict (or a JSON object of that form).
+
+    Raises:
+      ValueError: not a mapping, no "method", an unknown key, or bad settings.
+    """
+    if isinstance(config, MorphSpec):
+      return config
+    if not isinstance(config, Mapping):
+      raise ValueError(f"a MorphSpec config is a mapping {{'method': ..., settings...}}, got "
+                       f"{type(config).__name__}")
+    if "method" not in config:
+      raise ValueError(f"a MorphSpec config needs a 'method' ({', '.join(METHODS)}), got "
+                       f"{dict(config)!r}")
+    unknown = [k for k in config if k != "method" and k not in SETTINGS]
+    if unknown:
+      raise ValueError(f"unknown MorphSpec settings {unknown}; a config holds 'method' and "
+                       f"{', '.join(SETTINGS)}")
+    return cls(**dict(config))
 
   def label(self) -> str:
     """A short name such as "paper P=0.1", "round keep_bits=7", "bitx columns=8"."""
@@ -140,6 +196,34 @@ class MorphSpec:
     if self.keep_bits is not None:
       return f"{self.method} keep_bits={self.keep_bits}"
     return f"{self.method} columns={self.columns}"
+
+  def __repr__(self) -> str:
+    settings = "".join(f", {k}={v!r}" for k, v in self.settings().items())
+    return f"MorphSpec({self.method!r}{settings})"
+
+  def __str__(self) -> str:
+    return " ".join([self.method] + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in self.settings().items()])
+
+
+def as_spec(method="paper", precision=None, *, keep_bits=None, columns=None, group_size=None,
+            width=None) -> MorphSpec:
+  """The MorphSpec of a call's morphing arguments: `method` a MorphSpec (then
+  no flat setting may be given) or a method name with its flat settings.
+
+  Raises:
+    ValueError: a MorphSpec together with flat settings, or bad settings.
+  """
+  if isinstance(method, MorphSpec):
+    given = {k: v for k, v in dict(precision=precision, keep_bits=keep_bits, columns=columns,
+                                   group_size=group_size, width=width).items() if v is not None}
+    if given:
+      raise ValueError(
+          f"give the morphing as a MorphSpec or as flat settings, not both: got {method!r} "
+          f"and {', '.join(f'{k}={v!r}' for k, v in given.items())} (put them in the spec)")
+    return method
+  return MorphSpec(method, precision, keep_bits=keep_bits, columns=columns,
+                   group_size=group_size, width=width)
 
 
 # --------------------------------------------------------------------------

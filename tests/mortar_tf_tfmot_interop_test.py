@@ -42,8 +42,11 @@ SCRIPT = textwrap.dedent("""
 
 def _run(script, legacy="1"):
   env = dict(os.environ, TF_USE_LEGACY_KERAS=legacy, TF_CPP_MIN_LOG_LEVEL="3")
+  # cwd: the tests' folder, so `python -c` (which puts the cwd first on
+  # sys.path) imports the installed mortar_tf, not the source tree
   return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                        env=env, timeout=600, check=False)
+                        env=env, timeout=600, check=False,
+                        cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_prune_strip_then_morph_keeps_zeros_and_morphs_the_rest():
@@ -225,3 +228,52 @@ def test_tfmot_module_refuses_keras3_processes():
   result = _run("import mortar_tf.keras.tfmot", legacy="0")
   assert result.returncode != 0
   assert "TF_USE_LEGACY_KERAS=1" in result.stderr
+
+
+SPEC_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, %r)
+    import numpy as np
+    import spec_reference as ref
+    import tensorflow_model_optimization as tfmot
+    from mortar_tf import MorphSpec
+    from mortar_tf.keras import morph_model
+    from mortar_tf.keras import tfmot as mortar_tfmot
+    from mortar_tf.keras.compat import keras
+    q = tfmot.quantization.keras
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    base = keras.Sequential([L.InputLayer((6, 6, 2)), L.Conv2D(3, 3, name="conv"),
+                             L.Flatten(name="flat"), L.Dense(4, name="fc")])
+    spec = MorphSpec("bitx", columns=6, group_size=4)
+    x = np.random.default_rng(0).standard_normal((3, 6, 6, 2)).astype(np.float32)
+    with mortar_tfmot.scope():
+      qat = q.quantize_apply(q.quantize_annotate_model(base), scheme=mortar_tfmot.MorphScheme(spec))
+    wrapped = morph_model(base, spec)
+    assert np.array_equal(np.asarray(qat(x)).view(np.uint32),
+                          np.asarray(wrapped(x)).view(np.uint32)), "TFMOT forward != MorphWrapper"
+    plain = mortar_tfmot.strip_morph_quantization(qat)
+    for name, axes in (("conv", (0, 1, 2)), ("fc", (0,))):
+      want = ref.bitx(base.get_layer(name).kernel.numpy(), axes, 4, 6)
+      got = plain.get_layer(name).kernel.numpy()
+      assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
+    # configs stay flat (what TFMOT's deserialization passes back as keywords)
+    config = mortar_tfmot.MorphQuantizeConfig(spec).get_config()
+    assert config == {"method": "bitx", "columns": 6, "group_size": 4, "width": spec.width}, config
+    assert mortar_tfmot.MorphQuantizeConfig(**config).spec == spec
+    for make in (lambda: mortar_tfmot.MorphScheme(spec, precision=0.1),
+                 lambda: mortar_tfmot.MorphQuantizeConfig(spec, columns=3),
+                 lambda: mortar_tfmot.MorphScheme(precision=0.1)):
+      try:
+        make()
+        raise SystemExit("accepted")
+      except ValueError as e:
+        assert "not both" in str(e) or "without a method" in str(e), e
+    print("OK")
+    """) % os.path.dirname(os.path.abspath(__file__))
+
+
+def test_morph_scheme_takes_a_spec():
+  result = _run(SPEC_SCRIPT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith("OK")

@@ -614,19 +614,26 @@ def _einsum_reduction(equation: str, shapes) -> int | None:
 
 def _morphed(w, spec, axes, group_size, width):
   """The weight as the converter would write it; bitx prunes with the
-  geometry of the engine it is estimated on."""
+  geometry of the engine it is estimated on (whatever the spec's own)."""
   if spec is None:
     return w
   if spec.method == "bitx":
     spec = dataclasses.replace(spec, group_size=group_size, width=width)
-    return backends.morph(w, spec.method, **spec.settings(), reduction_axes=axes)
-  return backends.morph(w, spec.method, **spec.settings())
+    return backends.morph(w, spec, reduction_axes=axes)
+  return backends.morph(w, spec)
+
+
+def _layer_settings(spec) -> dict:
+  """A layer's morphing as the estimate records it: bitx without group_size
+  and width (the engines' geometry applies)."""
+  return {"method": spec.method, **{k: v for k, v in spec.settings().items()
+                                    if spec.method != "bitx" or k not in ("group_size", "width")}}
 
 
 def estimate(saved_model_dir: str, input_shape=None,
              signature: str = graph_lib.DEFAULT_SIGNATURE,
              engines: Sequence[Engine] | None = None, baseline=None,
-             method: str = "paper", precision=None, *, keep_bits=None, columns=None,
+             method="paper", precision=None, *, keep_bits=None, columns=None,
              group_size=None, width=None) -> Estimate:
   """Estimates every compute op of a SavedModel on each engine, on the
   original and on the morphed weights.
@@ -641,13 +648,17 @@ def estimate(saved_model_dir: str, input_shape=None,
       weights), "engine:morphed", or a pair (default: stripes on the original
       weights, or the first engine's original weights where none is "stripes").
     method, precision, keep_bits, columns: how the weights are morphed (as for
-      mortar_tf.morph), applied to exactly what mortar_tf.savedmodel.convert
-      would morph (savedmodel.selection: variables, never graph constants).
-      `precision` may be a {pattern: P} map, matched as mortar_tf.precision_map
-      says (an entry matching nothing is an error, as in the converter);
-      layers it does not cover keep their weights. bitx prunes with the G and
-      width of each engine it is estimated on.
-    group_size, width: replace every engine's lanes per PE / aligned width.
+      mortar_tf.morph: a MorphSpec, or a method name with its flat settings),
+      applied to exactly what mortar_tf.savedmodel.convert would morph
+      (savedmodel.selection: variables, never graph constants). `precision`
+      may be a {pattern: P or MorphSpec} map, matched as
+      mortar_tf.precision_map says (an entry matching nothing is an error, as
+      in the converter): a number is P for `method`, a MorphSpec morphs the
+      weights its entry wins with its own method; layers it does not cover
+      keep their weights. bitx (one spec or a map entry) prunes with the G
+      and width of each engine it is estimated on, never the spec's own.
+    group_size, width: replace every engine's lanes per PE / aligned width
+      (not morphing settings: they may go with a MorphSpec).
 
   Returns:
     An Estimate.
@@ -666,21 +677,18 @@ def estimate(saved_model_dir: str, input_shape=None,
   if baseline[0] not in [e.name for e in engines]:
     raise ValueError(f"baseline {baseline[0]!r} is not one of the engines: "
                      f"{', '.join(e.name for e in engines)}")
-  spec_kwargs = {k: v for k, v in dict(keep_bits=keep_bits, columns=columns).items()
-                 if v is not None}
-  if isinstance(precision, Mapping):
-    if spec_kwargs:
-      raise ValueError("a precision map takes no other morphing arguments")
-    precision_map.check(precision, method)
-    settings = {"precision_map": dict(precision)}
+  # group_size and width are the engines' (bitx prunes with each engine's).
+  spec_or_map = precision_map.check_morphing(method, precision, keep_bits=keep_bits,
+                                             columns=columns)
+  if isinstance(spec_or_map, morphing.MorphSpec):
+    settings = _layer_settings(spec_or_map)
+    method = settings.pop("method")
   else:
-    settings = morphing.MorphSpec.create(method, precision, **spec_kwargs).settings()
-    if method == "bitx":  # the engines' geometry, not bitx's defaults
-      settings = {k: v for k, v in settings.items() if k not in ("group_size", "width")}
+    settings = {"precision_map": precision_map.to_json(precision)}
 
   graph = graph_lib.read_graph(saved_model_dir, input_shape=input_shape, signature=signature)
   # What the converter would morph, with the same settings: graph constants stay.
-  targets, _ = selection.select_targets(graph, method, precision, spec_kwargs)
+  targets, _ = selection.select_targets(graph, spec_or_map)
   specs = {t.var.key: t.spec for t in targets}
   display = graph.display_names()
   reader, _ = variables_lib.open_checkpoint(saved_model_dir)
@@ -733,6 +741,6 @@ def estimate(saved_model_dir: str, input_shape=None,
         **common, weight_shape=tuple(op.weight.shape), reduction_axes=tuple(axes),
         macs=n_pos * int(w.size), weights=int(w.size), n_pos=n_pos, n_groups=n_groups,
         cycles=cycles, columns=column_ones,
-        precision=None if spec is None else dict(spec.settings(), method=spec.method)))
+        precision=None if spec is None else _layer_settings(spec)))
   return Estimate(saved_model_dir, signature, engines, baseline, method, settings,
                   tuple(layers), graph.shape_source)

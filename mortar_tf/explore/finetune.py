@@ -26,12 +26,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
 
 import numpy as np
 
 from mortar_tf import backends
 from mortar_tf import morphing
+from mortar_tf import precision_map
 from mortar_tf.explore import metrics as metrics_lib
 from mortar_tf.explore import models
 
@@ -95,17 +95,16 @@ class Distiller:
       variable.assign(value)
 
   def _specs(self, precision, method) -> dict[int, morphing.MorphSpec]:
-    if isinstance(precision, Mapping):
-      from mortar_tf.explore import search  # pylint: disable=import-outside-toplevel
-      chosen = search.resolve_map(dict(precision), self.kernels, method)
-      return {i: morphing.MorphSpec.create(method, p) for i, p in chosen.items()}
-    spec = morphing.MorphSpec.create(method, precision)
-    return {i: spec for i in range(len(self.kernels))}
+    chosen = precision_map.check_morphing(method, precision)
+    if isinstance(chosen, morphing.MorphSpec):
+      return {i: chosen for i in range(len(self.kernels))}
+    return precision_map.resolve(chosen, {i: k.names for i, k in enumerate(self.kernels)},
+                                 what="kernel")
 
   def _assign_morphed(self, specs, masters):
     for i, spec in specs.items():
-      self.kernels[i].variable.assign(backends.morph(masters[i], spec.method,
-                                                     **spec.settings()))
+      grouping = {"reduction_axes": self.kernels[i].axes} if spec.method == "bitx" else {}
+      self.kernels[i].variable.assign(backends.morph(masters[i], spec, **grouping))
 
   def run(self, precision, *, metric, method="fewest_ones", epochs=3, batch_size=32,
           learning_rate=3e-4, seed=0, keep_model=True) -> FinetuneResult:
@@ -158,19 +157,21 @@ class Distiller:
     return FinetuneResult(result, before, after, improved, tuple(losses))
 
 
-def finetune(model, precision, inputs, *, metric, method: str = "fewest_ones",
+def finetune(model, precision, inputs, *, metric, method="fewest_ones",
              epochs: int = 3, batch_size: int = 32, learning_rate: float = 3e-4,
              seed: int = 0) -> FinetuneResult:
-  """Distils `model` morphed with `precision` (a P or a {pattern: P} map)
-  against its own original outputs on `inputs`.
+  """Distils `model` morphed with `precision` (a P or a {pattern: P or
+  MorphSpec} map) against its own original outputs on `inputs`.
 
   Args:
     model: a Keras model with its original weights (left as it is).
-    precision: P for every kernel, or a map as morph_model takes it.
+    precision: P for every kernel, or a map as morph_model takes it (None
+      with a MorphSpec as `method`).
     inputs: unlabelled inputs to distil on (keep them apart from the data the
       metric scores, or the score flatters the result).
     metric: a Metric (e.g. builtin_metric(...) against the original).
-    method: "fewest_ones" or "paper".
+    method: a method name (the one the map's numbers are P for), or a
+      MorphSpec for every kernel.
     epochs, batch_size, learning_rate, seed: the training (Adam).
 
   Raises:

@@ -60,7 +60,7 @@ _SETTING = {"paper": "precision", "fewest_ones": "precision", "round": "keep_bit
 
 def _morph(kernel: models.Kernel, spec: morphing.MorphSpec) -> np.ndarray:
   grouping = {"reduction_axes": kernel.axes} if spec.method == "bitx" else {}
-  return backends.morph(kernel.original, spec.method, **spec.settings(), **grouping)
+  return backends.morph(kernel.original, spec, **grouping)
 
 
 class _Applied:
@@ -123,7 +123,8 @@ class ModelEstimator:
         tf.saved_model.save(self.model, path)
     return os.path.join(self.dir, "model")
 
-  def __call__(self, method: str, precision=None, **kwargs):
+  def __call__(self, method, precision=None, **kwargs):
+    """The estimate with `method` (a name with its settings, or a MorphSpec)."""
     from mortar_tf import estimator  # pylint: disable=import-outside-toplevel
     return estimator.estimate(self._export(), input_shape=self.input_shape, method=method,
                               precision=precision, **kwargs)
@@ -514,9 +515,7 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
       speedup = unmorphed = None
       if estimator is not None:
         # The estimator's engines set bitx's G and width (the same as here by default).
-        kwargs = {k: v for k, v in spec.settings().items()
-                  if k not in ("precision", "group_size", "width")}
-        speedup, unmorphed = _speedups(estimator(spec.method, spec.precision, **kwargs))
+        speedup, unmorphed = _speedups(estimator(spec))
       points.append(SweepPoint(spec.method, spec.settings(), value,
                                metric.drop(original, value), ratio, speedup,
                                speedup_unmorphed=unmorphed))

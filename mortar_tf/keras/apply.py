@@ -345,27 +345,18 @@ def _warn_plain_copy(what: str, graph, source: _Source) -> None:
 # What to morph
 
 
-def _check_morphing(method, precision, keep_bits, columns, group_size, width):
-  """Validates the morphing arguments; returns a MorphSpec or {pattern: MorphSpec}."""
-  if isinstance(precision, Mapping):
-    if (keep_bits, columns, group_size, width) != (None,) * 4:
-      raise ValueError("a {pattern: P} precision map takes no keep_bits, columns, group_size "
-                       "or width")
-    return precision_map.check(precision, method)
-  return MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
-                          group_size=group_size, width=width)
-
-
-def resolve_specs(plan: registry.KernelPlan, method, precision, spec=None) -> dict[int, MorphSpec]:
-  """{id(kernel variable): MorphSpec} for the kernels one P or a map selects.
+def resolve_specs(plan: registry.KernelPlan, morphing) -> dict[int, MorphSpec]:
+  """{id(kernel variable): MorphSpec} for the kernels `morphing` selects: every
+  kernel for one MorphSpec, the kernels a checked {pattern: MorphSpec} map
+  (precision_map.check_morphing) matches, each with its entry's spec.
 
   Raises:
-    ValueError: a map entry that matches no kernel.
+    ValueError: a map entry that matches no kernel, or wins none.
   """
-  if not isinstance(precision, Mapping):
-    return {id(k.variable): spec for k in plan.kernels}
+  if isinstance(morphing, MorphSpec):
+    return {id(k.variable): morphing for k in plan.kernels}
   names = {id(k.variable): precision_map.weight_names(k.name) for k in plan.kernels}
-  return precision_map.resolve(precision, names, method, what="kernel")
+  return precision_map.resolve(morphing, names, what="kernel")
 
 
 def check_float32(plan: registry.KernelPlan, precision) -> None:
@@ -399,12 +390,17 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
   Args:
     to_wrap: a Sequential or Functional model (nested ones included), a
       layer, or a list of layers.
-    method, keep_bits, columns, group_size, width, morph_forward,
-      preserve_zeros, embeddings: as MorphWrapper.
-    precision: P for every kernel, or a {pattern: P} map (any Mapping,
-      matched as mortar_tf.precision_map says: kernel names such as
+    method: a MorphSpec, or a method name with its flat settings (precision,
+      keep_bits, columns, group_size, width), as MorphWrapper.
+    morph_forward, preserve_zeros, embeddings: as MorphWrapper.
+    precision: P for every kernel, or a {pattern: P or MorphSpec} map (any
+      Mapping, matched as mortar_tf.precision_map says: kernel names such as
       "block/mha/query/kernel", layer paths, layer names): then only the
-      layers holding matched kernels are wrapped, each kernel with its P.
+      layers holding matched kernels are wrapped, each kernel with its
+      entry's morphing (a number: P for `method`; a MorphSpec: that spec,
+      e.g. bitx on one conv and fewest_ones elsewhere). A wrapper whose
+      kernels all share one spec gets that spec; one whose kernels differ
+      gets the map of its own kernels' exact names.
     fold_batchnorm: fold each BatchNormalization that directly follows a
       wrapped conv/dense layer into it, so the forward pass morphs the folded
       kernel (as the accelerator will see it). The BN becomes an Identity; its
@@ -423,9 +419,9 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
       holding TFMOT wrappers (all checked before anything is cloned).
     TypeError: kernels that are not float32.
   """
-  spec = _check_morphing(method, precision, keep_bits, columns, group_size, width)
-  common = dict(method=method, keep_bits=keep_bits, columns=columns, group_size=group_size,
-                width=width, morph_forward=morph_forward, preserve_zeros=preserve_zeros,
+  morphing = precision_map.check_morphing(method, precision, keep_bits=keep_bits,
+                                          columns=columns, group_size=group_size, width=width)
+  common = dict(morph_forward=morph_forward, preserve_zeros=preserve_zeros,
                 embeddings=embeddings)
   if isinstance(to_wrap, (list, tuple)):
     if not all(isinstance(l, keras.layers.Layer) for l in to_wrap):
@@ -454,7 +450,7 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
     kernels += plan.kernels
     skipped += plan.skipped
   whole = registry.KernelPlan(tuple(kernels), tuple(skipped))
-  specs = resolve_specs(whole, method, precision, spec)
+  specs = resolve_specs(whole, morphing)
   check_float32(whole, precision)
   if not specs:
     raise ValueError(f"nothing to morph in {getattr(to_wrap, 'name', 'the layers')!r}: "
@@ -463,16 +459,17 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
             if any(id(k.variable) in specs for k in plans[id(layer)][0].kernels)}
   log_plan("morph_model", whole, [k.name for k in whole.kernels if id(k.variable) in specs])
 
-  def wrapper_precision(layer):
-    """P, or {kernel name within the layer: P} (exact names) under a map."""
-    if not isinstance(precision, Mapping):
-      return precision
+  def wrapper_morphing(layer) -> dict:
+    """The wrapper's morphing: one MorphSpec when every kernel of the layer
+    has the same, else {kernel name within the layer (exact): MorphSpec}."""
+    if isinstance(morphing, MorphSpec):
+      return {"method": morphing}
     plan, unit_prefix = plans[id(layer)]
-    chosen = {precision_map.literal(k.name[len(unit_prefix):]): specs[id(k.variable)].precision
+    chosen = {precision_map.literal(k.name[len(unit_prefix):]): specs[id(k.variable)]
               for k in plan.kernels if id(k.variable) in specs}
     if len(chosen) == len(plan.kernels) and len(set(chosen.values())) == 1:
-      return next(iter(chosen.values()))  # one P for all its kernels
-    return chosen
+      return {"method": next(iter(chosen.values()))}  # one spec for all its kernels
+    return {"method": method, "precision": chosen}
 
   folds = {}
   if fold_batchnorm and isinstance(to_wrap, keras.Model):
@@ -494,7 +491,7 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
     if id(layer) in wrappers:  # a shared layer: one wrapper, shared too
       return wrappers[id(layer)]
     bn = folds.get(id(layer))
-    wrapper = MorphWrapper(layer, precision=wrapper_precision(layer), **common,
+    wrapper = MorphWrapper(layer, **wrapper_morphing(layer), **common,
                            fold_batchnorm_epsilon=None if bn is None else bn.epsilon)
     if bn is not None:
       pending.append((wrapper, bn))
@@ -793,8 +790,7 @@ def _wrapper_values(wrapper, bn=None):
 
 def _morph_array(value, spec, kernel):
   grouping = kernel.grouping() if spec.method == "bitx" else {}
-  return backends.morph(np.asarray(value, np.float32), spec.method, **spec.settings(),
-                        **grouping)
+  return backends.morph(np.asarray(value, np.float32), spec, **grouping)
 
 
 def _plain_values(layer, specs, bn):

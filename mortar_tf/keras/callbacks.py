@@ -13,7 +13,6 @@ import numbers
 import os
 import shutil
 import tempfile
-from typing import Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -56,11 +55,13 @@ class MortarCallback(keras.callbacks.Callback):
       any logs key, as Keras' ModelCheckpoint. A ".keras" file (Keras 3;
       ".keras" or ".h5" with tf_keras) or a SavedModel directory.
     method, precision, keep_bits, columns, group_size, width: the morphing,
-      as mortar_tf.morph (unused for wrapped models: their wrappers decide).
-      `precision` may be a {pattern: P} map (any Mapping, matched as
-      mortar_tf.precision_map says; e.g. from
-      mortar_tf.explore.search_precisions): kernels it leaves out are saved
-      unmorphed.
+      as mortar_tf.morph: a MorphSpec, or a method name with its flat
+      settings (unused for wrapped models: their wrappers decide).
+      `precision` may be a {pattern: P or MorphSpec} map (any Mapping,
+      matched as mortar_tf.precision_map says; e.g. from
+      mortar_tf.explore.search_precisions): a number is P for `method`, a
+      MorphSpec gives the kernels its entry wins its own method; kernels it
+      leaves out are saved unmorphed.
     save_freq: "epoch", or an integer number of training batches.
     format: "keras" (model.save) or "savedmodel" (Keras 3: model.export;
       tf_keras: tf.saved_model.save).
@@ -90,7 +91,7 @@ class MortarCallback(keras.callbacks.Callback):
     TypeError: kernels that are not float32 (when training starts).
   """
 
-  def __init__(self, filepath: str, method: str = "paper", precision=None, *, keep_bits=None,
+  def __init__(self, filepath: str, method="paper", precision=None, *, keep_bits=None,
                columns=None, group_size=None, width=None, save_freq="epoch",
                format: str = "keras", log_dir: str | None = None, fold_batchnorm: bool = False,
                embeddings: bool = False, verbose: int = 0):  # pylint: disable=redefined-builtin
@@ -100,17 +101,12 @@ class MortarCallback(keras.callbacks.Callback):
       raise ValueError(f"save_freq must be 'epoch' or a positive number of batches, got "
                        f"{save_freq!r}")
     self.filepath = saving.check_path(filepath, format)
-    self.precision_map = None
-    self.spec = None
-    if isinstance(precision, Mapping):
-      if (keep_bits, columns, group_size, width) != (None,) * 4:
-        raise ValueError("a {pattern: P} precision map takes no keep_bits, columns, group_size "
-                         "or width")
-      precision_map.check(precision, method)
-      self.precision_map = dict(precision)
-    else:
-      self.spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
-                                   group_size=group_size, width=width)
+    # One MorphSpec, or {pattern: MorphSpec} (the map's numbers made specs of `method`).
+    self._morphing = precision_map.check_morphing(method, precision, keep_bits=keep_bits,
+                                                  columns=columns, group_size=group_size,
+                                                  width=width)
+    self.spec = self._morphing if isinstance(self._morphing, MorphSpec) else None
+    self.precision_map = None if self.spec is not None else dict(precision)
     if log_dir and format == "savedmodel":  # a save never replaces the events it writes
       events = os.path.abspath(os.path.join(log_dir, "train"))
       chain = [events] + [os.path.dirname(events)]
@@ -121,7 +117,7 @@ class MortarCallback(keras.callbacks.Callback):
         raise ValueError(f"filepath {filepath!r} can name {hit!r}, which holds log_dir's event "
                          f"directory {events!r}: a SavedModel save would replace it whole; "
                          "choose another path")
-    self.method = method
+    self.method = self.spec.method if self.spec is not None else method
     self.save_freq = save_freq
     self.format = format
     self.log_dir = log_dir
@@ -203,8 +199,7 @@ class MortarCallback(keras.callbacks.Callback):
     if self._wrapped:
       self.plan, self.specs = plan, {}
     else:
-      specs = apply.resolve_specs(plan, self.method, self.precision_map or self.spec,
-                                  self.spec)
+      specs = apply.resolve_specs(plan, self._morphing)
       apply.check_float32(plan, self.precision_map or self.spec)
       if not specs:
         raise ValueError(f"MortarCallback: nothing to morph in {model.name!r}: "
@@ -248,7 +243,7 @@ class MortarCallback(keras.callbacks.Callback):
           continue
         original = kernel.numpy()
         grouping = kernel.grouping() if spec.method == "bitx" else {}
-        morphed = backends.morph(original, spec.method, **spec.settings(), **grouping)
+        morphed = backends.morph(original, spec, **grouping)
         changed[id(kernel.variable)] = (original, morphed)
         kernel.variable.assign(morphed)
       self._write(self.model, path)

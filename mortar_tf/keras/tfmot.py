@@ -2,17 +2,19 @@
 
     import os; os.environ["TF_USE_LEGACY_KERAS"] = "1"   # before TF/Keras are imported
     import tensorflow_model_optimization as tfmot
+    from mortar_tf import MorphSpec
     from mortar_tf.keras import tfmot as mortar_tfmot
     q = tfmot.quantization.keras
 
     with mortar_tfmot.scope():
       qat = q.quantize_apply(q.quantize_annotate_model(model),
-                             scheme=mortar_tfmot.MorphScheme("paper", precision=0.1))
+                             scheme=mortar_tfmot.MorphScheme(MorphSpec("paper", 0.1)))
     qat.compile(...); qat.fit(...)
     deployable = mortar_tfmot.strip_morph_quantization(qat)
 
-Layers annotated with their own MorphQuantizeConfig("fewest_ones", 0.2) keep
-it; layers without kernels (ReLU, pooling, BN) are left alone.
+MorphScheme("paper", precision=0.1) is the same scheme. Layers annotated with
+their own MorphQuantizeConfig(MorphSpec("fewest_ones", 0.2)) keep it; layers
+without kernels (ReLU, pooling, BN) are left alone.
 
 MorphScheme adds nothing of its own: TFMOT's default scheme would put an 8-bit
 QuantizeLayer in front of the annotated layers (and fake-quantize their
@@ -37,7 +39,7 @@ from mortar_tf.keras.compat import keras
 from mortar_tf.keras.wrapper import _straight_through
 from mortar_tf.keras.wrapper import kernels_of
 from mortar_tf.keras.wrapper import morph_targets_of
-from mortar_tf.morphing import MorphSpec
+from mortar_tf.morphing import as_spec
 
 if not LEGACY:
   raise ImportError(
@@ -53,10 +55,10 @@ _quantization = tfmot.quantization.keras
 class MorphQuantizer(_quantization.quantizers.Quantizer):
   """Morphs a kernel (TF ops only) with a straight-through gradient."""
 
-  def __init__(self, method="paper", precision=None, keep_bits=None, columns=None,
+  def __init__(self, method="paper", precision=None, *, keep_bits=None, columns=None,
                group_size=None, width=None, reduction_axes=()):
-    self.spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
-                                 group_size=group_size, width=width)
+    self.spec = as_spec(method, precision, keep_bits=keep_bits, columns=columns,
+                        group_size=group_size, width=width)
     self.reduction_axes = tuple(reduction_axes)
 
   def build(self, tensor_shape, name, layer):
@@ -80,19 +82,20 @@ class MorphQuantizer(_quantization.quantizers.Quantizer):
 class MorphQuantizeConfig(_quantization.QuantizeConfig):
   """Tells TFMOT to morph a layer's kernels (the ones MorphWrapper would) and nothing else.
 
-  Args: the morphing, as mortar_tf.morph.
+  Args: the morphing, as mortar_tf.morph: a MorphSpec, or a method name with
+    its flat settings.
   """
 
-  def __init__(self, method="paper", precision=None, keep_bits=None, columns=None,
+  def __init__(self, method="paper", precision=None, *, keep_bits=None, columns=None,
                group_size=None, width=None):
-    self.spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
-                                 group_size=group_size, width=width)
+    self.spec = as_spec(method, precision, keep_bits=keep_bits, columns=columns,
+                        group_size=group_size, width=width)
 
   def _quantizer(self, variable, grouping):
     axes = ()
     if self.spec.method == "bitx":
       axes = bits.resolve_reduction_axes(tuple(variable.shape), **grouping)
-    return MorphQuantizer(self.spec.method, **self.spec.settings(), reduction_axes=axes)
+    return MorphQuantizer(self.spec, reduction_axes=axes)
 
   def get_weights_and_quantizers(self, layer):
     return [(variable, self._quantizer(variable, grouping))
@@ -183,7 +186,7 @@ class _MorphRegistry(_quantization.QuantizeRegistry):
           f"layer {layer.name!r} holds kernels but was annotated without a quantize_config: "
           "give MorphScheme the morphing (MorphScheme('paper', precision=0.1)) or annotate it "
           "with quantize_annotate_layer(..., quantize_config=MorphQuantizeConfig(...))")
-    return MorphQuantizeConfig(**self.settings)
+    return MorphQuantizeConfig(self.settings)
 
 
 class MorphScheme(_quantization.QuantizeScheme):
@@ -196,19 +199,22 @@ class MorphScheme(_quantization.QuantizeScheme):
   normalization).
 
   Args: the morphing for layers annotated without a config, as
-    MorphQuantizeConfig; none means such layers must not hold kernels.
+    MorphQuantizeConfig (a MorphSpec, or a method name with its flat
+    settings); none means such layers must not hold kernels.
+
+  Attributes:
+    settings: the MorphSpec, or None.
   """
 
-  def __init__(self, method=None, precision=None, keep_bits=None, columns=None,
+  def __init__(self, method=None, precision=None, *, keep_bits=None, columns=None,
                group_size=None, width=None):
     self.settings = None
     if method is not None:
-      MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
-                       group_size=group_size, width=width)  # validates now
-      self.settings = {k: v for k, v in dict(method=method, precision=precision,
-                                             keep_bits=keep_bits, columns=columns,
-                                             group_size=group_size, width=width).items()
-                       if v is not None}
+      self.settings = as_spec(method, precision, keep_bits=keep_bits, columns=columns,
+                              group_size=group_size, width=width)
+    elif (precision, keep_bits, columns, group_size, width) != (None,) * 5:
+      raise ValueError("MorphScheme got morphing settings without a method: give the method "
+                       "(a name or a MorphSpec) too")
 
   def get_layout_transformer(self):
     return _NoLayoutChange()
@@ -253,8 +259,7 @@ def strip_morph_quantization(model):
                          "strips models trained with MorphScheme / MorphQuantizeConfig")
       value = np.asarray(variable.numpy(), np.float32)
       grouping = {"reduction_axes": quantizer.reduction_axes} if quantizer.spec.method == "bitx" else {}
-      by_id[id(variable)] = backends.morph(value, quantizer.spec.method,
-                                           **quantizer.spec.settings(), **grouping)
+      by_id[id(variable)] = backends.morph(value, quantizer.spec, **grouping)
     return layer.layer, by_id
 
   return apply.rebuild(model, unwrap=unwrap)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Mapping
 from typing import Protocol
 from typing import runtime_checkable
 
@@ -130,12 +129,14 @@ class MorphWrapper(keras.layers.Wrapper):
     layer: any layer holding registered kernels (Dense, Conv*, MultiHead-
       Attention, LSTM, Bidirectional, your own blocks, ...; see
       mortar_tf.keras.registry), built or not.
-    method, keep_bits, columns, group_size, width: the morphing, as for
-      mortar_tf.morph (bitx groups along each kernel's reduction axes).
-    precision: P for every kernel, or a {pattern: P} map over the kernels'
-      names as mortar_tf.precision_map matches them ("mha/query/kernel",
-      "query", "mha", ...; the layer's own name first): kernels no entry
-      matches keep their values.
+    method: a MorphSpec, or a method name with its settings (precision,
+      keep_bits, columns, group_size, width; keyword-only but precision), as
+      for mortar_tf.morph (bitx groups along each kernel's reduction axes).
+    precision: P for every kernel, or a {pattern: P or MorphSpec} map over
+      the kernels' names as mortar_tf.precision_map matches them
+      ("mha/query/kernel", "query", "mha", ...; the layer's own name first):
+      a number is P for `method` (a name), a MorphSpec gives its kernels its
+      own method and settings; kernels no entry matches keep their values.
     morph_forward: False runs the layer with its master kernels (the wrapper
       then only marks what strip_morphing morphs).
     fold_batchnorm_epsilon: set (by morph_model(fold_batchnorm=True)) when a
@@ -156,7 +157,7 @@ class MorphWrapper(keras.layers.Wrapper):
       master weights are float32).
   """
 
-  def __init__(self, layer, method="paper", precision=None, keep_bits=None, columns=None,
+  def __init__(self, layer, method="paper", precision=None, *, keep_bits=None, columns=None,
                group_size=None, width=None, morph_forward=True, fold_batchnorm_epsilon=None,
                preserve_zeros=False, embeddings=False, **kwargs):
     if not isinstance(layer, keras.layers.Layer):
@@ -168,18 +169,18 @@ class MorphWrapper(keras.layers.Wrapper):
     if registry.is_mortar_wrapper(layer):
       raise ValueError(f"layer {layer.name!r} is already a MorphWrapper: morphing twice would "
                        "morph morphed weights")
-    if isinstance(precision, Mapping):
-      if (keep_bits, columns, group_size, width) != (None,) * 4:
-        raise ValueError("a {pattern: P} precision map takes no keep_bits, columns, "
-                         "group_size or width")
-      self._map_specs = precision_map.check(precision, method)
-      self.spec = None
-    else:
+    morphing = precision_map.check_morphing(method, precision, keep_bits=keep_bits,
+                                            columns=columns, group_size=group_size, width=width)
+    if isinstance(morphing, MorphSpec):
       self._map_specs = None
-      self.spec = MorphSpec.create(method, precision, keep_bits=keep_bits, columns=columns,
-                                   group_size=group_size, width=width)
-    self.method = method
-    self.precision = dict(precision) if isinstance(precision, Mapping) else precision
+      self.spec = morphing
+      self.method = morphing.method
+      self.precision = morphing.precision
+    else:
+      self._map_specs = morphing
+      self.spec = None
+      self.method = method
+      self.precision = dict(precision)
     kwargs.setdefault("name", f"morph_{layer.name}")
     kwargs["dtype"] = "float32"  # see _read_float32
     kwargs.pop("autocast", None)
@@ -208,7 +209,9 @@ class MorphWrapper(keras.layers.Wrapper):
       names = {k.name: precision_map.weight_names(f"{self.layer.name}/{k.name}", (k.name,))
                for k in kernels}
       try:
-        specs = precision_map.resolve(dict(self.precision), names, self.method, what="kernel")
+        # the checked specs: tf_keras wraps a dict attribute's dict values in
+        # trackable wrappers that are no Mapping
+        specs = precision_map.resolve(dict(self._map_specs), names, what="kernel")
       except ValueError as e:
         raise ValueError(f"MorphWrapper of {self.layer.name!r}: {e} (a wrapper matches its map "
                          "against its own layer's kernels only; morph_model, the callback and "
@@ -410,10 +413,10 @@ class MorphWrapper(keras.layers.Wrapper):
   def get_config(self):
     config = super().get_config()
     config.pop("autocast", None)
-    if self.spec is not None:
+    if self.spec is not None:  # flat, as before specs: older versions load it too
       config.update(self.spec.settings())
     else:
-      config["precision"] = dict(self.precision)
+      config["precision"] = precision_map.to_json(dict(self._map_specs), self.method)
     config["method"] = self.method
     config["morph_forward"] = self.morph_forward
     config["fold_batchnorm_epsilon"] = self.fold_batchnorm_epsilon

@@ -112,17 +112,22 @@ def aligned_count(x, *, layout=None, reduction_axes=None, equation=None,
   return lib.mortar_aligned_count(x=matrix, group_size=group_size, width=width, window=window)
 
 
-def mantissa_morph(x, method: str = "paper", precision=None, *, keep_bits: int | None = None):
+def mantissa_morph(x, method="paper", precision=None, *, keep_bits: int | None = None):
   """Morphs float32 weights with the C++ kernel (paper, fewest_ones, round).
 
   Bit for bit the numpy reference; the gradient is straight-through. Prefer
   mortar_tf.morph(..., backend="op"), which validates like every backend
-  (and runs bitx on the op too).
+  (and runs bitx on the op too). `method` may be a MorphSpec (then without
+  precision or keep_bits).
 
   Returns:
     A float32 tensor of x's shape.
   """
-  spec = morphing.MorphSpec.create(method, precision, keep_bits=keep_bits)
+  spec = morphing.as_spec(method, precision, keep_bits=keep_bits)
+  if spec.method == "bitx":
+    raise ValueError("mantissa_morph runs the per-weight methods (paper, fewest_ones, round); "
+                     "bitx groups along reduction axes: use mortar_tf.morph(x, spec, "
+                     "reduction_axes=..., backend='op') or morph_spec")
   return morph_spec(x, spec)
 
 

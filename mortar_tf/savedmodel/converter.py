@@ -21,8 +21,9 @@ dropped where TensorFlow cannot regenerate it), and the report says which.
 (VerificationError, nothing written) when they differ by more.
 
 Example:
-  report = convert("model_dir", "model_morphed", method="paper", precision=0.1,
-                   verify=True)
+  report = convert("model_dir", "model_morphed", MorphSpec("paper", 0.1), verify=True)
+  convert("model_dir", "mixed", "fewest_ones",
+          {"conv1": MorphSpec("bitx", columns=8), "*": 0.05})
   print(report.summary())
 """
 
@@ -88,7 +89,9 @@ class ConversionReport:
 
   Attributes:
     src, dst: the directories.
-    method: the morphing method; settings: its settings (or the map).
+    method: the morphing method (with a precision map: the method of its
+      number entries; each variable's own is in `morphed`); settings: its
+      settings, or {"precision_map": the map as JSON, specs as configs}.
     morphed: the morphed variables.
     skipped: (name, reason) for weights left unchanged.
     fingerprint: "regenerated", "dropped" or "absent" (none in the source).
@@ -138,7 +141,9 @@ class ConversionReport:
         continue
       setting = ", ".join(f"{k}={val:g}" if isinstance(val, float) else f"{k}={val}"
                           for k, val in v.spec.settings().items()
-                          if k not in ("group_size", "width"))
+                          if k not in ("group_size", "width") or v.spec.method != self.method)
+      if v.spec.method != self.method:  # a map entry's own method
+        setting = f"{v.spec.method} {setting}"
       rows.append([v.display or v.name,
                    "x".join(map(str, v.shape)), setting, v.ones_before["word"],
                    v.ones_after["word"],
@@ -261,7 +266,7 @@ def _morph(t: tf.Tensor, target: selection.Target, group_size: int, width: int):
   axes = target.axes
   before = _ones(t, axes, group_size, width)
   grouping = {"reduction_axes": axes} if spec.method == "bitx" else {}
-  morphed = tf.constant(backends.morph(t.numpy(), spec.method, **spec.settings(), **grouping))
+  morphed = tf.constant(backends.morph(t.numpy(), spec, **grouping))
   error = _max_rel_error(t, morphed)
   after = _ones(morphed, axes, group_size, width)
   others = tuple((op, tuple(other), _ones(t, other, group_size, width)["aligned"],
@@ -364,7 +369,29 @@ def _regenerate_fingerprint(src: str, out_dir: str) -> str:
 # The conversion
 
 
-def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_bits=None,
+def _morphing(method, precision, keep_bits, columns, group_size, width):
+  """(MorphSpec or {pattern: MorphSpec}, (group_size, width) of the aligned counts).
+
+  group_size and width are the counting geometry, and bitx's grouping when
+  `method` is "bitx"; a bitx MorphSpec brings its own for both (giving them
+  as well is an error).
+  """
+  spec_given = isinstance(method, morphing.MorphSpec)
+  if spec_given and method.method == "bitx":
+    if (group_size, width) != (None, None):
+      raise ValueError(f"give the morphing as a MorphSpec or as flat settings, not both: "
+                       f"{method!r} groups with its own group_size and width (the aligned "
+                       "counts use them too)")
+    group_size, width = method.group_size, method.width
+  geometry = bits.check_group_args(bits.DEFAULT_GROUP_SIZE if group_size is None else group_size,
+                                   bits.DEFAULT_WIDTH if width is None else width)
+  bitx = not spec_given and method == "bitx" and not isinstance(precision, Mapping)
+  return precision_map.check_morphing(
+      method, precision, keep_bits=keep_bits, columns=columns,
+      group_size=geometry[0] if bitx else None, width=geometry[1] if bitx else None), geometry
+
+
+def convert(src: str, dst: str, method="paper", precision=None, *, keep_bits=None,
             columns=None, group_size: int | None = None, width: int | None = None,
             select="kernels", signature: str = graph_lib.DEFAULT_SIGNATURE, input_shape=None,
             force: bool = False, verify: bool = False, verify_inputs=None,
@@ -376,13 +403,18 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
   Args:
     src: the SavedModel to read.
     dst: the directory to write (must not exist; one run at a time).
-    method, precision, keep_bits, columns: as for `mortar_tf.morph`.
-      `precision` may be a {pattern: P} map, matched as mortar_tf.precision_map
+    method, precision, keep_bits, columns: as for `mortar_tf.morph`: a
+      MorphSpec, or a method name with its flat settings. `precision` may be
+      a {pattern: P or MorphSpec} map, matched as mortar_tf.precision_map
       says (variable names, layer paths and names, checkpoint keys and op
-      names; first match wins; a map given to morph_model works as is);
-      selected variables it does not cover are left unchanged and listed as
-      skipped.
-    group_size, width: the aligned grouping (bitx, and the aligned counts).
+      names; first match wins; a map given to morph_model works as is): a
+      number is P for `method` (a name), a MorphSpec (or its config, a dict
+      such as {"method": "bitx", "columns": 8}) gives the variables its entry
+      wins that method and settings; selected variables it does not cover
+      are left unchanged and listed as skipped.
+    group_size, width: the aligned grouping of the counts in the report, and
+      bitx's when `method` is "bitx" (a bitx MorphSpec brings its own, and
+      the counts use it; a bitx map entry groups with its spec's own).
     select: "kernels" (variables read as weights by compute ops), "all"
       (every float32 model variable) or a list of variable names/keys.
       Optimizer slots and optimizer/metric state are never selected.
@@ -422,20 +454,9 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
   _check_paths(src, dst, report_path, verify_inputs)
   if report_path:
     files.check_output_file(report_path)
-  group_size, width = bits.check_group_args(
-      bits.DEFAULT_GROUP_SIZE if group_size is None else group_size,
-      bits.DEFAULT_WIDTH if width is None else width)
-  spec_kwargs = {"keep_bits": keep_bits, "columns": columns}
-  if method == "bitx":
-    spec_kwargs.update(group_size=group_size, width=width)
-  if isinstance(precision, Mapping):
-    extra = [k for k, v in spec_kwargs.items() if v is not None and k not in ("group_size",
-                                                                               "width")]
-    if extra:
-      raise ValueError(f"a precision map takes no {', '.join(extra)}")
-    precision_map.check(precision, method)
-  else:
-    morphing.MorphSpec.create(method, precision, **spec_kwargs)  # fail before any reading
+  # Checked before any reading: one MorphSpec or {pattern: MorphSpec}.
+  spec_or_map, (group_size, width) = _morphing(method, precision, keep_bits, columns,
+                                               group_size, width)
   for name, value in (("verify_max_rel", verify_max_rel), ("verify_max_abs", verify_max_abs)):
     if value is not None and not (isinstance(value, (int, float)) and value >= 0):
       raise ValueError(f"{name} must be a number >= 0, got {value!r}")
@@ -446,15 +467,15 @@ def convert(src: str, dst: str, method: str = "paper", precision=None, *, keep_b
                      f"{previous.get('settings')}); pass force=True (mortar-morph --force) to "
                      "morph it again")
   graph = graph_lib.read_graph(src, input_shape=input_shape, signature=signature)
-  targets, skipped = selection.select_targets(graph, method, precision, spec_kwargs, select)
+  targets, skipped = selection.select_targets(graph, spec_or_map, select)
   if not targets:
     raise ValueError(_nothing_to_morph(src, graph, select, skipped))
   reader, _ = variables_lib.open_checkpoint(src)
   targets = selection.twins(targets, graph.twins, reader, src, graph.variables)
-  if isinstance(precision, Mapping):
-    settings = {"precision_map": {k: float(v) for k, v in precision.items()}}
+  if isinstance(spec_or_map, morphing.MorphSpec):
+    method, settings = spec_or_map.method, spec_or_map.settings()
   else:
-    settings = morphing.MorphSpec.create(method, precision, **spec_kwargs).settings()
+    settings = {"precision_map": precision_map.to_json(precision)}
 
   with output_lib.Destination(dst) as destination:
     tmp = destination.tmp

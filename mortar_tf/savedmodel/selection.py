@@ -4,20 +4,21 @@ for the converter and the estimator.
 The selection "kernels" is every float32 model variable a compute op of the
 signature reads as its weight (graph constants are never rewritten: they live
 in saved_model.pb, which is copied as it is); "all" is every float32 model
-variable; or a list of names. A {pattern: P} map is matched through
-mortar_tf.precision_map (an entry matching no selected variable is an error).
+variable; or a list of names. A {pattern: P or MorphSpec} map is matched
+through mortar_tf.precision_map (an entry matching no selected variable is an
+error); each variable gets its entry's spec.
 A variable several ops read with different axes (a tied weight) is morphed
 once; Keras 3 exports' second copy of each variable (a structural twin) is
 morphed alike.
 
 Example:
-  targets, skipped = select_targets(graph, "paper", 0.1)
+  targets, skipped = select_targets(graph, MorphSpec("paper", 0.1))
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from mortar_tf import bits
 from mortar_tf import morphing
@@ -47,13 +48,12 @@ def map_names(variable_name: str, key: str | None = None,
   return precision_map.weight_names(variable_name, (*extra, *op_names))
 
 
-def _specs_for(candidates, precision, method, spec_kwargs):
-  """{key: MorphSpec} for each candidate under one P or a {pattern: P} map."""
-  if not isinstance(precision, Mapping):
-    spec = morphing.MorphSpec.create(method, precision, **spec_kwargs)
-    return {var.key: spec for var, _, _ in candidates}, []
+def _specs_for(candidates, spec_or_map):
+  """{key: MorphSpec} for each candidate under one MorphSpec or a {pattern: MorphSpec} map."""
+  if isinstance(spec_or_map, morphing.MorphSpec):
+    return {var.key: spec_or_map for var, _, _ in candidates}, []
   names = {var.key: map_names(var.name, var.key, ops, var.path) for var, _, ops in candidates}
-  specs = precision_map.resolve(precision, names, method, what="selected variable")
+  specs = precision_map.resolve(spec_or_map, names, what="selected variable")
   return specs, [var for var, _, _ in candidates if var.key not in specs]
 
 
@@ -211,19 +211,23 @@ def _check_map_dtypes(precision, candidates, graph) -> None:
                        "weights are morphed")
 
 
-def select_targets(graph, method: str, precision, spec_kwargs: Mapping | None = None,
-                   select="kernels"):
+def select_targets(graph, spec_or_map, select="kernels"):
   """([Target], [(name, reason)] left alone) for a graph read by read_graph.
+
+  Args:
+    graph: what graph.read_graph returns.
+    spec_or_map: a MorphSpec for every selected variable, or a checked
+      {pattern: MorphSpec} map (precision_map.check_morphing).
+    select: "kernels", "all" or a list of variable names or keys.
 
   Raises:
     ValueError: an unknown selection or variable, a map entry matching
-      nothing, bitx on a tied weight, bad settings.
+      nothing, bitx on a tied weight.
   """
-  spec_kwargs = {k: v for k, v in (spec_kwargs or {}).items() if v is not None}
   candidates, skipped = _select(graph, graph.variables, select)
-  if isinstance(precision, Mapping):
-    _check_map_dtypes(precision, candidates, graph)
-  specs, uncovered = _specs_for(candidates, precision, method, spec_kwargs)
+  if not isinstance(spec_or_map, morphing.MorphSpec):
+    _check_map_dtypes(spec_or_map, candidates, graph)
+  specs, uncovered = _specs_for(candidates, spec_or_map)
   skipped += [(var.name, "not covered by the precision map") for var in uncovered]
   display = graph.display_names()
   readers = _readers(graph)

@@ -9,6 +9,10 @@ over --baseline.
   mortar-estimate --saved_model=model_dir --engines=bitlet,mortar --precision=0.05 \
       --csv=layers.csv --json=estimate.json --plots_dir=plots
 
+--precision_map is the JSON map mortar-morph takes ({"pattern": P or {"method":
+..., settings}}); bitx, from --method or a map entry, prunes with each engine's
+G and width.
+
 --config is a JSON file with a list of engine objects ({"name", "model",
 "group_size", "width", "window", "num_pes", "frequency_hz", "power_w",
 "area_mm2", "sources"}); without it the five engines of SPEC 4 are used.
@@ -45,9 +49,7 @@ _CONFIG = flags.DEFINE_string("config", None, "A JSON file of engine configs.")
 _METHOD = flags.DEFINE_enum("method", "paper", ["paper", "fewest_ones", "round", "bitx"],
                             "How the mortar engines' weights are morphed.")
 _PRECISION = flags.DEFINE_float("precision", None, "P for paper and fewest_ones (default 0.1).")
-_PRECISION_MAP = flags.DEFINE_string("precision_map", None,
-                                     "A JSON file {pattern: P} (per layer), instead of "
-                                     "--precision.")
+_PRECISION_MAP = flags.DEFINE_string("precision_map", None, flag_parsing.MAP_HELP)
 _KEEP_BITS = flags.DEFINE_integer("keep_bits", None, "Mantissa bits kept by round.")
 _COLUMNS = flags.DEFINE_integer("columns", None, "Aligned columns kept by bitx.")
 _GROUP_SIZE = flags.DEFINE_integer("group_size", None,

@@ -118,8 +118,14 @@ def input_shape(value):
   return shapes
 
 
+MAP_HELP = ('A JSON file {"pattern": P or {"method": ..., settings}}, instead of --precision: '
+            'a number is P for --method, an object a method of its own, e.g. '
+            '{"conv1": {"method": "bitx", "columns": 8}, "*": 0.1}.')
+
+
 def precision(value, map_path):
-  """--precision, or the {pattern: P} object of the --precision_map JSON file."""
+  """--precision, or the {pattern: P or spec config} object of the --precision_map
+  JSON file (its values are checked, entry by entry, where the map is used)."""
   if map_path is None:
     return value
   if value is not None:
@@ -137,8 +143,15 @@ def precision(value, map_path):
       mapping = json.load(f, object_pairs_hook=unique)
   except ValueError as e:
     raise app.UsageError(f"--precision_map {map_path!r} is not valid JSON: {e}") from None
-  if not isinstance(mapping, dict) or not all(
-      isinstance(v, (int, float)) and not isinstance(v, bool) for v in mapping.values()):
-    raise app.UsageError(f"--precision_map {map_path!r} must be a JSON object of numbers "
-                         '{"pattern": P}')
+  if not isinstance(mapping, dict):
+    raise app.UsageError(f"--precision_map {map_path!r} must be a JSON object "
+                         '{"pattern": P or {"method": ..., settings}}, got a JSON '
+                         f"{type(mapping).__name__}")
+  for pattern, entry in mapping.items():
+    if not (isinstance(entry, dict) or
+            (isinstance(entry, (int, float)) and not isinstance(entry, bool))):
+      raise app.UsageError(
+          f"--precision_map {map_path!r}: entry {pattern!r} is {json.dumps(entry)}; a value "
+          'is a number (P for --method) or an object {"method": ..., settings} such as '
+          '{"method": "bitx", "columns": 8}')
   return mapping

@@ -3,10 +3,14 @@
   mortar-morph --input=model_dir --output=model_morphed --method=paper --precision=0.1
   mortar-morph --input=model_dir --output=out --precision_map=p.json --verify --report=r.json
 
---precision_map is a JSON object {pattern: P}: fnmatch patterns over variable
-names, their layer paths and layer names, checkpoint keys and op names, as
-mortar_tf.precision_map matches them everywhere (first match wins); variables
-it does not cover are left unchanged. --verify compares both models' outputs on random
+--precision_map is a JSON object {pattern: value}: fnmatch patterns over
+variable names, their layer paths and layer names, checkpoint keys and op
+names, as mortar_tf.precision_map matches them everywhere (first match wins);
+a value is a number, P for --method, or an object such as {"method": "bitx",
+"columns": 8} (a MorphSpec config: that method and its settings for the
+variables the entry wins; bitx's group_size and width default to the
+library's, not to --group_size/--width, which set the report's aligned
+counts); variables it does not cover are left unchanged. --verify compares both models' outputs on random
 inputs of --input_shape (or on --verify_inputs) and fails above
 --verify_max_rel / --verify_max_abs. Exit status: 0 done, 1 failed, 2 verification
 failed (nothing written in either case).
@@ -29,8 +33,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "The directory to write (must not 
 _METHOD = flags.DEFINE_enum("method", "paper", ["paper", "fewest_ones", "round", "bitx"],
                             "Morphing method.")
 _PRECISION = flags.DEFINE_float("precision", None, "P for paper and fewest_ones (default 0.1).")
-_PRECISION_MAP = flags.DEFINE_string("precision_map", None,
-                                     "A JSON file {pattern: P}, instead of --precision.")
+_PRECISION_MAP = flags.DEFINE_string("precision_map", None, flag_parsing.MAP_HELP)
 _KEEP_BITS = flags.DEFINE_integer("keep_bits", None, "Mantissa bits kept by round.")
 _COLUMNS = flags.DEFINE_integer("columns", None, "Aligned columns kept by bitx.")
 _GROUP_SIZE = flags.DEFINE_integer("group_size", 16, "Lanes per group (bitx, aligned counts).")
