@@ -20,6 +20,9 @@ import numpy as np
 from mortar_tf import files
 from mortar_tf.estimator import engines as engines_lib
 
+# How the page names the geometry its aligned figures and estimates use.
+_GEOMETRY = f"G = {engines_lib.DEFAULT_GROUP_SIZE}, width {engines_lib.DEFAULT_WIDTH}"
+
 # The paper's published figures (on its own ImageNet models; none of ours is
 # among them). Word-domain ratios at P = 0.1 as SPEC 1 reads its table; the
 # speedups are over the paper's baseline, which SPEC 4 reads as stripes.
@@ -173,7 +176,7 @@ def plot_bit_density(records: Sequence[dict], path: str) -> str:
 
 
 def plot_columns(records: Sequence[dict], path: str, reference: float) -> str:
-  """Per model, ones per weight in each aligned column (G = 64, width 24)
+  """Per model, ones per weight in each aligned column (the engines' G and width)
   before and after morphing at the reference P: the "arched" profile."""
   fig, axes = _grid(len(records), 4.6, 3.0)
   series = (("paper", f"paper P={reference:g}", "#1f77b4", "o"),
@@ -616,7 +619,7 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
   lines += _models_table(records)
   lines += ["## Design space (the paper's DSE table)", "",
             "The metric, the ones ratio (original / morphed) in the word and aligned domains "
-            "(G = 64, width 24, the engines' geometry) and the estimated speedup of the `mortar` "
+            f"({_GEOMETRY}, the engines' geometry) and the estimated speedup of the `mortar` "
             "engine on the morphed weights over `stripes` on the original weights, at each P. "
             "✗ marks a drop beyond the model's search budget. 24.00x is the ceiling of that "
             "estimate: every lane of every group keeps at most one 1 bit, so `mortar` spends "
@@ -645,7 +648,7 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
   lines += _search_table(records)
   lines += ["## Speedups (SPEC 4)", "",
             "Cycle totals of the estimator's engines over every layer the graph reader maps "
-            "(weight-serial models, G = 64, width 24; see the README's \"Reading the estimate\"); "
+            f"(weight-serial models, {_GEOMETRY}; see the README's \"Reading the estimate\"); "
             "the coverage column says what share of the model's weight MACs those layers hold "
             "(the README's \"Coverage\"). "
             "Iso-area figures need an area for both engines: only `mortar` has one among the "
