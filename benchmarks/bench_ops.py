@@ -51,11 +51,14 @@ def main(argv):
        lambda: lib.mortar_morph(x=t, precision=p, method="round", keep_bits=7).shape,
        lambda: mortar_tf.morph(w, "round", keep_bits=7, backend="numpy")),
       ("bitx columns=8 G=16 (conv)",
-       lambda: mortar_tf.morph(t, "bitx", columns=8, layout="conv", backend="op").shape,
-       lambda: mortar_tf.morph(w, "bitx", columns=8, layout="conv", backend="numpy")),
+       lambda: mortar_tf.morph(t, "bitx", columns=8, group_size=16, layout="conv",
+                               backend="op").shape,
+       lambda: mortar_tf.morph(w, "bitx", columns=8, group_size=16, layout="conv",
+                               backend="numpy")),
       ("aligned G=16 width=24 (+cycles)",
        lambda: lib.mortar_aligned_count(x=matrix, group_size=16, width=24)[1].numpy(),
-       lambda: mortar_tf.bit_histogram(w, "aligned", layout="conv", backend="numpy")),
+       lambda: mortar_tf.bit_histogram(w, "aligned", group_size=16, layout="conv",
+                                       backend="numpy")),
   ]
   print(f"{'case':36s} {'op ms':>8s} {'x copy':>7s} {'numpy ms':>9s} {'op speedup':>10s}")
   for name, op_fn, numpy_fn in cases:

@@ -73,6 +73,11 @@ class ModelWeights:
   groupings: dict
   note: str = ""
 
+  def __repr__(self) -> str:
+    size = sum(int(getattr(w, "size", 0)) for w in self.weights.values())
+    return (f"ModelWeights({self.source!r}, kind={self.kind!r}, tensors={len(self.weights)}, "
+            f"values={size})")
+
 
 def load_weights(path: str, select: str = "kernels") -> ModelWeights:
   """Reads the weights of a .keras/.h5/.tflite model file or a SavedModel directory.
@@ -135,11 +140,15 @@ class Analysis:
   group_size: int
   width: int
 
+  def geometry_text(self) -> str:
+    """The aligned domain's geometry, "G=64, width 24"."""
+    return bits.geometry_text(self.group_size, self.width)
+
   def original_table(self) -> str:
     """Per layer: shape, grouping, weights, ones and bit density in each domain."""
     first = self.reports[0]
-    headers = ["weight", "shape", "grouping", "params", "ones sig", "ones word", "ones aligned",
-               "density word"]
+    headers = ["weight", "shape", "grouping", "params", "ones sig", "ones word",
+               f"ones aligned ({self.geometry_text()})", "density word"]
     rows = [[t.name, "x".join(map(str, t.shape)), t.grouping, t.size, t.before["significand"],
              t.before["word"], t.before["aligned"],
              f"{t.before['word'] / (32 * t.size):.3f}" if t.size else "-"]
@@ -152,7 +161,8 @@ class Analysis:
 
   def sweep_table(self) -> str:
     """Per setting: total sparsity ratio in each domain and the largest relative error."""
-    headers = ["method", "setting", "significand x", "word x", "aligned x", "max rel err"]
+    headers = ["method", "setting", "significand x", "word x",
+               f"aligned x ({self.geometry_text()})", "max rel err"]
     rows = []
     for r in self.reports:
       setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
@@ -179,6 +189,14 @@ class Analysis:
     return {"model": self.model.source, "kind": self.model.kind, "note": self.model.note,
             "group_size": self.group_size, "width": self.width,
             "reports": [r.to_dict() for r in self.reports]}
+
+  def __str__(self) -> str:
+    return format_analysis(self)
+
+  def __repr__(self) -> str:
+    return (f"Analysis({self.model.source!r}, settings={len(self.reports)}, "
+            f"tensors={len(self.reports[0].tensors) if self.reports else 0}, "
+            f"group_size={self.group_size}, width={self.width})")
 
   def write_json(self, path: str) -> None:
     """Writes to_dict() to `path` atomically (a temp file renamed into place)."""
@@ -216,8 +234,7 @@ def format_analysis(analysis: Analysis, domain: str = "word", per_layer: bool = 
   n = len(analysis.reports[0].tensors)
   size = sum(t.size for t in analysis.reports[0].tensors)
   parts = [f"Model {analysis.model.source} ({analysis.model.kind}): {n} weight tensors, "
-           f"{size:,} float32 values; aligned domain G={analysis.group_size}, "
-           f"width={analysis.width}"]
+           f"{size:,} float32 values; aligned domain {analysis.geometry_text()}"]
   if analysis.model.note:
     parts.append(f"Note: {analysis.model.note}")
   for name, reason in analysis.reports[0].skipped:
@@ -227,6 +244,7 @@ def format_analysis(analysis: Analysis, domain: str = "word", per_layer: bool = 
   parts += ["", "Sweep: sparsity ratio = ones(original) / ones(morphed), all weights",
             analysis.sweep_table()]
   if per_layer:
-    parts += ["", f"Per layer, {domain} domain", analysis.layer_table(domain)]
+    where = f" ({analysis.geometry_text()})" if domain == "aligned" else ""
+    parts += ["", f"Per layer, {domain} domain{where}", analysis.layer_table(domain)]
   return "\n".join(parts)
 

@@ -344,7 +344,7 @@ def morph(w, method="paper", precision=None, *, keep_bits=None, columns=None,
     keep_bits: explicit mantissa bits kept, 0..23 (round).
     columns: aligned columns kept, 1..width (bitx).
     group_size, width: the grouping of bitx (default bits.DEFAULT_GROUP_SIZE
-      and bits.DEFAULT_WIDTH).
+      and bits.DEFAULT_WIDTH, 64 and 24: the engines' geometry).
     layout, reduction_axes, equation: which axes bitx groups along (SPEC 3);
       default: all axes but the last.
     backend: "native", "op", "tf" or "numpy" (see the module docstring).

@@ -43,7 +43,13 @@ LAYOUTS = (
     "separable_pointwise",
     "einsum",
 )
-DEFAULT_GROUP_SIZE = 16
+# The one default geometry of the aligned domain, everywhere (count_ones,
+# bit_histogram, aligned_statistics, bitx, the reports, the estimator's
+# engines, the sweep and search, every tool): the Bitlet-PE RTL's 64 lanes and
+# 24 columns, so an aligned figure means the same thing wherever it is shown.
+# (The TF ops' own attr default, group_size 16 in mortar_ops.cc, is never used:
+# the wrappers always pass it.)
+DEFAULT_GROUP_SIZE = 64
 DEFAULT_WIDTH = 24
 MAX_WIDTH = 64
 
@@ -227,6 +233,15 @@ def grouped_view(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, int, i
   r = math.prod(shape[axes[0]:axes[-1] + 1])
   b = math.prod(shape[axes[-1] + 1:])
   return a, r, b
+
+
+def geometry_text(group_size: int, width: int) -> str:
+  """How every report names the aligned domain's geometry: "G=64, width 24".
+
+  >>> geometry_text(DEFAULT_GROUP_SIZE, DEFAULT_WIDTH)
+  'G=64, width 24'
+  """
+  return f"G={group_size}, width {width}"
 
 
 def check_group_args(group_size, width) -> tuple[int, int]:

@@ -99,8 +99,19 @@ class SparsityReport:
         "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
     }
 
+  def __str__(self) -> str:
+    return self.format_table()
+
+  def __repr__(self) -> str:
+    ratio = self.total_ratio["aligned"]
+    return (f"SparsityReport({self.spec.label()!r}, tensors={len(self.tensors)}, "
+            f"skipped={len(self.skipped)}, aligned={table.ratio(ratio)}, "
+            f"group_size={self.group_size}, width={self.width})")
+
   def format_table(self) -> str:
-    """A per-tensor table with a total row, ratios in every domain."""
+    """A per-tensor table with a total row, ratios in every domain (the
+    aligned one at the report's G and width, named on the first line).
+    What print() shows."""
     headers = ["tensor", "shape", "grouping", "ones(sig)", "sig x", "word x", "aligned x",
                "max rel err"]
     rows = [[t.name, "x".join(map(str, t.shape)) or "scalar", t.grouping, t.before["significand"],
@@ -110,7 +121,7 @@ class SparsityReport:
     rows.append(["total", "", "", self.total_before["significand"],
                  table.ratio(total["significand"]), table.ratio(total["word"]),
                  table.ratio(total["aligned"]), f"{self.max_rel_error:.3g}"])
-    text = f"{self.spec.label()}  (aligned: G={self.group_size}, width={self.width})\n"
+    text = f"{self.spec.label()}  (aligned: {bits.geometry_text(self.group_size, self.width)})\n"
     text += table.format_table(headers, rows, footer_rows=1)
     for name, reason in self.skipped:
       text += f"\nskipped {name}: {reason}"

@@ -47,6 +47,10 @@ class ShippedWeight:
   value: np.ndarray
   reduction_axes: tuple[int, ...]
 
+  def __repr__(self) -> str:
+    return (f"ShippedWeight({self.name!r}, op={self.op!r}, shape={self.value.shape}, "
+            f"reduction_axes={self.reduction_axes})")
+
 
 def _ops(interpreter):
   """The interpreter's op list. TF has no public API for it; `_get_ops_details`

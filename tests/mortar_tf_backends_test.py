@@ -273,15 +273,16 @@ def test_edge_cases_the_first_user_found():
   # an empty first output axis with non-adjacent reduction axes
   empty = np.zeros((4, 0, 6), np.float32)
   for backend in ("native", "numpy"):
+    # 4 x 6 = 24 reduced weights: two groups of 16
     columns, lane_max, bitlet = mortar_tf.aligned_statistics(empty, reduction_axes=(0, 2),
-                                                             backend=backend)
+                                                             group_size=16, backend=backend)
     assert columns.tolist() == [0] * 24 and lane_max.shape == bitlet.shape == (0, 2)
   # a window of G lanes or more is one window: the same figures, no huge allocation
   w = weights(256 * 4, seed=2).reshape(256, 4)
-  one_window = mortar_tf.aligned_statistics(w, window=16)
+  one_window = mortar_tf.aligned_statistics(w, group_size=16, window=16)
   for window in (17, 2**32 + 8, 2**62):
     for backend in ("native", "numpy"):
-      got = mortar_tf.aligned_statistics(w, window=window, backend=backend)
+      got = mortar_tf.aligned_statistics(w, group_size=16, window=window, backend=backend)
       for a, b in zip(got, one_window):
         np.testing.assert_array_equal(a, b)
   # bitx keeps a 0-d shape on every backend

@@ -61,9 +61,10 @@ def test_reports_share_the_original_counts_and_match_single_reports():
   specs = [mortar_tf.MorphSpec.create("fewest_ones", 0.2),
            mortar_tf.MorphSpec.create("round", keep_bits=3),
            mortar_tf.MorphSpec.create("bitx", columns=5, group_size=16, width=24)]
-  many = report.sparsity_reports(weights, specs)
+  # The bitx spec's geometry is the reports' (16, 24: not the default).
+  many = report.sparsity_reports(weights, specs, group_size=16, width=24)
   for spec, r in zip(specs, many):
-    single = mortar_tf.sparsity_report(weights, spec)
+    single = mortar_tf.sparsity_report(weights, spec, group_size=16, width=24)
     assert single.to_dict() == r.to_dict()
 
 

@@ -79,7 +79,7 @@ def test_keras_files_report_each_kernel_with_its_layout(saved, filename, tmp_pat
   dw = next(t for t in paper["tensors"] if t["name"].startswith("dw/"))
   assert dw["grouping"] == "depthwise"
   assert dw["ones_before"]["aligned"] == sum(
-      ref.aligned_column_ones(kernels[dw["name"]], (0, 1), 16, 24))
+      ref.aligned_column_ones(kernels[dw["name"]], (0, 1), 64, 24))  # the default G, width
 
 
 def test_saved_model_directory(saved, tmp_path):
@@ -95,7 +95,7 @@ def test_saved_model_directory(saved, tmp_path):
     axes = expected_axes.get(name, (0, 1))
     assert tensors[name]["grouping"] == f"axes {axes}"
     assert tensors[name]["ones_before"]["aligned"] == sum(
-        ref.aligned_column_ones(kernel, axes, 16, 24))
+        ref.aligned_column_ones(kernel, axes, 64, 24))  # the default G, width
   weights = analyze.load_weights(str(d / "sm"))
   # each kernel once (Keras 3 exports track variables twice), biases left out
   assert sorted(v.shape for v in weights.weights.values()) == sorted(

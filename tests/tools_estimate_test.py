@@ -69,6 +69,62 @@ def test_writes_table_csv_json_and_plots(model, tmp_path):
     assert (tmp_path / "plots" / name).stat().st_size > 1000
 
 
+def _totals(data, name, weights):
+  return sum(layer["cycles"][name][weights] for layer in data["layers"])
+
+
+def test_another_baseline_is_named_by_every_headline_and_speedup(model, tmp_path):
+  out = tmp_path / "e.json"
+  result = _run(f"--saved_model={model}", "--input_shape=2,8,8,3", "--baseline=bitlet:original",
+                f"--json={out}")
+  assert result.returncode == 0, result.stderr
+  data = json.loads(out.read_text())
+  mortar = _totals(data, "mortar", "morphed")
+  over_bitlet = _totals(data, "bitlet", "original") / mortar
+  over_stripes = _totals(data, "stripes", "original") / mortar
+  over_unmorphed = _totals(data, "mortar", "original") / mortar
+  assert len({f"{x:.3f}" for x in (over_bitlet, over_stripes, over_unmorphed)}) == 3
+  lines = result.stdout.splitlines()
+  # The headlines: first over the chosen baseline, then SPEC 4's, each naming its cell.
+  first = lines.index(f"mortar on the morphed weights: {over_bitlet:.3f}x over bitlet on the "
+                      "original weights (the chosen baseline)")
+  assert lines[first + 1] == "SPEC 4's two headlines, over their own cells whatever the baseline:"
+  assert lines[first + 2].startswith(f"mortar on the morphed weights: {over_stripes:.3f}x over "
+                                     "stripes on the original weights")
+  assert f"{over_unmorphed:.3f}x" in lines[first + 3]
+  assert "over mortar on the original weights" in lines[first + 3]
+  assert data["headline_over_baseline"] == pytest.approx(over_bitlet, rel=1e-12)
+  # Per layer: mortar morphed over the chosen baseline, then SPEC 4's two, by name.
+  header = next(line for line in lines if line.startswith("#  layer"))
+  assert header.endswith("x bitlet orig  x stripes  x unmorphed")
+  for layer in data["layers"]:
+    row = next(line for line in lines if line.startswith(f"{layer['index']}  "))
+    cycles = layer["cycles"]
+    expected = [cycles["bitlet"]["original"] / cycles["mortar"]["morphed"],
+                cycles["stripes"]["original"] / cycles["mortar"]["morphed"],
+                cycles["mortar"]["original"] / cycles["mortar"]["morphed"]]
+    assert row.split()[-3:] == [f"{x:.3f}x" for x in expected], row
+  total = next(line for line in lines if line.split()[:1] == ["total"])
+  assert total.split()[-3:] == [f"{x:.3f}x" for x in (over_bitlet, over_stripes, over_unmorphed)]
+  assert "x bitlet orig: mortar on the morphed weights over the chosen baseline" in result.stdout
+  # The matrix: every cell over the chosen baseline, and its header says so.
+  matrix = next(line for line in lines if line.startswith("engine "))
+  assert "x bitlet orig" in matrix and "iso-area x bitlet orig" in matrix
+  for engine, weights, value in (("bitlet", "original", 1.0), ("mortar", "morphed", over_bitlet),
+                                 ("stripes", "original",
+                                  _totals(data, "bitlet", "original") /
+                                  _totals(data, "stripes", "original"))):
+    row = next(line for line in lines if line.split()[:2] == [engine, weights])
+    assert f"{value:.3f}x" in row.split(), row
+
+  # With the default baseline there is no separate headline, and the matrix says stripes.
+  result = _run(f"--saved_model={model}", "--input_shape=2,8,8,3")
+  assert result.returncode == 0, result.stderr
+  assert "chosen baseline" not in result.stdout and "x bitlet orig" not in result.stdout
+  assert "x stripes orig" in next(line for line in result.stdout.splitlines()
+                                  if line.startswith("engine "))
+
+
 def test_engine_subset_and_config(model, tmp_path):
   config = tmp_path / "engines.json"
   config.write_text(json.dumps([

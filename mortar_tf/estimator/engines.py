@@ -27,6 +27,7 @@ import os
 from typing import Mapping, Sequence
 
 from mortar_tf import backends
+from mortar_tf import bits
 
 MODELS = ("fp32", "stripes", "pragmatic", "bitlet", "mortar")
 # The largest G: the C++ kernels' (kMaxGroupSize in mortar_tf/cc/kernels.h,
@@ -36,9 +37,10 @@ MODELS = ("fp32", "stripes", "pragmatic", "bitlet", "mortar")
 MAX_GROUP_SIZE = backends.MAX_KERNEL_GROUP_SIZE
 _BITLET_RTL = "Bitlet-PE public RTL defaults (64 lanes, 24 columns, 8-lane window)"
 # The default engines' geometry (Bitlet-PE RTL): what aligned figures shown
-# next to their estimates use.
-DEFAULT_GROUP_SIZE = 64
-DEFAULT_WIDTH = 24
+# next to their estimates use. bits holds the one default of the package; the
+# engines' is that one.
+DEFAULT_GROUP_SIZE = bits.DEFAULT_GROUP_SIZE
+DEFAULT_WIDTH = bits.DEFAULT_WIDTH
 
 
 @dataclasses.dataclass(frozen=True)

@@ -110,6 +110,11 @@ class LayerEstimate:
     """Aligned ones of the weight at `engine`'s G and width."""
     return sum(self.columns[engine][weights])
 
+  def __repr__(self) -> str:
+    state = f"macs={self.macs}" if self.mapped else f"unmapped={self.unmapped!r}"
+    return (f"LayerEstimate(#{self.index} {self.name!r}, op={self.op!r}, "
+            f"weight={self.weight!r}, {state})")
+
 
 def _ratio(a: float, b: float) -> float:
   if b == 0:
@@ -235,6 +240,13 @@ class Coverage:
       return None
     return (f"the estimate covers {self.summary()}; not estimated: {self.missing_text(3)}")
 
+  def __str__(self) -> str:
+    return self.summary()
+
+  def __repr__(self) -> str:
+    return (f"Coverage({self.short()}, {self.estimated_ops} of {self.ops} weight ops "
+            "estimated)")
+
   def to_dict(self) -> dict:
     return {"fraction": self.fraction, "basis": self.basis, "complete": self.complete,
             "ops": self.ops, "estimated_ops": self.estimated_ops,
@@ -339,6 +351,18 @@ class Estimate:
                    for w, v in cells.items()}
     return out
 
+  def baseline_headline(self, layer: LayerEstimate | None = None) -> float | None:
+    """The mortar engine on the morphed weights over the chosen baseline cell
+    (equal to a SPEC 4 headline when the baseline is that headline's cell);
+    None without an engine of the mortar model."""
+    mortar = self._engine_of_model("mortar")
+    return None if mortar is None else self.speedup(layer)[mortar]["morphed"]
+
+  def baseline_is_headline(self) -> bool:
+    """True when the baseline is the first SPEC 4 headline's cell (stripes on
+    the original weights): the speedups and the headline share their base."""
+    return self.baseline == (self._engine_of_model("stripes"), "original")
+
   def headline_iso_area(self) -> dict[str, float | None]:
     """The headline figures at equal area, None where an engine has no area."""
     mortar = self._engine_of_model("mortar")
@@ -370,9 +394,20 @@ class Estimate:
     return f"{self.baseline[0]} on the {self.baseline[1]} weights"
 
   def headline_text(self) -> str:
-    """One line per headline figure (with iso-area where both have an area)."""
+    """One line per headline figure (with iso-area where both have an area),
+    each naming the cell it is over. With another baseline than stripes on
+    the original weights, the first line is mortar on the morphed weights
+    over that baseline, and the SPEC 4 lines that follow say that they keep
+    their own cells."""
     iso = self.headline_iso_area()
     lines = []
+    if not self.baseline_is_headline():
+      value = self.baseline_headline()
+      figure = ("unknown (no engine of the mortar model)" if value is None else
+                table.ratio(value))
+      lines.append(f"mortar on the morphed weights: {figure} over {self.baseline_text()} "
+                   "(the chosen baseline)")
+      lines.append("SPEC 4's two headlines, over their own cells whatever the baseline:")
     for key, value in self.headline().items():
       if value is None:
         lines.append(f"mortar on the morphed weights {_HEADLINE_TEXT[key]}: unknown "
@@ -387,26 +422,39 @@ class Estimate:
     """Per layer: MACs, cycles of every engine on both weights, the headlines;
     then the totals as a matrix (engines x weights) and the headline lines."""
     names = [e.name for e in self.engines]
+    # With another baseline, a first speedup column: mortar morphed over it.
+    chosen = not self.baseline_is_headline()
+    chosen_header = [f"x {self.baseline[0]} {self.baseline[1][:4]}"] if chosen else []
     headers = (["#", "layer", "op", "weight (map name)", "MACs"] +
-               [f"{n} {w[:4]}" for n in names for w in WEIGHTS] + ["x stripes", "x unmorphed"])
+               [f"{n} {w[:4]}" for n in names for w in WEIGHTS] + chosen_header +
+               ["x stripes", "x unmorphed"])
+
+    def speedups(layer):
+      head = self.headline(layer)
+      cells = [self.baseline_headline(layer)] if chosen else []
+      cells += [head[k] for k, _, _ in HEADLINES]
+      return [table.ratio(v) if v is not None else "-" for v in cells]
+
     rows = []
     for layer in self.layers:
       if not layer.mapped:
         rows.append([layer.index, layer.name, layer.op, layer.weight or "-", "-"] +
-                    ["-"] * (2 * len(names) + 2))
+                    ["-"] * (2 * len(names) + len(chosen_header) + 2))
         continue
-      head = self.headline(layer)
       rows.append([layer.index, layer.name, layer.op, layer.weight, layer.macs] +
-                  [layer.cycles[n][w] for n in names for w in WEIGHTS] +
-                  [table.ratio(head[k]) if head[k] is not None else "-" for k, _, _ in HEADLINES])
-    total, head = self.total_cycles(), self.headline()
+                  [layer.cycles[n][w] for n in names for w in WEIGHTS] + speedups(layer))
+    total = self.total_cycles()
     rows.append(["", "total", "", "", self.total_macs()] +
-                [total[n][w] for n in names for w in WEIGHTS]
-                + [table.ratio(head[k]) if head[k] is not None else "-" for k, _, _ in HEADLINES])
+                [total[n][w] for n in names for w in WEIGHTS] + speedups(None))
+    columns = ("x stripes: mortar on the morphed weights over stripes on the original weights, "
+               "x unmorphed: over mortar on the original weights (SPEC 4)")
+    if chosen:
+      columns = (f"{chosen_header[0]}: mortar on the morphed weights over the chosen baseline, "
+                 f"{self.baseline_text()}; " + columns)
     text = [f"Estimate of {self.saved_model_dir} ({self.signature}, shapes: {self.shape_source}); "
             f"cycles per engine on the original (orig) and morphed (morp) weights; morphed: "
             f"{self.method} {_settings_text(self.settings)}",
-            table.format_table(headers, rows, footer_rows=1),
+            table.format_table(headers, rows, footer_rows=1) + "\n" + columns,
             "Totals (speedup = cycles of the baseline, " + self.baseline_text() +
             ", over the cell's; aligned ones at each engine's own G and width):\n" +
             self.matrix_table(),
@@ -437,8 +485,9 @@ class Estimate:
       notes.append("time and energy: '-' where an engine has no clock (or no power) with a source")
     if any(e.area_mm2 is None for e in self.engines):
       notes.append("iso-area: '-' where an engine or the baseline has no area with a source")
+    over = f"{self.baseline[0]} {self.baseline[1][:4]}"
     return (table.format_table(["engine", "weights", "geometry", "aligned ones", "cycles",
-                                "speedup", "iso-area", "seconds", "joules"], rows) +
+                                f"x {over}", f"iso-area x {over}", "seconds", "joules"], rows) +
             ("\n" + "; ".join(notes) if notes else ""))
 
   def csv_rows(self) -> list[list]:
@@ -487,6 +536,7 @@ class Estimate:
         "shape_source": self.shape_source,
         "engines": [e.to_dict() for e in self.engines],
         "headline": finite(self.headline()),
+        "headline_over_baseline": finite(self.baseline_headline()),
         "headline_iso_area": finite(self.headline_iso_area()),
         "coverage": self.coverage().to_dict(),
         "total": {"macs": self.total_macs(), "cycles": self.total_cycles(),
@@ -502,6 +552,16 @@ class Estimate:
 
   def write_json(self, path: str) -> None:
     files.write_json(path, self.to_dict())
+
+  def __str__(self) -> str:
+    return self.table()
+
+  def __repr__(self) -> str:
+    return (f"Estimate({self.saved_model_dir!r}, engines={[e.name for e in self.engines]}, "
+            f"baseline={':'.join(self.baseline)!r}, method={self.method!r}, "
+            f"settings={table.shorten(_settings_text(self.settings), 60)!r}, "
+            f"layers={len(self.layers)}, "
+            f"estimated={len(self.mapped)})")
 
 
 def _settings_text(settings: Mapping) -> str:

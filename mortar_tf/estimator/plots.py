@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from mortar_tf import bits
 from mortar_tf import files
 from mortar_tf.estimator.estimation import Estimate
 
@@ -93,6 +94,10 @@ def _totals_text(result: Estimate) -> str:
   plain one (over mortar unmorphed it never does: one engine, one area)."""
   head, iso = result.headline(), result.headline_iso_area()
   lines = []
+  chosen = result.baseline_headline()
+  if not result.baseline_is_headline() and chosen is not None:
+    lines.append(f"mortar (morphed) over {result.baseline[0]} ({result.baseline[1]}), the "
+                 f"baseline: {chosen:.2f}x")
   for key, text in (("over_stripes", "over stripes (original)"),
                     ("over_unmorphed", "over mortar (original)")):
     if head[key] is not None:
@@ -165,8 +170,8 @@ def plot_density(result: Estimate, path: str) -> str:
     image = ax.imshow(density, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(np.arange(len(layers)), _labels(result) if k == 0 else [], fontsize=7)
     ax.set_xlabel("aligned column (0 = most significant)")
-    ax.set_title(f"{kind} weights\n({engine}, G={result.engine(engine).group_size})",
-                 fontsize=9)
+    geometry = bits.geometry_text(result.engine(engine).group_size, result.engine(engine).width)
+    ax.set_title(f"{kind} weights\n({engine}, {geometry})", fontsize=9)
   fig.suptitle("Bit density per aligned column", fontsize=10)
   fig.colorbar(image, ax=axes[0].tolist(), label="ones per weight")
   return save_figure(fig, path)

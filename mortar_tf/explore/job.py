@@ -15,6 +15,7 @@ import io
 import os
 from typing import Mapping, Sequence
 
+from mortar_tf import bits
 from mortar_tf import files as files_lib
 from mortar_tf.explore import metrics as metrics_lib
 from mortar_tf.explore import models
@@ -42,6 +43,12 @@ class JobResult:
   search: search_lib.SearchResult | None
   files: tuple[str, ...]
   summary: str
+
+  def __str__(self) -> str:
+    return self.summary
+
+  def __repr__(self) -> str:
+    return f"JobResult(sweep={self.sweep!r}, search={self.search!r}, files={len(self.files)})"
 
   def warnings(self) -> list[str]:
     """Lines for stderr: the estimated speedups miss part of the model."""
@@ -153,7 +160,7 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
                                     dict.fromkeys(range(len(kernel_list)), 0.1), **geometry)
       label = "paper P=0.1"
     written.append(plots.plot_columns(before, after, os.path.join(out_dir, "columns.png"),
-                                      label))
+                                      label, bits.geometry_text(**geometry)))
     if found is not None and found.precisions:
       written.append(_speedup_plot(model, found, os.path.join(out_dir, "cycles.png"),
                                    input_shape))
@@ -207,8 +214,9 @@ def _summary(model_path, data_path, samples, swept, found, model, tuned=None,
   lines = [f"# mortar-sweep: {os.path.basename(model_path)}", "",
            f"Model `{model_path}`, data `{data_path}` ({samples} samples), metric "
            f"{swept.metric_name} ({'higher' if swept.higher_is_better else 'lower'} is better). "
-           "Ratios are ones(original) / ones(morphed) over all kernels (aligned: G=64, width 24, "
-           "the engines' geometry); est. x stripes is the mortar engine on the morphed weights "
+           "Ratios are ones(original) / ones(morphed) over all kernels (aligned: "
+           f"{bits.geometry_text(swept.group_size, swept.width)}, the engines' geometry); "
+           "est. x stripes is the mortar engine on the morphed weights "
            "over stripes on the original weights, est. x unmorphed over mortar on the original "
            "weights (SPEC 4; mortar_tf.estimator, default engines)."
            + (f" Scored: {model.scored()}." if hasattr(model, "scored") else ""), ""]

@@ -52,6 +52,10 @@ class Kernel:
   key: str = ""
   label: str = ""
 
+  def __repr__(self) -> str:
+    return (f"Kernel({self.name!r}, shape={tuple(self.original.shape)}, axes={self.axes}, "
+            f"key={self.key!r})")
+
 
 class LoadedSavedModel:
   """A SavedModel loaded for exploration.

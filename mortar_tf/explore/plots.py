@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mortar_tf import backends
+from mortar_tf import bits
 from mortar_tf.estimator.plots import pyplot
 from mortar_tf.estimator.plots import save_figure
 from mortar_tf.explore.search import SearchResult
@@ -127,7 +128,8 @@ def plot_pareto(result: SweepResult, path: str, search: SearchResult | None = No
   ticks = [t for t in (1, 2, 3, 5, 10, 20, 50) if t <= ax.get_xlim()[1]]
   ax.set_xticks(ticks, [f"{t}x" for t in ticks])
   ax.minorticks_off()
-  ax.set_xlabel("aligned-domain ones ratio, original / morphed (log)")
+  ax.set_xlabel(f"aligned-domain ones ratio ({bits.geometry_text(result.group_size, result.width)})"
+                ", original / morphed (log)")
   ax.set_ylabel(result.metric_name)
   ax.set_title(f"{result.metric_name} against bit sparsity "
                f"({'higher' if result.higher_is_better else 'lower'} is better)")
@@ -154,9 +156,11 @@ def plot_bit_density(weights: dict, path: str) -> str:
   return save_figure(fig, path)
 
 
-def plot_columns(before: np.ndarray, after: np.ndarray, path: str, label: str) -> str:
+def plot_columns(before: np.ndarray, after: np.ndarray, path: str, label: str,
+                 geometry: str = "") -> str:
   """Ones per aligned column over all kernels, before and after morphing
-  (the paper's "arched" profile)."""
+  (the paper's "arched" profile); `geometry` (e.g. "G=64, width 24") goes in
+  the title."""
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4))
   x = np.arange(len(before))
@@ -164,6 +168,6 @@ def plot_columns(before: np.ndarray, after: np.ndarray, path: str, label: str) -
   ax.bar(x + 0.2, after, 0.4, label=label)
   ax.set_xlabel("aligned column (0 = the group's leading bit)")
   ax.set_ylabel("ones")
-  ax.set_title("Aligned column profile")
+  ax.set_title("Aligned column profile" + (f" ({geometry})" if geometry else ""))
   ax.legend(fontsize=8)
   return save_figure(fig, path)

@@ -20,6 +20,9 @@ import numpy as np
 from mortar_tf import files
 from mortar_tf.estimator import engines as engines_lib
 
+# How the page names the geometry its aligned figures and estimates use.
+_GEOMETRY = f"G = {engines_lib.DEFAULT_GROUP_SIZE}, width {engines_lib.DEFAULT_WIDTH}"
+
 # The paper's published figures (on its own ImageNet models; none of ours is
 # among them). Word-domain ratios at P = 0.1 as SPEC 1 reads its table; the
 # speedups are over the paper's baseline, which SPEC 4 reads as stripes.
@@ -285,7 +288,7 @@ def plot_bit_density(records: Sequence[dict], path: str) -> str:
 
 
 def plot_columns(records: Sequence[dict], path: str, reference: float) -> str:
-  """Per model, ones per weight in each aligned column (G = 64, width 24)
+  """Per model, ones per weight in each aligned column (the engines' G and width)
   before and after morphing at the reference P: the "arched" profile."""
   fig, axes = _grid(len(records), 4.6, 3.0)
   series = (("paper", f"paper P={reference:g}", "#1f77b4", "o"),
@@ -887,7 +890,7 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
   lines += _models_table(records)
   lines += ["## Design space (the paper's DSE table)", "",
             "The metric and the ones ratio (original / morphed) in the word and aligned domains "
-            "(G = 64, width 24, the engines' geometry), measured, and the estimated speedup "
+            f"({_GEOMETRY}, the engines' geometry), measured, and the estimated speedup "
             "(modelled) of the `mortar` engine on the morphed weights over `mortar` on the "
             "unmorphed weights and over `stripes` on them, at each P. ✗ marks a score outside "
             "the model's budget. The cycles of a group are its busiest lane's ones, so 12.00x "
@@ -917,9 +920,9 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
   iso = _iso_area_differs(records)
   lines += ["## Speedups (modelled, SPEC 4)", "",
             "Cycle totals of the estimator's engines over every layer the graph reader maps "
-            "(weight-serial models, G = 64, width 24; see the README's \"Reading the estimate\"); "
+            f"(weight-serial models, {_GEOMETRY}; see docs/estimator.md, \"Reading the estimate\"); "
             "the coverage column says what share of the model's weight MACs those layers hold "
-            "(the README's \"Coverage\"). Over `stripes` includes what `mortar` gains with "
+            "(docs/estimator.md, \"Coverage\"). Over `stripes` includes what `mortar` gains with "
             "nothing morphed (its own column). " +
             ("Iso-area figures need an area for both engines." if iso else
              "No iso-area figures: they need an area for both engines, and only `mortar` has "

@@ -201,6 +201,11 @@ class SweepPoint:
     settings = {k: v for k, v in self.settings.items() if k != "distilled"}
     return morphing.MorphSpec.create(self.method, **settings).label() + distilled
 
+  def __repr__(self) -> str:
+    speedup = "-" if self.speedup is None else table.ratio(self.speedup)
+    return (f"SweepPoint({self.label()!r}, metric={self.metric:.4g}, drop={self.drop:+.4g}, "
+            f"aligned={table.ratio(self.ratio['aligned'])}, speedup={speedup})")
+
   def to_dict(self) -> dict:
     out = dataclasses.asdict(self)
     out["label"] = self.label()
@@ -228,8 +233,12 @@ class SweepResult:
         f"Estimated speedups cover {self.coverage.summary()}.")
 
   def table(self) -> str:
+    """One row per setting (the original first): metric, drop, ones ratios in
+    each domain (the aligned one at this result's G and width, named in its
+    header) and the two estimated speedups. What print() shows."""
     headers = ["method", "setting", self.metric_name, "drop", "significand x", "word x",
-               "aligned x", "est. x stripes", "est. x unmorphed"]
+               f"aligned x ({bits.geometry_text(self.group_size, self.width)})",
+               "est. x stripes", "est. x unmorphed"]
     rows = [["original", "", f"{self.original_metric:.4f}", "", "1.000x", "1.000x", "1.000x",
              table.ratio(self.original_speedup) if self.original_speedup else "-", "1.000x"]]
     for p in self.points:
@@ -244,6 +253,13 @@ class SweepResult:
                    table.ratio(p.speedup) if p.speedup is not None else "-",
                    table.ratio(p.speedup_unmorphed) if p.speedup_unmorphed is not None else "-"])
     return table.format_table(headers, rows)
+
+  def __str__(self) -> str:
+    return self.table()
+
+  def __repr__(self) -> str:
+    return (f"SweepResult(metric={self.metric_name!r}, original_metric={self.original_metric:.4g}, "
+            f"points={len(self.points)}, group_size={self.group_size}, width={self.width})")
 
   def to_dict(self) -> dict:
     return {"metric": self.metric_name, "higher_is_better": self.higher_is_better,
@@ -293,6 +309,9 @@ class SearchResult:
     cut_short: what the cap stopped, one sentence each ("" when nothing).
     bounded: {kernel key: P values whose cost was not measured but bounded
       by the next larger measured P} (the cap cut the sensitivity short).
+    coverage: what the estimated speedups cover (estimator.Coverage), or None.
+    group_size, width: the aligned domain of the points' ratios (and of the
+      objective "aligned").
   """
   method: str
   precisions: Mapping[str, float]
@@ -311,7 +330,9 @@ class SearchResult:
   maps_tried: int = 0
   cut_short: tuple[str, ...] = ()
   bounded: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
-  coverage: object = None  # what the estimated speedups cover (estimator.Coverage), or None
+  coverage: object = None
+  group_size: int = bits.DEFAULT_GROUP_SIZE
+  width: int = bits.DEFAULT_WIDTH
 
   def cost_text(self) -> str:
     """Full evaluations, plus the calibration work in full evaluations' worth."""
@@ -332,7 +353,8 @@ class SearchResult:
       kind = "global P (no per-kernel map did better)"
     else:
       kind = f"global P (no per-kernel map was verified within {self._cap_text()})"
-    lines = [f"Search ({self.method}, budget {self.budget:g}, objective {self.objective}): "
+    lines = [f"Search ({self.method}, budget {self.budget:g}, objective {self.objective}, "
+             f"aligned at {bits.geometry_text(self.group_size, self.width)}): "
              f"{kind}: {self.point.metric:.4f} (drop {self.point.drop:+.4f}), aligned "
              f"{table.ratio(self.point.ratio['aligned'])}, est. "
              f"{_speedups_text(self.point)}; {self.cost_text()}; sensitivity: {self.proxy}"]
@@ -383,7 +405,18 @@ class SearchResult:
             "global_complete": self.global_complete, "maps_tried": self.maps_tried,
             "cut_short": list(self.cut_short),
             "bounded": {k: list(v) for k, v in self.bounded.items()},
-            "coverage": None if self.coverage is None else self.coverage.to_dict()}
+            "coverage": None if self.coverage is None else self.coverage.to_dict(),
+            "group_size": self.group_size, "width": self.width}
+
+  def __str__(self) -> str:
+    return self.summary()
+
+  def __repr__(self) -> str:
+    kind = "global" if self.chose_global else f"{len(self.precisions)} kernels"
+    return (f"SearchResult(method={self.method!r}, budget={self.budget:g}, "
+            f"objective={self.objective!r}, map={kind}, metric={self.point.metric:.4g}, "
+            f"aligned={table.ratio(self.point.ratio['aligned'])}, "
+            f"evaluations={self.evaluations}, group_size={self.group_size}, width={self.width})")
 
 
 def _speedups_text(point: SweepPoint) -> str:
@@ -994,7 +1027,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
                       max_evaluations=max_evaluations, global_complete=global_complete,
                       maps_tried=len(tried), cut_short=tuple(cut_short),
                       bounded={k: tuple(v) for k, v in bounded.items()},
-                      coverage=coverage)
+                      coverage=coverage, group_size=group_size, width=width)
 
 
 def resolve_map(precision_map, kernels, method) -> dict[int, float]:

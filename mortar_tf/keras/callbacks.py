@@ -229,7 +229,8 @@ class MortarCallback(keras.callbacks.Callback):
     self.last_ratios = self._ratios(changed)
     if self.verbose:
       ratios = ", ".join(f"{d} {r:.3f}x" for d, r in self.last_ratios.items())
-      print(f"\nMortarCallback: wrote {path} ({ratios})")
+      geometry = bits.geometry_text(bits.DEFAULT_GROUP_SIZE, bits.DEFAULT_WIDTH)
+      print(f"\nMortarCallback: wrote {path} ({ratios}; aligned at {geometry})")
 
   def _save_in_place(self, path) -> dict:
     """Morphs the kernels in place, writes the model, restores them bit for bit.

@@ -102,6 +102,11 @@ class Kernel:
   def reduction_axes(self) -> tuple[int, ...]:
     return bits.resolve_reduction_axes(tuple(self.variable.shape), **self.grouping())
 
+  def __repr__(self) -> str:
+    equation = f", equation={self.equation!r}" if self.equation is not None else ""
+    return (f"Kernel({self.name!r}, shape={tuple(self.variable.shape)}, "
+            f"layout={self.layout!r}{equation})")
+
 
 @dataclasses.dataclass(frozen=True)
 class Skipped:
@@ -120,6 +125,12 @@ class KernelPlan:
 
   def by_id(self) -> dict[int, Kernel]:
     return {id(k.variable): k for k in self.kernels}
+
+  def __str__(self) -> str:
+    return self.summary()
+
+  def __repr__(self) -> str:
+    return f"KernelPlan(kernels={len(self.kernels)}, skipped={len(self.skipped)})"
 
   def summary(self, morphed=None) -> str:
     """A few lines: the kernels (or `morphed`, a subset of names) and the skipped

@@ -133,8 +133,20 @@ class ConversionReport:
             "verification": None if self.verification is None else self.verification.to_dict(),
             "notes": list(self.notes), "seconds": self.seconds}
 
+  def __str__(self) -> str:
+    return self.summary()
+
+  def __repr__(self) -> str:
+    passed = "" if self.verification is None else f", verified={self.verification.passed}"
+    return (f"ConversionReport({self.src!r} -> {self.dst!r}, method={self.method!r}, "
+            f"morphed={sum(1 for v in self.morphed if not v.twin_of)}, "
+            f"skipped={len(self.skipped)}, group_size={self.group_size}, "
+            f"width={self.width}{passed})")
+
   def summary(self) -> str:
-    """A per-variable table of ones before/after and the totals, as text."""
+    """A per-variable table of ones before/after and the totals, as text
+    (aligned ones at the report's G and width, named in the header). What
+    print() shows."""
     rows = []
     for v in self.morphed:
       if v.twin_of:
@@ -155,14 +167,17 @@ class ConversionReport:
     rows.append(["total", "", "", before["word"], after["word"],
                  table.ratio(bits.sparsity_ratio(before["word"], after["word"])),
                  table.ratio(bits.sparsity_ratio(before["aligned"], after["aligned"])), ""])
+    geometry = bits.geometry_text(self.group_size, self.width)
     parts = [f"Morphed {self.src} -> {self.dst} ({self.method}) in {self.seconds:.1f} s",
              table.format_table(["variable", "shape", "setting", "ones word", "after",
-                                 "word x", "aligned x", "max rel err"], rows, footer_rows=1)]
+                                 "word x", f"aligned x ({geometry})", "max rel err"], rows,
+                                footer_rows=1)]
     for v in self.morphed:
       for op, axes, before, after in v.other_readers:
         parts.append(f"{v.display or v.name} is also read by {op} with reduction axes "
                      f"{list(axes)}: aligned ones {before} -> {after} "
-                     f"({table.ratio(bits.sparsity_ratio(before, after))}) in its groups")
+                     f"({table.ratio(bits.sparsity_ratio(before, after))}) in its groups "
+                     f"({geometry})")
     twins = sum(1 for v in self.morphed if v.twin_of)
     if twins:
       parts.append(f"Also morphed alike: {twins} unread twin copies of these variables "

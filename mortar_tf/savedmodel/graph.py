@@ -173,6 +173,10 @@ class SavedModelGraph:
   twins: Mapping[int, int] = dataclasses.field(default_factory=dict, repr=False)
   trace_error: str | None = None  # why shape inference failed somewhere, if it did
 
+  def __repr__(self) -> str:
+    return (f"SavedModelGraph({self.saved_model_dir!r}, signature={self.signature!r}, "
+            f"ops={len(self.ops)}, mapped={len(self.mapped)}, variables={len(self.variables)})")
+
   def display_names(self) -> dict[str, str]:
     """{checkpoint key: name to show} of the model variables (variables_lib.display_names)."""
     return variables_lib.display_names([v for v in self.variables if v.role == "model"],

@@ -40,6 +40,10 @@ class SavedVariable:
   key: str
   value: np.ndarray
 
+  def __repr__(self) -> str:
+    return (f"SavedVariable({self.name!r}, key={self.key!r}, shape={self.value.shape}, "
+            f"dtype={self.value.dtype})")
+
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
   """Bit-identical (so NaN payloads and -0.0 count), for any dtype."""

@@ -88,6 +88,13 @@ class Verification:
     out.append("  FAILED: " + "; ".join(failures) if failures else "  passed")
     return out
 
+  def __str__(self) -> str:
+    return "\n".join(self.lines())
+
+  def __repr__(self) -> str:
+    return (f"Verification(source={self.source!r}, inputs={len(self.inputs)}, "
+            f"outputs={len(self.outputs)}, max_rel={self.max_rel:.3g}, passed={self.passed})")
+
   def to_dict(self) -> dict:
     return {"inputs": {n: list(s) for n, s in self.inputs.items()}, "source": self.source,
             "outputs": {n: {k: files.finite_or_none(v) for k, v in d.items()}

@@ -12,6 +12,7 @@ from absl import flags
 from mortar_tf.tools import flag_parsing
 
 from mortar_tf import analyze as analyze_lib
+from mortar_tf import bits
 from mortar_tf import files
 
 _MODEL = flags.DEFINE_string("model", None, "A .keras/.h5/.tflite model file or a SavedModel directory.",
@@ -22,8 +23,10 @@ _PRECISIONS = flags.DEFINE_list("precisions", ["0.01", "0.05", "0.1", "0.2", "0.
                                 "P values for paper and fewest_ones.")
 _KEEP_BITS = flags.DEFINE_list("keep_bits", ["4", "7"], "Mantissa bits kept by round.")
 _COLUMNS = flags.DEFINE_list("columns", ["8", "12"], "Aligned columns kept by bitx.")
-_GROUP_SIZE = flags.DEFINE_integer("group_size", 16, "Lanes per group (aligned domain, bitx).")
-_WIDTH = flags.DEFINE_integer("width", 24, "Aligned window width, 1..64.")
+_GROUP_SIZE = flags.DEFINE_integer("group_size", bits.DEFAULT_GROUP_SIZE,
+                                   "Lanes per group (aligned domain, bitx); the default is the "
+                                   "estimator's engines'.")
+_WIDTH = flags.DEFINE_integer("width", bits.DEFAULT_WIDTH, "Aligned window width, 1..64.")
 _SELECT = flags.DEFINE_enum("select", "kernels", ["kernels", "all"],
                             "Analyse the layers' kernels only, or every weight.")
 _DOMAIN = flags.DEFINE_enum("domain", "word", ["significand", "word", "aligned"],

@@ -17,7 +17,7 @@ G and width.
 "group_size", "width", "window", "num_pes", "frequency_hz", "power_w",
 "area_mm2", "sources"}); without it the five engines of SPEC 4 are used.
 Every report states its coverage: the weight MACs of the layers it estimates
-out of those of every weight op the graph holds (see the README's "Coverage").
+out of those of every weight op the graph holds (see docs/estimator.md, "Coverage").
 Below 100% a warning on stderr names what is missing and why;
 --require_complete makes that an error (exit 1, nothing written).
 

@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mortar_tf import bits
 from mortar_tf import files
 from mortar_tf.tools import flag_parsing
 
@@ -36,8 +37,11 @@ _PRECISION = flags.DEFINE_float("precision", None, "P for paper and fewest_ones 
 _PRECISION_MAP = flags.DEFINE_string("precision_map", None, flag_parsing.MAP_HELP)
 _KEEP_BITS = flags.DEFINE_integer("keep_bits", None, "Mantissa bits kept by round.")
 _COLUMNS = flags.DEFINE_integer("columns", None, "Aligned columns kept by bitx.")
-_GROUP_SIZE = flags.DEFINE_integer("group_size", 16, "Lanes per group (bitx, aligned counts).")
-_WIDTH = flags.DEFINE_integer("width", 24, "Aligned window width (bitx, aligned counts).")
+_GROUP_SIZE = flags.DEFINE_integer("group_size", bits.DEFAULT_GROUP_SIZE,
+                                   "Lanes per group (bitx, aligned counts); the default is the "
+                                   "estimator's engines'.")
+_WIDTH = flags.DEFINE_integer("width", bits.DEFAULT_WIDTH,
+                              "Aligned window width (bitx, aligned counts).")
 _SELECT = flags.DEFINE_list("select", ["kernels"],
                             "kernels, all, or a list of variable names or checkpoint keys.")
 _SIGNATURE = flags.DEFINE_string("signature", "serving_default",
