@@ -235,12 +235,13 @@ class SweepResult:
   def table(self) -> str:
     """One row per setting (the original first): metric, drop, ones ratios in
     each domain (the aligned one at this result's G and width, named in its
-    header) and the two estimated speedups. What print() shows."""
+    header) and the two estimated speedups, over the same engine unmorphed
+    first, then over stripes. What print() shows."""
     headers = ["method", "setting", self.metric_name, "drop", "significand x", "word x",
                f"aligned x ({bits.geometry_text(self.group_size, self.width)})",
-               "est. x stripes", "est. x unmorphed"]
+               "est. x unmorphed", "est. x stripes"]
     rows = [["original", "", f"{self.original_metric:.4f}", "", "1.000x", "1.000x", "1.000x",
-             table.ratio(self.original_speedup) if self.original_speedup else "-", "1.000x"]]
+             "1.000x", table.ratio(self.original_speedup) if self.original_speedup else "-"]]
     for p in self.points:
       setting = (("search: global" if "precision" in p.settings else "search: per kernel") +
                  (" + distilled" if "distilled" in p.settings else "")
@@ -250,8 +251,8 @@ class SweepResult:
       rows.append([p.method, setting, f"{p.metric:.4f}", f"{p.drop:+.4f}",
                    table.ratio(p.ratio["significand"]), table.ratio(p.ratio["word"]),
                    table.ratio(p.ratio["aligned"]),
-                   table.ratio(p.speedup) if p.speedup is not None else "-",
-                   table.ratio(p.speedup_unmorphed) if p.speedup_unmorphed is not None else "-"])
+                   table.ratio(p.speedup_unmorphed) if p.speedup_unmorphed is not None else "-",
+                   table.ratio(p.speedup) if p.speedup is not None else "-"])
     return table.format_table(headers, rows)
 
   def __str__(self) -> str:
