@@ -423,8 +423,8 @@ class SearchResult:
 def _speedups_text(point: SweepPoint) -> str:
   if point.speedup is None:
     return "speedup -"
-  return (f"{table.ratio(point.speedup)} over stripes, "
-          f"{table.ratio(point.speedup_unmorphed)} over unmorphed")
+  return (f"{table.ratio(point.speedup_unmorphed)} over unmorphed, "
+          f"{table.ratio(point.speedup)} over stripes")
 
 
 def _unmorphed_speedup(estimator) -> float | None:
