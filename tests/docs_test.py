@@ -186,3 +186,28 @@ def test_the_results_summary_is_the_pages_own():
   summary = results_page.summary_of(page)
   assert len(summary) >= 5
   assert results_page.with_summary(readme, summary) == readme
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_a_tools_help_text_prints_as_written(tool):
+  """absl prints a program's module docstring as its --help, %-formatted
+  (`%(prog)s` and friends): a bare % there garbles the text."""
+  import ast  # pylint: disable=import-outside-toplevel
+  source = (ROOT / "mortar_tf" / "tools" / f"{TOOLS[tool]}.py").read_text(encoding="utf-8")
+  doc = ast.get_docstring(ast.parse(source), clean=False) or ""
+  assert doc.strip(), f"{tool} has no help text"
+  assert "%" not in doc.replace("%%", ""), f"{tool}'s help text holds a bare %"
+
+
+def test_the_spec_the_docs_cite_is_shipped():
+  """docs/spec.md is the project's specification ("SPEC n" in the docs): the
+  copy of shared/SPEC.md, identical wherever the checkout has shared/ beside it."""
+  spec = (ROOT / "docs" / "spec.md").read_text(encoding="utf-8")
+  assert spec.startswith("# mortar_tf — numeric specification")
+  shared = ROOT.parent / "shared" / "SPEC.md"
+  if shared.exists():
+    assert spec == shared.read_text(encoding="utf-8"), "docs/spec.md differs from shared/SPEC.md"
+  cited = {int(n) for page in DOCUMENTS
+           for n in re.findall(r"SPEC (\d+)", page.read_text(encoding="utf-8"))}
+  sections = {int(n) for n in re.findall(r"^## (\d+)", spec, re.M)}
+  assert cited <= sections, f"the docs cite SPEC sections it does not have: {cited - sections}"

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -181,6 +182,20 @@ def test_bitx_groups_on_the_graphs_reduction_axes(exported, tmp_path):
     expected = mortar_tf.morph(before[v.key], "bitx", columns=4, reduction_axes=axes[v.name],
                                backend="numpy")
     np.testing.assert_array_equal(after[v.key].view(np.uint32), expected.view(np.uint32))
+
+
+def test_verify_says_when_its_default_tolerance_checks_nothing(exported, tmp_path):
+  """bitx's default tolerance is max rel 1 (a weight may drop whole): --verify
+  passes almost anything then, and says so; a P-bounded method does not warn."""
+  src, _ = exported
+  with pytest.warns(RuntimeWarning, match="default tolerance is max rel 1"):
+    report = savedmodel.convert(str(src), str(tmp_path / "b"), "bitx", columns=4, verify=True)
+  assert report.verification.max_rel == 1.0
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", RuntimeWarning)
+    savedmodel.convert(str(src), str(tmp_path / "p"), "paper", 0.05, verify=True)
+    savedmodel.convert(str(src), str(tmp_path / "x"), "bitx", columns=4, verify=True,
+                       verify_max_rel=0.5)
 
 
 class _Mixed(tf.Module):

@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from typing import Callable, Mapping
 
 import numpy as np
@@ -506,6 +507,11 @@ def convert(src: str, dst: str, method="paper", precision=None, *, keep_bits=Non
     if verify:
       tolerance = (verify_max_rel if verify_max_rel is not None else
                    verify_lib.default_tolerance({t.spec for t in targets}))
+      if verify_max_rel is None and tolerance >= 1:
+        warnings.warn("verify: the default tolerance is max rel 1 because bitx can drop a weight "
+                      "whole: outputs may move by their largest value and still pass; give "
+                      "verify_max_rel (--verify_max_rel) for a check that means something",
+                      RuntimeWarning, stacklevel=2)
       verification = verify_lib.verify_outputs(src, tmp, signature, verify_inputs, input_shape,
                                                max_rel=tolerance, max_abs=verify_max_abs)
       if not verification.passed:

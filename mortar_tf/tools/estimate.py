@@ -18,7 +18,7 @@ G and width.
 "area_mm2", "sources"}); without it the five engines of SPEC 4 are used.
 Every report states its coverage: the weight MACs of the layers it estimates
 out of those of every weight op the graph holds (see docs/estimator.md, "Coverage").
-Below 100% a warning on stderr names what is missing and why;
+Below full coverage a warning on stderr names what is missing and why;
 --require_complete makes that an error (exit 1, nothing written).
 
 The output files are written all or none (each renamed into place once all
