@@ -20,6 +20,7 @@ import mortar_tf
 from mortar_tf import bits
 from mortar_tf import explore
 from mortar_tf import morphing
+from mortar_tf import precision_map
 from mortar_tf.estimator import engines
 from mortar_tf.keras import MorphWrapper
 from mortar_tf.keras.compat import keras
@@ -91,6 +92,8 @@ RESOLVED_LATER = {
     "mortar_tf.morphing.MorphSpec": "a method other than bitx has no group",
     "mortar_tf.morphing.MorphSpec.__init__": "a method other than bitx has no group",
     "mortar_tf.morphing.MorphSpec.create": "bits.DEFAULT_GROUP_SIZE, bits.DEFAULT_WIDTH",
+    "mortar_tf.morphing.as_spec": "MorphSpec",
+    "mortar_tf.precision_map.check_morphing": "MorphSpec",
     "mortar_tf.keras.apply.morph_model": "MorphSpec.create",
     "mortar_tf.keras.wrapper.MorphWrapper": "MorphSpec.create",
     "mortar_tf.keras.wrapper.MorphWrapper.__init__": "MorphSpec.create",
@@ -123,6 +126,9 @@ def test_the_one_default_is_the_engines():
   assert {(e.group_size, e.width) for e in engines.default_engines()} == {(G, WIDTH)}
   spec = morphing.MorphSpec.create("bitx", columns=5)
   assert (spec.group_size, spec.width) == (G, WIDTH)
+  for spec in (morphing.as_spec("bitx", columns=5),
+               precision_map.check_morphing("bitx", None, columns=5)):
+    assert (spec.group_size, spec.width) == (G, WIDTH)
 
 
 def test_every_group_size_parameter_defaults_to_the_one_default():
