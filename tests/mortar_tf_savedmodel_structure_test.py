@@ -78,17 +78,23 @@ def test_the_estimator_groups_a_tied_weight_per_op(tied):
   assert sorted(set(layer.n_groups.values()) for layer in result.mapped) == [{3}, {8}]
 
 
+def _blocks_named_alike():
+  """Three modules, each with a [4, 4] kernel variable named "hed/kernel"."""
+  blocks = []
+  for i in range(3):
+    block = tf.Module()
+    block.kernel = tf.Variable(np.random.default_rng(i).standard_normal((4, 4))
+                               .astype(np.float32), name="hed/kernel")
+    blocks.append(block)
+  return blocks
+
+
 class Repeated(tf.Module):
   """Blocks whose variables all share one name; an offset too, with the first's value."""
 
   def __init__(self):
     super().__init__()
-    self.blocks = []
-    for i in range(3):
-      block = tf.Module()
-      block.kernel = tf.Variable(np.random.default_rng(i).standard_normal((4, 4))
-                                 .astype(np.float32), name="hed/kernel")
-      self.blocks.append(block)
+    self.blocks = _blocks_named_alike()
     self.offset = tf.Variable(self.blocks[0].kernel.numpy(), name="hed/kernel")
 
   @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
@@ -139,12 +145,7 @@ class ScopedRepeated(tf.Module):
 
   def __init__(self):
     super().__init__()
-    self.blocks = []
-    for i in range(3):
-      block = tf.Module()
-      block.kernel = tf.Variable(np.random.default_rng(i).standard_normal((4, 4))
-                                 .astype(np.float32), name="hed/kernel")
-      self.blocks.append(block)
+    self.blocks = _blocks_named_alike()
 
   @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
   def __call__(self, x):
