@@ -50,21 +50,17 @@ def register_if_ready() -> bool:
   the Keras it would use are both loaded; True once registered. A failure is a
   warning, never an error in the user's own import."""
   with _lock:
-    if registered():
-      _remove_finder()
-      return True
-    if not (_loaded("tensorflow") and _loaded(_keras_name())):
-      return False
-    try:
-      importlib.import_module("mortar_tf.keras")
-    except Exception as e:  # pylint: disable=broad-except
-      warnings.warn(f"mortar_tf could not register its Keras classes ({type(e).__name__}: {e}); "
-                    f"import mortar_tf.keras before loading a model that holds MorphWrappers",
-                    RuntimeWarning, stacklevel=2)
-      _remove_finder()
-      return False
-    _remove_finder()
-    return True
+    if not registered():
+      if not (_loaded("tensorflow") and _loaded(_keras_name())):
+        return False
+      try:
+        importlib.import_module("mortar_tf.keras")
+      except Exception as e:  # pylint: disable=broad-except
+        warnings.warn(f"mortar_tf could not register its Keras classes ({type(e).__name__}: "
+                      f"{e}); import mortar_tf.keras before loading a model that holds "
+                      "MorphWrappers", RuntimeWarning, stacklevel=2)
+    _remove_finder()  # registered, or failed for good: nothing left to wait for
+    return registered()
 
 
 class _Loader(importlib.abc.Loader):

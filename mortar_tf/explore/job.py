@@ -20,6 +20,7 @@ from mortar_tf import files as files_lib
 from mortar_tf.explore import metrics as metrics_lib
 from mortar_tf.explore import models
 from mortar_tf.explore import plots
+from mortar_tf.explore import results_page
 from mortar_tf.explore import search as search_lib
 
 
@@ -245,10 +246,6 @@ def _summary(model_path, data_path, samples, swept, found, model, tuned=None,
   return "\n".join(lines)
 
 
-def _metric_text(name: str, value: float) -> str:
-  return f"{value:.2%}" if name in ("accuracy", "agreement") else f"{value:.4g}"
-
-
 def headline(record: dict) -> str:
   """The gain against the metric, as a markdown table, from a sweep.json
   record (`run_job`'s): the original, the best single P within the budget and
@@ -270,7 +267,7 @@ def headline(record: dict) -> str:
     return f"{value:.3f}x{mark}"
 
   def row(label, point):
-    return (f"| {label} | {_metric_text(name, point['metric'])} | {point['ratio']['aligned']:.3f}x "
+    return (f"| {label} | {results_page.metric_text(point['metric'], name)} | {point['ratio']['aligned']:.3f}x "
             f"| {point['speedup_unmorphed']:.3f}x | {speedup_over_stripes(point['speedup'])} |")
 
   budget = found["budget"]
@@ -279,7 +276,7 @@ def headline(record: dict) -> str:
            "| cycles, x over the same engine unmorphed (modelled) "
            "| x over a dense bit-serial engine, stripes (modelled) |",
            "|---|---|---|---|---|",
-           f"| nothing | {_metric_text(name, sweep['original_metric'])} | 1.000x | 1.000x "
+           f"| nothing | {results_page.metric_text(sweep['original_metric'], name)} | 1.000x | 1.000x "
            f"| {speedup_over_stripes(sweep['original_speedup'])} |"]
   method = found["method"]
   best = found.get("best_global")

@@ -35,7 +35,8 @@ def _x(value) -> str:
   return "-" if value is None else ("inf" if math.isinf(value) else f"{value:.2f}x")
 
 
-def _metric(value, name: str) -> str:
+def metric_text(value, name: str) -> str:
+  """A score as the page and mortar-sweep's headline show it."""
   if value is None:
     return "-"
   if name == "psnr":
@@ -51,8 +52,8 @@ def _with_drop(value, drop, name: str) -> str:
   """A metric with its change; PSNR alone (its drop from the 300 dB cap of
   identical outputs says nothing more)."""
   if name == "psnr":
-    return _metric(value, name)
-  return f"{_metric(value, name)} ({_drop(drop, name)})"
+    return metric_text(value, name)
+  return f"{metric_text(value, name)} ({_drop(drop, name)})"
 
 
 def _drop(value, name: str) -> str:
@@ -536,7 +537,7 @@ def _fall_in(inside: Sequence[str], names: Sequence[str]) -> str:
 
 def _score_at(record, point) -> str:
   """'97.72% at 4.84x': a point's metric and aligned ones ratio."""
-  return f"{_metric(point['metric'], record['metric']['name'])} at {_x(point['ratio']['aligned'])}"
+  return f"{metric_text(point['metric'], record['metric']['name'])} at {_x(point['ratio']['aligned'])}"
 
 
 def _summary(records, reference) -> list[str]:
@@ -558,7 +559,7 @@ def _summary(records, reference) -> list[str]:
         + _fall_in(inside, [r["name"] for r, _ in word]))
     kept = [r["name"] for r, p in word if _within(r, p)]
     lost = [(r, p) for r, p in word if not _within(r, p)]
-    misses = ", ".join(f"{r['name']} {_metric(p['metric'], r['metric']['name'])} "
+    misses = ", ".join(f"{r['name']} {metric_text(p['metric'], r['metric']['name'])} "
                        f"(budget: {_bound(r)})" for r, p in lost)
     if len(word) == 1:
       (r, p), = word
@@ -685,7 +686,7 @@ def _models_table(records) -> list[str]:
     e, m = r["entry"], r["model"]
     rows.append([f"**{r['name']}**", e["title"], e["weights"], e["data_source"],
                  f"{m['samples']}", f"{r['metric']['name']} = "
-                 f"{_metric(r['metric']['original'], r['metric']['name'])}",
+                 f"{metric_text(r['metric']['original'], r['metric']['name'])}",
                  _budget(r), f"{m['kernels']} / {m['weights']:,}",
                  _minutes(r["seconds"]["total"])])
   return _table(["model", "what", "weights from", "data", "samples", "metric (original)",
@@ -701,7 +702,7 @@ def _design_space(r) -> list[str]:
       pt = _at(r, method, p)
       mark = "" if _within(r, pt) else " ✗"
       top = _at_ceiling(r, pt["speedup"])
-      row += [f"{_metric(pt['metric'], name)}{mark}", _x(pt["ratio"]["word"]),
+      row += [f"{metric_text(pt['metric'], name)}{mark}", _x(pt["ratio"]["word"]),
               _x(pt["ratio"]["aligned"]), _xc(pt.get("speedup_unmorphed"), top),
               _xc(pt["speedup"], top)]
     rows.append(row)
@@ -715,7 +716,7 @@ def _at_reference(records, reference) -> list[str]:
            f"{PAPER_WORD_RATIO[0]}x..{PAPER_WORD_RATIO[1]}x", "-", "-", "-", "-", "-"]]
   for r in records:
     name = r["metric"]["name"]
-    cells = [f"**{r['name']}**", _metric(r["metric"]["original"], name)]
+    cells = [f"**{r['name']}**", metric_text(r["metric"]["original"], name)]
     for method in ("paper", "fewest_ones"):
       pt = _at(r, method, reference)
       cells += [_with_drop(pt['metric'], pt['drop'], name),
@@ -747,7 +748,7 @@ def _bitx_table(records, reference) -> list[str]:
       c = b["settings"]["columns"]
       hw = bitx_cycles(r, c) / max(1, mortar_cycles)
       rows.append([f"**{r['name']}**", f"{_x(mortar['ratio']['aligned'])}, "
-                   f"{_metric(mortar['metric'], name)}", f"{c}", _x(b["ratio"]["aligned"]),
+                   f"{metric_text(mortar['metric'], name)}", f"{c}", _x(b["ratio"]["aligned"]),
                    _with_drop(b['metric'], b['drop'], name),
                    _xc(b["speedup"], _at_ceiling(r, b["speedup"])), _x(hw),
                    _x(hw * BITX_AREA / mortar_area) if mortar_area else "-"])
@@ -775,7 +776,7 @@ def _search_table(records) -> list[str]:
                  _x(pt["ratio"]["aligned"]), _xc(pt.get("speedup_unmorphed"), top),
                  _xc(pt["speedup"], top),
                  f"{morphed} / {r['model']['kernels']}",
-                 (f"P={g['settings']['precision']:g}: {_metric(g['metric'], name)}, "
+                 (f"P={g['settings']['precision']:g}: {metric_text(g['metric'], name)}, "
                   f"{_x(g['ratio']['aligned'])}, "
                   f"{_xc(g['speedup'], _at_ceiling(r, g['speedup']))}") if g else
                  "none in budget",
