@@ -384,7 +384,7 @@ def _graph_units(model, prefix=""):
 
 def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, columns=None,
                 group_size=None, width=None, morph_forward=True, fold_batchnorm=False,
-                preserve_zeros=False, embeddings=False):
+                preserve_zeros=False, embeddings=False, compensate=None):
   """Wraps the layers holding kernels (registry) in MorphWrapper.
 
   Args:
@@ -407,6 +407,14 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
       gamma and beta move into the wrapper and keep training, its moving
       statistics are frozen at their current values. BNs after layers that
       are not wrapped stay as they are.
+    compensate: calibration inputs (an array, a list or dict of arrays, a
+      dataset; no labels) or a mortar_tf.keras.Calibration: error-compensated
+      morphing with bias correction (SPEC 6, mortar_tf.keras.calibration).
+      The result is then built on a copy of the model: its wrapped kernels
+      hold the compensated pre-morph values (so the wrappers' morph gives the
+      compensated kernels) and the corrected biases / moving means; the
+      original model is left as it is. Statistics come from `to_wrap` as it
+      is now: compensation belongs after training.
 
   Returns:
     A model (sharing the original layers' variables), a wrapper, or a list.
@@ -458,6 +466,11 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
   wanted = {id(layer) for _, layer, _ in units
             if any(id(k.variable) in specs for k in plans[id(layer)][0].kernels)}
   log_plan("morph_model", whole, [k.name for k in whole.kernels if id(k.variable) in specs])
+  if compensate is not None and compensate is not False:
+    return _compensated_morph_model(to_wrap, specs, compensate, fold_batchnorm,
+                                    dict(method=method, precision=precision, keep_bits=keep_bits,
+                                         columns=columns, group_size=group_size, width=width,
+                                         **common))
 
   def wrapper_morphing(layer) -> dict:
     """The wrapper's morphing: one MorphSpec when every kernel of the layer
@@ -523,6 +536,25 @@ def morph_model(to_wrap, method="paper", precision=None, *, keep_bits=None, colu
                           (wrapper.bn_moving_mean, mean), (wrapper.bn_moving_variance, variance)):
       target.assign(value)
   return wrapped
+
+
+def _compensated_morph_model(to_wrap, specs, compensate, fold_batchnorm, arguments):
+  """morph_model(..., compensate=...): the copy with pre-morph values, wrapped."""
+  from mortar_tf.keras import calibration as calibration_lib  # pylint: disable=import-outside-toplevel
+  calibration = calibration_lib.as_calibration(compensate)
+  if not isinstance(to_wrap, keras.Model):
+    raise ValueError("compensate needs a model: its statistics come from running the "
+                     "calibration inputs through it")
+  if fold_batchnorm:
+    raise ValueError("compensate and fold_batchnorm do not combine here: fold first "
+                     "(folded = mortar_tf.keras.fold_batchnorm(model)), then "
+                     "morph_model(folded, ..., compensate=...)")
+  done = calibration_lib.compensated_values(to_wrap, specs, calibration)
+  given = dict(done.values)
+  given.update(done.premorph)  # the wrappers morph these into the compensated kernels
+  copy = _rebuild(to_wrap, None, {}, given=given, what="morph_model")
+  _LOG.info("morph_model: %s", done.summary())
+  return morph_model(copy, **arguments)
 
 
 def find_kernels(model, embeddings: bool = False) -> registry.KernelPlan:
@@ -694,7 +726,7 @@ def rebuild(model, unwrap):
 
 
 def _rebuild(model, specs, folds: dict, record: dict | None = None, unwrap=None,
-             what: str = "a copy", quiet: bool = False):
+             what: str = "a copy", quiet: bool = False, given: Mapping | None = None):
   """Clones `model` with fresh layers (wrappers replaced by their inner layers).
 
   Each fresh layer gets its source's variable values: a wrapper's kernels
@@ -704,7 +736,9 @@ def _rebuild(model, specs, folds: dict, record: dict | None = None, unwrap=None,
   A Functional subclass (or morph_model's clone of one) is re-created from
   its config instead of cloned, unless a BN of it is folded (then `what`
   warns, unless `quiet`). `record`, if given, receives {id(source variable):
-  (variable, new value)}.
+  (variable, new value)}. `given` ({id(source variable): value}) sets the
+  values of plain layers' variables outright (compensated kernels, corrected
+  biases and moving means).
   """
   folded_bns = {id(bn) for bn in folds.values()}
   pending = []
@@ -721,6 +755,8 @@ def _rebuild(model, specs, folds: dict, record: dict | None = None, unwrap=None,
     else:
       source = layer
       by_id, bias = _plain_values(layer, specs, bn)
+      if given:
+        by_id.update({id(w): given[id(w)] for w in layer.weights if id(w) in given})
     return source, by_id, bias
 
   def swap(layer):

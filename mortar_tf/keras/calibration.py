@@ -1,0 +1,477 @@
+"""Compensated morphing of a Keras model (SPEC 6): statistics and values.
+
+`Calibration` holds the calibration inputs (no labels) and the settings;
+`compensated_values(model, specs, calibration)` runs the inputs through the
+model once, collecting each compensated layer's input statistics (im2col
+rows for convolutions, per channel for depthwise ones) by hooking the
+layer's `call`, and returns the new values: every kernel of `specs` morphed
+(compensated where its layer allows, plain otherwise, with the reason) and
+the biases or BatchNormalization moving means that take each layer's mean
+output change (mortar_tf.compensation). Nothing in the model is changed
+(statistics="morphed" assigns progressively and restores every value bit
+for bit).
+
+Compensated layers: Dense, Conv1D and Conv2D (channels last, groups 1) and
+DepthwiseConv2D. Every other kernel (attention, recurrent, transposed and
+separable convolutions, einsum, bitx maps) is morphed plain and named in the
+result. A bias is corrected where the layer has one, else in the moving mean
+of a BatchNormalization that directly follows a layer without activation;
+layers with neither are named too (no bias is added).
+
+Example:
+  cal = Calibration(x_train[:256])
+  done = compensated_values(model, specs, cal)
+  print(done.summary())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Mapping
+
+import numpy as np
+
+from mortar_tf import compensation
+from mortar_tf import morphing
+from mortar_tf.keras import registry
+from mortar_tf.keras.compat import keras
+
+_LOG = logging.getLogger("mortar_tf")
+STATISTICS = ("original", "morphed")
+
+
+class Calibration:
+  """Calibration inputs and how compensation uses them.
+
+  Args:
+    data: the model's inputs, no labels: a numpy array, a list of arrays or a
+      {name: array} dict (multi-input), or a batched tf.data.Dataset whose
+      elements are inputs or (inputs, labels[, weights]) tuples. Keep these
+      samples apart from the ones that score the morphed model.
+    error: GPTQ-style error compensation (mortar_tf.compensation).
+    bias: bias correction.
+    projected: keep every final value within P of its original.
+    damping: λ relative to the mean diagonal of H.
+    statistics: "original" (each layer's inputs in the original model: one
+      pass) or "morphed" (layers in call order, each seeing the layers before
+      it already compensated: one pass per layer, far slower).
+    batch_size: for array data.
+
+  Raises:
+    ValueError: empty data, both error and bias off, bad settings.
+  """
+
+  def __init__(self, data, *, error: bool = True, bias: bool = True, projected: bool = False,
+               damping: float = compensation.DEFAULT_DAMPING, statistics: str = "original",
+               batch_size: int = 32):
+    if not (error or bias):
+      raise ValueError("Calibration with error=False and bias=False compensates nothing")
+    if statistics not in STATISTICS:
+      raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
+    if not 0 < float(damping) <= 1:
+      raise ValueError(f"damping must be in (0, 1], got {damping!r}")
+    if int(batch_size) < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    self.data = data
+    self.error, self.bias, self.projected = bool(error), bool(bias), bool(projected)
+    self.damping, self.statistics, self.batch_size = float(damping), statistics, int(batch_size)
+    self.samples = _count(data)
+    if self.samples == 0:
+      raise ValueError("the calibration data is empty")
+
+  def settings(self) -> dict:
+    return {"error": self.error, "bias": self.bias, "projected": self.projected,
+            "damping": self.damping, "statistics": self.statistics, "samples": self.samples}
+
+  def label(self) -> str:
+    """'compensated (error+bias, 256 samples)' for tables and summaries."""
+    parts = [p for p, on in (("error", self.error), ("bias", self.bias)) if on]
+    proj = ", projected" if self.projected else ""
+    return f"compensated ({'+'.join(parts)}{proj}, {self.samples} samples)"
+
+  def __repr__(self) -> str:
+    return (f"Calibration({self.samples} samples, error={self.error}, bias={self.bias}, "
+            f"projected={self.projected}, damping={self.damping:g}, "
+            f"statistics={self.statistics!r})")
+
+  def batches(self):
+    """The input batches (numpy or tensors), as model(...) takes them."""
+    if _is_dataset(self.data):
+      for element in self.data:
+        if isinstance(element, tuple) and len(element) in (2, 3):
+          element = element[0]
+        yield element
+      return
+    for start in range(0, self.samples, self.batch_size):
+      stop = start + self.batch_size
+      if isinstance(self.data, Mapping):
+        yield {k: np.asarray(v)[start:stop] for k, v in self.data.items()}
+      elif isinstance(self.data, (list, tuple)):
+        yield [np.asarray(v)[start:stop] for v in self.data]
+      else:
+        yield np.asarray(self.data)[start:stop]
+
+
+def _is_dataset(data) -> bool:
+  return type(data).__module__.startswith("tensorflow") and hasattr(data, "element_spec")
+
+
+def _count(data) -> int:
+  if _is_dataset(data):
+    n = 0
+    for element in data:
+      if isinstance(element, tuple) and len(element) in (2, 3):
+        element = element[0]
+      first = next(iter(element.values())) if isinstance(element, Mapping) else (
+          element[0] if isinstance(element, (list, tuple)) else element)
+      n += int(first.shape[0])
+    return n
+  if isinstance(data, Mapping):
+    sizes = {len(np.asarray(v)) for v in data.values()}
+  elif isinstance(data, (list, tuple)):
+    sizes = {len(np.asarray(v)) for v in data}
+  else:
+    array = np.asarray(data)
+    if array.ndim == 0:
+      raise ValueError("calibration data must be an array of samples, got a scalar")
+    sizes = {len(array)}
+  if len(sizes) > 1:
+    raise ValueError(f"calibration inputs differ in length: {sorted(sizes)}")
+  return sizes.pop() if sizes else 0
+
+
+def as_calibration(compensate) -> Calibration | None:
+  """None for None/False; a Calibration as is; anything else is the data of one."""
+  if compensate is None or compensate is False:
+    return None
+  if compensate is True:
+    raise ValueError("compensate takes calibration inputs (an array, a dict, a dataset) or a "
+                     "mortar_tf.keras.Calibration, not True")
+  if isinstance(compensate, Calibration):
+    return compensate
+  return Calibration(compensate)
+
+
+# --------------------------------------------------------------------------
+# Which layers compensate, and the rows they multiply
+
+
+def _kind(layer) -> tuple[str | None, str]:
+  """(kind, reason): kind "dense", "conv" or "depthwise" where the layer
+  compensates, else None and why not."""
+  name = type(layer).__name__
+  if getattr(layer, "data_format", "channels_last") != "channels_last":
+    return None, "channels_first"
+  if name.startswith("DepthwiseConv") and name.endswith("2D"):
+    return "depthwise", ""
+  if isinstance(layer, keras.layers.Dense) and type(layer).__name__ == "Dense":
+    return "dense", ""
+  if type(layer) in (keras.layers.Conv1D, keras.layers.Conv2D):
+    if getattr(layer, "groups", 1) != 1:
+      return None, "grouped convolution"
+    return "conv", ""
+  return None, f"{name} is not compensated (Dense, Conv1D, Conv2D and DepthwiseConv2D are)"
+
+
+def _kernel_attribute(layer) -> str:
+  for attribute in ("_kernel", "kernel", "depthwise_kernel"):
+    if getattr(layer, attribute, None) is not None:
+      return attribute
+  raise ValueError(f"{layer.name!r} holds no kernel")
+
+
+def layer_rows(layer, kind: str, inputs):
+  """The rows `layer` multiplies its kernel with, for its input tensor.
+
+  dense: [n, d_in]; conv: im2col patches [n, k..., c_in] flattened in the
+  kernel's (k..., c_in) order; depthwise: [n, channels, kh*kw].
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  x = tf.convert_to_tensor(inputs)
+  if x.dtype != tf.float32:
+    x = tf.cast(x, tf.float32)
+  if kind == "dense":
+    return x.numpy().reshape(-1, int(x.shape[-1]))
+  kernel_size = tuple(layer.kernel_size)
+  strides = tuple(layer.strides)
+  dilation = tuple(layer.dilation_rate)
+  padding = layer.padding.upper()
+  if len(kernel_size) == 1:  # Conv1D as a 1 x k Conv2D
+    if padding == "CAUSAL":
+      x = tf.pad(x, [[0, 0], [dilation[0] * (kernel_size[0] - 1), 0], [0, 0]])
+      padding = "VALID"
+    x = x[:, None]
+    kernel_size, strides, dilation = (1,) + kernel_size, (1,) + strides, (1,) + dilation
+  patches = tf.image.extract_patches(x, sizes=[1, *kernel_size, 1], strides=[1, *strides, 1],
+                                     rates=[1, *dilation, 1], padding=padding)
+  channels = int(x.shape[-1])
+  area = kernel_size[0] * kernel_size[1]
+  rows = patches.numpy().reshape(-1, area * channels)
+  if kind == "conv":
+    return rows
+  return rows.reshape(-1, area, channels).transpose(0, 2, 1)  # [n, C, kh*kw]
+
+
+def _new_statistics(layer, kind: str, kernel: np.ndarray) -> compensation.Statistics:
+  if kind == "depthwise":
+    return compensation.Statistics(int(np.prod(kernel.shape[:-2])), groups=kernel.shape[-2])
+  return compensation.Statistics(int(np.prod(kernel.shape[:-1])))
+
+
+# --------------------------------------------------------------------------
+# The values
+
+
+@dataclasses.dataclass
+class Compensated:
+  """What compensated_values made of a model's kernels.
+
+  Attributes:
+    values: {id(variable): new value}: every kernel of the specs, and each
+      corrected bias or moving mean.
+    variables: {id(variable): variable} for the keys of `values`.
+    premorph: {id(kernel variable): the values its method morphed} (equal
+      to the original where not error-compensated).
+    results: {kernel name: compensation.Result} of the compensated kernels.
+    plain: {kernel name: why it was morphed plain}.
+    corrected: {kernel name: what took its mean output change ("bias",
+      "moving_mean of bn_1") or why nothing did}.
+    calibration: the Calibration used.
+  """
+  values: dict
+  variables: dict
+  premorph: dict
+  results: dict
+  plain: dict
+  corrected: dict
+  calibration: Calibration
+
+  def totals(self) -> dict:
+    return compensation.summarize(self.results.values())
+
+  def to_dict(self) -> dict:
+    return {"calibration": self.calibration.settings(),
+            "kernels": {name: r.to_dict() for name, r in self.results.items()},
+            "plain": dict(self.plain), "corrected": dict(self.corrected),
+            "totals": self.totals()}
+
+  def summary(self) -> str:
+    t = self.totals()
+    n = len(self.results) + len(self.plain)
+    lines = [f"{self.calibration.label()}: {len(self.results)} of {n} kernels compensated, "
+             f"{t['weights']} weights; final values from the originals: max relative "
+             f"{t['max_rel']:.3g}, mean {t['mean_rel']:.3g}, {t['outside']} "
+             f"({t['outside'] / max(t['weights'], 1):.1%}) outside the ball"]
+    if self.plain:
+      lines.append("  morphed plain: " + "; ".join(f"{k} ({v})" for k, v in self.plain.items()))
+    if self.calibration.bias:
+      missing = {k: v for k, v in self.corrected.items() if not v.startswith(("bias",
+                                                                              "moving_mean"))}
+      if missing:
+        lines.append("  no bias correction: " + "; ".join(f"{k} ({v})"
+                                                          for k, v in missing.items()))
+    return "\n".join(lines)
+
+  def __str__(self) -> str:
+    return self.summary()
+
+
+def _hooked(layers, record):
+  """Context: each layer's call records (layer, first input) first."""
+
+  class _Hooks:
+
+    def __enter__(self):
+      self.saved = []
+      for layer in layers:
+        original = layer.call
+
+        def call(*args, __layer=layer, __call=original, **kwargs):
+          record(__layer, args[0] if args else kwargs.get("inputs"))
+          return __call(*args, **kwargs)
+
+        self.saved.append((layer, "call" in vars(layer), vars(layer).get("call")))
+        layer.call = call
+      return self
+
+    def __exit__(self, *exc):
+      for layer, had, value in self.saved:
+        if had:
+          layer.call = value
+        else:
+          del layer.call
+      return False
+
+  return _Hooks()
+
+
+def _run(model, calibration: Calibration) -> None:
+  for batch in calibration.batches():
+    model(batch, training=False)
+
+
+def _bias_target(layer, folds: dict):
+  """(variable, sign, label) that takes `layer`'s mean output change, or (None, 0, why)."""
+  bias = getattr(layer, "bias", None)
+  if bias is not None and getattr(layer, "use_bias", True):
+    return bias, -1.0, "bias"
+  bn = folds.get(id(layer))
+  if bn is not None and bn.moving_mean is not None:
+    return bn.moving_mean, 1.0, f"moving_mean of {bn.name}"
+  return None, 0.0, "no bias and no BatchNormalization right after it"
+
+
+def compensated_values(model, specs: Mapping[int, morphing.MorphSpec],
+                       calibration: Calibration) -> Compensated:
+  """The compensated kernels and corrected biases of `model` (module docstring).
+
+  Args:
+    model: a Keras model (graph models: BNs after a layer are found through
+      its graph) or a layer.
+    specs: {id(kernel variable): MorphSpec}, as morph_model resolves them.
+    calibration: the Calibration.
+
+  Raises:
+    ValueError: the model holds MorphWrappers (compensation morphs a plain
+      model once), non-finite calibration activations or weights.
+  """
+  from mortar_tf.keras import apply  # pylint: disable=import-outside-toplevel
+  from mortar_tf.keras import wrapper as wrapper_lib  # pylint: disable=import-outside-toplevel
+  if any(isinstance(l, wrapper_lib.MorphWrapper) for _, l in apply.all_layers(model)):
+    raise ValueError("compensation morphs a plain model once; this one holds MorphWrappers "
+                     "(morph-aware training): strip_morphing first, or compensate the model "
+                     "before wrapping it")
+  plan = registry.find_kernels(model, embeddings=True)
+  kernels = [k for k in plan.kernels if id(k.variable) in specs]
+  folds = apply._all_folds(model) if isinstance(model, keras.Model) else {}  # pylint: disable=protected-access
+  targets, plain = {}, {}
+  for k in kernels:
+    spec = specs[id(k.variable)]
+    layer = k.owner
+    kind, why = _kind(layer)
+    if kind is not None and getattr(layer, _kernel_attribute(layer)) is not k.variable:
+      kind, why = None, "not the layer's kernel"
+    if spec.method not in compensation.METHODS:
+      kind, why = None, f"{spec.method} decides per group"
+    if kind is None:
+      plain[k.name] = why
+    else:
+      targets[id(layer)] = (layer, kind, k, spec)
+
+  values, variables, premorph, results, corrected = {}, {}, {}, {}, {}
+  originals = {}
+
+  def compensate(layer, kind, k, spec, stats):
+    original = originals.setdefault(id(k.variable), k.numpy())
+    result = compensation.compensate(
+        original, stats, spec, error=calibration.error, bias=calibration.bias,
+        projected=calibration.projected, damping=calibration.damping,
+        depthwise=kind == "depthwise")
+    results[k.name] = result
+    values[id(k.variable)], variables[id(k.variable)] = result.morphed, k.variable
+    premorph[id(k.variable)] = result.premorph
+    if calibration.bias:
+      target, sign, label = _bias_target(layer, folds)
+      corrected[k.name] = label
+      if target is not None:
+        old = originals.setdefault(id(target), np.asarray(target.numpy()))
+        values[id(target)] = (old.astype(np.float64)
+                              + sign * result.bias_shift).astype(np.float32)
+        variables[id(target)] = target
+    return result
+
+  by_layer = {key: (layer, kind, k, spec) for key, (layer, kind, k, spec) in targets.items()}
+  statistics = {}
+
+  def record(layer, inputs):
+    layer_, kind, k, _ = by_layer[id(layer)]
+    stats = statistics.get(id(layer))
+    if stats is None:
+      stats = statistics[id(layer)] = _new_statistics(layer_, kind, k.numpy())
+    stats.add(layer_rows(layer_, kind, inputs))
+
+  layers = [t[0] for t in targets.values()]
+  if calibration.statistics == "original" or not layers:
+    with _hooked(layers, record):
+      _run(model, calibration)
+    for key, (layer, kind, k, spec) in targets.items():
+      stats = statistics.get(key)
+      if stats is None:
+        plain[k.name] = "not called on the calibration inputs"
+        continue
+      compensate(layer, kind, k, spec, stats)
+  else:
+    order = []
+    with _hooked(layers, lambda layer, _: order.append(id(layer)) if id(layer) not in order
+                 else None):
+      _run(model, calibration.__class__(
+          next(iter(calibration.batches())), statistics="original"))
+    try:
+      for key in order:
+        layer, kind, k, spec = targets[key]
+        statistics.clear()
+        with _hooked([layer], record):
+          _run(model, calibration)
+        compensate(layer, kind, k, spec, statistics[key])
+        for i, value in values.items():  # the layers so far, as morphed
+          variables[i].assign(value)
+      for key, (layer, kind, k, spec) in targets.items():
+        if key not in order:
+          plain[k.name] = "not called on the calibration inputs"
+    finally:
+      for i, variable in variables.items():
+        variable.assign(originals[i])
+  for k in kernels:
+    if id(k.variable) not in values:
+      spec = specs[id(k.variable)]
+      grouping = k.grouping() if spec.method == "bitx" else {}
+      from mortar_tf import backends  # pylint: disable=import-outside-toplevel
+      values[id(k.variable)] = backends.morph(k.numpy(), spec, **grouping)
+      variables[id(k.variable)] = k.variable
+      premorph[id(k.variable)] = k.numpy()
+  done = Compensated(values, variables, premorph, results, plain, corrected, calibration)
+  if plain:
+    _LOG.warning("compensation: %d of %d kernels morphed plain: %s", len(plain), len(kernels),
+                 "; ".join(f"{k} ({v})" for k, v in list(plain.items())[:6]))
+  return done
+
+
+def compensate_model(model, method="fewest_ones", precision=None, *, calibration,
+                     keep_bits=None, columns=None, group_size=None, width=None,
+                     embeddings: bool = False):
+  """(plain copy, Compensated): `model` with its kernels morphed compensated.
+
+  The copy holds the final kernels and the corrected biases / moving means;
+  every other variable is copied bit for bit from the same variable of
+  `model`, which is left as it is. morph_model(..., compensate=...) followed
+  by strip_morphing gives the same values.
+
+  Args:
+    model: a Sequential or Functional Keras model.
+    method, precision, keep_bits, columns, group_size, width: as morph_model
+      (precision may be a {pattern: P or MorphSpec} map).
+    calibration: calibration inputs or a Calibration.
+    embeddings: also morph Embedding tables (plain).
+
+  Example:
+    plain, done = compensate_model(model, "fewest_ones", 0.01, calibration=x[:256])
+    print(done.summary())
+  """
+  from mortar_tf import precision_map  # pylint: disable=import-outside-toplevel
+  from mortar_tf.keras import apply  # pylint: disable=import-outside-toplevel
+  calibration = as_calibration(calibration)
+  if calibration is None:
+    raise ValueError("compensate_model needs calibration inputs")
+  morphing_ = precision_map.check_morphing(method, precision, keep_bits=keep_bits,
+                                           columns=columns, group_size=group_size, width=width)
+  if not isinstance(model, keras.Model):
+    raise ValueError(f"compensate_model takes a Keras model, got {type(model).__name__}")
+  plan = registry.find_kernels(model, embeddings=embeddings)
+  specs = apply.resolve_specs(plan, morphing_)
+  apply.check_float32(plan, precision)
+  if not specs:
+    raise ValueError(f"nothing to morph in {model.name!r}: " + plan.summary())
+  done = compensated_values(model, specs, calibration)
+  copy = apply._rebuild(model, None, {}, given=done.values, what="compensate_model")  # pylint: disable=protected-access
+  return copy, done
