@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from typing import Mapping
 
 import numpy as np
@@ -158,26 +159,32 @@ def as_calibration(compensate) -> Calibration | None:
 
 
 def _kind(layer) -> tuple[str | None, str]:
-  """(kind, reason): kind "dense", "conv" or "depthwise" where the layer
-  compensates, else None and why not."""
+  """(kind, reason): kind "dense", "conv", "depthwise" or "separable" where the
+  layer compensates, else None and why not."""
   name = type(layer).__name__
   if getattr(layer, "data_format", "channels_last") != "channels_last":
     return None, "channels_first"
-  if name.startswith("DepthwiseConv") and name.endswith("2D"):
+  if name in ("DepthwiseConv1D", "DepthwiseConv2D"):
     return "depthwise", ""
-  if isinstance(layer, keras.layers.Dense) and type(layer).__name__ == "Dense":
+  if name in ("SeparableConv1D", "SeparableConv2D"):
+    return "separable", ""
+  if name == "Dense":
     return "dense", ""
-  if type(layer) in (keras.layers.Conv1D, keras.layers.Conv2D):
+  if name in ("Conv1D", "Conv2D"):
     if getattr(layer, "groups", 1) != 1:
       return None, "grouped convolution"
     return "conv", ""
-  return None, f"{name} is not compensated (Dense, Conv1D, Conv2D and DepthwiseConv2D are)"
+  return None, (f"{name} is not compensated (Dense, Conv1D/2D, DepthwiseConv1D/2D and "
+                "SeparableConv1D/2D are)")
 
 
-def _kernel_attribute(layer) -> str:
+def _kernel_attributes(layer, kind: str) -> tuple[str, ...]:
+  """The attributes holding the layer's kernels, in the order they multiply."""
+  if kind == "separable":
+    return ("depthwise_kernel", "pointwise_kernel")
   for attribute in ("_kernel", "kernel", "depthwise_kernel"):
     if getattr(layer, attribute, None) is not None:
-      return attribute
+      return (attribute,)
   raise ValueError(f"{layer.name!r} holds no kernel")
 
 
@@ -185,7 +192,8 @@ def layer_rows(layer, kind: str, inputs):
   """The rows `layer` multiplies its kernel with, for its input tensor.
 
   dense: [n, d_in]; conv: im2col patches [n, k..., c_in] flattened in the
-  kernel's (k..., c_in) order; depthwise: [n, channels, kh*kw].
+  kernel's (k..., c_in) order; depthwise and separable (its depthwise part):
+  [n, channels, k...].
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   x = tf.convert_to_tensor(inputs)
@@ -197,7 +205,7 @@ def layer_rows(layer, kind: str, inputs):
   strides = tuple(layer.strides)
   dilation = tuple(layer.dilation_rate)
   padding = layer.padding.upper()
-  if len(kernel_size) == 1:  # Conv1D as a 1 x k Conv2D
+  if len(kernel_size) == 1:  # 1-D as a 1 x k 2-D
     if padding == "CAUSAL":
       x = tf.pad(x, [[0, 0], [dilation[0] * (kernel_size[0] - 1), 0], [0, 0]])
       padding = "VALID"
@@ -213,7 +221,19 @@ def layer_rows(layer, kind: str, inputs):
   return rows.reshape(-1, area, channels).transpose(0, 2, 1)  # [n, C, kh*kw]
 
 
-def _new_statistics(layer, kind: str, kernel: np.ndarray) -> compensation.Statistics:
+def _grouped_depthwise(kernel: np.ndarray) -> np.ndarray:
+  """[k..., C, mult] -> [C, prod(k), mult]."""
+  channels, mult = kernel.shape[-2], kernel.shape[-1]
+  return np.moveaxis(kernel.reshape(-1, channels, mult), 1, 0)
+
+
+def _depthwise_output(rows: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+  """A depthwise conv's output rows [n, C*mult] (channel c*mult + m) from its rows."""
+  out = np.einsum("ncr,crm->ncm", rows, _grouped_depthwise(kernel).astype(np.float64))
+  return out.reshape(rows.shape[0], -1)
+
+
+def _new_statistics(kind: str, kernel: np.ndarray) -> compensation.Statistics:
   if kind == "depthwise":
     return compensation.Statistics(int(np.prod(kernel.shape[:-2])), groups=kernel.shape[-2])
   return compensation.Statistics(int(np.prod(kernel.shape[:-1])))
@@ -306,9 +326,13 @@ def _hooked(layers, record):
   return _Hooks()
 
 
-def _run(model, calibration: Calibration) -> None:
-  for batch in calibration.batches():
-    model(batch, training=False)
+def _run(model, calibration: Calibration, first_only: bool = False) -> None:
+  with warnings.catch_warnings():  # Keras 3 on a model loaded with a list of one input
+    warnings.filterwarnings("ignore", message="The structure of `inputs`")
+    for batch in calibration.batches():
+      model(batch, training=False)
+      if first_only:
+        return
 
 
 def _bias_target(layer, folds: dict):
@@ -320,6 +344,43 @@ def _bias_target(layer, folds: dict):
   if bn is not None and bn.moving_mean is not None:
     return bn.moving_mean, 1.0, f"moving_mean of {bn.name}"
   return None, 0.0, "no bias and no BatchNormalization right after it"
+
+
+@dataclasses.dataclass
+class _Unit:
+  """A layer that compensates: its kind and its kernels [(Kernel, spec) or None]
+  in the order they multiply (separable: depthwise, pointwise)."""
+  layer: object
+  kind: str
+  kernels: list
+
+
+def _units(model, kernels, specs) -> tuple[dict, dict]:
+  """({id(layer): _Unit}, {kernel name: why it is morphed plain})."""
+  by_layer, plain = {}, {}
+  for k in kernels:
+    by_layer.setdefault(id(k.owner), []).append(k)
+  units = {}
+  for key, found in by_layer.items():
+    layer = found[0].owner
+    kind, why = _kind(layer)
+    slots = []
+    if kind is not None:
+      attributes = _kernel_attributes(layer, kind)
+      variables = [getattr(layer, a, None) for a in attributes]
+      if any(all(k.variable is not v for v in variables) for k in found):
+        kind, why = None, "not one of the layer's kernels"
+      else:
+        slots = [next(((k, specs[id(k.variable)]) for k in found if k.variable is v), None)
+                 for v in variables]
+    methods = sorted({specs[id(k.variable)].method for k in found} - set(compensation.METHODS))
+    if kind is not None and methods:
+      kind, why = None, f"{methods[0]} decides per group"
+    if kind is None:
+      plain.update({k.name: why for k in found})
+    else:
+      units[key] = _Unit(layer, kind, slots)
+  return units, plain
 
 
 def compensated_values(model, specs: Mapping[int, morphing.MorphSpec],
@@ -345,96 +406,101 @@ def compensated_values(model, specs: Mapping[int, morphing.MorphSpec],
   plan = registry.find_kernels(model, embeddings=True)
   kernels = [k for k in plan.kernels if id(k.variable) in specs]
   folds = apply._all_folds(model) if isinstance(model, keras.Model) else {}  # pylint: disable=protected-access
-  targets, plain = {}, {}
-  for k in kernels:
-    spec = specs[id(k.variable)]
-    layer = k.owner
-    kind, why = _kind(layer)
-    if kind is not None and getattr(layer, _kernel_attribute(layer)) is not k.variable:
-      kind, why = None, "not the layer's kernel"
-    if spec.method not in compensation.METHODS:
-      kind, why = None, f"{spec.method} decides per group"
-    if kind is None:
-      plain[k.name] = why
-    else:
-      targets[id(layer)] = (layer, kind, k, spec)
-
+  units, plain = _units(model, kernels, specs)
+  originals = {id(k.variable): k.numpy() for k in kernels}
   values, variables, premorph, results, corrected = {}, {}, {}, {}, {}
-  originals = {}
-
-  def compensate(layer, kind, k, spec, stats):
-    original = originals.setdefault(id(k.variable), k.numpy())
-    result = compensation.compensate(
-        original, stats, spec, error=calibration.error, bias=calibration.bias,
-        projected=calibration.projected, damping=calibration.damping,
-        depthwise=kind == "depthwise")
-    results[k.name] = result
-    values[id(k.variable)], variables[id(k.variable)] = result.morphed, k.variable
-    premorph[id(k.variable)] = result.premorph
-    if calibration.bias:
-      target, sign, label = _bias_target(layer, folds)
-      corrected[k.name] = label
-      if target is not None:
-        old = originals.setdefault(id(target), np.asarray(target.numpy()))
-        values[id(target)] = (old.astype(np.float64)
-                              + sign * result.bias_shift).astype(np.float32)
-        variables[id(target)] = target
-    return result
-
-  by_layer = {key: (layer, kind, k, spec) for key, (layer, kind, k, spec) in targets.items()}
-  statistics = {}
+  statistics: dict[tuple, compensation.Statistics] = {}
 
   def record(layer, inputs):
-    layer_, kind, k, _ = by_layer[id(layer)]
-    stats = statistics.get(id(layer))
-    if stats is None:
-      stats = statistics[id(layer)] = _new_statistics(layer_, kind, k.numpy())
-    stats.add(layer_rows(layer_, kind, inputs))
+    unit = units[id(layer)]
+    if unit.kind == "separable":
+      rows = layer_rows(layer, "depthwise", inputs)
+      dw = originals.get(id(layer.depthwise_kernel), layer.depthwise_kernel.numpy())
+      parts = ((0, "depthwise", rows, dw), (1, "dense", _depthwise_output(rows, dw),
+                                           layer.pointwise_kernel.numpy()))
+    else:
+      kernel = unit.kernels[0][0].numpy()
+      parts = ((0, unit.kind, layer_rows(layer, unit.kind, inputs), kernel),)
+    for slot, kind, rows, kernel in parts:
+      stats = statistics.get((id(layer), slot))
+      if stats is None:
+        stats = statistics[(id(layer), slot)] = _new_statistics(kind, kernel)
+      stats.add(rows)
 
-  layers = [t[0] for t in targets.values()]
+  def compensate(unit):
+    shift = 0.0
+    finals = []
+    for slot, entry in enumerate(unit.kernels):
+      if entry is None:
+        finals.append(None)
+        continue
+      k, spec = entry
+      depthwise = unit.kind == "depthwise" or (unit.kind == "separable" and slot == 0)
+      result = compensation.compensate(
+          originals[id(k.variable)], statistics[(id(unit.layer), slot)], spec,
+          error=calibration.error, bias=True, projected=calibration.projected,
+          damping=calibration.damping, depthwise=depthwise)
+      results[k.name] = result
+      values[id(k.variable)], variables[id(k.variable)] = result.morphed, k.variable
+      premorph[id(k.variable)] = result.premorph
+      finals.append(result)
+    if unit.kind == "separable":  # the depthwise change reaches the output through the pointwise
+      pointwise = finals[1].morphed if finals[1] is not None else unit.layer.pointwise_kernel.numpy()
+      pointwise = pointwise.reshape(-1, pointwise.shape[-1]).astype(np.float64)
+      shift = (finals[1].bias_shift if finals[1] is not None else 0.0) + (
+          finals[0].bias_shift @ pointwise if finals[0] is not None else 0.0)
+    else:
+      shift = finals[0].bias_shift
+    if calibration.bias:
+      target, sign, label = _bias_target(unit.layer, folds)
+      for entry in unit.kernels:
+        if entry is not None:
+          corrected[entry[0].name] = label
+      if target is not None:
+        old = originals.setdefault(id(target), np.asarray(target.numpy()))
+        values[id(target)] = (old.astype(np.float64) + sign * shift).astype(np.float32)
+        variables[id(target)] = target
+
+  layers = [u.layer for u in units.values()]
   if calibration.statistics == "original" or not layers:
     with _hooked(layers, record):
       _run(model, calibration)
-    for key, (layer, kind, k, spec) in targets.items():
-      stats = statistics.get(key)
-      if stats is None:
-        plain[k.name] = "not called on the calibration inputs"
-        continue
-      compensate(layer, kind, k, spec, stats)
+    order = list(units)
   else:
     order = []
-    with _hooked(layers, lambda layer, _: order.append(id(layer)) if id(layer) not in order
-                 else None):
-      _run(model, calibration.__class__(
-          next(iter(calibration.batches())), statistics="original"))
-    try:
-      for key in order:
-        layer, kind, k, spec = targets[key]
-        statistics.clear()
-        with _hooked([layer], record):
+    with _hooked(layers, lambda layer, _: None if id(layer) in order else order.append(id(layer))):
+      _run(model, calibration, first_only=True)
+  try:
+    for key in order:
+      unit = units[key]
+      if calibration.statistics == "morphed":
+        with _hooked([unit.layer], record):
           _run(model, calibration)
-        compensate(layer, kind, k, spec, statistics[key])
-        for i, value in values.items():  # the layers so far, as morphed
+      if (key, 0) not in statistics:
+        continue
+      compensate(unit)
+      if calibration.statistics == "morphed":
+        for i, value in values.items():  # the layers so far, as compensated
           variables[i].assign(value)
-      for key, (layer, kind, k, spec) in targets.items():
-        if key not in order:
-          plain[k.name] = "not called on the calibration inputs"
-    finally:
+  finally:
+    if calibration.statistics == "morphed":
       for i, variable in variables.items():
         variable.assign(originals[i])
+  for key, unit in units.items():
+    if (key, 0) not in statistics:
+      plain.update({e[0].name: "not called on the calibration inputs" for e in unit.kernels if e})
+  from mortar_tf import backends  # pylint: disable=import-outside-toplevel
   for k in kernels:
     if id(k.variable) not in values:
       spec = specs[id(k.variable)]
       grouping = k.grouping() if spec.method == "bitx" else {}
-      from mortar_tf import backends  # pylint: disable=import-outside-toplevel
-      values[id(k.variable)] = backends.morph(k.numpy(), spec, **grouping)
+      values[id(k.variable)] = backends.morph(originals[id(k.variable)], spec, **grouping)
       variables[id(k.variable)] = k.variable
-      premorph[id(k.variable)] = k.numpy()
-  done = Compensated(values, variables, premorph, results, plain, corrected, calibration)
+      premorph[id(k.variable)] = originals[id(k.variable)]
   if plain:
     _LOG.warning("compensation: %d of %d kernels morphed plain: %s", len(plain), len(kernels),
                  "; ".join(f"{k} ({v})" for k, v in list(plain.items())[:6]))
-  return done
+  return Compensated(values, variables, premorph, results, plain, corrected, calibration)
 
 
 def compensate_model(model, method="fewest_ones", precision=None, *, calibration,
