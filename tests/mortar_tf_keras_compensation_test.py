@@ -212,3 +212,25 @@ def test_bad_use_is_refused():
   bitx = {"conv": morphing.MorphSpec("bitx", columns=8), "head": 0.1}
   _, result = compensate_model(model, "fewest_ones", bitx, calibration=x)
   assert "per group" in result.plain["conv/kernel"] and "head/kernel" in result.results
+
+
+def test_callback_saves_the_compensated_model_and_restores_the_trained_one(tmp_path):
+  from mortar_tf.keras import MortarCallback  # pylint: disable=import-outside-toplevel
+  model = _model()
+  model.compile(optimizer="sgd", loss="mse")
+  x, y = _inputs(32, 4), np.zeros((32, 5), np.float32)
+  path = str(tmp_path / "morphed.keras" if keras.__version__[0] == "3"
+             else tmp_path / "morphed.h5")
+  calibration = _inputs(32, 1)
+  callback = MortarCallback(path, SPEC, compensate=calibration, log_dir=str(tmp_path / "logs"))
+  model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[callback])
+  after = _snapshot(model)
+  expected, _ = compensate_model(model, SPEC, calibration=calibration)  # the trained model's
+  saved = keras.models.load_model(path, compile=False)
+  for a, b in zip(expected.weights, saved.weights):
+    np.testing.assert_array_equal(_bits(a.numpy()), _bits(b.numpy()))
+  for value, w in zip(after, model.weights):  # training state restored after the save
+    np.testing.assert_array_equal(_bits(w.numpy()), _bits(value))
+  assert callback.last_compensation.totals()["weights"] > 0
+  with pytest.raises(ValueError, match="fold"):
+    MortarCallback(path, SPEC, compensate=calibration, fold_batchnorm=True)

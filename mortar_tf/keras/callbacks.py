@@ -22,6 +22,7 @@ from mortar_tf import bits
 from mortar_tf import files
 from mortar_tf import precision_map
 from mortar_tf.keras import apply
+from mortar_tf.keras import calibration
 from mortar_tf.keras import registry
 from mortar_tf.keras import saving
 from mortar_tf.keras.compat import keras
@@ -73,6 +74,12 @@ class MortarCallback(keras.callbacks.Callback):
       conv/dense layer into it before morphing (see morph_model); ratios then
       compare the folded kernels with the model's unfolded ones.
     embeddings: also morph Embedding tables (lookups; off by default).
+    compensate: calibration inputs (no labels) or a
+      mortar_tf.keras.Calibration: each save morphs the kernels with their
+      errors compensated and the biases corrected (SPEC 6), from statistics
+      of the model as it is at that save (one pass over the calibration
+      inputs per save). Not with fold_batchnorm or a model holding
+      MorphWrappers.
     verbose: 1 prints what is morphed when training starts and a line per
       save.
 
@@ -94,7 +101,8 @@ class MortarCallback(keras.callbacks.Callback):
   def __init__(self, filepath: str, method="paper", precision=None, *, keep_bits=None,
                columns=None, group_size=None, width=None, save_freq="epoch",
                format: str = "keras", log_dir: str | None = None, fold_batchnorm: bool = False,
-               embeddings: bool = False, verbose: int = 0):  # pylint: disable=redefined-builtin
+               embeddings: bool = False, compensate=None,
+               verbose: int = 0):  # pylint: disable=redefined-builtin
     super().__init__()
     if save_freq != "epoch" and (isinstance(save_freq, bool) or
                                  not isinstance(save_freq, numbers.Integral) or save_freq < 1):
@@ -123,6 +131,11 @@ class MortarCallback(keras.callbacks.Callback):
     self.log_dir = log_dir
     self.fold_batchnorm = bool(fold_batchnorm)
     self.embeddings = bool(embeddings)
+    self.calibration = calibration.as_calibration(compensate)
+    if self.calibration is not None and self.fold_batchnorm:
+      raise ValueError("MortarCallback: compensate and fold_batchnorm do not combine: fold the "
+                       "model first (mortar_tf.keras.fold_batchnorm) and train that")
+    self.last_compensation = None
     self.verbose = verbose
     self._epoch = 0
     self._batches = 0
@@ -187,6 +200,9 @@ class MortarCallback(keras.callbacks.Callback):
       return
     self._check_output()
     self._wrapped = _has_wrappers(model)
+    if self._wrapped and self.calibration is not None:
+      raise ValueError("MortarCallback: compensate needs a plain model; this one holds "
+                       "MorphWrappers (morph-aware training already morphs in its forward pass)")
     if self.format == "savedmodel":
       saving.check_exportable(model)
     needs_clone = self._wrapped or self.fold_batchnorm
@@ -231,28 +247,41 @@ class MortarCallback(keras.callbacks.Callback):
       ratios = ", ".join(f"{d} {r:.3f}x" for d, r in self.last_ratios.items())
       geometry = bits.geometry_text(bits.DEFAULT_GROUP_SIZE, bits.DEFAULT_WIDTH)
       print(f"\nMortarCallback: wrote {path} ({ratios}; aligned at {geometry})")
+      if self.last_compensation is not None:
+        print("MortarCallback: " + self.last_compensation.summary())
 
   def _save_in_place(self, path) -> dict:
     """Morphs the kernels in place, writes the model, restores them bit for bit.
 
     Returns {id(variable): (original, morphed)}."""
-    changed = {}
+    changed, restore = {}, []
     try:
-      for kernel in self.plan.kernels:
-        spec = self.specs.get(id(kernel.variable))
-        if spec is None:
-          continue
-        original = kernel.numpy()
-        grouping = kernel.grouping() if spec.method == "bitx" else {}
-        morphed = backends.morph(original, spec, **grouping)
-        changed[id(kernel.variable)] = (original, morphed)
-        kernel.variable.assign(morphed)
+      if self.calibration is not None:
+        done = calibration.compensated_values(self.model, self.specs, self.calibration)
+        self.last_compensation = done
+        kernels = {id(k.variable) for k in self.plan.kernels}
+        for key, value in done.values.items():
+          variable = done.variables[key]
+          original = np.asarray(variable.numpy())
+          if key in kernels:
+            changed[key] = (original, value)
+          restore.append((variable, original))
+          variable.assign(value)
+      else:
+        for kernel in self.plan.kernels:
+          spec = self.specs.get(id(kernel.variable))
+          if spec is None:
+            continue
+          original = kernel.numpy()
+          grouping = kernel.grouping() if spec.method == "bitx" else {}
+          morphed = backends.morph(original, spec, **grouping)
+          changed[id(kernel.variable)] = (original, morphed)
+          restore.append((kernel.variable, original))
+          kernel.variable.assign(morphed)
       self._write(self.model, path)
     finally:
-      for kernel in self.plan.kernels:
-        entry = changed.get(id(kernel.variable))
-        if entry is not None:
-          kernel.variable.assign(entry[0])
+      for variable, original in restore:
+        variable.assign(original)
     return changed
 
   def _write(self, model, path):
@@ -313,6 +342,12 @@ class MortarCallback(keras.callbacks.Callback):
         for domain, ratio in ratios.items():
           tf.summary.scalar(f"mortar/{name}/ratio_{domain}", _finite(ratio), step=step)
         tf.summary.histogram(f"mortar/{name}/morphed", np.asarray(values), step=step)
+      if self.last_compensation is not None:  # how far compensation moved the kernels
+        t = self.last_compensation.totals()
+        tf.summary.scalar("mortar/compensation/outside_share",
+                          t["outside"] / max(t["weights"], 1), step=step)
+        tf.summary.scalar("mortar/compensation/max_rel", t["max_rel"], step=step)
+        tf.summary.scalar("mortar/compensation/mean_rel", t["mean_rel"], step=step)
     self._writer.flush()
 
 
