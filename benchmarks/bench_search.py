@@ -23,6 +23,7 @@ import numpy as np
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # oneDNN can segfault training FER here
 
 from mortar_tf import morphing  # pylint: disable=g-import-not-at-top
+from mortar_tf.explore import in_place  # pylint: disable=g-import-not-at-top
 from mortar_tf.explore import metrics  # pylint: disable=g-import-not-at-top
 from mortar_tf.explore import models  # pylint: disable=g-import-not-at-top
 from mortar_tf.explore import search  # pylint: disable=g-import-not-at-top
@@ -66,11 +67,11 @@ def main(argv):
   kernels = models.model_kernels(model)
   best = None
   for p in grid:
-    values = {i: search._morph(k, morphing.MorphSpec.create(_METHOD.value, p))  # pylint: disable=protected-access
+    values = {i: in_place.morph(k, morphing.MorphSpec.create(_METHOD.value, p))
               for i, k in enumerate(kernels)}
-    with search._Applied(kernels, values):  # pylint: disable=protected-access
+    with in_place.Applied(kernels, values):
       drop = metric.drop(1.0, metric(model))
-    ratio, _, _ = search._ratios(kernels, values, 64, 24)  # pylint: disable=protected-access
+    ratio, _, _ = in_place.ratios(kernels, values, 64, 24)
     if drop <= _BUDGET.value + 1e-9 and (best is None or ratio["aligned"] > best[1]):
       best = (p, ratio["aligned"])
   found_ratio = found.point.ratio["aligned"]

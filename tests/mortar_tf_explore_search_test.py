@@ -6,6 +6,7 @@ knapsack is checked against brute force over every combination.
 """
 
 import fractions
+import importlib
 import itertools
 import math
 import warnings
@@ -16,6 +17,9 @@ import pytest
 
 import mortar_tf
 from mortar_tf import explore
+from mortar_tf.explore import estimates
+from mortar_tf.explore import in_place
+from mortar_tf.explore import knapsack
 from mortar_tf.explore import search
 from mortar_tf.keras import morph_model
 from mortar_tf.keras import strip_morphing
@@ -51,7 +55,7 @@ def test_a_separable_convs_two_kernels_get_their_own_keys_and_the_map_keeps_its_
   kernels = explore.models.model_kernels(model)
   one = {i: mortar_tf.morph(k.original, "paper", 0.1) for i, k in enumerate(kernels)
          if k.name == "head/kernel"}
-  with search._Applied(kernels, one):  # pylint: disable=protected-access
+  with in_place.Applied(kernels, one):
     budget = 2 * metric(model)  # room for more than the head alone at P = 0.1
   found = explore.search_precisions(model, metric, budget, method="paper",
                                     precisions=[0.01, 0.1, 0.5], estimate_speedup=False)
@@ -85,7 +89,7 @@ def test_every_returned_map_meets_the_budget_when_re_evaluated(budget_scale):
   # Budgets relative to one global P's drop, measured here.
   kernels = explore.models.model_kernels(model)
   values = {i: mortar_tf.morph(k.original, "fewest_ones", 0.1) for i, k in enumerate(kernels)}
-  with search._Applied(kernels, values):  # pylint: disable=protected-access
+  with in_place.Applied(kernels, values):
     reference_drop = metric(model)
   budget = budget_scale * reference_drop
   found = explore.search_precisions(model, metric, budget, precisions=[0.01, 0.05, 0.1, 0.3],
@@ -94,7 +98,7 @@ def test_every_returned_map_meets_the_budget_when_re_evaluated(budget_scale):
       else {}
   morphed = {i: mortar_tf.morph(kernels[i].original, "fewest_ones", p, backend="numpy")
              for i, p in applied.items()}
-  with search._Applied(kernels, morphed):  # pylint: disable=protected-access
+  with in_place.Applied(kernels, morphed):
     drop = metric(model)
   assert drop <= budget + 1e-12
   assert found.evaluations <= 30
@@ -123,9 +127,9 @@ def test_objective_speedup_finds_cycles_on_sequential_and_nested_models(make):
   assert found.point.speedup_unmorphed > 1.0
   # The gains it maximised are real cycles, computed per kernel.
   kernels = explore.models.model_kernels(model)
-  estimator = search.ModelEstimator(model, (1, 12))
+  estimator = estimates.ModelEstimator(model, (1, 12))
   try:
-    gains = search._mortar_cycle_gains(kernels, [0.5], "fewest_ones", estimator)  # pylint: disable=protected-access
+    gains = estimates.mortar_cycle_gains(kernels, [0.5], "fewest_ones", estimator)
     names = estimator.weight_names(kernels)
   finally:
     estimator.close()
@@ -178,7 +182,7 @@ def test_knapsack_equals_brute_force(seed):
              [(float(r.uniform(0, 1)), float(r.uniform(0, 10)), (layer, k))
               for k in range(1, per_layer)]
              for layer in range(layers)]
-  chosen = _picked(options, search._knapsack(options, budget))  # pylint: disable=protected-access
+  chosen = _picked(options, knapsack.solve(options, budget))
   # Never above the budget, exactly (no float tolerance).
   assert _exact_sum(d for d, _, _ in chosen) <= fractions.Fraction(budget)
   # Drops are rounded up to whole 1/2000ths of the budget, each by less than
@@ -196,22 +200,22 @@ def test_knapsack_never_lets_rounding_add_up_past_the_budget():
   for excess in (2e-7, 1e-13):
     half = 0.5 * (1 + excess)
     options = [[(half, 5.0, "a")], [(half, 4.0, "b")], [(0.0, 1.0, "c")]]
-    picks = search._knapsack(options, budget)  # pylint: disable=protected-access
+    picks = knapsack.solve(options, budget)
     assert picks == ["a", None, "c"], excess
   # An option exactly at the budget fits.
-  assert search._knapsack([[(0.3, 1.0, "x")]], 0.3) == ["x"]  # pylint: disable=protected-access
+  assert knapsack.solve([[(0.3, 1.0, "x")]], 0.3) == ["x"]
   # Three drops of exactly a third of a budget of 0.3 (0.1 each in float:
   # 0.1 + 0.1 + 0.1 > 0.3 in exact arithmetic): at most two fit.
   options = [[(0.1, 1.0, i)] for i in range(3)]
-  chosen = _picked(options, search._knapsack(options, 0.3))  # pylint: disable=protected-access
+  chosen = _picked(options, knapsack.solve(options, 0.3))
   assert _exact_sum(d for d, _, _ in chosen) <= fractions.Fraction(0.3)
   assert len(chosen) == 2
 
 
 def test_knapsack_respects_its_capacity_and_a_zero_budget():
   options = [[(0.6, 5.0, "a")], [(0.6, 4.0, "b")], [(0.0, 1.0, "c")]]
-  assert search._knapsack(options, 1.0) == ["a", None, "c"]  # pylint: disable=protected-access
-  assert search._knapsack(options, 0.0) == [None, None, "c"]  # pylint: disable=protected-access
+  assert knapsack.solve(options, 1.0) == ["a", None, "c"]
+  assert knapsack.solve(options, 0.0) == [None, None, "c"]
 
 
 def test_the_proxy_budget_is_stepped_back_when_the_metric_says_no():
@@ -227,7 +231,7 @@ def test_the_proxy_budget_is_stepped_back_when_the_metric_says_no():
                                     estimate_speedup=False)
   kernels = explore.models.model_kernels(model)
   everything = {i: mortar_tf.morph(k.original, "fewest_ones", 1.0) for i, k in enumerate(kernels)}
-  with search._Applied(kernels, everything):  # pylint: disable=protected-access
+  with in_place.Applied(kernels, everything):
     assert metric.drop(1.0, metric(model)) > 0.02  # the largest map breaks the budget
   assert found.point.drop <= 0.02 + 1e-12
   assert found.evaluations > 3  # it took more than one try
@@ -289,7 +293,7 @@ def _global_drop(model, score, p):
   kernels = explore.models.model_kernels(model)
   values = {i: mortar_tf.morph(k.original, "fewest_ones", p, backend="numpy")
             for i, k in enumerate(kernels)}
-  with search._Applied(kernels, values):  # pylint: disable=protected-access
+  with in_place.Applied(kernels, values):
     return -score.value(model)
 
 
@@ -382,7 +386,7 @@ def test_a_search_that_tried_maps_says_how_many_failed():
   kernels = explore.models.model_kernels(model)
   for i, k in enumerate(kernels):
     one = {i: mortar_tf.morph(k.original, "fewest_ones", 0.01, backend="numpy")}
-    with search._Applied(kernels, one):  # pylint: disable=protected-access
+    with in_place.Applied(kernels, one):
       assert -score.value(model) > 0
   summary = found.summary()
   assert "No global P of the grid meets the budget." in summary
@@ -445,3 +449,41 @@ def test_sensitivity_is_made_monotone_in_p():
   assert f"Per kernel: {', '.join(f'{k}: P=0.5' for k in sorted([best, 'd3']))}" in lines
   assert "Left unmorphed: " + ", ".join(k for k in ("d0", "d1", "d2") if k != best) in lines
   assert found.point.drop == pytest.approx(0.2)
+
+
+# Every name search.py held before it was split by concern, with its new home:
+# user code, docs and tools reach them as search.X, so each stays there.
+_FORMER_NAMES = {
+    "DEFAULT_GRID": ("sweeps", "DEFAULT_GRID"), "sweep": ("sweeps", "sweep"),
+    "_specs": ("sweeps", "_specs"), "_progress": ("sweeps", "report_progress"),
+    "_SETTING": ("sweeps", "_SETTING"), "_GRID_HELP": ("sweeps", "_GRID_HELP"),
+    "SweepPoint": ("results", "SweepPoint"), "SweepResult": ("results", "SweepResult"),
+    "SearchResult": ("results", "SearchResult"), "_speedups_text": ("results", "_speedups_text"),
+    "ModelEstimator": ("estimates", "ModelEstimator"),
+    "model_input_shape": ("estimates", "model_input_shape"),
+    "estimator_map": ("estimates", "estimator_map"), "_speedups": ("estimates", "speedups"),
+    "_unmorphed_speedup": ("estimates", "unmorphed_speedup"),
+    "_mortar_cycle_gains": ("estimates", "mortar_cycle_gains"),
+    "_match_layer": ("estimates", "match_layer"),
+    "_morph": ("in_place", "morph"), "_Applied": ("in_place", "Applied"),
+    "_ratios": ("in_place", "ratios"), "_knapsack": ("knapsack", "solve"),
+    "_calibration_size": ("sensitivity", "calibration_size"),
+    "_proxy": ("sensitivity", "output_change"), "_predict": ("sensitivity", "predict"),
+    "_coarse_to_fine": ("sensitivity", "coarse_to_fine"),
+    "_monotone_costs": ("sensitivity", "monotone_costs"),
+    "Metric": ("metrics", "Metric"), "_as_metric": ("metrics", "as_metric"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FORMER_NAMES))
+def test_every_name_search_held_is_still_there_and_is_its_new_homes(name):
+  module, new_name = _FORMER_NAMES[name]
+  home = importlib.import_module(f"mortar_tf.explore.{module}")
+  assert getattr(search, name) is getattr(home, new_name)
+
+
+def test_search_still_defines_its_own_names():
+  for name in ("search_precisions", "resolve_map", "DEFAULT_SEARCH_PRECISIONS", "_point",
+               "_SLACK"):
+    assert hasattr(search, name), name
+  assert search.search_precisions.__module__ == "mortar_tf.explore.search"

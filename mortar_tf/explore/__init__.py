@@ -13,13 +13,13 @@ from mortar_tf.explore.metrics import Metric
 from mortar_tf.explore.metrics import builtin_metric
 from mortar_tf.explore.metrics import load_npz
 from mortar_tf.explore.models import LoadedSavedModel
-from mortar_tf.explore.search import DEFAULT_GRID
-from mortar_tf.explore.search import SearchResult
-from mortar_tf.explore.search import SweepPoint
-from mortar_tf.explore.search import SweepResult
+from mortar_tf.explore.results import SearchResult
+from mortar_tf.explore.results import SweepPoint
+from mortar_tf.explore.results import SweepResult
 from mortar_tf.explore.search import resolve_map
 from mortar_tf.explore.search import search_precisions
-from mortar_tf.explore.search import sweep
+from mortar_tf.explore.sweeps import DEFAULT_GRID
+from mortar_tf.explore.sweeps import sweep
 
 __all__ = ["BUILTIN", "DEFAULT_GRID", "LoadedSavedModel", "Metric", "SearchResult", "SweepPoint",
            "SweepResult", "builtin_metric", "finetune", "load_npz", "plots", "resolve_map",

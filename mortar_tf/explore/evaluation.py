@@ -400,8 +400,10 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
     ValueError: a model or data file that cannot be used (the message says
       why), a metric returning NaN.
   """
+  from mortar_tf.explore import estimates  # pylint: disable=import-outside-toplevel
   from mortar_tf.explore import models  # pylint: disable=import-outside-toplevel
   from mortar_tf.explore import search as search_lib  # pylint: disable=import-outside-toplevel
+  from mortar_tf.explore import sweeps  # pylint: disable=import-outside-toplevel
   settings.check()
   started = time.perf_counter()
   seconds = {}
@@ -421,8 +423,8 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
   seconds["load"] = time.perf_counter() - started
   t = time.perf_counter()
   grid = {"paper": list(settings.precisions), "fewest_ones": list(settings.precisions)}
-  swept = search_lib.sweep(model, metric, grid, input_shape=input_shape,
-                           progress=lambda d, n, label: step(1 + d, f"design space: {label}"))
+  swept = sweeps.sweep(model, metric, grid, input_shape=input_shape,
+                       progress=lambda d, n, label: step(1 + d, f"design space: {label}"))
   seconds["design_space"] = time.perf_counter() - t
   done = 1 + n_dse
 
@@ -454,8 +456,8 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
     target = paper_ref.ratio["aligned"]
     low, high = bitx_bracket(record["columns"]["original"], target)
     counts = [c for c in (low, high) if c is not None]
-    bitx = search_lib.sweep(model, metric, {"bitx": counts}, input_shape=input_shape,
-                            progress=lambda d, n, label: step(done + d, f"bitx: {label}"))
+    bitx = sweeps.sweep(model, metric, {"bitx": counts}, input_shape=input_shape,
+                        progress=lambda d, n, label: step(done + d, f"bitx: {label}"))
     record["bitx"] = {"target": {"method": "paper", "precision": settings.reference,
                                  "aligned": target},
                       "points": [p.to_dict() for p in bitx.points]}
@@ -464,7 +466,7 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
 
   # The estimator's matrix at the reference P.
   t = time.perf_counter()
-  estimator = search_lib.ModelEstimator(model, input_shape)
+  estimator = estimates.ModelEstimator(model, input_shape)
   try:
     record["estimates"] = {}
     for m in grid:

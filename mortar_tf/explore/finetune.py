@@ -192,7 +192,7 @@ def search_with_finetune(model, evaluate, budget: float, inputs, *, epochs: int 
     (SearchResult, FinetuneResult of its map or None for an empty map).
   """
   from mortar_tf.explore import search  # pylint: disable=import-outside-toplevel
-  metric = search._as_metric(evaluate, search_kwargs.pop("higher_is_better", True))  # pylint: disable=protected-access
+  metric = metrics_lib.as_metric(evaluate, search_kwargs.pop("higher_is_better", True))
   method = search_kwargs.get("method", "fewest_ones")
   cache = {}
   distiller = Distiller(model, inputs)

@@ -17,11 +17,14 @@ from typing import Mapping, Sequence
 
 from mortar_tf import bits
 from mortar_tf import files as files_lib
+from mortar_tf.explore import estimates
 from mortar_tf.explore import metrics as metrics_lib
 from mortar_tf.explore import models
 from mortar_tf.explore import plots
+from mortar_tf.explore import results
 from mortar_tf.explore import results_page
 from mortar_tf.explore import search as search_lib
+from mortar_tf.explore import sweeps
 
 
 # Every file run_job may write into out_dir.
@@ -40,8 +43,8 @@ def check_paths(model_path: str, data_path: str, out_dir: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class JobResult:
-  sweep: search_lib.SweepResult
-  search: search_lib.SearchResult | None
+  sweep: results.SweepResult
+  search: results.SearchResult | None
   files: tuple[str, ...]
   summary: str
 
@@ -113,7 +116,7 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
   score = metrics_lib.builtin_metric(metric, model, data, strategy=_strategy(strategy))
   files_lib.check_creatable_dir(out_dir)  # before the sweep's work, not after
 
-  swept = search_lib.sweep(model, score, grid, progress=progress, input_shape=input_shape)
+  swept = sweeps.sweep(model, score, grid, progress=progress, input_shape=input_shape)
   found = None
   if search:
     found = search_lib.search_precisions(model, score, budget, method=search_method,
@@ -196,7 +199,7 @@ def _strategy(name):
 
 def _speedup_plot(model, found, path: str, input_shape) -> str:
   from mortar_tf.estimator import plots as estimator_plots  # pylint: disable=import-outside-toplevel
-  estimator = search_lib.ModelEstimator(model, input_shape)
+  estimator = estimates.ModelEstimator(model, input_shape)
   try:
     if found.chose_global:
       result = estimator(found.method, found.precisions["*"])
@@ -204,7 +207,7 @@ def _speedup_plot(model, found, path: str, input_shape) -> str:
       kernels = models.model_kernels(model)
       chosen = search_lib.resolve_map(found.precisions, kernels, found.method)
       result = estimator(found.method,
-                         search_lib.estimator_map(estimator, found.precisions, kernels, chosen))
+                         estimates.estimator_map(estimator, found.precisions, kernels, chosen))
     return estimator_plots.plot_matrix(result, path)
   finally:
     estimator.close()

@@ -64,6 +64,16 @@ class Metric:
     return a > b if self.higher_is_better else a < b
 
 
+def as_metric(evaluate, higher_is_better) -> Metric:
+  """`evaluate` itself when a Metric, else a Metric of the callable model ->
+  float (named after it) with the direction `higher_is_better`."""
+  if isinstance(evaluate, Metric):
+    return evaluate
+  if not callable(evaluate):
+    raise TypeError("evaluate must be a Metric or a callable model -> float")
+  return Metric(getattr(evaluate, "__name__", "metric"), evaluate, higher_is_better)
+
+
 def load_npz(path: str, x_key: str = "x", y_key: str | None = "y") -> dict[str, np.ndarray]:
   """{"x": inputs, "y": labels or absent} from an .npz, naming missing arrays.
 

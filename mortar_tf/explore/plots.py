@@ -12,8 +12,8 @@ from mortar_tf import backends
 from mortar_tf import bits
 from mortar_tf.estimator.plots import pyplot
 from mortar_tf.estimator.plots import save_figure
-from mortar_tf.explore.search import SearchResult
-from mortar_tf.explore.search import SweepResult
+from mortar_tf.explore.results import SearchResult
+from mortar_tf.explore.results import SweepResult
 
 
 def _setting_text(point) -> str:
