@@ -487,3 +487,30 @@ def test_search_still_defines_its_own_names():
                "_SLACK"):
     assert hasattr(search, name), name
   assert search.search_precisions.__module__ == "mortar_tf.explore.search"
+
+
+def test_a_compensated_search_returns_what_morph_model_compensate_gives_and_holds_out():
+  model = _separable()
+  x = rng.standard_normal((160, 8, 8, 3)).astype(np.float32) + 0.3
+  x_cal, x_search, x_held = x[:32], x[32:96], x[96:]
+  metric, held = _mse(model, x_search), _mse(model, x_held)
+  kernels = explore.models.model_kernels(model)
+  values = {i: mortar_tf.morph(k.original, "fewest_ones", 0.1) for i, k in enumerate(kernels)}
+  with in_place.Applied(kernels, values):
+    budget = 0.5 * metric(model)
+  found = explore.search_precisions(model, metric, budget, precisions=[0.01, 0.05, 0.1, 0.3],
+                                    estimate_speedup=False, compensate=x_cal, held_out=held)
+  assert found.compensation["samples"] == 32 and found.held_out["samples"] == 64
+  assert found.precisions  # something is morphed at this budget
+  # Applied the way a user applies it: morph_model(compensate=) with the same samples.
+  stripped = strip_morphing(morph_model(model, "fewest_ones", found.precisions,
+                                        compensate=x_cal))
+  assert metric(stripped) == pytest.approx(found.point.metric, rel=1e-6, abs=1e-12)
+  assert metric(stripped) <= budget + 1e-12
+  assert held(stripped) == pytest.approx(found.held_out["value"], rel=1e-6, abs=1e-12)
+  assert held(stripped) <= budget + 1e-12
+  ones = sum(mortar_tf.count_ones(w.numpy(), "aligned") for w in stripped.weights
+             if "kernel" in w.name)
+  assert found.point.ratio["aligned"] == pytest.approx(
+      sum(k.ones["aligned"] for k in kernels) / ones)
+  assert "Held out (64 samples" in found.summary() and "Compensated" in found.summary()

@@ -51,6 +51,31 @@ class Applied:
     return False
 
 
+class Assigned:
+  """Context: [(variable, value)] assigned; each variable's value before
+  restored bit for bit on exit (kernels, and the biases compensation corrects)."""
+
+  def __init__(self, pairs):
+    self.pairs = list(pairs)
+    self.saved = []
+
+  def __enter__(self):
+    try:
+      for variable, value in self.pairs:
+        self.saved.append((variable, np.array(variable.numpy())))
+        variable.assign(value)
+    except BaseException:
+      self.__exit__()
+      raise
+    return self
+
+  def __exit__(self, *exc):
+    for variable, value in reversed(self.saved):
+      variable.assign(value)
+    self.saved = []
+    return False
+
+
 def ratios(kernels, morphed: Mapping[int, np.ndarray], group_size, width):
   """({domain: ones before / ones after}, {domain: ones before}, {domain: ones
   after}) over all `kernels`, with {kernel index: value} in `morphed` replacing

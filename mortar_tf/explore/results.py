@@ -167,6 +167,13 @@ class SearchResult:
     coverage: what the estimated speedups cover (estimator.Coverage), or None.
     group_size, width: the aligned domain of the points' ratios (and of the
       objective "aligned").
+    compensation: None for plain morphing; else the Calibration's settings
+      (its sample count among them) and the returned map's distances from
+      the original weights (SPEC 6).
+    held_out: None, or the scores on the held-out samples the search never
+      chose on: {"samples", "original", "value", "drop", "global_value",
+      "global_drop", "evaluations", "replaced"} ("replaced": maps that met the
+      budget on the search's samples but not there, passed over).
   """
   method: str
   precisions: Mapping[str, float]
@@ -188,6 +195,8 @@ class SearchResult:
   coverage: object = None
   group_size: int = bits.DEFAULT_GROUP_SIZE
   width: int = bits.DEFAULT_WIDTH
+  compensation: Mapping | None = None
+  held_out: Mapping | None = None
 
   def cost_text(self) -> str:
     """Full evaluations, plus the calibration work in full evaluations' worth."""
@@ -234,6 +243,9 @@ class SearchResult:
       left = [k for k in self.sensitivity if k not in self.precisions]
       if left:
         lines.append("Left unmorphed: " + ", ".join(left))
+    elif self.held_out is not None and self.held_out.get("replaced"):
+      lines.append(f"Per kernel: nothing morphed: no map that met the budget on the search's "
+                   f"samples met it on the held-out ones ({self.held_out['replaced']} tried)")
     elif self.maps_tried:
       lines.append(f"Per kernel: nothing morphed: none of the {self.maps_tried} maps tried meets "
                    "the budget" + (f" ({self._cap_text()} stopped the search)"
@@ -245,6 +257,22 @@ class SearchResult:
       lines.append("Per kernel: nothing morphed: no kernel gains anything at any P of the grid")
     for text in self.cut_short:
       lines.append(f"Cut short by {self._cap_text()}: {text}.")
+    if self.compensation is not None:
+      c = self.compensation
+      lines.append(f"Compensated ({c['label']}): the map's final weights lie up to "
+                   f"{c['max_rel']:.3g} (mean {c['mean_rel']:.3g}) from the originals, "
+                   f"{c['outside']} of {c['weights']} farther than their P")
+    if self.held_out is not None:
+      h = self.held_out
+      text = (f"Held out ({h['samples']} samples the search never chose on): "
+              f"{h['value']:.4f} (drop {h['drop']:+.4f}, budget {self.budget:g}: "
+              f"{'met' if h['drop'] <= self.budget + 1e-9 else 'NOT met'})")
+      if h.get("global_value") is not None:
+        text += f"; best global P: {h['global_value']:.4f} (drop {h['global_drop']:+.4f})"
+      if h.get("replaced"):
+        text += (f"; {h['replaced']} map(s) that met the budget on the search's samples but "
+                 "not here were passed over")
+      lines.append(text)
     return "\n".join(lines)
 
   def to_dict(self) -> dict:
@@ -261,7 +289,9 @@ class SearchResult:
             "cut_short": list(self.cut_short),
             "bounded": {k: list(v) for k, v in self.bounded.items()},
             "coverage": None if self.coverage is None else self.coverage.to_dict(),
-            "group_size": self.group_size, "width": self.width}
+            "group_size": self.group_size, "width": self.width,
+            "compensation": None if self.compensation is None else dict(self.compensation),
+            "held_out": None if self.held_out is None else dict(self.held_out)}
 
   def __str__(self) -> str:
     return self.summary()

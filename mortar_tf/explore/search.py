@@ -87,7 +87,8 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
                       input_shape=None, group_size: int = engines_lib.DEFAULT_GROUP_SIZE,
                       width: int = engines_lib.DEFAULT_WIDTH, calibration=None,
                       max_evaluations: int = 30, estimate_speedup: bool = True,
-                      refine=None, progress=False) -> SearchResult:
+                      refine=None, progress=False, compensate=None, held_out=None,
+                      max_held_out: int = 6) -> SearchResult:
   """A {kernel: P} map that saves the most within a metric budget.
 
   0. The floor, first: the best global P that meets the budget, by
@@ -137,6 +138,17 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     progress: a bar on stderr over the sensitivity measurements; or a
       callable (done, total, label), called for each of them and for each
       full evaluation (done counting up to max_evaluations).
+    compensate: None, or calibration inputs / a mortar_tf.keras.Calibration
+      (Keras models): every candidate is morphed with its errors
+      compensated and biases corrected (SPEC 6), statistics collected once
+      from the original model; gains count the compensated kernels' ones.
+      The returned map gives the same values through
+      morph_model(..., compensate=) with the same Calibration. Keep its
+      samples apart from the metric's and `held_out`'s.
+    held_out: None, or a second Metric / callable scored on samples the
+      search never chooses on: the returned map is the best-gain map that
+      met the budget on the search's samples AND meets it there (up to
+      `max_held_out` held-out evaluations, then the unmorphed map).
 
   Returns:
     A SearchResult whose map, applied through the map matcher as morph_model
@@ -157,11 +169,26 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     raise ValueError(f"precisions must be a list of P values, got {precisions!r}")
   if not precisions:
     raise ValueError("the P grid is empty")
+  if held_out is not None and refine is not None:
+    raise ValueError("held_out scores the morphed model as it is; it does not combine with "
+                     "refine")
   if not isinstance(max_evaluations, int) or max_evaluations < 4:
     raise ValueError(f"max_evaluations must be an integer >= 4, got {max_evaluations!r}")
   grid = sorted({morphing.check_precision(p) for p in precisions})
   metric = metrics_lib.as_metric(evaluate, higher_is_better)
   kernels = models.model_kernels(model, group_size, width)
+  compensator = _compensator(model, kernels, compensate)
+  check = None if held_out is None else metrics_lib.as_metric(held_out, higher_is_better)
+
+  def morphed(chosen: Mapping[int, float]):
+    """({kernel index: final value}, [(variable, value)] to assign)."""
+    specs = {i: morphing.MorphSpec.create(method, p) for i, p in chosen.items()}
+    if compensator is None:
+      values = {i: in_place.morph(kernels[i], spec) for i, spec in specs.items()}
+      return values, [(kernels[i].variable, v) for i, v in values.items()]
+    done = compensator.values({id(kernels[i].variable): spec for i, spec in specs.items()})
+    values = {i: done.values[id(kernels[i].variable)] for i in specs}
+    return values, [(done.variables[k], v) for k, v in done.values.items()]
   estimator = (estimates.ModelEstimator(model, input_shape or estimates.model_input_shape(model))
                if estimate_speedup or objective == "speedup" else None)
   counter = {"full": 0, "calibration": 0}
@@ -194,16 +221,8 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     if signature[1]:
       value = float(refine({kernels[i].key: p for i, p in chosen.items()}))
     else:
-      # One morphed copy at a time: assigned as soon as it is made (memory:
-      # the variables and the originals, ~2x the kernels).
-      try:
-        for i, p in chosen.items():
-          spec = morphing.MorphSpec.create(method, p)
-          kernels[i].variable.assign(in_place.morph(kernels[i], spec))
+      with in_place.Assigned(morphed(chosen)[1]):
         value = metric(model)
-      finally:
-        for i in chosen:
-          kernels[i].variable.assign(kernels[i].original)
     evaluated[signature] = value
     return value
 
@@ -222,7 +241,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
       gains = {}
       for i, k in enumerate(kernels):
         for p in grid:
-          value = in_place.morph(k, morphing.MorphSpec.create(method, p))
+          value = morphed({i: p})[0][i]
           gains[(i, p)] = float(k.ones["aligned"] - backends.count_ones(
               value, "aligned", reduction_axes=k.axes, group_size=group_size, width=width))
 
@@ -266,8 +285,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
       report_progress(progress, n, len(pairs), f"{k.key} P={p:g}")
       if cal is not None:
         # The morphed copy lives only inside the context: one at a time.
-        with in_place.Applied(kernels,
-                              {i: in_place.morph(k, morphing.MorphSpec.create(method, p))}):
+        with in_place.Assigned(morphed({i: p})[1]):
           raw[i][p] = sensitivity_lib.output_change(reference, sensitivity_lib.predict(model, cal))
         counter["calibration"] += len(cal)
       else:  # a negative drop is noise, never free
@@ -374,6 +392,13 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     chose_global = best_global is not None and global_gain >= gain_of(chosen)
     if chose_global:
       chosen = {i: best_global for i in range(len(kernels))}
+    held = None
+    if check is not None:  # the budget must hold on samples the search never chose on
+      chosen, held = _held_out_choice(model, check, chosen, evaluated, fits, gain_of,
+                                      lambda ch: in_place.Assigned(morphed(ch)[1]),
+                                      max_held_out, best_global, len(kernels), budget)
+      chose_global = (best_global is not None and len(chosen) == len(kernels)
+                      and set(chosen.values()) == {best_global})
     precision_map = ({"*": best_global} if chose_global else
                      {kernels[i].key: p for i, p in chosen.items()})
 
@@ -385,14 +410,23 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     if key(applied) not in evaluated:
       raise AssertionError(f"the chosen map {applied} was never evaluated")
     value = full(applied)
+    values_of = lambda ch: morphed(ch)[0]  # pylint: disable=unnecessary-lambda-assignment
     point = _point(method, precision_map, applied, kernels, metric, original, value, estimator,
-                   group_size, width, global_p=best_global if chose_global else None)
+                   group_size, width, global_p=best_global if chose_global else None,
+                   values_of=values_of)
     global_point = None
     if best_global is not None:
       everything = {i: best_global for i in range(len(kernels))}
       global_point = _point(method, None, everything, kernels, metric, original,
                             full(everything), estimator, group_size, width,
-                            global_p=best_global)
+                            global_p=best_global, values_of=values_of)
+    compensation_record = None
+    if compensator is not None:
+      done = compensator.values({id(kernels[i].variable): morphing.MorphSpec.create(method, p)
+                                 for i, p in applied.items()})
+      compensation_record = {**compensator.calibration.settings(),
+                             "label": compensator.calibration.label(), **done.totals(),
+                             "plain": dict(done.plain)}
     coverage = estimator.reference().coverage() if estimator is not None else None
   finally:
     if estimator is not None:
@@ -410,7 +444,68 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
                       max_evaluations=max_evaluations, global_complete=global_complete,
                       maps_tried=len(tried), cut_short=tuple(cut_short),
                       bounded={k: tuple(v) for k, v in bounded.items()},
-                      coverage=coverage, group_size=group_size, width=width)
+                      coverage=coverage, group_size=group_size, width=width,
+                      compensation=compensation_record, held_out=held)
+
+
+def _compensator(model, kernels, compensate):
+  """A Compensator over the search's kernels, or None without `compensate`."""
+  if compensate is None or compensate is False:
+    return None
+  if isinstance(model, models.LoadedSavedModel):
+    raise ValueError("the search compensates Keras models (their layers' inputs are hooked); "
+                     "for a SavedModel, search plain and convert with "
+                     "mortar-morph --compensate")
+  from mortar_tf.keras import calibration as calibration_lib  # pylint: disable=import-outside-toplevel
+  cal = calibration_lib.as_calibration(compensate)
+  if cal.statistics != "original":
+    raise ValueError("the search caches each kernel's compensation from the original model's "
+                     "statistics: it needs Calibration(statistics='original')")
+  return calibration_lib.Compensator(model, [k.variable for k in kernels], cal)
+
+
+def _held_out_choice(model, check, chosen, evaluated, fits, gain_of, assigned, max_held_out,
+                     best_global, n_kernels, budget):
+  """(map, record): the best-gain map that met the budget on the search's samples
+  and meets it on the held-out ones (the unmorphed map when none of the first
+  `max_held_out` does)."""
+  count = {"n": 0}
+
+  def score(ch):
+    count["n"] += 1
+    if not ch:
+      return check(model)
+    with assigned(ch):
+      return check(model)
+
+  original = score({})
+  maps = {items: v for (items, _), v in evaluated.items() if items and fits(v)}
+  order = sorted(maps, key=lambda items: -gain_of(dict(items)))
+  first = tuple(sorted(chosen.items()))
+  if first in maps:
+    order.remove(first)
+  order = ([first] if chosen else []) + order
+  pick, value, replaced = {}, original, 0
+  for items in order[:max_held_out]:
+    trial = score(dict(items))
+    if check.drop(original, trial) <= budget + _SLACK:
+      pick, value = dict(items), trial
+      break
+    replaced += 1
+  record = {"samples": _sample_count(check), "original": original, "value": value,
+            "drop": check.drop(original, value), "global_value": None, "global_drop": None,
+            "replaced": replaced}
+  if best_global is not None:
+    everything = {i: best_global for i in range(n_kernels)}
+    g = value if pick == everything else score(everything)
+    record["global_value"], record["global_drop"] = g, check.drop(original, g)
+  record["evaluations"] = count["n"]
+  return pick, record
+
+
+def _sample_count(metric):
+  inputs = getattr(metric, "inputs", None)
+  return None if inputs is None else len(inputs)
 
 
 def resolve_map(precision_map, kernels, method) -> dict[int, float]:
@@ -422,9 +517,10 @@ def resolve_map(precision_map, kernels, method) -> dict[int, float]:
 
 
 def _point(method, precision_map, chosen, kernels, metric, original, value, estimator,
-           group_size, width, global_p=None):
-  values = {i: in_place.morph(kernels[i], morphing.MorphSpec.create(method, p))
-            for i, p in chosen.items()}
+           group_size, width, global_p=None, values_of=None):
+  values = (values_of(chosen) if values_of is not None else
+            {i: in_place.morph(kernels[i], morphing.MorphSpec.create(method, p))
+             for i, p in chosen.items()})
   ratio, _, _ = in_place.ratios(kernels, values, group_size, width)
   if estimator is None:
     return SweepPoint(method, {"precision": global_p} if global_p is not None else {}, value,

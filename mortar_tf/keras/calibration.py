@@ -383,6 +383,135 @@ def _units(model, kernels, specs) -> tuple[dict, dict]:
   return units, plain
 
 
+class Compensator:
+  """Statistics of a model's compensated layers, collected once from the
+  original model; compensated values for any specs, cached per layer and spec.
+
+  What compensated_values(model, specs, calibration) computes with
+  statistics="original", for many specs at the statistics' cost of one: the
+  search calls values() for every candidate map.
+
+  Args:
+    model: the Keras model (not changed).
+    variables: the kernel variables that may be morphed (ids are the keys).
+    calibration: a Calibration (statistics "original").
+  """
+
+  def __init__(self, model, variables, calibration: Calibration):
+    from mortar_tf.keras import apply  # pylint: disable=import-outside-toplevel
+    from mortar_tf.keras import wrapper as wrapper_lib  # pylint: disable=import-outside-toplevel
+    if any(isinstance(l, wrapper_lib.MorphWrapper) for _, l in apply.all_layers(model)):
+      raise ValueError("compensation morphs a plain model once; this one holds MorphWrappers "
+                       "(morph-aware training): strip_morphing first, or compensate the model "
+                       "before wrapping it")
+    self.calibration = calibration
+    wanted = {id(v) for v in variables}
+    plan = registry.find_kernels(model, embeddings=True)
+    self.kernels = [k for k in plan.kernels if id(k.variable) in wanted]
+    self.folds = (apply._all_folds(model)  # pylint: disable=protected-access
+                  if isinstance(model, keras.Model) else {})
+    every = {id(k.variable): morphing.MorphSpec("fewest_ones", 0.5) for k in self.kernels}
+    self.units, self.plain = _units(model, self.kernels, every)
+    self.unit_of = {id(e[0].variable): key for key, u in self.units.items()
+                    for e in u.kernels if e is not None}
+    self.originals = {id(k.variable): k.numpy() for k in self.kernels}
+    self.statistics: dict[tuple, compensation.Statistics] = {}
+    self._cache: dict = {}
+    layers = [u.layer for u in self.units.values()]
+    with _hooked(layers, self._record):
+      _run(model, calibration)
+    for key, unit in list(self.units.items()):
+      if (key, 0) not in self.statistics:
+        self.plain.update({e[0].name: "not called on the calibration inputs"
+                           for e in unit.kernels if e is not None})
+        del self.units[key]
+
+  def _record(self, layer, inputs):
+    unit = self.units[id(layer)]
+    if unit.kind == "separable":
+      rows = layer_rows(layer, "depthwise", inputs)
+      dw = self.originals.get(id(layer.depthwise_kernel), layer.depthwise_kernel.numpy())
+      parts = ((0, "depthwise", rows, dw), (1, "dense", _depthwise_output(rows, dw),
+                                           layer.pointwise_kernel.numpy()))
+    else:
+      kernel = unit.kernels[0][0].numpy()
+      parts = ((0, unit.kind, layer_rows(layer, unit.kind, inputs), kernel),)
+    for slot, kind, rows, kernel in parts:
+      stats = self.statistics.get((id(layer), slot))
+      if stats is None:
+        stats = self.statistics[(id(layer), slot)] = _new_statistics(kind, kernel)
+      stats.add(rows)
+
+  def _kernel(self, unit, slot, k, spec) -> compensation.Result:
+    key = (id(k.variable), spec)
+    if key not in self._cache:
+      depthwise = unit.kind == "depthwise" or (unit.kind == "separable" and slot == 0)
+      c = self.calibration
+      self._cache[key] = compensation.compensate(
+          self.originals[id(k.variable)], self.statistics[(id(unit.layer), slot)], spec,
+          error=c.error, bias=True, projected=c.projected, damping=c.damping,
+          depthwise=depthwise)
+    return self._cache[key]
+
+  def _unit(self, unit, specs) -> tuple[list, np.ndarray]:
+    """([Result or None per slot], the unit's mean output shift)."""
+    finals = []
+    for slot, entry in enumerate(unit.kernels):
+      spec = None if entry is None else specs.get(id(entry[0].variable))
+      finals.append(None if spec is None else self._kernel(unit, slot, entry[0], spec))
+    if unit.kind == "separable":  # the depthwise change reaches the output through the pointwise
+      pointwise = (finals[1].morphed if finals[1] is not None
+                   else unit.layer.pointwise_kernel.numpy())
+      pointwise = pointwise.reshape(-1, pointwise.shape[-1]).astype(np.float64)
+      shift = (finals[1].bias_shift if finals[1] is not None else 0.0) + (
+          finals[0].bias_shift @ pointwise if finals[0] is not None else 0.0)
+    else:
+      shift = finals[0].bias_shift if finals[0] is not None else 0.0
+    return finals, shift
+
+  def values(self, specs: Mapping[int, morphing.MorphSpec]) -> Compensated:
+    """Compensated(...) for {id(kernel variable): MorphSpec}: kernels of
+    layers that do not compensate (and bitx specs) are morphed plain."""
+    from mortar_tf import backends  # pylint: disable=import-outside-toplevel
+    values, variables, premorph, results, corrected = {}, {}, {}, {}, {}
+    plain = {k.name: why for k in self.kernels if id(k.variable) in specs
+             for name, why in self.plain.items() if name == k.name}
+    for key, unit in self.units.items():
+      mine = {id(e[0].variable): specs[id(e[0].variable)] for e in unit.kernels
+              if e is not None and id(e[0].variable) in specs}
+      if not mine:
+        continue
+      methods = sorted({s.method for s in mine.values()} - set(compensation.METHODS))
+      if methods:
+        plain.update({e[0].name: f"{methods[0]} decides per group" for e in unit.kernels
+                      if e is not None and id(e[0].variable) in mine})
+        continue
+      finals, shift = self._unit(unit, mine)
+      for entry, result in zip(unit.kernels, finals):
+        if result is None:
+          continue
+        k = entry[0]
+        results[k.name] = result
+        values[id(k.variable)], variables[id(k.variable)] = result.morphed, k.variable
+        premorph[id(k.variable)] = result.premorph
+      if self.calibration.bias:
+        target, sign, label = _bias_target(unit.layer, self.folds)
+        corrected.update({e[0].name: label for e in unit.kernels
+                          if e is not None and id(e[0].variable) in mine})
+        if target is not None:
+          old = self.originals.setdefault(id(target), np.asarray(target.numpy()))
+          values[id(target)] = (old.astype(np.float64) + sign * shift).astype(np.float32)
+          variables[id(target)] = target
+    for k in self.kernels:
+      spec = specs.get(id(k.variable))
+      if spec is not None and id(k.variable) not in values:
+        grouping = k.grouping() if spec.method == "bitx" else {}
+        values[id(k.variable)] = backends.morph(self.originals[id(k.variable)], spec, **grouping)
+        variables[id(k.variable)] = k.variable
+        premorph[id(k.variable)] = self.originals[id(k.variable)]
+    return Compensated(values, variables, premorph, results, plain, corrected, self.calibration)
+
+
 def compensated_values(model, specs: Mapping[int, morphing.MorphSpec],
                        calibration: Calibration) -> Compensated:
   """The compensated kernels and corrected biases of `model` (module docstring).
@@ -397,110 +526,62 @@ def compensated_values(model, specs: Mapping[int, morphing.MorphSpec],
     ValueError: the model holds MorphWrappers (compensation morphs a plain
       model once), non-finite calibration activations or weights.
   """
-  from mortar_tf.keras import apply  # pylint: disable=import-outside-toplevel
-  from mortar_tf.keras import wrapper as wrapper_lib  # pylint: disable=import-outside-toplevel
-  if any(isinstance(l, wrapper_lib.MorphWrapper) for _, l in apply.all_layers(model)):
-    raise ValueError("compensation morphs a plain model once; this one holds MorphWrappers "
-                     "(morph-aware training): strip_morphing first, or compensate the model "
-                     "before wrapping it")
   plan = registry.find_kernels(model, embeddings=True)
   kernels = [k for k in plan.kernels if id(k.variable) in specs]
-  folds = apply._all_folds(model) if isinstance(model, keras.Model) else {}  # pylint: disable=protected-access
-  units, plain = _units(model, kernels, specs)
-  originals = {id(k.variable): k.numpy() for k in kernels}
-  values, variables, premorph, results, corrected = {}, {}, {}, {}, {}
-  statistics: dict[tuple, compensation.Statistics] = {}
-
-  def record(layer, inputs):
-    unit = units[id(layer)]
-    if unit.kind == "separable":
-      rows = layer_rows(layer, "depthwise", inputs)
-      dw = originals.get(id(layer.depthwise_kernel), layer.depthwise_kernel.numpy())
-      parts = ((0, "depthwise", rows, dw), (1, "dense", _depthwise_output(rows, dw),
-                                           layer.pointwise_kernel.numpy()))
-    else:
-      kernel = unit.kernels[0][0].numpy()
-      parts = ((0, unit.kind, layer_rows(layer, unit.kind, inputs), kernel),)
-    for slot, kind, rows, kernel in parts:
-      stats = statistics.get((id(layer), slot))
-      if stats is None:
-        stats = statistics[(id(layer), slot)] = _new_statistics(kind, kernel)
-      stats.add(rows)
-
-  def compensate(unit):
-    shift = 0.0
-    finals = []
-    for slot, entry in enumerate(unit.kernels):
-      if entry is None:
-        finals.append(None)
-        continue
-      k, spec = entry
-      depthwise = unit.kind == "depthwise" or (unit.kind == "separable" and slot == 0)
-      result = compensation.compensate(
-          originals[id(k.variable)], statistics[(id(unit.layer), slot)], spec,
-          error=calibration.error, bias=True, projected=calibration.projected,
-          damping=calibration.damping, depthwise=depthwise)
-      results[k.name] = result
-      values[id(k.variable)], variables[id(k.variable)] = result.morphed, k.variable
-      premorph[id(k.variable)] = result.premorph
-      finals.append(result)
-    if unit.kind == "separable":  # the depthwise change reaches the output through the pointwise
-      pointwise = finals[1].morphed if finals[1] is not None else unit.layer.pointwise_kernel.numpy()
-      pointwise = pointwise.reshape(-1, pointwise.shape[-1]).astype(np.float64)
-      shift = (finals[1].bias_shift if finals[1] is not None else 0.0) + (
-          finals[0].bias_shift @ pointwise if finals[0] is not None else 0.0)
-    else:
-      shift = finals[0].bias_shift
-    if calibration.bias:
-      target, sign, label = _bias_target(unit.layer, folds)
-      for entry in unit.kernels:
-        if entry is not None:
-          corrected[entry[0].name] = label
-      if target is not None:
-        old = originals.setdefault(id(target), np.asarray(target.numpy()))
-        values[id(target)] = (old.astype(np.float64) + sign * shift).astype(np.float32)
-        variables[id(target)] = target
-
-  layers = [u.layer for u in units.values()]
-  if calibration.statistics == "original" or not layers:
-    with _hooked(layers, record):
-      _run(model, calibration)
-    order = list(units)
+  if calibration.statistics == "original":
+    done = Compensator(model, [k.variable for k in kernels], calibration).values(specs)
   else:
-    order = []
-    with _hooked(layers, lambda layer, _: None if id(layer) in order else order.append(id(layer))):
-      _run(model, calibration, first_only=True)
+    done = _sequential(model, kernels, specs, calibration)
+  if done.plain:
+    _LOG.warning("compensation: %d of %d kernels morphed plain: %s", len(done.plain),
+                 len(kernels), "; ".join(f"{k} ({v})" for k, v in list(done.plain.items())[:6]))
+  return done
+
+
+def _sequential(model, kernels, specs, calibration: Calibration) -> Compensated:
+  """statistics="morphed": each layer in call order, its statistics from the
+  model with the layers before it compensated (assigned, restored at the end)."""
+  order = []
+  units, unit_plain = _units(model, kernels, specs)
+  variables = {}
+  values = {}
+  originals = {}
   try:
+    probe = Calibration(next(iter(calibration.batches())))
+    layers = [u.layer for u in units.values()]
+    with _hooked(layers, lambda layer, _: None if id(layer) in order else order.append(id(layer))):
+      _run(model, probe, first_only=True)
+    merged = None
     for key in order:
       unit = units[key]
-      if calibration.statistics == "morphed":
-        with _hooked([unit.layer], record):
-          _run(model, calibration)
-      if (key, 0) not in statistics:
-        continue
-      compensate(unit)
-      if calibration.statistics == "morphed":
-        for i, value in values.items():  # the layers so far, as compensated
-          variables[i].assign(value)
+      mine = [e[0].variable for e in unit.kernels if e is not None]
+      done = Compensator(model, mine, calibration).values({id(v): specs[id(v)] for v in mine})
+      if merged is None:
+        merged = done
+      else:
+        for field in ("values", "variables", "premorph", "results", "plain", "corrected"):
+          getattr(merged, field).update(getattr(done, field))
+      for i, value in done.values.items():  # the layers so far, as compensated
+        originals.setdefault(i, np.asarray(done.variables[i].numpy()))
+        variables[i] = done.variables[i]
+        values[i] = value
+        variables[i].assign(value)
   finally:
-    if calibration.statistics == "morphed":
-      for i, variable in variables.items():
-        variable.assign(originals[i])
-  for key, unit in units.items():
-    if (key, 0) not in statistics:
-      plain.update({e[0].name: "not called on the calibration inputs" for e in unit.kernels if e})
+    for i, variable in variables.items():
+      variable.assign(originals[i])
+  rest = [k for k in kernels if merged is None or id(k.variable) not in merged.values]
   from mortar_tf import backends  # pylint: disable=import-outside-toplevel
-  for k in kernels:
-    if id(k.variable) not in values:
-      spec = specs[id(k.variable)]
-      grouping = k.grouping() if spec.method == "bitx" else {}
-      values[id(k.variable)] = backends.morph(originals[id(k.variable)], spec, **grouping)
-      variables[id(k.variable)] = k.variable
-      premorph[id(k.variable)] = originals[id(k.variable)]
-  if plain:
-    _LOG.warning("compensation: %d of %d kernels morphed plain: %s", len(plain), len(kernels),
-                 "; ".join(f"{k} ({v})" for k, v in list(plain.items())[:6]))
-  return Compensated(values, variables, premorph, results, plain, corrected, calibration)
+  if merged is None:
+    merged = Compensated({}, {}, {}, {}, {}, {}, calibration)
+  for k in rest:
+    spec = specs[id(k.variable)]
+    grouping = k.grouping() if spec.method == "bitx" else {}
+    merged.values[id(k.variable)] = backends.morph(k.numpy(), spec, **grouping)
+    merged.variables[id(k.variable)] = k.variable
+    merged.premorph[id(k.variable)] = k.numpy()
+    merged.plain.setdefault(k.name, unit_plain.get(k.name, "not called on the calibration inputs"))
+  merged.calibration = calibration
+  return merged
 
 
 def compensate_model(model, method="fewest_ones", precision=None, *, calibration,
