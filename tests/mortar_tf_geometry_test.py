@@ -95,6 +95,7 @@ RESOLVED_LATER = {
     "mortar_tf.morphing.as_spec": "MorphSpec",
     "mortar_tf.precision_map.check_morphing": "MorphSpec",
     "mortar_tf.keras.apply.morph_model": "MorphSpec.create",
+    "mortar_tf.keras.calibration.compensate_model": "precision_map.check_morphing",
     "mortar_tf.keras.wrapper.MorphWrapper": "MorphSpec.create",
     "mortar_tf.keras.wrapper.MorphWrapper.__init__": "MorphSpec.create",
     "mortar_tf.keras.callbacks.MortarCallback": "MorphSpec.create",
