@@ -43,7 +43,8 @@ def test_sweep_and_search(files, tmp_path):
   out = tmp_path / "out" / "main"  # missing directories are made (as scripts/main.sh needs)
   result = _run(f"--model={files / 'm.keras'}", f"--data={files / 'data.npz'}",
                 "--methods=paper,round", "--precisions=0.05,0.3", "--keep_bits=4",
-                "--budget=0.02", "--search_precisions=0.05,0.5", f"--out_dir={out}")
+                "--budget=0.02", "--search_precisions=0.05,0.5", f"--out_dir={out}",
+                "--held_out=0")  # every sample scored (held-out: its own test)
   assert result.returncode == 0, result.stderr
   for text in ("paper", "round", "search: ", "Search (fewest_ones", "accuracy"):
     assert text in result.stdout
@@ -209,3 +210,33 @@ def test_speedups_of_a_partly_estimated_model_are_flagged(files, tmp_path):
   assert "Not estimated: #" in summary
   coverage = json.loads((out / "sweep.json").read_text())["sweep"]["coverage"]
   assert (coverage["fraction"], coverage["complete"]) == (0.5, False)
+
+
+def test_compensated_rows_and_a_held_out_search(files, tmp_path):
+  out = tmp_path / "comp"
+  result = _run(f"--model={files / 'm.keras'}", f"--data={files / 'data.npz'}",
+                "--methods=fewest_ones", "--precisions=0.3", "--budget=0.05",
+                "--search_precisions=0.05,0.5", "--compensate", "--calibration_samples=60",
+                "--held_out=0.5", f"--out_dir={out}")
+  assert result.returncode == 0, result.stderr
+  record = json.loads((out / "sweep.json").read_text())
+  assert (record["calibration_samples"], record["samples"], record["held_out_samples"]) == (
+      60, 120, 120)
+  assert "60 samples before them calibrate" in result.stdout
+  assert "Held out (120 samples" in result.stdout and "Compensated (" in result.stdout
+  # The compensated row, recomputed: compensate_model on the first 60 samples,
+  # accuracy on the next 120 (the held-out 120 are the search's alone).
+  from mortar_tf.keras import compensate_model  # pylint: disable=import-outside-toplevel
+  model = keras.models.load_model(files / "m.keras")
+  data = np.load(files / "data.npz")
+  x, y = data["x"], data["y"]
+  copy, _ = compensate_model(model, "fewest_ones", 0.3, calibration=x[:60])
+  expected = float(np.mean(np.argmax(copy.predict(x[60:180], verbose=0), -1) == y[60:180]))
+  rows = [p for p in record["sweep"]["points"] if p["settings"].get("compensated")
+          and p["precisions"] is None]
+  assert len(rows) == 1 and rows[0]["metric"] == pytest.approx(expected)
+  search = record["search"]
+  assert search["held_out"]["samples"] == 120
+  assert search["held_out"]["drop"] <= 0.05 + 1e-9
+  with open(out / "sweep.csv", newline="", encoding="utf-8") as f:
+    assert any("compensated" in row[1] for row in csv.reader(f))

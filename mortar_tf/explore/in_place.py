@@ -88,3 +88,19 @@ def ratios(kernels, morphed: Mapping[int, np.ndarray], group_size, width):
     for d in bits.DOMAINS:
       after[d] += now[d] - k.ones[d]
   return {d: bits.sparsity_ratio(before[d], after[d]) for d in bits.DOMAINS}, before, after
+
+
+def compensator(model, kernels, compensate):
+  """A mortar_tf.keras.calibration.Compensator over `kernels` (statistics
+  collected now, from the model as it is), or None without `compensate`."""
+  if compensate is None or compensate is False:
+    return None
+  if isinstance(model, models.LoadedSavedModel):
+    raise ValueError("exploration compensates Keras models only (their layers' inputs are "
+                     "hooked to collect the statistics); give the .keras/.h5 model")
+  from mortar_tf.keras import calibration as calibration_lib  # pylint: disable=import-outside-toplevel
+  cal = calibration_lib.as_calibration(compensate)
+  if cal.statistics != "original":
+    raise ValueError("the search caches each kernel's compensation from the original model's "
+                     "statistics: it needs Calibration(statistics='original')")
+  return calibration_lib.Compensator(model, [k.variable for k in kernels], cal)

@@ -71,7 +71,8 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
             objective: str = "aligned", signature: str = "serving_default",
             output: str | None = None, progress: bool = False,
             max_evaluations: int = 30, strategy: str | None = None,
-            finetune_epochs: int = 0) -> JobResult:
+            finetune_epochs: int = 0, compensate: bool = False,
+            calibration_samples: int = 256, held_out: float = 0.0) -> JobResult:
   """Loads a model and labelled data, sweeps, searches, writes the files.
 
   `model_path` is a .keras/.h5 file or a SavedModel directory (called through
@@ -84,6 +85,13 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
   on, the second half to score everything on; a second search distils each
   candidate map (finetune.search_with_finetune), its row and summary follow
   the plain search's, and the distilled model is written as finetuned.keras.
+  With `compensate` (a Keras model), the first `calibration_samples` samples
+  (labels unused) calibrate compensated morphing (SPEC 6) and everything is
+  scored on the rest: the sweep gets a compensated row per per-weight
+  setting, and the search compensates every candidate. With `held_out` (a
+  fraction, 0 < f < 1), that share of the scoring samples (the last ones) is
+  kept from the search, which must meet the budget on them too; the sweep's
+  rows are scored on the search's share. The summary counts each split.
 
   Raises:
     ValueError: an unreadable model or data file, missing arrays, a bad
@@ -99,6 +107,27 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     if samples < 1:
       raise ValueError(f"samples must be >= 1, got {samples}")
     data = {k: v[:samples] for k, v in data.items()}
+  if not 0 <= held_out < 1:
+    raise ValueError(f"held_out is a fraction of the samples, 0 <= f < 1, got {held_out!r}")
+  if held_out and not search:
+    raise ValueError("held_out keeps samples from the search: it needs the search")
+  calibration_x = None
+  if compensate:
+    if calibration_samples < 1:
+      raise ValueError(f"calibration_samples must be >= 1, got {calibration_samples}")
+    if len(data["x"]) <= calibration_samples:
+      raise ValueError(f"compensation calibrates on the first {calibration_samples} samples and "
+                       f"scores on the rest, but the data has only {len(data['x'])}")
+    calibration_x = data["x"][:calibration_samples]
+    data = {k: v[calibration_samples:] for k, v in data.items()}
+  held_data = None
+  if held_out:
+    keep = len(data["x"]) - int(round(held_out * len(data["x"])))
+    if keep < 1 or keep == len(data["x"]):
+      raise ValueError(f"held_out={held_out:g} of {len(data['x'])} samples leaves one side "
+                       "empty")
+    held_data = {k: v[keep:] for k, v in data.items()}
+    data = {k: v[:keep] for k, v in data.items()}
   tune_x = None
   if finetune_epochs:
     if not search:
@@ -114,15 +143,19 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
   model = models.load(model_path, signature=signature, output=output,
                       input_shape=input_shape)
   score = metrics_lib.builtin_metric(metric, model, data, strategy=_strategy(strategy))
+  held_score = (None if held_data is None else
+                metrics_lib.builtin_metric(metric, model, held_data, strategy=_strategy(strategy)))
   files_lib.check_creatable_dir(out_dir)  # before the sweep's work, not after
 
-  swept = sweeps.sweep(model, score, grid, progress=progress, input_shape=input_shape)
+  swept = sweeps.sweep(model, score, grid, progress=progress, input_shape=input_shape,
+                       compensate=calibration_x)
   found = None
   if search:
     found = search_lib.search_precisions(model, score, budget, method=search_method,
                                          precisions=search_precisions, objective=objective,
                                          max_evaluations=max_evaluations,
-                                         progress=progress, input_shape=input_shape)
+                                         progress=progress, input_shape=input_shape,
+                                         compensate=calibration_x, held_out=held_score)
     swept = dataclasses.replace(swept, points=swept.points + (found.point,))
   tuned = tuned_model = tuned_result = None
   if tune_x is not None:
@@ -144,7 +177,9 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     record = {"model": model_path, "data": data_path, "samples": len(data["x"]),
               "sweep": swept.to_dict(), "search": found.to_dict() if found else None,
               "search_distilled": tuned.to_dict() if tuned else None,
-              "distilled_on": len(tune_x) if tune_x is not None else 0}
+              "distilled_on": len(tune_x) if tune_x is not None else 0,
+              "calibration_samples": 0 if calibration_x is None else len(calibration_x),
+              "held_out_samples": 0 if held_data is None else len(held_data["x"])}
     written.append(files_lib.write_json(os.path.join(out_dir, "sweep.json"), record))
 
     kernel_list = models.model_kernels(model, swept.group_size, swept.width)
@@ -176,7 +211,7 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
       written.append(path)
     summary = _summary(model_path, data_path, len(data["x"]), swept, found, model, tuned,
                        len(tune_x) if tune_x is not None else 0, tuned_result,
-                       headline(record) if found is not None else None)
+                       headline(record) if found is not None else None, _splits(record))
     written.append(files_lib.write_text(os.path.join(out_dir, "summary.md"), summary))
   return JobResult(swept, found, tuple(written), summary)
 
@@ -214,7 +249,7 @@ def _speedup_plot(model, found, path: str, input_shape) -> str:
 
 
 def _summary(model_path, data_path, samples, swept, found, model, tuned=None,
-             distilled_on=0, tuned_result=None, head=None) -> str:
+             distilled_on=0, tuned_result=None, head=None, splits="") -> str:
   lines = [f"# mortar-sweep: {os.path.basename(model_path)}", "",
            f"Model `{model_path}`, data `{data_path}` ({samples} samples), metric "
            f"{swept.metric_name} ({'higher' if swept.higher_is_better else 'lower'} is better). "
@@ -223,7 +258,8 @@ def _summary(model_path, data_path, samples, swept, found, model, tuned=None,
            "est. x stripes is the mortar engine on the morphed weights "
            "over stripes on the original weights, est. x unmorphed over mortar on the original "
            "weights (SPEC 4; mortar_tf.estimator, default engines)."
-           + (f" Scored: {model.scored()}." if hasattr(model, "scored") else ""), ""]
+           + (f" Scored: {model.scored()}." if hasattr(model, "scored") else "")
+           + (f" {splits}" if splits else ""), ""]
   if head is not None:
     lines += [head, ""]
   lines += ["```", swept.table(), "```", ""]
@@ -247,6 +283,20 @@ def _summary(model_path, data_path, samples, swept, found, model, tuned=None,
                 f"{tuned_result.before:.4f} for the plain morph): the plain morph is the answer, "
                 "and no finetuned.keras was written.", ""]
   return "\n".join(lines)
+
+
+def _splits(record: dict) -> str:
+  """The sentence on how the data was split, or ""."""
+  parts = []
+  if record.get("calibration_samples"):
+    parts.append(f"{record['calibration_samples']} samples before them calibrate the "
+                 "compensated rows and search (labels unused; never scored)")
+  if record.get("held_out_samples"):
+    parts.append(f"{record['held_out_samples']} samples after them are held out from the "
+                 "search, which must meet the budget on them too")
+  if not parts:
+    return ""
+  return "Samples apart from the scored ones: " + "; ".join(parts) + "."
 
 
 def headline(record: dict) -> str:

@@ -50,9 +50,10 @@ class SweepPoint:
 
   def label(self) -> str:
     distilled = " + distilled" if "distilled" in self.settings else ""
+    distilled += " + compensated" if self.settings.get("compensated") else ""
     if self.precisions is not None and "precision" not in self.settings:
       return f"{self.method} per-kernel search{distilled}"
-    settings = {k: v for k, v in self.settings.items() if k != "distilled"}
+    settings = {k: v for k, v in self.settings.items() if k not in ("distilled", "compensated")}
     return morphing.MorphSpec.create(self.method, **settings).label() + distilled
 
   def __repr__(self) -> str:
@@ -101,7 +102,10 @@ class SweepResult:
                  (" + distilled" if "distilled" in p.settings else "")
                  if p.precisions is not None else
                  ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in p.settings.items() if k not in ("group_size", "width")))
+                           for k, v in p.settings.items()
+                           if k not in ("group_size", "width", "compensated")))
+      if p.settings.get("compensated"):
+        setting += " + compensated"
       rows.append([p.method, setting, f"{p.metric:.4f}", f"{p.drop:+.4f}",
                    table.ratio(p.ratio["significand"]), table.ratio(p.ratio["word"]),
                    table.ratio(p.ratio["aligned"]),

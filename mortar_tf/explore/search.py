@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Mapping, Sequence
@@ -177,7 +178,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
   grid = sorted({morphing.check_precision(p) for p in precisions})
   metric = metrics_lib.as_metric(evaluate, higher_is_better)
   kernels = models.model_kernels(model, group_size, width)
-  compensator = _compensator(model, kernels, compensate)
+  compensator = in_place.compensator(model, kernels, compensate)
   check = None if held_out is None else metrics_lib.as_metric(held_out, higher_is_better)
 
   def morphed(chosen: Mapping[int, float]):
@@ -422,6 +423,10 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
                             global_p=best_global, values_of=values_of)
     compensation_record = None
     if compensator is not None:
+      point = dataclasses.replace(point, settings=dict(point.settings, compensated=True))
+      if global_point is not None:
+        global_point = dataclasses.replace(global_point,
+                                           settings=dict(global_point.settings, compensated=True))
       done = compensator.values({id(kernels[i].variable): morphing.MorphSpec.create(method, p)
                                  for i, p in applied.items()})
       compensation_record = {**compensator.calibration.settings(),
@@ -446,22 +451,6 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
                       bounded={k: tuple(v) for k, v in bounded.items()},
                       coverage=coverage, group_size=group_size, width=width,
                       compensation=compensation_record, held_out=held)
-
-
-def _compensator(model, kernels, compensate):
-  """A Compensator over the search's kernels, or None without `compensate`."""
-  if compensate is None or compensate is False:
-    return None
-  if isinstance(model, models.LoadedSavedModel):
-    raise ValueError("the search compensates Keras models (their layers' inputs are hooked); "
-                     "for a SavedModel, search plain and convert with "
-                     "mortar-morph --compensate")
-  from mortar_tf.keras import calibration as calibration_lib  # pylint: disable=import-outside-toplevel
-  cal = calibration_lib.as_calibration(compensate)
-  if cal.statistics != "original":
-    raise ValueError("the search caches each kernel's compensation from the original model's "
-                     "statistics: it needs Calibration(statistics='original')")
-  return calibration_lib.Compensator(model, [k.variable for k in kernels], cal)
 
 
 def _held_out_choice(model, check, chosen, evaluated, fits, gain_of, assigned, max_held_out,

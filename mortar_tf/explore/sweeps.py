@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mortar_tf import compensation
 from mortar_tf import morphing
 from mortar_tf import table
 from mortar_tf.estimator import engines as engines_lib
@@ -87,7 +88,8 @@ def report_progress(enabled, done: int, total: int, label: str) -> None:
 def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
           higher_is_better: bool = True, estimate_speedup: bool = True, input_shape=None,
           group_size: int = engines_lib.DEFAULT_GROUP_SIZE,
-          width: int = engines_lib.DEFAULT_WIDTH, progress=False) -> SweepResult:
+          width: int = engines_lib.DEFAULT_WIDTH, progress=False,
+          compensate=None) -> SweepResult:
   """Evaluates the model with its kernels morphed at each setting of `grid`.
 
   Args:
@@ -103,6 +105,11 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
       ratios'); default the engines' (64, 24).
     progress: draw a progress bar on stderr; or a callable (done, total,
       label), called before each setting and at the end.
+    compensate: None, or calibration inputs / a mortar_tf.keras.Calibration
+      (Keras models): each per-weight setting (paper, fewest_ones, round)
+      gets a second row, compensated (SPEC 6; statistics collected once from
+      the original model). Those rows have no speedup estimate (the
+      estimator morphs the weights itself, plainly): "-".
 
   Raises:
     ValueError: an empty grid or method grid, a bad setting, a model without
@@ -111,6 +118,7 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
   metric = metrics_lib.as_metric(evaluate, higher_is_better)
   specs = _specs(DEFAULT_GRID if grid is None else grid, group_size, width)
   kernels = models.model_kernels(model, group_size, width)
+  compensator = in_place.compensator(model, kernels, compensate)
   original = metric(model)
   estimator = (estimates.ModelEstimator(model, input_shape or estimates.model_input_shape(model))
                if estimate_speedup else None)
@@ -133,6 +141,15 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
       points.append(SweepPoint(spec.method, spec.settings(), value,
                                metric.drop(original, value), ratio, speedup,
                                speedup_unmorphed=unmorphed))
+      if compensator is not None and spec.method in compensation.METHODS:
+        done = compensator.values({id(k.variable): spec for k in kernels})
+        with in_place.Assigned((done.variables[key], v) for key, v in done.values.items()):
+          value = metric(model)
+        ratio, _, _ = in_place.ratios(
+            kernels, {i: done.values[id(k.variable)] for i, k in enumerate(kernels)},
+            group_size, width)
+        points.append(SweepPoint(spec.method, dict(spec.settings(), compensated=True), value,
+                                 metric.drop(original, value), ratio, None))
     report_progress(progress, len(specs), len(specs), "done")
   finally:
     if estimator is not None:

@@ -53,6 +53,17 @@ _FINETUNE_EPOCHS = flags.DEFINE_integer(
     "finetune_epochs", 0, "Also search with label-free distillation of each candidate map, this "
     "many epochs (Keras models): the data is split, half to distil on, half to score on; "
     "writes finetuned.keras.")
+_COMPENSATE = flags.DEFINE_bool(
+    "compensate", False, "Also morph with errors compensated and biases corrected (SPEC 6; "
+    "Keras models): a compensated row per paper/fewest_ones/round setting, and a compensated "
+    "search. The first --calibration_samples samples calibrate (labels unused) and are never "
+    "scored.")
+_CALIBRATION_SAMPLES = flags.DEFINE_integer(
+    "calibration_samples", 256, "Samples (the first ones) that calibrate --compensate.")
+_HELD_OUT = flags.DEFINE_float(
+    "held_out", 0.5, "Share of the scoring samples (the last ones) kept from the search: the map "
+    "it returns must meet the budget on them too. 0 turns it off; the sweep's rows are scored "
+    "on the rest.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "out/sweep", "Where the files go.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 
@@ -79,6 +90,9 @@ def main(argv):
                          objective=_OBJECTIVE.value, signature=_SIGNATURE.value,
                          max_evaluations=_MAX_EVALUATIONS.value, strategy=_STRATEGY.value,
                          finetune_epochs=_FINETUNE_EPOCHS.value,
+                         compensate=_COMPENSATE.value,
+                         calibration_samples=_CALIBRATION_SAMPLES.value,
+                         held_out=_HELD_OUT.value if _SEARCH.value else 0.0,
                          output=_OUTPUT.value,
                          progress=_PROGRESS.value and sys.stderr.isatty())
   except (ValueError, TypeError) as e:
