@@ -402,3 +402,40 @@ def test_the_tool_refuses_bad_calibration_inputs_clearly(models, tmp_path):
     assert result.returncode == 1, (args, result.stderr)
     assert message in result.stderr, (args, result.stderr)
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_a_transformer_compensates_its_dense_layers_and_names_the_attention(tmp_path):
+  """keras_zoo's transformer: Dense over a sequence (Tensordot: MatMul, then a
+  Reshape before the BiasAdd) takes its bias correction; the attention's kernels
+  (read through a Reshape, or by Einsum) are morphed plain and named."""
+  import keras_zoo  # pylint: disable=import-outside-toplevel
+  model = keras_zoo.build("transformer")
+  src = tmp_path / "src"
+  if compat.LEGACY:
+    tf.saved_model.save(model, str(src))
+  else:
+    model.export(str(src), verbose=False)
+  name = _input_name(src)
+  tokens = keras_zoo.inputs(model, batch=128, seed=1)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    report = savedmodel.convert(str(src), str(tmp_path / "o"), "paper", P,
+                                compensate={name: tokens})
+  comp = report.compensation
+  assert len(comp.plain) == 4 and all(k.startswith("mha/") for k in comp.plain), comp.plain
+  assert any("morphed plain" in str(w.message) for w in caught)
+  before, after = _checkpoint(src), _checkpoint(tmp_path / "o")
+  assert len(comp.kernels) == 3  # ffn's up and down, the head
+  down = next(k for k in comp.kernels.values() if before[k["key"]].shape == (32, 16))
+  assert down["bias"].startswith("bias "), down
+  bias_key = next(c["key"] for c in comp.corrected.values() if c["key"] and
+                  before[c["key"]].shape == (16,))
+  # The mean output change of ffn/down on the calibration inputs is gone.
+  ln1 = keras.Model(model.input, model.get_layer("ln1").output)(tokens, training=False)
+  hidden = np.asarray(model.get_layer("ffn").up(ln1)).reshape(-1, 32).astype(np.float64)
+  change = (hidden @ after[down["key"]] - hidden @ before[down["key"]]).mean(axis=0) + (
+      after[bias_key].astype(np.float64) - before[bias_key])
+  plain_change = (hidden @ np.vectorize(lambda v: spec_reference.paper(np.float32(v), P),
+                                        otypes=[np.float32])(before[down["key"]])
+                  - hidden @ before[down["key"]]).mean(axis=0)
+  assert np.max(np.abs(change)) < 1e-3 * np.max(np.abs(plain_change)), (change, plain_change)

@@ -16,7 +16,8 @@ order, DepthwiseConv2dNative patches per channel (strides, SAME / VALID
 padding, dilations; NHWC only). Statistics come from the ORIGINAL model (one
 pass per chunk).
 
-The mean output change is taken by the variable right after the op (SPEC 6):
+The mean output change is taken by the variable right after the op (SPEC 6;
+a Reshape keeping the channels last in between, as Keras' Tensordot, is fine):
 a BiasAdd or Add whose other operand is a [cout] variable (bias - shift), the
 mean of a FusedBatchNorm(V3) in inference mode, or the moving mean of the
 BatchNormalization Keras 3 exports as x*s + (beta - mean*s) (mean + shift).
@@ -460,11 +461,17 @@ def _variable_behind(tensor, const_keys, through=_BIAS_READ_OPS):
 def _bias_target(op, outputs: int, const_keys, by_key, placeholders):
   """((key, sign, label) or None, reason) for the op's mean output change."""
   y = op.outputs[0]
-  consumers = y.consumers()
-  if len(consumers) != 1:
-    return None, (f"its output is read by {len(consumers)} ops, so no single bias takes its "
-                  "mean change" if consumers else "its output is read by nothing")
-  c = consumers[0]
+  for _ in range(100):
+    consumers = y.consumers()
+    if len(consumers) != 1:
+      return None, (f"its output is read by {len(consumers)} ops, so no single bias takes its "
+                    "mean change" if consumers else "its output is read by nothing")
+    c = consumers[0]
+    # A Reshape that keeps the channels last (Keras' Tensordot) keeps the mean.
+    shape = c.outputs[0].shape if c.type == "Reshape" else None
+    if shape is None or shape.rank is None or shape[-1] != outputs or c.inputs[0] is not y:
+      break
+    y = c.outputs[0]
 
   def vector(tensor):
     key = _variable_behind(tensor, const_keys)
