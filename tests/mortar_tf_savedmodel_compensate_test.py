@@ -439,3 +439,29 @@ def test_a_transformer_compensates_its_dense_layers_and_names_the_attention(tmp_
                                         otypes=[np.float32])(before[down["key"]])
                   - hidden @ before[down["key"]]).mean(axis=0)
   assert np.max(np.abs(change)) < 1e-3 * np.max(np.abs(plain_change)), (change, plain_change)
+
+
+def test_a_keras_calibration_brings_its_settings_and_projection_keeps_the_ball(models, tmp_path):
+  from mortar_tf.keras import calibration as calibration_lib  # pylint: disable=import-outside-toplevel
+  src, _ = models["module"]
+  name = _input_name(src)
+  data = _calibration(name, 96, 1)
+  dataset = tf.data.Dataset.from_tensor_slices(data).batch(32)
+  report = savedmodel.convert(
+      str(src), str(tmp_path / "o"), "paper", P, report_path=str(tmp_path / "r.json"),
+      compensate=calibration_lib.Calibration(dataset, projected=True, damping=0.05))
+  comp = report.compensation
+  assert comp.calibration["samples"] == 96 and comp.calibration["projected"]
+  before, after = _checkpoint(src), _checkpoint(tmp_path / "o")
+  for name_, entry in comp.kernels.items():
+    # SPEC 6: the projected variant keeps every final value within P.
+    assert entry["outside"] == 0 and entry["damping"] >= 0.05, name_
+    assert not compensation.outside_ball(after[entry["key"]], before[entry["key"]], P).any()
+  assert sum(e["fallbacks"] for e in comp.kernels.values()) > 0
+  import json  # pylint: disable=import-outside-toplevel
+  record = json.loads((tmp_path / "r.json").read_text())["compensation"]
+  assert record["calibration"]["samples"] == 96 and "keep them apart" in record["note"]
+  assert set(record["kernels"]) == set(comp.kernels) and len(record["corrected"]) == 3
+  with pytest.raises(ValueError, match="statistics from the original model"):
+    savedmodel.convert(str(src), str(tmp_path / "o2"), "paper", P,
+                       compensate=calibration_lib.Calibration(data, statistics="morphed"))
