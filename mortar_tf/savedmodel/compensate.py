@@ -414,7 +414,7 @@ def _plain_reason(op_types: list[str], spec, path) -> str | None:
   if spec.method not in compensation.METHODS:
     return f"{spec.method} decides per group, so it is not compensated row by row"
   if not op_types:
-    return "no compute op of the signature reads it"
+    return "no compute op of the signature reads it as a weight (not a kernel)"
   if len(op_types) > 1:
     return f"read by {len(op_types)} ops (a shared or tied weight)"
   if op_types[0] not in SUPPORTED_OPS:
@@ -539,6 +539,7 @@ def plan_kernels(graph, targets, frozen_graph, const_keys):
       if key is not None:
         frozen_ops.setdefault(key, []).append(op)
   groups = _twin_groups(targets, graph)
+  target_keys = {k for _, keys in groups for k in keys}
   plans, plain = [], {}
   for target, keys in groups:
     name = target.display or target.var.name
@@ -565,7 +566,6 @@ def plan_kernels(graph, targets, frozen_graph, const_keys):
     kind, attrs, transposed, kernel_form_shape, data = form
     outputs = kernel_form_shape[-1] * (kernel_form_shape[-2] if kind == "depthwise" else 1)
     bias, why = _bias_target(op, outputs, const_keys, by_key, placeholders)
-    target_keys = {k for t, ks in groups for k in ks}
     if bias is not None and bias[0] in target_keys:
       bias, why = None, f"{by_key[bias[0]].name} is morphed itself (a selected variable)"
     plans.append(KernelPlan(name, key, tuple(keys), target.spec, op.name, op.type, kind, attrs,
