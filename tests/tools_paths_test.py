@@ -24,7 +24,7 @@ FILE, FOLDER, TREE = "file", "folder", "tree"
 # tool: (module, {output flag: kind}, [input flags], [string flags that are not paths])
 TOOLS = {
     "mortar-morph": ("morph_saved_model", {"output": TREE, "report": FILE},
-                     ["input", "verify_inputs", "precision_map"],
+                     ["input", "verify_inputs", "precision_map", "calibration"],
                      ["signature", "input_shape"]),
     "mortar-estimate": ("estimate", {"csv": FILE, "json": FILE, "plots_dir": FOLDER},
                         ["saved_model", "config", "precision_map"],
@@ -64,6 +64,7 @@ def inputs(tmp_path_factory):
   rng = np.random.default_rng(0)
   np.savez(d / "data.npz", x=rng.standard_normal((16, 6)).astype(np.float32),
            y=rng.integers(0, 3, 16))
+  np.savez(d / "calib.npz", x=rng.standard_normal((16, 6)).astype(np.float32))
   (d / "map.json").write_text(json.dumps({"fc": 0.05, "out": 0.1}))
   (d / "engines.json").write_text(json.dumps([{"name": "mortar", "model": "mortar"}]))
   (d / "models.json").write_text(json.dumps([{
@@ -89,7 +90,8 @@ def _base(tool, d, out):
   return {
       "mortar-morph": {"input": d / "saved", "output": out / "morphed",
                        "precision_map": d / "map.json", "verify": None,
-                       "verify_inputs": d / "data.npz", "report": out / "r.json"},
+                       "verify_inputs": d / "data.npz", "report": out / "r.json",
+                       "compensate": None, "calibration": d / "calib.npz"},
       "mortar-estimate": {"saved_model": d / "saved", "config": d / "engines.json",
                           "precision_map": d / "map.json", "csv": out / "l.csv",
                           "json": out / "e.json", "plots_dir": out / "plots"},
@@ -120,7 +122,7 @@ def _aliases(d, target):
 # its input flags, and for mortar-results the model and data its list names.
 READS = {
     "mortar-morph": [("--input", "saved"), ("--verify_inputs", "data.npz"),
-                     ("--precision_map", "map.json")],
+                     ("--precision_map", "map.json"), ("--calibration", "calib.npz")],
     "mortar-estimate": [("--saved_model", "saved"), ("--config", "engines.json"),
                         ("--precision_map", "map.json")],
     "mortar-analyze": [("--model", "model.keras")],

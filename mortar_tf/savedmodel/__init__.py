@@ -3,9 +3,13 @@
   from mortar_tf import savedmodel
   graph = savedmodel.read_graph("model_dir")
   report = savedmodel.convert("model_dir", "model_morphed", "paper", 0.1)
+  report = savedmodel.convert("model_dir", "out", "fewest_ones", 0.05, compensate="calib.npz")
 """
 
+from mortar_tf.compensation import DEFAULT_DAMPING
 from mortar_tf.files import OutputError
+from mortar_tf.savedmodel.compensate import Compensation
+from mortar_tf.savedmodel.compensate import CompensationSettings
 from mortar_tf.savedmodel.converter import ConversionReport
 from mortar_tf.savedmodel.converter import convert
 from mortar_tf.savedmodel.graph import ComputeOp
@@ -16,5 +20,6 @@ from mortar_tf.savedmodel.verify import Verification
 from mortar_tf.savedmodel.verify import VerificationError
 from mortar_tf.savedmodel.verify import verify_outputs
 
-__all__ = ["ComputeOp", "ConversionReport", "OutputError", "SavedModelError", "SavedModelGraph",
-           "Verification", "VerificationError", "convert", "read_graph", "verify_outputs"]
+__all__ = ["Compensation", "CompensationSettings", "ComputeOp", "ConversionReport",
+           "DEFAULT_DAMPING", "OutputError", "SavedModelError", "SavedModelGraph", "Verification",
+           "VerificationError", "convert", "read_graph", "verify_outputs"]

@@ -47,6 +47,7 @@ from mortar_tf import files
 from mortar_tf import morphing
 from mortar_tf import precision_map
 from mortar_tf import table
+from mortar_tf.savedmodel import compensate as compensate_lib
 from mortar_tf.savedmodel import graph as graph_lib
 from mortar_tf.savedmodel import output as output_lib
 from mortar_tf.savedmodel import selection
@@ -100,6 +101,9 @@ class ConversionReport:
       tolerance), or None.
     notes: things the user should know (stale temp directories of killed runs).
     seconds: wall time.
+    compensation: a compensate.Compensation (per kernel compensated or
+      plain with the reason, distances, corrected biases / means, the
+      calibration settings and sample count), or None.
   """
   src: str
   dst: str
@@ -113,6 +117,7 @@ class ConversionReport:
   group_size: int
   width: int
   notes: tuple[str, ...] = ()
+  compensation: object = None
 
   def totals(self) -> tuple[dict, dict]:
     before = {d: sum(v.ones_before[d] for v in self.morphed if not v.twin_of)
@@ -132,13 +137,16 @@ class ConversionReport:
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "fingerprint": self.fingerprint,
             "verification": None if self.verification is None else self.verification.to_dict(),
-            "notes": list(self.notes), "seconds": self.seconds}
+            "notes": list(self.notes), "seconds": self.seconds,
+            "compensation": None if self.compensation is None else self.compensation.to_dict()}
 
   def __str__(self) -> str:
     return self.summary()
 
   def __repr__(self) -> str:
     passed = "" if self.verification is None else f", verified={self.verification.passed}"
+    if self.compensation is not None:
+      passed += f", compensated={len(self.compensation.kernels)}"
     return (f"ConversionReport({self.src!r} -> {self.dst!r}, method={self.method!r}, "
             f"morphed={sum(1 for v in self.morphed if not v.twin_of)}, "
             f"skipped={len(self.skipped)}, group_size={self.group_size}, "
@@ -185,6 +193,8 @@ class ConversionReport:
                    "(Keras 3 exports store each variable twice)")
     for name, reason in self.skipped:
       parts.append(f"Left unchanged: {name}: {reason}")
+    if self.compensation is not None:
+      parts += self.compensation.lines()
     parts.append(f"fingerprint.pb: {self.fingerprint}")
     if self.verification is not None:
       parts += self.verification.lines()
@@ -200,14 +210,17 @@ def _version() -> str:
   return mortar_tf.__version__
 
 
-def _check_paths(src: str, dst: str, report_path: str | None, verify_inputs) -> None:
+def _check_paths(src: str, dst: str, report_path: str | None, verify_inputs,
+                 compensate=None) -> None:
   if not dst:
     raise ValueError("no output directory given")
   files.check_apart(
       [("dst", dst, files.TREE), ("report_path", report_path, files.FILE),
        ("dst's lock file", output_lib.lock_path(dst), files.FILE)],
-      [("src", src)] + ([("verify_inputs", verify_inputs)]
-                         if isinstance(verify_inputs, (str, os.PathLike)) else []))
+      [("src", src)] + [(name, path) for name, path in (
+          ("verify_inputs", verify_inputs),
+          ("compensate's calibration inputs", compensate_lib.data_path(compensate)))
+                        if isinstance(path, (str, os.PathLike))])
   if os.path.lexists(dst):
     raise ValueError(f"output {dst!r} already exists; remove it or choose another path")
   parent = os.path.dirname(os.path.abspath(dst))
@@ -272,9 +285,10 @@ def _max_rel_error(t: tf.Tensor, morphed: tf.Tensor) -> float:
               for i in range(0, int(flat_t.shape[0]), _SLICE)), default=0.0)
 
 
-def _morph(t: tf.Tensor, target: selection.Target, group_size: int, width: int):
+def _morph(t: tf.Tensor, target: selection.Target, group_size: int, width: int, given=None):
   """(morphed tensor, MorphedVariable) for one variable's value `t`.
 
+  `given`: the final value made elsewhere (compensation), used as it is.
   Memory: `t` and the result (the C++ kernels read `t` in place; the numpy
   fallback makes temporaries of the whole tensor).
   """
@@ -282,7 +296,7 @@ def _morph(t: tf.Tensor, target: selection.Target, group_size: int, width: int):
   axes = target.axes
   before = _ones(t, axes, group_size, width)
   grouping = {"reduction_axes": axes} if spec.method == "bitx" else {}
-  morphed = tf.constant(backends.morph(t.numpy(), spec, **grouping))
+  morphed = tf.constant(backends.morph(t.numpy(), spec, **grouping) if given is None else given)
   error = _max_rel_error(t, morphed)
   after = _ones(morphed, axes, group_size, width)
   others = tuple((op, tuple(other), _ones(t, other, group_size, width)["aligned"],
@@ -304,8 +318,11 @@ def _nbytes(shape, dtype) -> int:
 
 def _stream_checkpoint(src: str, reader, out_dir: str, targets: Mapping[str, selection.Target],
                        group_size: int, width: int, batch_bytes: int | None,
-                       progress: Callable[[int, int, str], None] | None):
-  """Writes src's checkpoint (`reader` lists it) to out_dir/variables with the targets morphed."""
+                       progress: Callable[[int, int, str], None] | None,
+                       values: Mapping[str, np.ndarray] | None = None):
+  """Writes src's checkpoint (`reader` lists it) to out_dir/variables with the targets morphed
+  (`values`: {key: the value to write}, for compensated kernels and corrected biases)."""
+  values = values or {}
   shapes = reader.get_variable_to_shape_map()
   dtypes = reader.get_variable_to_dtype_map()
   keys = sorted(shapes)
@@ -333,8 +350,13 @@ def _stream_checkpoint(src: str, reader, out_dir: str, targets: Mapping[str, sel
     value = variables_lib.restore_tensor(src, key, dtypes[key])
     target = targets.get(key)
     if target is not None:
-      value, record = _morph(value, target, group_size, width)
+      value, record = _morph(value, target, group_size, width, values.get(key))
       records.append(record)
+    elif key in values:  # a corrected bias or moving mean
+      given = values[key]
+      if tuple(given.shape) != tuple(value.shape) or given.dtype != value.dtype.as_numpy_dtype:
+        raise ValueError(f"internal: the corrected value of {key} does not fit it")
+      value = tf.constant(given)
     batch.append((key, value))
     batch_size += sizes[key]
     del value
@@ -413,7 +435,8 @@ def convert(src: str, dst: str, method="paper", precision=None, *, keep_bits=Non
             force: bool = False, verify: bool = False, verify_inputs=None,
             verify_max_rel: float | None = None, verify_max_abs: float | None = None,
             report_path: str | None = None, batch_bytes: int | None = None,
-            progress: Callable[[int, int, str], None] | None = None) -> ConversionReport:
+            progress: Callable[[int, int, str], None] | None = None,
+            compensate=None) -> ConversionReport:
   """Writes `dst`: the SavedModel `src` with its selected weight variables morphed.
 
   Args:
@@ -451,6 +474,20 @@ def convert(src: str, dst: str, method="paper", precision=None, *, keep_bits=Non
     batch_bytes: bytes of tensors written per checkpoint shard (default: the
       largest tensor, at least 32 MiB).
     progress: called as progress(done, total, key) while streaming.
+    compensate: error-compensated morphing and bias correction (SPEC 6) on
+      calibration inputs: the path of an .npz keyed by the signature's input
+      names, {input name: array} (an array for a one-input signature), or a
+      mortar_tf.keras.Calibration of those (or of a dataset) with its
+      settings (error, bias, projected, damping; statistics="original" only).
+      Statistics come from the original model. Kernels that cannot be
+      compensated (op kind, bitx, no activations found) are morphed plain and
+      named in the report, with a warning; none at all is an error. Biases
+      (BiasAdd / Add right after) and BatchNormalization means right after
+      take the mean output change. Keep the calibration samples apart from
+      scoring ones (verify_inputs sharing a sample is an error). Memory: the
+      statistics of up to 1 GiB of H (rows² float64 per kernel) at a time,
+      plus the compensated kernels twice (final and pre-morph values, kept in
+      the report).
 
   Returns:
     A ConversionReport.
@@ -467,7 +504,9 @@ def convert(src: str, dst: str, method="paper", precision=None, *, keep_bits=Non
       that is not float32, or an already morphed model without `force`.
   """
   start = time.monotonic()
-  _check_paths(src, dst, report_path, verify_inputs)
+  if compensate is False:
+    compensate = None
+  _check_paths(src, dst, report_path, verify_inputs, compensate)
   if report_path:
     files.check_output_file(report_path)
   # Checked before any reading: one MorphSpec or {pattern: MorphSpec}.
@@ -492,13 +531,23 @@ def convert(src: str, dst: str, method="paper", precision=None, *, keep_bits=Non
     method, settings = spec_or_map.method, spec_or_map.settings()
   else:
     settings = {"precision_map": precision_map.to_json(precision)}
+  compensated = None
+  if compensate is not None:
+    compensated = compensate_lib.compensate_targets(src, graph, targets, reader, compensate,
+                                                    signature, verify_inputs if verify else None)
+    if compensated.plain:
+      warnings.warn(f"compensation: {len(compensated.plain)} of "
+                    f"{len(compensated.plain) + len(compensated.kernels)} kernels morphed plain: "
+                    + "; ".join(f"{k} ({v})" for k, v in compensated.plain.items()),
+                    RuntimeWarning, stacklevel=2)
 
   with output_lib.Destination(dst) as destination:
     tmp = destination.tmp
     with output_lib.writing(dst):
       _copy_tree(src, tmp)
       records = _stream_checkpoint(src, reader, tmp, {t.var.key: t for t in targets},
-                                   group_size, width, batch_bytes, progress)
+                                   group_size, width, batch_bytes, progress,
+                                   None if compensated is None else compensated.values)
     by_key = {r.key: r for r in records}
     morphed = tuple(by_key[t.var.key] for t in targets)
     with output_lib.writing(dst):
@@ -521,7 +570,7 @@ def convert(src: str, dst: str, method="paper", precision=None, *, keep_bits=Non
     report = ConversionReport(os.path.abspath(src), os.path.abspath(dst), method, settings,
                               morphed, tuple(skipped), fingerprint, verification,
                               time.monotonic() - start, group_size, width,
-                              tuple(destination.stale_note()))
+                              tuple(destination.stale_note()), compensated)
     record = report.to_dict()
     record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     if previous is not None:

@@ -14,6 +14,17 @@ counts); variables it does not cover are left unchanged. --verify compares both 
 inputs of --input_shape (or on --verify_inputs) and fails above
 --verify_max_rel / --verify_max_abs. Exit status: 0 done, 1 failed, 2 verification
 failed (nothing written in either case).
+
+--compensate morphs with the errors compensated (SPEC 6) on the calibration
+inputs of --calibration (an .npz keyed by the signature's input names, like
+--verify_inputs; keep them apart from the samples that score the result):
+each kernel's morph errors are spread over its later rows and the mean output
+change goes into the bias or BatchNormalization mean right after it, with
+statistics from the original model. Kernels that cannot be compensated are
+morphed plain and named (a warning); none at all is an error.
+
+  mortar-morph --input=m --output=out --method=fewest_ones --precision=0.05 \
+      --compensate --calibration=calib.npz
 """
 
 import sys
@@ -58,6 +69,23 @@ _VERIFY_MAX_ABS = flags.DEFINE_float("verify_max_abs", None,
 _REPORT = flags.DEFINE_string("report", None, "Also write the report as JSON here.")
 _FORCE = flags.DEFINE_bool("force", False, "Morph a model that mortar_tf already morphed.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+_COMPENSATE = flags.DEFINE_bool("compensate", False,
+                                "Compensate the morph errors on --calibration inputs (SPEC 6).")
+_CALIBRATION = flags.DEFINE_string(
+    "calibration", None, "An .npz of the signature's inputs for --compensate (keep them apart "
+    "from the samples that score the result).")
+_COMPENSATE_ERROR = flags.DEFINE_bool("compensate_error", True,
+                                      "--compensate: spread each row's morph error over the "
+                                      "later rows (GPTQ-style).")
+_COMPENSATE_BIAS = flags.DEFINE_bool("compensate_bias", True,
+                                     "--compensate: correct the bias or BatchNormalization mean "
+                                     "after each kernel.")
+_COMPENSATE_PROJECTED = flags.DEFINE_bool("compensate_projected", False,
+                                          "--compensate: keep every final value within P of "
+                                          "its original.")
+_COMPENSATE_DAMPING = flags.DEFINE_float("compensate_damping", None,
+                                         "--compensate: damping relative to the mean diagonal "
+                                         "of H, in (0, 1] (default 0.01).")
 
 
 class _Bar:
@@ -79,6 +107,20 @@ def main(argv):
   for flag in (_VERIFY_INPUTS, _VERIFY_MAX_REL, _VERIFY_MAX_ABS):
     if flag.value is not None and not _VERIFY.value:
       raise app.UsageError(f"--{flag.name} is for --verify: add --verify (or drop it)")
+  if _CALIBRATION.value is not None and not _COMPENSATE.value:
+    raise app.UsageError("--calibration is for --compensate: add --compensate (or drop it)")
+  if _COMPENSATE.value and not _CALIBRATION.value:
+    raise app.UsageError("--compensate needs --calibration=<an .npz of the signature's inputs>")
+  for flag, default in ((_COMPENSATE_ERROR, True), (_COMPENSATE_BIAS, True),
+                        (_COMPENSATE_PROJECTED, False), (_COMPENSATE_DAMPING, None)):
+    if flag.value != default and not _COMPENSATE.value:
+      raise app.UsageError(f"--{flag.name} is for --compensate: add --compensate (or drop it)")
+  if _COMPENSATE.value and not (_COMPENSATE_ERROR.value or _COMPENSATE_BIAS.value):
+    raise app.UsageError("--nocompensate_error and --nocompensate_bias together compensate "
+                         "nothing: drop --compensate instead")
+  damping = _COMPENSATE_DAMPING.value
+  if damping is not None and not 0 < damping <= 1:
+    raise app.UsageError(f"--compensate_damping must be in (0, 1], got {damping}")
   select = _SELECT.value
   select = select[0] if select in (["kernels"], ["all"]) else select
   # TensorFlow loads after the flags are checked: usage errors stay fast.
@@ -90,7 +132,13 @@ def main(argv):
     flag_parsing.check_paths([(_OUTPUT, files.TREE), (_REPORT, files.FILE),
                               ("--output's lock file", output.lock_path(_OUTPUT.value),
                                files.FILE)],
-                             [_INPUT, _VERIFY_INPUTS, _PRECISION_MAP])
+                             [_INPUT, _VERIFY_INPUTS, _PRECISION_MAP, _CALIBRATION])
+    compensate = None
+    if _COMPENSATE.value:
+      compensate = savedmodel.CompensationSettings(
+          _CALIBRATION.value, error=_COMPENSATE_ERROR.value, bias=_COMPENSATE_BIAS.value,
+          projected=_COMPENSATE_PROJECTED.value,
+          damping=damping if damping is not None else savedmodel.DEFAULT_DAMPING)
     report = savedmodel.convert(
         _INPUT.value, _OUTPUT.value, _METHOD.value, precision, keep_bits=_KEEP_BITS.value,
         columns=_COLUMNS.value, group_size=_GROUP_SIZE.value, width=_WIDTH.value,
@@ -98,7 +146,7 @@ def main(argv):
         input_shape=flag_parsing.input_shape(_INPUT_SHAPE.value),
         force=_FORCE.value, verify=_VERIFY.value, verify_inputs=_VERIFY_INPUTS.value,
         verify_max_rel=_VERIFY_MAX_REL.value, verify_max_abs=_VERIFY_MAX_ABS.value,
-        report_path=_REPORT.value, progress=_Bar(_PROGRESS.value))
+        report_path=_REPORT.value, progress=_Bar(_PROGRESS.value), compensate=compensate)
   except savedmodel.VerificationError as e:
     print("\n".join(e.verification.lines()), file=sys.stderr)
     print(f"mortar-morph: {e}", file=sys.stderr)
