@@ -45,7 +45,6 @@ def main(argv):
   plan = registry.find_kernels(model)
   spec = morphing.MorphSpec("fewest_ones", _PRECISION.value)
   kernel_bytes = sum(k.numpy().nbytes for k in plan.kernels)
-  largest_rows = max(int(np.prod(k.numpy().shape[:-1])) for k in plan.kernels)
   start_rss = _rss_mb()
 
   start = time.perf_counter()
@@ -78,7 +77,7 @@ def main(argv):
   print(f"{len(done.results)} kernels compensated, {len(done.plain)} plain; "
         f"{t['outside']} of {t['weights']} weights farther than P ({t['outside'] / t['weights']:.1%})"
         f", mean relative distance {t['mean_rel']:.3g}")
-  h_mb = largest_rows ** 2 * 8 / 2 ** 20
+  h_mb = max(s.gram.nbytes for s in compensator.statistics.values()) / 2 ** 20
   all_h_mb = sum(s.gram.nbytes for s in compensator.statistics.values()) / 2 ** 20
   print(f"memory: resident {start_rss:.0f} MB before, peak {_rss_mb():.0f} MB; kernels "
         f"{kernel_bytes / 2 ** 20:.1f} MB; largest H {h_mb:.1f} MB, all H together "

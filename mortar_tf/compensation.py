@@ -48,6 +48,7 @@ METHODS = ("paper", "fewest_ones", "round")
 DEFAULT_DAMPING = 0.01
 DEFAULT_BLOCK = 128
 _MAX_DAMPING_TRIES = 6
+_CHUNK = 1 << 22  # values per product in Statistics.add
 
 
 def check_spec(spec: morphing.MorphSpec) -> morphing.MorphSpec:
@@ -100,20 +101,37 @@ class Statistics:
     self.count = 0
 
   def add(self, inputs) -> None:
-    """Adds input rows: [n, rows] (or [n, groups, rows] for groups)."""
-    x = np.asarray(inputs, dtype=np.float64)
+    """Adds input rows: [n, rows] (or [n, groups, rows] for groups).
+
+    Products are taken in float32 over chunks of about 4M values (a BLAS
+    product each; a chunk's rounding is ~1e-6 relative) and summed in float64,
+    so memory stays at one chunk beside the input however large it is.
+    """
+    x = np.asarray(inputs)
+    if not np.issubdtype(x.dtype, np.floating):
+      x = x.astype(np.float32)
     if self.groups is None:
-      x = x.reshape(-1, 1, self.rows)
+      if x.shape[-1] != self.rows:
+        raise ValueError(f"expected rows of length {self.rows}, got {x.shape}")
+      x = x.reshape(-1, self.rows)
     elif x.ndim != 3 or x.shape[1:] != (self.groups, self.rows):
       raise ValueError(f"expected [n, {self.groups}, {self.rows}] rows, got {x.shape}")
-    if x.shape[-1] != self.rows:
-      raise ValueError(f"expected rows of length {self.rows}, got {x.shape}")
     if not np.all(np.isfinite(x)):
       raise ValueError("calibration activations hold NaN or inf: the layer's inputs on the "
                        "calibration data are not finite")
-    grouped = np.ascontiguousarray(x.transpose(1, 2, 0))  # [g, rows, n]: one BLAS product a group
-    self.gram += grouped @ grouped.transpose(0, 2, 1)
-    self.total += grouped.sum(axis=2)
+    if self.groups is None:  # [n, rows]: BLAS reads the transpose in place
+      step = max(1, _CHUNK // self.rows)
+      for start in range(0, x.shape[0], step):
+        chunk = x[start:start + step]
+        self.gram[0] += chunk.T @ chunk
+        self.total[0] += chunk.sum(axis=0, dtype=np.float64)
+      self.count += x.shape[0]
+      return
+    step = max(1, _CHUNK // (x.shape[1] * x.shape[2]))
+    for start in range(0, x.shape[0], step):
+      chunk = np.ascontiguousarray(x[start:start + step].transpose(1, 2, 0))  # [g, rows, n]
+      self.gram += chunk @ chunk.transpose(0, 2, 1)
+      self.total += chunk.sum(axis=2, dtype=np.float64)
     self.count += x.shape[0]
 
   def mean(self) -> np.ndarray:

@@ -200,11 +200,13 @@ def layer_rows(layer, kind: str, inputs):
   if x.dtype != tf.float32:
     x = tf.cast(x, tf.float32)
   if kind == "dense":
-    return x.numpy().reshape(-1, int(x.shape[-1]))
+    return np.asarray(x).reshape(-1, int(x.shape[-1]))
   kernel_size = tuple(layer.kernel_size)
   strides = tuple(layer.strides)
   dilation = tuple(layer.dilation_rate)
   padding = layer.padding.upper()
+  if kind == "conv" and set(kernel_size) == {1} and set(strides) == {1}:
+    return np.asarray(x).reshape(-1, int(x.shape[-1]))  # a 1x1 conv's patches are its inputs
   if len(kernel_size) == 1:  # 1-D as a 1 x k 2-D
     if padding == "CAUSAL":
       x = tf.pad(x, [[0, 0], [dilation[0] * (kernel_size[0] - 1), 0], [0, 0]])
@@ -215,7 +217,7 @@ def layer_rows(layer, kind: str, inputs):
                                      rates=[1, *dilation, 1], padding=padding)
   channels = int(x.shape[-1])
   area = kernel_size[0] * kernel_size[1]
-  rows = patches.numpy().reshape(-1, area * channels)
+  rows = np.asarray(patches).reshape(-1, area * channels)  # no copy
   if kind == "conv":
     return rows
   return rows.reshape(-1, area, channels).transpose(0, 2, 1)  # [n, C, kh*kw]
