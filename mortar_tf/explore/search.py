@@ -458,10 +458,10 @@ def _held_out_choice(model, check, chosen, evaluated, fits, gain_of, assigned, m
   """(map, record): the best-gain map that met the budget on the search's samples
   and meets it on the held-out ones.
 
-  Tried in order: the search's choice, then the other per-kernel maps that met
-  the budget by gain (at most `max_held_out` maps in all), then the global maps
-  that met it, largest gain first (as many again); the unmorphed map when none
-  passes.
+  Tried in order: the search's choice, then the other maps that met the budget
+  on the search's samples, largest gain first (at most `max_held_out`), then
+  the global maps among the rest (as many again); the unmorphed map when
+  none passes.
   """
   count = {"n": 0}
 
@@ -479,11 +479,8 @@ def _held_out_choice(model, check, chosen, evaluated, fits, gain_of, assigned, m
   maps = {items: v for (items, _), v in evaluated.items() if items and fits(v)}
   by_gain = sorted(maps, key=lambda items: -gain_of(dict(items)))
   first = tuple(sorted(chosen.items()))
-  per_kernel = [m for m in by_gain if not uniform(m) and m != first]
-  if chosen and not uniform(first):
-    per_kernel.insert(0, first)
-  global_maps = [m for m in by_gain if uniform(m)]
-  order = per_kernel[:max_held_out] + global_maps[:max_held_out]
+  ranked = ([first] if chosen else []) + [m for m in by_gain if m != first]
+  order = ranked[:max_held_out] + [m for m in ranked[max_held_out:] if uniform(m)][:max_held_out]
   pick, value, replaced = {}, original, 0
   for items in order:
     trial = score(dict(items))
