@@ -60,6 +60,36 @@ class ModelEstimator:
     return estimator.estimate(self._export(), input_shape=self.input_shape, method=method,
                               precision=precision, **kwargs)
 
+  def of_values(self, pairs) -> tuple[float | None, float | None]:
+    """(over stripes, over unmorphed) of the model with [(variable, value)]
+    assigned as they are (compensated kernels, which no method re-creates):
+    exported with those values, estimated with round at keep_bits=23 (the
+    identity), so the "morphed" cells are the values themselves. Stripes reads
+    every bit, so its cycles do not depend on the values; over unmorphed is
+    over stripes divided by the original weights' own."""
+    from mortar_tf import estimator  # pylint: disable=import-outside-toplevel
+    from mortar_tf import morphing  # pylint: disable=import-outside-toplevel
+    from mortar_tf.explore import in_place  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from mortar_tf.keras.compat import IS_KERAS3  # pylint: disable=import-outside-toplevel
+    scratch = tempfile.mkdtemp(prefix="mortar_explore_values_")
+    try:
+      path = os.path.join(scratch, "model")
+      with in_place.Assigned(pairs):
+        if IS_KERAS3:
+          self.model.export(path, verbose=False)
+        else:
+          tf.saved_model.save(self.model, path)
+      result = estimator.estimate(path, input_shape=self.input_shape,
+                                  method=morphing.MorphSpec("round", keep_bits=23))
+    finally:
+      shutil.rmtree(scratch, ignore_errors=True)
+    over_stripes, _ = speedups(result)
+    unmorphed = unmorphed_speedup(self)
+    if over_stripes is None or not unmorphed:
+      return over_stripes, None
+    return over_stripes, over_stripes / unmorphed
+
   def reference(self):
     """The estimate of the original weights (any setting's original cells,
     N_pos and engines), computed once."""

@@ -331,14 +331,20 @@ def headline(record: dict) -> str:
            "|---|---|---|---|---|",
            f"| nothing | {results_page.metric_text(sweep['original_metric'], name)} | 1.000x | 1.000x "
            f"| {speedup_over_stripes(sweep['original_speedup'])} |"]
-  method = found["method"]
+  method = f"`{found['method']}`" + (" compensated" if found.get("compensation") else "")
   best = found.get("best_global")
   if best is not None:
-    lines.append(row(f"`{method}`, one P = {best['settings']['precision']:g} for every kernel "
+    lines.append(row(f"{method}, one P = {best['settings']['precision']:g} for every kernel "
                      "(the best single P within the budget)", best))
   point = found["point"]
   per_kernel = point.get("precisions") and "*" not in point["precisions"]
-  lines.append(row(f"`{method}`, " + ("one P per kernel" if per_kernel else "the search's answer: "
-                                       "one P for every kernel") +
-                   f" (the search, budget {budget_text})", point))
+  held = found.get("held_out")
+  checked = f", held out on {held['samples']} more" if held and held.get("samples") else ""
+  lines.append(row(f"{method}, " + ("one P per kernel" if per_kernel else "the search's answer: "
+                                     "one P for every kernel") +
+                   f" (the search, budget {budget_text}{checked})", point))
+  splits = _splits(record)
+  if splits or record.get("samples"):
+    lines += ["", f"Scored on {record['samples']:,} samples. " + splits.replace(
+        "Samples apart from the scored ones: ", "Apart from them: ")]
   return "\n".join(lines)

@@ -422,11 +422,20 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
                             full(everything), estimator, group_size, width,
                             global_p=best_global, values_of=values_of)
     compensation_record = None
-    if compensator is not None:
-      point = dataclasses.replace(point, settings=dict(point.settings, compensated=True))
+    if compensator is not None:  # estimated on the compensated values themselves
+
+      def compensated(p, chosen):
+        speedup = unmorphed = None
+        if estimator is not None and chosen:
+          speedup, unmorphed = estimator.of_values(morphed(chosen)[1])
+        elif estimator is not None:
+          speedup, unmorphed = p.speedup, p.speedup_unmorphed
+        return dataclasses.replace(p, settings=dict(p.settings, compensated=True),
+                                   speedup=speedup, speedup_unmorphed=unmorphed)
+
+      point = compensated(point, applied)
       if global_point is not None:
-        global_point = dataclasses.replace(global_point,
-                                           settings=dict(global_point.settings, compensated=True))
+        global_point = compensated(global_point, {i: best_global for i in range(len(kernels))})
       done = compensator.values({id(kernels[i].variable): morphing.MorphSpec.create(method, p)
                                  for i, p in applied.items()})
       compensation_record = {**compensator.calibration.settings(),
