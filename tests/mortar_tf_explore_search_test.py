@@ -514,3 +514,21 @@ def test_a_compensated_search_returns_what_morph_model_compensate_gives_and_hold
   assert found.point.ratio["aligned"] == pytest.approx(
       sum(k.ones["aligned"] for k in kernels) / ones)
   assert "Held out (64 samples" in found.summary() and "Compensated" in found.summary()
+
+
+def test_a_compensated_point_is_estimated_on_its_own_values():
+  """Bias correction alone leaves the kernels plain: the estimate of the
+  compensated values (exported as they are) must equal the estimator's own
+  morph of the same global P."""
+  from mortar_tf.keras import Calibration  # pylint: disable=import-outside-toplevel
+  model = _separable()
+  x = rng.standard_normal((96, 8, 8, 3)).astype(np.float32) + 0.3
+  metric = _mse(model, x[32:])
+  bias_only = Calibration(x[:32], error=False, bias=True)
+  found = explore.search_precisions(model, metric, 1e9, precisions=[0.05, 0.3],
+                                    compensate=bias_only)
+  plain = explore.search_precisions(model, metric, 1e9, precisions=[0.05, 0.3])
+  assert found.best_global.settings["compensated"]
+  assert found.best_global.speedup == pytest.approx(plain.best_global.speedup, rel=1e-12)
+  assert found.best_global.speedup_unmorphed == pytest.approx(
+      plain.best_global.speedup_unmorphed, rel=1e-12)
