@@ -205,11 +205,14 @@ def _upper_inverse_factor(hessian: np.ndarray, damping: float):
   for attempt in range(_MAX_DAMPING_TRIES):
     lam = damping * 10.0 ** attempt
     try:
-      damped = h + (lam * scale)[:, None, None] * eye
-      lower = np.linalg.cholesky(damped)
-      inverse = np.linalg.inv(lower)  # L⁻¹; H⁻¹ = L⁻ᵀL⁻¹
-      hinv = np.einsum("gki,gkj->gij", inverse, inverse)
-      return np.swapaxes(np.linalg.cholesky(hinv), 1, 2), lam
+      upper = np.empty_like(h)
+      for i in range(g):
+        damped = h[i] + lam * scale[i] * eye
+        # The upper factor U of H⁻¹ = UᵀU without forming H⁻¹: with J the
+        # reversal, chol(JHJ) = L gives H = RRᵀ, R = JLJ upper; then U = R⁻¹.
+        lower = np.linalg.cholesky(damped[::-1, ::-1])
+        upper[i] = np.linalg.inv(lower[::-1, ::-1])
+      return upper, lam
     except np.linalg.LinAlgError:
       continue
   raise ValueError("the calibration statistics are not positive definite even with damping "
@@ -331,7 +334,7 @@ def _compensated(w, upper, spec, bound, projected, block):
       if i + 1 < stop:
         work[:, i + 1:stop, :] -= upper[:, i, i + 1:stop][:, :, None] * err[:, None, :]
     if stop < d:
-      work[:, stop:, :] -= np.einsum("gkj,gkn->gjn", upper[:, start:stop, stop:], errors)
+      work[:, stop:, :] -= np.swapaxes(upper[:, start:stop, stop:], 1, 2) @ errors
   return final, pre, fallbacks
 
 

@@ -532,3 +532,17 @@ def test_a_compensated_point_is_estimated_on_its_own_values():
   assert found.best_global.speedup == pytest.approx(plain.best_global.speedup, rel=1e-12)
   assert found.best_global.speedup_unmorphed == pytest.approx(
       plain.best_global.speedup_unmorphed, rel=1e-12)
+
+
+def test_calibration_samples_that_are_scored_too_are_refused():
+  model = _separable()
+  x = rng.standard_normal((96, 8, 8, 3)).astype(np.float32)
+  with pytest.raises(ValueError, match="8 of the metric's 64 samples are calibration samples"):
+    explore.search_precisions(model, _mse(model, x[24:88]), 0.1, compensate=x[:32],
+                              estimate_speedup=False)
+  with pytest.raises(ValueError, match="of held_out's"):
+    explore.search_precisions(model, _mse(model, x[32:64]), 0.1, compensate=x[:32],
+                              held_out=_mse(model, x[:40]), estimate_speedup=False)
+  with pytest.raises(ValueError, match="calibration samples too"):
+    explore.sweep(model, _mse(model, x[:64]), {"paper": [0.1]}, compensate=x[:32],
+                  estimate_speedup=False)

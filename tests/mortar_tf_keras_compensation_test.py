@@ -209,8 +209,11 @@ def test_bad_use_is_refused():
     Calibration(x, statistics="sequential")
   with pytest.raises(ValueError, match="MorphWrappers"):
     compensate_model(morph_model(model, SPEC), SPEC, calibration=x)
+  with pytest.raises(ValueError, match="no kernel could be compensated"):
+    compensate_model(model, "bitx", columns=8, calibration=x)
   bitx = {"conv": morphing.MorphSpec("bitx", columns=8), "head": 0.1}
-  _, result = compensate_model(model, "fewest_ones", bitx, calibration=x)
+  with pytest.warns(RuntimeWarning, match="morphed plain"):
+    _, result = compensate_model(model, "fewest_ones", bitx, calibration=x)
   assert "per group" in result.plain["conv/kernel"] and "head/kernel" in result.results
 
 

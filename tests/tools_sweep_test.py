@@ -240,3 +240,11 @@ def test_compensated_rows_and_a_held_out_search(files, tmp_path):
   assert search["held_out"]["drop"] <= 0.05 + 1e-9
   with open(out / "sweep.csv", newline="", encoding="utf-8") as f:
     assert any("compensated" in row[1] for row in csv.reader(f))
+
+
+def test_calibration_samples_without_compensate_is_a_usage_error(files, tmp_path):
+  result = _run(f"--model={files / 'm.keras'}", f"--data={files / 'data.npz'}",
+                "--calibration_samples=10", f"--out_dir={tmp_path / 'x'}")
+  assert result.returncode == 1
+  assert "give --compensate too" in result.stderr
+  assert not (tmp_path / "x").exists()

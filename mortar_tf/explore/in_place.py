@@ -104,3 +104,27 @@ def compensator(model, kernels, compensate):
     raise ValueError("the search caches each kernel's compensation from the original model's "
                      "statistics: it needs Calibration(statistics='original')")
   return calibration_lib.Compensator(model, [k.variable for k in kernels], cal)
+
+
+def check_disjoint(compensator, *metrics) -> None:
+  """Refuses calibration samples that a metric also scores (SPEC 6: they are
+  disjoint), found by their bytes; data that is not an array is not checked.
+
+  Raises:
+    ValueError: naming how many of which metric's samples calibrate too.
+  """
+  if compensator is None:
+    return
+  data = compensator.calibration.data
+  if not isinstance(data, np.ndarray) or data.ndim < 1:
+    return
+  seen = {np.ascontiguousarray(row).tobytes() for row in data}
+  for what, metric in zip(("the metric's", "held_out's"), metrics):
+    inputs = getattr(metric, "inputs", None)
+    if not isinstance(inputs, np.ndarray) or inputs.shape[1:] != data.shape[1:]:
+      continue
+    shared = sum(np.ascontiguousarray(row).tobytes() in seen for row in inputs)
+    if shared:
+      raise ValueError(f"{shared} of {what} {len(inputs)} samples are calibration samples too: "
+                       "calibration and scoring samples must be disjoint (SPEC 6), or the "
+                       "score flatters the compensated morph")

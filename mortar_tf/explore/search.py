@@ -180,6 +180,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
   kernels = models.model_kernels(model, group_size, width)
   compensator = in_place.compensator(model, kernels, compensate)
   check = None if held_out is None else metrics_lib.as_metric(held_out, higher_is_better)
+  in_place.check_disjoint(compensator, metric, check)
 
   def morphed(chosen: Mapping[int, float]):
     """({kernel index: final value}, [(variable, value)] to assign)."""

@@ -119,6 +119,7 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
   specs = _specs(DEFAULT_GRID if grid is None else grid, group_size, width)
   kernels = models.model_kernels(model, group_size, width)
   compensator = in_place.compensator(model, kernels, compensate)
+  in_place.check_disjoint(compensator, metric)
   original = metric(model)
   estimator = (estimates.ModelEstimator(model, input_shape or estimates.model_input_shape(model))
                if estimate_speedup else None)

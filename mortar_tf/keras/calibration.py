@@ -11,10 +11,11 @@ output change (mortar_tf.compensation). Nothing in the model is changed
 (statistics="morphed" assigns progressively and restores every value bit
 for bit).
 
-Compensated layers: Dense, Conv1D and Conv2D (channels last, groups 1) and
-DepthwiseConv2D. Every other kernel (attention, recurrent, transposed and
-separable convolutions, einsum, bitx maps) is morphed plain and named in the
-result. A bias is corrected where the layer has one, else in the moving mean
+Compensated layers: Dense, Conv1D and Conv2D (channels last, groups 1),
+DepthwiseConv1D/2D and SeparableConv1D/2D (the depthwise kernel, then the
+pointwise kernel on the depthwise outputs). Every other kernel (attention,
+recurrent, transposed convolutions, einsum, bitx maps) is morphed plain and
+named in the result. A bias is corrected where the layer has one, else in the moving mean
 of a BatchNormalization that directly follows a layer without activation;
 layers with neither are named too (no bias is added).
 
@@ -86,10 +87,12 @@ class Calibration:
             "damping": self.damping, "statistics": self.statistics, "samples": self.samples}
 
   def label(self) -> str:
-    """'compensated (error+bias, 256 samples)' for tables and summaries."""
+    """'error+bias, 256 samples' (with ', projected' and the statistics
+    when not the original's) for tables and summaries."""
     parts = [p for p, on in (("error", self.error), ("bias", self.bias)) if on]
-    proj = ", projected" if self.projected else ""
-    return f"compensated ({'+'.join(parts)}{proj}, {self.samples} samples)"
+    extra = (", projected" if self.projected else "") + (
+        ", statistics of the morphed model" if self.statistics == "morphed" else "")
+    return f"{'+'.join(parts)}{extra}, {self.samples} samples"
 
   def __repr__(self) -> str:
     return (f"Calibration({self.samples} samples, error={self.error}, bias={self.bias}, "
@@ -281,7 +284,8 @@ class Compensated:
   def summary(self) -> str:
     t = self.totals()
     n = len(self.results) + len(self.plain)
-    lines = [f"{self.calibration.label()}: {len(self.results)} of {n} kernels compensated, "
+    lines = [f"Compensated ({self.calibration.label()}): {len(self.results)} of {n} kernels "
+             "compensated, "
              f"{t['weights']} weights; final values from the originals: max relative "
              f"{t['max_rel']:.3g}, mean {t['mean_rel']:.3g}, {t['outside']} "
              f"({t['outside'] / max(t['weights'], 1):.1%}) outside the ball"]
@@ -540,8 +544,15 @@ def compensated_values(model, specs: Mapping[int, morphing.MorphSpec],
   else:
     done = _sequential(model, kernels, specs, calibration)
   if done.plain:
-    _LOG.warning("compensation: %d of %d kernels morphed plain: %s", len(done.plain),
-                 len(kernels), "; ".join(f"{k} ({v})" for k, v in list(done.plain.items())[:6]))
+    shown = list(done.plain.items())
+    more = f"; and {len(shown) - 6} more" if len(shown) > 6 else ""
+    warnings.warn(f"compensation: {len(done.plain)} of {len(kernels)} kernels morphed plain: "
+                  + "; ".join(f"{k} ({v})" for k, v in shown[:6]) + more, RuntimeWarning,
+                  stacklevel=3)
+  if not done.results:
+    raise ValueError("no kernel could be compensated: " + "; ".join(
+        f"{k} ({v})" for k, v in list(done.plain.items())[:6]) + (
+            "" if len(done.plain) <= 6 else f"; and {len(done.plain) - 6} more"))
   return done
 
 

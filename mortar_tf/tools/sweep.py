@@ -80,6 +80,9 @@ def main(argv):
     raise app.UsageError(f"unknown methods {unknown}; expected some of {', '.join(settings)}")
   grid = {m: settings[m] for m in _METHODS.value}
   search_ps = flag_parsing.numbers("search_precisions", _SEARCH_PRECISIONS.value, float)
+  if flags.FLAGS["calibration_samples"].present and not _COMPENSATE.value:
+    raise app.UsageError("--calibration_samples sets how many samples calibrate --compensate; "
+                         "give --compensate too")
   logging.set_verbosity(logging.WARNING)  # Keras' export logs each step at INFO
   from mortar_tf.explore import job  # pylint: disable=import-outside-toplevel  (imports TF)
   try:
