@@ -216,14 +216,10 @@ def layer_rows(layer, kind: str, inputs):
       padding = "VALID"
     x = x[:, None]
     kernel_size, strides, dilation = (1,) + kernel_size, (1,) + strides, (1,) + dilation
-  patches = tf.image.extract_patches(x, sizes=[1, *kernel_size, 1], strides=[1, *strides, 1],
-                                     rates=[1, *dilation, 1], padding=padding)
-  channels = int(x.shape[-1])
-  area = kernel_size[0] * kernel_size[1]
-  rows = np.asarray(patches).reshape(-1, area * channels)  # no copy
-  if kind == "conv":
-    return rows
-  return rows.reshape(-1, area, channels).transpose(0, 2, 1)  # [n, C, kh*kw]
+  # The same im2col as a SavedModel's Conv2D / DepthwiseConv2dNative op.
+  from mortar_tf.savedmodel import compensate as savedmodel_compensate  # pylint: disable=import-outside-toplevel
+  attrs = {"strides": [1, *strides, 1], "dilations": [1, *dilation, 1], "padding": padding}
+  return savedmodel_compensate.op_rows(kind, attrs, x, kernel_size)
 
 
 def _grouped_depthwise(kernel: np.ndarray) -> np.ndarray:
@@ -483,7 +479,7 @@ class Compensator:
   def values(self, specs: Mapping[int, morphing.MorphSpec]) -> Compensated:
     """Compensated(...) for {id(kernel variable): MorphSpec}: kernels of
     layers that do not compensate (and bitx specs) are morphed plain."""
-    from mortar_tf import backends  # pylint: disable=import-outside-toplevel
+    from mortar_tf.keras import apply  # pylint: disable=import-outside-toplevel
     values, variables, premorph, results, corrected = {}, {}, {}, {}, {}
     plain = {k.name: why for k in self.kernels if id(k.variable) in specs
              for name, why in self.plain.items() if name == k.name}
@@ -516,8 +512,7 @@ class Compensator:
     for k in self.kernels:
       spec = specs.get(id(k.variable))
       if spec is not None and id(k.variable) not in values:
-        grouping = k.grouping() if spec.method == "bitx" else {}
-        values[id(k.variable)] = backends.morph(self.originals[id(k.variable)], spec, **grouping)
+        values[id(k.variable)] = apply._morph_array(self.originals[id(k.variable)], spec, k)  # pylint: disable=protected-access
         variables[id(k.variable)] = k.variable
         premorph[id(k.variable)] = self.originals[id(k.variable)]
     return Compensated(values, variables, premorph, results, plain, corrected, self.calibration)
@@ -588,13 +583,11 @@ def _sequential(model, kernels, specs, calibration: Calibration) -> Compensated:
     for i, variable in variables.items():
       variable.assign(originals[i])
   rest = [k for k in kernels if merged is None or id(k.variable) not in merged.values]
-  from mortar_tf import backends  # pylint: disable=import-outside-toplevel
+  from mortar_tf.keras import apply  # pylint: disable=import-outside-toplevel
   if merged is None:
     merged = Compensated({}, {}, {}, {}, {}, {}, calibration)
   for k in rest:
-    spec = specs[id(k.variable)]
-    grouping = k.grouping() if spec.method == "bitx" else {}
-    merged.values[id(k.variable)] = backends.morph(k.numpy(), spec, **grouping)
+    merged.values[id(k.variable)] = apply._morph_array(k.numpy(), specs[id(k.variable)], k)  # pylint: disable=protected-access
     merged.variables[id(k.variable)] = k.variable
     merged.premorph[id(k.variable)] = k.numpy()
     merged.plain.setdefault(k.name, unit_plain.get(k.name, "not called on the calibration inputs"))

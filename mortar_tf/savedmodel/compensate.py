@@ -349,13 +349,13 @@ def op_rows(kind: str, attrs: Mapping[str, object], activation, kernel_shape) ->
   if kind == "matmul":
     if attrs["transpose"]:
       x = tf.linalg.matrix_transpose(x)
-    return x.numpy().reshape(-1, int(x.shape[-1]))
+    return np.asarray(x).reshape(-1, int(x.shape[-1]))  # a tensor read without a copy
   kh, kw = int(kernel_shape[0]), int(kernel_shape[1])
   strides, dilations = list(attrs["strides"]), list(attrs["dilations"])
   patches = tf.image.extract_patches(x, sizes=[1, kh, kw, 1], strides=strides, rates=dilations,
                                      padding=attrs["padding"])
   channels = int(x.shape[-1])
-  rows = patches.numpy().reshape(-1, kh * kw * channels)
+  rows = np.asarray(patches).reshape(-1, kh * kw * channels)
   if kind == "conv":
     return rows
   return rows.reshape(-1, kh * kw, channels).transpose(0, 2, 1)
