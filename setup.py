@@ -104,7 +104,10 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["mortar_tf", "mortar_tf.*"]),
     install_requires=_requirements("requirements.txt"),
-    extras_require={"test": _requirements("requirements-test.txt")},
+    # zstd: compressed sizes also measured with zstd (mortar_tf.compression);
+    # never required.
+    extras_require={"test": _requirements("requirements-test.txt"),
+                    "zstd": ["zstandard>=0.18"]},
     ext_modules=[
         Extension("mortar_tf._native", sources=NATIVE_SOURCES, depends=KERNEL_HEADERS),
         Extension("mortar_tf.ops._mortar_ops", sources=OP_SOURCES, depends=KERNEL_HEADERS),

@@ -15,6 +15,7 @@ import os
 from typing import Sequence
 
 from mortar_tf import bits
+from mortar_tf import compression
 from mortar_tf import files
 from mortar_tf import report as report_lib
 from mortar_tf import table
@@ -132,13 +133,29 @@ def load_weights(path: str, select: str = "kernels") -> ModelWeights:
                       {w.name: w.grouping() for w in found}, note)
 
 
+LAYER_DOMAINS = bits.DOMAINS + ("compressed",)
+
+
 @dataclasses.dataclass(frozen=True)
 class Analysis:
-  """The sweep over one model: one SparsityReport per setting."""
+  """The sweep over one model: one SparsityReport per setting.
+
+  Attributes:
+    model, reports, group_size, width: what was read and counted.
+    file_bytes, file_gzip_bytes: for a .tflite model, the file's size and
+      the measured size of `gzip -9` of it (the file as shipped); else None.
+  """
   model: ModelWeights
   reports: tuple[report_lib.SparsityReport, ...]
   group_size: int
   width: int
+  file_bytes: int | None = None
+  file_gzip_bytes: int | None = None
+
+  @property
+  def measured_compression(self) -> bool:
+    """True when the reports carry measured compressed sizes."""
+    return bool(self.reports) and self.reports[0].compressed is not None
 
   def geometry_text(self) -> str:
     """The aligned domain's geometry, "G=64, width 24"."""
@@ -147,48 +164,86 @@ class Analysis:
   def original_table(self) -> str:
     """Per layer: shape, grouping, weights, ones and bit density in each domain."""
     first = self.reports[0]
+    zlib = self.measured_compression
     headers = ["weight", "shape", "grouping", "params", "ones sig", "ones word",
-               f"ones aligned ({self.geometry_text()})", "density word"]
+               f"ones aligned ({self.geometry_text()})", "density word"] + (
+                   ["zlib 9 bytes", "of raw"] if zlib else [])
+
+    def sizes(measured):
+      if not zlib:
+        return []
+      raw, packed = measured.original.raw, measured.original.zlib
+      return [packed, f"{packed / raw:.3f}" if raw else "-"]
+
     rows = [[t.name, "x".join(map(str, t.shape)), t.grouping, t.size, t.before["significand"],
              t.before["word"], t.before["aligned"],
              f"{t.before['word'] / (32 * t.size):.3f}" if t.size else "-"]
-            for t in first.tensors]
+            + sizes(t.compressed) for t in first.tensors]
     total = first.total_before
     size = sum(t.size for t in first.tensors)
     rows.append(["total", "", "", size, total["significand"], total["word"], total["aligned"],
-                 f"{total['word'] / (32 * size):.3f}" if size else "-"])
+                 f"{total['word'] / (32 * size):.3f}" if size else "-"]
+                + sizes(first.compressed))
     return table.format_table(headers, rows, footer_rows=1)
 
   def sweep_table(self) -> str:
-    """Per setting: total sparsity ratio in each domain and the largest relative error."""
+    """Per setting: total sparsity ratio in each domain, the largest relative
+    error and, where measured, `compressed x` (zlib 9 bytes of the original
+    kernels / of the morphed ones, each alone), the morphed kernels' zlib 9
+    bytes and zstd's ratio ("-" without the zstandard package)."""
+    zlib = self.measured_compression
     headers = ["method", "setting", "significand x", "word x",
-               f"aligned x ({self.geometry_text()})", "max rel err"]
+               f"aligned x ({self.geometry_text()})", "max rel err"] + (
+                   ["compressed x", "zlib 9 bytes", "zstd x"] if zlib else [])
     rows = []
     for r in self.reports:
       setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in r.spec.settings().items()
                           if k not in ("group_size", "width"))
       ratio = r.total_ratio
+      measured = r.compressed
       rows.append([r.spec.method, setting, table.ratio(ratio["significand"]),
                    table.ratio(ratio["word"]), table.ratio(ratio["aligned"]),
-                   f"{r.max_rel_error:.3g}"])
+                   f"{r.max_rel_error:.3g}"] + (
+                       [table.ratio(measured.ratio), measured.morphed.zlib,
+                        "-" if measured.zstd_ratio is None else table.ratio(measured.zstd_ratio)]
+                       if zlib else []))
     return table.format_table(headers, rows)
 
   def layer_table(self, domain: str = "word") -> str:
-    """Layers x settings: the sparsity ratio of each weight in one domain."""
-    if domain not in bits.DOMAINS:
-      raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(bits.DOMAINS)}")
+    """Layers x settings: the sparsity ratio of each weight in one domain, or
+    its `compressed x` (domain "compressed": zlib 9, measured)."""
+    if domain not in LAYER_DOMAINS:
+      raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(LAYER_DOMAINS)}")
+    if domain == "compressed" and not self.measured_compression:
+      raise ValueError("the compressed sizes were not measured (compressed=False)")
+
+    def ratio(entry):
+      return entry.compressed.ratio if domain == "compressed" else entry.ratio[domain]
+
     headers = ["weight"] + [_short_label(r.spec) for r in self.reports]
     rows = []
     for i, t in enumerate(self.reports[0].tensors):
-      rows.append([t.name] + [table.ratio(r.tensors[i].ratio[domain]) for r in self.reports])
-    rows.append(["total"] + [table.ratio(r.total_ratio[domain]) for r in self.reports])
+      rows.append([t.name] + [table.ratio(ratio(r.tensors[i])) for r in self.reports])
+    rows.append(["total"] + [table.ratio(r.compressed.ratio if domain == "compressed" else
+                                         r.total_ratio[domain]) for r in self.reports])
     return table.format_table(headers, rows, footer_rows=1)
 
+  def file_text(self) -> str:
+    """"File: N bytes; gzip -9: M bytes (...)" for a .tflite model, else ""."""
+    if self.file_bytes is None:
+      return ""
+    share = f"{self.file_gzip_bytes / self.file_bytes:.3f}" if self.file_bytes else "-"
+    return (f"File: {self.file_bytes:,} bytes; gzip -9 of it: {self.file_gzip_bytes:,} bytes "
+            f"({share} of the file, measured)")
+
   def to_dict(self) -> dict:
-    return {"model": self.model.source, "kind": self.model.kind, "note": self.model.note,
-            "group_size": self.group_size, "width": self.width,
-            "reports": [r.to_dict() for r in self.reports]}
+    out = {"model": self.model.source, "kind": self.model.kind, "note": self.model.note,
+           "group_size": self.group_size, "width": self.width,
+           "reports": [r.to_dict() for r in self.reports]}
+    if self.file_bytes is not None:
+      out["file"] = {"bytes": self.file_bytes, "gzip9_bytes": self.file_gzip_bytes}
+    return out
 
   def __str__(self) -> str:
     return format_analysis(self)
@@ -213,8 +268,13 @@ def _short_label(spec: MorphSpec) -> str:
 
 def analyze(path: str, specs: Sequence[MorphSpec], select: str = "kernels",
             group_size: int = bits.DEFAULT_GROUP_SIZE,
-            width: int = bits.DEFAULT_WIDTH) -> Analysis:
+            width: int = bits.DEFAULT_WIDTH, compressed: bool = True) -> Analysis:
   """Loads a model and reports every setting in `specs` over its weights.
+
+  `compressed`: also measure each weight's compressed bytes, original and
+  morphed (report.sparsity_report; zlib 9 is the slow part of an analysis:
+  about a minute a setting for 15M weights on one core), and the gzip -9 size
+  of a .tflite file itself.
 
   Raises:
     ValueError: an unreadable model, no float32 weights, or bad settings.
@@ -223,10 +283,14 @@ def analyze(path: str, specs: Sequence[MorphSpec], select: str = "kernels",
     raise ValueError("no morphing settings given")
   model = load_weights(path, select)
   reports = report_lib.sparsity_reports(model.weights, specs, groupings=model.groupings,
-                                        group_size=group_size, width=width)
+                                        group_size=group_size, width=width,
+                                        compressed=compressed)
   if not reports[0].tensors:
     raise ValueError(f"{path!r} has no float32 weights to analyse (select={select!r})")
-  return Analysis(model, tuple(reports), group_size, width)
+  file_bytes = file_gzip = None
+  if compressed and model.kind == "tflite":
+    file_bytes, file_gzip = os.path.getsize(path), compression.gzip_file_size(path)
+  return Analysis(model, tuple(reports), group_size, width, file_bytes, file_gzip)
 
 
 def format_analysis(analysis: Analysis, domain: str = "word", per_layer: bool = True) -> str:
@@ -235,16 +299,23 @@ def format_analysis(analysis: Analysis, domain: str = "word", per_layer: bool = 
   size = sum(t.size for t in analysis.reports[0].tensors)
   parts = [f"Model {analysis.model.source} ({analysis.model.kind}): {n} weight tensors, "
            f"{size:,} float32 values; aligned domain {analysis.geometry_text()}"]
+  if analysis.file_bytes is not None:
+    parts.append(analysis.file_text())
   if analysis.model.note:
     parts.append(f"Note: {analysis.model.note}")
   for name, reason in analysis.reports[0].skipped:
     parts.append(f"Skipped {name}: {reason}")
   if per_layer:
     parts += ["", "Original weights", analysis.original_table()]
-  parts += ["", "Sweep: sparsity ratio = ones(original) / ones(morphed), all weights",
+  parts += ["", "Sweep: sparsity ratio = ones(original) / ones(morphed), all weights"
+            + ("; compressed x = zlib 9 bytes of the original weights / of the morphed ones, "
+               "each weight compressed alone (measured)" if analysis.measured_compression
+               else ""),
             analysis.sweep_table()]
   if per_layer:
     where = f" ({analysis.geometry_text()})" if domain == "aligned" else ""
-    parts += ["", f"Per layer, {domain} domain{where}", analysis.layer_table(domain)]
+    title = ("Per layer, compressed x (zlib 9, measured)" if domain == "compressed" else
+             f"Per layer, {domain} domain{where}")
+    parts += ["", title, analysis.layer_table(domain)]
   return "\n".join(parts)
 

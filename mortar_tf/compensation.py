@@ -91,6 +91,11 @@ class Statistics:
     rows: the length of one input row (the kernel's reduction rows).
     groups: independent problems (a depthwise conv's channels): add() then
       takes [n, groups, rows] arrays and H is [groups, rows, rows].
+
+  The factor of H⁻¹ that compensate() needs depends on H and the damping
+  only, not on the method or P: inverse_factor() keeps it (one more
+  [groups, rows, rows] float64 array per damping) until rows are added, so a
+  search that compensates a kernel at many P factors it once.
   """
 
   def __init__(self, rows: int, groups: int | None = None):
@@ -99,6 +104,14 @@ class Statistics:
     self.gram = np.zeros((g, self.rows, self.rows))
     self.total = np.zeros((g, self.rows))
     self.count = 0
+    self._factors: dict = {}
+
+  def inverse_factor(self, damping: float):
+    """(U, damping used) of _upper_inverse_factor(H, damping), computed once
+    per damping while no rows are added."""
+    if damping not in self._factors:
+      self._factors[damping] = _upper_inverse_factor(self.hessian(), damping)
+    return self._factors[damping]
 
   def add(self, inputs) -> None:
     """Adds input rows: [n, rows] (or [n, groups, rows] for groups).
@@ -107,6 +120,7 @@ class Statistics:
     product each; a chunk's rounding is ~1e-6 relative) and summed in float64,
     so memory stays at one chunk beside the input however large it is.
     """
+    self._factors.clear()
     x = np.asarray(inputs)
     if not np.issubdtype(x.dtype, np.floating):
       x = x.astype(np.float32)
@@ -201,13 +215,13 @@ def _upper_inverse_factor(hessian: np.ndarray, damping: float):
   diag[dead] = 1.0
   np.einsum("gii->gi", h)[...] = diag
   scale = diag.mean(axis=1)
-  eye = np.eye(d)
   for attempt in range(_MAX_DAMPING_TRIES):
     lam = damping * 10.0 ** attempt
     try:
       upper = np.empty_like(h)
       for i in range(g):
-        damped = h[i] + lam * scale[i] * eye
+        damped = h[i].copy()
+        np.einsum("ii->i", damped)[...] += lam * scale[i]
         # The upper factor U of H⁻¹ = UᵀU without forming H⁻¹: with J the
         # reversal, chol(JHJ) = L gives H = RRᵀ, R = JLJ upper; then U = R⁻¹.
         lower = np.linalg.cholesky(damped[::-1, ::-1])
@@ -275,7 +289,7 @@ def compensate(kernel, statistics: Statistics, spec: morphing.MorphSpec, *,
   bound = ball_bound(spec)
   used = 0.0
   if error and statistics.count:
-    upper, used = _upper_inverse_factor(statistics.hessian(), damping)
+    upper, used = statistics.inverse_factor(damping)
     q, pre, fallbacks = _compensated(grouped, upper, spec, bound, projected, block)
   else:
     pre = grouped.copy()

@@ -17,13 +17,14 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
                            "--input_size=32", "--repeats=1"], "ratio clone / in place"),
     ("bench_convert.py", ["--total_mb=2", "--largest_mb=0.5"], "ratio"),
     ("bench_compensate.py", ["--samples=2"], "compensating every kernel"),
+    ("bench_compression.py", ["--precisions=0.1"], "ratio threads / one thread"),
     ("bench_estimate.py", ["--models=mobilenet_v2", "--input_size=32", "--alpha=0.35"],
      "ratio"),
 ])
 def test_benchmark_runs_and_prints_ratios(script, args, expected):
   result = subprocess.run(
       [sys.executable, str(BENCHMARKS / script), *args],
-      capture_output=True, text=True, timeout=300, check=False,
+      capture_output=True, text=True, timeout=300, check=False, cwd=BENCHMARKS.parent,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 0, result.stderr
   assert expected in result.stdout

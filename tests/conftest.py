@@ -7,3 +7,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # mini-Xception (SeparableConv2D + BatchNormalization) on this CPU build; the
 # plain Eigen kernels do not. Set before TensorFlow is first imported.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(autouse=True)
+def _cwd_restored():
+  """A test that changes directory must change it back (monkeypatch.chdir):
+  with --dist loadfile, tests of other files run next in the same process,
+  and benchmarks/scripts they start resolve relative paths from it."""
+  before = os.getcwd()
+  yield
+  after = os.getcwd()
+  if after != before:
+    os.chdir(before)
+    pytest.fail(f"the test left the working directory at {after!r} (was {before!r})")

@@ -175,6 +175,15 @@ def test_the_headline_marks_the_ceiling_and_tags_its_columns():
                            "lane, 24x) |")
   record["search"]["point"]["speedup"] = 23.87  # 0.54% below: not the ceiling
   assert job.headline(record).splitlines()[4].endswith("| 23.870x |")
+  # The search row says what the search returned: nothing, one P everywhere, one P per kernel.
+  for precisions, chose_global, label in (
+      ({}, False, "nothing morphed: no map of the search's grid met the budget"),
+      ({"*": 0.05}, True, "the search's answer: one P = 0.05 for every kernel"),
+      ({"a": 0.5, "b": 0.5}, False, "the search's answer: P = 0.5 for each kernel it names"),
+      ({"a": 0.5, "b": 0.1}, False, "one P per kernel")):
+    record["search"]["point"]["precisions"] = precisions
+    record["search"]["chose_global"] = chose_global
+    assert f"`fewest_ones`, {label} (the search" in job.headline(record).splitlines()[4]
 
 
 def test_the_results_summary_is_the_pages_own():

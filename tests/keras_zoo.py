@@ -323,3 +323,18 @@ def custom_objects(name):
     from tf_keras.src.applications import convnext  # pylint: disable=import-outside-toplevel
     return {"LayerScale": convnext.LayerScale}
   return None
+
+
+def export_conv_dense(directory, filters: int, units: int, input_name=None, seed: int = 5):
+  """Exports (Keras 3) a Conv2D(filters, 3) -> Flatten -> Dense(units) model on
+  6x6x2 inputs, its weights standard normal from `seed`, to directory/"m";
+  returns that path (the converter tests' small SavedModel)."""
+  inputs = keras.Input((6, 6, 2), name=input_name)
+  x = keras.layers.Conv2D(filters, 3, name="conv")(inputs)
+  x = keras.layers.Flatten()(x)
+  outputs = keras.layers.Dense(units, name="fc")(x)
+  model = keras.Model(inputs, outputs)
+  rng = np.random.default_rng(seed)
+  model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.weights])
+  model.export(str(directory / "m"), verbose=False)
+  return directory / "m"

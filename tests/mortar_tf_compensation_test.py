@@ -180,3 +180,26 @@ def test_bad_input_is_refused():
     compensation.compensate(w, stats, SPECS[0], damping=0.0)
   with pytest.raises(ValueError, match="not finite"):
     compensation.Statistics(3).add(np.float32([[1, np.inf, 0]]))
+
+
+def test_one_statistics_object_serves_many_specs_as_fresh_ones_do():
+  """The factor of H⁻¹ is kept between calls: every spec compensated through
+  one Statistics equals the same through a fresh one, bit for bit, and rows
+  added later are counted (the kept factor is dropped)."""
+  w, x, _ = _problem(d=30, n=5, samples=300, seed=3)
+  shared = _stats(x[:200])
+  specs = [morphing.MorphSpec.create(m, p) for m in ("paper", "fewest_ones")
+           for p in (0.01, 0.1, 0.3)]
+  for spec in specs + specs[::-1]:
+    kept = compensation.compensate(w, shared, spec)
+    fresh = compensation.compensate(w, _stats(x[:200]), spec)
+    assert kept.morphed.tobytes() == fresh.morphed.tobytes(), spec
+    assert kept.bias_shift.tobytes() == fresh.bias_shift.tobytes()
+  shared.add(x[200:])
+  later = compensation.compensate(w, shared, specs[0])
+  again = _stats(x[:200])
+  again.add(x[200:])
+  fresh = compensation.compensate(w, again, specs[0])
+  assert later.morphed.tobytes() == fresh.morphed.tobytes()
+  assert later.premorph.tobytes() != compensation.compensate(
+      w, _stats(x[:200]), specs[0]).premorph.tobytes()

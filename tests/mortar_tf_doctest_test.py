@@ -8,6 +8,7 @@ import pytest
 
 MODULES = ["mortar_tf", "mortar_tf.backends", "mortar_tf.native", "mortar_tf.bits", "mortar_tf.morphing", "mortar_tf.morph_tf", "mortar_tf.ops",
            "mortar_tf.report", "mortar_tf.table", "mortar_tf.analyze", "mortar_tf.precision_map",
+           "mortar_tf.archive",
            "mortar_tf.keras.registry", "mortar_tf.keras.saving", "mortar_tf.keras.wrapper", "mortar_tf.keras.apply", "mortar_tf.keras.callbacks",
            "mortar_tf.estimator.engines", "mortar_tf.explore.metrics", "mortar_tf.files",
            "mortar_tf.explore.results_page", "mortar_tf.explore.knapsack",

@@ -313,3 +313,155 @@ def test_layer_names_are_short_and_keep_both_ends():
   assert short[3] == "a" * 14 + "…" + "_a_long_name_12"  # 14 + 1 + 15 = 30 characters
   assert results_page.middle_ellipsis("abcdef", 6) == "abcdef"
   assert results_page.middle_ellipsis("abcdefgh", 5) == "ab…gh"
+
+
+def _with_compensation(record, plain_drops, comp_drops, paper=(0.7, 0.8), searches=(3.0, 4.5),
+                       scored=300):
+  """The record with a compensation section: fewest_ones at P = 0.01 and 0.1
+  dropping `plain_drops` plain and `comp_drops` compensated, paper at 0.1
+  scoring `paper` (plain, compensated), the two searches' aligned ratios
+  `searches` (plain, compensated; None: nothing within budget)."""
+  record = copy.deepcopy(record)
+  original = record["metric"]["original"]
+  points = []
+  for compensated, drops in ((False, plain_drops), (True, comp_drops)):
+    for p, drop in zip((0.01, 0.1), drops):
+      q = _pt(p, original - drop, original, 2.0, 3.0 + 10 * p, 4.0, 3.0)
+      q["method"] = "fewest_ones"
+      q["settings"] = {"precision": p, **({"compensated": True} if compensated else {})}
+      points.append(q)
+    q = _pt(0.1, paper[compensated], original, 2.0, 4.0, 6.0, 4.0)
+    q["method"] = "paper"
+    q["settings"] = {"precision": 0.1, **({"compensated": True} if compensated else {})}
+    points.append(q)
+
+  def search(aligned):
+    if aligned is None:
+      return {"precisions": {}, "chose_global": False, "point": None, "held_out": None}
+    return {"precisions": {"fc": 0.3}, "chose_global": False,
+            "point": _pt(None, original, original, 2.0, aligned, 5.0, 4.0),
+            "held_out": {"samples": 150, "value": original, "drop": 0.0}}
+
+  record["compensation"] = {"calibration_samples": 100, "scored_samples": scored,
+                            "search_samples": 150, "held_out_samples": scored - 150,
+                            "sweep": {"points": points, "original_metric": original},
+                            "search_plain": search(searches[0]),
+                            "search": search(searches[1])}
+  return record
+
+
+def _compensation_bullet(records):
+  return _bullet("\n".join(results_page._summary(records, 0.1)), "Error-compensated")
+
+
+def test_the_compensation_sentence_flips_with_its_records():
+  # a: compensation lifts the largest P within budget 0.01 -> 0.1; b: it keeps
+  # it at 0.01; c: nothing within budget plain, 0.01 compensated.
+  a = _with_compensation(_full("a"), (0.0, 0.05), (0.0, 0.005))
+  b = _with_compensation(_full("b"), (0.0, 0.05), (0.005, 0.05), paper=(0.8, 0.7),
+                         searches=(3.0, 3.0))
+  c = _with_compensation(_full("c"), (0.05, 0.05), (0.0, 0.05), paper=(0.8, 0.801),
+                         searches=(None, 3.0))
+  line = _compensation_bullet([a, b, c])
+  assert ("largest `fewest_ones` P within the budget (plain → compensated) rises on 2 of the 3 "
+          "models (a 0.01 → 0.1, c none → 0.01) and stays on 1 (b 0.01 → 0.01)") in line
+  # paper at 0.1: a better (0.8 against 0.7), b worse, c a tie (within 1/300).
+  assert ("scores better on 1 of the 3 models (a), the same within the resolution on 1 (c) "
+          "and worse on 1 (b) than the plain one") in line
+  assert "reaches 1.00x to 1.50x the aligned ratio of the plain search's" in line
+  assert "sparser on 1 of the 2 models (a) and as sparse within 0.5% on 1 (b)" in line
+  assert ("The plain search returned no map that met the budget held out on c, where the "
+          "compensated one reached 3.00x aligned.") in line
+  d = _with_compensation(_full("d"), (0.0, 0.05), (0.0, 0.05), searches=(3.0, None))
+  e = _with_compensation(_full("e"), (0.0, 0.05), (0.0, 0.05), searches=(None, None))
+  f = _with_compensation(_full("f"), (0.0, 0.05), (0.0, 0.05), searches=(None, 2.5))
+  line = _compensation_bullet([a, c, d, e, f])
+  assert ("The plain search returned no map that met the budget held out on c (3.00x) and f "
+          "(2.50x), where the compensated one reached the aligned ratios in brackets.") in line
+  assert "The compensated search returned no map that met the budget held out on d, where" in line
+  assert "Neither search returned a map that met the budget held out on e." in line
+  # One model, and the rule turns the other way.
+  line = _compensation_bullet([_with_compensation(_full("a"), (0.0, 0.0), (0.0, 0.05),
+                                                  searches=(4.5, 3.0))])
+  assert "(plain → compensated) falls on a 0.1 → 0.01." in line
+  assert "reaches 0.67x the aligned ratio of the plain search's: less sparse on a." in line
+  assert "of the 1" not in line and "1 models" not in line
+
+
+def test_records_without_compensation_leave_the_section_out():
+  text = _page([_full("a")])
+  assert "Error-compensated" not in text and "compensation table" not in text
+  text = _page([_with_compensation(_full("a"), (0.0, 0.05), (0.0, 0.0))])
+  assert "## Error-compensated morphing (beyond the paper)" in text
+  row = next(l for l in text.splitlines() if l.startswith("| **a** | 100 / 150 + 150"))
+  assert "| P=0.01: 90.00%, 3.10x, 4.00x | P=0.1: 90.00%, 4.00x, 4.00x |" in row
+  assert "the compensation table's searches (plain and compensated) are held out" in text
+
+
+def _with_formats(record, searched, half, int8, int8_error=None):
+  """Formats rows: (compressed x, drop) for the searched map, float16 and
+  int8 (None: no such row); int8_error makes the int8 row an error."""
+  record = copy.deepcopy(record)
+  original = record["metric"]["original"]
+
+  def row(name, pair, **extra):
+    x, drop = pair
+    return {"name": name, "label": name, "metric": original - drop, "drop": drop,
+            "weights": 100, "raw_bytes": 400, "zlib_bytes": int(370 / x),
+            "compressed_x": x, **extra}
+  rows = [row("float32", (1.0, 0.0))]
+  if searched is not None:
+    rows.append(row("searched", searched, morphed_kernels=1))
+  rows.append(row("float16", half, overflow=0, flushed_to_zero=0))
+  if int8_error:
+    rows.append({"name": "int8", "label": "int8", "error": int8_error})
+  else:
+    rows.append(row("int8", int8, int8_weights=90, float32_weights=10, other_weights=0,
+                    file_bytes=2_000_000, file_gzip_bytes=1_500_000))
+  record["formats"] = {"version": 2, "rows": rows, "seconds": 1.0}
+  return record
+
+
+def _downloads(records):
+  return _bullet("\n".join(results_page._summary(records, 0.1)), "Smaller downloads")
+
+
+def test_the_downloads_sentence_says_where_morphing_loses():
+  # a: morphing 4x beats float16 2x and int8 3.5x; b: int8 4.5x in budget beats
+  # morphing 2.5x; c: int8 out of budget, float16 2x beats morphing 1.5x.
+  a = _with_formats(_full("a"), (4.0, 0.005), (2.0, 0.0), (3.5, 0.0))
+  b = _with_formats(_full("b"), (2.5, 0.01), (2.0, 0.0), (4.5, 0.002))
+  c = _with_formats(_full("c"), (1.5, 0.0), (2.0, 0.0), (3.0, 0.02))
+  line = _downloads([a, b, c])
+  assert "morphing shrinks the kernels' zlib 9 bytes 1.50x to 4.00x (3 of 3 models)" in line
+  assert "a float16 cast 2.00x within budget on 3 of 3" in line
+  assert "TFLite's dynamic-range int8 3.50x to 4.50x within budget on 2 of 3" in line
+  assert ("Morphing loses where int8 ships fewer bytes within budget on b; float16 on c (int8 and "
+          "float16 change the number format the runtime reads; morphed kernels stay float32)."
+          ) in line
+  line = _downloads([a])
+  assert "No other format within budget ships fewer bytes on any model." in line
+  # A searched map over budget does not count for morphing.
+  line = _downloads([_with_formats(_full("d"), (6.0, 0.05), (2.0, 0.0), (3.0, 0.0))])
+  assert "morphing shrinks the kernels' zlib 9 bytes on none of the models" in line
+  assert "int8 ships fewer bytes within budget on d; float16 on d" in line
+  line = _downloads([b, _with_formats(_full("e"), (2.0, 0.0), (1.5, 0.0), (4.0, 0.0))])
+  assert ("int8 ships fewer bytes within budget on b and e (int8 changes the number format the "
+          "runtime reads") in line
+
+
+def test_the_formats_table_shows_each_cell_and_errors_say_so():
+  a = _with_formats(_full("a"), (4.0, 0.005), (2.0, 0.0), (3.5, 0.02))
+  b = _with_formats(_full("b"), None, (2.0, 0.0), None, int8_error="TFLite could not convert it: x")
+  text = _page([a, b])
+  assert "## Smaller downloads: morphing beside float16 and int8 (measured)" in text
+  row_a = next(l for l in text.splitlines() if l.startswith("| **a** | accuracy ≥ 89% | 0.00 MB"))
+  assert "| **4.00x**, 89.50% (-0.50 pt) |" in row_a
+  assert "**3.50x**, 88.00% (-2.00 pt) ✗" in row_a  # over the budget of 1 pt
+  assert "10.0% of the kernel weights left float32" in row_a
+  row_b = next(l for l in text.splitlines() if l.startswith("| **b** | accuracy ≥ 89% | 0.00 MB"))
+  assert "| TFLite could not convert it: x |" in row_b
+  assert "Without this section" not in text
+  text = _page([a, _full("c")])
+  assert "Without this section: c (records made before it" in text
+  assert "## Smaller downloads" not in _page([_full("c")])

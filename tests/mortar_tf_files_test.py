@@ -17,7 +17,7 @@ FILE, FOLDER, TREE = files.FILE, files.FOLDER, files.TREE
 
 
 @pytest.fixture
-def layout(tmp_path):
+def layout(tmp_path, monkeypatch):
   """in/ (a SavedModel-like directory), data.npz, out/, a symlink to in/,
   a symlink to data.npz, a hard link to data.npz."""
   (tmp_path / "in" / "variables").mkdir(parents=True)
@@ -27,7 +27,7 @@ def layout(tmp_path):
   os.symlink(tmp_path / "in", tmp_path / "in_link")
   os.symlink(tmp_path / "data.npz", tmp_path / "data_link.npz")
   os.link(tmp_path / "data.npz", tmp_path / "data_hard.npz")
-  os.chdir(tmp_path)
+  monkeypatch.chdir(tmp_path)  # undone after the test
   return tmp_path
 
 

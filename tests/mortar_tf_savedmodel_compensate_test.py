@@ -21,6 +21,7 @@ import tensorflow as tf
 import installed_tool
 import spec_reference
 from mortar_tf import compensation
+from mortar_tf import morphing
 from mortar_tf import savedmodel
 from mortar_tf.keras import compat
 from mortar_tf.keras.compat import keras
@@ -465,3 +466,68 @@ def test_a_keras_calibration_brings_its_settings_and_projection_keeps_the_ball(m
   with pytest.raises(ValueError, match="statistics from the original model"):
     savedmodel.convert(str(src), str(tmp_path / "o2"), "paper", P,
                        compensate=calibration_lib.Calibration(data, statistics="morphed"))
+
+
+@pytest.mark.parametrize("kind", ["keras", "module"])
+def test_exploration_compensates_a_savedmodel_as_the_converter_writes_it(converted, kind):
+  """The search and sweep's compensator over a loaded SavedModel assigns the
+  same kernels, biases and means, bit for bit, as convert(compensate=) writes
+  with the same calibration inputs; the sweep's compensated row scores the
+  converted model's outputs; every variable is restored afterwards."""
+  from mortar_tf import explore  # pylint: disable=import-outside-toplevel
+  from mortar_tf.explore import in_place  # pylint: disable=import-outside-toplevel
+  src, _, dst, _, _, name = converted[kind]
+  model = explore.models.load(str(src))
+  kernels = explore.models.model_kernels(model)
+  calibration = _calibration(name, 256, 1)[name]
+  compensator = in_place.compensator(model, kernels, calibration)
+  spec = morphing.MorphSpec.create("paper", P)
+  done = compensator.values({id(k.variable): spec for k in kernels})
+  written = _checkpoint(dst)
+  before = _checkpoint(src)
+  keys = {id(v): k for k, v in compensator.objects.items()}
+  changed = {k for k in written if written[k].tobytes() != before[k].tobytes()}
+  assigned = {keys[i] for i in done.values}
+  # Every value the converter changed is assigned (a Keras 3 twin is read by
+  # no op: its partner stands for it), and each assigned value is the written one.
+  for key in assigned:
+    assert done.values[id(compensator.objects[key])].tobytes() == written[key].tobytes(), key
+  twins = changed - assigned
+  assert all(any(written[t].tobytes() == written[a].tobytes() for a in assigned) for t in twins)
+  assert len(done.results) == 3 and not done.plain
+  x = np.random.default_rng(5).standard_normal((40, 8, 8, 3)).astype(np.float32)
+  expected = _outputs(dst, name, x)
+  original = _outputs(src, name, x)
+
+  def mse(m):
+    return float(np.mean((m.predict(x).astype(np.float64) - original) ** 2))
+
+  swept = explore.sweep(model, explore.Metric("mse", mse, higher_is_better=False),
+                        {"paper": [P]}, compensate=calibration, estimate_speedup=False)
+  row = next(p for p in swept.points if p.settings.get("compensated"))
+  assert row.metric == pytest.approx(float(np.mean((expected - original) ** 2)), rel=1e-6)
+  assert all(k.variable.numpy().tobytes() == k.original.tobytes() for k in kernels)
+  for key, variable in compensator.objects.items():
+    assert variable.numpy().tobytes() == before[key].tobytes(), key
+
+
+def test_a_compensated_sweep_row_of_a_savedmodel_is_estimated_on_its_own_values(converted):
+  """Bias correction alone leaves the kernels plain: the compensated row's
+  estimate (the loaded SavedModel saved again with the values assigned) must
+  equal the plain row's, which the estimator morphs itself."""
+  from mortar_tf import explore  # pylint: disable=import-outside-toplevel
+  from mortar_tf.keras import Calibration  # pylint: disable=import-outside-toplevel
+  src, _, _, _, _, name = converted["module"]
+  model = explore.models.load(str(src))
+  x = np.random.default_rng(6).standard_normal((16, 8, 8, 3)).astype(np.float32)
+  metric = explore.Metric("mse", lambda m: float(np.mean(m.predict(x) ** 2)),
+                          higher_is_better=False)
+  bias_only = Calibration(_calibration(name, 64, 1)[name], error=False, bias=True)
+  swept = explore.sweep(model, metric, {"paper": [P, 0.3]}, compensate=bias_only)
+  for p in (P, 0.3):
+    plain, comp = [r for r in swept.points if r.settings["precision"] == p]
+    assert comp.settings.get("compensated") and not plain.settings.get("compensated")
+    assert comp.speedup == pytest.approx(plain.speedup, rel=1e-12)
+    assert comp.speedup_unmorphed == pytest.approx(plain.speedup_unmorphed, rel=1e-12)
+    assert comp.ratio == plain.ratio
+  assert swept.points[0].speedup > 1

@@ -23,20 +23,12 @@ from mortar_tf import files
 from mortar_tf import savedmodel
 
 import installed_tool
+import keras_zoo
 
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
-  d = tmp_path_factory.mktemp("out")
-  inputs = keras.Input((6, 6, 2), name="image")
-  x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
-  x = keras.layers.Flatten()(x)
-  outputs = keras.layers.Dense(4, name="fc")(x)
-  model = keras.Model(inputs, outputs)
-  rng = np.random.default_rng(5)
-  model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.weights])
-  model.export(str(d / "m"), verbose=False)
-  return d / "m"
+  return keras_zoo.export_conv_dense(tmp_path_factory.mktemp("out"), 8, 4, input_name="image")
 
 
 def _entries(tmp_path):

@@ -3,7 +3,6 @@
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +10,7 @@ import tensorflow as tf
 import mortar_tf
 
 import installed_tool
+import keras_zoo
 
 TOOL = installed_tool.path("mortar-morph")
 
@@ -21,16 +21,7 @@ def _run(*args):
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
-  d = tmp_path_factory.mktemp("tool")
-  inputs = keras.Input((6, 6, 2))
-  x = keras.layers.Conv2D(3, 3, name="conv")(inputs)
-  x = keras.layers.Flatten()(x)
-  outputs = keras.layers.Dense(4, name="fc")(x)
-  model = keras.Model(inputs, outputs)
-  rng = np.random.default_rng(5)
-  model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.weights])
-  model.export(str(d / "m"), verbose=False)
-  return d / "m"
+  return keras_zoo.export_conv_dense(tmp_path_factory.mktemp("tool"), 3, 4)
 
 
 def _values(path):

@@ -23,7 +23,7 @@ FILE, FOLDER, TREE = "file", "folder", "tree"
 
 # tool: (module, {output flag: kind}, [input flags], [string flags that are not paths])
 TOOLS = {
-    "mortar-morph": ("morph_saved_model", {"output": TREE, "report": FILE},
+    "mortar-morph": ("morph_saved_model", {"output": TREE, "report": FILE, "archive": FILE},
                      ["input", "verify_inputs", "precision_map", "calibration"],
                      ["signature", "input_shape"]),
     "mortar-estimate": ("estimate", {"csv": FILE, "json": FILE, "plots_dir": FOLDER},

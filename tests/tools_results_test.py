@@ -24,6 +24,7 @@ import installed_tool
 import tf_modules
 import spec_reference
 from mortar_tf import estimator
+from mortar_tf import keras as mortar_keras
 from mortar_tf.estimator import engines as engines_lib
 from mortar_tf.explore import evaluation
 from mortar_tf.explore import results_page
@@ -420,3 +421,96 @@ def test_a_partly_estimated_model_is_flagged_on_the_page_and_stderr(tmp_path):
   text = page.read_text()
   assert "**50.0% of the weight MACs**" in text
   assert "The estimates of sliced (50.0% of the weight MACs) cover only part of the model" in text
+
+
+def test_the_compensation_section_is_what_either_route_gives_on_the_samples_apart(job, tmp_path):
+  """The first min(256, 400 // 4) = 100 samples calibrate, the other 300
+  score (150 searched + 150 held out). The Keras record's compensated row is
+  compensate_model's copy scored on those 300; the SavedModel record's is
+  the converter's compensated SavedModel, its agreement with the original on
+  them; both records' plain rows are the plain morph's."""
+  from mortar_tf import savedmodel  # pylint: disable=import-outside-toplevel
+  from mortar_tf.keras import compensate_model  # pylint: disable=import-outside-toplevel
+  x, y = job["x"], job["y"]
+  calibration, scored, labels = x[:100], x[100:], y[100:]
+  records = {name: _record(job, name)["compensation"] for name in ("cnn", "cnn_saved")}
+  for section in records.values():
+    assert (section["calibration_samples"], section["scored_samples"],
+            section["search_samples"], section["held_out_samples"]) == (100, 300, 150, 150)
+    for key in ("search", "search_plain"):
+      assert section[key]["held_out"]["samples"] == 150
+    assert section["search"]["compensation"]["samples"] == 100
+
+  def row(section, p, compensated):
+    return next(q for q in section["sweep"]["points"] if q["method"] == "fewest_ones"
+                and q["settings"]["precision"] == p
+                and bool(q["settings"].get("compensated")) == compensated)
+
+  copy, _ = compensate_model(job["model"], "fewest_ones", 0.1, calibration=calibration)
+  accuracy = float(np.mean(np.argmax(copy.predict(scored, verbose=0), -1) == labels))
+  assert row(records["cnn"], 0.1, True)["metric"] == accuracy
+  plain = mortar_keras.strip_morphing(mortar_keras.morph_model(job["model"], "fewest_ones", 0.1))
+  accuracy = float(np.mean(np.argmax(plain.predict(scored, verbose=0), -1) == labels))
+  assert row(records["cnn"], 0.1, False)["metric"] == accuracy
+
+  src = job["dir"] / "cnn_saved"
+  dst = tmp_path / "compensated"
+  savedmodel.convert(str(src), str(dst), "fewest_ones", 0.1, compensate=calibration)
+  fn = tf.saved_model.load(str(dst)).signatures["serving_default"]
+  original = np.argmax(job["model"].predict(scored, verbose=0), -1)
+  morphed = np.argmax(next(iter(fn(tf.constant(scored)).values())).numpy(), -1)
+  assert row(records["cnn_saved"], 0.1, True)["metric"] == pytest.approx(
+      float(np.mean(morphed == original)), abs=1e-12)
+
+
+def test_the_compensation_table_says_what_its_records_hold(job):
+  page = (job["dir"] / "docs" / "results.md").read_text()
+  table = page[page.index("## Error-compensated morphing"):page.index("## Speedups")]
+  for name in ("cnn", "cnn_saved"):
+    record = _record(job, name)
+    section = record["compensation"]
+    line = next(l for l in table.splitlines() if l.startswith(f"| **{name}** |"))
+    cells = line.split(" | ")
+    assert cells[1] == "100 / 150 + 150"
+    for cell, compensated in ((cells[3], False), (cells[4], True)):
+      inside = [q for q in section["sweep"]["points"] if q["method"] == "fewest_ones"
+                and bool(q["settings"].get("compensated")) == compensated
+                and q["drop"] <= record["metric"]["budget"] + 1e-12]
+      if inside:  # the largest P of the grid within the budget, worked out here
+        assert cell.startswith(f"P={max(q['settings']['precision'] for q in inside):g}: ")
+      else:
+        assert cell == "none of the grid"
+  assert "Error-compensated morphing** (beyond the paper" in page
+
+
+def test_the_formats_section_scores_each_format_and_is_added_to_older_records(job, tmp_path):
+  """The run's formats rows against the record's own search, and a record
+  made before the section (its formats removed) gets that section alone:
+  every other part stays as it was."""
+  record = _record(job, "cnn")
+  rows = {r["name"]: r for r in record["formats"]["rows"]}
+  assert list(rows) == ["float32", "searched", "global", "float16", "int8"]
+  assert rows["float32"]["metric"] == record["metric"]["original"]
+  assert rows["searched"]["metric"] == record["search"]["point"]["metric"]
+  kernels = [np.asarray(w) for w in job["model"].get_weights() if w.ndim > 1]
+  assert rows["float32"]["raw_bytes"] == 4 * sum(k.size for k in kernels)
+  assert "## Smaller downloads: morphing beside float16 and int8 (measured)" in (
+      job["dir"] / "docs" / "results.md").read_text()
+  shutil.copytree(job["dir"] / "work", tmp_path / "work")
+  old = json.loads(json.dumps(record))
+  del old["formats"], old["seconds"]["formats"]
+  old["settings"].pop("formats")
+  (tmp_path / "work" / "cnn.json").write_text(json.dumps(old))
+  args = [job["args"][0], f"--work_dir={tmp_path / 'work'}", f"--page={tmp_path / 'page.md'}",
+          *GRID]
+  result = _run(*args)
+  assert result.returncode == 0, result.stderr
+  assert "cnn: kept its record and measures what it lacks (formats)" in result.stderr
+  assert "cnn_saved: kept its record" in result.stderr
+  new = json.loads((tmp_path / "work" / "cnn.json").read_text())
+  changed = {"formats", "seconds", "settings", "machine"}
+  assert {k: v for k, v in new.items() if k not in changed} == {
+      k: v for k, v in old.items() if k not in changed}
+  assert new["formats"]["rows"] == record["formats"]["rows"]  # measured again, the same
+  assert new["settings"]["formats"] is True
+  assert "## Smaller downloads" in (tmp_path / "page.md").read_text()

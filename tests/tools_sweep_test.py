@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import zlib
 
 import keras
 import numpy as np
@@ -59,8 +60,9 @@ def test_sweep_and_search(files, tmp_path):
   with open(out / "sweep.csv", newline="", encoding="utf-8") as f:
     rows = list(csv.reader(f))
   assert rows[0] == ["method", "setting", "precisions", "accuracy", "drop", "ratio_significand",
-                     "ratio_word", "ratio_aligned", "speedup_over_stripes",
-                     "speedup_over_unmorphed"]
+                     "ratio_word", "ratio_aligned", "ratio_compressed", "speedup_over_stripes",
+                     "speedup_over_unmorphed", "compressed_bytes", "compressed_bytes_original",
+                     "raw_bytes", "ratio_compressed_zstd", "compressed_bytes_zstd"]
   model = keras.models.load_model(files / "m.keras")
   data = np.load(files / "data.npz")
   x, y = data["x"], data["y"]
@@ -102,6 +104,7 @@ def test_sweep_and_search(files, tmp_path):
 
   base_ones, base_stripes, base_mortar = _ones(originals), _stripes(originals), \
       _mortar(originals)
+  base_zlib = _zlib(originals)
   original_accuracy = accuracy(originals)
   assert original_accuracy == 1.0  # the labels are the model's own predictions
   for row, kernels, (method, settings) in zip(
@@ -116,9 +119,19 @@ def test_sweep_and_search(files, tmp_path):
     assert numbers[1] == pytest.approx(original_accuracy - acc, abs=1e-12), row
     for value, domain in zip(numbers[2:5], ("significand", "word", "aligned")):
       assert value == pytest.approx(base_ones[domain] / ones[domain], rel=1e-12), (row, domain)
-    assert numbers[5] == pytest.approx(base_stripes / _mortar(kernels), rel=1e-12), row
-    assert numbers[6] == pytest.approx(base_mortar / _mortar(kernels), rel=1e-12), row
+    # compressed x: zlib 9 of each kernel alone, summed, original over morphed.
+    assert numbers[5] == base_zlib / _zlib(kernels), row
+    assert numbers[6] == pytest.approx(base_stripes / _mortar(kernels), rel=1e-12), row
+    assert numbers[7] == pytest.approx(base_mortar / _mortar(kernels), rel=1e-12), row
+    assert numbers[8:11] == [_zlib(kernels), base_zlib, 4 * sum(k.size for k in kernels)], row
   assert float(search_row[4]) <= 0.02 + 1e-12  # the search met its budget
+  # The printed table's `compressed x` column: each row's value, as recomputed.
+  lines = result.stdout.splitlines()
+  assert any(line.startswith("method") and "  compressed x  " in line for line in lines)
+  for kernels, (method, settings) in zip(morphed_rows, expected_settings):
+    label = ", ".join(f"{k}={v}" for k, v in settings.items())
+    line = next(l for l in lines if l.startswith(method) and f" {label} " in l)
+    assert f"{base_zlib / _zlib(kernels):.3f}x" in line.split(), line
 
   # The JSON holds the same numbers, and the search stayed within its cap.
   record = json.loads((out / "sweep.json").read_text())
@@ -126,11 +139,19 @@ def test_sweep_and_search(files, tmp_path):
   assert len(points) == len(rows) - 1
   for point, row in zip(points, rows[1:]):
     assert [point["metric"], point["drop"], point["ratio"]["significand"],
-            point["ratio"]["word"], point["ratio"]["aligned"], point["speedup"],
-            point["speedup_unmorphed"]] == [float(v) for v in row[3:]]
+            point["ratio"]["word"], point["ratio"]["aligned"],
+            point["compressed"]["zlib"]["ratio"], point["speedup"],
+            point["speedup_unmorphed"], point["compressed"]["zlib"]["morphed_bytes"],
+            point["compressed"]["zlib"]["original_bytes"],
+            point["compressed"]["raw_bytes"]] == [float(v) for v in row[3:14]]
   search = record["search"]
   assert search["precisions"] == chosen
   assert search["evaluations"] <= search["max_evaluations"] == 30
+
+
+def _zlib(kernels):
+  """zlib level 9 bytes of each kernel's float32 little-endian bytes alone, summed."""
+  return sum(len(zlib.compress(np.asarray(k).astype("<f4").tobytes(), 9)) for k in kernels)
 
 
 def _ones(kernels):
@@ -153,6 +174,45 @@ def _mortar(kernels):
   at least 1 (spec_reference's loops)."""
   return sum(max(1, lane_max) for k in kernels
              for lane_max, _ in ref.engine_group_figures(k, (0,), 64, 24, 8))
+
+
+def test_objective_size_is_never_larger_than_the_best_global_p(files, tmp_path):
+  """--objective=size: the searched map's kernels compress (zlib 9, each
+  alone, recomputed here) to no more bytes than those of any global P of the
+  grid that meets the budget (every P scored here)."""
+  out = tmp_path / "out"
+  grid = [0.01, 0.05, 0.2, 1.0]
+  result = _run(f"--model={files / 'm.keras'}", f"--data={files / 'data.npz'}",
+                "--methods=round", "--keep_bits=10", "--budget=0.02", "--objective=size",
+                f"--search_precisions={','.join(map(str, grid))}", f"--out_dir={out}",
+                "--held_out=0")
+  assert result.returncode == 0, result.stderr
+  model = keras.models.load_model(files / "m.keras")
+  data = np.load(files / "data.npz")
+  originals = [layer.kernel.numpy() for layer in model.layers]
+
+  def accuracy(kernels):
+    for layer, kernel in zip(model.layers, kernels):
+      layer.kernel.assign(kernel)
+    return float(np.mean(np.argmax(model.predict(data["x"], verbose=0), -1) == data["y"]))
+
+  fits = {}
+  for p in grid:
+    kernels = [mortar_tf.morph(k, "fewest_ones", p, backend="numpy") for k in originals]
+    if accuracy(kernels) >= 1.0 - 0.02 - 1e-12:
+      fits[p] = _zlib(kernels)
+  assert fits  # some global P meets the budget
+  record = json.loads((out / "sweep.json").read_text())
+  search = record["search"]
+  assert search["objective"] == "size"
+  chosen = search["precisions"]
+  names = [layer.name for layer in model.layers]
+  found = [k if chosen.get(n, chosen.get("*")) is None else
+           mortar_tf.morph(k, "fewest_ones", chosen.get(n, chosen.get("*")), backend="numpy")
+           for n, k in zip(names, originals)]
+  assert accuracy(found) >= 1.0 - 0.02 - 1e-12
+  assert search["point"]["compressed"]["zlib"]["morphed_bytes"] == _zlib(found)
+  assert _zlib(found) <= min(fits.values())
 
 
 @pytest.mark.parametrize("args,message", [
@@ -248,3 +308,38 @@ def test_calibration_samples_without_compensate_is_a_usage_error(files, tmp_path
   assert result.returncode == 1
   assert "give --compensate too" in result.stderr
   assert not (tmp_path / "x").exists()
+
+
+def test_a_savedmodel_takes_its_own_dtype_and_one_input_or_says_so(files, tmp_path):
+  """float64 data for a float32 signature is refused in one line (nothing is
+  cast silently), as mortar-morph refuses it; a two-input signature is named
+  as such, without the converter's --input_shape advice this tool has no flag for."""
+  module = tf_modules.SlicedWeight()
+  tf.saved_model.save(module, str(tmp_path / "sliced"), signatures=module.__call__)
+  x = np.load(files / "data.npz")["x"].astype(np.float64)
+  np.savez(tmp_path / "f64.npz", x=x)
+  result = _run(f"--model={tmp_path / 'sliced'}", f"--data={tmp_path / 'f64.npz'}",
+                "--metric=mse", "--methods=paper", "--precisions=0.1", "--nosearch",
+                f"--out_dir={tmp_path / 'out'}")
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+  assert "the inputs are float64" in result.stderr and "takes float32" in result.stderr
+  assert not (tmp_path / "out").exists()
+
+  class TwoInputs(tf.Module):
+    def __init__(self):
+      super().__init__()
+      self.w = tf.Variable(np.ones((6, 3), np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32, name="a"),
+                                  tf.TensorSpec([None, 6], tf.float32, name="b")])
+    def __call__(self, a, b):
+      return {"y": tf.matmul(a, self.w) + tf.matmul(b, self.w)}
+
+  two = TwoInputs()
+  tf.saved_model.save(two, str(tmp_path / "two"), signatures=two.__call__)
+  result = _run(f"--model={tmp_path / 'two'}", f"--data={files / 'data.npz'}", "--metric=mse",
+                "--methods=paper", "--precisions=0.1", "--nosearch",
+                f"--out_dir={tmp_path / 'out2'}")
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+  assert "exploration needs a signature with one input" in result.stderr
+  assert "--input_shape" not in result.stderr

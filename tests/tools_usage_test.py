@@ -23,6 +23,8 @@ CASES = [
     ("mortar-estimate", ["--saved_model=m", "--bogus=1"], "Unknown command line flag 'bogus'"),
     ("mortar-sweep", ["--model=m.keras", "--data=d.npz", "--budget=abc"], "--budget"),
     ("mortar-analyze", ["--model=m.keras", "--domain=bits"], "--domain"),
+    ("mortar-analyze", ["--model=m.keras", "--domain=compressed", "--nocompressed"],
+     "--domain=compressed needs the compressed sizes"),
 ]
 
 

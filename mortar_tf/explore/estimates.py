@@ -44,14 +44,9 @@ class ModelEstimator:
     if isinstance(self.model, models.LoadedSavedModel):
       return self.model.path
     if self.dir is None:
-      import tensorflow as tf  # pylint: disable=import-outside-toplevel
-      from mortar_tf.keras.compat import IS_KERAS3  # pylint: disable=import-outside-toplevel
       self.dir = tempfile.mkdtemp(prefix="mortar_explore_")
-      path = os.path.join(self.dir, "model")
-      if IS_KERAS3:
-        self.model.export(path, verbose=False)
-      else:
-        tf.saved_model.save(self.model, path)
+      from mortar_tf.keras import saving  # pylint: disable=import-outside-toplevel
+      saving.export_saved_model(self.model, os.path.join(self.dir, "model"))
     return os.path.join(self.dir, "model")
 
   def __call__(self, method, precision=None, **kwargs):
@@ -63,23 +58,24 @@ class ModelEstimator:
   def of_values(self, pairs) -> tuple[float | None, float | None]:
     """(over stripes, over unmorphed) of the model with [(variable, value)]
     assigned as they are (compensated kernels, which no method re-creates):
-    exported with those values, estimated with round at keep_bits=23 (the
-    identity), so the "morphed" cells are the values themselves. Stripes reads
+    exported with those values (a LoadedSavedModel saved again with its
+    signature), estimated with round at keep_bits=23 (the identity), so the "morphed" cells are the values themselves. Stripes reads
     every bit, so its cycles do not depend on the values; over unmorphed is
     over stripes divided by the original weights' own."""
     from mortar_tf import estimator  # pylint: disable=import-outside-toplevel
     from mortar_tf import morphing  # pylint: disable=import-outside-toplevel
     from mortar_tf.explore import in_place  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from mortar_tf.keras.compat import IS_KERAS3  # pylint: disable=import-outside-toplevel
     scratch = tempfile.mkdtemp(prefix="mortar_explore_values_")
     try:
       path = os.path.join(scratch, "model")
       with in_place.Assigned(pairs):
-        if IS_KERAS3:
-          self.model.export(path, verbose=False)
+        if isinstance(self.model, models.LoadedSavedModel):  # saved again as loaded
+          tf.saved_model.save(self.model.loaded, path,
+                              signatures={self.model.signature: self.model.fn})
         else:
-          tf.saved_model.save(self.model, path)
+          from mortar_tf.keras import saving  # pylint: disable=import-outside-toplevel
+          saving.export_saved_model(self.model, path)
       result = estimator.estimate(path, input_shape=self.input_shape,
                                   method=morphing.MorphSpec("round", keep_bits=23))
     finally:

@@ -15,11 +15,16 @@ they leave out:
   weights morphed at the reference P, with the engines' areas;
 - what the figures need: ones per word bit position of every kernel before
   morphing, and the aligned column profile before and after morphing;
+- morphing beside a float16 cast and TFLite's dynamic-range int8, each
+  with its own score and measured compressed bytes (the "formats" section,
+  mortar_tf.explore.formats);
 - the wall time of each part.
 
 A record is a JSON file, `work_dir/NAME.json`, written when the model is
 done. `evaluate_all` skips a model whose record exists with the same settings
-(resumable), unless asked to redo it; `mortar_tf.explore.results_page` turns
+(resumable), unless asked to redo it; a record current but for a section added
+since it was made (its version is in the section) gets that section alone.
+`mortar_tf.explore.results_page` turns
 the records into the results page.
 
 Example:
@@ -47,7 +52,7 @@ from mortar_tf import morphing
 from mortar_tf.estimator import engines as engines_lib
 from mortar_tf.explore import metrics as metrics_lib
 
-RECORD_VERSION = 2  # 2: estimates carry their coverage
+RECORD_VERSION = 3  # 2: estimates carry their coverage; 3: the compensation section
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 METRICS = ("accuracy", "agreement", "mse", "psnr")
 
@@ -225,6 +230,17 @@ class Settings:
     max_evaluations: the search's cap on full evaluations.
     bitx: evaluate BitX at the column counts bracketing Mortar's sparsity.
     search: run the per-kernel search.
+    compensate: also measure error-compensated morphing (SPEC 6; the record's
+      "compensation" section): the first samples calibrate, never scored.
+    calibration_samples: at most this many calibrate, and at most a quarter
+      of the model's samples (at least 1).
+    held_out: the share of the other samples (the last ones) that the
+      compensation section's searches keep out: the map each returns must
+      meet the budget on them too.
+    formats: also measure the float16 cast and TFLite's dynamic-range int8
+      beside the morphed kernels (the record's "formats" section). A section
+      of its own: turning it on adds it to current records without redoing
+      the rest.
   """
   precisions: tuple[float, ...] = PAPER_PRECISIONS
   reference: float = 0.1
@@ -233,6 +249,10 @@ class Settings:
   max_evaluations: int = 30
   bitx: bool = True
   search: bool = True
+  compensate: bool = True
+  calibration_samples: int = 256
+  held_out: float = 0.5
+  formats: bool = True
 
   def check(self) -> None:
     """Raises ValueError naming the bad setting."""
@@ -250,6 +270,11 @@ class Settings:
       raise ValueError("the search's P grid is empty")
     if not isinstance(self.max_evaluations, int) or self.max_evaluations < 4:
       raise ValueError(f"max_evaluations must be an integer >= 4, got {self.max_evaluations!r}")
+    if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
+      raise ValueError(f"calibration_samples must be an integer >= 1, "
+                       f"got {self.calibration_samples!r}")
+    if not 0 < self.held_out < 1:
+      raise ValueError(f"held_out is a share of the samples, 0 < f < 1, got {self.held_out!r}")
 
   def to_dict(self) -> dict:
     out = dataclasses.asdict(self)
@@ -409,7 +434,9 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
   seconds = {}
   n_dse = 2 * len(settings.precisions)
   units = n_dse + (2 if settings.bitx else 0) + (settings.max_evaluations if settings.search
-                                                 else 0) + 3
+                                                 else 0) + 3 + (
+      _compensation_units(settings) if settings.compensate else 0) + (
+      _FORMATS_UNITS if settings.formats else 0)
   if progress is not None:
     progress.begin(entry.name, units)
 
@@ -423,7 +450,9 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
   seconds["load"] = time.perf_counter() - started
   t = time.perf_counter()
   grid = {"paper": list(settings.precisions), "fewest_ones": list(settings.precisions)}
-  swept = sweeps.sweep(model, metric, grid, input_shape=input_shape,
+  # compressed=False: the page shows no compressed figure yet, and zlib 9 of
+  # every row's kernels would double HED's time.
+  swept = sweeps.sweep(model, metric, grid, input_shape=input_shape, compressed=False,
                        progress=lambda d, n, label: step(1 + d, f"design space: {label}"))
   seconds["design_space"] = time.perf_counter() - t
   done = 1 + n_dse
@@ -457,6 +486,7 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
     low, high = bitx_bracket(record["columns"]["original"], target)
     counts = [c for c in (low, high) if c is not None]
     bitx = sweeps.sweep(model, metric, {"bitx": counts}, input_shape=input_shape,
+                        compressed=False,
                         progress=lambda d, n, label: step(done + d, f"bitx: {label}"))
     record["bitx"] = {"target": {"method": "paper", "precision": settings.reference,
                                  "aligned": target},
@@ -489,7 +519,7 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
 
     step(done, "search: sensitivity")
     found = search_lib.search_precisions(
-        model, metric, entry.budget, method=settings.search_method,
+        model, metric, entry.budget, compressed=False, method=settings.search_method,
         precisions=list(settings.search_precisions), max_evaluations=settings.max_evaluations,
         input_shape=input_shape, progress=search_progress)
     record["search"] = found.to_dict()
@@ -497,11 +527,137 @@ def evaluate_model(entry: ModelEntry, settings: Settings, progress: Progress | N
               if found.precisions else {})  # an empty map: nothing fits the budget
     record["columns"]["search"] = _columns(kernels, found.method, chosen)
     seconds["search"] = time.perf_counter() - t
+    done = base + settings.max_evaluations
+
+  if settings.formats:
+    base = done
+    seconds["formats"] = _add_formats(record, model, metric, kernels,
+                                      lambda d, label: step(base + d, label))
+    done += _FORMATS_UNITS
+
+  if settings.compensate:
+    t = time.perf_counter()
+    record["compensation"] = _compensation(
+        entry, settings, model, data, input_shape,
+        lambda d, label: step(done + d, f"compensation: {label}"))
+    seconds["compensation"] = time.perf_counter() - t
   seconds["total"] = time.perf_counter() - started
   record["seconds"] = seconds
   record["machine"] = machine()
   step(units, "done")
   return record
+
+
+_FORMATS_UNITS = 3
+_SECTIONS = ("formats",)  # added to a record without redoing the rest
+
+
+def _add_formats(record: dict, model, metric, kernels, step=None) -> float:
+  """Sets record["formats"]; returns its seconds. `step(units done of
+  _FORMATS_UNITS, label)`."""
+  from mortar_tf.explore import formats  # pylint: disable=import-outside-toplevel
+  t = time.perf_counter()
+  record["formats"] = formats.formats_section(
+      model, metric, kernels, record.get("search"),
+      progress=None if step is None else
+      lambda d, n, label: step(_FORMATS_UNITS * d / n, f"formats: {label}"))
+  return time.perf_counter() - t
+
+
+def missing_sections(record: dict, settings: Settings) -> list[str]:
+  """The sections `settings` asks for that `record` lacks or holds in an
+  older version."""
+  from mortar_tf.explore import formats  # pylint: disable=import-outside-toplevel
+  missing = []
+  if settings.formats and (record.get("formats") or {}).get("version") != formats.FORMATS_VERSION:
+    missing.append("formats")
+  return missing
+
+
+def add_sections(entry: ModelEntry, settings: Settings, record: dict,
+                 progress: Progress | None = None) -> dict:
+  """A copy of a current `record` with its missing sections measured (the
+  model loaded again); every other part is kept as it was."""
+  from mortar_tf.explore import models  # pylint: disable=import-outside-toplevel
+  missing = missing_sections(record, settings)
+  started = time.perf_counter()
+  if progress is not None:
+    progress.begin(entry.name, _FORMATS_UNITS * len(missing) + 1)
+    progress.step(0, "loading the model and data")
+  model, _, metric, _ = _load(entry)
+  kernels = models.model_kernels(model)
+  out = json.loads(json.dumps(record))
+  out["seconds"] = dict(out.get("seconds") or {})
+  if "formats" in missing:
+    out["seconds"]["formats"] = _add_formats(out, model, metric, kernels,
+                                             None if progress is None else
+                                             lambda d, label: progress.step(1 + d, label))
+  out["settings"] = settings.to_dict()
+  out["seconds"]["total"] = out["seconds"].get("total", 0.0) + (time.perf_counter() - started)
+  out["machine"] = machine()
+  return out
+
+
+def compensation_split(samples: int, settings: Settings) -> tuple[int, int, int]:
+  """(calibration, searched, held out) sample counts of the compensation
+  section: the first min(calibration_samples, samples // 4) samples (at
+  least 1) calibrate; of the rest, the last `held_out` share is held out.
+
+  Raises:
+    ValueError: fewer than 3 samples (a side would be empty).
+  """
+  calibration = max(1, min(settings.calibration_samples, samples // 4))
+  rest = samples - calibration
+  held = int(round(settings.held_out * rest))
+  if rest < 2 or held < 1 or held >= rest:
+    raise ValueError(f"compensation needs calibration, searched and held-out samples apart: "
+                     f"{samples} samples cannot be split so")
+  return calibration, rest - held, held
+
+
+def _compensation_units(settings: Settings) -> float:
+  return 2 * len(settings.precisions) + 4 + 2 * settings.max_evaluations
+
+
+def _compensation(entry: ModelEntry, settings: Settings, model, data, input_shape,
+                  step) -> dict:
+  """The record's compensation section (SPEC 6): calibration, scoring and
+  held-out samples apart; the search method's grid plain and compensated and
+  `paper` at the reference P, scored on every sample that does not calibrate;
+  the per-kernel search plain and compensated, each on the same searched
+  samples with the same held-out check."""
+  from mortar_tf.explore import search as search_lib  # pylint: disable=import-outside-toplevel
+  from mortar_tf.explore import sweeps  # pylint: disable=import-outside-toplevel
+  n_cal, n_search, n_held = compensation_split(len(data["x"]), settings)
+  calibration_x = data["x"][:n_cal]
+  rest = {k: v[n_cal:] for k, v in data.items()}
+  searched = {k: v[:n_search] for k, v in rest.items()}
+  held = {k: v[n_search:] for k, v in rest.items()}
+  scored = metrics_lib.builtin_metric(entry.metric, model, rest)
+  grid = {settings.search_method: list(settings.precisions)}
+  if settings.search_method != "paper":
+    grid["paper"] = [settings.reference]
+  rows = sum(len(v) for v in grid.values())
+  swept = sweeps.sweep(model, scored, grid, input_shape=input_shape, compensate=calibration_x,
+                       compressed=False,
+                       progress=lambda d, n, label: step(2 * d, f"sweep: {label}"))
+  section = {"calibration_samples": n_cal, "scored_samples": n_search + n_held,
+             "search_samples": n_search, "held_out_samples": n_held,
+             "sweep": swept.to_dict()}
+  base = 2 * rows
+  # One metric per split for both searches (each builds the original's outputs once).
+  search_metric = metrics_lib.builtin_metric(entry.metric, model, searched)
+  held_metric = metrics_lib.builtin_metric(entry.metric, model, held)
+  for key, compensate in (("search_plain", None), ("search", calibration_x)):
+    found = search_lib.search_precisions(
+        model, search_metric, entry.budget, compressed=False, method=settings.search_method,
+        precisions=list(settings.search_precisions), max_evaluations=settings.max_evaluations,
+        input_shape=input_shape, compensate=compensate, held_out=held_metric,
+        progress=lambda d, n, label, b=base, k=key: step(
+            b + settings.max_evaluations * d / max(n, 1), f"{k}: {label}"))
+    section[key] = found.to_dict()
+    base += settings.max_evaluations
+  return section
 
 
 def machine() -> dict:
@@ -528,17 +684,27 @@ def read_record(work_dir: str, name: str) -> dict | None:
     return None
 
 
+def core_settings(settings: dict) -> dict:
+  """A record's settings but the switches of sections added to records on
+  their own (records that differ only in those belong on one page)."""
+  return {k: v for k, v in settings.items() if k not in _SECTIONS}
+
+
 def is_current(record: dict | None, entry: ModelEntry, settings: Settings) -> bool:
-  """Whether a record was made of this entry with these settings."""
+  """Whether a record was made of this entry with these settings (the
+  switches of added sections aside: see missing_sections)."""
   return (record is not None and record.get("version") == RECORD_VERSION
           and record.get("entry") == json.loads(json.dumps(dataclasses.asdict(entry)))
-          and record.get("settings") == json.loads(json.dumps(settings.to_dict())))
+          and isinstance(record.get("settings"), dict)
+          and core_settings(record["settings"]) == core_settings(
+              json.loads(json.dumps(settings.to_dict()))))
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
   """What evaluate_all did with one model: "done", "kept" (a current record
-  was reused) or "failed" (error holds the message)."""
+  was reused), "extended" (a current record got the sections it lacked) or
+  "failed" (error holds the message)."""
   name: str
   status: str
   record: dict | None
@@ -571,24 +737,35 @@ def evaluate_all(entries: Sequence[ModelEntry], work_dir: str, settings: Setting
               if r and isinstance(r.get("seconds"), dict) and "total" in r["seconds"]}
   todo = [e for e in entries
           if "all" in redo or e.name in redo or not is_current(old[e.name], e, settings)]
-  reporter = Progress([e.name for e in todo], previous, stream, progress)
+  extend = [e for e in entries if e not in todo and missing_sections(old[e.name], settings)]
+  extended = {e.name for e in extend}
+  # A model whose record only lacks sections takes far less than its last run.
+  reporter = Progress([e.name for e in entries if e in todo or e in extend],
+                      {n: t for n, t in previous.items() if n not in extended}, stream, progress)
   outcomes = []
   for entry in entries:
-    if entry not in todo:
+    if entry not in todo and entry not in extend:
       reporter.note(f"{entry.name}: kept its record from an earlier run "
                     f"({_duration(previous.get(entry.name, 0))}; redo it with --redo={entry.name})")
       outcomes.append(Outcome(entry.name, "kept", old[entry.name]))
       continue
-    if old[entry.name] is not None and entry.name not in redo and "all" not in redo:
+    if entry in extend:
+      reporter.note(f"{entry.name}: kept its record and measures what it lacks "
+                    f"({', '.join(missing_sections(old[entry.name], settings))})")
+    elif old[entry.name] is not None and entry.name not in redo and "all" not in redo:
       reporter.note(f"{entry.name}: its record was made with other settings; evaluating again")
+    started = time.perf_counter()
     try:
-      record = files.finite_tree(evaluate(entry, settings, reporter))
+      if entry in extend:
+        record = files.finite_tree(add_sections(entry, settings, old[entry.name], reporter))
+      else:
+        record = files.finite_tree(evaluate(entry, settings, reporter))
     except (ValueError, TypeError, OSError) as e:
       message = _ANSI.sub("", str(e)).strip()  # Keras colours some of its messages
       reporter.note(f"{entry.name}: failed: {message}")
       outcomes.append(Outcome(entry.name, "failed", None, f"{type(e).__name__}: {message}"))
       continue
-    reporter.end(record["seconds"]["total"])
+    reporter.end(time.perf_counter() - started)
     files.write_json(record_path(work_dir, entry.name), record)
-    outcomes.append(Outcome(entry.name, "done", record))
+    outcomes.append(Outcome(entry.name, "extended" if entry in extend else "done", record))
   return outcomes

@@ -23,6 +23,7 @@ import numpy as np
 
 from mortar_tf import backends
 from mortar_tf import bits
+from mortar_tf import compression
 from mortar_tf import morphing
 from mortar_tf.explore import models
 
@@ -90,20 +91,105 @@ def ratios(kernels, morphed: Mapping[int, np.ndarray], group_size, width):
   return {d: bits.sparsity_ratio(before[d], after[d]) for d in bits.DOMAINS}, before, after
 
 
+def original_sizes(kernels) -> list[compression.Sizes]:
+  """Each kernel's original compressed bytes, measured once (on parallel
+  threads) and kept on the kernel for every later point."""
+  missing = [k for k in kernels if k.sizes is None]
+  if missing:
+    with compression.Measurer() as measurer:
+      for kernel, sizes in zip(missing, measurer.map([k.original for k in missing])):
+        kernel.sizes = sizes
+  return [k.sizes for k in kernels]
+
+
+def measure(values: Mapping[int, np.ndarray]) -> dict[int, compression.Sizes]:
+  """{kernel index: measured compressed bytes of its value} (parallel threads)."""
+  with compression.Measurer() as measurer:
+    return dict(zip(values, measurer.map(list(values.values()))))
+
+
+def compressed(kernels, sizes: Mapping[int, compression.Sizes]) -> compression.CompressedSize:
+  """The measured compressed bytes of all `kernels`, original against morphed,
+  with {kernel index: Sizes} in `sizes` replacing those kernels' originals on
+  the morphed side (the others count their original bytes on both sides, as
+  `ratios` counts their ones); each kernel compressed alone, so the sum is
+  exact."""
+  originals = original_sizes(kernels)
+  return compression.CompressedSize.total(
+      compression.CompressedSize.of(original, sizes.get(i, original))
+      for i, original in enumerate(originals))
+
+
 def compensator(model, kernels, compensate):
   """A mortar_tf.keras.calibration.Compensator over `kernels` (statistics
   collected now, from the model as it is), or None without `compensate`."""
   if compensate is None or compensate is False:
     return None
   if isinstance(model, models.LoadedSavedModel):
-    raise ValueError("exploration compensates Keras models only (their layers' inputs are "
-                     "hooked to collect the statistics); give the .keras/.h5 model")
+    return SavedModelCompensator(model, kernels, compensate)
   from mortar_tf.keras import calibration as calibration_lib  # pylint: disable=import-outside-toplevel
   cal = calibration_lib.as_calibration(compensate)
   if cal.statistics != "original":
     raise ValueError("the search caches each kernel's compensation from the original model's "
                      "statistics: it needs Calibration(statistics='original')")
   return calibration_lib.Compensator(model, [k.variable for k in kernels], cal)
+
+
+class _Values:
+  """SavedModelCompensator.values' answer, shaped as mortar_tf.keras.calibration's
+  Compensated (values and variables by id(variable))."""
+
+  def __init__(self, values, variables, done):
+    self.values, self.variables = values, variables
+    self.results, self.plain, self.corrected = done.results, done.plain, done.corrected
+    self.totals = done.totals
+
+
+class SavedModelCompensator:
+  """The Keras Compensator's interface over a LoadedSavedModel: statistics
+  from its frozen signature (mortar_tf.savedmodel.compensate.Compensator),
+  values by id(variable) of the loaded model's variables, kernels that do not
+  compensate morphed plain.
+
+  Attributes:
+    calibration: the CalibrationInputs (settings(), label(), data).
+  """
+
+  def __init__(self, model, kernels, compensate):
+    from mortar_tf.savedmodel import compensate as compensate_lib  # pylint: disable=import-outside-toplevel
+    self.kernels = {id(k.variable): k for k in kernels}
+    self.objects = {}  # checkpoint key: the loaded model's variable
+    key_of = {}
+    for var in model.graph.variables:
+      found = models._at_path(model.loaded, var.path)  # pylint: disable=protected-access
+      if found is not None:
+        self.objects[var.key] = found
+        key_of[id(found)] = var.key
+    self.key_of = {i: key_of[i] for i in self.kernels if i in key_of}
+    self.core = compensate_lib.Compensator(model.path, model.signature, model.graph,
+                                           list(self.key_of.values()), compensate)
+    self.calibration = self.core.calibration
+
+  def values(self, specs: Mapping[int, morphing.MorphSpec]) -> _Values:
+    """For {id(kernel variable): MorphSpec}: {id(variable): value} of every
+    kernel of the specs and each corrected bias / mean."""
+    done = self.core.values({self.key_of[i]: s for i, s in specs.items() if i in self.key_of})
+    values, variables = {}, {}
+    for key, value in done.values.items():
+      variable = self.objects[key]
+      values[id(variable)], variables[id(variable)] = value, variable
+    for i, spec in specs.items():
+      if i not in values:
+        values[i], variables[i] = morph(self.kernels[i], spec), self.kernels[i].variable
+    return _Values(values, variables, done)
+
+
+def _calibration_rows(data):
+  """The calibration inputs as one array, where they are one (a one-input
+  SavedModel's {name: array} too), else None."""
+  if isinstance(data, Mapping) and len(data) == 1:
+    data = next(iter(data.values()))
+  return data if isinstance(data, np.ndarray) and data.ndim >= 1 else None
 
 
 def check_disjoint(compensator, *metrics) -> None:
@@ -115,8 +201,8 @@ def check_disjoint(compensator, *metrics) -> None:
   """
   if compensator is None:
     return
-  data = compensator.calibration.data
-  if not isinstance(data, np.ndarray) or data.ndim < 1:
+  data = _calibration_rows(compensator.calibration.data)
+  if data is None:
     return
   seen = {np.ascontiguousarray(row).tobytes() for row in data}
   for what, metric in zip(("the metric's", "held_out's"), metrics):

@@ -72,7 +72,8 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
             output: str | None = None, progress: bool = False,
             max_evaluations: int = 30, strategy: str | None = None,
             finetune_epochs: int = 0, compensate: bool = False,
-            calibration_samples: int = 256, held_out: float = 0.0) -> JobResult:
+            calibration_samples: int = 256, held_out: float = 0.0,
+            compressed: bool = True) -> JobResult:
   """Loads a model and labelled data, sweeps, searches, writes the files.
 
   `model_path` is a .keras/.h5 file or a SavedModel directory (called through
@@ -85,13 +86,16 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
   on, the second half to score everything on; a second search distils each
   candidate map (finetune.search_with_finetune), its row and summary follow
   the plain search's, and the distilled model is written as finetuned.keras.
-  With `compensate` (a Keras model), the first `calibration_samples` samples
+  With `compensate` (a Keras model or a SavedModel), the first `calibration_samples` samples
   (labels unused) calibrate compensated morphing (SPEC 6) and everything is
   scored on the rest: the sweep gets a compensated row per per-weight
   setting, and the search compensates every candidate. With `held_out` (a
   fraction, 0 < f < 1), that share of the scoring samples (the last ones) is
   kept from the search, which must meet the budget on them too; the sweep's
   rows are scored on the search's share. The summary counts each split.
+  With `compressed` (the default), every row and search point carries its
+  measured compressed size (`compressed x`, zlib 9 of each kernel alone;
+  sweeps.sweep says what it costs); objective "size" measures it anyway.
 
   Raises:
     ValueError: an unreadable model or data file, missing arrays, a bad
@@ -148,14 +152,15 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
   files_lib.check_creatable_dir(out_dir)  # before the sweep's work, not after
 
   swept = sweeps.sweep(model, score, grid, progress=progress, input_shape=input_shape,
-                       compensate=calibration_x)
+                       compensate=calibration_x, compressed=compressed)
   found = None
   if search:
     found = search_lib.search_precisions(model, score, budget, method=search_method,
                                          precisions=search_precisions, objective=objective,
                                          max_evaluations=max_evaluations,
                                          progress=progress, input_shape=input_shape,
-                                         compensate=calibration_x, held_out=held_score)
+                                         compensate=calibration_x, held_out=held_score,
+                                         compressed=compressed)
     swept = dataclasses.replace(swept, points=swept.points + (found.point,))
   tuned = tuned_model = tuned_result = None
   if tune_x is not None:
@@ -163,7 +168,7 @@ def run_job(model_path: str, data_path: str, out_dir: str, *, metric: str = "acc
     tuned, tuned_result = finetune.search_with_finetune(
         model, score, budget, tune_x, epochs=finetune_epochs, method=search_method,
         precisions=search_precisions, objective=objective, max_evaluations=max_evaluations,
-        progress=progress, input_shape=input_shape)
+        progress=progress, input_shape=input_shape, compressed=compressed)
     tuned_model = tuned_result.model if tuned_result is not None else None
     swept = dataclasses.replace(swept, points=swept.points + (dataclasses.replace(
         tuned.point, settings=dict(tuned.point.settings, distilled=finetune_epochs)),))
@@ -255,6 +260,9 @@ def _summary(model_path, data_path, samples, swept, found, model, tuned=None,
            f"{swept.metric_name} ({'higher' if swept.higher_is_better else 'lower'} is better). "
            "Ratios are ones(original) / ones(morphed) over all kernels (aligned: "
            f"{bits.geometry_text(swept.group_size, swept.width)}, the engines' geometry); "
+           + ("compressed x is measured: zlib level 9 bytes of the original kernels over "
+              "those of the morphed ones, each kernel compressed alone; "
+              if any(p.compressed is not None for p in swept.points) else "") +
            "est. x stripes is the mortar engine on the morphed weights "
            "over stripes on the original weights, est. x unmorphed over mortar on the original "
            "weights (SPEC 4; mortar_tf.estimator, default engines)."
@@ -306,10 +314,16 @@ def headline(record: dict) -> str:
   the metric scored) or modelled (the cycle estimator), the speedup over the
   same engine unmorphed comes before the one over stripes (which includes what
   the engine gains with nothing morphed), and a speedup at the estimate's
-  ceiling (stripes' width: one 1 bit per lane) is marked."""
+  ceiling (stripes' width: one 1 bit per lane) is marked. Where the search's
+  points carry their compressed sizes, a `compressed x` column (measured)
+  follows the aligned one."""
   sweep, found = record["sweep"], record.get("search")
   if found is None:
     raise ValueError("the record holds no search: run mortar-sweep with --budget")
+  sized = all(p.get("compressed") for p in (found["point"], found.get("best_global")) if p)
+
+  def compressed(point):
+    return f" {point['compressed']['zlib']['ratio']:.3f}x |" if sized else ""
   name, width = sweep["metric"], sweep["width"]
   drop_unit = " points" if name in ("accuracy", "agreement") else ""
 
@@ -321,28 +335,38 @@ def headline(record: dict) -> str:
 
   def row(label, point):
     return (f"| {label} | {results_page.metric_text(point['metric'], name)} | {point['ratio']['aligned']:.3f}x "
-            f"| {point['speedup_unmorphed']:.3f}x | {speedup_over_stripes(point['speedup'])} |")
+            f"|{compressed(point)} {point['speedup_unmorphed']:.3f}x "
+            f"| {speedup_over_stripes(point['speedup'])} |")
 
   budget = found["budget"]
   budget_text = (f"{budget * 100:g}{drop_unit}" if drop_unit else f"{budget:g}")
   lines = [f"| kernels morphed by | {name} (measured) | aligned 1 bits removed (measured) "
-           "| cycles, x over the same engine unmorphed (modelled) "
+           + ("| compressed x, zlib 9 bytes before / after (measured) " if sized else "")
+           + "| cycles, x over the same engine unmorphed (modelled) "
            "| x over a dense bit-serial engine, stripes (modelled) |",
-           "|---|---|---|---|---|",
-           f"| nothing | {results_page.metric_text(sweep['original_metric'], name)} | 1.000x | 1.000x "
-           f"| {speedup_over_stripes(sweep['original_speedup'])} |"]
+           "|---|---|---|---|---|" + ("---|" if sized else ""),
+           f"| nothing | {results_page.metric_text(sweep['original_metric'], name)} | 1.000x | "
+           + ("1.000x | " if sized else "") +
+           f"1.000x | {speedup_over_stripes(sweep['original_speedup'])} |"]
   method = f"`{found['method']}`" + (" compensated" if found.get("compensation") else "")
   best = found.get("best_global")
   if best is not None:
     lines.append(row(f"{method}, one P = {best['settings']['precision']:g} for every kernel "
                      "(the best single P within the budget)", best))
   point = found["point"]
-  per_kernel = point.get("precisions") and "*" not in point["precisions"]
+  chosen = point.get("precisions") or {}
+  distinct = {p for p in chosen.values()}
   held = found.get("held_out")
   checked = f", held out on {held['samples']} more" if held and held.get("samples") else ""
-  lines.append(row(f"{method}, " + ("one P per kernel" if per_kernel else "the search's answer: "
-                                     "one P for every kernel") +
-                   f" (the search, budget {budget_text}{checked})", point))
+  if not chosen:
+    what = "nothing morphed: no map of the search's grid met the budget"
+  elif "*" in chosen or (len(distinct) == 1 and found.get("chose_global")):
+    what = f"the search's answer: one P = {next(iter(distinct)):g} for every kernel"
+  elif len(distinct) == 1:
+    what = f"the search's answer: P = {next(iter(distinct)):g} for each kernel it names"
+  else:
+    what = "one P per kernel"
+  lines.append(row(f"{method}, {what} (the search, budget {budget_text}{checked})", point))
   splits = _splits(record)
   if splits or record.get("samples"):
     lines += ["", f"Scored on {record['samples']:,} samples. " + splits.replace(

@@ -41,6 +41,8 @@ class Kernel:
     label: a readable name for figures: the key where it is the kernel's
       layer or name; else (a SavedModel variable known by its object path,
       "variables/26") the layer of the first op that reads it.
+    sizes: the original's measured compressed bytes (compression.Sizes),
+      filled on first need by in_place.original_sizes; None until then.
   """
   layer: str
   name: str
@@ -51,6 +53,7 @@ class Kernel:
   names: tuple[str, ...] = ()
   key: str = ""
   label: str = ""
+  sizes: object = dataclasses.field(default=None, repr=False, compare=False)
 
   def __repr__(self) -> str:
     return (f"Kernel({self.name!r}, shape={tuple(self.original.shape)}, axes={self.axes}, "
@@ -72,17 +75,22 @@ class LoadedSavedModel:
     from mortar_tf.savedmodel import graph as graph_lib  # pylint: disable=import-outside-toplevel
     self.path = path
     self.signature = signature
-    self.graph = graph_lib.read_graph(path, input_shape=input_shape, signature=signature)
-    if len(self.graph.inputs) != 1:
-      raise ValueError(f"{path!r}: exploration needs a signature with one input, "
-                       f"{signature!r} has {sorted(self.graph.inputs)}")
-    (self.input_name, shape), = self.graph.inputs.items()
-    self.input_shape = tuple(1 if d < 0 else d for d in shape) if shape else None
     try:
       self.loaded = tf.saved_model.load(path)
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f"cannot load the SavedModel {path!r}: {e}") from e
+    if signature not in self.loaded.signatures:
+      raise ValueError(f"{path!r} has no signature {signature!r}; it has "
+                       f"{sorted(self.loaded.signatures)}")
     self.fn = self.loaded.signatures[signature]
+    specs = self.fn.structured_input_signature[1]
+    if len(specs) != 1:  # before the graph reader, whose advice is the converter's
+      raise ValueError(f"{path!r}: exploration needs a signature with one input, "
+                       f"{signature!r} has {sorted(specs)}")
+    self.input_dtype = next(iter(specs.values())).dtype.as_numpy_dtype
+    self.graph = graph_lib.read_graph(path, input_shape=input_shape, signature=signature)
+    (self.input_name, shape), = self.graph.inputs.items()
+    self.input_shape = tuple(1 if d < 0 else d for d in shape) if shape else None
     self._tf = tf
     outputs = sorted(self.fn.structured_outputs)
     if output is not None and output not in outputs:
@@ -94,6 +102,11 @@ class LoadedSavedModel:
   def predict(self, x, batch_size: int = 256, verbose: int = 0) -> np.ndarray:
     """The signature's scored output on `x` (`output`, or the first by name)."""
     del verbose
+    x = np.asarray(x)
+    if x.dtype != self.input_dtype:
+      raise ValueError(f"the inputs are {x.dtype}, but {self.path!r}'s signature "
+                       f"{self.signature!r} takes {np.dtype(self.input_dtype).name} (nothing is "
+                       f"cast silently: convert the data, e.g. x.astype(np.float32))")
     parts = []
     for start in range(0, len(x), batch_size):
       out = self.fn(**{self.input_name: self._tf.constant(x[start:start + batch_size])})

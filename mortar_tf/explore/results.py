@@ -20,6 +20,7 @@ import json
 from typing import Mapping
 
 from mortar_tf import bits
+from mortar_tf import compression
 from mortar_tf import files
 from mortar_tf import morphing
 from mortar_tf import table
@@ -38,6 +39,9 @@ class SweepPoint:
       morphed weights), or None.
     speedup_unmorphed: cycles(mortar, original) / cycles(mortar, morphed):
       what morphing alone buys, or None.
+    compressed: the measured compressed bytes of all kernels, original
+      against morphed (mortar_tf.compression: zlib 9, zstd where installed;
+      `.ratio` is the `compressed x` column), or None where not measured.
   """
   method: str
   settings: Mapping[str, object]
@@ -47,6 +51,7 @@ class SweepPoint:
   speedup: float | None
   precisions: Mapping[str, float] | None = None
   speedup_unmorphed: float | None = None
+  compressed: compression.CompressedSize | None = None
 
   def label(self) -> str:
     distilled = " + distilled" if "distilled" in self.settings else ""
@@ -65,6 +70,7 @@ class SweepPoint:
     out = dataclasses.asdict(self)
     out["label"] = self.label()
     out["ratio"] = {k: files.finite_or_none(v) for k, v in self.ratio.items()}
+    out["compressed"] = None if self.compressed is None else self.compressed.to_dict()
     return out
 
 
@@ -90,13 +96,17 @@ class SweepResult:
   def table(self) -> str:
     """One row per setting (the original first): metric, drop, ones ratios in
     each domain (the aligned one at this result's G and width, named in its
-    header) and the two estimated speedups, over the same engine unmorphed
+    header), `compressed x` where measured (zlib 9 bytes of the original
+    kernels / of the morphed ones, each kernel alone; "-" for a point not
+    measured) and the two estimated speedups, over the same engine unmorphed
     first, then over stripes. What print() shows."""
+    measured = any(p.compressed is not None for p in self.points)
     headers = ["method", "setting", self.metric_name, "drop", "significand x", "word x",
-               f"aligned x ({bits.geometry_text(self.group_size, self.width)})",
-               "est. x unmorphed", "est. x stripes"]
-    rows = [["original", "", f"{self.original_metric:.4f}", "", "1.000x", "1.000x", "1.000x",
-             "1.000x", table.ratio(self.original_speedup) if self.original_speedup else "-"]]
+               f"aligned x ({bits.geometry_text(self.group_size, self.width)})"] + (
+                   ["compressed x"] if measured else []) + ["est. x unmorphed", "est. x stripes"]
+    rows = [["original", "", f"{self.original_metric:.4f}", "", "1.000x", "1.000x", "1.000x"]
+            + (["1.000x"] if measured else []) +
+            ["1.000x", table.ratio(self.original_speedup) if self.original_speedup else "-"]]
     for p in self.points:
       setting = (("search: global" if "precision" in p.settings else "search: per kernel") +
                  (" + distilled" if "distilled" in p.settings else "")
@@ -108,8 +118,10 @@ class SweepResult:
         setting += " + compensated"
       rows.append([p.method, setting, f"{p.metric:.4f}", f"{p.drop:+.4f}",
                    table.ratio(p.ratio["significand"]), table.ratio(p.ratio["word"]),
-                   table.ratio(p.ratio["aligned"]),
-                   table.ratio(p.speedup_unmorphed) if p.speedup_unmorphed is not None else "-",
+                   table.ratio(p.ratio["aligned"])] +
+                  ([table.ratio(p.compressed.ratio) if p.compressed is not None else "-"]
+                   if measured else []) +
+                  [table.ratio(p.speedup_unmorphed) if p.speedup_unmorphed is not None else "-",
                    table.ratio(p.speedup) if p.speedup is not None else "-"])
     return table.format_table(headers, rows)
 
@@ -128,14 +140,29 @@ class SweepResult:
             "points": [p.to_dict() for p in self.points]}
 
   def csv_rows(self) -> list[list]:
+    """A header and one row per point. ratio_compressed is `compressed x`
+    (zlib 9, measured); compressed_bytes and compressed_bytes_original are
+    the morphed and original kernels' zlib 9 bytes, raw_bytes their float32
+    bytes, and the _zstd columns the same with zstd; empty where not measured."""
     rows = [["method", "setting", "precisions", self.metric_name, "drop", "ratio_significand",
-             "ratio_word", "ratio_aligned", "speedup_over_stripes", "speedup_over_unmorphed"]]
+             "ratio_word", "ratio_aligned", "ratio_compressed", "speedup_over_stripes",
+             "speedup_over_unmorphed", "compressed_bytes", "compressed_bytes_original",
+             "raw_bytes", "ratio_compressed_zstd", "compressed_bytes_zstd"]]
+
+    def blank(value):
+      return "" if value is None else value
+
     for p in self.points:
+      c = p.compressed
       rows.append([p.method, json.dumps(dict(p.settings)),
                    json.dumps(p.precisions) if p.precisions else "", p.metric, p.drop,
                    p.ratio["significand"], p.ratio["word"], p.ratio["aligned"],
+                   "" if c is None else c.ratio,
                    "" if p.speedup is None else p.speedup,
-                   "" if p.speedup_unmorphed is None else p.speedup_unmorphed])
+                   "" if p.speedup_unmorphed is None else p.speedup_unmorphed] +
+                  (["", "", "", "", ""] if c is None else
+                   [c.morphed.zlib, c.original.zlib, c.raw_bytes, blank(c.zstd_ratio),
+                    blank(c.morphed.zstd)]))
     return rows
 
 
@@ -148,7 +175,7 @@ class SearchResult:
       morph_model, MortarCallback and the converter accept.
     point: its SweepPoint (metric re-evaluated with the whole map).
     best_global: the best single-P SweepPoint within the budget, or None.
-    budget: the allowed drop; objective: "aligned" or "speedup".
+    budget: the allowed drop; objective: "aligned", "speedup" or "size".
     sensitivity: {kernel key: {P: cost}} measured one kernel at a time
       (the proxy, or the metric's drop without calibration inputs), made
       monotone in P; the P in `bounded` were not measured (see there), and
@@ -224,13 +251,13 @@ class SearchResult:
     lines = [f"Search ({self.method}, budget {self.budget:g}, objective {self.objective}, "
              f"aligned at {bits.geometry_text(self.group_size, self.width)}): "
              f"{kind}: {self.point.metric:.4f} (drop {self.point.drop:+.4f}), aligned "
-             f"{table.ratio(self.point.ratio['aligned'])}, est. "
+             f"{table.ratio(self.point.ratio['aligned'])}{_compressed_text(self.point)}, est. "
              f"{_speedups_text(self.point)}; {self.cost_text()}; sensitivity: {self.proxy}"]
     if self.best_global is not None:
       g = self.best_global
       lines.append(f"Best global P within budget: {g.settings.get('precision')} -> "
                    f"{g.metric:.4f} (drop {g.drop:+.4f}), aligned {table.ratio(g.ratio['aligned'])}"
-                   f", est. {_speedups_text(g)}" +
+                   f"{_compressed_text(g)}, est. {_speedups_text(g)}" +
                    ("" if self.global_complete else
                     f" (the bisection was stopped by {self._cap_text()}: a larger P may fit)"))
     elif self.global_complete:
@@ -306,6 +333,15 @@ class SearchResult:
             f"objective={self.objective!r}, map={kind}, metric={self.point.metric:.4g}, "
             f"aligned={table.ratio(self.point.ratio['aligned'])}, "
             f"evaluations={self.evaluations}, group_size={self.group_size}, width={self.width})")
+
+
+def _compressed_text(point: SweepPoint) -> str:
+  """", compressed 2.332x (zlib 9, measured: 23,464,018 bytes)", or ""."""
+  c = point.compressed
+  if c is None:
+    return ""
+  return (f", compressed {table.ratio(c.ratio)} (zlib {compression.ZLIB_LEVEL}, measured: "
+          f"{c.morphed.zlib:,} bytes)")
 
 
 def _speedups_text(point: SweepPoint) -> str:

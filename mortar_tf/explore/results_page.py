@@ -662,6 +662,12 @@ def _summary(records, reference) -> list[str]:
         text = (f"is sparser (aligned) than that BitX point on {where}; " +
                 ("it" if len(sparser) == len(few) else "of those, it") + f" scores {scores}.")
     lines.append(f"- **`fewest_ones`** (beyond the paper; measured) at P = {reference:g} " + text)
+  compensated = _compensation_summary(records, reference)
+  if compensated:
+    lines.append(compensated)
+  downloads = _formats_summary(records)
+  if downloads:
+    lines.append(downloads)
   return lines
 
 
@@ -786,6 +792,252 @@ def _search_table(records) -> list[str]:
                  "est. x stripes", "search / global (aligned)", "full evaluations", "time"], rows)
 
 
+# --------------------------------------------------------------------------
+# Smaller downloads: morphing beside float16 and int8 (the records' "formats")
+
+FORMAT_COLUMNS = (("searched", "morphed: searched map"), ("global", "morphed: best global P"),
+                  ("float16", "float16 cast"), ("int8", "TFLite dynamic-range int8"))
+
+
+def _formatted(records) -> list:
+  return [r for r in records if r.get("formats")]
+
+
+def _format_rows(r) -> dict:
+  return {row["name"]: row for row in r["formats"]["rows"]}
+
+
+def format_within(r, row) -> bool:
+  """Whether a formats row's score keeps the model's budget."""
+  return "error" not in row and row["drop"] <= r["metric"]["budget"] + 1e-12
+
+
+def _format_cell(r, row) -> str:
+  if row is None:
+    return "-"
+  if "error" in row:
+    return row["error"]
+  name = r["metric"]["name"]
+  mark = "" if format_within(r, row) else " ✗"
+  cell = f"**{_x(row['compressed_x'])}**, {_with_drop(row['metric'], row['drop'], name)}{mark}"
+  if row["name"] == "searched" and not row.get("morphed_kernels"):
+    cell += " (nothing morphed)"
+  if row["name"] == "global":
+    cell = row["label"].split(": ", 1)[1].replace(" everywhere", "") + ": " + cell
+  if row["name"] == "float16" and row.get("overflow"):
+    cell += f", {row['overflow']:,} weights beyond float16's range"
+  if row["name"] == "int8":
+    if row["float32_weights"]:
+      share = 100 * row["float32_weights"] / max(1, row["weights"])
+      cell += (f"; {'under 0.1' if share < 0.1 else f'{share:.1f}'}% of the kernel weights "
+               "left float32")
+    cell += (f"; the .tflite file {row['file_bytes'] / 1e6:.2f} MB, gzip "
+             f"{row['file_gzip_bytes'] / 1e6:.2f} MB")
+    if row.get("other_weights"):
+      cell += f" (it also holds {row['other_weights']:,} values of other constants, not counted)"
+  return cell
+
+
+def _formats_table(records) -> list[str]:
+  rows = []
+  for r in _formatted(records):
+    by = _format_rows(r)
+    original = by["float32"]
+    rows.append([f"**{r['name']}**", _bound(r),
+                 f"{original['zlib_bytes'] / 1e6:.2f} MB of {original['raw_bytes'] / 1e6:.2f} MB"]
+                + [_format_cell(r, by.get(key)) for key, _ in FORMAT_COLUMNS])
+  return _table(["model", "budget", "float32 kernels: zlib 9 of raw"]
+                + [f"{label}: compressed x, score" for _, label in FORMAT_COLUMNS], rows)
+
+
+def _formats_summary(records) -> str:
+  """The summary's sentence on downloads, from the records' formats rows."""
+  done = _formatted(records)
+  if not done:
+    return ""
+  morph, half, int8 = [], [], []
+  loses_int8, loses_half = [], []
+  for r in done:
+    by = _format_rows(r)
+    best = max((by[k] for k in ("searched", "global") if k in by and format_within(r, by[k])),
+               key=lambda row: row["compressed_x"], default=None)
+    if best is not None:
+      morph.append(best["compressed_x"])
+    for key, values, loses in (("float16", half, loses_half), ("int8", int8, loses_int8)):
+      row = by.get(key)
+      if row is not None and format_within(r, row):
+        values.append(row["compressed_x"])
+        if best is None or row["compressed_x"] > best["compressed_x"]:
+          loses.append(r["name"])
+  n = len(done)
+  parts = [f"**Smaller downloads, measured:** within each model's budget, morphing shrinks "
+           f"the kernels' zlib 9 bytes " + (f"{_span(morph)} ({len(morph)} of {n} models)"
+                                            if morph else "on none of the models")]
+  parts.append("a float16 cast " + (f"{_span(half)} within budget on {len(half)} of {n}"
+                                     if half else "stays within budget on none"))
+  parts.append("TFLite's dynamic-range int8 " + (
+      f"{_span(int8)} within budget on {len(int8)} of {n}" if int8 else
+      "stays within budget on none"))
+  text = "; ".join(parts) + "."
+  losses = []
+  if loses_int8:
+    losses.append(f"int8 ships fewer bytes within budget on {_and(loses_int8)}")
+  if loses_half:
+    losses.append(f"float16 on {_and(loses_half)}")
+  formats = " and ".join(f for f, names in (("int8", loses_int8), ("float16", loses_half))
+                         if names)
+  text += (" Morphing loses where " + "; ".join(losses) + f" ({formats} change"
+           f"{'s' if formats in ('int8', 'float16') else ''} the number format the runtime "
+           "reads; morphed kernels stay float32)." if losses else
+           " No other format within budget ships fewer bytes on any model.")
+  return "- " + text
+
+
+# --------------------------------------------------------------------------
+# Error-compensated morphing (SPEC 6; the records' "compensation" section)
+
+
+def _compensated(records) -> list:
+  return [r for r in records if r.get("compensation")]
+
+
+def _scored_as(r) -> dict:
+  """The record as its compensation section scores (its scored samples set
+  the resolution of _compare)."""
+  return dict(r, model=dict(r["model"], samples=r["compensation"]["scored_samples"]))
+
+
+def _c_points(r, method: str, compensated: bool) -> list:
+  return [p for p in r["compensation"]["sweep"]["points"]
+          if p["method"] == method and bool(p["settings"].get("compensated")) == compensated]
+
+
+def _c_at(r, method: str, precision: float, compensated: bool):
+  return next((p for p in _c_points(r, method, compensated)
+               if p["settings"]["precision"] == precision), None)
+
+
+def largest_within(r, compensated: bool):
+  """The compensation sweep's point of the largest P of the search method's
+  grid whose score is within the budget (every P is evaluated; smaller P
+  need not be), or None."""
+  inside = [p for p in _c_points(r, r["settings"]["search_method"], compensated)
+            if _within(r, p)]
+  return max(inside, key=lambda p: p["settings"]["precision"]) if inside else None
+
+
+def _p_cell(r, point) -> str:
+  if point is None:
+    return "none of the grid"
+  top = _at_ceiling(r, point["speedup"])
+  return (f"P={point['settings']['precision']:g}: "
+          f"{metric_text(point['metric'], r['metric']['name'])}, "
+          f"{_x(point['ratio']['aligned'])}, {_xc(point['speedup'], top)}")
+
+
+def _c_search_cell(r, key: str) -> str:
+  s = r["compensation"].get(key)
+  if not s or not s["precisions"]:
+    return "nothing within budget"
+  pt, held, name = s["point"], s.get("held_out") or {}, r["metric"]["name"]
+  kind = "global P" if s["chose_global"] else "per kernel"
+  top = _at_ceiling(r, pt["speedup"])
+  # Each split has its own original score (accuracy): the drops say what the budget bounds.
+  return (f"{kind}: {_x(pt['ratio']['aligned'])}, {_xc(pt['speedup'], top)}; "
+          f"{_with_drop(pt['metric'], pt['drop'], name)} / "
+          f"{_with_drop(held['value'], held['drop'], name) if 'value' in held else '-'}")
+
+
+def _c_aligned(r, key: str):
+  s = r["compensation"].get(key)
+  return s["point"]["ratio"]["aligned"] if s and s["precisions"] else None
+
+
+def _compensation_table(records, reference) -> list[str]:
+  rows = []
+  for r in _compensated(records):
+    c, name = r["compensation"], r["metric"]["name"]
+    paper = [_c_at(r, "paper", reference, flag) for flag in (False, True)]
+    plain, comp = _c_aligned(r, "search_plain"), _c_aligned(r, "search")
+    scored = dict(r, metric=dict(r["metric"], original=c["sweep"]["original_metric"]))
+    rows.append([f"**{r['name']}**", f"{c['calibration_samples']} / {c['search_samples']} + "
+                 f"{c['held_out_samples']}", _budget(scored),
+                 _p_cell(r, largest_within(r, False)), _p_cell(r, largest_within(r, True)),
+                 " / ".join(metric_text(p["metric"], name) if p else "-" for p in paper),
+                 _c_search_cell(r, "search_plain"), _c_search_cell(r, "search"),
+                 _x(comp / plain) if comp and plain else "-"])
+  method = records[0]["settings"]["search_method"]
+  return _table(["model", "samples: calibration / searched + held out",
+                 "budget on the scored samples",
+                 f"largest {method} P within budget, plain: metric, aligned x, est. x stripes",
+                 "the same, compensated",
+                 f"paper P={reference:g}: plain / compensated metric",
+                 "search, plain: aligned x, est. x stripes; metric (drop from the original "
+                 "on the same samples) searched / held out",
+                 "search, compensated: the same",
+                 "compensated / plain search (aligned)"], rows)
+
+
+def _compensation_summary(records, reference) -> str:
+  """The summary bullet on compensated morphing, every claim from the records."""
+  found = _compensated(records)
+  if not found:
+    return ""
+  method = records[0]["settings"]["search_method"]
+  raised, same, lowered = [], [], []
+  for r in found:
+    a, b = largest_within(r, False), largest_within(r, True)
+    pa = a["settings"]["precision"] if a else 0.0
+    pb = b["settings"]["precision"] if b else 0.0
+    text = f"{r['name']} {format(pa, 'g') if a else 'none'} → {format(pb, 'g') if b else 'none'}"
+    (raised if pb > pa else lowered if pb < pa else same).append(text)
+  moved = _tally([("rises", raised), ("stays", same), ("falls", lowered)], len(found))
+  verdicts = []
+  for r in found:
+    plain, comp = _c_at(r, "paper", reference, False), _c_at(r, "paper", reference, True)
+    if plain and comp:
+      verdicts.append((r["name"], _compare(_scored_as(r), comp["metric"], plain["metric"])))
+  paper_text = ""
+  if verdicts:
+    paper_text = (f" At `paper` P = {reference:g} the compensated morph scores " + _tally(
+        [(w, [n for n, v in verdicts if v == k])
+         for k, w in ((1, "better"), (0, "the same within the resolution"), (-1, "worse"))],
+        len(verdicts)) + " than the plain one.")
+  both = [(r, _c_aligned(r, "search"), _c_aligned(r, "search_plain")) for r in found]
+  ratios = [(r, comp / plain) for r, comp, plain in both if comp and plain]
+  search_text = ""
+  if ratios:
+    sparser = _tally([(w, [r["name"] for r, x in ratios if k(x)]) for w, k in (
+        ("sparser", lambda x: x > 1 + 5e-3), ("as sparse within 0.5%", lambda x: abs(x - 1) <= 5e-3),
+        ("less sparse", lambda x: x < 1 - 5e-3))], len(ratios))
+    search_text = (
+        " With compensation in its loop, the per-kernel search (plain and compensated both "
+        "held out: the map each returns met the budget on samples it did not choose on) "
+        f"reaches {_span([x for _, x in ratios])} the aligned ratio of the plain search's: "
+        f"{sparser}.")
+  plain_only = [r["name"] for r, comp, plain in both if plain and not comp]
+  comp_only = [(r["name"], _x(comp)) for r, comp, plain in both if comp and not plain]
+  neither = [r["name"] for r, comp, plain in both if not comp and not plain]
+  if len(comp_only) == 1:
+    search_text += (" The plain search returned no map that met the budget held out on "
+                    f"{comp_only[0][0]}, where the compensated one reached {comp_only[0][1]} "
+                    "aligned.")
+  elif comp_only:
+    search_text += (" The plain search returned no map that met the budget held out on " +
+                    _and([f"{n} ({x})" for n, x in comp_only]) + ", where the compensated one "
+                    "reached the aligned ratios in brackets.")
+  if plain_only:
+    search_text += (f" The compensated search returned no map that met the budget held out on "
+                    f"{_and(plain_only)}, where the plain one found a map.")
+  if neither:
+    search_text += (f" Neither search returned a map that met the budget held out on "
+                    f"{_and(neither)}.")
+  return ("- **Error-compensated morphing** (beyond the paper, SPEC 6; measured on samples apart "
+          "from the calibration samples, counts in its table). With compensation, the largest "
+          f"`{method}` P within the budget (plain → compensated) {moved}." +
+          paper_text + search_text)
+
+
 def _iso_area_differs(records) -> bool:
   """Whether any iso-area headline says something the plain one does not:
   it exists over `stripes`, or differs over `mortar` unmorphed."""
@@ -831,7 +1083,7 @@ def _speedup_table(records, reference) -> list[str]:
 
 def _timing(records) -> list[str]:
   rows = []
-  parts = ("load", "design_space", "bitx", "estimates", "search")
+  parts = ("load", "design_space", "bitx", "estimates", "search", "compensation", "formats")
   for r in records:
     sec = r["seconds"]
     rows.append([r["name"]] + [f"{sec[p]:.1f} s" if p in sec else "-" for p in parts] +
@@ -840,7 +1092,7 @@ def _timing(records) -> list[str]:
   rows.append(["**all**"] + [f"{sum(r['seconds'].get(p, 0) for r in records):.1f} s"
                              for p in parts] + [f"**{total:.1f} s** ({_minutes(total)})"])
   return _table(["model", "load", "design space", "BitX", "estimates", "search",
-                 "total (with the figures' data)"], rows)
+                 "compensation", "formats", "total (with the figures' data)"], rows)
 
 
 def _ceiling_seen(records) -> bool:
@@ -850,6 +1102,10 @@ def _ceiling_seen(records) -> bool:
     points += (r.get("bitx") or {}).get("points", [])
     search = r.get("search") or {}
     points += [p for p in (search.get("point"), search.get("best_global")) if p]
+    comp = r.get("compensation") or {}
+    points += (comp.get("sweep") or {}).get("points", [])
+    points += [(comp.get(k) or {}).get("point") for k in ("search", "search_plain")
+               if (comp.get(k) or {}).get("point")]
     if any(_at_ceiling(r, p["speedup"]) for p in points):
       return True
   return False
@@ -918,6 +1174,42 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
             "of that grid for every kernel, found by bisection over the grid (one full "
             "evaluation a step)." + _global_p_check(records), ""]
   lines += _search_table(records)
+  if _compensated(records):
+    lines += ["## Error-compensated morphing (beyond the paper)", "",
+              "SPEC 6: each kernel's rows are morphed in order and each row's error is spread "
+              "over the rows not yet morphed (GPTQ/OBQ-style, from the statistics of the "
+              "layer's inputs on calibration samples), and the mean output change is "
+              "subtracted through the bias or the following BatchNormalization's mean. Final "
+              "weights may lie farther than P from their originals. The first samples of each "
+              "model calibrate and are never scored; the rest score the rows (plain and "
+              "compensated alike, so the two columns compare on the same samples), and the "
+              "searches choose on the first part of them and must also meet the budget on the "
+              "last part, held out (the map a search returns is the best that met it on both). "
+              "Largest P within budget: the largest P of the grid whose score is within the "
+              "budget (every P evaluated). Speedups are modelled on the compensated values "
+              "themselves.", ""]
+    lines += _compensation_table(records, reference)
+  if _formatted(records):
+    lacking = [r["name"] for r in records if not r.get("formats")]
+    lines += ["## Smaller downloads: morphing beside float16 and int8 (measured)", "",
+              "The benefit a user gets today without a bit-serial accelerator: morphed weights "
+              "compress. Each cell is one way to ship the model's kernels, with its measured "
+              "`compressed x` (zlib level 9 bytes of the original float32 kernels over the "
+              "cell's, each kernel compressed alone as stored: 4 bytes a value for float32, 2 "
+              "for float16, 1 for int8 plus its float32 scales) and its own score on every "
+              "sample (✗: outside the budget). The morphed cells are the per-layer search's "
+              "map and best global P above (the search chose for aligned sparsity, not bytes: "
+              "`objective=\"size\"` chooses for bytes). float16 is each kernel cast to half and "
+              "scored widened back, which is what a float16 file loads to. The int8 cell is "
+              "TFLite's converter with `Optimize.DEFAULT`, run by TFLite's interpreter against "
+              "the same reference outputs; its bytes count the int8 constants the file ships "
+              "and the kernels TFLite leaves float32 (it skips small ones), and the whole "
+              ".tflite file is given beside them. Morphed and float16 kernels run on any float32 "
+              "runtime unchanged (float16 after widening at load); int8 needs a runtime with "
+              "its kernels." + (f" Without this section: {', '.join(lacking)} (records made "
+                                "before it; any run of mortar-results without `--page_only` adds it)."
+                                if lacking else ""), ""]
+    lines += _formats_table(records)
   iso = _iso_area_differs(records)
   lines += ["## Speedups (modelled, SPEC 4)", "",
             "Cycle totals of the estimator's engines over every layer the graph reader maps "
@@ -949,8 +1241,11 @@ def page(records: Sequence[dict], figures: Mapping[str, str], failed: Mapping[st
             "the same thing." + (" Small data sets (" + ", ".join(
                 f"{r['name']}: {r['model']['samples']}" for r in small) + " inputs) make those "
                 "scores coarse." if small else ""),
-            "- The search chooses and scores its map on the same samples (no held-out set), so "
-            "its results sit at the edge of the budget and are optimistic for unseen inputs.",
+            "- The per-layer search table's search chooses and scores its map on the same "
+            "samples (no held-out set), so its results sit at the edge of the budget and are "
+            "optimistic for unseen inputs" + (
+                "; the compensation table's searches (plain and compensated) are held out."
+                if _compensated(records) else "."),
             "- The speedups are the estimator's weight-side cycle counts (SPEC 4), not the "
             "paper's RTL; activations are not serialised, memory and exponent matching are not "
             "modelled. The BitX hardware figure is our model of it (above).", ""]
@@ -1005,7 +1300,8 @@ def write_page(records: Sequence[dict], page_path: str, figures_dir: str, *,
   """
   if not records:
     raise ValueError("no model has a record: nothing to put on the page")
-  settings = {str(r["settings"]) for r in records}
+  from mortar_tf.explore import evaluation  # pylint: disable=import-outside-toplevel
+  settings = {str(evaluation.core_settings(r["settings"])) for r in records}
   if len(settings) > 1:
     raise ValueError("the records were made with different settings; redo them with one")
   page_dir = os.path.dirname(os.path.abspath(page_path))

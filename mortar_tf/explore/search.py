@@ -1,7 +1,8 @@
 """The per-layer P search (search_precisions), and the names this module used to hold.
 
 `search_precisions` finds a {layer: P} map that removes the most aligned 1
-bits (or saves the most estimated cycles) while the metric stays within
+bits (or saves the most estimated cycles, or the most measured compressed
+bytes) while the metric stays within
 `budget` of the original: it measures each layer's sensitivity at each P,
 picks one P per layer by an exact multiple-choice knapsack on those
 measurements, calibrates the knapsack's budget against the metric (a
@@ -34,6 +35,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mortar_tf import backends
+from mortar_tf import compression
 from mortar_tf import morphing
 from mortar_tf.estimator import engines as engines_lib
 from mortar_tf.explore import estimates
@@ -79,6 +81,7 @@ from mortar_tf.explore.sweeps import sweep
 
 # A drop equal to the budget meets it: 0.98 - 0.96 is 0.020000000000000018.
 _SLACK = 1e-9
+OBJECTIVES = ("aligned", "speedup", "size")
 DEFAULT_SEARCH_PRECISIONS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
@@ -89,7 +92,7 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
                       width: int = engines_lib.DEFAULT_WIDTH, calibration=None,
                       max_evaluations: int = 30, estimate_speedup: bool = True,
                       refine=None, progress=False, compensate=None, held_out=None,
-                      max_held_out: int = 6) -> SearchResult:
+                      max_held_out: int = 6, compressed: bool = True) -> SearchResult:
   """A {kernel: P} map that saves the most within a metric budget.
 
   0. The floor, first: the best global P that meets the budget, by
@@ -103,8 +106,11 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
      grid (every kernel's largest P first) within what the cap leaves, and
      an unmeasured P counts the next larger measured P's cost.
   2. Choice: an exact multiple-choice knapsack maximising the gain (aligned
-     ones removed, or the mortar engine's estimated cycles saved with
-     objective="speedup") within a proxy budget.
+     ones removed; the mortar engine's estimated cycles saved with
+     objective="speedup"; compressed bytes saved with objective="size": each
+     candidate kernel's zlib 9 bytes measured, exactly, once, and since each
+     kernel is compressed alone the gains add up exactly) within a proxy
+     budget.
   3. Calibration: the proxy budget is bisected against the real metric on the
      full data, one full evaluation a step; the best map that meets the
      budget is kept, then single verified upgrades spend what is left. When
@@ -115,7 +121,11 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
   is the evaluation of exactly the returned map. What the cap cut short is
   in the result's `cut_short` and summary, and raised as a RuntimeWarning
   (unless every kernel got the grid's largest P anyway).
-  Memory: one morphed copy of a kernel at a time, besides the originals.
+  Memory: one morphed copy of a kernel at a time, besides the originals
+  (objective "size" and the points' compressed sizes: up to one a thread
+  while they are compressed). Time: objective "size" compresses every
+  kernel at every P of the grid once (zlib 9 runs at 0.6-20 MB/s a core,
+  slower the more a morph repeats; on parallel threads).
 
   Args:
     model: a Keras model or a models.LoadedSavedModel (kernels morphed in
@@ -125,7 +135,10 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
       in the metric's units, e.g. 0.01 = one point of accuracy).
     method: "fewest_ones" (default: never more ones than "paper") or "paper".
     precisions: the P candidates per kernel (and for the global comparison).
-    objective: "aligned" or "speedup".
+    objective: "aligned" (aligned 1 bits removed), "speedup" (mortar cycles
+      saved, estimated) or "size" (zlib 9 bytes saved, measured: the map
+      with the smallest compressed kernels within the budget; never larger
+      than the best global P's, which the floor keeps).
     input_shape: for the estimator (default: the model's, batch 1).
     group_size, width: the aligned domain (default: the engines' 64, 24).
     calibration: inputs for the proxy (an array), or None.
@@ -150,6 +163,9 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
       search never chooses on: the returned map is the best-gain map that
       met the budget on the search's samples AND meets it there (up to
       `max_held_out` held-out evaluations, then the unmorphed map).
+    compressed: measure the points' compressed sizes (their `compressed`;
+      objective "size" measures them anyway). With compensate, compressed
+      bytes (gains and points) are those of the compensated kernels.
 
   Returns:
     A SearchResult whose map, applied through the map matcher as morph_model
@@ -164,8 +180,9 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
   if method not in ("paper", "fewest_ones"):
     raise ValueError(f"the search chooses P: method must be 'paper' or 'fewest_ones', "
                      f"not {method!r}")
-  if objective not in ("aligned", "speedup"):
-    raise ValueError(f"objective must be 'aligned' or 'speedup', got {objective!r}")
+  if objective not in OBJECTIVES:
+    raise ValueError(f"objective must be one of {', '.join(map(repr, OBJECTIVES))}, got "
+                     f"{objective!r}")
   if isinstance(precisions, (str, bytes)) or not isinstance(precisions, Sequence):
     raise ValueError(f"precisions must be a list of P values, got {precisions!r}")
   if not precisions:
@@ -193,6 +210,17 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     return values, [(done.variables[k], v) for k, v in done.values.items()]
   estimator = (estimates.ModelEstimator(model, input_shape or estimates.model_input_shape(model))
                if estimate_speedup or objective == "speedup" else None)
+  size_cache: dict[tuple[int, float], compression.Sizes] = {}  # (kernel, P): measured
+
+  def sizes_of(chosen: Mapping[int, float]):
+    """The measured compressed bytes of all kernels with `chosen` applied;
+    each (kernel, P) compressed once."""
+    missing = {i: p for i, p in chosen.items() if (i, p) not in size_cache}
+    if missing:
+      measured = in_place.measure({i: morphed({i: p})[0][i] for i, p in missing.items()})
+      size_cache.update({(i, missing[i]): s for i, s in measured.items()})
+    return in_place.compressed(kernels, {i: size_cache[(i, p)] for i, p in chosen.items()})
+  measure_points = compressed or objective == "size"
   counter = {"full": 0, "calibration": 0}
   evaluated: dict[tuple, float] = {}  # every full evaluation, by its map
 
@@ -239,6 +267,14 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     # Gains per kernel and P, in the objective's units (morphed values dropped at once).
     if objective == "speedup":
       gains = estimates.mortar_cycle_gains(kernels, grid, method, estimator)
+    elif objective == "size":
+      originals = in_place.original_sizes(kernels)
+      with compression.Measurer() as measurer:
+        pending = {(i, p): measurer.submit(morphed({i: p})[0][i])
+                   for i in range(len(kernels)) for p in grid}
+        size_cache.update({pair: future.result() for pair, future in pending.items()})
+      gains = {(i, p): float(originals[i].zlib - sizes.zlib)
+               for (i, p), sizes in size_cache.items()}
     else:
       gains = {}
       for i, k in enumerate(kernels):
@@ -416,12 +452,16 @@ def search_precisions(model, evaluate, budget: float, *, method: str = "fewest_o
     point = _point(method, precision_map, applied, kernels, metric, original, value, estimator,
                    group_size, width, global_p=best_global if chose_global else None,
                    values_of=values_of)
+    if measure_points:
+      point = dataclasses.replace(point, compressed=sizes_of(applied))
     global_point = None
     if best_global is not None:
       everything = {i: best_global for i in range(len(kernels))}
       global_point = _point(method, None, everything, kernels, metric, original,
                             full(everything), estimator, group_size, width,
                             global_p=best_global, values_of=values_of)
+      if measure_points:
+        global_point = dataclasses.replace(global_point, compressed=sizes_of(everything))
     compensation_record = None
     if compensator is not None:  # estimated on the compensated values themselves
 

@@ -3,9 +3,11 @@
 For each method and each of its own settings (P for paper/fewest_ones,
 keep_bits for round, columns for bitx) `sweep` morphs the kernels in place
 (the model is never rebuilt), evaluates, and restores them; each row has the
-metric, the ones ratio in the three domains and SPEC 4's two estimated
-speedups: the mortar engine on the morphed weights over stripes and over
-mortar on the original weights. The aligned ratio uses the default engines'
+metric, the ones ratio in the three domains, the measured compressed size
+(`compressed x`: zlib 9 bytes of the original kernels over those of the
+morphed ones, each kernel compressed alone; mortar_tf.compression) and SPEC
+4's two estimated speedups: the mortar engine on the morphed weights over
+stripes and over mortar on the original weights. The aligned ratio uses the default engines'
 G and width (64, 24), as the estimates do.
 
 Example:
@@ -89,7 +91,7 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
           higher_is_better: bool = True, estimate_speedup: bool = True, input_shape=None,
           group_size: int = engines_lib.DEFAULT_GROUP_SIZE,
           width: int = engines_lib.DEFAULT_WIDTH, progress=False,
-          compensate=None) -> SweepResult:
+          compensate=None, compressed: bool = True) -> SweepResult:
   """Evaluates the model with its kernels morphed at each setting of `grid`.
 
   Args:
@@ -106,10 +108,15 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
     progress: draw a progress bar on stderr; or a callable (done, total,
       label), called before each setting and at the end.
     compensate: None, or calibration inputs / a mortar_tf.keras.Calibration
-      (Keras models): each per-weight setting (paper, fewest_ones, round)
-      gets a second row, compensated (SPEC 6; statistics collected once from
-      the original model). Those rows have no speedup estimate (the
-      estimator morphs the weights itself, plainly): "-".
+      (a Keras model or a SavedModel: see in_place.compensator): each
+      per-weight setting (paper, fewest_ones, round) gets a second row,
+      compensated (SPEC 6; statistics collected once from the original
+      model), its speedups estimated on the compensated values themselves
+      (estimates.ModelEstimator.of_values).
+    compressed: measure each row's compressed bytes (zlib 9 of each kernel
+      alone, zstd where installed; the originals once): measured, not
+      estimated, and slow on large models (zlib 9 runs at 0.6-20 MB/s a
+      core: about a minute a row for 15M weights, on parallel threads).
 
   Raises:
     ValueError: an empty grid or method grid, a bad setting, a model without
@@ -135,22 +142,28 @@ def sweep(model, evaluate, grid: Mapping[str, Sequence] | None = None, *,
       with in_place.Applied(kernels, morphed):
         value = metric(model)
       ratio, _, _ = in_place.ratios(kernels, morphed, group_size, width)
+      sizes = in_place.compressed(kernels, in_place.measure(morphed)) if compressed else None
       speedup = unmorphed = None
       if estimator is not None:
         # The estimator's engines set bitx's G and width (the same as here by default).
         speedup, unmorphed = estimates.speedups(estimator(spec))
       points.append(SweepPoint(spec.method, spec.settings(), value,
                                metric.drop(original, value), ratio, speedup,
-                               speedup_unmorphed=unmorphed))
+                               speedup_unmorphed=unmorphed, compressed=sizes))
       if compensator is not None and spec.method in compensation.METHODS:
         done = compensator.values({id(k.variable): spec for k in kernels})
         with in_place.Assigned((done.variables[key], v) for key, v in done.values.items()):
           value = metric(model)
-        ratio, _, _ = in_place.ratios(
-            kernels, {i: done.values[id(k.variable)] for i, k in enumerate(kernels)},
-            group_size, width)
+        values = {i: done.values[id(k.variable)] for i, k in enumerate(kernels)}
+        ratio, _, _ = in_place.ratios(kernels, values, group_size, width)
+        sizes = in_place.compressed(kernels, in_place.measure(values)) if compressed else None
+        speedup = unmorphed = None
+        if estimator is not None:
+          speedup, unmorphed = estimator.of_values(
+              [(done.variables[key], v) for key, v in done.values.items()])
         points.append(SweepPoint(spec.method, dict(spec.settings(), compensated=True), value,
-                                 metric.drop(original, value), ratio, None))
+                                 metric.drop(original, value), ratio, speedup,
+                                 speedup_unmorphed=unmorphed, compressed=sizes))
     report_progress(progress, len(specs), len(specs), "done")
   finally:
     if estimator is not None:

@@ -1,4 +1,4 @@
-"""Reading and writing Keras models: whole files or nothing.
+"""Reading and writing Keras models: whole files or nothing, plain or compressed.
 
 Example:
   >>> check_path("out/morphed-{epoch}.keras", "keras")
@@ -12,6 +12,7 @@ import os
 import shutil
 import string
 import tempfile
+import zipfile
 
 from mortar_tf import files
 from mortar_tf.keras.compat import IS_KERAS3
@@ -177,12 +178,26 @@ def template_reaches(template: str, path: str) -> bool:
   return re.fullmatch(pattern, os.path.realpath(os.path.abspath(path))) is not None
 
 
-def write_model(model, path: str, fmt: str) -> None:
+def export_saved_model(model, path: str) -> None:
+  """Writes a Keras model as a SavedModel at `path`, not atomically (Keras 3:
+  model.export; tf_keras: tf.saved_model.save), with a serving_default
+  signature."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  if IS_KERAS3:
+    model.export(path, verbose=False)
+  else:
+    tf.saved_model.save(model, path)
+
+
+def write_model(model, path: str, fmt: str, compress: bool = False) -> None:
   """Writes beside `path` and renames into place: no partial file is ever left.
 
-  fmt "keras": model.save; "savedmodel": Keras 3's model.export, tf_keras'
-  tf.saved_model.save.
+  fmt "keras": model.save, then with `compress` the file rewritten deflated
+  (compress_keras_file); "savedmodel": Keras 3's model.export, tf_keras'
+  tf.saved_model.save (no `compress`: check_compressible says why).
   """
+  if compress:
+    check_compressible(path, fmt)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=".mortar-", dir=directory)
@@ -190,17 +205,147 @@ def write_model(model, path: str, fmt: str) -> None:
     if fmt == "keras":
       temp = os.path.join(staging, os.path.basename(path))
       model.save(temp)
+      if compress:
+        packed = os.path.join(staging, "compressed-" + os.path.basename(path))
+        compress_keras_file(temp, packed)
+        temp = packed
       os.replace(temp, path)
     else:
-      import tensorflow as tf  # pylint: disable=import-outside-toplevel
       temp = os.path.join(staging, "saved_model")
-      if IS_KERAS3:
-        model.export(temp, verbose=False)
-      else:
-        tf.saved_model.save(model, temp)
+      export_saved_model(model, temp)
       check_replaceable(path)  # again: it may have appeared during training
       if os.path.isdir(path):
         shutil.rmtree(path)
       os.replace(temp, path)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# Compressed saves: the files plain Keras writes, with their bytes deflated.
+
+# zlib's highest level: the deflate of zip, gzip and HDF5's gzip filter.
+DEFLATE_LEVEL = 9
+_WHOLE_CHUNK_BYTES = 1 << 30
+SAVEDMODEL_HINT = ("for a SavedModel, archive its directory with "
+                   "mortar_tf.savedmodel.write_archive(directory, 'model.tar.gz'), or morph an "
+                   "unmorphed SavedModel with mortar-morph --archive=model.tar.gz")
+
+
+def check_compressible(path: str, fmt: str = "keras") -> None:
+  """Raises ValueError unless a compressed save can write `path` in `fmt`:
+  a ".keras" file (a zip whose members are deflated), or with tf_keras an
+  ".h5"/".hdf5" file (HDF5 datasets with the gzip filter). A SavedModel is a
+  directory that Keras loads only as files on disk, so no save can compress it
+  in place (the message says what to do instead)."""
+  path = os.fspath(path)
+  if fmt != "keras" or not path.endswith(KERAS_SUFFIXES):
+    what = "a SavedModel directory" if fmt == "savedmodel" else repr(path)
+    raise ValueError(f"a compressed save writes {' or '.join(KERAS_SUFFIXES)} files, not "
+                     f"{what}: {SAVEDMODEL_HINT}")
+
+
+def compress_keras_file(src: str, dst: str) -> None:
+  """Writes `dst`: the Keras file `src` with its bytes deflated at level 9.
+
+  A ".keras" file is a zip that Keras writes with its members stored (its
+  weights member, an HDF5 file, uncompressed) and reads through `zipfile`,
+  which inflates deflated members transparently: each member is streamed
+  into a new zip in order, under its name, deflated (zip64 where a member
+  passes 2 GiB). An ".h5"/".hdf5" file (tf_keras) is copied object by object
+  into an HDF5 1.10-format file (readable by HDF5 1.10 and later) with every
+  non-scalar dataset gzip-filtered (h5py decodes the filter on read);
+  attributes, which hold the config and the weight names, are copied
+  as they are, and one dataset is in memory at a time.
+  """
+  if src.endswith(".keras"):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(
+        dst, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=DEFLATE_LEVEL) as zout:
+      for info in zin.infolist():
+        if info.is_dir():
+          zout.writestr(info, b"")
+          continue
+        # Opened by name, a member takes the archive's compression and level
+        # (a ZipInfo would keep its own level, settable only through writestr).
+        with zin.open(info) as reader, zout.open(
+            info.filename, "w", force_zip64=info.file_size >= zipfile.ZIP64_LIMIT) as writer:
+          shutil.copyfileobj(reader, writer, 1 << 20)
+    return
+  import h5py  # pylint: disable=import-outside-toplevel
+
+  def copy_attrs(source, target):
+    for key, value in source.attrs.items():
+      target.attrs[key] = value
+
+  # HDF5 1.10's file format: its chunk indexes and object headers are far
+  # smaller than 1.8's, whose per-dataset B-trees outweigh what deflate saves
+  # on the small datasets (BatchNormalization vectors) models are full of.
+  with h5py.File(src, "r") as fin, h5py.File(dst, "w", libver=("v110", "latest")) as fout:
+    copy_attrs(fin, fout)
+
+    def copy(name, obj):
+      if isinstance(obj, h5py.Group):
+        copy_attrs(obj, fout.require_group(name))
+      elif isinstance(obj, h5py.Dataset):
+        deflate = {}
+        if obj.shape and obj.size:  # a scalar or empty dataset takes no filter
+          deflate = {"compression": "gzip", "compression_opts": DEFLATE_LEVEL,
+                     # One chunk per dataset (HDF5 caps a chunk below 4 GiB).
+                     "chunks": obj.shape if obj.nbytes < _WHOLE_CHUNK_BYTES else True}
+        copy_attrs(obj, fout.create_dataset(name, data=obj[()], dtype=obj.dtype, **deflate))
+
+    fin.visititems(copy)
+
+
+def save_compressed(model, filepath, *, strip: bool = True) -> str:
+  """Saves `model` as a Keras file with its bytes deflated; plain Keras loads it.
+
+  Morphed kernels have runs of trailing zero mantissa bits, which deflate
+  (zlib level 9, as zip and gzip use it) shrinks where the original bits
+  barely shrink; Keras' own save stores its weights uncompressed. The file is
+  what `model.save` writes, its bytes deflated (compress_keras_file): a
+  ".keras" zip with deflated members, or with tf_keras an ".h5"/".hdf5" file
+  with gzip-filtered datasets. `keras.saving.load_model` (tf_keras:
+  `tf_keras.models.load_model`) loads it without mortar_tf, every variable
+  bit for bit as saved. Written beside `filepath` and renamed into place: a
+  failure leaves no file, and an earlier file at `filepath` is replaced only
+  by a whole new one.
+
+  Save a morphed model (mortar_tf.morph_model's plain result, or one holding
+  MorphWrappers: with `strip`, it is saved as strip_morphing(model) makes it,
+  kernels morphed once and no wrapper left, so Keras alone loads it). An
+  unmorphed model is saved compressed as it is (its size is the baseline).
+
+  Args:
+    model: a Keras model.
+    filepath: a ".keras" file (tf_keras: also ".h5" or ".hdf5"); its
+      directory is created if needed.
+    strip: save a model holding MorphWrappers stripped (needs a Sequential
+      or Functional model); False saves the wrappers, and loading then needs
+      `import mortar_tf`.
+
+  Returns:
+    `filepath`.
+
+  Raises:
+    ValueError: a path that is not a Keras file (a SavedModel directory: the
+      message says how to archive one), a directory that cannot be written,
+      or a subclassed model holding MorphWrappers with `strip`.
+
+  Example:
+    >>> import os, tempfile
+    >>> from mortar_tf.keras.compat import keras
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> path = save_compressed(model, os.path.join(tempfile.mkdtemp(), "m.keras"))
+    >>> keras.models.load_model(path).count_params()
+    10
+  """
+  path = os.fspath(filepath)
+  check_compressible(path)
+  check_writable(path, "keras")
+  if strip:
+    from mortar_tf.keras import apply  # pylint: disable=import-outside-toplevel
+    if any(isinstance(layer, apply.MorphWrapper) for layer in apply.every_layer(model)):
+      model = apply.strip_morphing(model)
+  write_model(model, path, "keras", compress=True)
+  return path

@@ -4,8 +4,11 @@
   graph = savedmodel.read_graph("model_dir")
   report = savedmodel.convert("model_dir", "model_morphed", "paper", 0.1)
   report = savedmodel.convert("model_dir", "out", "fewest_ones", 0.05, compensate="calib.npz")
+  savedmodel.write_archive("model_morphed", "model_morphed.tar.gz")
 """
 
+from mortar_tf.archive import ArchiveReport
+from mortar_tf.archive import write_archive
 from mortar_tf.compensation import DEFAULT_DAMPING
 from mortar_tf.files import OutputError
 from mortar_tf.savedmodel.compensate import Compensation
@@ -20,6 +23,6 @@ from mortar_tf.savedmodel.verify import Verification
 from mortar_tf.savedmodel.verify import VerificationError
 from mortar_tf.savedmodel.verify import verify_outputs
 
-__all__ = ["Compensation", "CompensationSettings", "ComputeOp", "ConversionReport",
+__all__ = ["ArchiveReport", "Compensation", "CompensationSettings", "ComputeOp", "ConversionReport",
            "DEFAULT_DAMPING", "OutputError", "SavedModelError", "SavedModelGraph", "Verification",
-           "VerificationError", "convert", "read_graph", "verify_outputs"]
+           "VerificationError", "convert", "read_graph", "verify_outputs", "write_archive"]

@@ -799,3 +799,123 @@ def _bias_twins(key, graph, reader, src, by_key) -> list[str]:
   same = (np.asarray(variables_lib.read_tensor(reader, twin.key, src)).tobytes()
           == np.asarray(variables_lib.read_tensor(reader, key, src)).tobytes())
   return [twin.key] if same else []
+
+
+# --------------------------------------------------------------------------
+# Exploration: one statistics pass, values for many specs
+
+
+@dataclasses.dataclass
+class Values:
+  """What Compensator.values made of a SavedModel's kernels (by checkpoint key).
+
+  Attributes:
+    values: {checkpoint key: new value}: the compensated kernels, and the
+      biases / means that took their mean output change.
+    results: {kernel name: compensation.Result} of the compensated kernels.
+    plain: {kernel name: why it is morphed plain} (of the specs given).
+    corrected: {kernel name: what took its mean output change, or why nothing did}.
+  """
+  values: dict
+  results: dict
+  plain: dict
+  corrected: dict
+
+  def totals(self) -> dict:
+    return compensation.summarize(self.results.values())
+
+
+class Compensator:
+  """A SavedModel's statistics, collected once from the original model;
+  compensated values for any {checkpoint key: MorphSpec}, cached per kernel
+  and spec: what compensate_targets computes, for the exploration's many
+  candidate maps at the statistics' cost of one.
+
+  Every statistic is held at once (rows² float64 per kernel; depthwise:
+  (kh·kw)² per channel): HED's 19 kernels take about 1 GB.
+
+  Args:
+    src: the SavedModel directory; signature: the signature that runs.
+    graph: its SavedModelGraph (mortar_tf.savedmodel.read_graph).
+    keys: the checkpoint keys of the kernels that may be morphed (as the
+      graph names them: the variables its compute ops read).
+    compensate: what calibration_inputs takes (an array for a one-input
+      signature, {input name: array}, an .npz path, a Calibration).
+
+  Raises:
+    ValueError: no kernel can be compensated (with every reason), bad
+      calibration inputs, non-finite activations.
+    SavedModelError: a SavedModel that does not load.
+  """
+
+  def __init__(self, src: str, signature: str, graph, keys, compensate):
+    from mortar_tf.savedmodel import selection  # pylint: disable=import-outside-toplevel
+    reader, _ = variables_lib.open_checkpoint(src)
+    frozen = Frozen(src, signature, reader)
+    self.calibration = calibration_inputs(compensate, frozen.specs)
+    by_key = {v.key: v for v in graph.variables}
+    display = graph.display_names()
+    placeholder = morphing.MorphSpec("fewest_ones", 0.5)  # any compensating method: plans only
+    targets = [selection.Target(by_key[k], (), placeholder, display=display.get(k, by_key[k].name))
+               for k in keys]
+    plans, self.plain = plan_kernels(graph, targets, frozen.graph, frozen.const_keys)
+    if not plans:
+      raise ValueError("no kernel of this SavedModel can be compensated: "
+                       + "; ".join(f"{n}: {why}" for n, why in self.plain.items()))
+    self.plans = {p.key: p for p in plans}
+    self.names = {t.var.key: t.display or t.var.name for t in targets}
+    self.originals = {p.key: np.asarray(variables_lib.read_tensor(reader, p.key, src))
+                      for p in plans}
+    self.biases = {p.bias[0]: np.asarray(variables_lib.read_tensor(reader, p.bias[0], src))
+                   for p in plans if p.bias is not None}
+    self.statistics = {}
+    for chunk in _statistics_chunks(plans):
+      self.statistics.update(frozen.collect(chunk, self.calibration))
+    del frozen
+    self._cache: dict = {}
+
+  def _result(self, plan, spec) -> compensation.Result:
+    key = (plan.key, spec)
+    if key not in self._cache:
+      c = self.calibration
+      original = self.originals[plan.key]
+      form = original.T if plan.transposed else original
+      result = compensation.compensate(
+          np.ascontiguousarray(form), self.statistics[plan.key], spec, error=c.error, bias=True,
+          projected=c.projected, damping=c.damping, depthwise=plan.kind == "depthwise")
+      if plan.transposed:
+        result = dataclasses.replace(result, morphed=np.ascontiguousarray(result.morphed.T),
+                                     premorph=np.ascontiguousarray(result.premorph.T))
+      self._cache[key] = result
+    return self._cache[key]
+
+  def values(self, specs: Mapping[str, morphing.MorphSpec]) -> Values:
+    """Values for {checkpoint key: MorphSpec}: keys whose kernel does not
+    compensate (and bitx specs) are left out of `values` (the caller morphs
+    them plain) and named in `plain`."""
+    values, results, corrected, plain = {}, {}, {}, {}
+    shifts: dict[str, np.ndarray] = {}
+    for key, spec in specs.items():
+      plan = self.plans.get(key)
+      if plan is None:
+        name = self.names.get(key, key)
+        plain[name] = self.plain.get(name, "not among the kernels compensated")
+        continue
+      if spec.method not in compensation.METHODS:
+        plain[plan.name] = f"{spec.method} decides per group"
+        continue
+      result = self._result(plan, spec)
+      results[plan.name] = result
+      values[key] = result.morphed
+      if not self.calibration.bias:
+        corrected[plan.name] = "bias correction off"
+      elif plan.bias is None:
+        corrected[plan.name] = f"none: {plan.bias_reason}"
+      else:
+        target, sign, label = plan.bias
+        shift = sign * result.bias_shift.reshape(self.biases[target].shape)
+        shifts[target] = shifts.get(target, 0.0) + shift
+        corrected[plan.name] = label
+    for target, shift in shifts.items():
+      values[target] = (self.biases[target].astype(np.float64) + shift).astype(np.float32)
+    return Values(values, results, plain, corrected)

@@ -18,10 +18,13 @@ carries it is refused unless `force=True`. `fingerprint.pb` holds a
 checkpoint hash that the new variables make stale: it is regenerated (or
 dropped where TensorFlow cannot regenerate it), and the report says which.
 `verify` compares the two models' outputs against a tolerance and fails
-(VerificationError, nothing written) when they differ by more.
+(VerificationError, nothing written) when they differ by more. `archive_path`
+also (or, without `dst`, only) writes the morphed SavedModel as one
+compressed archive (mortar_tf.savedmodel.archive), published with the rest.
 
 Example:
   report = convert("model_dir", "model_morphed", MorphSpec("paper", 0.1), verify=True)
+  convert("model_dir", None, "fewest_ones", 0.01, archive_path="model_morphed.tar.gz")
   convert("model_dir", "mixed", "fewest_ones",
           {"conv1": MorphSpec("bitx", columns=8), "*": 0.05})
   print(report.summary())
@@ -29,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -43,10 +47,12 @@ import tensorflow as tf
 
 from mortar_tf import backends
 from mortar_tf import bits
+from mortar_tf import compression
 from mortar_tf import files
 from mortar_tf import morphing
 from mortar_tf import precision_map
 from mortar_tf import table
+from mortar_tf import archive as archive_lib
 from mortar_tf.savedmodel import compensate as compensate_lib
 from mortar_tf.savedmodel import graph as graph_lib
 from mortar_tf.savedmodel import output as output_lib
@@ -61,7 +67,9 @@ _SELECTIONS = ("kernels", "all")
 
 @dataclasses.dataclass(frozen=True)
 class MorphedVariable:
-  """One morphed variable: where it is, how it was grouped, its ones."""
+  """One morphed variable: where it is, how it was grouped, its ones and its
+  measured compressed bytes before and after (`compressed`, None for an
+  unread twin or with compressed=False)."""
   name: str
   key: str
   shape: tuple[int, ...]
@@ -74,6 +82,7 @@ class MorphedVariable:
   path: str = ""
   display: str = ""
   other_readers: tuple = ()  # ((op name, axes, aligned before, aligned after), ...)
+  compressed: compression.CompressedSize | None = None
 
   def to_dict(self) -> dict:
     return {"name": self.name, "path": self.path, "key": self.key, "shape": list(self.shape),
@@ -82,7 +91,8 @@ class MorphedVariable:
             "ones_after": dict(self.ones_after), "max_rel_error": files.finite_or_none(self.max_rel_error),
             "twin_of": self.twin_of,
             "other_readers": [{"op": op, "reduction_axes": list(axes), "aligned_before": b,
-                               "aligned_after": a} for op, axes, b, a in self.other_readers]}
+                               "aligned_after": a} for op, axes, b, a in self.other_readers],
+            "compressed": None if self.compressed is None else self.compressed.to_dict()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +106,9 @@ class ConversionReport:
       settings, or {"precision_map": the map as JSON, specs as configs}.
     morphed: the morphed variables.
     skipped: (name, reason) for weights left unchanged.
+    compressed (property): the morphed variables' measured compressed bytes
+      before and after (zlib 9 of each variable alone, zstd where installed;
+      twins not counted twice), or None where not measured.
     fingerprint: "regenerated", "dropped" or "absent" (none in the source).
     verification: a verify.Verification (inputs used, per-output differences,
       tolerance), or None.
@@ -104,6 +117,8 @@ class ConversionReport:
     compensation: a compensate.Compensation (per kernel compensated or
       plain with the reason, distances, corrected biases / means, the
       calibration settings and sample count), or None.
+    archive: an archive.ArchiveReport (its size, the input archived alike),
+      or None. `dst` is None when only the archive was written.
   """
   src: str
   dst: str
@@ -118,6 +133,7 @@ class ConversionReport:
   width: int
   notes: tuple[str, ...] = ()
   compensation: object = None
+  archive: archive_lib.ArchiveReport | None = None
 
   def totals(self) -> tuple[dict, dict]:
     before = {d: sum(v.ones_before[d] for v in self.morphed if not v.twin_of)
@@ -126,19 +142,29 @@ class ConversionReport:
              for d in bits.DOMAINS}
     return before, after
 
+  @property
+  def compressed(self) -> compression.CompressedSize | None:
+    parts = [v.compressed for v in self.morphed if not v.twin_of]
+    if not parts or any(p is None for p in parts):
+      return None
+    return compression.CompressedSize.total(parts)
+
   def to_dict(self) -> dict:
     before, after = self.totals()
+    measured = self.compressed
     return {"mortar_tf_version": _version(), "src": self.src, "dst": self.dst,
             "method": self.method, "settings": dict(self.settings),
             "group_size": self.group_size, "width": self.width,
             "ones_before": before, "ones_after": after,
             "ratio": {d: bits.sparsity_ratio(before[d], after[d]) for d in bits.DOMAINS},
+            "compressed": None if measured is None else measured.to_dict(),
             "variables": [v.to_dict() for v in self.morphed],
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "fingerprint": self.fingerprint,
             "verification": None if self.verification is None else self.verification.to_dict(),
             "notes": list(self.notes), "seconds": self.seconds,
-            "compensation": None if self.compensation is None else self.compensation.to_dict()}
+            "compensation": None if self.compensation is None else self.compensation.to_dict(),
+            "archive": None if self.archive is None else self.archive.to_dict()}
 
   def __str__(self) -> str:
     return self.summary()
@@ -147,15 +173,18 @@ class ConversionReport:
     passed = "" if self.verification is None else f", verified={self.verification.passed}"
     if self.compensation is not None:
       passed += f", compensated={len(self.compensation.kernels)}"
-    return (f"ConversionReport({self.src!r} -> {self.dst!r}, method={self.method!r}, "
+    return (f"ConversionReport({self.src!r} -> {self._where()!r}, method={self.method!r}, "
             f"morphed={sum(1 for v in self.morphed if not v.twin_of)}, "
             f"skipped={len(self.skipped)}, group_size={self.group_size}, "
             f"width={self.width}{passed})")
 
   def summary(self) -> str:
     """A per-variable table of ones before/after and the totals, as text
-    (aligned ones at the report's G and width, named in the header). What
-    print() shows."""
+    (aligned ones at the report's G and width, named in the header), with
+    `compressed x` where measured (zlib 9 bytes before / after, each
+    variable alone; totals in bytes on a line below). What print() shows."""
+    total_compressed = self.compressed
+    measured = total_compressed is not None
     rows = []
     for v in self.morphed:
       if v.twin_of:
@@ -171,16 +200,22 @@ class ConversionReport:
                    table.ratio(bits.sparsity_ratio(v.ones_before["word"], v.ones_after["word"])),
                    table.ratio(bits.sparsity_ratio(v.ones_before["aligned"],
                                                    v.ones_after["aligned"])),
-                   f"{v.max_rel_error:.3g}"])
+                   f"{v.max_rel_error:.3g}"] +
+                  ([table.ratio(v.compressed.ratio)] if measured else []))
     before, after = self.totals()
     rows.append(["total", "", "", before["word"], after["word"],
                  table.ratio(bits.sparsity_ratio(before["word"], after["word"])),
-                 table.ratio(bits.sparsity_ratio(before["aligned"], after["aligned"])), ""])
+                 table.ratio(bits.sparsity_ratio(before["aligned"], after["aligned"])), ""] +
+                ([table.ratio(total_compressed.ratio)] if measured else []))
     geometry = bits.geometry_text(self.group_size, self.width)
-    parts = [f"Morphed {self.src} -> {self.dst} ({self.method}) in {self.seconds:.1f} s",
+    parts = [f"Morphed {self.src} -> {self._where()} ({self.method}) in {self.seconds:.1f} s",
              table.format_table(["variable", "shape", "setting", "ones word", "after",
-                                 "word x", f"aligned x ({geometry})", "max rel err"], rows,
+                                 "word x", f"aligned x ({geometry})", "max rel err"] +
+                                (["compressed x"] if measured else []), rows,
                                 footer_rows=1)]
+    if measured:
+      parts.append("Compressed, measured (each morphed variable alone): "
+                   + total_compressed.text())
     for v in self.morphed:
       for op, axes, before, after in v.other_readers:
         parts.append(f"{v.display or v.name} is also read by {op} with reduction axes "
@@ -198,8 +233,16 @@ class ConversionReport:
     parts.append(f"fingerprint.pb: {self.fingerprint}")
     if self.verification is not None:
       parts += self.verification.lines()
+    if self.archive is not None:
+      parts += self.archive.lines()
     parts += [f"Note: {note}" for note in self.notes]
     return "\n".join(parts)
+
+  def _where(self) -> str:
+    """Where the morphed model went: the directory, the archive, or both."""
+    if self.archive is None:
+      return self.dst
+    return self.archive.path if self.dst is None else f"{self.dst} and {self.archive.path}"
 
   def write_json(self, path: str) -> None:
     files.write_json(path, self.to_dict())
@@ -210,22 +253,30 @@ def _version() -> str:
   return mortar_tf.__version__
 
 
-def _check_paths(src: str, dst: str, report_path: str | None, verify_inputs,
-                 compensate=None) -> None:
-  if not dst:
-    raise ValueError("no output directory given")
+def _check_paths(src: str, dst: str | None, report_path: str | None, verify_inputs,
+                 compensate=None, archive_path: str | None = None) -> None:
+  if not dst and not archive_path:
+    raise ValueError("no output directory (dst) or archive (archive_path) given")
   files.check_apart(
       [("dst", dst, files.TREE), ("report_path", report_path, files.FILE),
-       ("dst's lock file", output_lib.lock_path(dst), files.FILE)],
+       ("dst's lock file", dst and output_lib.lock_path(dst), files.FILE),
+       ("archive_path", archive_path, files.FILE),
+       ("archive_path's lock file", archive_path and output_lib.lock_path(archive_path),
+        files.FILE)],
       [("src", src)] + [(name, path) for name, path in (
           ("verify_inputs", verify_inputs),
           ("compensate's calibration inputs", compensate_lib.data_path(compensate)))
                         if isinstance(path, (str, os.PathLike))])
-  if os.path.lexists(dst):
-    raise ValueError(f"output {dst!r} already exists; remove it or choose another path")
-  parent = os.path.dirname(os.path.abspath(dst))
-  if not os.path.isdir(parent):
-    raise ValueError(f"the output's parent directory {parent!r} does not exist")
+  if archive_path:
+    archive_lib.archive_format(archive_path)
+  for what, path in (("output", dst), ("archive", archive_path)):
+    if not path:
+      continue
+    if os.path.lexists(path):
+      raise ValueError(f"{what} {path!r} already exists; remove it or choose another path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+      raise ValueError(f"the {what}'s parent directory {parent!r} does not exist")
 
 
 def _nothing_to_morph(src: str, graph, select, skipped) -> str:
@@ -319,10 +370,15 @@ def _nbytes(shape, dtype) -> int:
 def _stream_checkpoint(src: str, reader, out_dir: str, targets: Mapping[str, selection.Target],
                        group_size: int, width: int, batch_bytes: int | None,
                        progress: Callable[[int, int, str], None] | None,
-                       values: Mapping[str, np.ndarray] | None = None):
+                       values: Mapping[str, np.ndarray] | None = None,
+                       measurer: compression.Measurer | None = None):
   """Writes src's checkpoint (`reader` lists it) to out_dir/variables with the targets morphed
-  (`values`: {key: the value to write}, for compensated kernels and corrected biases)."""
+  (`values`: {key: the value to write}, for compensated kernels and corrected biases).
+  With `measurer`, each morphed variable but twins gets its compressed sizes
+  (measured on the measurer's threads while the stream goes on, as many bytes
+  at a time as its max_bytes allows)."""
   values = values or {}
+  measured = []  # (record index, original future, morphed future)
   shapes = reader.get_variable_to_shape_map()
   dtypes = reader.get_variable_to_dtype_map()
   keys = sorted(shapes)
@@ -350,7 +406,12 @@ def _stream_checkpoint(src: str, reader, out_dir: str, targets: Mapping[str, sel
     value = variables_lib.restore_tensor(src, key, dtypes[key])
     target = targets.get(key)
     if target is not None:
+      original = value
       value, record = _morph(value, target, group_size, width, values.get(key))
+      if measurer is not None and not target.twin_of:
+        measured.append((len(records), measurer.submit(original.numpy()),
+                      measurer.submit(value.numpy())))
+      del original
       records.append(record)
     elif key in values:  # a corrected bias or moving mean
       given = values[key]
@@ -366,6 +427,9 @@ def _stream_checkpoint(src: str, reader, out_dir: str, targets: Mapping[str, sel
   prefix = variables_lib.checkpoint_prefix(out_dir)
   tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=shard_prefixes, destination_prefix=prefix,
                                 delete_old_dirs=True)
+  for index, before, after in measured:
+    records[index] = dataclasses.replace(
+        records[index], compressed=compression.CompressedSize.of(before.result(), after.result()))
   return records
 
 
@@ -429,19 +493,21 @@ def _morphing(method, precision, keep_bits, columns, group_size, width):
       group_size=geometry[0] if bitx else None, width=geometry[1] if bitx else None), geometry
 
 
-def convert(src: str, dst: str, method="paper", precision=None, *, keep_bits=None,
+def convert(src: str, dst: str | None, method="paper", precision=None, *, keep_bits=None,
             columns=None, group_size: int | None = None, width: int | None = None,
             select="kernels", signature: str = graph_lib.DEFAULT_SIGNATURE, input_shape=None,
             force: bool = False, verify: bool = False, verify_inputs=None,
             verify_max_rel: float | None = None, verify_max_abs: float | None = None,
             report_path: str | None = None, batch_bytes: int | None = None,
             progress: Callable[[int, int, str], None] | None = None,
-            compensate=None) -> ConversionReport:
+            compensate=None, archive_path: str | None = None,
+            compressed: bool = False) -> ConversionReport:
   """Writes `dst`: the SavedModel `src` with its selected weight variables morphed.
 
   Args:
     src: the SavedModel to read.
-    dst: the directory to write (must not exist; one run at a time).
+    dst: the directory to write (must not exist; one run at a time), or None
+      to write only `archive_path`.
     method, precision, keep_bits, columns: as for `mortar_tf.morph`: a
       MorphSpec, or a method name with its flat settings. `precision` may be
       a {pattern: P or MorphSpec} map, matched as mortar_tf.precision_map
@@ -488,6 +554,21 @@ def convert(src: str, dst: str, method="paper", precision=None, *, keep_bits=Non
       statistics of up to 1 GiB of H (rows² float64 per kernel) at a time,
       plus the compensated kernels twice (final and pre-morph values, kept in
       the report).
+    archive_path: also write the morphed SavedModel as one archive here
+      (".tar.gz"/".tgz", ".tar.xz"/".txz" or ".zip"; must not exist; one run
+      at a time), its entries at the archive's root, the files of `dst` byte
+      for byte. The report gives its size, the sizes of the files it holds,
+      and the size of `src` archived alike (written to a temp file and
+      removed: the measure costs one more compression of the model). Not
+      inside `dst`, `src` or another input. The `assets.extra/mortar.json`
+      inside records the conversion without the archive's own figures.
+    compressed: (off by default: it can take most of a conversion's time)
+      measure each morphed variable's compressed bytes, original and morphed (mortar_tf.compression: zlib 9 of its float32 bytes alone,
+      zstd where installed): the report's `compressed x`. Measured, not
+      estimated; on a background thread while the checkpoint streams, one
+      tensor at a time (memory: one tensor more); zlib 9 runs at 0.6-20 MB/s,
+      slower the more a morph repeats, so it takes most of a conversion's
+      time (HED's 59 MB: about a minute).
 
   Returns:
     A ConversionReport.
@@ -506,7 +587,7 @@ def convert(src: str, dst: str, method="paper", precision=None, *, keep_bits=Non
   start = time.monotonic()
   if compensate is False:
     compensate = None
-  _check_paths(src, dst, report_path, verify_inputs, compensate)
+  _check_paths(src, dst, report_path, verify_inputs, compensate, archive_path)
   if report_path:
     files.check_output_file(report_path)
   # Checked before any reading: one MorphSpec or {pattern: MorphSpec}.
@@ -541,16 +622,30 @@ def convert(src: str, dst: str, method="paper", precision=None, *, keep_bits=Non
                     + "; ".join(f"{k} ({v})" for k, v in compensated.plain.items()),
                     RuntimeWarning, stacklevel=2)
 
-  with output_lib.Destination(dst) as destination:
-    tmp = destination.tmp
-    with output_lib.writing(dst):
+  with contextlib.ExitStack() as stack:
+    destination = stack.enter_context(output_lib.Destination(dst)) if dst else None
+    packing = (stack.enter_context(output_lib.Destination(archive_path, what="archive"))
+               if archive_path else None)
+    if destination is not None:
+      tmp = destination.tmp
+    else:  # the tree lives only until it is archived
+      tmp = os.path.join(packing.tmp, "saved_model")
+      with output_lib.writing(archive_path):
+        os.mkdir(tmp)
+    dst_or_archive = dst or archive_path
+    # Compression holds one tensor at a time (the stream's own two beside it).
+    largest = max((int(np.prod(t.var.shape, dtype=np.int64)) * 4 for t in targets), default=0)
+    with output_lib.writing(dst_or_archive), (compression.Measurer(max_bytes=largest)
+                                              if compressed else
+                                              contextlib.nullcontext()) as measurer:
       _copy_tree(src, tmp)
       records = _stream_checkpoint(src, reader, tmp, {t.var.key: t for t in targets},
                                    group_size, width, batch_bytes, progress,
-                                   None if compensated is None else compensated.values)
+                                   None if compensated is None else compensated.values,
+                                   measurer)
     by_key = {r.key: r for r in records}
     morphed = tuple(by_key[t.var.key] for t in targets)
-    with output_lib.writing(dst):
+    with output_lib.writing(dst_or_archive):
       fingerprint = _regenerate_fingerprint(src, tmp)
     verification = None
     if verify:
@@ -567,19 +662,46 @@ def convert(src: str, dst: str, method="paper", precision=None, *, keep_bits=Non
         raise verify_lib.VerificationError(
             "verification failed, nothing was written: " + "; ".join(verification.failures())
             + f" ({verification.advice()})", verification)
-    report = ConversionReport(os.path.abspath(src), os.path.abspath(dst), method, settings,
+    report = ConversionReport(os.path.abspath(src), dst and os.path.abspath(dst), method, settings,
                               morphed, tuple(skipped), fingerprint, verification,
                               time.monotonic() - start, group_size, width,
-                              tuple(destination.stale_note()), compensated)
+                              tuple(note for d in (destination, packing) if d is not None
+                                    for note in d.stale_note()), compensated)
     record = report.to_dict()
     record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     if previous is not None:
       record["previous"] = previous
-    with output_lib.writing(dst):
+    with output_lib.writing(dst_or_archive):
       os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
     files.write_json(os.path.join(tmp, MORTAR_JSON), record)
+    packed = None
+    if packing is not None:
+      packed = os.path.join(packing.tmp, "archive")
+      report = dataclasses.replace(report, archive=_archive(src, tmp, packed, archive_path,
+                                                            packing.tmp),
+                                   seconds=time.monotonic() - start)
     with files.output_set():  # the report is renamed into place after the model
       if report_path:
         report.write_json(report_path)
-      destination.publish()
+      if destination is not None:
+        destination.publish()
+      if packing is not None:
+        packing.publish_file(packed)
   return report
+
+
+def _archive(src: str, tree: str, packed: str, archive_path: str,
+             scratch: str) -> archive_lib.ArchiveReport:
+  """Writes the archive of the morphed `tree` to `packed` (published later as
+  `archive_path`) and measures `src` archived alike in `scratch`."""
+  fmt = archive_lib.archive_format(archive_path)
+  skip = (output_lib.OWNER_FILE,)
+  with output_lib.writing(archive_path):
+    start = time.monotonic()
+    archive_lib.pack(tree, packed, fmt, skip)
+    seconds = time.monotonic() - start
+    input_bytes, input_raw = archive_lib.measure_archive(src, fmt, scratch)
+    return archive_lib.ArchiveReport(
+        os.path.abspath(archive_path), fmt, archive_lib.COMPRESSION[fmt],
+        os.path.getsize(packed), archive_lib.raw_size(tree, skip), input_bytes, input_raw,
+        seconds)

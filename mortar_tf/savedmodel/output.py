@@ -5,6 +5,9 @@ temp directory beside it, clear errors for I/O faults, nothing left behind.
     write_everything_into(dest.tmp)
     dest.publish()                           # renames tmp -> out/model
 
+A destination may be a file (an archive): the run writes it inside its temp
+directory and `publish_file` renames it into place.
+
 While a run holds the destination, an exclusive lock (`flock` on
 ".<name>.mortar-lock" beside it) makes a second run on the same destination
 fail at once instead of mixing their files. Each run writes into its own
@@ -93,10 +96,11 @@ def stale_temps(dst: str) -> list[str]:
 
 
 class Destination:
-  """Exclusive use of an output directory for one run (a context manager).
+  """Exclusive use of an output directory (or file) for one run (a context manager).
 
   Attributes:
     dst: the destination (absolute).
+    what: what it is, in messages ("output", "archive").
     tmp: this run's temp directory (after __enter__).
     stale: temp directories killed runs left beside dst (reported, kept).
 
@@ -105,8 +109,9 @@ class Destination:
     OutputError: its directory cannot be written.
   """
 
-  def __init__(self, dst: str):
+  def __init__(self, dst: str, what: str = "output"):
     self.dst = os.path.abspath(dst)
+    self.what = what
     self.parent = os.path.dirname(self.dst)
     self.lock_path = lock_path(self.dst)
     self.tmp = None
@@ -115,11 +120,12 @@ class Destination:
     self._published = False
 
   def __enter__(self):
-    files.check_writable_dir(self.parent, "output's parent directory")
+    files.check_writable_dir(self.parent, f"{self.what}'s parent directory")
     self._acquire()
     try:
       if os.path.lexists(self.dst):
-        raise ValueError(f"output {self.dst!r} already exists; remove it or choose another path")
+        raise ValueError(f"{self.what} {self.dst!r} already exists; remove it or choose another "
+                         "path")
       self.stale = stale_temps(self.dst)
       with writing(self.parent):
         self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.dst)}.", suffix=TMP_SUFFIX,
@@ -176,10 +182,22 @@ class Destination:
       os.rename(self.tmp, self.dst)
     self._published = True
 
+  def publish_file(self, path: str):
+    """Renames the file `path` (written in the temp directory) to the destination."""
+    with writing(self.dst):
+      if os.path.lexists(self.dst):  # only a writer ignoring the lock gets here
+        raise ValueError(f"{self.what} {self.dst!r} appeared while this run wrote it")
+      os.replace(path, self.dst)
+    self._published = True
+
   def unpublish(self):
     """Removes the published destination again (when a later step fails)."""
     if self._published:
-      shutil.rmtree(self.dst, ignore_errors=True)
+      if os.path.isdir(self.dst) and not os.path.islink(self.dst):
+        shutil.rmtree(self.dst, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.remove(self.dst)
       self._published = False
 
   def __exit__(self, exc_type, exc, tb):

@@ -13,7 +13,9 @@ the search may spend; a psnr budget is the drop from the 300 dB of identical
 outputs (260 keeps PSNR >= 40 dB), or give "psnr_floor": 40 instead. For each
 model: the design-space sweep of `paper` and `fewest_ones` over --precisions
 (the paper's table), BitX at Mortar's sparsity, the estimator's matrix at
---reference, and the per-kernel search within the model's budget. Each model's
+--reference, the per-kernel search within the model's budget, and (--formats)
+the morphed kernels' compressed bytes beside a float16 cast's and TFLite's
+dynamic-range int8's, each with its own score. Each model's
 record goes to --work_dir/NAME.json when it is done; a model whose record
 exists with the same settings is kept. The page (--page, by default
 --work_dir/results.md) and its figures (--figures_dir) are written from the
@@ -50,6 +52,20 @@ _MAX_EVALUATIONS = flags.DEFINE_integer("max_evaluations", 30,
                                         "Cap on the search's full evaluations per model.")
 _SEARCH = flags.DEFINE_bool("search", True, "Run the per-kernel search.")
 _BITX = flags.DEFINE_bool("bitx", True, "Evaluate BitX at Mortar's sparsity.")
+_COMPENSATE = flags.DEFINE_bool(
+    "compensate", True, "Also measure error-compensated morphing (SPEC 6): the search method's "
+    "grid plain and compensated, and the per-kernel search plain and compensated, on samples "
+    "apart from the calibration ones, held out as --held_out says.")
+_CALIBRATION_SAMPLES = flags.DEFINE_integer(
+    "calibration_samples", 256, "Samples (the first ones; at most a quarter of a model's) "
+    "that calibrate --compensate; never scored.")
+_HELD_OUT = flags.DEFINE_float(
+    "held_out", 0.5, "Share of the other samples (the last ones) that --compensate's searches "
+    "keep out: the map each returns must meet the budget on them too.")
+_FORMATS = flags.DEFINE_bool(
+    "formats", True, "Also measure the compressed bytes (zlib 9) of the morphed kernels beside "
+    "those of a float16 cast and of TFLite's dynamic-range int8, each with its own score. "
+    "Records made without it get this part alone.")
 _REDO = flags.DEFINE_list("redo", [], "Models to measure again even if their record is "
                           "current ('all' for every one).")
 _ONLY = flags.DEFINE_list("only", [], "Evaluate only these models of the list (the page "
@@ -77,7 +93,9 @@ def main(argv):
       search_precisions=tuple(flag_parsing.numbers("search_precisions",
                                                    _SEARCH_PRECISIONS.value, float)),
       search_method=_SEARCH_METHOD.value, max_evaluations=_MAX_EVALUATIONS.value,
-      bitx=_BITX.value, search=_SEARCH.value)
+      bitx=_BITX.value, search=_SEARCH.value, compensate=_COMPENSATE.value,
+      calibration_samples=_CALIBRATION_SAMPLES.value, held_out=_HELD_OUT.value,
+      formats=_FORMATS.value)
   page = _PAGE.value or os.path.join(_WORK_DIR.value, "results.md")
   figures_dir = _FIGURES_DIR.value or os.path.join(os.path.dirname(page) or ".", "results")
   try:
