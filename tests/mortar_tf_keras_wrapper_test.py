@@ -13,11 +13,13 @@ import tensorflow as tf
 import keras_zoo
 import mortar_tf
 from mortar_tf import bits
+from mortar_tf import ops
 from mortar_tf.keras import MorphWrapper
 from mortar_tf.keras import find_kernels
 from mortar_tf.keras import fold_batchnorm
 from mortar_tf.keras import morph_model
 from mortar_tf.keras import strip_morphing
+from mortar_tf.keras import wrapper as wrapper_lib
 from mortar_tf.keras.compat import IS_KERAS3
 from mortar_tf.keras.compat import keras
 
@@ -229,9 +231,96 @@ def test_fit_with_xla_trains_the_master_kernels():
   assert not np.array_equal(before, after)
 
 
+def _graph_op_types(fn, *args):
+  """Op types of a traced function's graph and of the functions it calls."""
+  graph = fn.get_concrete_function(*args).graph
+  types = {op.type for op in graph.get_operations()}
+  for f in graph.as_graph_def().library.function:
+    types |= {node.op for node in f.node_def}
+  return types
+
+
+@pytest.mark.parametrize("args", METHODS)
+@pytest.mark.parametrize("kind", ["dense", "conv2d", "depthwise", "separable"])
+def test_forward_morph_runs_the_op_where_it_may_and_gives_the_tf_ops_bits(kind, args):
+  """Eager and a training trace without XLA run the C++ op; inference traces,
+  jit_compile=True and tf_ops_only() run TF ops; all equal the numpy reference."""
+  assert ops.is_built(), ops.why_not_built()
+  layer, shape, names = _built(kind)
+  # weights near powers of two and exact zeros, where the methods' edge cases are
+  for w in layer.weights:
+    value = w.numpy()
+    value.flat[::7] = 0.0
+    value.flat[1::7] = np.float32(0.5) * np.float32(1 + 2.0 ** -20)
+    w.assign(value)
+  wrapper = MorphWrapper(layer, **args)
+  x = np.random.default_rng(1).standard_normal((2,) + shape).astype(np.float32)
+  wrapper(x)
+  targets = {t.name: t for t in wrapper.targets}
+  equation = getattr(layer, "equation", None)
+  for name, layout in names.items():
+    target = targets[name]
+    master = tf.constant(target.kernel.variable.numpy())
+    expected = u32(_expected_morph(master.numpy(), args, layout, equation))
+    runs = {
+        "eager": lambda: wrapper._morph(master, target, training=True),
+        "train graph": tf.function(lambda: wrapper._morph(master, target, training=True)),
+        "inference graph": tf.function(lambda: wrapper._morph(master, target, training=False)),
+        "xla": tf.function(lambda: wrapper._morph(master, target, training=True),
+                           jit_compile=True),
+    }
+    for mode, run in runs.items():
+      np.testing.assert_array_equal(u32(run()), expected, err_msg=f"{name} {mode}")
+    with wrapper_lib.tf_ops_only():
+      np.testing.assert_array_equal(u32(wrapper._morph(master, target, training=True)), expected)
+    assert any(t.startswith("Mortar") for t in _graph_op_types(runs["train graph"]))
+    assert not any(t.startswith("Mortar") for t in _graph_op_types(runs["inference graph"]))
+    with wrapper_lib.tf_ops_only():
+      traced = tf.function(lambda: wrapper._morph(master, target, training=True))
+      assert not any(t.startswith("Mortar") for t in _graph_op_types(traced))
+
+
+@pytest.mark.parametrize("args", METHODS)
+def test_a_training_step_runs_the_op_and_trains_the_masters_as_the_tf_ops_step_does(args):
+  """One SGD step on a wrapped model with the op and with TF ops only: the same
+  master kernels after it, bit for bit (the gradient is straight-through both ways)."""
+  assert ops.is_built(), ops.why_not_built()
+  results = []
+  for tf_only in (False, True):
+    keras.utils.set_random_seed(3)
+    model = morph_model(_functional(), **args)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((8, 8, 8, 3)).astype(np.float32)
+    y = rng.standard_normal((8, 3)).astype(np.float32)
+
+    @tf.function
+    def step(x, y):
+      with tf.GradientTape() as tape:
+        loss = tf.reduce_mean((model(x, training=True) - y) ** 2)
+      grads = tape.gradient(loss, model.trainable_variables)
+      for v, g in zip(model.trainable_variables, grads):
+        v.assign_sub(0.1 * g)
+      return loss
+
+    if tf_only:
+      with wrapper_lib.tf_ops_only():
+        types = _graph_op_types(step, x, y)
+        step(x, y)
+      assert not any(t.startswith("Mortar") for t in types)
+    else:
+      assert any(t.startswith("Mortar") for t in _graph_op_types(step, x, y))
+      step(x, y)
+    results.append([u32(v.numpy()) for v in model.trainable_variables])
+  for a, b in zip(*results):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_exported_model_has_no_mortar_ops_and_loads_without_the_library(tmp_path):
   model = morph_model(_functional(), "fewest_ones", precision=0.2)
   x = np.random.default_rng(7).standard_normal((2, 8, 8, 3)).astype(np.float32)
+  # a training graph traced first (with the op where it is built) must not leak into the export
+  model.compile(optimizer="sgd", loss="mse")
+  model.fit(x, np.asarray(model(x)), epochs=1, verbose=0)
   export_dir = str(tmp_path / "exported")
   if IS_KERAS3:
     model.export(export_dir, verbose=False)

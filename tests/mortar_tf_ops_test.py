@@ -13,6 +13,7 @@ import mortar_tf
 from mortar_tf import bits
 from mortar_tf import native
 from mortar_tf import ops
+from mortar_tf.morphing import MorphSpec
 
 import spec_reference as ref
 
@@ -144,13 +145,16 @@ def test_numpy_input_runs_the_native_kernels_and_tf_input_stays_on_tf(monkeypatc
   assert len(op_calls) == 1
 
 
-def test_gradient_is_straight_through():
+@pytest.mark.parametrize("spec", [MorphSpec.create("paper", 0.3),
+                                  MorphSpec.create("bitx", columns=3, group_size=4)])
+def test_gradient_is_straight_through(spec):
   values = _mixed(64, seed=2)
-  x = tf.Variable(values[np.isfinite(values)][:16])
+  x = tf.Variable(values[np.isfinite(values)][:16].reshape(4, 4))
   with tf.GradientTape() as tape:
-    y = ops.mantissa_morph(x, "paper", 0.3)
-    loss = tf.reduce_sum(y * tf.range(16, dtype=tf.float32))
-  np.testing.assert_array_equal(tape.gradient(loss, x).numpy(), np.arange(16, dtype=np.float32))
+    y = ops.morph_spec(x, spec, reduction_axes=(0,))
+    loss = tf.reduce_sum(y * tf.reshape(tf.range(16, dtype=tf.float32), (4, 4)))
+  np.testing.assert_array_equal(tape.gradient(loss, x).numpy(),
+                                np.arange(16, dtype=np.float32).reshape(4, 4))
 
 
 @pytest.mark.parametrize("domain", ["word", "significand"])

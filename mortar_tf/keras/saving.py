@@ -183,10 +183,12 @@ def export_saved_model(model, path: str) -> None:
   model.export; tf_keras: tf.saved_model.save), with a serving_default
   signature."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  if IS_KERAS3:
-    model.export(path, verbose=False)
-  else:
-    tf.saved_model.save(model, path)
+  from mortar_tf.keras import wrapper  # pylint: disable=import-outside-toplevel
+  with wrapper.tf_ops_only():  # a wrapped model's graph must not need our op library
+    if IS_KERAS3:
+      model.export(path, verbose=False)
+    else:
+      tf.saved_model.save(model, path)
 
 
 def write_model(model, path: str, fmt: str, compress: bool = False) -> None:

@@ -1,9 +1,13 @@
 """MorphWrapper: morph-aware training of a layer's kernels, in Keras 3 and tf_keras.
 
 The wrapped layer keeps its float32 master kernels and trains them; its forward
-pass multiplies with the morphed kernels (SPEC 2, computed with TF ops only,
-so exported models need nothing of ours), and the gradient passes straight
-through the morphing to the master kernels. The kernels are the registry's
+pass multiplies with the morphed kernels (SPEC 2), and the gradient passes
+straight through the morphing to the master kernels. The morph is the C++ op
+(mortar_tf.ops) where a graph cannot leave this process: eagerly, and in a
+training step traced without XLA on a machine without GPUs; everywhere else
+(jit_compile=True, inference and serving graphs, SavedModel export, GPUs, no op
+library) it is made of TF ops only (mortar_tf.morph_tf), so exported models need
+nothing of ours. Both give the same bits (tested). The kernels are the registry's
 (mortar_tf.keras.registry): a Dense has one, a SeparableConv two, a
 MultiHeadAttention four, a Bidirectional(LSTM) four; a block of your own
 holding such layers has all of theirs. `strip_morphing` (apply.py) turns a
@@ -19,8 +23,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import inspect
+import threading
 from typing import Protocol
 from typing import runtime_checkable
 
@@ -102,6 +109,52 @@ def morph_targets_of(layer) -> list[tuple[str, object, dict]]:
     ValueError: the layer holds no registered kernel.
   """
   return [(k.name, k.variable, k.grouping()) for k in kernels_of(layer).kernels]
+
+
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def tf_ops_only():
+  """Within it, MorphWrapper morphs with TF ops only (mortar_tf.morph_tf), as it
+  does under XLA and when exporting: a graph traced here needs no op library."""
+  before = getattr(_LOCAL, "tf_ops_only", False)
+  _LOCAL.tf_ops_only = True
+  try:
+    yield
+  finally:
+    _LOCAL.tf_ops_only = before
+
+
+@functools.lru_cache(maxsize=None)
+def _op_library():
+  """mortar_tf.ops when its library loaded and no GPU is visible (the op runs
+  on CPU only; a GPU graph keeps the morph on the GPU with TF ops), else None."""
+  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
+  if not ops.is_built() or tf.config.list_logical_devices("GPU"):
+    return None
+  return ops
+
+
+def _in_xla_or_saving() -> bool:
+  """True while tracing under jit_compile=True or for a SavedModel."""
+  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from tensorflow.python.ops import control_flow_util
+  from tensorflow.python.saved_model import save_context
+  return (save_context.in_save_context()
+          or control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+def op_for_morph(training=None):
+  """mortar_tf.ops when the C++ op may morph here, else None (see the module doc):
+  eagerly, or in a graph traced for training (training=True) outside XLA and
+  SavedModel export; never within tf_ops_only() nor without the library."""
+  if getattr(_LOCAL, "tf_ops_only", False):
+    return None
+  if not tf.executing_eagerly():
+    if training is not True or _in_xla_or_saving():
+      return None
+  return _op_library()
 
 
 @tf.custom_gradient
@@ -307,10 +360,13 @@ class MorphWrapper(keras.layers.Wrapper):
       value = value * self.zero_masks[target.name]
     return value
 
-  def _morph(self, value, target) -> tf.Tensor:
+  def _morph(self, value, target, training=None) -> tf.Tensor:
     axes = ()
     if target.spec.method == "bitx":
       axes = target.kernel.reduction_axes()
+    ops = op_for_morph(training)
+    if ops is not None:
+      return ops.morph_spec(value, target.spec, axes)
     return morph_tf.morph_tensor(value, target.spec, axes)
 
   def morphed_values(self) -> dict[str, tf.Tensor]:
@@ -370,7 +426,8 @@ class MorphWrapper(keras.layers.Wrapper):
         continue
       value = self._master(t, folded)
       if self.morph_forward and t.spec is not None:
-        value = _straight_through(value, self._morph(value, t))
+        # the morph is outside the tape: the gradient is _straight_through's alone
+        value = _straight_through(value, self._morph(tf.stop_gradient(value), t, training))
       replaced.append((t.kernel.owner, t.kernel.attribute, t.kernel.variable, value))
     outputs = self._call_with(replaced, args, kwargs)
     if extra_bias is not None:

@@ -3,8 +3,10 @@
 `is_built()` says whether the op library loaded. mortar_tf.morph,
 count_ones and bit_histogram run these ops with ``backend="op"``; on numpy
 arrays they default to the same kernels without TensorFlow
-(mortar_tf.native). Importing this module imports TensorFlow. The Keras
-forward pass never uses these ops (exported models must not need the .so).
+(mortar_tf.native). Importing this module imports TensorFlow. MorphWrapper's
+forward pass uses them only where its graph stays in this process (eager, and
+training steps without XLA; see mortar_tf.keras.wrapper): exported models never
+need the .so.
 
 Example:
   >>> import numpy as np
@@ -35,6 +37,11 @@ if _LIB is not None:
   def _morph_gradient(op, grad):  # pylint: disable=unused-argument
     """Straight-through: the morphed weight passes the gradient on unchanged."""
     return [grad, None]
+
+  @tf.RegisterGradient("MortarBitx")
+  def _bitx_gradient(op, grad):  # pylint: disable=unused-argument
+    """Straight-through, as for MortarMorph."""
+    return [grad]
 
 
 def is_built() -> bool:
