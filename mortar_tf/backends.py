@@ -409,3 +409,34 @@ def morph(w, method="paper", precision=None, *, keep_bits=None, columns=None,
   from mortar_tf import morph_tf  # pylint: disable=import-outside-toplevel
   result = morph_tf.morph_tensor(w, spec, axes)
   return result if tf_input else np.asarray(result.numpy())
+
+
+def max_relative_error(original, morphed) -> float:
+  """max |x' - x| / |x| over the nonzero finite elements of x (0.0 if none; NaN
+  when such an x' is NaN).
+
+  Works in float64 (exact for float32 inputs): float32 arrays of one shape in
+  the C++ kernel when it is built (one pass, threads), else numpy on chunks of
+  2^16 elements, so the temporaries stay small however large the arrays are.
+  Both give the same bits (tested).
+  """
+  x_all = np.asarray(original)
+  y_all = np.asarray(morphed)
+  if (native.is_built() and x_all.dtype == np.float32 and y_all.dtype == np.float32
+      and x_all.shape == y_all.shape):
+    return native.max_rel_error(x_all, y_all)
+  return _max_relative_error_numpy(x_all, y_all)
+
+
+def _max_relative_error_numpy(x_all: np.ndarray, y_all: np.ndarray) -> float:
+  x_all = x_all.reshape(-1)
+  y_all = y_all.reshape(-1)
+  worst = 0.0
+  chunk = 1 << 16
+  for start in range(0, x_all.size, chunk):
+    x = x_all[start:start + chunk].astype(np.float64)
+    y = y_all[start:start + chunk].astype(np.float64)
+    keep = np.isfinite(x) & (x != 0)
+    if keep.any():
+      worst = max(worst, float(np.max(np.abs(y[keep] - x[keep]) / np.abs(x[keep]))))
+  return worst

@@ -41,7 +41,7 @@ ISAS = ("avx512", "avx2", "baseline")
 # G all-zero windows. Larger groups run in numpy (same bits) by default; the
 # op refuses them; the estimator's engines stop here.
 MAX_GROUP_SIZE = 16384
-ABI_VERSION = 2
+ABI_VERSION = 3
 METHOD_CODES = {"paper": 0, "fewest_ones": 1, "round": 2}
 
 _P = ctypes.c_void_p
@@ -78,6 +78,7 @@ def _load():
   lib.mortar_morph.argtypes = [_P, _P, _I64, _INT, ctypes.c_double, _INT, _INT]
   lib.mortar_aligned.argtypes = [_P, _I64, _I64, _I64, _I64, _INT, _INT, _P, _P, _P, _INT]
   lib.mortar_bitx.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _INT, _INT]
+  lib.mortar_max_rel_error.argtypes = [_P, _P, _I64, _P, _INT]
   return lib, ""
 
 
@@ -169,6 +170,17 @@ def morph(x: np.ndarray, method: str, precision: float, keep_bits: int) -> np.nd
                                  METHOD_CODES[method], float(precision), int(keep_bits),
                                  threads()), "morph")
   return out
+
+
+def max_rel_error(x: np.ndarray, y: np.ndarray) -> float:
+  """max |y - x| / |x| (float64) over the finite nonzero elements of x; 0.0 if none."""
+  if x.shape != y.shape:
+    raise ValueError(f"max_rel_error compares arrays of one shape, got {x.shape} and {y.shape}")
+  xs, ys = _words(x), _words(y)
+  out = ctypes.c_double(0.0)
+  _check(_library().mortar_max_rel_error(xs.ctypes.data, ys.ctypes.data, xs.size,
+                                         ctypes.addressof(out), threads()), "max_rel_error")
+  return float(out.value)
 
 
 def aligned(x: np.ndarray, view: tuple[int, int, int], group_size: int, width: int,

@@ -156,22 +156,9 @@ class SparsityReport:
 
 
 def max_relative_error(original: np.ndarray, morphed: np.ndarray) -> float:
-  """max |x' - x| / |x| over nonzero finite elements of x (0.0 if none).
-
-  Works in float64 (exact for float32 inputs) on chunks of 2^16 elements, so
-  the temporaries stay small however large the tensors are.
-  """
-  x_all = np.asarray(original).reshape(-1)
-  y_all = np.asarray(morphed).reshape(-1)
-  worst = 0.0
-  chunk = 1 << 16
-  for start in range(0, x_all.size, chunk):
-    x = x_all[start:start + chunk].astype(np.float64)
-    y = y_all[start:start + chunk].astype(np.float64)
-    keep = np.isfinite(x) & (x != 0)
-    if keep.any():
-      worst = max(worst, float(np.max(np.abs(y[keep] - x[keep]) / np.abs(x[keep]))))
-  return worst
+  """max |x' - x| / |x| over nonzero finite elements of x (0.0 if none; NaN
+  when such an x' is NaN), in float64: see backends.max_relative_error."""
+  return backends.max_relative_error(original, morphed)
 
 
 def grouping_kwargs(grouping) -> dict:

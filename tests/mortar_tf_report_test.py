@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import mortar_tf
+from mortar_tf import backends
 from mortar_tf import report
 
 import spec_reference as ref
@@ -100,3 +101,41 @@ def test_bad_report_arguments(kwargs, match):
 def test_spec_and_arguments_together_is_an_error():
   with pytest.raises(ValueError, match="not both"):
     mortar_tf.sparsity_report({}, mortar_tf.MorphSpec.create("paper"), precision=0.1)
+
+
+def _max_rel_reference(x, y):
+  """max |y - x| / |x| in float64 over finite nonzero x, element by element."""
+  worst = 0.0
+  for a, b in zip(np.asarray(x, np.float64).reshape(-1), np.asarray(y, np.float64).reshape(-1)):
+    if math.isfinite(a) and a != 0:
+      r = abs(b - a) / abs(a)
+      if math.isnan(r):
+        return math.nan
+      worst = max(worst, r)
+  return worst
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 5000, 300_001])
+def test_max_relative_error_equals_an_element_by_element_reference(n):
+  """The C++ kernel (used for float32 arrays) and the numpy fallback give the
+  reference's value bit for bit, specials included (inf/NaN/zero x are not
+  counted; a NaN y where x counts makes the answer NaN)."""
+  from mortar_tf import native  # pylint: disable=import-outside-toplevel
+  assert native.is_built(), native.why_not_built()
+  rng = np.random.default_rng(n)
+  x = (rng.standard_normal(n) * rng.choice([1e-38, 1e-3, 1.0, 1e38], n)).astype(np.float32)
+  specials = np.float32([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, 3.4e38])
+  x[rng.integers(0, max(n, 1), min(n, 40))] = rng.choice(specials, min(n, 40))
+  with np.errstate(over="ignore"):
+    y = (x * (1 + rng.standard_normal(n) * 0.1)).astype(np.float32)
+  reference = _max_rel_reference(x, y) if n <= 5000 else None
+  got = report.max_relative_error(x, y)
+  fallback = backends._max_relative_error_numpy(x, y)  # pylint: disable=protected-access
+  assert got == fallback
+  if reference is not None:
+    assert got == reference
+  if n:
+    counted = np.flatnonzero(np.isfinite(x) & (x != 0))
+    y[counted[len(counted) // 2]] = np.nan
+    assert math.isnan(report.max_relative_error(x, y))
+    assert math.isnan(_max_rel_reference(x, y)) or n > 5000

@@ -366,3 +366,44 @@ def test_select_all_morphs_each_keras_variable_once_and_its_twin_alike(exported,
   for twin in twins:
     first = next(v for v in primary if v.name == twin.twin_of)
     assert _bytes(after[twin.key]) == _bytes(after[first.key])
+
+
+WITHOUT_OP = textwrap.dedent("""
+    import sys
+    from mortar_tf import ops, savedmodel
+    from mortar_tf.morphing import MorphSpec
+    assert not ops.is_built()
+    savedmodel.convert(sys.argv[1], sys.argv[2], MorphSpec.create(
+        sys.argv[3], float(sys.argv[4]) or None, keep_bits=int(sys.argv[5]) or None,
+        columns=int(sys.argv[6]) or None))
+""")
+
+
+@pytest.mark.parametrize("spec", [dict(method="paper", precision=0.1),
+                                  dict(method="fewest_ones", precision=0.05),
+                                  dict(method="round", keep_bits=4),
+                                  dict(method="bitx", columns=5)])
+def test_the_converter_without_the_op_writes_the_same_checkpoint(exported, tmp_path, spec):
+  """Kernels morph on the TF op when its library loads, else with numpy in and
+  a copy out: every checkpoint entry and the report's figures agree."""
+  src, _ = exported
+  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
+  assert ops.is_built(), ops.why_not_built()
+  with_op = savedmodel.convert(str(src), str(tmp_path / "op"), mortar_tf.MorphSpec.create(**spec))
+  env = dict(os.environ, MORTAR_TF_DISABLE_OPS="1", TF_CPP_MIN_LOG_LEVEL="3")
+  args = [str(spec.get(k) or 0) for k in ("method", "precision", "keep_bits", "columns")]
+  result = subprocess.run([sys.executable, "-c", WITHOUT_OP, str(src), str(tmp_path / "numpy"),
+                           *args], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  a, b = _checkpoint(tmp_path / "op"), _checkpoint(tmp_path / "numpy")
+  assert a.keys() == b.keys()
+  for key in a:
+    assert _bytes(a[key]) == _bytes(b[key]), key
+  expected = _checkpoint(src)
+  assert with_op.morphed
+  for v in with_op.morphed:
+    grouping = {"reduction_axes": v.reduction_axes} if v.spec.method == "bitx" else {}
+    np.testing.assert_array_equal(
+        a[v.key].view(np.uint32),
+        mortar_tf.morph(expected[v.key], v.spec, **grouping, backend="numpy").view(np.uint32))

@@ -7,6 +7,8 @@
 // (the Python side validates first, so a code here means a caller bug).
 
 #include <algorithm>
+#include <cfloat>
+#include <cmath>
 #include <cstdint>
 #include <thread>
 #include <vector>
@@ -52,7 +54,7 @@ bool ValidView(const void* data, int64_t a, int64_t r, int64_t b, int64_t group_
 extern "C" {
 
 // Bumped whenever a signature below changes; native.py refuses a mismatch.
-int mortar_abi_version() { return 2; }
+int mortar_abi_version() { return 3; }
 
 const char* mortar_isa() { return mortar::IsaName(); }
 
@@ -134,6 +136,40 @@ int mortar_aligned(const uint32_t* data, int64_t a, int64_t r, int64_t b, int64_
     columns[c] = 0;
     for (int part = 0; part < parts; ++part) columns[c] += partial[int64_t{width} * part + c];
   }
+  return 0;
+}
+
+// max |y - x| / |x| in double over the elements whose x is finite and nonzero
+// (numpy's float64 arithmetic, the same bits), into *out; 0 when there are
+// none, NaN when any such y is NaN.
+int mortar_max_rel_error(const float* x, const float* y, int64_t n, double* out, int threads) {
+  if (n < 0 || out == nullptr || ((x == nullptr || y == nullptr) && n > 0)) return kBadArgument;
+  constexpr int64_t kMin = 1 << 18;
+  const int parts = PartsFor(n, kMin, threads);
+  std::vector<double> worst(parts, 0.0);
+  std::vector<char> nan(parts, 0);
+  ParallelFor(n, kMin, threads, [&](int64_t begin, int64_t end, int part) {
+    double w = 0.0;
+    bool saw_nan = false;
+    for (int64_t i = begin; i < end; ++i) {
+      const double xi = static_cast<double>(x[i]);
+      if (!(std::fabs(xi) <= static_cast<double>(FLT_MAX)) || xi == 0.0) continue;
+      const double r = std::fabs(static_cast<double>(y[i]) - xi) / std::fabs(xi);
+      saw_nan |= std::isnan(r);
+      w = r > w ? r : w;
+    }
+    worst[part] = w;
+    nan[part] = saw_nan;
+  });
+  double w = 0.0;
+  for (int part = 0; part < parts; ++part) {
+    if (nan[part]) {
+      *out = std::nan("");
+      return 0;
+    }
+    w = std::max(w, worst[part]);
+  }
+  *out = w;
   return 0;
 }
 

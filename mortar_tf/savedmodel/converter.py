@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -317,46 +318,56 @@ def read_record(saved_model_dir: str) -> dict | None:
 # Writing
 
 
-# Elements handed to numpy or a transposing op at a time: large tensors are
-# walked in slices so no full-size temporary (TF keeps freed buffers) appears.
-_SLICE = 1 << 20
+def _view(t) -> np.ndarray:
+  """A read-only numpy view of an eager tensor (Tensor.numpy() would copy it)."""
+  return np.asarray(t)
 
 
-def _ones(t: tf.Tensor, axes, group_size: int, width: int) -> dict[str, int]:
+def _ones(t, axes, group_size: int, width: int) -> dict[str, int]:
   """Ones of a float32 tensor in every domain, read in place (numpy view, C++ kernels)."""
-  return backends.ones_by_domain(t.numpy(), reduction_axes=axes, group_size=group_size,
+  return backends.ones_by_domain(_view(t), reduction_axes=axes, group_size=group_size,
                                  width=width)
-
-
-def _max_rel_error(t: tf.Tensor, morphed: tf.Tensor) -> float:
-  from mortar_tf import report  # pylint: disable=import-outside-toplevel
-  flat_t, flat_m = tf.reshape(t, [-1]), tf.reshape(morphed, [-1])
-  return max((report.max_relative_error(flat_t[i:i + _SLICE].numpy(),
-                                        flat_m[i:i + _SLICE].numpy())
-              for i in range(0, int(flat_t.shape[0]), _SLICE)), default=0.0)
 
 
 def _morph(t: tf.Tensor, target: selection.Target, group_size: int, width: int, given=None):
   """(morphed tensor, MorphedVariable) for one variable's value `t`.
 
   `given`: the final value made elsewhere (compensation), used as it is.
-  Memory: `t` and the result (the C++ kernels read `t` in place; the numpy
-  fallback makes temporaries of the whole tensor).
+  Memory: `t` and the result, each once in numpy and once as a tensor (the C++
+  kernels read in place; the numpy fallback makes temporaries of the whole
+  tensor).
   """
+  from mortar_tf import report  # pylint: disable=import-outside-toplevel
   spec = target.spec
   axes = target.axes
-  before = _ones(t, axes, group_size, width)
+  original = _view(t)
+  before = _ones(original, axes, group_size, width)
   grouping = {"reduction_axes": axes} if spec.method == "bitx" else {}
-  morphed = tf.constant(backends.morph(t.numpy(), spec, **grouping) if given is None else given)
-  error = _max_rel_error(t, morphed)
-  after = _ones(morphed, axes, group_size, width)
-  others = tuple((op, tuple(other), _ones(t, other, group_size, width)["aligned"],
-                  _ones(morphed, other, group_size, width)["aligned"])
+  if given is not None:
+    value = np.asarray(given)
+    morphed = tf.constant(value)
+  elif _op_library() is not None:  # the same C++ kernels, into TF's buffer: no copy to write it
+    morphed = _op_library().morph_spec(t, spec, axes if spec.method == "bitx" else ())
+    value = _view(morphed)
+  else:
+    value = backends.morph(original, spec, **grouping)
+    morphed = tf.constant(value)
+  error = report.max_relative_error(original, value)
+  after = _ones(value, axes, group_size, width)
+  others = tuple((op, tuple(other), _ones(original, other, group_size, width)["aligned"],
+                  _ones(value, other, group_size, width)["aligned"])
                  for op, other in target.other_readers)
   record = MorphedVariable(target.var.name, target.var.key, target.var.shape, tuple(axes), spec,
                            before, after, error, target.twin_of, target.var.path,
                            target.display, others)
   return morphed, record
+
+
+@functools.lru_cache(maxsize=None)
+def _op_library():
+  """mortar_tf.ops when the op library loaded, else None (then numpy in, a copy out)."""
+  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
+  return ops if ops.is_built() else None
 
 
 def _nbytes(shape, dtype) -> int:
@@ -409,8 +420,8 @@ def _stream_checkpoint(src: str, reader, out_dir: str, targets: Mapping[str, sel
       original = value
       value, record = _morph(value, target, group_size, width, values.get(key))
       if measurer is not None and not target.twin_of:
-        measured.append((len(records), measurer.submit(original.numpy()),
-                      measurer.submit(value.numpy())))
+        measured.append((len(records), measurer.submit(_view(original)),
+                         measurer.submit(_view(value))))
       del original
       records.append(record)
     elif key in values:  # a corrected bias or moving mean
