@@ -37,16 +37,29 @@ def test_every_test_file_has_a_py_test():
   assert listed == present
 
 
-def test_every_tool_has_a_py_binary():
+def test_every_tool_has_a_launcher_in_tools_and_a_py_binary_for_it():
+  """tools/<name>.py for each mortar_tf/tools program, a py_binary whose main it
+  is, and the installed command (setup.py) running the very module it starts:
+  one definition of each tool's flags."""
   text = (ROOT / "BUILD").read_text()
   tools = re.search(r"for tool in \[(.*?)\]\]", text, re.S)
   assert tools, "BUILD has no py_binary list of tools"
-  listed = set(re.findall(r'"(\w+)"', tools.group(1)))
-  present = {p.stem for p in (ROOT / "mortar_tf/tools").glob("*.py")
-             if p.name not in ("__init__.py", "flag_parsing.py")}
-  assert listed == present
-  entry_points = set(re.findall(r"mortar_tf\.tools\.(\w+):run", (ROOT / "setup.py").read_text()))
-  assert entry_points == present
+  listed = set(re.findall(r'"([\w/]+\.py)"', tools.group(1)))
+  launchers = {str(p.relative_to(ROOT)) for p in (ROOT / "tools").glob("*.py")}
+  assert listed == launchers
+  programs = {p.stem for p in (ROOT / "mortar_tf/tools").glob("*.py")
+              if p.name not in ("__init__.py", "flag_parsing.py")}
+  entry_points = dict(re.findall(r'"(mortar-\w+) = mortar_tf\.tools\.(\w+):run"',
+                                 (ROOT / "setup.py").read_text()))
+  assert set(entry_points.values()) == programs
+  started = {}
+  for launcher in launchers:
+    source = (ROOT / launcher).read_text()
+    (module,) = set(re.findall(r"^from mortar_tf\.tools import (\w+)", source, re.M))
+    assert re.search(rf"^  {module}\.run\(\)$", source, re.M), launcher
+    assert "DEFINE_" not in source, f"{launcher} defines flags of its own"
+    started[pathlib.Path(launcher).stem.replace("_", "-")] = module
+  assert started == entry_points
 
 
 def test_every_benchmark_has_a_py_binary():

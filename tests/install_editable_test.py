@@ -68,3 +68,10 @@ def test_editable_install_builds_in_place_and_its_commands_run(tmp_path):
     # entry point is a traceback
     assert "flags:" in result.stdout and "Traceback" not in result.stderr, (
         command, result.stderr[-3000:])
+  launchers = sorted((tree / "tools").glob("mortar_*.py"))
+  assert len(launchers) == len(COMMANDS) + 1  # and mortar_results
+  for launcher in launchers:  # the checkout's absl programs run on the editable package
+    result = subprocess.run([str(python), str(launcher), "--helpshort"], capture_output=True,
+                            text=True, env=env, timeout=300, check=False, cwd=tmp_path)
+    assert "flags:" in result.stdout and "Traceback" not in result.stderr, (
+        launcher.name, result.stderr[-3000:])

@@ -1,6 +1,10 @@
 """What a mistyped command line prints: the cause, then where the help is, never
 the whole help first; multi-input shape errors in the command line's own syntax."""
 
+import pathlib
+import subprocess
+import sys
+
 import keras
 import pytest
 
@@ -80,3 +84,30 @@ def test_a_shape_for_some_inputs_only_is_refused(tmp_path):
   ok = installed_tool.run("mortar-estimate", f"--saved_model={tmp_path / 'm'}",
                           "--input_shape=token_ids:1,5,4;padding_mask:1,5,4")
   assert ok.returncode == 0, ok.stderr
+
+
+LAUNCHERS = {"mortar-analyze": "mortar_analyze", "mortar-morph": "mortar_morph",
+             "mortar-estimate": "mortar_estimate", "mortar-sweep": "mortar_sweep",
+             "mortar-results": "mortar_results"}
+
+
+def _flag_lines(text):
+  return sorted(l.strip() for l in text.splitlines() if l.strip().startswith("--"))
+
+
+@pytest.mark.parametrize("tool", sorted(LAUNCHERS))
+def test_the_checkout_launcher_is_the_installed_command(tool, tmp_path):
+  """python tools/<name>.py (from any directory) prints the installed command's
+  help, flag for flag, and its usage errors name the launcher."""
+  launcher = pathlib.Path(__file__).resolve().parents[1] / "tools" / f"{LAUNCHERS[tool]}.py"
+  def launch(*args):
+    return subprocess.run([sys.executable, str(launcher), *args], capture_output=True,
+                          text=True, env=installed_tool.ENV, timeout=300, check=False,
+                          cwd=tmp_path)
+  mine, installed = launch("--helpshort"), installed_tool.run(tool, "--helpshort")
+  assert "Traceback" not in mine.stderr, mine.stderr[-3000:]
+  assert _flag_lines(mine.stdout) and _flag_lines(mine.stdout) == _flag_lines(installed.stdout)
+  assert mine.stdout.splitlines()[0] == installed.stdout.splitlines()[0]  # the tool's docstring
+  bad = launch("--bogus_flag=1")
+  assert bad.returncode == 1
+  assert bad.stderr.splitlines()[0].startswith(f"python {launcher}: error: "), bad.stderr

@@ -13,19 +13,22 @@ from mortar_tf import files
 def run_tool(main, module_name: str) -> None:
   """app.run(main) for the tool defined in `module_name`.
 
-  An installed command's __main__ is pip's wrapper script, which has no
-  docstring and defines no flags, so absl's --help and --helpshort would
-  describe nothing: the tool's docstring and flags are lent to it first.
+  An installed command's __main__ is pip's wrapper script, and a checkout's
+  is its launcher in tools/ (tools/mortar_morph.py, ...); neither defines
+  flags, so absl's --help and --helpshort would describe nothing: the tool's
+  docstring and flags are lent to it first. Errors name the command as it was
+  started: mortar-morph, python tools/mortar_morph.py, or python -m ....
   """
   module = sys.modules[module_name]
   main_module = sys.modules["__main__"]
   if main_module is not module:
-    if not main_module.__doc__:
-      main_module.__doc__ = module.__doc__
+    main_module.__doc__ = module.__doc__
     for flag in flags.FLAGS.get_key_flags_for_module(module_name):
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   command = os.path.basename(sys.argv[0])
-  if not command.startswith("mortar-"):
+  if command.startswith("mortar_") and command.endswith(".py"):
+    command = f"python {sys.argv[0]}"
+  elif not command.startswith("mortar-"):
     command = f"python -m {module_name}"
   app.run(_short_usage_errors(main, command), flags_parser=_flags_parser(command))
 
