@@ -25,7 +25,9 @@ from absl import flags
 
 _TOTAL_MB = flags.DEFINE_float("total_mb", 1024, "Megabytes of float32 variables.")
 _LARGEST_MB = flags.DEFINE_float("largest_mb", 128, "Megabytes per variable.")
-_METHOD = flags.DEFINE_string("method", "paper", "Morphing method.")
+_METHOD = flags.DEFINE_enum("method", "paper", ["paper", "fewest_ones", "round", "bitx"],
+                            "Morphing method (round keeps 7 bits, bitx 8 columns).")
+_PRECISION = flags.DEFINE_float("precision", 0.1, "P (not for round and bitx).")
 _KEEP = flags.DEFINE_string("keep", None, "Keep the models in this directory.")
 
 BUILD = textwrap.dedent("""
@@ -59,7 +61,10 @@ CONVERT = textwrap.dedent("""
       return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     base = rss_peak()
     start = time.perf_counter()
-    savedmodel.convert(sys.argv[1], sys.argv[2], sys.argv[3])
+    settings = {"paper": {"precision": float(sys.argv[4])},
+                "fewest_ones": {"precision": float(sys.argv[4])},
+                "round": {"keep_bits": 7}, "bitx": {"columns": 8}}[sys.argv[3]]
+    savedmodel.convert(sys.argv[1], sys.argv[2], sys.argv[3], **settings)
     print(json.dumps({"seconds": time.perf_counter() - start, "base": base,
                       "peak": rss_peak()}))
 """)
@@ -90,14 +95,15 @@ def main(argv):
     start = time.perf_counter()
     shutil.copytree(src, copy)
     copy_seconds = time.perf_counter() - start
-    stats = json.loads(_run(CONVERT, src, dst, _METHOD.value).strip().splitlines()[-1])
+    stats = json.loads(_run(CONVERT, src, dst, _METHOD.value, _PRECISION.value).strip().splitlines()[-1])
   finally:
     if not _KEEP.value:
       shutil.rmtree(root, ignore_errors=True)
   total = count * largest
   above = stats["peak"] - stats["base"]
   print(f"SavedModel: {count} kernels of {side}x{side} float32 = {total / 2**20:.0f} MiB "
-        f"(largest tensor {largest / 2**20:.1f} MiB), method {_METHOD.value}")
+        f"(largest tensor {largest / 2**20:.1f} MiB), method {_METHOD.value}"
+        + (f" P={_PRECISION.value}" if _METHOD.value in ("paper", "fewest_ones") else ""))
   print(f"copytree {copy_seconds:.2f} s; convert {stats['seconds']:.2f} s = "
         f"{stats['seconds'] / copy_seconds:.1f}x copy ratio, "
         f"{total / 2**20 / stats['seconds']:.0f} MiB/s")

@@ -18,6 +18,8 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_convert.py", ["--total_mb=2", "--largest_mb=0.5"], "ratio"),
     ("bench_compensate.py", ["--samples=2"], "compensating every kernel"),
     ("bench_compression.py", ["--precisions=0.1"], "ratio threads / one thread"),
+    ("bench_keras_paths.py", ["--model=MobileNetV2", "--input_size=32", "--repeats=1",
+                              "--steps=1", "--batch=4"], "worst cells: strip ratio"),
     ("bench_estimate.py", ["--models=mobilenet_v2", "--input_size=32", "--alpha=0.35"],
      "ratio"),
 ])

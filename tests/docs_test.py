@@ -80,8 +80,11 @@ def test_every_flag_shown_is_defined(path):
     for flag in flags:
       name = flag[2:] if flag.startswith("no") and flag[2:] in defined else flag
       assert name in defined, f"{path.name}: {tool} has no flag --{flag}"
-  # Flags named in prose next to a command (`--precision_map`) exist in some tool.
+  # Flags named in prose next to a command (`--precision_map`) exist in some tool
+  # or benchmark of ours.
   every = set().union(*(_flags_of(t) for t in TOOLS)) | ABSL_FLAGS
+  for bench in (ROOT / "benchmarks").glob("bench_*.py"):
+    every |= set(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", bench.read_text(encoding="utf-8")))
   for flag in re.findall(r"`--([\w-]+)", text):
     if "-" in flag:
       continue  # pip's and other programs' flags (ours use underscores)

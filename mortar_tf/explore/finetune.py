@@ -11,7 +11,9 @@ the plain morph is returned: training never makes the answer worse.
 The loop is MorphWrapper's arithmetic without the wrapper: the morph runs
 outside the graph (backends.morph: the C++ kernels, or numpy), so one
 compiled step serves every map; the wrapper's TF-ops morph took 43 s to
-compile per map on the FER model, against 0.7 s an epoch after it.
+compile per map on the FER model, against 0.7 s an epoch after it (the
+wrapper now uses the C++ op in training steps, but a step traced per map
+would still be traced once per map).
 
 `search_with_finetune` is the per-kernel search whose every full evaluation
 distils the candidate map first, so the calibrated budget reaches larger P at
