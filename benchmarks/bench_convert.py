@@ -95,6 +95,7 @@ def main(argv):
     start = time.perf_counter()
     shutil.copytree(src, copy)
     copy_seconds = time.perf_counter() - start
+    os.sync()  # the model just written is on disk: no writeback runs during the conversion
     stats = json.loads(_run(CONVERT, src, dst, _METHOD.value, _PRECISION.value).strip().splitlines()[-1])
   finally:
     if not _KEEP.value:

@@ -18,7 +18,7 @@ used before the C++ op), to show what the op changes. Medians of --repeats.
 Not asserted anywhere.
 
   .venv/bin/python benchmarks/bench_keras_paths.py [--model=ResNet50] \
-      [--input_size=64] [--repeats=3] [--steps=5] [--tf_ops_baseline]
+      [--input_size=64] [--repeats=3] [--steps=5] [--tf_ops_baseline] [--methods=paper ...]
 """
 
 import os
@@ -44,6 +44,9 @@ _INPUT_SIZE = flags.DEFINE_integer("input_size", 64, "Its input height and width
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Calls per timing (median).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Training steps after the first (median).")
 _BATCH = flags.DEFINE_integer("batch", 32, "Training batch size.")
+_METHODS = flags.DEFINE_multi_enum("methods", ["paper", "fewest_ones", "round", "bitx"],
+                                   ["paper", "fewest_ones", "round", "bitx"],
+                                   "Methods to time (default: all four).")
 _TF_OPS_BASELINE = flags.DEFINE_bool("tf_ops_baseline", False,
                                      "Also time strip and the step with the TF-ops morph.")
 
@@ -109,7 +112,7 @@ def main(argv):
     print(header)
     print("|" + "---|" * header.count(" |"))
     worst = {}
-    for spec in SPECS:
+    for spec in [s for s in SPECS if s.method in _METHODS.value]:
       morph = timing.median_seconds(lambda: morph_model(model, spec), _REPEATS.value,  # pylint: disable=cell-var-from-loop
                                     warmup=True)
       wrapped = morph_model(model, spec)

@@ -19,7 +19,10 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_compensate.py", ["--samples=2"], "compensating every kernel"),
     ("bench_compression.py", ["--precisions=0.1"], "ratio threads / one thread"),
     ("bench_keras_paths.py", ["--model=MobileNetV2", "--input_size=32", "--repeats=1",
-                              "--steps=1", "--batch=4"], "worst cells: strip ratio"),
+                              "--steps=1", "--batch=4", "--methods=fewest_ones"],
+     "worst cells: strip ratio"),
+    ("bench_morph_grid.py", ["--size=100000", "--repeats=1", "--precisions=0.1",
+                             "--keep_bits=7", "--columns=8"], "worst numpy fewest_ones"),
     ("bench_estimate.py", ["--models=mobilenet_v2", "--input_size=32", "--alpha=0.35"],
      "ratio"),
 ])

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -329,38 +330,38 @@ def _ones(t, axes, group_size: int, width: int) -> dict[str, int]:
                                  width=width)
 
 
-def _morph(t: tf.Tensor, target: selection.Target, group_size: int, width: int, given=None):
-  """(morphed tensor, MorphedVariable) for one variable's value `t`.
+def _morph(t: tf.Tensor, target: selection.Target, given=None) -> tf.Tensor:
+  """The morphed value of one variable's value `t`, as a tensor.
 
   `given`: the final value made elsewhere (compensation), used as it is.
-  Memory: `t` and the result, each once in numpy and once as a tensor (the C++
-  kernels read in place; the numpy fallback makes temporaries of the whole
-  tensor).
+  Memory: the result (the op writes TF's buffer; without the op, numpy's result
+  is copied once into a tensor).
   """
-  from mortar_tf import report  # pylint: disable=import-outside-toplevel
   spec = target.spec
-  axes = target.axes
-  original = _view(t)
-  before = _ones(original, axes, group_size, width)
-  grouping = {"reduction_axes": axes} if spec.method == "bitx" else {}
   if given is not None:
-    value = np.asarray(given)
-    morphed = tf.constant(value)
-  elif _op_library() is not None:  # the same C++ kernels, into TF's buffer: no copy to write it
-    morphed = _op_library().morph_spec(t, spec, axes if spec.method == "bitx" else ())
-    value = _view(morphed)
-  else:
-    value = backends.morph(original, spec, **grouping)
-    morphed = tf.constant(value)
+    return tf.constant(np.asarray(given))
+  if _op_library() is not None:  # the same C++ kernels, into TF's buffer: no copy to write it
+    return _op_library().morph_spec(t, spec, target.axes if spec.method == "bitx" else ())
+  grouping = {"reduction_axes": target.axes} if spec.method == "bitx" else {}
+  return tf.constant(backends.morph(_view(t), spec, **grouping))
+
+
+def _record(t: tf.Tensor, morphed: tf.Tensor, target: selection.Target, group_size: int,
+            width: int) -> MorphedVariable:
+  """The MorphedVariable of `t` morphed into `morphed`: ones in every domain
+  before and after, the largest relative error (read in place, C++ kernels)."""
+  from mortar_tf import report  # pylint: disable=import-outside-toplevel
+  axes = target.axes
+  original, value = _view(t), _view(morphed)
+  before = _ones(original, axes, group_size, width)
   error = report.max_relative_error(original, value)
   after = _ones(value, axes, group_size, width)
   others = tuple((op, tuple(other), _ones(original, other, group_size, width)["aligned"],
                   _ones(value, other, group_size, width)["aligned"])
                  for op, other in target.other_readers)
-  record = MorphedVariable(target.var.name, target.var.key, target.var.shape, tuple(axes), spec,
-                           before, after, error, target.twin_of, target.var.path,
-                           target.display, others)
-  return morphed, record
+  return MorphedVariable(target.var.name, target.var.key, target.var.shape, tuple(axes),
+                         target.spec, before, after, error, target.twin_of, target.var.path,
+                         target.display, others)
 
 
 @functools.lru_cache(maxsize=None)
@@ -398,41 +399,65 @@ def _stream_checkpoint(src: str, reader, out_dir: str, targets: Mapping[str, sel
   var_dir = os.path.join(out_dir, "variables")
   os.makedirs(var_dir, exist_ok=True)
   shard_prefixes, batch, batch_size, records = [], [], 0, []
+  # A full batch is written on `writer` while the counts of its last tensor
+  # run here; the write ends before the next tensor is read, so at most two
+  # tensors (an original and its morph) are held, as without the thread.
+  writer = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                 thread_name_prefix="mortar-write")
+  writing = []
+
+  def _wait():
+    while writing:
+      writing.pop().result()  # a write's error (disk full, ...) is raised here
 
   def _flush():
     nonlocal batch, batch_size
+    _wait()
     if not batch:
       return
     prefix = os.path.join(var_dir, f"part-{len(shard_prefixes):05d}")
-    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=[k for k, _ in batch],
-                      shape_and_slices=[""] * len(batch), tensors=[v for _, v in batch])
+    names, tensors = [k for k, _ in batch], [v for _, v in batch]
+    writing.append(writer.submit(tf.raw_ops.SaveV2, prefix=prefix, tensor_names=names,
+                                 shape_and_slices=[""] * len(names), tensors=tensors))
     shard_prefixes.append(prefix)
     batch, batch_size = [], 0
 
-  for done, key in enumerate(keys):
-    if progress is not None:
-      progress(done, len(keys), key)
-    if batch and batch_size + sizes[key] > budget:
-      _flush()
-    value = variables_lib.restore_tensor(src, key, dtypes[key])
-    target = targets.get(key)
-    if target is not None:
-      original = value
-      value, record = _morph(value, target, group_size, width, values.get(key))
-      if measurer is not None and not target.twin_of:
-        measured.append((len(records), measurer.submit(_view(original)),
-                         measurer.submit(_view(value))))
-      del original
-      records.append(record)
-    elif key in values:  # a corrected bias or moving mean
-      given = values[key]
-      if tuple(given.shape) != tuple(value.shape) or given.dtype != value.dtype.as_numpy_dtype:
-        raise ValueError(f"internal: the corrected value of {key} does not fit it")
-      value = tf.constant(given)
-    batch.append((key, value))
-    batch_size += sizes[key]
-    del value
-  _flush()
+  try:
+    for done, key in enumerate(keys):
+      if progress is not None:
+        progress(done, len(keys), key)
+      _wait()
+      if batch and batch_size + sizes[key] > budget:
+        _flush()
+        _wait()
+      value = variables_lib.restore_tensor(src, key, dtypes[key])
+      target = targets.get(key)
+      if target is not None:
+        morphed = _morph(value, target, values.get(key))
+        batch.append((key, morphed))
+        batch_size += sizes[key]
+        later = keys[done + 1] if done + 1 < len(keys) else None
+        if later is None or batch_size + sizes[later] > budget:
+          _flush()  # written while this tensor is counted
+        records.append(_record(value, morphed, target, group_size, width))
+        if measurer is not None and not target.twin_of:
+          measured.append((len(records) - 1, measurer.submit(_view(value)),
+                           measurer.submit(_view(morphed))))
+        del morphed
+      else:
+        if key in values:  # a corrected bias or moving mean
+          given = values[key]
+          if (tuple(given.shape) != tuple(value.shape)
+              or given.dtype != value.dtype.as_numpy_dtype):
+            raise ValueError(f"internal: the corrected value of {key} does not fit it")
+          value = tf.constant(given)
+        batch.append((key, value))
+        batch_size += sizes[key]
+      del value
+    _flush()
+    _wait()
+  finally:
+    writer.shutdown(wait=True)
   if progress is not None:
     progress(len(keys), len(keys), "")
   prefix = variables_lib.checkpoint_prefix(out_dir)
