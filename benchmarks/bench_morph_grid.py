@@ -15,7 +15,6 @@ grid is printed, then the worst cell per entry point.
 """
 
 import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -24,6 +23,7 @@ import numpy as np
 import mortar_tf
 from mortar_tf import native
 from mortar_tf.morphing import MorphSpec
+import timing
 
 _SIZE = flags.DEFINE_integer("size", 25_000_000, "Weights per array (the conv shape keeps "
                              "3x3x512 and scales its output channels).")
@@ -33,19 +33,6 @@ _PRECISIONS = flags.DEFINE_list("precisions", ["1e-4", "1e-3", "0.01", "0.1", "0
 _KEEP_BITS = flags.DEFINE_list("keep_bits", ["1", "3", "7", "11", "15"], "keep_bits for round.")
 _COLUMNS = flags.DEFINE_list("columns", ["4", "8", "12"], "columns for bitx (G = 64).")
 _OP = flags.DEFINE_bool("op", True, "Also time the TensorFlow op on a ready tensor.")
-
-
-def _median_ratio(fn, w, repeats):
-  fn()  # warm
-  ratios = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    np.copy(w)
-    copy = time.perf_counter() - start
-    start = time.perf_counter()
-    fn()
-    ratios.append((time.perf_counter() - start) / copy)
-  return statistics.median(ratios)
 
 
 def _specs():
@@ -91,7 +78,7 @@ def main(argv):
         else:
           t = tensors[name]
           fn = lambda t=t, axes=axes: ops.morph_spec(t, spec, axes)  # pylint: disable=cell-var-from-loop
-        ratio = _median_ratio(fn, w, _REPEATS.value)
+        ratio = statistics.median(timing.copy_ratios(fn, w, _REPEATS.value))
         cells.append(f"{ratio:.2f}")
         key = (entry, spec.method)
         if ratio > worst.get(key, (-1.0, ""))[0]:

@@ -19,7 +19,6 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 import tracemalloc
 
 from absl import app
@@ -33,20 +32,6 @@ import timing
 _SIZE = flags.DEFINE_integer("size", 25_000_000, "Number of float32 weights.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Rounds per case; the median ratio is reported.")
 _REFERENCE = flags.DEFINE_bool("reference", False, "Also time the numpy reference.")
-
-
-def _ratios(fn, w, repeats):
-  """Per round: time(fn) / time(np.copy(w)), copy and fn alternating."""
-  fn()  # warm: code paths, thread start, page cache
-  ratios = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    np.copy(w)
-    copy = time.perf_counter() - start
-    start = time.perf_counter()
-    fn()
-    ratios.append((time.perf_counter() - start) / copy)
-  return ratios
 
 
 def _peak_allocated(fn):
@@ -125,7 +110,7 @@ def main(argv):
     header += f" {'numpy x copy':>12s}"
   print(header)
   for name, fn, goal in cases:
-    ratios = _ratios(fn, w, repeats)
+    ratios = timing.copy_ratios(fn, w, repeats)
     median = statistics.median(ratios)
     peak, result = _peak_allocated(fn)
     shares = "-" if not isinstance(result, np.ndarray) else (
@@ -136,7 +121,7 @@ def main(argv):
     line = (f"{name:32s} {median:7.2f} {min(ratios):5.2f}..{max(ratios):<5.2f} {goal:5.1f}"
             f"{' ' if median <= goal else '!'} {peak / w.nbytes:9.2f}x {rss:>8s} {shares:>6s}")
     if _REFERENCE.value:
-      reference = _ratios(lambda fn=fn, name=name: _reference(name, w), w, 1)
+      reference = timing.copy_ratios(lambda fn=fn, name=name: _reference(name, w), w, 1)
       line += f" {reference[0]:12.1f}"
     print(line)
   numpy_import, _ = _import_seconds("import numpy")

@@ -18,6 +18,21 @@ def median_seconds(fn, repeats: int, warmup: bool = False) -> float:
   return statistics.median(times)
 
 
+def copy_ratios(fn, w: np.ndarray, repeats: int) -> list[float]:
+  """Per round: time(fn()) / time(np.copy(w)), the two alternating so that both
+  see the same machine state (after one untimed call of fn)."""
+  fn()  # warm: code paths, thread start, page cache
+  ratios = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    np.copy(w)
+    copy = time.perf_counter() - start
+    start = time.perf_counter()
+    fn()
+    ratios.append((time.perf_counter() - start) / copy)
+  return ratios
+
+
 def conv_weights(size: int, out_channels: int = 256, seed: int = 0) -> np.ndarray:
   """About `size` float32 weights shaped like a 3x3 conv kernel, N(0, 0.05)."""
   rng = np.random.default_rng(seed)
