@@ -111,3 +111,22 @@ def test_the_checkout_launcher_is_the_installed_command(tool, tmp_path):
   bad = launch("--bogus_flag=1")
   assert bad.returncode == 1
   assert bad.stderr.splitlines()[0].startswith(f"python {launcher}: error: "), bad.stderr
+
+
+# A missing input, past flag parsing: the tool's own error, named as it was started.
+MISSING_INPUT = {"mortar-analyze": ["--model=missing.keras"],
+                 "mortar-morph": ["--input=missing", "--output=out"],
+                 "mortar-estimate": ["--saved_model=missing"]}
+
+
+@pytest.mark.parametrize("tool", sorted(MISSING_INPUT))
+def test_a_tools_own_error_names_the_command_as_it_was_started(tool, tmp_path):
+  launcher = pathlib.Path(__file__).resolve().parents[1] / "tools" / f"{LAUNCHERS[tool]}.py"
+  args = MISSING_INPUT[tool]
+  installed = installed_tool.run(tool, *args, cwd=tmp_path)
+  mine = subprocess.run([sys.executable, str(launcher), *args], capture_output=True, text=True,
+                        env=installed_tool.ENV, timeout=300, check=False, cwd=tmp_path)
+  assert installed.returncode == mine.returncode == 1
+  first = [l for l in installed.stderr.splitlines() if ": error: " in l][0]
+  assert first.startswith(f"{tool}: error: ") and "missing" in first, installed.stderr
+  assert f"python {launcher}: error: " + first.split(": error: ", 1)[1] in mine.stderr

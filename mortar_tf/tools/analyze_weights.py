@@ -65,7 +65,7 @@ def main(argv):
       analysis.write_json(_JSON.value)
       print(f"\nWrote {_JSON.value}")
   except (ValueError, TypeError) as e:
-    print(f"mortar-analyze: error: {e}", file=sys.stderr)
+    print(f"{flag_parsing.command('mortar-analyze')}: error: {e}", file=sys.stderr)
     return 1
   return 0
 

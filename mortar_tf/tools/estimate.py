@@ -123,7 +123,7 @@ def main(argv):
     for path in written:
       print(f"Wrote {path}")
   except (ValueError, TypeError) as e:
-    print(f"mortar-estimate: error: {e}", file=sys.stderr)
+    print(f"{flag_parsing.command('mortar-estimate')}: error: {e}", file=sys.stderr)
     return 1
   return 0
 

@@ -10,6 +10,16 @@ from absl import flags
 from mortar_tf import files
 
 
+_STARTED_AS = {}
+
+
+def command(tool: str) -> str:
+  """How the running tool was started, for its messages: "mortar-morph",
+  "python tools/mortar_morph.py" or "python -m ..." (`tool` when it was not
+  started through run_tool, e.g. main called from a test)."""
+  return _STARTED_AS.get("command", tool)
+
+
 def run_tool(main, module_name: str) -> None:
   """app.run(main) for the tool defined in `module_name`.
 
@@ -25,12 +35,13 @@ def run_tool(main, module_name: str) -> None:
     main_module.__doc__ = module.__doc__
     for flag in flags.FLAGS.get_key_flags_for_module(module_name):
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  command = os.path.basename(sys.argv[0])
-  if command.startswith("mortar_") and command.endswith(".py"):
-    command = f"python {sys.argv[0]}"
-  elif not command.startswith("mortar-"):
-    command = f"python -m {module_name}"
-  app.run(_short_usage_errors(main, command), flags_parser=_flags_parser(command))
+  started = os.path.basename(sys.argv[0])
+  if started.startswith("mortar_") and started.endswith(".py"):
+    started = f"python {sys.argv[0]}"
+  elif not started.startswith("mortar-"):
+    started = f"python -m {module_name}"
+  _STARTED_AS["command"] = started
+  app.run(_short_usage_errors(main, started), flags_parser=_flags_parser(started))
 
 
 def _flags_parser(command: str):

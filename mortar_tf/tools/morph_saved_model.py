@@ -190,7 +190,7 @@ def main(argv):
 
 
 def _failed(error: Exception) -> int:
-  print(f"mortar-morph: error: {error}", file=sys.stderr)
+  print(f"{flag_parsing.command('mortar-morph')}: error: {error}", file=sys.stderr)
   print("Nothing was written.", file=sys.stderr)
   return 1
 

@@ -146,7 +146,7 @@ def main(argv):
                                       command=os.environ.get("MORTAR_RESULTS_COMMAND", command),
                                       readme=_README.value)
   except (ValueError, TypeError) as e:
-    print(f"mortar-results: error: {e}", file=sys.stderr)
+    print(f"{flag_parsing.command('mortar-results')}: error: {e}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     print("mortar-results: interrupted; the records of finished models are kept, run again "

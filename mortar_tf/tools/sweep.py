@@ -106,7 +106,7 @@ def main(argv):
                          output=_OUTPUT.value, compressed=_COMPRESSED.value,
                          progress=_PROGRESS.value and sys.stderr.isatty())
   except (ValueError, TypeError) as e:
-    print(f"mortar-sweep: error: {e}", file=sys.stderr)
+    print(f"{flag_parsing.command('mortar-sweep')}: error: {e}", file=sys.stderr)
     return 1
   print(result.summary)
   print("Wrote " + ", ".join(result.files))
