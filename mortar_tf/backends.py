@@ -87,6 +87,16 @@ def _ops(group_size=None):
   return ops
 
 
+def op_morphs(spec: morphing.MorphSpec) -> bool:
+  """True when the TF op can morph with `spec`: its library loaded and, for
+  bitx, groups its counters hold (larger ones run in numpy or TF ops, with the
+  same bits). Loads the op library (and TensorFlow) on first use."""
+  if spec.method == "bitx" and spec.group_size > MAX_KERNEL_GROUP_SIZE:
+    return False
+  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
+  return ops.is_built()
+
+
 def native_isa() -> str:
   """The instruction set the native kernels run on ("avx512", "avx2",
   "baseline", "portable"), or "numpy" where they are not built."""

@@ -280,6 +280,25 @@ def test_forward_morph_runs_the_op_where_it_may_and_gives_the_tf_ops_bits(kind, 
       assert not any(t.startswith("Mortar") for t in _graph_op_types(traced))
 
 
+def test_bitx_groups_past_the_ops_counters_morph_with_tf_ops_everywhere():
+  """A group larger than the op's counters hold (backends.MAX_KERNEL_GROUP_SIZE)
+  never reaches the op: eager and training traces give numpy's bits on TF ops."""
+  from mortar_tf import backends  # pylint: disable=import-outside-toplevel
+  group = 2 * backends.MAX_KERNEL_GROUP_SIZE
+  layer = layers.Dense(2)
+  layer.build((None, group + 100))
+  wrapper = MorphWrapper(layer, "bitx", columns=5, group_size=group)
+  wrapper(np.ones((1, group + 100), np.float32))
+  (target,) = wrapper.targets
+  master = tf.constant(layer.weights[0].numpy())
+  expected = u32(_expected_morph(master.numpy(), dict(method="bitx", columns=5, group_size=group),
+                                 "dense"))
+  train = tf.function(lambda: wrapper._morph(master, target, training=True))
+  np.testing.assert_array_equal(u32(wrapper._morph(master, target, training=True)), expected)
+  np.testing.assert_array_equal(u32(train()), expected)
+  assert not any(t.startswith("Mortar") for t in _graph_op_types(train))
+
+
 @pytest.mark.parametrize("args", METHODS)
 def test_a_training_step_runs_the_op_and_trains_the_masters_as_the_tf_ops_step_does(args):
   """One SGD step on a wrapped model with the op and with TF ops only: the same

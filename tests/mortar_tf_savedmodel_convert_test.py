@@ -407,3 +407,19 @@ def test_the_converter_without_the_op_writes_the_same_checkpoint(exported, tmp_p
     np.testing.assert_array_equal(
         a[v.key].view(np.uint32),
         mortar_tf.morph(expected[v.key], v.spec, **grouping, backend="numpy").view(np.uint32))
+
+
+def test_bitx_groups_past_the_ops_counters_are_morphed_by_numpy(exported, tmp_path):
+  """A group the op cannot hold goes to the numpy kernels: the same bits."""
+  src, _ = exported
+  from mortar_tf import backends  # pylint: disable=import-outside-toplevel
+  spec = mortar_tf.MorphSpec.create("bitx", columns=5,
+                                    group_size=2 * backends.MAX_KERNEL_GROUP_SIZE)
+  report = savedmodel.convert(str(src), str(tmp_path / "dst"), spec)
+  got, original = _checkpoint(tmp_path / "dst"), _checkpoint(src)
+  assert report.morphed
+  for v in report.morphed:
+    np.testing.assert_array_equal(
+        got[v.key].view(np.uint32),
+        mortar_tf.morph(original[v.key], spec, reduction_axes=v.reduction_axes,
+                        backend="numpy").view(np.uint32))

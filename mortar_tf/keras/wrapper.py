@@ -33,6 +33,7 @@ from typing import runtime_checkable
 
 import tensorflow as tf
 
+from mortar_tf import backends
 from mortar_tf import morph_tf
 from mortar_tf import precision_map
 from mortar_tf.keras import folding
@@ -127,13 +128,9 @@ def tf_ops_only():
 
 
 @functools.lru_cache(maxsize=None)
-def _op_library():
-  """mortar_tf.ops when its library loaded and no GPU is visible (the op runs
-  on CPU only; a GPU graph keeps the morph on the GPU with TF ops), else None."""
-  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
-  if not ops.is_built() or tf.config.list_logical_devices("GPU"):
-    return None
-  return ops
+def _gpus_visible() -> bool:
+  """The op runs on CPU only: with GPUs, the morph stays on them (TF ops)."""
+  return bool(tf.config.list_logical_devices("GPU"))
 
 
 def _in_xla_or_saving() -> bool:
@@ -145,16 +142,17 @@ def _in_xla_or_saving() -> bool:
           or control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
 
 
-def op_for_morph(training=None):
-  """mortar_tf.ops when the C++ op may morph here, else None (see the module doc):
+def op_for_morph(spec: MorphSpec, training=None) -> bool:
+  """True when the C++ op may morph with `spec` here (see the module doc):
   eagerly, or in a graph traced for training (training=True) outside XLA and
-  SavedModel export; never within tf_ops_only() nor without the library."""
+  SavedModel export, on a machine without GPUs; never within tf_ops_only(),
+  without the library, nor for a spec the op cannot run (backends.op_morphs)."""
   if getattr(_LOCAL, "tf_ops_only", False):
-    return None
+    return False
   if not tf.executing_eagerly():
     if training is not True or _in_xla_or_saving():
-      return None
-  return _op_library()
+      return False
+  return backends.op_morphs(spec) and not _gpus_visible()
 
 
 @tf.custom_gradient
@@ -364,8 +362,8 @@ class MorphWrapper(keras.layers.Wrapper):
     axes = ()
     if target.spec.method == "bitx":
       axes = target.kernel.reduction_axes()
-    ops = op_for_morph(training)
-    if ops is not None:
+    if op_for_morph(target.spec, training):
+      from mortar_tf import ops  # pylint: disable=import-outside-toplevel
       return ops.morph_spec(value, target.spec, axes)
     return morph_tf.morph_tensor(value, target.spec, axes)
 

@@ -36,7 +36,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
-import functools
 import json
 import os
 import shutil
@@ -334,15 +333,15 @@ def _morph(t: tf.Tensor, target: selection.Target, given=None) -> tf.Tensor:
   """The morphed value of one variable's value `t`, as a tensor.
 
   `given`: the final value made elsewhere (compensation), used as it is.
-  Memory: the result (the op writes TF's buffer; without the op, numpy's result
-  is copied once into a tensor).
+  Memory: the result (the op writes TF's buffer; without the op, the native
+  kernels read `t` in place and their result is copied once into a tensor).
   """
   spec = target.spec
   if given is not None:
     return tf.constant(np.asarray(given))
-  if _op_library() is not None:  # the same C++ kernels, into TF's buffer: no copy to write it
-    return _op_library().morph_spec(t, spec, target.axes if spec.method == "bitx" else ())
   grouping = {"reduction_axes": target.axes} if spec.method == "bitx" else {}
+  if backends.op_morphs(spec):  # the same C++ kernels, into TF's buffer: no copy to write it
+    return backends.morph(t, spec, **grouping, backend="op")
   return tf.constant(backends.morph(_view(t), spec, **grouping))
 
 
@@ -362,13 +361,6 @@ def _record(t: tf.Tensor, morphed: tf.Tensor, target: selection.Target, group_si
   return MorphedVariable(target.var.name, target.var.key, target.var.shape, tuple(axes),
                          target.spec, before, after, error, target.twin_of, target.var.path,
                          target.display, others)
-
-
-@functools.lru_cache(maxsize=None)
-def _op_library():
-  """mortar_tf.ops when the op library loaded, else None (then numpy in, a copy out)."""
-  from mortar_tf import ops  # pylint: disable=import-outside-toplevel
-  return ops if ops.is_built() else None
 
 
 def _nbytes(shape, dtype) -> int:
