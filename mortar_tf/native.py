@@ -41,7 +41,7 @@ ISAS = ("avx512", "avx2", "baseline")
 # G all-zero windows. Larger groups run in numpy (same bits) by default; the
 # op refuses them; the estimator's engines stop here.
 MAX_GROUP_SIZE = 16384
-ABI_VERSION = 3
+ABI_VERSION = 4
 METHOD_CODES = {"paper": 0, "fewest_ones": 1, "round": 2}
 
 _P = ctypes.c_void_p
@@ -79,6 +79,7 @@ def _load():
   lib.mortar_aligned.argtypes = [_P, _I64, _I64, _I64, _I64, _INT, _INT, _P, _P, _P, _INT]
   lib.mortar_bitx.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _INT, _INT]
   lib.mortar_max_rel_error.argtypes = [_P, _P, _I64, _P, _INT]
+  lib.mortar_crc32c.argtypes = [_P, _I64, ctypes.c_uint32, _P]
   return lib, ""
 
 
@@ -157,15 +158,24 @@ def count_bits(x: np.ndarray, significand: bool) -> np.ndarray:
   return counts
 
 
-def morph(x: np.ndarray, method: str, precision: float, keep_bits: int) -> np.ndarray:
-  """A new float32 array of x's shape: paper, fewest_ones or round, per word."""
+def morph(x: np.ndarray, method: str, precision: float, keep_bits: int,
+          out: np.ndarray | None = None) -> np.ndarray:
+  """paper, fewest_ones or round, per word: into `out` (a C-contiguous,
+  writable float32 array of x's shape that does not overlap x; reused
+  buffers spare the page faults of fresh memory) or a new array."""
   if method not in METHOD_CODES:
     raise ValueError(f"the native morph kernel runs {', '.join(METHOD_CODES)}, not {method!r}")
   keep_bits = _check_range("keep_bits", keep_bits, 0, 23) if method == "round" else 0
   if method != "round" and not 0.0 < float(precision) <= 1.0:
     raise ValueError(f"precision must satisfy 0 < P <= 1, got {precision!r}")
   words = _words(x)
-  out = np.empty(x.shape, np.float32)
+  if out is None:
+    out = np.empty(x.shape, np.float32)
+  elif (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != x.shape
+        or not out.flags.c_contiguous or not out.flags.writeable or not out.flags.aligned
+        or np.shares_memory(out, words)):
+    raise ValueError("out must be a writable, aligned, C-contiguous float32 array of x's "
+                     "shape that does not overlap x")
   _check(_library().mortar_morph(words.ctypes.data, out.ctypes.data, words.size,
                                  METHOD_CODES[method], float(precision), int(keep_bits),
                                  threads()), "morph")
@@ -181,6 +191,23 @@ def max_rel_error(x: np.ndarray, y: np.ndarray) -> float:
   _check(_library().mortar_max_rel_error(xs.ctypes.data, ys.ctypes.data, xs.size,
                                          ctypes.addressof(out), threads()), "max_rel_error")
   return float(out.value)
+
+
+def crc32c(data, crc: int = 0) -> int:
+  """CRC-32C of a bytes-like object or an array's bytes (read in place when
+  C-contiguous), continuing from `crc` (the CRC-32C of the bytes before)."""
+  if isinstance(data, np.ndarray):
+    data = np.ascontiguousarray(data)
+    pointer, size = data.ctypes.data, data.nbytes
+    keep = data
+  else:
+    keep = np.frombuffer(data, np.uint8)  # a view: no copy
+    pointer, size = keep.ctypes.data, keep.nbytes
+  out = ctypes.c_uint32(0)
+  _check(_library().mortar_crc32c(pointer if size else None, size, crc & 0xFFFFFFFF,
+                                  ctypes.addressof(out)), "crc32c")
+  del keep
+  return int(out.value)
 
 
 def aligned(x: np.ndarray, view: tuple[int, int, int], group_size: int, width: int,

@@ -45,15 +45,18 @@ from typing import Callable, Mapping
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 
 from mortar_tf import backends
 from mortar_tf import bits
 from mortar_tf import compression
 from mortar_tf import files
 from mortar_tf import morphing
+from mortar_tf import native
 from mortar_tf import precision_map
 from mortar_tf import table
 from mortar_tf import archive as archive_lib
+from mortar_tf.savedmodel import bundle
 from mortar_tf.savedmodel import compensate as compensate_lib
 from mortar_tf.savedmodel import graph as graph_lib
 from mortar_tf.savedmodel import output as output_lib
@@ -64,6 +67,7 @@ from mortar_tf.savedmodel import verify as verify_lib
 MORTAR_JSON = os.path.join("assets.extra", "mortar.json")
 _MIN_BATCH_BYTES = 32 << 20
 _SELECTIONS = ("kernels", "all")
+_CHECKPOINT_ROUTES = ("auto", "patch", "tensorflow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +124,8 @@ class ConversionReport:
       calibration settings and sample count), or None.
     archive: an archive.ArchiveReport (its size, the input archived alike),
       or None. `dst` is None when only the archive was written.
+    checkpoint: "patched" (changed entries written in place of a byte copy)
+      or "tensorflow" (restored and saved by TensorFlow's ops).
   """
   src: str
   dst: str
@@ -135,6 +141,7 @@ class ConversionReport:
   notes: tuple[str, ...] = ()
   compensation: object = None
   archive: archive_lib.ArchiveReport | None = None
+  checkpoint: str = "patched"
 
   def totals(self) -> tuple[dict, dict]:
     before = {d: sum(v.ones_before[d] for v in self.morphed if not v.twin_of)
@@ -165,7 +172,8 @@ class ConversionReport:
             "verification": None if self.verification is None else self.verification.to_dict(),
             "notes": list(self.notes), "seconds": self.seconds,
             "compensation": None if self.compensation is None else self.compensation.to_dict(),
-            "archive": None if self.archive is None else self.archive.to_dict()}
+            "archive": None if self.archive is None else self.archive.to_dict(),
+            "checkpoint": self.checkpoint}
 
   def __str__(self) -> str:
     return self.summary()
@@ -231,7 +239,9 @@ class ConversionReport:
       parts.append(f"Left unchanged: {name}: {reason}")
     if self.compensation is not None:
       parts += self.compensation.lines()
-    parts.append(f"fingerprint.pb: {self.fingerprint}")
+    parts.append(f"fingerprint.pb: {self.fingerprint}; checkpoint: "
+                 + ("changed entries patched into a byte copy" if self.checkpoint == "patched"
+                    else "rewritten by TensorFlow (restore, save)"))
     if self.verification is not None:
       parts += self.verification.lines()
     if self.archive is not None:
@@ -461,6 +471,205 @@ def _stream_checkpoint(src: str, reader, out_dir: str, targets: Mapping[str, sel
   return records
 
 
+def _patch_plan(src: str, targets: Mapping[str, selection.Target],
+                values: Mapping[str, np.ndarray]) -> tuple[bundle.Index, list, list]:
+  """The checkpoint's index and, per data shard, the entries to rewrite and
+  all its entries, in offset order, when the checkpoint can be patched in place: every entry to
+  change is float32, whole and checksummed, and no two entries overlap.
+
+  Raises:
+    bundle.BundleError: anything else (the caller takes TensorFlow's route).
+    OSError: the index or a data file cannot be read.
+  """
+  prefix = variables_lib.checkpoint_prefix(src)
+  index = bundle.Index.read(prefix)
+  shards = [[] for _ in range(index.num_shards)]
+  for key in sorted(set(targets) | set(values)):
+    entry = index.entries.get(key)
+    if entry is None or not entry.float32 or entry.crc_at is None:
+      raise bundle.BundleError(f"{key} is not a whole float32 entry with a checksum")
+    given = values.get(key)
+    if given is not None and (tuple(given.shape) != entry.shape or given.dtype != np.float32):
+      raise ValueError(f"internal: the corrected value of {key} does not fit it")
+    if not 0 <= entry.shard_id < index.num_shards:
+      raise bundle.BundleError(f"{key} names shard {entry.shard_id} of {index.num_shards}")
+    shards[entry.shard_id].append(entry)
+  every_shard = []
+  for shard, entries in enumerate(shards):
+    size = os.path.getsize(index.data_path(prefix, shard))
+    every = sorted((e for e in index.entries.values() if e.shard_id == shard and e.size),
+                   key=lambda e: e.offset)
+    for before, after in zip(every, every[1:]):
+      if before.offset + before.size > after.offset:
+        raise bundle.BundleError(f"{before.key} and {after.key} overlap in the data file")
+    if every and every[-1].offset + every[-1].size > size:
+      raise bundle.BundleError(f"{every[-1].key} runs past the end of its data file")
+    entries.sort(key=lambda e: e.offset)
+    every_shard.append(every)
+  return index, shards, every_shard
+
+
+def _copy_range(fin, fout, offset: int, count: int) -> None:
+  """count bytes of fin from offset, appended to fout (in the kernel where it can)."""
+  while count > 0:
+    try:
+      done = os.copy_file_range(fin.fileno(), fout.fileno(), count, offset)
+    except OSError:  # another file system, an old kernel: through user space
+      done = 0
+    if done <= 0:
+      chunk = os.pread(fin.fileno(), min(count, 64 << 20), offset)
+      if not chunk:
+        raise OSError(f"{fin.name} ended before its entries did")
+      fout.write(chunk)
+      done = len(chunk)
+    offset += done
+    count -= done
+
+
+def _read_entry(fin, entry: bundle.Entry, src: str, buffer: np.ndarray) -> np.ndarray:
+  """One float32 entry's values, read into the start of `buffer` (a view of it)."""
+  array = buffer[:entry.size // 4].reshape(entry.shape)
+  raw = memoryview(array).cast("B")
+  done = 0
+  while done < entry.size:
+    n = os.preadv(fin.fileno(), [raw[done:]], entry.offset + done)
+    if n <= 0:
+      raise variables_lib.SavedModelError(f"the variables of {src!r} end inside {entry.key}")
+    done += n
+  return array
+
+
+def _corrupt(entry: bundle.Entry, src: str) -> variables_lib.SavedModelError:
+  return variables_lib.SavedModelError(
+      f"cannot read variable {entry.key!r} of {src!r} (corrupted or missing variables data?): "
+      "its bytes fail their checksum")
+
+
+def _check_entry(array: np.ndarray, entry: bundle.Entry, src: str) -> None:
+  """A corrupt source is an error, never laundered into a copy with a fresh checksum."""
+  if bundle.checksum(array) != entry.crc32c:
+    raise _corrupt(entry, src)
+
+
+def _check_copied(fin, entries, src: str, scratch: np.ndarray) -> None:
+  """Checks the checksums of entries copied as they are (numeric ones: a
+  string tensor's checksum covers more than its bytes), reading them through
+  `scratch` (as TensorFlow's restore would have checked them)."""
+  raw = memoryview(scratch).cast("B")
+  for entry in entries:
+    if entry.dtype in (types_pb2.DT_STRING, types_pb2.DT_VARIANT, types_pb2.DT_RESOURCE):
+      continue
+    crc, done = 0, 0
+    while done < entry.size:
+      n = os.preadv(fin.fileno(), [raw[:min(len(raw), entry.size - done)]], entry.offset + done)
+      if n <= 0:
+        raise _corrupt(entry, src)
+      crc = native.crc32c(raw[:n], crc)
+      done += n
+    if bundle.masked(crc) != entry.crc32c:
+      raise _corrupt(entry, src)
+
+
+def _write_entry(fout, value: np.ndarray) -> int:
+  """Appends value's bytes to fout; returns their bundle checksum."""
+  crc = bundle.checksum(value)
+  raw = memoryview(value).cast("B")
+  done = 0
+  while done < len(raw):
+    done += fout.write(raw[done:])
+  return crc
+
+
+def _patch_checkpoint(src: str, plan, out_dir: str, targets: Mapping[str, selection.Target],
+                      group_size: int, width: int,
+                      progress: Callable[[int, int, str], None] | None,
+                      values: Mapping[str, np.ndarray] | None = None,
+                      measurer: compression.Measurer | None = None):
+  """Writes src's checkpoint to out_dir/variables as _stream_checkpoint does,
+  without TensorFlow's restore and save: each data file is copied (by the
+  kernel) but for the entries to change, whose morphed bytes are written at
+  their own offsets, and the index is rewritten with their new checksums
+  (mortar_tf.savedmodel.bundle). Holds one original and its morph at a time:
+  while this thread morphs an entry and counts its ones, a second one checks
+  the original's checksum, copies the bytes before it and writes the morph."""
+  values = values or {}
+  index, shards, every = plan
+  src_prefix = variables_lib.checkpoint_prefix(src)
+  dst_prefix = variables_lib.checkpoint_prefix(out_dir)
+  os.makedirs(os.path.dirname(dst_prefix), exist_ok=True)
+  total = sum(len(entries) for entries in shards)
+  crcs, records, measured = {}, [], []
+  changed = set(targets) | set(values)
+  done = 0
+  # Two buffers of the largest entry, reused: fresh arrays would page-fault
+  # in every page of every entry, which costs more than reading it.
+  largest = max((e.size // 4 for entries in shards for e in entries), default=0)
+  originals, morphs = np.empty(largest, np.float32), np.empty(largest, np.float32)
+  scratch = np.empty(1 << 22, np.float32)  # the io thread's, for the entries copied as they are
+  io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mortar-write")
+  try:
+    for shard, entries in enumerate(shards):
+      src_path = index.data_path(src_prefix, shard)
+      with open(src_path, "rb", buffering=0) as fin, \
+          open(index.data_path(dst_prefix, shard), "wb", buffering=0) as fout:
+        position = 0
+        copied_as_is = [e for e in every[shard] if e.key not in changed]
+        for entry in entries:
+          if progress is not None:
+            progress(done, total, entry.key)
+          original = _read_entry(fin, entry, src, originals)
+          checked = io.submit(_check_entry, original, entry, src)
+          io.submit(_check_copied, fin, [e for e in copied_as_is
+                                         if position <= e.offset < entry.offset], src,
+                    scratch).result()
+          copied = io.submit(_copy_range, fin, fout, position, entry.offset - position)
+          target = targets.get(entry.key)
+          if target is None:  # a corrected bias or moving mean
+            value = np.ascontiguousarray(values[entry.key], np.float32)
+          else:
+            value = _morph_array(original, target, values.get(entry.key),
+                                 morphs[:original.size].reshape(original.shape))
+          written = io.submit(_write_entry, fout, value)
+          if target is not None:
+            records.append(_record(original, value, target, group_size, width))
+            if measurer is not None and not target.twin_of:
+              measured.append((len(records) - 1, measurer.submit(original.copy()),
+                               measurer.submit(value.copy())))  # the buffers are reused
+          checked.result()
+          copied.result()
+          crcs[entry.key] = written.result()
+          position = entry.offset + entry.size
+          done += 1
+          del original, value
+        _check_copied(fin, [e for e in copied_as_is if e.offset >= position], src, scratch)
+        _copy_range(fin, fout, position, os.fstat(fin.fileno()).st_size - position)
+  finally:
+    io.shutdown(wait=True)
+  index.write(dst_prefix + ".index", crcs)
+  if progress is not None:
+    progress(total, total, "")
+  for number, before, after in measured:
+    records[number] = dataclasses.replace(
+        records[number], compressed=compression.CompressedSize.of(before.result(),
+                                                                  after.result()))
+  return records
+
+
+def _morph_array(original: np.ndarray, target: selection.Target, given=None,
+                 out: np.ndarray | None = None) -> np.ndarray:
+  """_morph for a numpy array: the morphed values as a C-contiguous float32
+  array (in `out` where the native per-word kernels run)."""
+  if given is not None:
+    return np.ascontiguousarray(given, np.float32)
+  spec = target.spec
+  if out is not None and spec.method != "bitx" and native.is_built():
+    return native.morph(original, spec.method, spec.precision or 1.0, spec.keep_bits or 0,
+                        out=out)
+  grouping = {"reduction_axes": target.axes} if spec.method == "bitx" else {}
+  # numpy in, numpy out: the native kernels where built (no tensor copies), else numpy.
+  return np.ascontiguousarray(backends.morph(original, spec, **grouping), np.float32)
+
+
 def _copy_tree(src: str, out_dir: str) -> None:
   """Every file of src except the checkpoint and the fingerprint, byte for byte."""
   for entry in os.listdir(src):
@@ -529,7 +738,7 @@ def convert(src: str, dst: str | None, method="paper", precision=None, *, keep_b
             report_path: str | None = None, batch_bytes: int | None = None,
             progress: Callable[[int, int, str], None] | None = None,
             compensate=None, archive_path: str | None = None,
-            compressed: bool = False) -> ConversionReport:
+            compressed: bool = False, checkpoint: str = "auto") -> ConversionReport:
   """Writes `dst`: the SavedModel `src` with its selected weight variables morphed.
 
   Args:
@@ -565,8 +774,18 @@ def convert(src: str, dst: str | None, method="paper", precision=None, *, keep_b
       no limit).
     report_path: also write the report as JSON here (checked before any work,
       published with the model).
-    batch_bytes: bytes of tensors written per checkpoint shard (default: the
-      largest tensor, at least 32 MiB).
+    batch_bytes: bytes of tensors written per checkpoint shard on
+      TensorFlow's route (default: the largest tensor, at least 32 MiB).
+    checkpoint: how the variables are written. "patch": the data files are
+      copied by the kernel but for the changed entries, written at their own
+      offsets, and the index gets their new checksums (no TensorFlow restore
+      or save; each changed entry's source checksum is checked); "tensorflow":
+      every entry restored and saved again by TensorFlow's ops (RestoreV2,
+      SaveV2 in batches of batch_bytes, MergeV2Checkpoints); "auto" (default):
+      "patch" where the checkpoint allows it (whole float32 entries in an
+      uncompressed little-endian bundle, as TensorFlow writes them), else
+      "tensorflow". Both give the same values; the report's `checkpoint`
+      says which ran.
     progress: called as progress(done, total, key) while streaming.
     compensate: error-compensated morphing and bias correction (SPEC 6) on
       calibration inputs: the path of an .npz keyed by the signature's input
@@ -624,6 +843,9 @@ def convert(src: str, dst: str | None, method="paper", precision=None, *, keep_b
   for name, value in (("verify_max_rel", verify_max_rel), ("verify_max_abs", verify_max_abs)):
     if value is not None and not (isinstance(value, (int, float)) and value >= 0):
       raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+  if checkpoint not in _CHECKPOINT_ROUTES:
+    raise ValueError(f"checkpoint must be one of {', '.join(_CHECKPOINT_ROUTES)}, got "
+                     f"{checkpoint!r}")
 
   previous = read_record(src)
   if previous is not None and not force:
@@ -667,10 +889,22 @@ def convert(src: str, dst: str | None, method="paper", precision=None, *, keep_b
                                               if compressed else
                                               contextlib.nullcontext()) as measurer:
       _copy_tree(src, tmp)
-      records = _stream_checkpoint(src, reader, tmp, {t.var.key: t for t in targets},
-                                   group_size, width, batch_bytes, progress,
-                                   None if compensated is None else compensated.values,
-                                   measurer)
+      by_target = {t.var.key: t for t in targets}
+      given = None if compensated is None else compensated.values
+      plan = None
+      if checkpoint != "tensorflow":
+        try:
+          plan = _patch_plan(src, by_target, given or {})
+        except bundle.BundleError as e:
+          if checkpoint == "patch":
+            raise ValueError(f"checkpoint='patch': the variables of {src!r} cannot be patched "
+                             f"in place: {e}") from None
+      if plan is not None:
+        records = _patch_checkpoint(src, plan, tmp, by_target, group_size, width, progress,
+                                    given, measurer)
+      else:
+        records = _stream_checkpoint(src, reader, tmp, by_target, group_size, width,
+                                     batch_bytes, progress, given, measurer)
     by_key = {r.key: r for r in records}
     morphed = tuple(by_key[t.var.key] for t in targets)
     with output_lib.writing(dst_or_archive):
@@ -694,7 +928,8 @@ def convert(src: str, dst: str | None, method="paper", precision=None, *, keep_b
                               morphed, tuple(skipped), fingerprint, verification,
                               time.monotonic() - start, group_size, width,
                               tuple(note for d in (destination, packing) if d is not None
-                                    for note in d.stale_note()), compensated)
+                                    for note in d.stale_note()), compensated,
+                              checkpoint="patched" if plan is not None else "tensorflow")
     record = report.to_dict()
     record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     if previous is not None:
