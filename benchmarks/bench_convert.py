@@ -35,6 +35,9 @@ _PRECISION = flags.DEFINE_float("precision", 0.1, "P (not for round and bitx).")
 _KEEP = flags.DEFINE_string("keep", None, "Keep the models in this directory.")
 _ROUTES = flags.DEFINE_list("checkpoint", ["patch", "tensorflow"],
                             "Checkpoint routes of convert() to time, in this order.")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 3, "Conversions per route, the routes alternating (the page cache's state "
+    "after one run favours the next: the median of each route is printed).")
 
 BUILD = textwrap.dedent("""
     import sys
@@ -108,12 +111,19 @@ def main(argv):
     shutil.copytree(src, copy)
     copy_seconds = time.perf_counter() - start
     shutil.rmtree(copy)
-    for route in _ROUTES.value:
-      os.sync()  # what was just written is on disk: no writeback runs during the conversion
-      stats = json.loads(_run(CONVERT, src, dst, _METHOD.value, _PRECISION.value,
-                              route).strip().splitlines()[-1])
-      results.append((route, stats))
-      shutil.rmtree(dst)
+    runs = {route: [] for route in _ROUTES.value}
+    for _ in range(_REPEATS.value):
+      for route in _ROUTES.value:
+        os.sync()  # what was just written is on disk: no writeback runs during the conversion
+        runs[route].append(json.loads(_run(CONVERT, src, dst, _METHOD.value, _PRECISION.value,
+                                           route).strip().splitlines()[-1]))
+        shutil.rmtree(dst)
+    for route, stats in runs.items():
+      stats.sort(key=lambda s: s["seconds"])
+      median = dict(stats[len(stats) // 2])
+      median["all"] = [s["seconds"] for s in stats]
+      median["peak"] = max(s["peak"] for s in stats)
+      results.append((route, median))
   finally:
     if not _KEEP.value:
       shutil.rmtree(root, ignore_errors=True)
@@ -124,7 +134,8 @@ def main(argv):
         + f"; copytree {copy_seconds:.2f} s ({total / 2**20 / copy_seconds:.0f} MiB/s)")
   for route, stats in results:
     above = stats["peak"] - stats["base"]
-    print(f"checkpoint={route} ({stats['route']}): convert {stats['seconds']:.2f} s = "
+    print(f"checkpoint={route} ({stats['route']}): convert {stats['seconds']:.2f} s (median of "
+          f"{', '.join(f'{t:.2f}' for t in stats['all'])}) = "
           f"{stats['seconds'] / copy_seconds:.1f}x copy ratio, "
           f"{total / 2**20 / stats['seconds']:.0f} MiB/s (goal >= 477 MiB/s = 500 MB/s); "
           f"peak RSS {stats['peak'] / 2**20:.0f} MiB, after imports "

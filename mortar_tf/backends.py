@@ -450,3 +450,46 @@ def _max_relative_error_numpy(x_all: np.ndarray, y_all: np.ndarray) -> float:
     if keep.any():
       worst = max(worst, float(np.max(np.abs(y[keep] - x[keep]) / np.abs(x[keep]))))
   return worst
+
+
+# --------------------------------------------------------------------------
+# Raw passes for streaming writers (the SavedModel converter's patch route):
+# native only, no argument checks beyond the kernels' own.
+
+
+def native_built() -> bool:
+  """True when the native kernels load in this process."""
+  return native.is_built()
+
+
+def crc32c(data, crc: int = 0) -> int:
+  """CRC-32C of a bytes-like object or an array's bytes (read in place),
+  continuing from `crc` (the CRC-32C of the bytes before).
+
+  Raises:
+    RuntimeError: the native kernels are not built.
+  """
+  if not native.is_built():
+    raise RuntimeError(f"CRC-32C needs the native kernels: {native.why_not_built()}")
+  return native.crc32c(data, crc)
+
+
+def morph_words_into(x: np.ndarray, out: np.ndarray, spec: morphing.MorphSpec) -> np.ndarray:
+  """paper, fewest_ones or round of float32 `x` into `out` (native; the same
+  bits as morph)."""
+  return native.morph(x, spec.method, spec.precision or 1.0, spec.keep_bits or 0, out=out)
+
+
+def pair_statistics(x: np.ndarray, y: np.ndarray, view: tuple[int, int, int],
+                    group_size: int, width: int) -> tuple[dict, dict, float]:
+  """(ones_by_domain of x, of y, max_relative_error(x, y)) with both read as
+  the grouped [a, r, b] `view` (native): what a morph's record needs of one
+  chunk, read while it is in cache."""
+  ones = []
+  for values in (x, y):
+    counts = {domain: int(native.count_bits(values, domain == "significand")[:n].sum())
+              for domain, n in bits.DOMAIN_BITS.items()}
+    columns, _, _ = native.aligned(values, view, group_size, width, 8, False)
+    counts["aligned"] = int(columns.sum())
+    ones.append({d: counts[d] for d in bits.DOMAINS})
+  return ones[0], ones[1], native.max_rel_error(x, y)

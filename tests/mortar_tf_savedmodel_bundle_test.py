@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 import mortar_tf
-from mortar_tf import native
+from mortar_tf import backends
 from mortar_tf import savedmodel
 from mortar_tf.savedmodel import bundle
 from mortar_tf.savedmodel import SavedModelError
@@ -39,15 +39,15 @@ def _crc32c_bitwise(data: bytes, crc: int = 0) -> int:
 
 
 def test_crc32c_is_the_standard_one_at_every_length_and_alignment():
-  assert native.crc32c(b"123456789") == 0xE3069283  # the published check value
+  assert backends.crc32c(b"123456789") == 0xE3069283  # the published check value
   rng = np.random.default_rng(0)
   data = rng.integers(0, 256, 300, dtype=np.uint8)
   for start in range(9):
     for length in (0, 1, 7, 8, 9, 63, 64, 65, 200):
       piece = data[start:start + length]
-      assert native.crc32c(piece) == _crc32c_bitwise(piece.tobytes()), (start, length)
+      assert backends.crc32c(piece) == _crc32c_bitwise(piece.tobytes()), (start, length)
       half = length // 2
-      assert native.crc32c(piece[half:], native.crc32c(piece[:half])) == \
+      assert backends.crc32c(piece[half:], backends.crc32c(piece[:half])) == \
           _crc32c_bitwise(piece.tobytes()), (start, length)
 
 
@@ -207,3 +207,49 @@ def test_without_the_native_library_auto_takes_tensorflows_route(exported, tmp_p
   assert got.keys() == want.keys()
   for key in got:
     assert _bytes(got[key]) == _bytes(want[key]), key
+
+
+@pytest.mark.parametrize("chunk", [64, 1000, 1 << 21])
+def test_chunked_records_equal_whole_tensor_records_on_every_route(exported, tmp_path,
+                                                                   monkeypatch, chunk):
+  """The patch route morphs and counts chunk by chunk (whole groups per
+  chunk); TensorFlow's route counts whole tensors: the same report at a
+  group size that splits the kernels into many groups and chunks."""
+  from mortar_tf.savedmodel import converter  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(converter, "_CHUNK_ELEMENTS", chunk)
+  for number, src in enumerate(_sources(exported)):
+    a = savedmodel.convert(str(src), str(tmp_path / f"{number}p"), "fewest_ones", 0.02,
+                           group_size=4, width=12, checkpoint="patch")
+    b = savedmodel.convert(str(src), str(tmp_path / f"{number}t"), "fewest_ones", 0.02,
+                           group_size=4, width=12, checkpoint="tensorflow")
+    assert [v.to_dict() for v in a.morphed] == [v.to_dict() for v in b.morphed]
+    got, want = _checkpoint(tmp_path / f"{number}p"), _checkpoint(tmp_path / f"{number}t")
+    for key in got:
+      assert _bytes(got[key]) == _bytes(want[key]), key
+
+
+@pytest.mark.parametrize("shape,axes", [((5, 7, 3), (1,)), ((6, 10, 4), (1, 2)),
+                                        ((3, 130, 2), (1,)), ((200, 3), (0,)), ((9,), ())])
+@pytest.mark.parametrize("method", ["paper", "round"])
+def test_chunks_over_any_grouped_view_count_as_the_whole_tensor(monkeypatch, shape, axes,
+                                                                method):
+  """Views with a > 1 (reduction axes inside the shape) and partial last
+  groups: the chunked record equals _record's, and the CRCs the whole arrays'."""
+  import types  # pylint: disable=import-outside-toplevel
+  from mortar_tf.savedmodel import converter  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(converter, "_CHUNK_ELEMENTS", 16)
+  rng = np.random.default_rng(sum(shape))
+  x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 3, shape)).astype(np.float32)
+  x.reshape(-1)[::11] = 0.0
+  spec = (mortar_tf.MorphSpec.create("paper", 0.1) if method == "paper"
+          else mortar_tf.MorphSpec.create("round", keep_bits=2))
+  var = types.SimpleNamespace(name="w", key="w/.ATTRIBUTES/VARIABLE_VALUE", shape=shape,
+                              path="w")
+  target = types.SimpleNamespace(spec=spec, axes=axes, other_readers=(), twin_of=None, var=var,
+                                 display="w")
+  out = np.empty_like(x)
+  record, crc_in, crc_out = converter._morph_and_record(x, out, target, 3, 10)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(out.view(np.uint32),
+                                mortar_tf.morph(x, spec, backend="numpy").view(np.uint32))
+  assert record == converter._record(x, out, target, 3, 10)  # pylint: disable=protected-access
+  assert (crc_in, crc_out) == (bundle.checksum(x), bundle.checksum(out))

@@ -13,6 +13,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "mortar_tf/cc/float_bits.h"
 #include "mortar_tf/cc/kernels.h"
 
@@ -196,7 +200,33 @@ int mortar_max_rel_error(const float* x, const float* y, int64_t n, double* out,
   ParallelFor(n, kMin, threads, [&](int64_t begin, int64_t end, int part) {
     double w = 0.0;
     bool saw_nan = false;
-    for (int64_t i = begin; i < end; ++i) {
+    int64_t i = begin;
+#if defined(__SSE2__)
+    // Two doubles at a time, branch-free (the data is often in cache, so the
+    // arithmetic is the bound): the scalar loop's arithmetic, MAXPD being its
+    // `r > w ? r : w`.
+    const __m128d sign = _mm_set1_pd(-0.0), top = _mm_set1_pd(FLT_MAX);
+    const __m128d zero = _mm_setzero_pd(), one = _mm_set1_pd(1.0);
+    __m128d wv = zero, nanv = zero;
+    auto step = [&](__m128d xv, __m128d yv) {
+      const __m128d ax = _mm_andnot_pd(sign, xv);
+      const __m128d ok = _mm_and_pd(_mm_cmple_pd(ax, top), _mm_cmpneq_pd(ax, zero));
+      const __m128d den = _mm_or_pd(_mm_and_pd(ok, ax), _mm_andnot_pd(ok, one));
+      const __m128d r = _mm_and_pd(ok, _mm_div_pd(_mm_andnot_pd(sign, _mm_sub_pd(yv, xv)), den));
+      nanv = _mm_or_pd(nanv, _mm_cmpunord_pd(r, r));
+      wv = _mm_max_pd(r, wv);
+    };
+    for (; i + 4 <= end; i += 4) {
+      const __m128 xs = _mm_loadu_ps(x + i), ys = _mm_loadu_ps(y + i);
+      step(_mm_cvtps_pd(xs), _mm_cvtps_pd(ys));
+      step(_mm_cvtps_pd(_mm_movehl_ps(xs, xs)), _mm_cvtps_pd(_mm_movehl_ps(ys, ys)));
+    }
+    alignas(16) double lanes[2];
+    _mm_store_pd(lanes, wv);
+    w = lanes[0] > lanes[1] ? lanes[0] : lanes[1];
+    saw_nan = _mm_movemask_pd(nanv) != 0;
+#endif
+    for (; i < end; ++i) {
       const double xi = static_cast<double>(x[i]);
       if (!(std::fabs(xi) <= static_cast<double>(FLT_MAX)) || xi == 0.0) continue;
       const double r = std::fabs(static_cast<double>(y[i]) - xi) / std::fabs(xi);

@@ -29,7 +29,7 @@ import numpy as np
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
-from mortar_tf import native
+from mortar_tf import backends
 
 _MAGIC = 0xdb4775248b80fb57  # LevelDB's table magic (TF's lib/io/table)
 _FOOTER = 48
@@ -50,9 +50,10 @@ def crc32c(data) -> int:
     BundleError: the native library is not built (the caller takes
       TensorFlow's route).
   """
-  if not native.is_built():
-    raise BundleError(f"no CRC-32C without the native library ({native.why_not_built()})")
-  return native.crc32c(data)
+  try:
+    return backends.crc32c(data)
+  except RuntimeError as e:
+    raise BundleError(f"no CRC-32C without the native library: {e}") from None
 
 
 def checksum(data) -> int:

@@ -52,7 +52,6 @@ from mortar_tf import bits
 from mortar_tf import compression
 from mortar_tf import files
 from mortar_tf import morphing
-from mortar_tf import native
 from mortar_tf import precision_map
 from mortar_tf import table
 from mortar_tf import archive as archive_lib
@@ -373,6 +372,63 @@ def _record(t: tf.Tensor, morphed: tf.Tensor, target: selection.Target, group_si
                          target.display, others)
 
 
+# Elements per chunk of _morph_and_record: a few MiB, so that the morph, the
+# counts before and after, the error and both checksums read each chunk while
+# it is in cache (one pass over memory instead of ten). Tests make it small.
+_CHUNK_ELEMENTS = 1 << 21
+
+
+def _chunks(view: tuple[int, int, int], group_size: int):
+  """Slices (a0, a1, r0, r1) of the [a, r, b] view, in memory order, each
+  holding whole groups (G consecutive r for one (a, b))."""
+  a, r, b = view
+  if a > 1 or r * b <= _CHUNK_ELEMENTS:
+    step = max(1, _CHUNK_ELEMENTS // max(r * b, 1))
+    for a0 in range(0, a, step):
+      yield a0, min(a, a0 + step), 0, r
+    return
+  rows = max(group_size, _CHUNK_ELEMENTS // max(b, 1) // group_size * group_size)
+  for r0 in range(0, r, rows):
+    yield 0, 1, r0, min(r, r0 + rows)
+
+
+def _morph_and_record(original: np.ndarray, out: np.ndarray, target: selection.Target,
+                      group_size: int, width: int, emit: Callable[[np.ndarray], None] = None):
+  """Morphs `original` into `out` (per-word methods, native kernels) chunk by
+  chunk, counting the ones before and after and the error on each chunk while
+  it is in cache, with both CRC-32Cs; `emit` gets each morphed chunk (in
+  memory order, so that it can be written while the next is made). Returns (MorphedVariable, crc of
+  original, crc of out), the record the same as _record's (tested), or None
+  where this does not apply (bitx, reduction axes with no grouped view)."""
+  spec = target.spec
+  view = bits.grouped_view(original.shape, target.axes)
+  if (spec.method == "bitx" or view is None or target.other_readers
+      or not backends.native_built()):
+    return None
+  a, r, b = view
+  x, y = original.reshape(a, r, b), out.reshape(a, r, b)
+  before = {d: 0 for d in bits.DOMAINS}
+  after = {d: 0 for d in bits.DOMAINS}
+  error, crc_in, crc_out = 0.0, 0, 0
+  for a0, a1, r0, r1 in _chunks(view, group_size):
+    xc, yc = x[a0:a1, r0:r1], y[a0:a1, r0:r1]
+    backends.morph_words_into(xc, yc, spec)
+    ones_x, ones_y, e = backends.pair_statistics(xc, yc, (a1 - a0, r1 - r0, b), group_size,
+                                                 width)
+    for d in bits.DOMAINS:
+      before[d] += ones_x[d]
+      after[d] += ones_y[d]
+    error = e if np.isnan(e) or np.isnan(error) else max(error, e)
+    crc_in = backends.crc32c(xc, crc_in)
+    crc_out = backends.crc32c(yc, crc_out)
+    if emit is not None:
+      emit(yc)
+  record = MorphedVariable(target.var.name, target.var.key, target.var.shape,
+                           tuple(target.axes), spec, before, after, error, target.twin_of,
+                           target.var.path, target.display, ())
+  return record, bundle.masked(crc_in), bundle.masked(crc_out)
+
+
 def _nbytes(shape, dtype) -> int:
   try:
     itemsize = tf.dtypes.as_dtype(dtype).size
@@ -564,15 +620,22 @@ def _check_copied(fin, entries, src: str, scratch: np.ndarray) -> None:
       n = os.preadv(fin.fileno(), [raw[:min(len(raw), entry.size - done)]], entry.offset + done)
       if n <= 0:
         raise _corrupt(entry, src)
-      crc = native.crc32c(raw[:n], crc)
+      crc = backends.crc32c(raw[:n], crc)
       done += n
     if bundle.masked(crc) != entry.crc32c:
       raise _corrupt(entry, src)
 
 
-def _write_entry(fout, value: np.ndarray) -> int:
-  """Appends value's bytes to fout; returns their bundle checksum."""
-  crc = bundle.checksum(value)
+def _copy_checked(fin, fout, start: int, end: int, entries, src: str, scratch) -> None:
+  """Checks the entries copied as they are between start and end, then copies the range."""
+  _check_copied(fin, entries, src, scratch)
+  _copy_range(fin, fout, start, end - start)
+
+
+def _write_entry(fout, value: np.ndarray, crc: int | None = None) -> int:
+  """Appends value's bytes to fout; returns their bundle checksum (`crc` if known)."""
+  if crc is None:
+    crc = bundle.checksum(value)
   raw = memoryview(value).cast("B")
   done = 0
   while done < len(raw):
@@ -618,25 +681,41 @@ def _patch_checkpoint(src: str, plan, out_dir: str, targets: Mapping[str, select
           if progress is not None:
             progress(done, total, entry.key)
           original = _read_entry(fin, entry, src, originals)
-          checked = io.submit(_check_entry, original, entry, src)
-          io.submit(_check_copied, fin, [e for e in copied_as_is
-                                         if position <= e.offset < entry.offset], src,
-                    scratch).result()
-          copied = io.submit(_copy_range, fin, fout, position, entry.offset - position)
+          copied = io.submit(_copy_checked, fin, fout, position, entry.offset,
+                             [e for e in copied_as_is if position <= e.offset < entry.offset],
+                             src, scratch)
           target = targets.get(entry.key)
-          if target is None:  # a corrected bias or moving mean
-            value = np.ascontiguousarray(values[entry.key], np.float32)
+          fused, chunks = None, []
+          if target is not None and entry.key not in values:
+            fused = _morph_and_record(original, morphs[:original.size].reshape(original.shape),
+                                      target, group_size, width,
+                                      lambda c: chunks.append(io.submit(_write_entry, fout, c)))
+          if fused is not None:
+            record, crc_in, crc_out = fused
+            value = morphs[:original.size].reshape(original.shape)
+            if crc_in != entry.crc32c:
+              raise _corrupt(entry, src)
+            copied.result()
+            for chunk in chunks:
+              chunk.result()
+            written = concurrent.futures.Future()
+            written.set_result(crc_out)
+            records.append(record)
           else:
-            value = _morph_array(original, target, values.get(entry.key),
-                                 morphs[:original.size].reshape(original.shape))
-          written = io.submit(_write_entry, fout, value)
-          if target is not None:
-            records.append(_record(original, value, target, group_size, width))
-            if measurer is not None and not target.twin_of:
-              measured.append((len(records) - 1, measurer.submit(original.copy()),
-                               measurer.submit(value.copy())))  # the buffers are reused
-          checked.result()
-          copied.result()
+            checked = io.submit(_check_entry, original, entry, src)
+            if target is None:  # a corrected bias or moving mean
+              value = np.ascontiguousarray(values[entry.key], np.float32)
+            else:
+              value = _morph_array(original, target, values.get(entry.key),
+                                   morphs[:original.size].reshape(original.shape))
+            copied.result()
+            written = io.submit(_write_entry, fout, value)
+            if target is not None:
+              records.append(_record(original, value, target, group_size, width))
+            checked.result()
+          if target is not None and measurer is not None and not target.twin_of:
+            measured.append((len(records) - 1, measurer.submit(original.copy()),
+                             measurer.submit(value.copy())))  # the buffers are reused
           crcs[entry.key] = written.result()
           position = entry.offset + entry.size
           done += 1
@@ -662,9 +741,8 @@ def _morph_array(original: np.ndarray, target: selection.Target, given=None,
   if given is not None:
     return np.ascontiguousarray(given, np.float32)
   spec = target.spec
-  if out is not None and spec.method != "bitx" and native.is_built():
-    return native.morph(original, spec.method, spec.precision or 1.0, spec.keep_bits or 0,
-                        out=out)
+  if out is not None and spec.method != "bitx" and backends.native_built():
+    return backends.morph_words_into(original, out, spec)
   grouping = {"reduction_axes": target.axes} if spec.method == "bitx" else {}
   # numpy in, numpy out: the native kernels where built (no tensor copies), else numpy.
   return np.ascontiguousarray(backends.morph(original, spec, **grouping), np.float32)

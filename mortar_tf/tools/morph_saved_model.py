@@ -84,6 +84,11 @@ _COMPRESSED = flags.DEFINE_bool("compressed", False,
                                 "Measure each morphed variable's compressed size before and after "
                                 "(compressed x: zlib 9 of each alone, zstd where installed): "
                                 "about a minute for 15M weights on one core.")
+_CHECKPOINT = flags.DEFINE_enum(
+    "checkpoint", "auto", ["auto", "patch", "tensorflow"],
+    "How the variables are written: patch (the data files copied but for the morphed entries, "
+    "the index given their new checksums; no TensorFlow restore/save), tensorflow (every entry "
+    "restored and saved again), auto (patch where the checkpoint allows it).")
 _FORCE = flags.DEFINE_bool("force", False, "Morph a model that mortar_tf already morphed.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 _COMPENSATE = flags.DEFINE_bool("compensate", False,
@@ -176,7 +181,8 @@ def main(argv):
         force=_FORCE.value, verify=_VERIFY.value, verify_inputs=_VERIFY_INPUTS.value,
         verify_max_rel=_VERIFY_MAX_REL.value, verify_max_abs=_VERIFY_MAX_ABS.value,
         report_path=_REPORT.value, progress=_Bar(_PROGRESS.value), compensate=compensate,
-        archive_path=_ARCHIVE.value, compressed=_COMPRESSED.value)
+        archive_path=_ARCHIVE.value, compressed=_COMPRESSED.value,
+        checkpoint=_CHECKPOINT.value)
   except savedmodel.VerificationError as e:
     print("\n".join(e.verification.lines()), file=sys.stderr)
     print(f"mortar-morph: {e}", file=sys.stderr)
