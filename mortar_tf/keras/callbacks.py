@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import numbers
 import os
@@ -163,6 +164,7 @@ class MortarCallback(keras.callbacks.Callback):
     self._epoch = 0
     self._batches = 0
     self._writer = None
+    self._counter = None  # a thread that counts ones while a save is written
     self._checked_model = None
     self.plan: registry.KernelPlan | None = None
     self.specs: dict[int, MorphSpec] = {}
@@ -203,6 +205,9 @@ class MortarCallback(keras.callbacks.Callback):
     if self._writer is not None:
       self._writer.close()
       self._writer = None
+    if self._counter is not None:
+      self._counter.shutdown(wait=True)
+      self._counter = None
 
   # -- checks, done once per model before anything is saved
 
@@ -265,9 +270,10 @@ class MortarCallback(keras.callbacks.Callback):
                                            what="MortarCallback", quiet=True)
       self._write(copy, path)
       changed = {key: (np.asarray(w.numpy()), value) for key, (w, value) in record.items()}
+      ones = None
     else:
-      changed = self._save_in_place(path)
-    self.last_ratios = self._ratios(changed)
+      changed, ones = self._save_in_place(path)
+    self.last_ratios = self._ratios(changed, ones)
     if self.verbose:
       ratios = ", ".join(f"{d} {r:.3f}x" for d, r in self.last_ratios.items())
       geometry = bits.geometry_text(bits.DEFAULT_GROUP_SIZE, bits.DEFAULT_WIDTH)
@@ -275,11 +281,15 @@ class MortarCallback(keras.callbacks.Callback):
       if self.last_compensation is not None:
         print("MortarCallback: " + self.last_compensation.summary())
 
-  def _save_in_place(self, path) -> dict:
+  def _save_in_place(self, path) -> tuple[dict, dict | None]:
     """Morphs the kernels in place, writes the model, restores them bit for bit.
 
-    Returns {id(variable): (original, morphed)}."""
-    changed, restore = {}, []
+    The ones before and after are counted on a thread while the model is
+    written (the C++ kernels read our own copies; the save reads the model).
+
+    Returns ({id(variable): (original, morphed)}, {id(variable): (ones
+    before, ones after)} or None)."""
+    changed, restore, counting = {}, [], None
     try:
       if self.calibration is not None:
         done = calibration.compensated_values(self.model, self.specs, self.calibration)
@@ -303,11 +313,28 @@ class MortarCallback(keras.callbacks.Callback):
           changed[id(kernel.variable)] = (original, morphed)
           restore.append((kernel.variable, original))
           kernel.variable.assign(morphed)
+      if self._counter is None:
+        self._counter = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="mortar-callback-count")
+      counting = self._counter.submit(self._ones, changed)
       self._write(self.model, path)
     finally:
       for variable, original in restore:
         variable.assign(original)
-    return changed
+      ones = None if counting is None else counting.result()
+    return changed, ones
+
+  def _ones(self, changed) -> dict:
+    """{id(variable): (ones by domain before, after)} of the measured kernels."""
+    out = {}
+    for kernel in self.plan.kernels:
+      if id(kernel.variable) in changed:
+        original, value = changed[id(kernel.variable)]
+        grouping = kernel.grouping()
+        out[id(kernel.variable)] = (backends.ones_by_domain(original, **grouping),
+                                    backends.ones_by_domain(np.asarray(value, np.float32),
+                                                            **grouping))
+    return out
 
   def _write(self, model, path):
     if not _is_chief(self.model):
@@ -322,10 +349,10 @@ class MortarCallback(keras.callbacks.Callback):
       return
     saving.write_model(model, path, self.format, compress=self.compress)
 
-  def _ratios(self, changed) -> dict[str, float]:
+  def _ratios(self, changed, ones=None) -> dict[str, float]:
     """Total ratios over the kernels ({id(variable): (original, new value)}),
     the ones domains' and "compressed" (measured); per kernel to TensorBoard
-    when log_dir is set."""
+    when log_dir is set. `ones`: _ones(changed), when counted already."""
     before = {d: 0 for d in bits.DOMAINS}
     after = {d: 0 for d in bits.DOMAINS}
     per_kernel = {}
@@ -336,11 +363,11 @@ class MortarCallback(keras.callbacks.Callback):
         sizes = {id(k.variable): compression.CompressedSize.of(*measurer.map(
             [changed[id(k.variable)][0], np.asarray(changed[id(k.variable)][1], np.float32)]))
                  for k in measured}
+    if ones is None:
+      ones = self._ones(changed)
     for kernel in measured:
-      original, value = changed[id(kernel.variable)]
-      grouping = kernel.grouping()
-      ones_before = backends.ones_by_domain(original, **grouping)
-      ones_after = backends.ones_by_domain(np.asarray(value, np.float32), **grouping)
+      _, value = changed[id(kernel.variable)]
+      ones_before, ones_after = ones[id(kernel.variable)]
       for d in bits.DOMAINS:
         before[d] += ones_before[d]
         after[d] += ones_after[d]
