@@ -253,3 +253,25 @@ def test_chunks_over_any_grouped_view_count_as_the_whole_tensor(monkeypatch, sha
                                 mortar_tf.morph(x, spec, backend="numpy").view(np.uint32))
   assert record == converter._record(x, out, target, 3, 10)  # pylint: disable=protected-access
   assert (crc_in, crc_out) == (bundle.checksum(x), bundle.checksum(out))
+
+
+def test_pair_statistics_equal_the_numpy_references_on_every_class_of_word():
+  """The one-pass totals and the error of the patch route against the numpy
+  references, on words of every class: zeros, subnormals, normals, Inf, NaN
+  (with payloads), both signs."""
+  from mortar_tf import bits  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(7)
+  words = rng.integers(0, 2**32, (40, 7, 9), dtype=np.uint64).astype(np.uint32)
+  flat = words.reshape(-1)
+  flat[:40] = [0, 0x80000000, 1, 0x807FFFFF, 0x7F800000, 0xFF800000, 0x7FC00001, 0x7F800001,
+               0x00400000, 0x7F7FFFFF] * 4
+  x = words.view(np.float32)
+  y = mortar_tf.morph(x, "paper", 0.3, backend="numpy")
+  for a, b in ((x, y), (y, x)):
+    ones_a, ones_b, error = backends.pair_statistics(a.reshape(40, 7, 9), b.reshape(40, 7, 9),
+                                                     (40, 7, 9), 3, 11)
+    for got, values in ((ones_a, a), (ones_b, b)):
+      assert got == {d: bits.count_ones(values, d, reduction_axes=(1,), group_size=3, width=11)
+                     for d in bits.DOMAINS}
+    reference = backends._max_relative_error_numpy(a, b)  # pylint: disable=protected-access
+    assert error == reference or (np.isnan(error) and np.isnan(reference))
