@@ -487,7 +487,8 @@ def pair_statistics(x: np.ndarray, y: np.ndarray, view: tuple[int, int, int],
   chunk, read while it is in cache."""
   ones = []
   for values in (x, y):
-    counts = dict(zip(("word", "significand"), native.ones_totals(values)))
+    counts = {domain: int(native.count_bits(values, domain == "significand")[:n].sum())
+              for domain, n in bits.DOMAIN_BITS.items()}
     columns, _, _ = native.aligned(values, view, group_size, width, 8, False)
     counts["aligned"] = int(columns.sum())
     ones.append({d: counts[d] for d in bits.DOMAINS})

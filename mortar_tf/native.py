@@ -80,7 +80,6 @@ def _load():
   lib.mortar_bitx.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _INT, _INT]
   lib.mortar_max_rel_error.argtypes = [_P, _P, _I64, _P, _INT]
   lib.mortar_crc32c.argtypes = [_P, _I64, ctypes.c_uint32, _P]
-  lib.mortar_ones_totals.argtypes = [_P, _I64, _P, _INT]
   return lib, ""
 
 
@@ -192,16 +191,6 @@ def max_rel_error(x: np.ndarray, y: np.ndarray) -> float:
   _check(_library().mortar_max_rel_error(xs.ctypes.data, ys.ctypes.data, xs.size,
                                          ctypes.addressof(out), threads()), "max_rel_error")
   return float(out.value)
-
-
-def ones_totals(x: np.ndarray) -> tuple[int, int]:
-  """(ones in the word domain, ones in the significand domain) of float32 x:
-  the sums of count_bits' histograms, in one pass without them."""
-  words = _words(x)
-  out = np.zeros(2, np.int64)
-  _check(_library().mortar_ones_totals(words.ctypes.data, words.size, out.ctypes.data,
-                                       threads()), "ones_totals")
-  return int(out[0]), int(out[1])
 
 
 def crc32c(data, crc: int = 0) -> int:

@@ -93,38 +93,6 @@ uint32_t Crc32c(uint32_t crc, const uint8_t* p, int64_t n) {
   return Crc32cPortable(crc, p, n);
 }
 
-// Total ones of n float32 words: all 32 bits (word) and the significand
-// domain's 24 (SPEC 1: hidden and stored bits of normal numbers; zeros,
-// subnormals, Inf and NaN count 0).
-template <int kPopcnt>
-void OnesTotalsImpl(const uint32_t* w, int64_t n, int64_t* word, int64_t* significand) {
-  int64_t all = 0, sig = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t x = w[i];
-    const uint32_t exponent = (x >> 23) & 0xFFu;
-    const bool normal = exponent != 0 && exponent != 0xFFu;
-    all += __builtin_popcount(x);
-    sig += normal ? __builtin_popcount(x & 0x7FFFFFu) + 1 : 0;
-  }
-  *word = all;
-  *significand = sig;
-}
-
-#if defined(__x86_64__)
-__attribute__((target("popcnt"))) void OnesTotalsPopcnt(const uint32_t* w, int64_t n,
-                                                        int64_t* word, int64_t* significand) {
-  OnesTotalsImpl<1>(w, n, word, significand);
-}
-#endif
-
-void OnesTotals(const uint32_t* w, int64_t n, int64_t* word, int64_t* significand) {
-#if defined(__x86_64__)
-  static const bool hardware = __builtin_cpu_supports("popcnt");
-  if (hardware) return OnesTotalsPopcnt(w, n, word, significand);
-#endif
-  OnesTotalsImpl<0>(w, n, word, significand);
-}
-
 bool ValidView(const void* data, int64_t a, int64_t r, int64_t b, int64_t group_size) {
   return (data != nullptr || a * r * b == 0) && a >= 0 && r >= 0 && b >= 0 && group_size >= 1 &&
          group_size <= mortar::kMaxGroupSize;
@@ -293,24 +261,6 @@ int mortar_bitx(const uint32_t* in, uint32_t* out, int64_t a, int64_t r, int64_t
               [&](int64_t begin, int64_t end, int) {
                 mortar::BitxTiles(view, columns, begin, end, out);
               });
-  return 0;
-}
-
-// Total ones of n float32 words in the word and significand domains (what
-// count_bits' histograms sum to), into out[0] and out[1].
-int mortar_ones_totals(const uint32_t* words, int64_t n, int64_t* out, int threads) {
-  if (n < 0 || out == nullptr || (words == nullptr && n > 0)) return kBadArgument;
-  constexpr int64_t kMin = 1 << 20;
-  const int parts = PartsFor(n, kMin, threads);
-  std::vector<int64_t> partial(2 * parts, 0);
-  ParallelFor(n, kMin, threads, [&](int64_t begin, int64_t end, int part) {
-    OnesTotals(words + begin, end - begin, &partial[2 * part], &partial[2 * part + 1]);
-  });
-  out[0] = out[1] = 0;
-  for (int part = 0; part < parts; ++part) {
-    out[0] += partial[2 * part];
-    out[1] += partial[2 * part + 1];
-  }
   return 0;
 }
 
