@@ -91,12 +91,18 @@ def _inject(monkeypatch, target, name, error):
   monkeypatch.setattr(target, name, fail)
 
 
-@pytest.mark.parametrize("case", ["disk_full", "permission", "read_only"])
+@pytest.mark.parametrize("case", ["disk_full", "disk_full_tensorflow", "permission",
+                                  "read_only"])
 def test_io_faults_are_one_clear_error_and_leave_nothing(src, tmp_path, monkeypatch, case):
-  if case == "disk_full":  # SaveV2 runs out of space while writing the checkpoint
+  route = "auto"
+  if case == "disk_full":  # the kernel's copy of the checkpoint runs out of space
+    _inject(monkeypatch, os, "copy_file_range", OSError(errno.ENOSPC, "No space left on device"))
+    match = "cannot write .*: no space left"
+  elif case == "disk_full_tensorflow":  # SaveV2 runs out of space while writing it
     _inject(monkeypatch, tf.raw_ops, "SaveV2",
             tf.errors.ResourceExhaustedError(None, None, "No space left on device"))
     match = "cannot write .*: no space left"
+    route = "tensorflow"
   elif case == "permission":
     import shutil  # pylint: disable=import-outside-toplevel
     _inject(monkeypatch, shutil, "copy2", PermissionError(errno.EACCES, "Permission denied"))
@@ -106,7 +112,7 @@ def test_io_faults_are_one_clear_error_and_leave_nothing(src, tmp_path, monkeypa
     _inject(monkeypatch, tempfile, "mkdtemp", OSError(errno.EROFS, "Read-only file system"))
     match = "cannot write .*: the file system is read-only"
   with pytest.raises(files.OutputError, match=match):
-    savedmodel.convert(str(src), str(tmp_path / "dst"), "paper", 0.1)
+    savedmodel.convert(str(src), str(tmp_path / "dst"), "paper", 0.1, checkpoint=route)
   assert _entries(tmp_path) == []
   monkeypatch.undo()
   savedmodel.convert(str(src), str(tmp_path / "dst"), "paper", 0.1)  # and the rerun works

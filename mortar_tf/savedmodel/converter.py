@@ -36,6 +36,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import shutil
@@ -67,6 +68,9 @@ MORTAR_JSON = os.path.join("assets.extra", "mortar.json")
 _MIN_BATCH_BYTES = 32 << 20
 _SELECTIONS = ("kernels", "all")
 _CHECKPOINT_ROUTES = ("auto", "patch", "tensorflow")
+# copy_file_range errors that mean "not here", not "failed".
+_NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM,
+                       errno.EBADF}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -570,7 +574,9 @@ def _copy_range(fin, fout, offset: int, count: int) -> None:
   while count > 0:
     try:
       done = os.copy_file_range(fin.fileno(), fout.fileno(), count, offset)
-    except OSError:  # another file system, an old kernel: through user space
+    except OSError as e:  # across file systems, an old kernel: through user space
+      if e.errno not in _NO_COPY_FILE_RANGE:
+        raise  # e.g. the disk is full
       done = 0
     if done <= 0:
       chunk = os.pread(fin.fileno(), min(count, 64 << 20), offset)
