@@ -15,7 +15,7 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_ops.py", ["--size=20000", "--repeats=1"], "x copy"),
     ("bench_callback.py", ["--epochs=1", "--samples=128", "--model=MobileNetV2",
                            "--input_size=32", "--repeats=1"], "ratio clone / in place"),
-    ("bench_convert.py", ["--total_mb=2", "--largest_mb=0.5"], "ratio"),
+    ("bench_convert.py", ["--total_mb=2", "--largest_mb=0.5", "--repeats=1"], "ratio"),
     ("bench_compensate.py", ["--samples=2"], "compensating every kernel"),
     ("bench_compression.py", ["--precisions=0.1"], "ratio threads / one thread"),
     ("bench_keras_paths.py", ["--model=MobileNetV2", "--input_size=32", "--repeats=1",
