@@ -674,7 +674,7 @@ def _patch_checkpoint(src: str, plan, out_dir: str, targets: Mapping[str, select
   # in every page of every entry, which costs more than reading it.
   largest = max((e.size // 4 for entries in shards for e in entries), default=0)
   originals, morphs = np.empty(largest, np.float32), np.empty(largest, np.float32)
-  scratch = np.empty(1 << 22, np.float32)  # the io thread's, for the entries copied as they are
+  scratch = np.empty(1 << 18, np.float32)  # the io thread's (1 MiB), for entries copied as they are
   io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mortar-write")
   try:
     for shard, entries in enumerate(shards):
