@@ -123,7 +123,7 @@ def test_patch_and_tensorflow_routes_write_the_same_checkpoint(exported, tmp_pat
       out = tmp_path / f"{number}-{route}"
       report = savedmodel.convert(str(src), str(out), mortar_tf.MorphSpec.create(**spec),
                                   checkpoint=route)
-      assert report.checkpoint == ("patched" if route == "patch" else "tensorflow")
+      assert report.checkpoint == route
       routes[route] = (out, report)
     (patched, a), (rewritten, b) = routes["patch"], routes["tensorflow"]
     got, want = _checkpoint(patched), _checkpoint(rewritten)
@@ -275,3 +275,42 @@ def test_pair_statistics_equal_the_numpy_references_on_every_class_of_word():
                      for d in bits.DOMAINS}
     reference = backends._max_relative_error_numpy(a, b)  # pylint: disable=protected-access
     assert error == reference or (np.isnan(error) and np.isnan(reference))
+
+
+class _WithStrings(tf.Module):
+  """A kernel read by a MatMul beside a string variable (copied as it is)."""
+
+  def __init__(self):
+    super().__init__()
+    rng = np.random.default_rng(5)
+    self.w = tf.Variable(rng.standard_normal((6, 4)).astype(np.float32), name="w")
+    self.names = tf.Variable(["alpha", "beta", "gamma" * 9], name="names")
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32)])
+  def __call__(self, x):
+    return tf.matmul(x, self.w)
+
+
+def test_a_corrupt_string_variable_copied_as_it_is_is_an_error(tmp_path):
+  """A string entry's checksum covers its lengths as well as its bytes: the
+  patch route has TensorFlow's reader check it, as its restore would."""
+  module = _WithStrings()
+  src = tmp_path / "src"
+  tf.saved_model.save(module, str(src), signatures=module.__call__)
+  prefix = os.path.join(str(src), "variables", "variables")
+  index = bundle.Index.read(prefix)
+  (key,) = [k for k, e in index.entries.items()
+            if e.dtype == tf.string.as_datatype_enum and "names" in k]
+  entry = index.entries[key]
+  report = savedmodel.convert(str(src), str(tmp_path / "ok"), "paper", 0.1, checkpoint="patch")
+  assert report.checkpoint == "patch" and [v.name for v in report.morphed]
+  with open(index.data_path(prefix, entry.shard_id), "r+b") as f:
+    f.seek(entry.offset + entry.size - 3)  # inside "gammagamma..."
+    byte = f.read(1)
+    f.seek(entry.offset + entry.size - 3)
+    f.write(bytes([byte[0] ^ 0x01]))
+  for route in ("patch", "tensorflow"):
+    with pytest.raises(SavedModelError, match=f"{key}.*corrupted"):
+      savedmodel.convert(str(src), str(tmp_path / f"dst-{route}"), "paper", 0.1,
+                         checkpoint=route)
+    assert not (tmp_path / f"dst-{route}").exists()

@@ -127,8 +127,9 @@ class ConversionReport:
       calibration settings and sample count), or None.
     archive: an archive.ArchiveReport (its size, the input archived alike),
       or None. `dst` is None when only the archive was written.
-    checkpoint: "patched" (changed entries written in place of a byte copy)
-      or "tensorflow" (restored and saved by TensorFlow's ops).
+    checkpoint: the route that wrote the variables, named as convert's
+      `checkpoint` argument names it: "patch" (changed entries written into a
+      byte copy) or "tensorflow" (restored and saved by TensorFlow's ops).
   """
   src: str
   dst: str
@@ -144,7 +145,7 @@ class ConversionReport:
   notes: tuple[str, ...] = ()
   compensation: object = None
   archive: archive_lib.ArchiveReport | None = None
-  checkpoint: str = "patched"
+  checkpoint: str = "patch"
 
   def totals(self) -> tuple[dict, dict]:
     before = {d: sum(v.ones_before[d] for v in self.morphed if not v.twin_of)
@@ -243,7 +244,7 @@ class ConversionReport:
     if self.compensation is not None:
       parts += self.compensation.lines()
     parts.append(f"fingerprint.pb: {self.fingerprint}; checkpoint: "
-                 + ("changed entries patched into a byte copy" if self.checkpoint == "patched"
+                 + ("changed entries patched into a byte copy" if self.checkpoint == "patch"
                     else "rewritten by TensorFlow (restore, save)"))
     if self.verification is not None:
       parts += self.verification.lines()
@@ -546,8 +547,11 @@ def _patch_plan(src: str, targets: Mapping[str, selection.Target],
   shards = [[] for _ in range(index.num_shards)]
   for key in sorted(set(targets) | set(values)):
     entry = index.entries.get(key)
-    if entry is None or not entry.float32 or entry.crc_at is None:
-      raise bundle.BundleError(f"{key} is not a whole float32 entry with a checksum")
+    if entry is None or not entry.float32:
+      raise bundle.BundleError(f"{key} is not a whole float32 entry")
+    if entry.crc_at is None:
+      raise bundle.BundleError(f"{key}'s entry stores no checksum (TensorFlow leaves a zero "
+                               "CRC out), so there is no field to replace")
     given = values.get(key)
     if given is not None and (tuple(given.shape) != entry.shape or given.dtype != np.float32):
       raise ValueError(f"internal: the corrected value of {key} does not fit it")
@@ -614,12 +618,15 @@ def _check_entry(array: np.ndarray, entry: bundle.Entry, src: str) -> None:
 
 
 def _check_copied(fin, entries, src: str, scratch: np.ndarray) -> None:
-  """Checks the checksums of entries copied as they are (numeric ones: a
-  string tensor's checksum covers more than its bytes), reading them through
-  `scratch` (as TensorFlow's restore would have checked them)."""
+  """Checks the checksums of entries copied as they are, as TensorFlow's
+  restore would have: numeric ones read through `scratch`, string ones by
+  TensorFlow's reader (their checksum covers lengths stored beside the bytes)."""
   raw = memoryview(scratch).cast("B")
   for entry in entries:
-    if entry.dtype in (types_pb2.DT_STRING, types_pb2.DT_VARIANT, types_pb2.DT_RESOURCE):
+    if entry.dtype == types_pb2.DT_STRING:  # TensorFlow's reader checks it (SavedModelError)
+      variables_lib.restore_tensor(src, entry.key, tf.string)
+      continue
+    if entry.dtype in (types_pb2.DT_VARIANT, types_pb2.DT_RESOURCE):
       continue
     crc, done = 0, 0
     while done < entry.size:
@@ -1013,7 +1020,7 @@ def convert(src: str, dst: str | None, method="paper", precision=None, *, keep_b
                               time.monotonic() - start, group_size, width,
                               tuple(note for d in (destination, packing) if d is not None
                                     for note in d.stale_note()), compensated,
-                              checkpoint="patched" if plan is not None else "tensorflow")
+                              checkpoint="patch" if plan is not None else "tensorflow")
     record = report.to_dict()
     record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     if previous is not None:
