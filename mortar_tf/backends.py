@@ -483,13 +483,8 @@ def morph_words_into(x: np.ndarray, out: np.ndarray, spec: morphing.MorphSpec) -
 def pair_statistics(x: np.ndarray, y: np.ndarray, view: tuple[int, int, int],
                     group_size: int, width: int) -> tuple[dict, dict, float]:
   """(ones_by_domain of x, of y, max_relative_error(x, y)) with both read as
-  the grouped [a, r, b] `view` (native): what a morph's record needs of one
-  chunk, read while it is in cache."""
-  ones = []
-  for values in (x, y):
-    counts = {domain: int(native.count_bits(values, domain == "significand")[:n].sum())
-              for domain, n in bits.DOMAIN_BITS.items()}
-    columns, _, _ = native.aligned(values, view, group_size, width, 8, False)
-    counts["aligned"] = int(columns.sum())
-    ones.append({d: counts[d] for d in bits.DOMAINS})
-  return ones[0], ones[1], native.max_rel_error(x, y)
+  the grouped [a, r, b] `view`: what a morph's record needs of one chunk,
+  read while it is in cache."""
+  grouping = {"reduction_axes": (1,), "group_size": group_size, "width": width}
+  return (ones_by_domain(x.reshape(view), **grouping),
+          ones_by_domain(y.reshape(view), **grouping), max_relative_error(x, y))

@@ -196,17 +196,13 @@ def max_rel_error(x: np.ndarray, y: np.ndarray) -> float:
 def crc32c(data, crc: int = 0) -> int:
   """CRC-32C of a bytes-like object or an array's bytes (read in place when
   C-contiguous), continuing from `crc` (the CRC-32C of the bytes before)."""
-  if isinstance(data, np.ndarray):
-    data = np.ascontiguousarray(data)
-    pointer, size = data.ctypes.data, data.nbytes
-    keep = data
-  else:
-    keep = np.frombuffer(data, np.uint8)  # a view: no copy
-    pointer, size = keep.ctypes.data, keep.nbytes
+  # An array as it is when C-contiguous, anything else viewed as bytes (no copy).
+  view = (np.ascontiguousarray(data) if isinstance(data, np.ndarray)
+          else np.frombuffer(data, np.uint8))
+  pointer, size = view.ctypes.data, view.nbytes
   out = ctypes.c_uint32(0)
   _check(_library().mortar_crc32c(pointer if size else None, size, crc & 0xFFFFFFFF,
                                   ctypes.addressof(out)), "crc32c")
-  del keep
   return int(out.value)
 
 

@@ -176,8 +176,8 @@ class Index:
 
   def write(self, path: str, crcs: Mapping[str, int]) -> None:
     """Writes the index to `path` with these entries' crc32c replaced (values
-    of checksum(), masked as stored) (and
-    the checksums of the blocks holding them); every other byte as read."""
+    of checksum(), masked as stored) and the checksums of the blocks holding
+    them recomputed; every other byte as read."""
     out = bytearray(self.data)
     touched = set()
     for key, crc in crcs.items():

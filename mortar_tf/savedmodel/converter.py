@@ -711,8 +711,7 @@ def _patch_checkpoint(src: str, plan, out_dir: str, targets: Mapping[str, select
             copied.result()
             for chunk in chunks:
               chunk.result()
-            written = concurrent.futures.Future()
-            written.set_result(crc_out)
+            crcs[entry.key] = crc_out
             records.append(record)
           else:
             checked = io.submit(_check_entry, original, entry, src)
@@ -726,10 +725,10 @@ def _patch_checkpoint(src: str, plan, out_dir: str, targets: Mapping[str, select
             if target is not None:
               records.append(_record(original, value, target, group_size, width))
             checked.result()
+            crcs[entry.key] = written.result()
           if target is not None and measurer is not None and not target.twin_of:
             measured.append((len(records) - 1, measurer.submit(original.copy()),
                              measurer.submit(value.copy())))  # the buffers are reused
-          crcs[entry.key] = written.result()
           position = entry.offset + entry.size
           done += 1
           del original, value
