@@ -41,7 +41,7 @@ ISAS = ("avx512", "avx2", "baseline")
 # G all-zero windows. Larger groups run in numpy (same bits) by default; the
 # op refuses them; the estimator's engines stop here.
 MAX_GROUP_SIZE = 16384
-ABI_VERSION = 4
+ABI_VERSION = 5
 METHOD_CODES = {"paper": 0, "fewest_ones": 1, "round": 2}
 
 _P = ctypes.c_void_p
@@ -80,6 +80,7 @@ def _load():
   lib.mortar_bitx.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _INT, _INT]
   lib.mortar_max_rel_error.argtypes = [_P, _P, _I64, _P, _INT]
   lib.mortar_crc32c.argtypes = [_P, _I64, ctypes.c_uint32, _P]
+  lib.mortar_pair_totals.argtypes = [_P, _P, _I64, _P, _P, _INT]
   return lib, ""
 
 
@@ -191,6 +192,20 @@ def max_rel_error(x: np.ndarray, y: np.ndarray) -> float:
   _check(_library().mortar_max_rel_error(xs.ctypes.data, ys.ctypes.data, xs.size,
                                          ctypes.addressof(out), threads()), "max_rel_error")
   return float(out.value)
+
+
+def pair_totals(x: np.ndarray, y: np.ndarray) -> tuple[int, int, int, int, float]:
+  """(ones of x's words, of x's significands, of y's words, of y's
+  significands, max_rel_error(x, y)) in one pass over both float32 arrays."""
+  if x.shape != y.shape:
+    raise ValueError(f"pair_totals compares arrays of one shape, got {x.shape} and {y.shape}")
+  xs, ys = _words(x), _words(y)
+  totals = np.zeros(4, np.int64)
+  worst = ctypes.c_double(0.0)
+  _check(_library().mortar_pair_totals(xs.ctypes.data, ys.ctypes.data, xs.size,
+                                       totals.ctypes.data, ctypes.addressof(worst), threads()),
+         "pair_totals")
+  return int(totals[0]), int(totals[1]), int(totals[2]), int(totals[3]), float(worst.value)
 
 
 def crc32c(data, crc: int = 0) -> int:

@@ -203,6 +203,28 @@ VARIANT_SCRIPT = textwrap.dedent("""
       stats = mortar_tf.aligned_statistics(w, group_size=g, width=width, reduction_axes=axes,
                                            backend=sys.argv[1])
       out[f"aligned {g} {width} {axes}"] = [digest(s) for s in stats]
+    # pair totals (the converter's one pass): the word and significand ones of
+    # x and y and the error, against bit_histogram and the numpy error. The
+    # last pair puts two ratios 1 / (m1 * m2) apart (Farey neighbours, about
+    # 2^-48) in different blocks: the native screen must not skip the larger.
+    m1, k1 = 2**24 - 1, 5033176
+    m2 = -pow(k1, -1, m1) % m1
+    k2 = (1 + k1 * m2) // m1
+    assert m2 >= 2**23 and k2 * m1 - k1 * m2 == 1 and k2 / m2 > k1 / m1
+    fx, fy = np.ones(3 * 2048, np.float32), np.ones(3 * 2048, np.float32)
+    fx[5], fy[5], fx[4100], fy[4100] = m1, m1 - k1, m2, m2 - k2
+    y = mortar_tf.morph(w, "paper", precision=0.1, backend="numpy")
+    for number, (a, b) in enumerate([(w, y), (y, w), (fx, fy)]):
+      a, b = a.reshape(-1), b.reshape(-1)
+      if sys.argv[1] == "numpy":
+        from mortar_tf import backends
+        totals = [int(mortar_tf.bit_histogram(v, d, backend="numpy").sum())
+                  for v in (a, b) for d in ("word", "significand")]
+        totals = [totals[0], totals[1], totals[2], totals[3],
+                  backends._max_relative_error_numpy(a, b)]
+      else:
+        totals = list(native.pair_totals(a, b))
+      out[f"pair totals {number}"] = [repr(v) for v in totals]
     print(json.dumps(out))
 """)
 

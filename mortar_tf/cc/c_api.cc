@@ -103,7 +103,7 @@ bool ValidView(const void* data, int64_t a, int64_t r, int64_t b, int64_t group_
 extern "C" {
 
 // Bumped whenever a signature below changes; native.py refuses a mismatch.
-int mortar_abi_version() { return 4; }
+int mortar_abi_version() { return 5; }
 
 const char* mortar_isa() { return mortar::IsaName(); }
 
@@ -245,6 +245,38 @@ int mortar_max_rel_error(const float* x, const float* y, int64_t n, double* out,
     w = std::max(w, worst[part]);
   }
   *out = w;
+  return 0;
+}
+
+// mortar::PairTotals over n pairs: totals[4] (overwritten) the ones of x's
+// words, x's significands, y's words, y's significands; *worst the max
+// relative error as mortar_max_rel_error gives it (NaN when any is NaN).
+int mortar_pair_totals(const uint32_t* x, const uint32_t* y, int64_t n, int64_t* totals,
+                       double* worst, int threads) {
+  if (n < 0 || totals == nullptr || worst == nullptr ||
+      ((x == nullptr || y == nullptr) && n > 0)) {
+    return kBadArgument;
+  }
+  constexpr int64_t kMin = 1 << 18;
+  const int parts = PartsFor(n, kMin, threads);
+  std::vector<int64_t> partial(4 * parts, 0);
+  std::vector<double> worst_part(parts, 0.0);
+  std::vector<char> nan(parts, 0);
+  ParallelFor(n, kMin, threads, [&](int64_t begin, int64_t end, int part) {
+    bool saw_nan = false;
+    mortar::PairTotals(x + begin, y + begin, end - begin, &partial[4 * part], &worst_part[part],
+                       &saw_nan);
+    nan[part] = saw_nan;
+  });
+  double w = 0.0;
+  bool any_nan = false;
+  for (int k = 0; k < 4; ++k) totals[k] = 0;
+  for (int part = 0; part < parts; ++part) {
+    for (int k = 0; k < 4; ++k) totals[k] += partial[4 * part + k];
+    any_nan |= nan[part] != 0;
+    w = std::max(w, worst_part[part]);
+  }
+  *worst = any_nan ? std::nan("") : w;
   return 0;
 }
 

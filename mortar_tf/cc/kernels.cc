@@ -9,6 +9,8 @@
 #include "mortar_tf/cc/kernels.h"
 
 #include <algorithm>
+#include <cfloat>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -560,6 +562,94 @@ MORTAR_VARIANTS(BitxTiles,
                 (const GroupedView& view, int columns, int64_t begin, int64_t end, uint32_t* out),
                 (view, columns, begin, end, out))
 
+// ---------------------------------------------------------------------------
+// What a morph's record needs of (x, y) besides the aligned counts, in one
+// pass over both, a block at a time while it is in L1: the ones of each word
+// and of each significand (0 for special values), and max |y - x| / |x| in
+// double over the x that are finite and nonzero (mortar_max_rel_error's
+// arithmetic: r > w ? r : w, NaN noted apart).
+//
+// The division is the slow part, and the maximum rarely moves: a block is
+// divided only when some element may beat the maximum w so far, tested by
+// |y - x| > fl(fl(w * c) * |x|) with c = 1 - 2^-40, which is below w * |x|
+// (each rounding adds at most 2^-53), so no element with fl(|y - x| / |x|) > w
+// is passed over (that needs |y - x| > w * |x|, rounding being monotone), or a
+// NaN difference. The loops are plain scalar code that GCC vectorises (double
+// compares in vector extensions scalarise under GCC 12's AVX-512 target).
+
+template <int L>
+MORTAR_INLINE typename Vectors<L>::U32 SignificandOf(typename Vectors<L>::U32 u) {
+  typedef typename Vectors<L>::U32 U32;
+  const U32 mag = u & kMagnitude;
+  const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
+  return ((mag & kMantissa) | kHidden) & normal;
+}
+
+template <int L>
+MORTAR_INLINE void PairTotalsImpl(const uint32_t* x, const uint32_t* y, int64_t n,
+                                  int64_t* totals, double* worst, bool* saw_nan) {
+  constexpr int64_t kBlock = 2048;  // 8 KiB of x and of y
+  constexpr double kShrink = 1.0 - 1.0 / 1099511627776.0;  // 1 - 2^-40
+  double w = *worst;
+  double threshold = w * kShrink;
+  bool nan = *saw_nan;
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t count = std::min(kBlock, n - start);  // 32 * kBlock fits a lane's uint32
+    const uint32_t* xb = x + start;
+    const uint32_t* yb = y + start;
+    typedef typename Vectors<L>::U32 U32;
+    U32 wx = {}, sx = {}, wy = {}, sy = {};
+    int64_t i = 0;
+    for (; i + L <= count; i += L) {
+      U32 u, v;
+      std::memcpy(&u, xb + i, sizeof u);
+      std::memcpy(&v, yb + i, sizeof v);
+      wx += Words<uint32_t, L>::Popcount(u);
+      sx += Words<uint32_t, L>::Popcount(SignificandOf<L>(u));
+      wy += Words<uint32_t, L>::Popcount(v);
+      sy += Words<uint32_t, L>::Popcount(SignificandOf<L>(v));
+    }
+    for (int l = 0; l < L; ++l) {
+      totals[0] += wx[l];
+      totals[1] += sx[l];
+      totals[2] += wy[l];
+      totals[3] += sy[l];
+    }
+    for (; i < count; ++i) {
+      totals[0] += __builtin_popcount(xb[i]);
+      totals[1] += __builtin_popcount(Significand(xb[i]));
+      totals[2] += __builtin_popcount(yb[i]);
+      totals[3] += __builtin_popcount(Significand(yb[i]));
+    }
+    const float* xf = reinterpret_cast<const float*>(xb);
+    const float* yf = reinterpret_cast<const float*>(yb);
+    int64_t candidates = 0;
+    for (i = 0; i < count; ++i) {
+      const double xi = xf[i];
+      const double ax = std::fabs(xi);
+      const double d = std::fabs(double(yf[i]) - xi);
+      const int64_t ok = (ax <= double(FLT_MAX)) & (ax != 0.0);
+      candidates |= ok & ((d > threshold * ax) | (d != d));
+    }
+    if (candidates == 0) continue;
+    for (i = 0; i < count; ++i) {  // the exact arithmetic, on this block only
+      const double xi = xf[i];
+      if (!(std::fabs(xi) <= double(FLT_MAX)) || xi == 0.0) continue;
+      const double r = std::fabs(double(yf[i]) - xi) / std::fabs(xi);
+      nan |= std::isnan(r);
+      w = r > w ? r : w;
+    }
+    threshold = w * kShrink;
+  }
+  *worst = w;
+  *saw_nan = nan;
+}
+
+MORTAR_VARIANTS(PairTotals,
+                (const uint32_t* x, const uint32_t* y, int64_t n, int64_t* totals, double* worst,
+                 bool* saw_nan),
+                (x, y, n, totals, worst, saw_nan))
+
 }  // namespace
 
 void CountBits(const uint32_t* words, int64_t n, bool significand, int64_t* counts) {
@@ -574,6 +664,11 @@ void MorphRange(Method method, const uint32_t* in, uint32_t* out, int64_t n, dou
 void BallEndsRange(const uint32_t* magnitudes, int64_t n, double p, bool exact,
                    uint32_t* lower, uint32_t* upper) {
   MORTAR_DISPATCH(BallEndsRange, (magnitudes, n, p, exact, lower, upper))
+}
+
+void PairTotals(const uint32_t* x, const uint32_t* y, int64_t n, int64_t* totals, double* worst,
+                bool* saw_nan) {
+  MORTAR_DISPATCH(PairTotals, (x, y, n, totals, worst, saw_nan))
 }
 
 int64_t TileCount(const GroupedView& view) {

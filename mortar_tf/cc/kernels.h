@@ -38,6 +38,14 @@ void MorphRange(Method method, const uint32_t* in, uint32_t* out, int64_t n, dou
 void BallEndsRange(const uint32_t* magnitudes, int64_t n, double p, bool exact,
                    uint32_t* lower, uint32_t* upper);
 
+// Over n pairs (x[i], y[i]) of float32 words, added to what the pointers hold:
+// totals[0..3] += the ones of x's words, of x's significands (0 for special
+// values), of y's words, of y's significands; *worst = max(*worst, |y - x| /
+// |x| in double over the x that are finite and nonzero), *saw_nan |= any such
+// ratio is NaN. One pass over both (what a morph's record needs of a chunk).
+void PairTotals(const uint32_t* x, const uint32_t* y, int64_t n, int64_t* totals, double* worst,
+                bool* saw_nan);
+
 // The [a, r, b] view of a weight, cut into groups along r.
 struct GroupedView {
   const uint32_t* data;

@@ -377,7 +377,7 @@ def _record(t: tf.Tensor, morphed: tf.Tensor, target: selection.Target, group_si
                          target.display, others)
 
 
-# Elements per chunk of _morph_and_record: a few MiB, so that the morph, the
+# Elements per chunk of the fused morph: a few MiB, so that the morph, the
 # counts before and after, the error and both checksums read each chunk while
 # it is in cache (one pass over memory instead of ten). Tests make it small.
 _CHUNK_ELEMENTS = 1 << 21
@@ -385,53 +385,164 @@ _CHUNK_ELEMENTS = 1 << 21
 
 def _chunks(view: tuple[int, int, int], group_size: int):
   """Slices (a0, a1, r0, r1) of the [a, r, b] view, in memory order, each
-  holding whole groups (G consecutive r for one (a, b))."""
+  holding whole groups (G consecutive r for one (a, b)) and each contiguous
+  in memory: whole [r, b] planes where they are small, else rows of one plane."""
   a, r, b = view
-  if a > 1 or r * b <= _CHUNK_ELEMENTS:
+  if r * b <= _CHUNK_ELEMENTS:
     step = max(1, _CHUNK_ELEMENTS // max(r * b, 1))
     for a0 in range(0, a, step):
       yield a0, min(a, a0 + step), 0, r
     return
   rows = max(group_size, _CHUNK_ELEMENTS // max(b, 1) // group_size * group_size)
-  for r0 in range(0, r, rows):
-    yield 0, 1, r0, min(r, r0 + rows)
+  for a0 in range(a):
+    for r0 in range(0, r, rows):
+      yield a0, a0 + 1, r0, min(r, r0 + rows)
+
+
+def _fuses(target: selection.Target, shape) -> tuple[int, int, int] | None:
+  """The grouped view the fused chunk-by-chunk morph works on, or None where
+  it does not apply (bitx, reduction axes with no grouped view, a kernel with
+  other readers, no native kernels)."""
+  if (target.spec.method == "bitx" or target.other_readers or not backends.native_built()):
+    return None
+  return bits.grouped_view(shape, target.axes)
+
+
+class _Recorder:
+  """Morphs chunks (native per-word kernels) and sums their record: the ones
+  before and after in every domain and the error, each chunk counted while it
+  is in cache."""
+
+  def __init__(self, target: selection.Target, group_size: int, width: int):
+    self.target, self.group_size, self.width = target, group_size, width
+    self.before = {d: 0 for d in bits.DOMAINS}
+    self.after = {d: 0 for d in bits.DOMAINS}
+    self.error = 0.0
+
+  def morph(self, xc: np.ndarray, yc: np.ndarray) -> None:
+    """Morphs xc ([a, r, b] with whole groups along r) into yc, and counts both."""
+    backends.morph_words_into(xc, yc, self.target.spec)
+    ones_x, ones_y, e = backends.pair_statistics(xc, yc, xc.shape, self.group_size, self.width)
+    for d in bits.DOMAINS:
+      self.before[d] += ones_x[d]
+      self.after[d] += ones_y[d]
+    self.error = e if np.isnan(e) or np.isnan(self.error) else max(self.error, e)
+
+  def record(self) -> MorphedVariable:
+    t = self.target
+    return MorphedVariable(t.var.name, t.var.key, t.var.shape, tuple(t.axes), t.spec,
+                           self.before, self.after, self.error, t.twin_of, t.var.path,
+                           t.display, ())
 
 
 def _morph_and_record(original: np.ndarray, out: np.ndarray, target: selection.Target,
                       group_size: int, width: int, emit: Callable[[np.ndarray], None] = None):
-  """Morphs `original` into `out` (per-word methods, native kernels) chunk by
-  chunk, counting the ones before and after and the error on each chunk while
-  it is in cache, with both CRC-32Cs; `emit` gets each morphed chunk (in
-  memory order, so that it can be written while the next is made). Returns (MorphedVariable, crc of
-  original, crc of out), the record the same as _record's (tested), or None
-  where this does not apply (bitx, reduction axes with no grouped view)."""
-  spec = target.spec
-  view = bits.grouped_view(original.shape, target.axes)
-  if (spec.method == "bitx" or view is None or target.other_readers
-      or not backends.native_built()):
+  """Morphs `original` into `out` chunk by chunk (_Recorder), with both
+  CRC-32Cs; `emit` gets each morphed chunk (in memory order, so that it can be
+  written while the next is made). Returns (MorphedVariable, crc of original,
+  crc of out), the record the same as _record's (tested), or None where the
+  fused morph does not apply (_fuses)."""
+  view = _fuses(target, original.shape)
+  if view is None:
     return None
-  a, r, b = view
-  x, y = original.reshape(a, r, b), out.reshape(a, r, b)
-  before = {d: 0 for d in bits.DOMAINS}
-  after = {d: 0 for d in bits.DOMAINS}
-  error, crc_in, crc_out = 0.0, 0, 0
+  x, y = original.reshape(view), out.reshape(view)
+  recorder = _Recorder(target, group_size, width)
+  crc_in, crc_out = 0, 0
   for a0, a1, r0, r1 in _chunks(view, group_size):
     xc, yc = x[a0:a1, r0:r1], y[a0:a1, r0:r1]
-    backends.morph_words_into(xc, yc, spec)
-    ones_x, ones_y, e = backends.pair_statistics(xc, yc, (a1 - a0, r1 - r0, b), group_size,
-                                                 width)
-    for d in bits.DOMAINS:
-      before[d] += ones_x[d]
-      after[d] += ones_y[d]
-    error = e if np.isnan(e) or np.isnan(error) else max(error, e)
+    recorder.morph(xc, yc)
     crc_in = backends.crc32c(xc, crc_in)
     crc_out = backends.crc32c(yc, crc_out)
     if emit is not None:
       emit(yc)
-  record = MorphedVariable(target.var.name, target.var.key, target.var.shape,
-                           tuple(target.axes), spec, before, after, error, target.twin_of,
-                           target.var.path, target.display, ())
-  return record, bundle.masked(crc_in), bundle.masked(crc_out)
+  return recorder.record(), bundle.masked(crc_in), bundle.masked(crc_out)
+
+
+class _Buffers:
+  """Float32 scratch arrays reused across entries (fresh ones would page-fault
+  in every page of every entry, which costs more than reading it)."""
+
+  def __init__(self):
+    self._arrays = {}
+
+  def get(self, name: str, size: int) -> np.ndarray:
+    array = self._arrays.get(name)
+    if array is None or array.size < size:
+      array = self._arrays[name] = np.empty(size, np.float32)
+    return array[:size]
+
+
+def _pread_into(fin, array: np.ndarray, offset: int, entry: bundle.Entry, src: str) -> None:
+  raw = memoryview(array).cast("B")
+  done = 0
+  while done < len(raw):
+    n = os.preadv(fin.fileno(), [raw[done:]], offset + done)
+    if n <= 0:
+      raise variables_lib.SavedModelError(f"the variables of {src!r} end inside {entry.key}")
+    done += n
+
+
+def _stream_and_record(fin, fout, entry: bundle.Entry, target: selection.Target,
+                       group_size: int, width: int, reader, io, buffers: _Buffers, src: str):
+  """The fused morph of one entry straight from its data file to fout, a chunk
+  at a time through two input and two output buffers: `reader` reads chunk
+  k + 1 (and runs the CRC of the original) while this thread morphs and counts
+  chunk k and `io` writes chunk k - 1 (with the output's CRC). Memory is four
+  chunks, however large the entry. Returns (MorphedVariable, masked CRC of the
+  morph), or None where the fused morph does not apply or its chunks would
+  hold more than the entry (the caller then reads the entry whole).
+
+  Raises:
+    SavedModelError: the original fails its checksum (after its chunks were
+      written: the output is discarded by the caller's error path).
+  """
+  view = _fuses(target, entry.shape)
+  if view is None:
+    return None
+  a, r, b = view
+  pieces = list(_chunks(view, group_size))
+  largest = max((a1 - a0) * (r1 - r0) * b for a0, a1, r0, r1 in pieces)
+  if 2 * largest > max(a * r * b, _CHUNK_ELEMENTS):
+    return None
+  ins = [buffers.get(f"in{k}", largest) for k in range(2)]
+  outs = [buffers.get(f"out{k}", largest) for k in range(2)]
+  crc = {"in": 0, "out": 0}  # each updated by one thread, in chunk order
+
+  def read(k: int) -> np.ndarray:
+    a0, a1, r0, r1 = pieces[k]
+    chunk = ins[k % 2][:(a1 - a0) * (r1 - r0) * b]
+    _pread_into(fin, chunk, entry.offset + 4 * (a0 * r + r0) * b, entry, src)
+    crc["in"] = backends.crc32c(chunk, crc["in"])
+    return chunk.reshape(a1 - a0, r1 - r0, b)
+
+  def write(chunk: np.ndarray) -> None:
+    crc["out"] = backends.crc32c(chunk, crc["out"])
+    _write_entry(fout, chunk, crc=0)
+
+  recorder = _Recorder(target, group_size, width)
+  reading, writes = None, [None, None]
+  try:
+    reading = reader.submit(read, 0)
+    for k in range(len(pieces)):
+      xc = reading.result()
+      if k + 1 < len(pieces):  # into the buffer of chunk k - 1, morphed already
+        reading = reader.submit(read, k + 1)
+      slot = k % 2
+      if writes[slot] is not None:
+        writes[slot].result()  # chunk k - 2 is written: its buffer is free
+      yc = outs[slot][:xc.size].reshape(xc.shape)
+      recorder.morph(xc, yc)
+      writes[slot] = io.submit(write, yc)
+    for w in writes:
+      if w is not None:
+        w.result()
+  finally:  # no thread may still fill or read a buffer once this returns
+    for future in [reading] + writes:
+      if future is not None:
+        concurrent.futures.wait([future])
+  if bundle.masked(crc["in"]) != entry.crc32c:
+    raise _corrupt(entry, src)
+  return recorder.record(), bundle.masked(crc["out"])
 
 
 def _nbytes(shape, dtype) -> int:
@@ -665,8 +776,10 @@ def _patch_checkpoint(src: str, plan, out_dir: str, targets: Mapping[str, select
   without TensorFlow's restore and save: each data file is copied (by the
   kernel) but for the entries to change, whose morphed bytes are written at
   their own offsets, and the index is rewritten with their new checksums
-  (mortar_tf.savedmodel.bundle). Holds one original and its morph at a time:
-  while this thread morphs an entry and counts its ones, a second one checks
+  (mortar_tf.savedmodel.bundle). A kernel of the fused morph streams through
+  four chunk buffers (_stream_and_record: a reader thread, this thread's morph
+  and counts, a writer thread); any other changed entry is read whole, so at
+  most one original and its morph are held, while the writer thread checks
   the original's checksum, copies the bytes before it and writes the morph."""
   values = values or {}
   index, shards, every = plan
@@ -677,12 +790,10 @@ def _patch_checkpoint(src: str, plan, out_dir: str, targets: Mapping[str, select
   crcs, records, measured = {}, [], []
   changed = set(targets) | set(values)
   done = 0
-  # Two buffers of the largest entry, reused: fresh arrays would page-fault
-  # in every page of every entry, which costs more than reading it.
-  largest = max((e.size // 4 for entries in shards for e in entries), default=0)
-  originals, morphs = np.empty(largest, np.float32), np.empty(largest, np.float32)
+  buffers = _Buffers()
   scratch = np.empty(1 << 18, np.float32)  # the io thread's (1 MiB), for entries copied as they are
   io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mortar-write")
+  reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mortar-read")
   try:
     for shard, entries in enumerate(shards):
       src_path = index.data_path(src_prefix, shard)
@@ -693,19 +804,32 @@ def _patch_checkpoint(src: str, plan, out_dir: str, targets: Mapping[str, select
         for entry in entries:
           if progress is not None:
             progress(done, total, entry.key)
-          original = _read_entry(fin, entry, src, originals)
           copied = io.submit(_copy_checked, fin, fout, position, entry.offset,
                              [e for e in copied_as_is if position <= e.offset < entry.offset],
                              src, scratch)
           target = targets.get(entry.key)
+          streamed = None
+          if (target is not None and entry.key not in values
+              and (measurer is None or target.twin_of)):  # measured: read whole, below
+            streamed = _stream_and_record(fin, fout, entry, target, group_size, width, reader,
+                                          io, buffers, src)
+          if streamed is not None:
+            record, crcs[entry.key] = streamed
+            copied.result()
+            records.append(record)
+            position = entry.offset + entry.size
+            done += 1
+            continue
+          original = _read_entry(fin, entry, src, buffers.get("original", entry.size // 4))
+          morphs = buffers.get("morph", original.size)
           fused, chunks = None, []
           if target is not None and entry.key not in values:
-            fused = _morph_and_record(original, morphs[:original.size].reshape(original.shape),
+            fused = _morph_and_record(original, morphs.reshape(original.shape),
                                       target, group_size, width,
                                       lambda c: chunks.append(io.submit(_write_entry, fout, c)))
           if fused is not None:
             record, crc_in, crc_out = fused
-            value = morphs[:original.size].reshape(original.shape)
+            value = morphs.reshape(original.shape)
             if crc_in != entry.crc32c:
               raise _corrupt(entry, src)
             copied.result()
@@ -719,7 +843,7 @@ def _patch_checkpoint(src: str, plan, out_dir: str, targets: Mapping[str, select
               value = np.ascontiguousarray(values[entry.key], np.float32)
             else:
               value = _morph_array(original, target, values.get(entry.key),
-                                   morphs[:original.size].reshape(original.shape))
+                                   morphs.reshape(original.shape))
             copied.result()
             written = io.submit(_write_entry, fout, value)
             if target is not None:
@@ -735,6 +859,7 @@ def _patch_checkpoint(src: str, plan, out_dir: str, targets: Mapping[str, select
         _check_copied(fin, [e for e in copied_as_is if e.offset >= position], src, scratch)
         _copy_range(fin, fout, position, os.fstat(fin.fileno()).st_size - position)
   finally:
+    reader.shutdown(wait=True)
     io.shutdown(wait=True)
   index.write(dst_prefix + ".index", crcs)
   if progress is not None:
