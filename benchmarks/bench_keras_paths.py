@@ -22,6 +22,7 @@ Not asserted anywhere.
 """
 
 import os
+import statistics
 import tempfile
 import time
 
@@ -67,6 +68,23 @@ def _save_seconds(callback, model) -> float:
   return timing.median_seconds(lambda: callback.on_epoch_end(0, {}), _REPEATS.value, warmup=True)
 
 
+def _paired_save_seconds(callback, baseline, model) -> tuple[float, float]:
+  """(median seconds of callback's saves, of baseline's), the two alternating
+  save by save so that both see the same machine (a save's time here swings
+  by half with the page cache's state), after one untimed save of each."""
+  for c in (callback, baseline):
+    c.set_model(model)
+    c.on_train_begin()
+    c.on_epoch_end(0, {})
+  times = {id(callback): [], id(baseline): []}
+  for _ in range(_REPEATS.value):
+    for c in (baseline, callback):
+      start = time.perf_counter()
+      c.on_epoch_end(0, {})
+      times[id(c)].append(time.perf_counter() - start)
+  return statistics.median(times[id(callback)]), statistics.median(times[id(baseline)])
+
+
 def _steps(model, data) -> tuple[float, float]:
   """(first step's seconds, median of the next steps) of train_on_batch."""
   x, y = data
@@ -105,7 +123,7 @@ def main(argv):
     print(f"plain: clone_model {clone:.2f} s, ModelCheckpoint save {checkpoint:.2f} s, "
           f"training step {plain_step:.3f} s (first {plain_first:.2f} s)")
     header = ("| method | morph_model s | strip s | strip / (morph_model + clone) | "
-              "MortarCallback save s (plain model) | / ModelCheckpoint | "
+              "MortarCallback save s (plain model) | / ModelCheckpoint (its s, beside) | "
               "same, wrapped model | step s wrapped | / plain step | first-step extra s |")
     if _TF_OPS_BASELINE.value:
       header += " strip s, TF ops | step s, TF ops | first-step extra s, TF ops |"
@@ -119,13 +137,15 @@ def main(argv):
       strip = timing.median_seconds(lambda: strip_morphing(wrapped), _REPEATS.value,  # pylint: disable=cell-var-from-loop
                                     warmup=True)
       path = os.path.join(d, "m" + suffix)
-      save_plain = _save_seconds(MortarCallback(path, spec), model)
+      save_plain, checkpoint = _paired_save_seconds(
+          MortarCallback(path, spec),
+          keras.callbacks.ModelCheckpoint(os.path.join(d, "c" + suffix)), model)
       save_wrapped = _save_seconds(MortarCallback(path), wrapped)
       first, step = _steps(morph_model(_model(), spec), data)
       ratios = {"strip": strip / (morph + clone), "save": save_plain / checkpoint,
                 "step": step / plain_step, "first": first - plain_first}
       row = (f"| {spec} | {morph:.2f} | {strip:.2f} | {ratios['strip']:.2f} | {save_plain:.2f} | "
-             f"{ratios['save']:.2f} | {save_wrapped:.2f} | {step:.3f} | {ratios['step']:.2f} | "
+             f"{ratios['save']:.2f} ({checkpoint:.2f}) | {save_wrapped:.2f} | {step:.3f} | {ratios['step']:.2f} | "
              f"{ratios['first']:.2f} |")
       if _TF_OPS_BASELINE.value:
         with wrapper.tf_ops_only():

@@ -480,6 +480,28 @@ def morph_words_into(x: np.ndarray, out: np.ndarray, spec: morphing.MorphSpec) -
   return native.morph(x, spec.method, spec.precision or 1.0, spec.keep_bits or 0, out=out)
 
 
+def limited_threads(count: int):
+  """A context in which this thread's native calls use at most `count` threads
+  (work done beside something else that needs the other cores)."""
+  return native.limited_threads(count)
+
+
+def pair_statistics_many(pairs, group_size: int, width: int) -> list[tuple[dict, dict, float]]:
+  """pair_statistics of each (x, y, view), float32 arrays: one native call for
+  all of them where the library is built (the same numbers: tested)."""
+  pairs = [(np.ascontiguousarray(x), np.ascontiguousarray(y), tuple(view))
+           for x, y, view in pairs]
+  if not (native.is_built() and group_size <= native.MAX_GROUP_SIZE
+          and all(x.dtype == np.float32 and y.dtype == np.float32 and x.shape == y.shape
+                  for x, y, _ in pairs)):
+    return [pair_statistics(x, y, view, group_size, width) for x, y, view in pairs]
+  out = []
+  for counts, error in native.pair_records(pairs, group_size, width):
+    out.append(({"significand": counts[1], "word": counts[0], "aligned": counts[2]},
+                {"significand": counts[4], "word": counts[3], "aligned": counts[5]}, error))
+  return out
+
+
 def pair_statistics(x: np.ndarray, y: np.ndarray, view: tuple[int, int, int],
                     group_size: int, width: int) -> tuple[dict, dict, float]:
   """(ones_by_domain of x, of y, max_relative_error(x, y)) with both read as

@@ -24,9 +24,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -81,6 +83,7 @@ def _load():
   lib.mortar_max_rel_error.argtypes = [_P, _P, _I64, _P, _INT]
   lib.mortar_crc32c.argtypes = [_P, _I64, ctypes.c_uint32, _P]
   lib.mortar_pair_totals.argtypes = [_P, _P, _I64, _P, _P, _INT]
+  lib.mortar_pair_records.argtypes = [_I64, _P, _P, _P, _I64, _INT, _P, _P, _INT]
   return lib, ""
 
 
@@ -99,8 +102,12 @@ def isa() -> str:
   return _library().mortar_isa().decode()
 
 
+_LIMIT = threading.local()
+
+
 def threads() -> int:
-  """Threads per call: $MORTAR_TF_THREADS, else the CPUs this process may use."""
+  """Threads per call: $MORTAR_TF_THREADS, else the CPUs this process may use;
+  at most the limit of `limited_threads` on the calling thread."""
   value = os.environ.get(THREADS_VARIABLE, "")
   if value:
     try:
@@ -109,8 +116,26 @@ def threads() -> int:
       raise ValueError(f"{THREADS_VARIABLE} must be an integer >= 1, got {value!r}") from None
     if count < 1:
       raise ValueError(f"{THREADS_VARIABLE} must be an integer >= 1, got {value!r}")
-    return count
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+  else:
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+  return min(count, getattr(_LIMIT, "count", count))
+
+
+@contextlib.contextmanager
+def limited_threads(count: int):
+  """Calls from this thread use at most `count` threads inside the block
+  (work done beside something else that needs the other cores)."""
+  if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    raise ValueError(f"limited_threads takes an integer >= 1, got {count!r}")
+  previous = getattr(_LIMIT, "count", None)
+  _LIMIT.count = count if previous is None else min(previous, count)
+  try:
+    yield
+  finally:
+    if previous is None:
+      del _LIMIT.count
+    else:
+      _LIMIT.count = previous
 
 
 def _library():
@@ -206,6 +231,32 @@ def pair_totals(x: np.ndarray, y: np.ndarray) -> tuple[int, int, int, int, float
                                        totals.ctypes.data, ctypes.addressof(worst), threads()),
          "pair_totals")
   return int(totals[0]), int(totals[1]), int(totals[2]), int(totals[3]), float(worst.value)
+
+
+def pair_records(pairs, group_size: int, width: int) -> list[tuple[tuple[int, ...], float]]:
+  """For each (x, y, view) of float32 arrays of one size read as the [a, r, b]
+  view: ((ones of x's words, significands, aligned columns, then y's), the
+  max_rel_error of y against x), all in one call (Python's lock is released
+  once, however many pairs: work beside a Python-bound thread)."""
+  words, views = [], []
+  for x, y, view in pairs:
+    if x.shape != y.shape:
+      raise ValueError(f"pair_records compares arrays of one shape, got {x.shape} and {y.shape}")
+    _check_view(x, view, group_size)
+    words.append((_words(x), _words(y)))
+    views.append(tuple(int(v) for v in view))
+  width = _check_range("width", width, 1, 64)
+  count = len(words)
+  xs = np.array([x.ctypes.data for x, _ in words] or [0], np.uintp)
+  ys = np.array([y.ctypes.data for _, y in words] or [0], np.uintp)
+  view_array = np.array(views or [(0, 0, 0)], np.int64)
+  out = np.zeros((max(count, 1), 6), np.int64)
+  errors = np.zeros(max(count, 1), np.float64)
+  _check(_library().mortar_pair_records(count, xs.ctypes.data, ys.ctypes.data,
+                                        view_array.ctypes.data, group_size, width,
+                                        out.ctypes.data, errors.ctypes.data, threads()),
+         "pair_records")
+  return [(tuple(int(v) for v in out[k]), float(errors[k])) for k in range(count)]
 
 
 def crc32c(data, crc: int = 0) -> int:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import tracemalloc
 
 from hypothesis import given
@@ -852,3 +853,45 @@ def test_the_raw_entry_points_take_the_largest_group_and_refuse_one_more():
                             None, 1) != 0
   assert lib.mortar_bitx(x.ctypes.data, out.ctypes.data, 1, g, 1, g, 3, 1) == 0
   assert lib.mortar_bitx(x.ctypes.data, out.ctypes.data, 1, g + 1, 1, g + 1, 3, 1) != 0
+
+
+# ---------------------------------------------------------------------------
+# Many pairs in one native call (MortarCallback counts a whole model so, beside
+# a save), and the per-thread limit on native threads.
+
+
+def test_pair_statistics_many_equal_each_pair_counted_by_numpy():
+  rng = np.random.default_rng(11)
+  pairs = []
+  for shape, view in [((3, 3, 5, 7), (1, 45, 7)), ((130, 9), (1, 130, 9)), ((4, 50, 3), (4, 50, 3)),
+                      ((1,), (1, 1, 1)), ((0, 4), (1, 0, 4))]:
+    x = (rng.standard_normal(shape) * np.exp2(rng.integers(-20, 20, shape))).astype(np.float32)
+    x.reshape(-1)[::13] = np.inf
+    pairs.append((x, mortar_tf.morph(x, "fewest_ones", 0.05, backend="numpy"), view))
+  for group_size, width in [(4, 11), (64, 24)]:
+    got = backends.pair_statistics_many(pairs, group_size, width)
+    assert len(got) == len(pairs)
+    for (x, y, view), (ones_x, ones_y, error) in zip(pairs, got):
+      for ones, values in ((ones_x, x), (ones_y, y)):
+        assert ones == {d: mortar_tf.count_ones(values.reshape(view), d, reduction_axes=(1,),
+                                                group_size=group_size, width=width,
+                                                backend="numpy") for d in bits.DOMAINS}
+      assert error == backends._max_relative_error_numpy(x, y)  # pylint: disable=protected-access
+  assert backends.pair_statistics_many([], 64, 24) == []
+
+
+def test_limited_threads_holds_on_its_own_thread_only():
+  full = native.threads()
+  seen = {}
+  with native.limited_threads(1):
+    assert native.threads() == 1
+    with native.limited_threads(3):  # nested: never more than the outer limit
+      assert native.threads() == 1
+    other = threading.Thread(target=lambda: seen.setdefault("other", native.threads()))
+    other.start()
+    other.join()
+  assert seen["other"] == full and native.threads() == full
+  for bad in (0, -1, 1.5, True):
+    with pytest.raises(ValueError, match="integer >= 1"):
+      with native.limited_threads(bad):
+        pass

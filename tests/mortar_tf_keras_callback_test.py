@@ -73,9 +73,13 @@ def test_saves_morphed_copies_and_leaves_training_untouched(tmp_path):
     assert len(history.history[key]) == 2 and history.history[key][-1] > 1.0
   kernels = [model.get_layer(n).weights[0].numpy() for n in ("conv", "fc")]
   morphed = [mortar_tf.morph(k, "fewest_ones", 0.1, backend="numpy") for k in kernels]
-  word_before = sum(mortar_tf.count_ones(k, "word", backend="numpy") for k in kernels)
-  word_after = sum(mortar_tf.count_ones(k, "word", backend="numpy") for k in morphed)
-  assert history.history["mortar_ratio_word"][-1] == pytest.approx(word_before / word_after)
+  axes = [(0, 1, 2), (0,)]  # conv [kh, kw, cin, cout] and dense [in, out]: reduce all but out
+  for domain in ("word", "significand", "aligned"):  # the ratios logged, from numpy's counts
+    before = sum(mortar_tf.count_ones(k, domain, reduction_axes=a, backend="numpy")
+                 for k, a in zip(kernels, axes))
+    after = sum(mortar_tf.count_ones(k, domain, reduction_axes=a, backend="numpy")
+                for k, a in zip(morphed, axes))
+    assert history.history[f"mortar_ratio_{domain}"][-1] == pytest.approx(before / after), domain
 
 
 def test_wrapped_model_saves_the_stripped_model(tmp_path):

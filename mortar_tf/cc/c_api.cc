@@ -103,7 +103,7 @@ bool ValidView(const void* data, int64_t a, int64_t r, int64_t b, int64_t group_
 extern "C" {
 
 // Bumped whenever a signature below changes; native.py refuses a mismatch.
-int mortar_abi_version() { return 5; }
+int mortar_abi_version() { return 5; }  // 5: pair totals and records
 
 const char* mortar_isa() { return mortar::IsaName(); }
 
@@ -277,6 +277,42 @@ int mortar_pair_totals(const uint32_t* x, const uint32_t* y, int64_t n, int64_t*
     w = std::max(w, worst_part[part]);
   }
   *worst = any_nan ? std::nan("") : w;
+  return 0;
+}
+
+// What a record needs of many (x, y) pairs, in one call (one release of
+// Python's lock for a whole model): for pair k, x = xs[k] and y = ys[k] read
+// as the [a, r, b] view views[3k..3k+2], out[6k..6k+5] (overwritten) the ones
+// of x's words, significands and aligned columns, then y's, and errors[k] as
+// mortar_max_rel_error gives it.
+int mortar_pair_records(int64_t count, const uint32_t* const* xs, const uint32_t* const* ys,
+                        const int64_t* views, int64_t group_size, int width, int64_t* out,
+                        double* errors, int threads) {
+  if (count < 0 || (count > 0 && (xs == nullptr || ys == nullptr || views == nullptr ||
+                                  out == nullptr || errors == nullptr)) ||
+      width < 1 || width > 64) {
+    return kBadArgument;
+  }
+  std::vector<int64_t> columns(width);
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t a = views[3 * k], r = views[3 * k + 1], b = views[3 * k + 2];
+    if (!ValidView(xs[k], a, r, b, group_size) || !ValidView(ys[k], a, r, b, group_size)) {
+      return kBadArgument;
+    }
+    int64_t totals[4];
+    const int code = mortar_pair_totals(xs[k], ys[k], a * r * b, totals, &errors[k], threads);
+    if (code != 0) return code;
+    for (int side = 0; side < 2; ++side) {
+      const int code2 = mortar_aligned(side == 0 ? xs[k] : ys[k], a, r, b, group_size, width, 8,
+                                       columns.data(), nullptr, nullptr, threads);
+      if (code2 != 0) return code2;
+      int64_t aligned = 0;
+      for (int c = 0; c < width; ++c) aligned += columns[c];
+      out[6 * k + 3 * side] = totals[2 * side];
+      out[6 * k + 3 * side + 1] = totals[2 * side + 1];
+      out[6 * k + 3 * side + 2] = aligned;
+    }
+  }
   return 0;
 }
 

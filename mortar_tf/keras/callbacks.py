@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 import numbers
 import os
@@ -316,7 +317,7 @@ class MortarCallback(keras.callbacks.Callback):
       if self._counter is None:
         self._counter = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="mortar-callback-count")
-      counting = self._counter.submit(self._ones, changed)
+      counting = self._counter.submit(self._ones, changed, 1)
       self._write(self.model, path)
     finally:
       for variable, original in restore:
@@ -324,16 +325,34 @@ class MortarCallback(keras.callbacks.Callback):
       ones = None if counting is None else counting.result()
     return changed, ones
 
-  def _ones(self, changed) -> dict:
-    """{id(variable): (ones by domain before, after)} of the measured kernels."""
-    out = {}
+  def _ones(self, changed, threads: int | None = None) -> dict:
+    """{id(variable): (ones by domain before, after)} of the measured kernels:
+    those with a grouped view in one native call (beside a save, Python's lock
+    is then taken back once, not once a kernel), the rest one by one.
+    `threads`: at most this many native threads (beside a save: one core
+    stays with the writer)."""
+    grouped, rest = [], []
     for kernel in self.plan.kernels:
-      if id(kernel.variable) in changed:
-        original, value = changed[id(kernel.variable)]
+      if id(kernel.variable) not in changed:
+        continue
+      original, value = changed[id(kernel.variable)]
+      value = np.asarray(value, np.float32)
+      view = bits.grouped_view(original.shape, kernel.reduction_axes())
+      if view is not None and original.dtype == np.float32 and original.shape == value.shape:
+        grouped.append((id(kernel.variable), original, value, view))
+      else:
+        rest.append((kernel, original, value))
+    out = {}
+    limit = backends.limited_threads(threads) if threads else contextlib.nullcontext()
+    with limit:
+      results = backends.pair_statistics_many([(x, y, view) for _, x, y, view in grouped],
+                                              bits.DEFAULT_GROUP_SIZE, bits.DEFAULT_WIDTH)
+      for (key, _, _, _), (ones_x, ones_y, _) in zip(grouped, results):
+        out[key] = (ones_x, ones_y)
+      for kernel, original, value in rest:
         grouping = kernel.grouping()
         out[id(kernel.variable)] = (backends.ones_by_domain(original, **grouping),
-                                    backends.ones_by_domain(np.asarray(value, np.float32),
-                                                            **grouping))
+                                    backends.ones_by_domain(value, **grouping))
     return out
 
   def _write(self, model, path):
