@@ -7,7 +7,10 @@ every morphing method, in one run:
    same model (goal: ratio <= 1.5);
 2. one MortarCallback save (on the plain model, and on the wrapped model)
    against one keras.callbacks.ModelCheckpoint save of the same model (goal:
-   ratio <= 1.1 for the plain model);
+   ratio <= 1.1 for the plain model), the saves alternating, with an
+   unmorphed save written the callback's way (beside the path, then renamed
+   over it, so that no partial file is ever at the path) to show what that
+   way costs by itself;
 3. a training step (SGD, batch 32) of the wrapped model against the plain one:
    the median step (goal: ratio <= 1.3) and the first step's extra time (the
    trace and compile of the morph: goal <= 3 s).
@@ -33,6 +36,7 @@ import numpy as np
 
 from mortar_tf.keras import MortarCallback
 from mortar_tf.keras import morph_model
+from mortar_tf.keras import saving
 from mortar_tf.keras import strip_morphing
 from mortar_tf.keras import wrapper
 from mortar_tf.keras.compat import IS_KERAS3
@@ -68,21 +72,25 @@ def _save_seconds(callback, model) -> float:
   return timing.median_seconds(lambda: callback.on_epoch_end(0, {}), _REPEATS.value, warmup=True)
 
 
-def _paired_save_seconds(callback, baseline, model) -> tuple[float, float]:
-  """(median seconds of callback's saves, of baseline's), the two alternating
-  save by save so that both see the same machine (a save's time here swings
-  by half with the page cache's state), after one untimed save of each."""
+def _paired_save_seconds(callback, baseline, model, atomic) -> tuple[float, float, float]:
+  """Median seconds of callback's saves, of baseline's and of `atomic()` (the
+  model written unmorphed the way the callback writes: beside the path, then
+  renamed over it), the three alternating save by save so that all see the
+  same machine (a save's time here swings by half with the page cache's
+  state), after one untimed call of each."""
   for c in (callback, baseline):
     c.set_model(model)
     c.on_train_begin()
-    c.on_epoch_end(0, {})
-  times = {id(callback): [], id(baseline): []}
+  calls = [lambda: callback.on_epoch_end(0, {}), lambda: baseline.on_epoch_end(0, {}), atomic]
+  for call in calls:
+    call()
+  times = [[], [], []]
   for _ in range(_REPEATS.value):
-    for c in (baseline, callback):
+    for i in (1, 2, 0):
       start = time.perf_counter()
-      c.on_epoch_end(0, {})
-      times[id(c)].append(time.perf_counter() - start)
-  return statistics.median(times[id(callback)]), statistics.median(times[id(baseline)])
+      calls[i]()
+      times[i].append(time.perf_counter() - start)
+  return tuple(statistics.median(t) for t in times)
 
 
 def _steps(model, data) -> tuple[float, float]:
@@ -123,7 +131,8 @@ def main(argv):
     print(f"plain: clone_model {clone:.2f} s, ModelCheckpoint save {checkpoint:.2f} s, "
           f"training step {plain_step:.3f} s (first {plain_first:.2f} s)")
     header = ("| method | morph_model s | strip s | strip / (morph_model + clone) | "
-              "MortarCallback save s (plain model) | / ModelCheckpoint (its s, beside) | "
+              "MortarCallback save s (plain model) | / ModelCheckpoint (its s; an unmorphed save "
+              "written beside and renamed, / ModelCheckpoint) | "
               "same, wrapped model | step s wrapped | / plain step | first-step extra s |")
     if _TF_OPS_BASELINE.value:
       header += " strip s, TF ops | step s, TF ops | first-step extra s, TF ops |"
@@ -137,15 +146,16 @@ def main(argv):
       strip = timing.median_seconds(lambda: strip_morphing(wrapped), _REPEATS.value,  # pylint: disable=cell-var-from-loop
                                     warmup=True)
       path = os.path.join(d, "m" + suffix)
-      save_plain, checkpoint = _paired_save_seconds(
+      save_plain, checkpoint, atomic = _paired_save_seconds(
           MortarCallback(path, spec),
-          keras.callbacks.ModelCheckpoint(os.path.join(d, "c" + suffix)), model)
+          keras.callbacks.ModelCheckpoint(os.path.join(d, "c" + suffix)), model,
+          lambda: saving.write_model(model, os.path.join(d, "a" + suffix), "keras"))  # pylint: disable=cell-var-from-loop
       save_wrapped = _save_seconds(MortarCallback(path), wrapped)
       first, step = _steps(morph_model(_model(), spec), data)
       ratios = {"strip": strip / (morph + clone), "save": save_plain / checkpoint,
                 "step": step / plain_step, "first": first - plain_first}
       row = (f"| {spec} | {morph:.2f} | {strip:.2f} | {ratios['strip']:.2f} | {save_plain:.2f} | "
-             f"{ratios['save']:.2f} ({checkpoint:.2f}) | {save_wrapped:.2f} | {step:.3f} | {ratios['step']:.2f} | "
+             f"{ratios['save']:.2f} ({checkpoint:.2f}; atomic {atomic / checkpoint:.2f}) | {save_wrapped:.2f} | {step:.3f} | {ratios['step']:.2f} | "
              f"{ratios['first']:.2f} |")
       if _TF_OPS_BASELINE.value:
         with wrapper.tf_ops_only():

@@ -495,3 +495,82 @@ def test_an_unwritable_log_dir_fails_at_train_start(tmp_path, log_dir):
                                         log_dir=log_dir.format(file=tmp_path / "file")),
                          probe])
   assert not seen and not (tmp_path / "m.keras").exists()
+
+
+def _save_once(callback, model):
+  callback.set_model(model)
+  callback.on_train_begin()
+  callback.on_epoch_end(0, {})
+  callback.on_train_end()
+
+
+@pytest.mark.parametrize("name", ["transformer", "bilstm", "gru", "shared", "nested", "multi_io",
+                                  "subclassed"])
+def test_the_substituting_writer_and_the_in_place_route_write_the_same_weights(tmp_path, name):
+  """Keras 3's writer takes the morphed values in the kernels' place (nothing
+  is assigned to the model); the route that assigns and restores is what
+  every other case takes. Both files load with the same bits, every variable
+  of the model stays as it was, and on Keras 3 the substituting route is
+  the one that ran (on standard layers it takes every kernel)."""
+  model = keras_zoo.build(name)
+  before = [u32(w.numpy()).copy() for w in model.weights]
+  files = {}
+  for route in ("substitute", "assign"):
+    callback = MortarCallback(str(tmp_path / (route + ".keras")), "fewest_ones", precision=0.05,
+                              embeddings=True)
+    if route == "assign":
+      callback.set_model(model)
+      callback._check()  # pylint: disable=protected-access
+      callback._substitutes = False  # pylint: disable=protected-access
+      callback.on_epoch_end(0, {})
+    else:
+      _save_once(callback, model)
+      assert callback._substitutes is IS_KERAS3  # pylint: disable=protected-access
+    files[route] = keras.models.load_model(str(tmp_path / (route + ".keras")), compile=False,
+                                           custom_objects=keras_zoo.custom_objects(name))
+  for w, b in zip(model.weights, before):
+    np.testing.assert_array_equal(u32(w.numpy()), b)
+  a, b = files["substitute"].weights, files["assign"].weights
+  assert len(a) == len(b) == len(model.weights)
+  morphed = 0
+  for x, y, w in zip(a, b, model.weights):
+    np.testing.assert_array_equal(u32(x.numpy()), u32(y.numpy()))
+    morphed += not np.array_equal(u32(x.numpy()), u32(w.numpy()))
+  assert morphed > 0
+
+
+@keras.saving.register_keras_serializable(package="mortar_test")
+class _CopyWriter(layers.Dense):
+  """A Dense that writes numpy copies of its variables (as layers written for
+  older Keras do), not the variables: no writer can tell its kernel there."""
+
+  def save_own_variables(self, store):
+    store["0"] = np.array(self.kernel.numpy())
+    store["1"] = np.array(self.bias.numpy())
+
+  def load_own_variables(self, store):
+    self.kernel.assign(store["0"])
+    self.bias.assign(store["1"])
+
+
+def test_a_layer_that_writes_a_copy_of_its_kernel_falls_back_to_the_in_place_route(tmp_path):
+  """The substituting writer misses a kernel a layer writes as a copy; that
+  save is then made by assigning and restoring (nothing half-morphed is
+  ever in place at the path), and later saves of the model go that way."""
+  keras.utils.set_random_seed(3)
+  model = keras.Sequential([keras.Input((5,)), layers.Dense(4, name="plain"),
+                            _CopyWriter(3, name="copy")])
+  before = [u32(w.numpy()).copy() for w in model.weights]
+  path = str(tmp_path / "m.keras")
+  callback = MortarCallback(path, "paper", precision=0.1)
+  _save_once(callback, model)
+  assert [k.name for k in callback.plan.kernels] == ["plain/kernel", "copy/kernel"]
+  assert callback._substitutes is False  # pylint: disable=protected-access
+  saved = keras.models.load_model(path, compile=False)
+  for name in ("plain", "copy"):
+    np.testing.assert_array_equal(
+        u32(saved.get_layer(name).weights[0].numpy()),
+        u32(mortar_tf.morph(model.get_layer(name).weights[0].numpy(), "paper", 0.1,
+                            backend="numpy")))
+  for w, b in zip(model.weights, before):
+    np.testing.assert_array_equal(u32(w.numpy()), b)

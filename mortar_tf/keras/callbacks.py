@@ -46,11 +46,14 @@ def _has_wrappers(model) -> bool:
 class MortarCallback(keras.callbacks.Callback):
   """Writes a morphed copy of the model at each save; training weights stay untouched.
 
-  For an unwrapped model the kernels (mortar_tf.keras.registry) are morphed in
-  place, the model is saved, and every kernel is restored bit for bit before
-  training goes on: the copy is the model itself with morph(kernel) in place
-  of each kernel, whatever the model is (Sequential, Functional, subclassed,
-  holding TFMOT pruning wrappers, under a distribution strategy). For a model
+  For an unwrapped model the copy is the model itself with morph(kernel) in
+  place of each kernel (mortar_tf.keras.registry), whatever the model is
+  (Sequential, Functional, subclassed, holding TFMOT pruning wrappers, under a
+  distribution strategy): Keras 3's .keras writer is handed the morphed
+  values in the kernels' place, so the model's variables are not touched;
+  elsewhere (SavedModel, tf_keras, a layer that writes copies of its
+  variables) the kernels are morphed in place, the model is saved, and every
+  kernel is restored bit for bit before training goes on. For a model
   with MorphWrappers the copy is strip_morphing(model) (kernels morphed once,
   never twice; a graph model is needed). With fold_batchnorm the copy is a
   plain clone with the BNs folded (a graph model is needed; a Functional
@@ -166,6 +169,7 @@ class MortarCallback(keras.callbacks.Callback):
     self._batches = 0
     self._writer = None
     self._counter = None  # a thread that counts ones while a save is written
+    self._substitutes = None  # whether the writer takes morphed values (known after a save)
     self._checked_model = None
     self.plan: registry.KernelPlan | None = None
     self.specs: dict[int, MorphSpec] = {}
@@ -258,6 +262,7 @@ class MortarCallback(keras.callbacks.Callback):
             [k.name for k in plan.kernels if id(k.variable) in specs]))
     if needs_clone:  # the folds, and the classes the copy keeps, now rather than after an epoch
       apply.check_copy(model, self.specs, self.fold_batchnorm, what="MortarCallback")
+    self._substitutes = None
     self._checked_model = model
 
   # -- work
@@ -283,14 +288,18 @@ class MortarCallback(keras.callbacks.Callback):
         print("MortarCallback: " + self.last_compensation.summary())
 
   def _save_in_place(self, path) -> tuple[dict, dict | None]:
-    """Morphs the kernels in place, writes the model, restores them bit for bit.
+    """Writes the model with its kernels morphed, and leaves them as they were.
 
-    The ones before and after are counted on a thread while the model is
-    written (the C++ kernels read our own copies; the save reads the model).
+    With Keras 3's .keras writer the morphed values are written in the
+    kernels' place (saving.substituted_values); elsewhere, or where that
+    writer does not take every one of them, the kernels are morphed in place,
+    the model is written and every kernel is restored bit for bit. The ones
+    before and after are counted on a thread while the model is written (the
+    C++ kernels read our own copies; the save reads the model).
 
     Returns ({id(variable): (original, morphed)}, {id(variable): (ones
     before, ones after)} or None)."""
-    changed, restore, counting = {}, [], None
+    changed, values, counting = {}, {}, None
     try:
       if self.calibration is not None:
         done = calibration.compensated_values(self.model, self.specs, self.calibration)
@@ -301,8 +310,7 @@ class MortarCallback(keras.callbacks.Callback):
           original = np.asarray(variable.numpy())
           if key in kernels:
             changed[key] = (original, value)
-          restore.append((variable, original))
-          variable.assign(value)
+          values[key] = (variable, original, np.asarray(value, np.float32))
       else:
         for kernel in self.plan.kernels:
           spec = self.specs.get(id(kernel.variable))
@@ -312,16 +320,29 @@ class MortarCallback(keras.callbacks.Callback):
           grouping = kernel.grouping() if spec.method == "bitx" else {}
           morphed = backends.morph(original, spec, **grouping)
           changed[id(kernel.variable)] = (original, morphed)
-          restore.append((kernel.variable, original))
-          kernel.variable.assign(morphed)
+          values[id(kernel.variable)] = (kernel.variable, original, morphed)
       if self._counter is None:
         self._counter = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="mortar-callback-count")
       counting = self._counter.submit(self._ones, changed, 1)
-      self._write(self.model, path)
+      if self.format == "keras" and self._substitutes is not False:
+        with saving.substituted_values(
+            {key: (variable, new) for key, (variable, _, new) in values.items()}) as swap:
+          if swap.available:
+            self._write(self.model, path, accept=lambda: swap.complete)
+        self._substitutes = swap.complete  # the same model saves the same way next time
+        if swap.complete:
+          return changed, counting.result()
+      restore = []
+      try:
+        for variable, original, new in values.values():
+          restore.append((variable, original))
+          variable.assign(new)
+        self._write(self.model, path)
+      finally:
+        for variable, original in restore:
+          variable.assign(original)
     finally:
-      for variable, original in restore:
-        variable.assign(original)
       ones = None if counting is None else counting.result()
     return changed, ones
 
@@ -355,18 +376,18 @@ class MortarCallback(keras.callbacks.Callback):
                                     backends.ones_by_domain(value, **grouping))
     return out
 
-  def _write(self, model, path):
+  def _write(self, model, path, accept=None) -> bool:
+    """saving.write_model (`accept` as there); False where it replaced nothing."""
     if not _is_chief(self.model):
       # Every worker builds and writes its copy (as Keras' own checkpointing
       # does under MultiWorkerMirroredStrategy); only the chief keeps it.
       scratch = tempfile.mkdtemp(prefix=".mortar-worker-")
       try:
-        saving.write_model(model, os.path.join(scratch, os.path.basename(path)), self.format,
-                           compress=self.compress)
+        return saving.write_model(model, os.path.join(scratch, os.path.basename(path)),
+                                  self.format, compress=self.compress, accept=accept)
       finally:
         shutil.rmtree(scratch, ignore_errors=True)
-      return
-    saving.write_model(model, path, self.format, compress=self.compress)
+    return saving.write_model(model, path, self.format, compress=self.compress, accept=accept)
 
   def _ratios(self, changed, ones=None) -> dict[str, float]:
     """Total ratios over the kernels ({id(variable): (original, new value)}),

@@ -7,11 +7,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import string
 import tempfile
+import threading
 import zipfile
 
 from mortar_tf import files
@@ -191,12 +193,93 @@ def export_saved_model(model, path: str) -> None:
       tf.saved_model.save(model, path)
 
 
-def write_model(model, path: str, fmt: str, compress: bool = False) -> None:
+class Substitution:
+  """What `substituted_values` did: `available` (this Keras' writer can take
+  values in place of variables), `written` (how many it did take)."""
+
+  def __init__(self, values: dict):
+    self.values = values  # {id(variable): (variable, value)}
+    self.available = False
+    self.written = 0
+
+  @property
+  def complete(self) -> bool:
+    """Every value was written in its variable's place."""
+    return self.available and self.written == len(self.values)
+
+
+_SUBSTITUTING = threading.local()
+_HOOK_LOCK = threading.Lock()
+_HOOKED = {"count": 0, "original": None}
+
+
+def _keras3_store():
+  """Keras 3's .keras weights store class, or None where its layout is not
+  the one this hook knows (a store whose __setitem__ takes the variable)."""
+  if not IS_KERAS3:
+    return None
+  try:
+    from keras.src.saving import saving_lib  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  store = getattr(saving_lib, "H5IOStore", None)
+  return store if store is not None and "__setitem__" in vars(store) else None
+
+
+def _setitem(store, key, value):
+  """H5IOStore.__setitem__ while a substitution is open on this thread: a
+  listed variable is written as its given value."""
+  substitution = getattr(_SUBSTITUTING, "current", None)
+  if substitution is not None:
+    listed = substitution.values.get(id(value))
+    if listed is not None and listed[0] is value:
+      value = listed[1]
+      substitution.written += 1
+  return _HOOKED["original"](store, key, value)
+
+
+@contextlib.contextmanager
+def substituted_values(values: dict):
+  """Within the block, Keras 3's .keras writer (model.save) on this thread
+  stores `values[id(variable)] = (variable, array)`'s array in place of the
+  variable's value: a morphed copy is written without assigning to the
+  model's variables and restoring them. Yields a Substitution: where it is
+  not `complete` after the save (tf_keras, a sharded or other store, a layer
+  that writes a converted copy of its variable), the file holds the
+  variables' own values for the missed ones, and the caller must save another
+  way.
+  """
+  substitution = Substitution(values)
+  store = _keras3_store()
+  if store is None or getattr(_SUBSTITUTING, "current", None) is not None:
+    yield substitution
+    return
+  with _HOOK_LOCK:
+    if _HOOKED["count"] == 0:
+      _HOOKED["original"] = vars(store)["__setitem__"]
+      store.__setitem__ = _setitem
+    _HOOKED["count"] += 1
+  substitution.available = True
+  _SUBSTITUTING.current = substitution
+  try:
+    yield substitution
+  finally:
+    _SUBSTITUTING.current = None
+    with _HOOK_LOCK:
+      _HOOKED["count"] -= 1
+      if _HOOKED["count"] == 0:
+        store.__setitem__ = _HOOKED["original"]
+        _HOOKED["original"] = None
+
+
+def write_model(model, path: str, fmt: str, compress: bool = False, accept=None) -> bool:
   """Writes beside `path` and renames into place: no partial file is ever left.
 
   fmt "keras": model.save, then with `compress` the file rewritten deflated
   (compress_keras_file); "savedmodel": Keras 3's model.export, tf_keras'
   tf.saved_model.save (no `compress`: check_compressible says why).
+  `accept`: called once the model is written, before it replaces anything;
+  where it returns False, nothing is replaced and this returns False.
   """
   if compress:
     check_compressible(path, fmt)
@@ -207,6 +290,8 @@ def write_model(model, path: str, fmt: str, compress: bool = False) -> None:
     if fmt == "keras":
       temp = os.path.join(staging, os.path.basename(path))
       model.save(temp)
+      if accept is not None and not accept():
+        return False
       if compress:
         packed = os.path.join(staging, "compressed-" + os.path.basename(path))
         compress_keras_file(temp, packed)
@@ -215,12 +300,15 @@ def write_model(model, path: str, fmt: str, compress: bool = False) -> None:
     else:
       temp = os.path.join(staging, "saved_model")
       export_saved_model(model, temp)
+      if accept is not None and not accept():
+        return False
       check_replaceable(path)  # again: it may have appeared during training
       if os.path.isdir(path):
         shutil.rmtree(path)
       os.replace(temp, path)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+  return True
 
 
 # --------------------------------------------------------------------------
