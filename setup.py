@@ -60,8 +60,14 @@ class BuildLibraries(build_ext):
   The op library takes TensorFlow's own compile and link flags; the native one
   (ctypes) takes none. Each result is cached under build/ops-cache by a hash
   of the sources, flags, compiler and (for the op library) TensorFlow version,
-  so reinstalling does not recompile.
+  so reinstalling does not recompile. The libraries build in parallel threads
+  (build_ext's own `parallel`, on by default here).
   """
+
+  def finalize_options(self):
+    super().finalize_options()
+    if not self.parallel:  # the two libraries compile side by side (one g++ each)
+      self.parallel = True
 
   def get_ext_filename(self, fullname):
     return os.path.join(*fullname.split(".")) + ".so"  # no ABI tag: loaded by path
