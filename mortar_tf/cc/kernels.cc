@@ -531,26 +531,92 @@ MORTAR_VARIANTS(AlignedTiles,
 // bits are the top of the significand: clear the mantissa below the cut, or
 // give +0.0 when even the hidden bit goes (cut >= 24). Specials are unchanged.
 template <int L>
+MORTAR_INLINE typename Vectors<L>::U32 BitxLanes(typename Vectors<L>::U32 u,
+                                                 typename Vectors<L>::U32 emax, int columns) {
+  typedef typename Vectors<L>::U32 U32;
+  typedef typename Vectors<L>::I32 I32;
+  const U32 mag = u & kMagnitude;
+  const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
+  const I32 cut = (I32)(emax - (mag >> 23)) + (24 - columns);  // d >= 0 where normal
+  const I32 clamped = cut < 0 ? I32{} : (cut > 23 ? I32{} + 23 : cut);
+  const U32 low = ((U32{} + 1u) << (U32)clamped) - 1u;
+  const U32 pruned = (U32)(cut >= 24) ? U32{} : (u & ~low);
+  return normal ? pruned : u;
+}
+
+MORTAR_INLINE uint32_t BitxWord(uint32_t u, uint32_t emax, int columns) {
+  const uint32_t mag = u & kMagnitude;
+  const int32_t cut = int32_t(emax - (mag >> 23)) + (24 - columns);
+  const int32_t clamped = cut < 0 ? 0 : (cut > 23 ? 23 : cut);
+  const uint32_t low = (1u << clamped) - 1u;
+  const uint32_t pruned = cut >= 24 ? 0u : (u & ~low);
+  return IsNormal(mag) ? pruned : u;
+}
+
+// b == 1: a group is G consecutive words, read in place (a tile's lanes would
+// be G words apart, and one lane of V when a == 1): two loops over the
+// group, its exponent maximum and the pruning, which GCC vectorises.
+MORTAR_INLINE void BitxRows(const GroupedView& view, int columns, int64_t begin, int64_t end,
+                            uint32_t* out) {
+  const int64_t g_size = view.group_size;
+  for (int64_t t = begin; t < end; ++t) {
+    const TilePlace place = Place(view, t);
+    const int64_t k0 = place.g * g_size;
+    const int64_t rows = std::min<int64_t>(g_size, view.r - k0);
+    for (int v = 0; v < place.lanes; ++v) {
+      const uint32_t* src = view.data + (place.i0 + v) * view.r + k0;
+      uint32_t* dst = out + (place.i0 + v) * view.r + k0;
+      uint32_t emax = 0;
+      for (int64_t l = 0; l < rows; ++l) {
+        const uint32_t mag = src[l] & kMagnitude;
+        const uint32_t e = IsNormal(mag) ? mag >> 23 : 0u;
+        emax = e > emax ? e : emax;
+      }
+      for (int64_t l = 0; l < rows; ++l) dst[l] = BitxWord(src[l], emax, columns);
+    }
+  }
+}
+
+template <int L>
 MORTAR_INLINE void BitxTilesImpl(const GroupedView& view, int columns, int64_t begin,
                                  int64_t end, uint32_t* out) {
   typedef typename Vectors<L>::U32 U32;
-  typedef typename Vectors<L>::I32 I32;
+  if (view.b == 1) {
+    BitxRows(view, columns, begin, end, out);
+    return;
+  }
   const int64_t g_size = view.group_size;
   std::vector<uint32_t> tile(V * g_size);
   for (int64_t t = begin; t < end; ++t) {
     const TilePlace place = Place(view, t);
+    if (place.lanes == V) {  // a whole tile: its rows read and written in place, b apart
+      const int64_t k0 = place.g * g_size;
+      const int64_t rows = std::min<int64_t>(g_size, view.r - k0);
+      const int64_t base = (place.i0 * view.r + k0) * view.b + place.j0;
+      for (int part = 0; part < V; part += L) {
+        U32 emax = {};
+        for (int64_t l = 0; l < rows; ++l) {
+          U32 u;
+          std::memcpy(&u, view.data + base + l * view.b + part, sizeof u);
+          const U32 mag = u & kMagnitude;
+          const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
+          const U32 e = (mag >> 23) & normal;
+          emax = e > emax ? e : emax;
+        }
+        for (int64_t l = 0; l < rows; ++l) {
+          U32 u;
+          std::memcpy(&u, view.data + base + l * view.b + part, sizeof u);
+          const U32 result = BitxLanes<L>(u, emax, columns);
+          std::memcpy(out + base + l * view.b + part, &result, sizeof result);
+        }
+      }
+      continue;
+    }
     Gather(view, place, tile.data());
     for (int part = 0; part < place.lanes; part += L) {
       const U32 emax = GroupEmax<L>(tile.data(), g_size, part);
       for (int64_t l = 0; l < g_size; ++l) {
-        const U32 u = LoadRow<L>(tile.data(), l, part);
-        const U32 mag = u & kMagnitude;
-        const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
-        const I32 cut = (I32)(emax - (mag >> 23)) + (24 - columns);  // d >= 0 where normal
-        const I32 clamped = cut < 0 ? I32{} : (cut > 23 ? I32{} + 23 : cut);
-        const U32 low = ((U32{} + 1u) << (U32)clamped) - 1u;
-        const U32 pruned = (U32)(cut >= 24) ? U32{} : (u & ~low);
-        const U32 result = normal ? pruned : u;
+        const U32 result = BitxLanes<L>(LoadRow<L>(tile.data(), l, part), emax, columns);
         std::memcpy(tile.data() + l * V + part, &result, sizeof result);
       }
     }
