@@ -480,12 +480,6 @@ def morph_words_into(x: np.ndarray, out: np.ndarray, spec: morphing.MorphSpec) -
   return native.morph(x, spec.method, spec.precision or 1.0, spec.keep_bits or 0, out=out)
 
 
-def limited_threads(count: int):
-  """A context in which this thread's native calls use at most `count` threads
-  (work done beside something else that needs the other cores)."""
-  return native.limited_threads(count)
-
-
 def pair_statistics_many(pairs, group_size: int, width: int) -> list[tuple[dict, dict, float]]:
   """pair_statistics of each (x, y, view), float32 arrays: one native call for
   all of them where the library is built (the same numbers: tested)."""

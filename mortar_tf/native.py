@@ -24,11 +24,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import os
-import threading
 import warnings
 
 import numpy as np
@@ -102,12 +100,8 @@ def isa() -> str:
   return _library().mortar_isa().decode()
 
 
-_LIMIT = threading.local()
-
-
 def threads() -> int:
-  """Threads per call: $MORTAR_TF_THREADS, else the CPUs this process may use;
-  at most the limit of `limited_threads` on the calling thread."""
+  """Threads per call: $MORTAR_TF_THREADS, else the CPUs this process may use."""
   value = os.environ.get(THREADS_VARIABLE, "")
   if value:
     try:
@@ -118,24 +112,7 @@ def threads() -> int:
       raise ValueError(f"{THREADS_VARIABLE} must be an integer >= 1, got {value!r}")
   else:
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-  return min(count, getattr(_LIMIT, "count", count))
-
-
-@contextlib.contextmanager
-def limited_threads(count: int):
-  """Calls from this thread use at most `count` threads inside the block
-  (work done beside something else that needs the other cores)."""
-  if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-    raise ValueError(f"limited_threads takes an integer >= 1, got {count!r}")
-  previous = getattr(_LIMIT, "count", None)
-  _LIMIT.count = count if previous is None else min(previous, count)
-  try:
-    yield
-  finally:
-    if previous is None:
-      del _LIMIT.count
-    else:
-      _LIMIT.count = previous
+  return count
 
 
 def _library():
@@ -236,8 +213,8 @@ def pair_totals(x: np.ndarray, y: np.ndarray) -> tuple[int, int, int, int, float
 def pair_records(pairs, group_size: int, width: int) -> list[tuple[tuple[int, ...], float]]:
   """For each (x, y, view) of float32 arrays of one size read as the [a, r, b]
   view: ((ones of x's words, significands, aligned columns, then y's), the
-  max_rel_error of y against x), all in one call (Python's lock is released
-  once, however many pairs: work beside a Python-bound thread)."""
+  max_rel_error of y against x), all in one call (a whole model's kernels:
+  no call and no thread start per kernel)."""
   words, views = [], []
   for x, y, view in pairs:
     if x.shape != y.shape:

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import tracemalloc
 
 from hypothesis import given
@@ -856,8 +855,7 @@ def test_the_raw_entry_points_take_the_largest_group_and_refuse_one_more():
 
 
 # ---------------------------------------------------------------------------
-# Many pairs in one native call (MortarCallback counts a whole model so, beside
-# a save), and the per-thread limit on native threads.
+# Many pairs in one native call (MortarCallback counts a whole model so).
 
 
 def test_pair_statistics_many_equal_each_pair_counted_by_numpy():
@@ -878,20 +876,3 @@ def test_pair_statistics_many_equal_each_pair_counted_by_numpy():
                                                 backend="numpy") for d in bits.DOMAINS}
       assert error == backends._max_relative_error_numpy(x, y)  # pylint: disable=protected-access
   assert backends.pair_statistics_many([], 64, 24) == []
-
-
-def test_limited_threads_holds_on_its_own_thread_only():
-  full = native.threads()
-  seen = {}
-  with native.limited_threads(1):
-    assert native.threads() == 1
-    with native.limited_threads(3):  # nested: never more than the outer limit
-      assert native.threads() == 1
-    other = threading.Thread(target=lambda: seen.setdefault("other", native.threads()))
-    other.start()
-    other.join()
-  assert seen["other"] == full and native.threads() == full
-  for bad in (0, -1, 1.5, True):
-    with pytest.raises(ValueError, match="integer >= 1"):
-      with native.limited_threads(bad):
-        pass
