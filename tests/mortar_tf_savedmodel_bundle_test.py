@@ -314,3 +314,37 @@ def test_a_corrupt_string_variable_copied_as_it_is_is_an_error(tmp_path):
       savedmodel.convert(str(src), str(tmp_path / f"dst-{route}"), "paper", 0.1,
                          checkpoint=route)
     assert not (tmp_path / f"dst-{route}").exists()
+
+
+def test_twin_copies_are_compared_in_place_as_a_whole_read_would(exported, tmp_path,
+                                                                  monkeypatch):
+  """A Keras 3 export's two copies of each variable are compared a few bytes
+  at a time from the data file (here 64), as reading both whole compares
+  them: every pair of entries with one shape gets the same answer, and a copy
+  with one byte changed (its stored checksum still its partner's) is told
+  apart, then refused when the conversion copies it."""
+  from mortar_tf.savedmodel import selection  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(selection, "_COMPARE_BYTES", 64)
+  src = tmp_path / "src"
+  shutil.copytree(exported, src)
+  prefix = os.path.join(str(src), "variables", "variables")
+  index = bundle.Index.read(prefix)
+  values = _checkpoint(src)
+  floats = [k for k, e in index.entries.items() if e.float32]
+  pairs = [(a, b) for a in floats for b in floats if a < b
+           and index.entries[a].shape == index.entries[b].shape]
+  assert sum(_bytes(values[a]) == _bytes(values[b]) for a, b in pairs) >= 4  # the twins
+  for a, b in pairs:
+    assert selection._same_bytes(index, prefix, a, b) == (_bytes(values[a]) == _bytes(values[b]))  # pylint: disable=protected-access
+  a, b = max(((a, b) for a, b in pairs if _bytes(values[a]) == _bytes(values[b])),
+             key=lambda p: index.entries[p[0]].size)
+  entry = index.entries[b]
+  with open(index.data_path(prefix, entry.shard_id), "r+b") as f:
+    f.seek(entry.offset + entry.size - 1)
+    byte = f.read(1)
+    f.seek(entry.offset + entry.size - 1)
+    f.write(bytes([byte[0] ^ 0x01]))
+  assert selection._same_bytes(index, prefix, a, b) is False  # pylint: disable=protected-access
+  with pytest.raises(SavedModelError, match="corrupted"):
+    savedmodel.convert(str(src), str(tmp_path / "dst"), "paper", 0.1, checkpoint="patch")
+  assert not (tmp_path / "dst").exists()

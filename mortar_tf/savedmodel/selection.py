@@ -18,11 +18,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 from mortar_tf import bits
 from mortar_tf import morphing
 from mortar_tf import precision_map
+from mortar_tf.savedmodel import bundle
 from mortar_tf.savedmodel import variables as variables_lib
 
 SELECTIONS = ("kernels", "all")
@@ -155,6 +157,33 @@ def _tied(target: Target, readers) -> Target:
   return dataclasses.replace(target, other_readers=tuple(others))
 
 
+_COMPARE_BYTES = 8 << 20
+
+
+def _same_bytes(index: bundle.Index, prefix: str, a: str, b: str) -> bool | None:
+  """Whether checkpoint entries a and b hold the same bytes, compared a few
+  MiB at a time from the data files (a Keras 3 export's two copies of a
+  kernel: never both held whole); None where the index cannot say (a sliced
+  or missing entry). Differing stored checksums answer False unread: a copy
+  whose bytes fail its checksum is caught where it is read or copied."""
+  ea, eb = index.entries.get(a), index.entries.get(b)
+  if ea is None or eb is None or ea.sliced or eb.sliced:
+    return None
+  if (ea.dtype, ea.shape, ea.size, ea.crc32c) != (eb.dtype, eb.shape, eb.size, eb.crc32c):
+    return False
+  with open(index.data_path(prefix, ea.shard_id), "rb", buffering=0) as fa, \
+      open(index.data_path(prefix, eb.shard_id), "rb", buffering=0) as fb:
+    done = 0
+    while done < ea.size:
+      n = min(_COMPARE_BYTES, ea.size - done)
+      x = os.pread(fa.fileno(), n, ea.offset + done)
+      y = os.pread(fb.fileno(), n, eb.offset + done)
+      if len(x) != n or x != y:
+        return False
+      done += n
+  return True
+
+
 def twins(targets, pairs, reader, src, variables):
   """Keras 3 exports hold each variable twice (under `variables` and
   `_all_variables`); the functions read one. The other copy, found by the
@@ -163,10 +192,20 @@ def twins(targets, pairs, reader, src, variables):
   themselves (select="all"), the second copy is marked as the twin."""
   by_node = {v.node_id: v for v in variables}
   chosen = {t.var.node_id: t for t in targets}
+  index = []  # the bundle's index, read once if any pair is compared
 
   def _same(a, b):
     if a.shape != b.shape:
       return False
+    if not index:
+      try:
+        index.append(bundle.Index.read(variables_lib.checkpoint_prefix(src)))
+      except (bundle.BundleError, OSError):
+        index.append(None)
+    if index[0] is not None:
+      same = _same_bytes(index[0], variables_lib.checkpoint_prefix(src), a.key, b.key)
+      if same is not None:
+        return same
     return (variables_lib.read_tensor(reader, a.key, src).tobytes() ==
             variables_lib.read_tensor(reader, b.key, src).tobytes())
 
