@@ -196,7 +196,8 @@ def resolve_reduction_axes(shape: Sequence[int], reduction_axes=None, layout=Non
   With neither given, the "default" layout applies.
 
   Raises:
-    ValueError: both given, an axis out of range or repeated.
+    ValueError: both given, axes that are not integers, an axis out of range
+      or repeated.
   """
   ndim = len(shape)
   if reduction_axes is not None and (layout is not None or equation is not None):
@@ -205,6 +206,10 @@ def resolve_reduction_axes(shape: Sequence[int], reduction_axes=None, layout=Non
     return reduction_axes_for("default" if layout is None else layout, ndim, equation)
   if isinstance(reduction_axes, numbers.Integral):
     reduction_axes = (reduction_axes,)
+  if isinstance(reduction_axes, (str, bytes)) or not hasattr(reduction_axes, "__iter__"):
+    hint = " (a method: call it)" if callable(reduction_axes) else ""
+    raise ValueError(f"reduction_axes must be an integer or a sequence of integers, got "
+                     f"{reduction_axes!r}{hint}")
   axes = []
   for a in reduction_axes:
     if isinstance(a, bool) or not isinstance(a, numbers.Integral):
