@@ -481,35 +481,26 @@ def morph_words_into(x: np.ndarray, out: np.ndarray, spec: morphing.MorphSpec) -
 
 
 def pair_statistics_many(pairs, group_size: int, width: int) -> list[tuple[dict, dict, float]]:
-  """pair_statistics of each (x, y, view), float32 arrays: one native call for
-  all of them where the library is built (the same numbers: tested)."""
+  """pair_statistics of each (x, y, view): one native call for all of them
+  where the library is built and takes the group size, else composed of
+  ones_by_domain and max_relative_error (the same numbers: tested)."""
   pairs = [(np.ascontiguousarray(x), np.ascontiguousarray(y), tuple(view))
            for x, y, view in pairs]
-  if not (native.is_built() and group_size <= native.MAX_GROUP_SIZE
-          and all(x.dtype == np.float32 and y.dtype == np.float32 and x.shape == y.shape
-                  for x, y, _ in pairs)):
-    return [pair_statistics(x, y, view, group_size, width) for x, y, view in pairs]
-  out = []
-  for counts, error in native.pair_records(pairs, group_size, width):
-    out.append(({"significand": counts[1], "word": counts[0], "aligned": counts[2]},
-                {"significand": counts[4], "word": counts[3], "aligned": counts[5]}, error))
-  return out
+  if (native.is_built() and group_size <= native.MAX_GROUP_SIZE
+      and all(x.dtype == np.float32 and y.dtype == np.float32 and x.shape == y.shape
+              for x, y, _ in pairs)):
+    return [({"significand": counts[1], "word": counts[0], "aligned": counts[2]},
+             {"significand": counts[4], "word": counts[3], "aligned": counts[5]}, error)
+            for counts, error in native.pair_records(pairs, group_size, width)]
+  grouping = {"reduction_axes": (1,), "group_size": group_size, "width": width}
+  return [(ones_by_domain(x.reshape(view), **grouping),
+           ones_by_domain(y.reshape(view), **grouping), max_relative_error(x, y))
+          for x, y, view in pairs]
 
 
 def pair_statistics(x: np.ndarray, y: np.ndarray, view: tuple[int, int, int],
                     group_size: int, width: int) -> tuple[dict, dict, float]:
   """(ones_by_domain of x, of y, max_relative_error(x, y)) with both read as
   the grouped [a, r, b] `view`: what a morph's record needs of one chunk,
-  read while it is in cache."""
-  grouping = {"reduction_axes": (1,), "group_size": group_size, "width": width}
-  if not (native.is_built() and x.dtype == np.float32 and y.dtype == np.float32
-          and x.shape == y.shape):
-    return (ones_by_domain(x.reshape(view), **grouping),
-            ones_by_domain(y.reshape(view), **grouping), max_relative_error(x, y))
-  # one native pass for the word and significand counts and the error (the
-  # same numbers as the composition above: tested)
-  word_x, significand_x, word_y, significand_y, error = native.pair_totals(x, y)
-  return ({"significand": significand_x, "word": word_x,
-           "aligned": count_ones(x.reshape(view), "aligned", **grouping)},
-          {"significand": significand_y, "word": word_y,
-           "aligned": count_ones(y.reshape(view), "aligned", **grouping)}, error)
+  read while it is in cache (pair_statistics_many of the one pair)."""
+  return pair_statistics_many([(x, y, view)], group_size, width)[0]

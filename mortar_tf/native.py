@@ -80,7 +80,6 @@ def _load():
   lib.mortar_bitx.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _INT, _INT]
   lib.mortar_max_rel_error.argtypes = [_P, _P, _I64, _P, _INT]
   lib.mortar_crc32c.argtypes = [_P, _I64, ctypes.c_uint32, _P]
-  lib.mortar_pair_totals.argtypes = [_P, _P, _I64, _P, _P, _INT]
   lib.mortar_pair_records.argtypes = [_I64, _P, _P, _P, _I64, _INT, _P, _P, _INT]
   return lib, ""
 
@@ -110,9 +109,8 @@ def threads() -> int:
       raise ValueError(f"{THREADS_VARIABLE} must be an integer >= 1, got {value!r}") from None
     if count < 1:
       raise ValueError(f"{THREADS_VARIABLE} must be an integer >= 1, got {value!r}")
-  else:
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-  return count
+    return count
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _library():
@@ -196,25 +194,12 @@ def max_rel_error(x: np.ndarray, y: np.ndarray) -> float:
   return float(out.value)
 
 
-def pair_totals(x: np.ndarray, y: np.ndarray) -> tuple[int, int, int, int, float]:
-  """(ones of x's words, of x's significands, of y's words, of y's
-  significands, max_rel_error(x, y)) in one pass over both float32 arrays."""
-  if x.shape != y.shape:
-    raise ValueError(f"pair_totals compares arrays of one shape, got {x.shape} and {y.shape}")
-  xs, ys = _words(x), _words(y)
-  totals = np.zeros(4, np.int64)
-  worst = ctypes.c_double(0.0)
-  _check(_library().mortar_pair_totals(xs.ctypes.data, ys.ctypes.data, xs.size,
-                                       totals.ctypes.data, ctypes.addressof(worst), threads()),
-         "pair_totals")
-  return int(totals[0]), int(totals[1]), int(totals[2]), int(totals[3]), float(worst.value)
-
-
 def pair_records(pairs, group_size: int, width: int) -> list[tuple[tuple[int, ...], float]]:
   """For each (x, y, view) of float32 arrays of one size read as the [a, r, b]
   view: ((ones of x's words, significands, aligned columns, then y's), the
-  max_rel_error of y against x), all in one call (a whole model's kernels:
-  no call and no thread start per kernel)."""
+  max_rel_error of y against x), all in one call (a whole model's kernels,
+  or one chunk's: one crossing into C; each pass is split over `threads()`
+  as the other entry points split theirs)."""
   words, views = [], []
   for x, y, view in pairs:
     if x.shape != y.shape:

@@ -98,12 +98,40 @@ bool ValidView(const void* data, int64_t a, int64_t r, int64_t b, int64_t group_
          group_size <= mortar::kMaxGroupSize;
 }
 
+// mortar::PairTotals over n pairs split over threads: totals[4] (overwritten)
+// the ones of x's words, x's significands, y's words, y's significands;
+// *worst the max relative error as mortar_max_rel_error gives it (NaN when
+// any is NaN).
+void PairTotalsParallel(const uint32_t* x, const uint32_t* y, int64_t n, int64_t* totals,
+                        double* worst, int threads) {
+  constexpr int64_t kMin = 1 << 18;
+  const int parts = PartsFor(n, kMin, threads);
+  std::vector<int64_t> partial(4 * parts, 0);
+  std::vector<double> worst_part(parts, 0.0);
+  std::vector<char> nan(parts, 0);
+  ParallelFor(n, kMin, threads, [&](int64_t begin, int64_t end, int part) {
+    bool saw_nan = false;
+    mortar::PairTotals(x + begin, y + begin, end - begin, &partial[4 * part], &worst_part[part],
+                       &saw_nan);
+    nan[part] = saw_nan;
+  });
+  double w = 0.0;
+  bool any_nan = false;
+  for (int k = 0; k < 4; ++k) totals[k] = 0;
+  for (int part = 0; part < parts; ++part) {
+    for (int k = 0; k < 4; ++k) totals[k] += partial[4 * part + k];
+    any_nan |= nan[part] != 0;
+    w = std::max(w, worst_part[part]);
+  }
+  *worst = any_nan ? std::nan("") : w;
+}
+
 }  // namespace
 
 extern "C" {
 
 // Bumped whenever a signature below changes; native.py refuses a mismatch.
-int mortar_abi_version() { return 5; }  // 5: pair totals and records
+int mortar_abi_version() { return 5; }  // 5: mortar_pair_records
 
 const char* mortar_isa() { return mortar::IsaName(); }
 
@@ -248,38 +276,6 @@ int mortar_max_rel_error(const float* x, const float* y, int64_t n, double* out,
   return 0;
 }
 
-// mortar::PairTotals over n pairs: totals[4] (overwritten) the ones of x's
-// words, x's significands, y's words, y's significands; *worst the max
-// relative error as mortar_max_rel_error gives it (NaN when any is NaN).
-int mortar_pair_totals(const uint32_t* x, const uint32_t* y, int64_t n, int64_t* totals,
-                       double* worst, int threads) {
-  if (n < 0 || totals == nullptr || worst == nullptr ||
-      ((x == nullptr || y == nullptr) && n > 0)) {
-    return kBadArgument;
-  }
-  constexpr int64_t kMin = 1 << 18;
-  const int parts = PartsFor(n, kMin, threads);
-  std::vector<int64_t> partial(4 * parts, 0);
-  std::vector<double> worst_part(parts, 0.0);
-  std::vector<char> nan(parts, 0);
-  ParallelFor(n, kMin, threads, [&](int64_t begin, int64_t end, int part) {
-    bool saw_nan = false;
-    mortar::PairTotals(x + begin, y + begin, end - begin, &partial[4 * part], &worst_part[part],
-                       &saw_nan);
-    nan[part] = saw_nan;
-  });
-  double w = 0.0;
-  bool any_nan = false;
-  for (int k = 0; k < 4; ++k) totals[k] = 0;
-  for (int part = 0; part < parts; ++part) {
-    for (int k = 0; k < 4; ++k) totals[k] += partial[4 * part + k];
-    any_nan |= nan[part] != 0;
-    w = std::max(w, worst_part[part]);
-  }
-  *worst = any_nan ? std::nan("") : w;
-  return 0;
-}
-
 // What a record needs of many (x, y) pairs, in one call (one release of
 // Python's lock for a whole model): for pair k, x = xs[k] and y = ys[k] read
 // as the [a, r, b] view views[3k..3k+2], out[6k..6k+5] (overwritten) the ones
@@ -300,8 +296,7 @@ int mortar_pair_records(int64_t count, const uint32_t* const* xs, const uint32_t
       return kBadArgument;
     }
     int64_t totals[4];
-    const int code = mortar_pair_totals(xs[k], ys[k], a * r * b, totals, &errors[k], threads);
-    if (code != 0) return code;
+    PairTotalsParallel(xs[k], ys[k], a * r * b, totals, &errors[k], threads);
     for (int side = 0; side < 2; ++side) {
       const int code2 = mortar_aligned(side == 0 ? xs[k] : ys[k], a, r, b, group_size, width, 8,
                                        columns.data(), nullptr, nullptr, threads);

@@ -473,6 +473,7 @@ class _Buffers:
 
 
 def _pread_into(fin, array: np.ndarray, offset: int, entry: bundle.Entry, src: str) -> None:
+  """Fills `array` (contiguous) with the bytes of fin from `offset`, inside `entry`."""
   raw = memoryview(array).cast("B")
   done = 0
   while done < len(raw):
@@ -706,13 +707,7 @@ def _copy_range(fin, fout, offset: int, count: int) -> None:
 def _read_entry(fin, entry: bundle.Entry, src: str, buffer: np.ndarray) -> np.ndarray:
   """One float32 entry's values, read into the start of `buffer` (a view of it)."""
   array = buffer[:entry.size // 4].reshape(entry.shape)
-  raw = memoryview(array).cast("B")
-  done = 0
-  while done < entry.size:
-    n = os.preadv(fin.fileno(), [raw[done:]], entry.offset + done)
-    if n <= 0:
-      raise variables_lib.SavedModelError(f"the variables of {src!r} end inside {entry.key}")
-    done += n
+  _pread_into(fin, array, entry.offset, entry, src)
   return array
 
 
