@@ -290,15 +290,27 @@ MORTAR_INLINE typename Vectors<L>::U32 LoadRow(const uint32_t* tile, int64_t l, 
   return u;
 }
 
-// Per lane: the group's largest biased exponent among normal elements (0 when
-// there is none).
+// The 24-bit significands with the hidden bit; 0 for special values.
 template <int L>
-MORTAR_INLINE typename Vectors<L>::U32 GroupEmax(const uint32_t* tile, int64_t g_size,
-                                                 int part) {
+MORTAR_INLINE typename Vectors<L>::U32 SignificandOf(typename Vectors<L>::U32 u) {
+  typedef typename Vectors<L>::U32 U32;
+  const U32 mag = u & kMagnitude;
+  const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
+  return ((mag & kMantissa) | kHidden) & normal;
+}
+
+// Per lane: the group's largest biased exponent among normal elements (0 when
+// there is none), over `rows` rows of L lanes, row l at first + l * stride
+// (a tile's rows, stride V, or a view's own, stride b).
+template <int L>
+MORTAR_INLINE typename Vectors<L>::U32 GroupEmax(const uint32_t* first, int64_t stride,
+                                                 int64_t rows) {
   typedef typename Vectors<L>::U32 U32;
   U32 emax = {};
-  for (int64_t l = 0; l < g_size; ++l) {
-    const U32 mag = LoadRow<L>(tile, l, part) & kMagnitude;
+  for (int64_t l = 0; l < rows; ++l) {
+    U32 u;
+    std::memcpy(&u, first + l * stride, sizeof u);
+    const U32 mag = u & kMagnitude;
     const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
     const U32 e = (mag >> 23) & normal;
     emax = e > emax ? e : emax;
@@ -448,7 +460,7 @@ MORTAR_INLINE void AlignedTilesTyped(const GroupedView& view, int width, int win
     const TilePlace place = Place(view, t);
     Gather(view, place, tile.data());
     for (int part = 0; part < place.lanes; part += L) {
-      const U32 emax = GroupEmax<L>(tile.data(), g_size, part);
+      const U32 emax = GroupEmax<L>(tile.data() + part, V, g_size);
       Vec cost[kPlanes] = {};
       Vec zero[kPlanes] = {};
       Vec lane_max = {};
@@ -458,8 +470,7 @@ MORTAR_INLINE void AlignedTilesTyped(const GroupedView& view, int width, int win
         for (int64_t l = start; l < stop; ++l) {
           const U32 u = LoadRow<L>(tile.data(), l, part);
           const U32 mag = u & kMagnitude;
-          const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
-          const U32 m = ((mag & kMantissa) | kHidden) & normal;
+          const U32 m = SignificandOf<L>(u);
           const Vec word = Words<W, L>::Align(m, emax - (mag >> 23)) & keep;
           any |= word;
           const Vec count = Words<W, L>::Popcount(word);
@@ -544,20 +555,14 @@ MORTAR_INLINE typename Vectors<L>::U32 BitxLanes(typename Vectors<L>::U32 u,
   return normal ? pruned : u;
 }
 
-MORTAR_INLINE uint32_t BitxWord(uint32_t u, uint32_t emax, int columns) {
-  const uint32_t mag = u & kMagnitude;
-  const int32_t cut = int32_t(emax - (mag >> 23)) + (24 - columns);
-  const int32_t clamped = cut < 0 ? 0 : (cut > 23 ? 23 : cut);
-  const uint32_t low = (1u << clamped) - 1u;
-  const uint32_t pruned = cut >= 24 ? 0u : (u & ~low);
-  return IsNormal(mag) ? pruned : u;
-}
-
 // b == 1: a group is G consecutive words, read in place (a tile's lanes would
-// be G words apart, and one lane of V when a == 1): two loops over the
-// group, its exponent maximum and the pruning, which GCC vectorises.
+// be G words apart, and one lane of V when a == 1): the group's exponent
+// maximum, then the pruning L words at a time (the last few through a
+// zero-padded vector: +0.0 is left as it is).
+template <int L>
 MORTAR_INLINE void BitxRows(const GroupedView& view, int columns, int64_t begin, int64_t end,
                             uint32_t* out) {
+  typedef typename Vectors<L>::U32 U32;
   const int64_t g_size = view.group_size;
   for (int64_t t = begin; t < end; ++t) {
     const TilePlace place = Place(view, t);
@@ -572,7 +577,20 @@ MORTAR_INLINE void BitxRows(const GroupedView& view, int columns, int64_t begin,
         const uint32_t e = IsNormal(mag) ? mag >> 23 : 0u;
         emax = e > emax ? e : emax;
       }
-      for (int64_t l = 0; l < rows; ++l) dst[l] = BitxWord(src[l], emax, columns);
+      const U32 emax_lanes = U32{} + emax;
+      int64_t l = 0;
+      for (; l + L <= rows; l += L) {
+        U32 u;
+        std::memcpy(&u, src + l, sizeof u);
+        const U32 result = BitxLanes<L>(u, emax_lanes, columns);
+        std::memcpy(dst + l, &result, sizeof result);
+      }
+      if (l < rows) {
+        U32 u = {};
+        std::memcpy(&u, src + l, sizeof(uint32_t) * (rows - l));
+        const U32 result = BitxLanes<L>(u, emax_lanes, columns);
+        std::memcpy(dst + l, &result, sizeof(uint32_t) * (rows - l));
+      }
     }
   }
 }
@@ -582,7 +600,7 @@ MORTAR_INLINE void BitxTilesImpl(const GroupedView& view, int columns, int64_t b
                                  int64_t end, uint32_t* out) {
   typedef typename Vectors<L>::U32 U32;
   if (view.b == 1) {
-    BitxRows(view, columns, begin, end, out);
+    BitxRows<L>(view, columns, begin, end, out);
     return;
   }
   const int64_t g_size = view.group_size;
@@ -594,15 +612,7 @@ MORTAR_INLINE void BitxTilesImpl(const GroupedView& view, int columns, int64_t b
       const int64_t rows = std::min<int64_t>(g_size, view.r - k0);
       const int64_t base = (place.i0 * view.r + k0) * view.b + place.j0;
       for (int part = 0; part < V; part += L) {
-        U32 emax = {};
-        for (int64_t l = 0; l < rows; ++l) {
-          U32 u;
-          std::memcpy(&u, view.data + base + l * view.b + part, sizeof u);
-          const U32 mag = u & kMagnitude;
-          const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
-          const U32 e = (mag >> 23) & normal;
-          emax = e > emax ? e : emax;
-        }
+        const U32 emax = GroupEmax<L>(view.data + base + part, view.b, rows);
         for (int64_t l = 0; l < rows; ++l) {
           U32 u;
           std::memcpy(&u, view.data + base + l * view.b + part, sizeof u);
@@ -614,7 +624,7 @@ MORTAR_INLINE void BitxTilesImpl(const GroupedView& view, int columns, int64_t b
     }
     Gather(view, place, tile.data());
     for (int part = 0; part < place.lanes; part += L) {
-      const U32 emax = GroupEmax<L>(tile.data(), g_size, part);
+      const U32 emax = GroupEmax<L>(tile.data() + part, V, g_size);
       for (int64_t l = 0; l < g_size; ++l) {
         const U32 result = BitxLanes<L>(LoadRow<L>(tile.data(), l, part), emax, columns);
         std::memcpy(tile.data() + l * V + part, &result, sizeof result);
@@ -642,14 +652,6 @@ MORTAR_VARIANTS(BitxTiles,
 // is passed over (that needs |y - x| > w * |x|, rounding being monotone), or a
 // NaN difference. The loops are plain scalar code that GCC vectorises (double
 // compares in vector extensions scalarise under GCC 12's AVX-512 target).
-
-template <int L>
-MORTAR_INLINE typename Vectors<L>::U32 SignificandOf(typename Vectors<L>::U32 u) {
-  typedef typename Vectors<L>::U32 U32;
-  const U32 mag = u & kMagnitude;
-  const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
-  return ((mag & kMantissa) | kHidden) & normal;
-}
 
 template <int L>
 MORTAR_INLINE void PairTotalsImpl(const uint32_t* x, const uint32_t* y, int64_t n,
