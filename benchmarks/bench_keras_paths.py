@@ -155,8 +155,8 @@ def main(argv):
       ratios = {"strip": strip / (morph + clone), "save": save_plain / checkpoint,
                 "step": step / plain_step, "first": first - plain_first}
       row = (f"| {spec} | {morph:.2f} | {strip:.2f} | {ratios['strip']:.2f} | {save_plain:.2f} | "
-             f"{ratios['save']:.2f} ({checkpoint:.2f}; atomic {atomic / checkpoint:.2f}) | {save_wrapped:.2f} | {step:.3f} | {ratios['step']:.2f} | "
-             f"{ratios['first']:.2f} |")
+             f"{ratios['save']:.2f} ({checkpoint:.2f}; atomic {atomic / checkpoint:.2f}) | "
+             f"{save_wrapped:.2f} | {step:.3f} | {ratios['step']:.2f} | {ratios['first']:.2f} |")
       if _TF_OPS_BASELINE.value:
         with wrapper.tf_ops_only():
           tf_strip = timing.median_seconds(lambda: strip_morphing(wrapped), 1)  # pylint: disable=cell-var-from-loop

@@ -346,7 +346,7 @@ class MortarCallback(keras.callbacks.Callback):
       original, value = changed[id(kernel.variable)]
       value = np.asarray(value, np.float32)
       view = bits.grouped_view(original.shape, kernel.reduction_axes())
-      if view is not None and original.dtype == np.float32 and original.shape == value.shape:
+      if view is not None:  # (pair_statistics_many checks dtypes and shapes)
         grouped.append((id(kernel.variable), original, value, view))
       else:
         rest.append((kernel, original, value))
