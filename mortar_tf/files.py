@@ -15,10 +15,13 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import math
 import os
+import shutil
+import sys
 import uuid
 from typing import Mapping
 
@@ -192,6 +195,68 @@ def check_apart(outputs, inputs=()) -> None:
                             "written whole: choose a path outside it")
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_EXCHANGE = {}
+
+
+def _exchange(a: str, b: str) -> bool:
+  """Swaps the names `a` and `b` in one step (Linux renameat2 with
+  RENAME_EXCHANGE); False where this system or file system cannot."""
+  if "renameat2" not in _EXCHANGE:
+    try:
+      function = ctypes.CDLL(None, use_errno=True).renameat2 if sys.platform == "linux" else None
+    except (OSError, AttributeError):  # a libc older than glibc 2.28
+      function = None
+    if function is not None:
+      function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                           ctypes.c_uint]
+      function.restype = ctypes.c_int
+    _EXCHANGE["renameat2"] = function
+  function = _EXCHANGE["renameat2"]
+  if function is None:
+    return False
+  if function(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    return True
+  code = ctypes.get_errno()
+  if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+    return False  # the file system has no exchange (or a seccomp filter forbids it)
+  raise OSError(code, os.strerror(code), b)
+
+
+def move_into_place(tmp: str, path: str) -> None:
+  """Gives the finished file or directory `tmp` the name `path` in one step,
+  replacing what `path` names (a file by a file, a directory by a directory);
+  `path` always names either the old whole or the new whole.
+
+  Where `path` exists, the two names are exchanged (renameat2 with
+  RENAME_EXCHANGE) and the old one, now at `tmp`, is removed: ext4 forces
+  the new file's blocks to disk when a rename replaces a file
+  (auto_da_alloc), which made a 100 MB save 1.2-1.6x slower than writing
+  the file in place; an exchange is not treated so. Elsewhere a plain
+  os.replace (for a file; a directory is removed first where no exchange
+  exists). Like Keras' own saves, nothing is fsynced: this guards against a
+  failure or a kill of the writer, not against the machine losing power.
+  """
+  if not os.path.lexists(path):
+    os.rename(tmp, path)
+    return
+  directory = os.path.isdir(tmp) and not os.path.islink(tmp)
+  if directory != (os.path.isdir(path) and not os.path.islink(path)):
+    raise OSError(errno.EISDIR if os.path.isdir(path) else errno.ENOTDIR,
+                  "a file cannot replace a directory, nor a directory a file", path)
+  if _exchange(tmp, path):
+    if directory:
+      shutil.rmtree(tmp, ignore_errors=True)
+    else:
+      with contextlib.suppress(OSError):
+        os.remove(tmp)
+    return
+  if directory:
+    shutil.rmtree(path)
+  os.replace(tmp, path)
+
+
 class _OutputSet:
   """Temp files waiting to be renamed together (and directories made for them)."""
 
@@ -205,7 +270,7 @@ class _OutputSet:
         raise OutputError(describe_os_error(OSError(errno.EISDIR, "Is a directory"), path))
     for tmp, path in self.pending:
       try:
-        os.replace(tmp, path)
+        move_into_place(tmp, path)
       except OSError as e:
         raise OutputError(describe_os_error(e, path)) from e
     self.pending = []
@@ -263,7 +328,7 @@ def replaced(path: str, suffix: str = ".tmp"):
     if _ACTIVE:
       _ACTIVE[-1].pending.append((tmp, path))
       return
-    os.replace(tmp, path)
+    move_into_place(tmp, path)
   except OSError as e:
     raise OutputError(describe_os_error(e, path)) from e
   finally:

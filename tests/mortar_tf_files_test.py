@@ -121,3 +121,98 @@ def test_shortened_messages_end_at_a_word_boundary(text, limit):
   assert text.startswith(kept)
   # Cut where a word ends, unless the first word alone is longer than the limit.
   assert text[len(kept)].isspace() or " " not in text[:limit]
+
+
+# --------------------------------------------------------------------------
+# move_into_place: the path names the old whole or the new whole, always.
+
+
+def _tree(root, label: str, files_: int = 3):
+  os.makedirs(root / "variables")
+  for i in range(files_):
+    (root / "variables" / f"part-{i}").write_text(f"{label} {i}\n" * 1000)
+  (root / "saved_model.pb").write_text(label)
+
+
+def _contents(path) -> str:
+  if os.path.isdir(path):
+    return "".join(sorted(
+        f"{os.path.relpath(os.path.join(d, f), path)}={open(os.path.join(d, f)).read()}"
+        for d, _, names in os.walk(path) for f in names))
+  with open(path) as f:
+    return f.read()
+
+
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_move_into_place_replaces_whole_and_leaves_nothing_behind(tmp_path, kind):
+  old, new, path = tmp_path / "old", tmp_path / "new", tmp_path / "model"
+  make = _tree if kind == "directory" else (lambda p, label: p.write_text(label * 1000))
+  make(old, "old")
+  make(new, "new")
+  expected = _contents(new)
+  os.rename(old, path)
+  new_inode = os.stat(new).st_ino
+  files.move_into_place(str(new), str(path))
+  assert _contents(path) == expected
+  assert os.stat(path).st_ino == new_inode  # renamed, not copied
+  assert sorted(os.listdir(tmp_path)) == ["model"]  # the old one is removed
+  make(new, "newer")  # and where nothing is at the path
+  expected = _contents(new)
+  files.move_into_place(str(new), str(tmp_path / "fresh"))
+  assert _contents(tmp_path / "fresh") == expected
+  assert sorted(os.listdir(tmp_path)) == ["fresh", "model"]
+
+
+def test_move_into_place_refuses_a_file_for_a_directory_and_back(tmp_path):
+  (tmp_path / "file").write_text("f")
+  _tree(tmp_path / "dir", "d")
+  for tmp, path in (("file", "dir"), ("dir", "file")):
+    with pytest.raises(OSError, match="cannot replace"):
+      files.move_into_place(str(tmp_path / tmp), str(tmp_path / path))
+  assert _contents(tmp_path / "file") == "f"
+  assert "saved_model.pb=d" in _contents(tmp_path / "dir")
+
+
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_a_reader_never_finds_the_path_missing_or_mixed(tmp_path, kind):
+  """A second thread reads the path while it is replaced 40 times: every read
+  is one whole version, and the path never goes missing (where the system
+  can exchange two names, as Linux can on this file system)."""
+  import threading  # pylint: disable=import-outside-toplevel
+  assert files._exchange(str(tmp_path), str(tmp_path))  # this test needs the exchange
+  path = tmp_path / "model"
+  make = _tree if kind == "directory" else (lambda p, label: p.write_text(label * 20000))
+  make(path, "v0")
+  versions = {}
+  for i in range(40):
+    make(tmp_path / f"v{i + 1}", f"v{i + 1}")
+    versions[_contents(tmp_path / f"v{i + 1}")] = i + 1
+  versions[_contents(path)] = 0
+  seen, problems, done = [], [], threading.Event()
+
+  def read():
+    while not done.is_set():
+      try:
+        text = _contents(path)
+      except OSError as e:
+        problems.append(repr(e))
+        continue
+      if text in versions:
+        seen.append(versions[text])
+      elif not os.path.isdir(path) or text:  # a directory read across an exchange may
+        problems.append(text[:40])          # list one tree and open files of the other
+
+  reader = threading.Thread(target=read)
+  reader.start()
+  try:
+    for i in range(40):
+      files.move_into_place(str(tmp_path / f"v{i + 1}"), str(path))
+  finally:
+    done.set()
+    reader.join()
+  assert _contents(path) == next(t for t, v in versions.items() if v == 40)
+  missing = [p for p in problems if "FileNotFoundError" in p]
+  assert not missing, missing[:3]
+  if kind == "file":
+    assert not problems, problems[:3]
+  assert seen and seen == sorted(seen)

@@ -574,3 +574,56 @@ def test_a_layer_that_writes_a_copy_of_its_kernel_falls_back_to_the_in_place_rou
                             backend="numpy")))
   for w, b in zip(model.weights, before):
     np.testing.assert_array_equal(u32(w.numpy()), b)
+
+
+def test_a_kernel_that_fails_to_morph_fails_the_save_whole_and_nothing_waits(tmp_path,
+                                                                             monkeypatch):
+  """The kernels are morphed on a thread beside the writer; an error there
+  (here: injected into the second kernel's morph) is the save's error, raised
+  from on_epoch_end, with no file at the path, the model as it was, and no
+  thread left behind; the next save works."""
+  import threading  # pylint: disable=import-outside-toplevel
+  from mortar_tf import backends  # pylint: disable=import-outside-toplevel
+  keras.utils.set_random_seed(4)
+  model = keras.Sequential([keras.Input((6,)), layers.Dense(5, name="a"),
+                            layers.Dense(4, name="b"), layers.Dense(3, name="c")])
+  before = [u32(w.numpy()).copy() for w in model.weights]
+  real, calls = backends.morph, []
+
+  def morph(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+      raise RuntimeError("injected failure")
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(backends, "morph", morph)
+  path = tmp_path / ("m" + SUFFIX)
+  callback = MortarCallback(str(path), "fewest_ones", precision=0.01)
+  callback.set_model(model)
+  callback.on_train_begin()
+  outcome = []
+
+  def save():
+    try:
+      callback.on_epoch_end(0, {})
+      outcome.append("saved")
+    except RuntimeError as e:
+      outcome.append(str(e))
+
+  saver = threading.Thread(target=save, daemon=True)
+  saver.start()
+  saver.join(timeout=120)
+  assert not saver.is_alive(), "the save hangs"
+  assert outcome == ["injected failure"]
+  assert os.listdir(tmp_path) == []  # no file, no staging directory
+  assert not [t for t in threading.enumerate() if t.name.startswith("MortarCallback")]
+  for w, b in zip(model.weights, before):
+    np.testing.assert_array_equal(u32(w.numpy()), b)
+  monkeypatch.setattr(backends, "morph", real)
+  callback.on_epoch_end(1, {})
+  saved = keras.models.load_model(str(path), compile=False)
+  for name in "abc":
+    np.testing.assert_array_equal(
+        u32(saved.get_layer(name).weights[0].numpy()),
+        u32(mortar_tf.morph(model.get_layer(name).weights[0].numpy(), "fewest_ones", 0.01,
+                            backend="numpy")))

@@ -8,11 +8,13 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import numbers
 import os
 import shutil
 import tempfile
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -285,15 +287,17 @@ class MortarCallback(keras.callbacks.Callback):
     """Writes the model with its kernels morphed, and leaves them as they were.
 
     With Keras 3's .keras writer the morphed values are written in the
-    kernels' place (saving.substituted_values); elsewhere, or where that
-    writer does not take every one of them, the kernels are morphed in place,
-    the model is written and every kernel is restored bit for bit. The ones
-    before and after are counted first (one native call for the model).
+    kernels' place (saving.substituted_values): a thread of their own reads,
+    morphs and then counts the kernels while the writer (on this thread,
+    mostly Python) walks the model and takes each morphed value when it
+    reaches its kernel. Elsewhere, or where that writer does not take every
+    one of them, the kernels are morphed in place, the model is written and
+    every kernel is restored bit for bit.
 
     Returns ({id(variable): (original, morphed)}, {id(variable): (ones
     before, ones after)} or None)."""
-    changed, values = {}, {}
     if self.calibration is not None:
+      changed, values = {}, {}
       done = calibration.compensated_values(self.model, self.specs, self.calibration)
       self.last_compensation = done
       kernels = {id(k.variable) for k in self.plan.kernels}
@@ -302,39 +306,32 @@ class MortarCallback(keras.callbacks.Callback):
         original = np.asarray(variable.numpy())
         if key in kernels:
           changed[key] = (original, value)
-        values[key] = (variable, original, np.asarray(value, np.float32))
+        values[key] = (variable, np.asarray(value, np.float32))
+      pending = _Ready(changed, values, self._ones(changed))
     else:
-      for kernel in self.plan.kernels:
-        spec = self.specs.get(id(kernel.variable))
-        if spec is None:
-          continue
-        original = kernel.numpy()
-        grouping = kernel.grouping() if spec.method == "bitx" else {}
-        morphed = backends.morph(original, spec, **grouping)
-        changed[id(kernel.variable)] = (original, morphed)
-        values[id(kernel.variable)] = (kernel.variable, original, morphed)
-    # Counted before the write, on every core: beside it (one thread),
-    # the counts slowed Keras' writer by more than they take (ResNet50: a
-    # save 0.74 s against 0.70 s counted first).
-    ones = self._ones(changed)
-    if self.format == "keras" and self._substitutes is not False:
-      with saving.substituted_values(
-          {key: (variable, new) for key, (variable, _, new) in values.items()}) as swap:
-        if swap.available:
-          self._write(self.model, path, accept=lambda: swap.complete)
-      self._substitutes = swap.complete  # the same model saves the same way next time
-      if swap.complete:
-        return changed, ones
-    restore = []
+      pending = _MorphedAside([k for k in self.plan.kernels if id(k.variable) in self.specs],
+                              self.specs, self._ones)
     try:
-      for variable, original, new in values.values():
-        restore.append((variable, original))
-        variable.assign(new)
-      self._write(self.model, path)
+      if self.format == "keras" and self._substitutes is not False:
+        with saving.substituted_values(pending.values) as swap:
+          if swap.available:
+            self._write(self.model, path, accept=lambda: swap.complete)
+        self._substitutes = swap.complete  # the same model saves the same way next time
+        if swap.complete:
+          return pending.result()
+      changed, ones = pending.result()
+      restore = []
+      try:
+        for key, (variable, _) in pending.values.items():
+          restore.append((variable, changed[key][0] if key in changed else variable.numpy()))
+          variable.assign(pending.value(key))
+        self._write(self.model, path)
+      finally:
+        for variable, original in restore:
+          variable.assign(original)
+      return changed, ones
     finally:
-      for variable, original in restore:
-        variable.assign(original)
-    return changed, ones
+      pending.join()  # no thread is left reading the model
 
   def _ones(self, changed) -> dict:
     """{id(variable): (ones by domain before, after)} of the measured kernels:
@@ -465,3 +462,65 @@ def _is_chief(model) -> bool:
 
 def _finite(ratio: float) -> float:
   return ratio if math.isfinite(ratio) else float(np.finfo(np.float32).max)
+
+
+class _Ready:
+  """Values made before the save (compensate's): the interface of _MorphedAside."""
+
+  def __init__(self, changed, values, ones):
+    self.changed, self.values, self.ones = changed, values, ones
+
+  def value(self, key):
+    return self.values[key][1]
+
+  def result(self):
+    return self.changed, self.ones
+
+  def join(self):
+    pass
+
+
+class _MorphedAside:
+  """Reads, morphs and then counts `kernels` on a thread of its own, in order.
+
+  `values`: {id(variable): (variable, Future of its morphed array)} for
+  saving.substituted_values, the futures resolved one by one as the thread
+  goes; result(): (changed, ones) once it is done, or its error. A failure
+  fails every value not made yet, so a writer waiting on one never hangs.
+  """
+
+  def __init__(self, kernels, specs, count):
+    self.values = {id(k.variable): (k.variable, concurrent.futures.Future()) for k in kernels}
+    self.changed, self.ones, self.error = {}, None, None
+    self._thread = threading.Thread(target=self._run, args=(kernels, specs, count),
+                                    name="MortarCallback-morph", daemon=True)
+    self._thread.start()
+
+  def _run(self, kernels, specs, count):
+    try:
+      for kernel in kernels:
+        key = id(kernel.variable)
+        spec = specs[key]
+        original = kernel.numpy()
+        grouping = kernel.grouping() if spec.method == "bitx" else {}
+        morphed = backends.morph(original, spec, **grouping)
+        self.changed[key] = (original, morphed)
+        self.values[key][1].set_result(morphed)
+      self.ones = count(self.changed)
+    except BaseException as e:  # pylint: disable=broad-except
+      self.error = e
+      for _, future in self.values.values():
+        if not future.done():
+          future.set_exception(e)
+
+  def value(self, key):
+    return self.values[key][1].result()
+
+  def result(self):
+    self._thread.join()
+    if self.error is not None:
+      raise self.error
+    return self.changed, self.ones
+
+  def join(self):
+    self._thread.join()

@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import os
@@ -234,6 +235,8 @@ def _setitem(store, key, value):
     listed = substitution.values.get(id(value))
     if listed is not None and listed[0] is value:
       value = listed[1]
+      if isinstance(value, concurrent.futures.Future):
+        value = value.result()  # made on another thread (raises its error)
       substitution.written += 1
   return _HOOKED["original"](store, key, value)
 
@@ -243,7 +246,9 @@ def substituted_values(values: dict):
   """Within the block, Keras 3's .keras writer (model.save) on this thread
   stores `values[id(variable)] = (variable, array)`'s array in place of the
   variable's value: a morphed copy is written without assigning to the
-  model's variables and restoring them. Yields a Substitution: where it is
+  model's variables and restoring them. The array may be a
+  concurrent.futures.Future of one, which the writer waits for when it
+  reaches the variable (and whose error it raises). Yields a Substitution: where it is
   not `complete` after the save (tf_keras, a sharded or other store, a layer
   that writes a converted copy of its variable), the file holds the
   variables' own values for the missed ones, and the caller must save another
@@ -296,16 +301,14 @@ def write_model(model, path: str, fmt: str, compress: bool = False, accept=None)
         packed = os.path.join(staging, "compressed-" + os.path.basename(path))
         compress_keras_file(temp, packed)
         temp = packed
-      os.replace(temp, path)
+      files.move_into_place(temp, path)
     else:
       temp = os.path.join(staging, "saved_model")
       export_saved_model(model, temp)
       if accept is not None and not accept():
         return False
       check_replaceable(path)  # again: it may have appeared during training
-      if os.path.isdir(path):
-        shutil.rmtree(path)
-      os.replace(temp, path)
+      files.move_into_place(temp, path)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return True
