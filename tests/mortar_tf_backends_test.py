@@ -754,6 +754,17 @@ def _variant_jobs():
                      group_size=len(values), width=max(24, columns)))
     checks.append((f"bitx edge {values} columns {columns}",
                    u32(_column(result, 17)).reshape(-1).tolist()))
+  # bitx's bands: rows of more than one 1024-word chunk, a last chunk shorter
+  # than a vector (6) or not a whole number of them (76), a last group short of
+  # G, a > 1; checked against the numpy backend (SPEC's formulas in numpy)
+  for shape, axes, group_size, columns in (((2, 37, 1100), (1,), 16, 5),
+                                           ((70, 1030), (0,), 64, 9)):
+    w = weights(int(np.prod(shape)), seed=shape[-1], spread=12).reshape(shape)
+    jobs.append(_job("morph", w, method="bitx", columns=columns, group_size=group_size,
+                     reduction_axes=list(axes)))
+    checks.append((f"bitx bands {shape} axes {axes}", u32(mortar_tf.morph(
+        w, "bitx", columns=columns, group_size=group_size, reduction_axes=axes,
+        backend="numpy")).reshape(-1).tolist()))
   return jobs, checks
 
 

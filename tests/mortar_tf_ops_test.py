@@ -357,3 +357,19 @@ def test_aligned_count_of_empty_matrices(shape):
 def test_aligned_count_rejects_huge_groups_by_name():
   with pytest.raises(tf.errors.InvalidArgumentError, match="group_size must be in 1..16384"):
     ops.aligned_count(np.ones((2, 8), np.float32), group_size=16385)
+
+
+@pytest.mark.parametrize("shape,axes,group_size", [((3, 3, 40, 1100), (0, 1, 2), 64),
+                                                   ((2, 37, 1100), (1,), 16),
+                                                   ((70, 2050), (0,), 64), ((300, 7), (0,), 8)])
+def test_bitx_op_on_rows_of_many_bands_equals_numpy(shape, axes, group_size):
+  """The op's bands (one group's rows over up to 1024 adjacent columns, sharded
+  over TensorFlow's workers) against the numpy backend: rows longer than one
+  band, bands short of a vector, last groups short of G, a > 1."""
+  n = int(np.prod(shape))
+  x = _mixed(n + n // 4, seed=len(shape))[:n].reshape(shape)
+  for columns in (1, 6, 24):
+    spec = MorphSpec.create("bitx", columns=columns, group_size=group_size)
+    got = ops.morph_spec(tf.constant(x), spec, reduction_axes=axes).numpy()
+    want = mortar_tf.morph(x, spec, reduction_axes=axes, backend="numpy")
+    np.testing.assert_array_equal(u32(got), u32(want))

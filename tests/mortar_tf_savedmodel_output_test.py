@@ -127,14 +127,19 @@ def test_the_report_is_checked_first_and_published_with_the_model(src, tmp_path,
     savedmodel.convert(str(src), str(tmp_path / "dst"), report_path=str(tmp_path / "adir"))
   assert _entries(tmp_path) == ["adir"]
   # the report's rename fails at the very end: the model is taken back, a rerun works
-  real = os.replace
+  # (files.move_into_place renames, exchanges or replaces: each name fails for r.json)
+  real_replace, real_rename, real_exchange = os.replace, os.rename, files._exchange
 
-  def replace(a, b):
-    if b.endswith("r.json"):
-      raise OSError(errno.ENOSPC, "No space left on device")
-    return real(a, b)
+  def failing(real):
+    def call(a, b):
+      if str(b).endswith("r.json"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+      return real(a, b)
+    return call
 
-  monkeypatch.setattr(files.os, "replace", replace)
+  monkeypatch.setattr(files.os, "replace", failing(real_replace))
+  monkeypatch.setattr(files.os, "rename", failing(real_rename))
+  monkeypatch.setattr(files, "_exchange", failing(real_exchange))
   with pytest.raises(files.OutputError, match="r.json.*no space left"):
     savedmodel.convert(str(src), str(tmp_path / "dst"), report_path=str(tmp_path / "r.json"))
   assert _entries(tmp_path) == ["adir"]

@@ -75,9 +75,13 @@ int64_t TileCount(const GroupedView& view);
 void AlignedTiles(const GroupedView& view, int width, int window, int64_t begin, int64_t end,
                   int64_t* columns, int32_t* lane_max, int32_t* bitlet);
 
-// BitX pruning (SPEC 2.4) of tiles [begin, end) into out (laid out as the
-// view's data): keeps the first `columns` aligned columns of each group.
-void BitxTiles(const GroupedView& view, int columns, int64_t begin, int64_t end, uint32_t* out);
+// BitX pruning (SPEC 2.4) of units [begin, end) of BitxUnitCount(view) into
+// out (laid out as the view's data): keeps the first `columns` aligned columns
+// of each group. A unit is a tile where b == 1, else one group's rows over up
+// to 1024 adjacent columns; units of one view may go to threads in disjoint
+// ranges.
+int64_t BitxUnitCount(const GroupedView& view);
+void BitxUnits(const GroupedView& view, int columns, int64_t begin, int64_t end, uint32_t* out);
 
 // Which instruction set the dispatcher chose: "avx512", "avx2" or "baseline".
 const char* IsaName();

@@ -86,16 +86,17 @@ class MortarBitxOp : public OpKernel {
     OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
     const mortar::GroupedView view{reinterpret_cast<const uint32_t*>(x.flat<float>().data()),
                                    view_[0], view_[1], view_[2], group_size_};
-    const int64_t tiles = mortar::TileCount(view);
-    if (tiles == 0) return;
+    const int64_t units = mortar::BitxUnitCount(view);
+    if (units == 0) return;
     uint32_t* out = reinterpret_cast<uint32_t*>(y->flat<float>().data());
     const int columns = int(columns_);
     auto work = [&, out, columns](int64_t begin, int64_t end) {
-      mortar::BitxTiles(view, columns, begin, end, out);
+      mortar::BitxUnits(view, columns, begin, end, out);
     };
+    const int64_t unit_words = view_[2] == 1 ? mortar::kTileLanes * group_size_
+                                             : std::min<int64_t>(view_[2], 1024) * group_size_;
     const auto& workers = *context->device()->tensorflow_cpu_worker_threads();
-    Shard(workers.num_threads, workers.workers, tiles,
-          int64_t{group_size_} * mortar::kTileLanes * 4, work);
+    Shard(workers.num_threads, workers.workers, units, unit_words * 4, work);
   }
 
  private:
