@@ -6,10 +6,11 @@ keep_bits of --keep_bits, bitx at every column count of --columns (G = 64 on
 the conv shape's reduction axes; the 1-D array is one group row), each on a
 1-D array and on a conv kernel [3, 3, 512, 5400] (both about 25M float32,
 N(0, 0.05)), through two entry points: mortar_tf.morph on numpy (numpy in, a
-fresh numpy array out) and the TensorFlow op on a ready tensor
-(mortar_tf.ops.morph_spec). np.copy of the same array and the case alternate
-round by round; each cell is the median of the per-round ratios. The whole
-grid is printed, then the worst cell per entry point.
+fresh numpy array out; measured first, before TensorFlow is imported) and
+the TensorFlow op on a ready tensor (mortar_tf.ops.morph_spec). np.copy of the
+same array and the case alternate round by round; each cell is the median of
+the per-round ratios. The whole grid is printed, then the worst cell per
+entry point.
 
   .venv/bin/python benchmarks/bench_morph_grid.py [--size=25000000] [--repeats=5] [--noop]
 """
@@ -52,41 +53,52 @@ def main(argv):
   shapes = {"1-D": (_SIZE.value,), f"conv [3,3,512,{cout}]": (3, 3, 512, cout)}
   arrays = {name: (rng.standard_normal(shape) * 0.05).astype(np.float32)
             for name, shape in shapes.items()}
+  kernels = native.isa() if native.is_built() else f"numpy ({native.why_not_built()})"
+  specs = _specs()
+  ratios = {}  # (entry, spec index, shape name): median ratio
+  # The numpy cells first, before TensorFlow is imported, as a numpy user runs
+  # them: for a few seconds after TensorFlow's import (and its tensors' 200
+  # MB), this machine's kernel compacts memory for transparent huge pages, and
+  # two threads faulting fresh huge pages stall on it (a 25M paper morph took
+  # 200 ms on two threads, 37 ms on one, 33 ms with THP off; np.copy 24 ms).
+  for i, spec in enumerate(specs):
+    for name, w in arrays.items():
+      axes = (0, 1, 2) if w.ndim == 4 else (0,)  # the conv kernel's reduction axes
+      grouping = {"reduction_axes": axes} if spec.method == "bitx" else {}
+      fn = lambda w=w, grouping=grouping: mortar_tf.morph(w, spec, **grouping)  # pylint: disable=cell-var-from-loop
+      ratios[("numpy", i, name)] = statistics.median(timing.copy_ratios(fn, w, _REPEATS.value))
   entries = ["numpy"]
-  ops = None
   if _OP.value:
     from mortar_tf import ops  # pylint: disable=g-import-not-at-top,import-outside-toplevel
     import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
     if ops.is_built():
       entries.append("TF op")
-    tensors = {name: tf.constant(w) for name, w in arrays.items()}
-  kernels = native.isa() if native.is_built() else f"numpy ({native.why_not_built()})"
+      tensors = {name: tf.constant(w) for name, w in arrays.items()}
+      for i, spec in enumerate(specs):
+        for name, w in arrays.items():
+          axes = (0, 1, 2) if w.ndim == 4 else (0,)
+          fn = lambda t=tensors[name], axes=axes: ops.morph_spec(t, spec, axes)  # pylint: disable=cell-var-from-loop
+          ratios[("TF op", i, name)] = statistics.median(
+              timing.copy_ratios(fn, w, _REPEATS.value))
   print(f"kernels: {kernels}, {native.threads()} threads; ratio to np.copy of the same array, "
-        f"median of {_REPEATS.value} alternating rounds")
+        f"median of {_REPEATS.value} alternating rounds (the numpy cells measured before "
+        "TensorFlow was imported)")
   columns = [f"{entry}, {shape}" for entry in entries for shape in shapes]
   print("| case | " + " | ".join(columns) + " |")
   print("|---|" + "---|" * len(columns))
   worst = {}
-  for spec in _specs():
+  for i, spec in enumerate(specs):
     cells = []
     for entry in entries:
-      for name, w in arrays.items():
-        axes = (0, 1, 2) if w.ndim == 4 else (0,)  # the conv kernel's reduction axes
-        grouping = {"reduction_axes": axes} if spec.method == "bitx" else {}
-        if entry == "numpy":
-          fn = lambda w=w, grouping=grouping: mortar_tf.morph(w, spec, **grouping)  # pylint: disable=cell-var-from-loop
-        else:
-          t = tensors[name]
-          fn = lambda t=t, axes=axes: ops.morph_spec(t, spec, axes)  # pylint: disable=cell-var-from-loop
-        ratio = statistics.median(timing.copy_ratios(fn, w, _REPEATS.value))
+      for name in shapes:
+        ratio = ratios[(entry, i, name)]
         cells.append(f"{ratio:.2f}")
         key = (entry, spec.method)
         if ratio > worst.get(key, (-1.0, ""))[0]:
           worst[key] = (ratio, f"{spec}, {name}")
-    print(f"| {spec} | " + " | ".join(cells) + " |", flush=True)
+    print(f"| {spec} | " + " | ".join(cells) + " |")
   for (entry, method), (ratio, where) in sorted(worst.items()):
     print(f"worst {entry} {method}: {ratio:.2f}x ({where})")
-
 
 if __name__ == "__main__":
   app.run(main)
