@@ -55,7 +55,7 @@ def describe_os_error(error: BaseException, path: str) -> str:
   return f"cannot write {path!r}: {os_error_reason(error)}"
 
 
-def check_writable_dir(directory: str, what: str = "output directory") -> None:
+def check_writable_dir(directory: str, what: str = "output directory", role: str = "") -> None:
   """Raises OutputError unless a file can really be created in `directory`.
 
   Creates and removes an empty hidden file there. Permission bits and
@@ -66,15 +66,16 @@ def check_writable_dir(directory: str, what: str = "output directory") -> None:
   Args:
     directory: the directory, as the user named it (the message names it so).
     what: what it is, for the message (e.g. "figures directory").
+    role: said after the directory's name (" that would hold ...").
 
   Raises:
     OutputError: `directory` does not exist, is not a directory, or refuses
       a new file (the message names it and why).
   """
   if not os.path.exists(directory):
-    raise OutputError(f"the {what} {directory!r} does not exist")
+    raise OutputError(f"the {what} {directory!r}{role} does not exist")
   if not os.path.isdir(directory):
-    raise OutputError(f"the {what} {directory!r} is not a directory")
+    raise OutputError(f"the {what} {directory!r}{role} is not a directory")
   probe = os.path.join(directory, f".mortar-probe-{uuid.uuid4().hex[:8]}")
   try:
     os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
@@ -82,11 +83,11 @@ def check_writable_dir(directory: str, what: str = "output directory") -> None:
     # ENOENT in a directory that exists: the file system takes no new files (/proc).
     why = ("its file system takes no new files" if e.errno == errno.ENOENT
            else os_error_reason(e))
-    raise OutputError(f"cannot write in the {what} {directory!r}: {why}") from e
+    raise OutputError(f"cannot write in the {what} {directory!r}{role}: {why}") from e
   try:
     os.remove(probe)
   except OSError as e:
-    raise OutputError(f"the {what} {directory!r} lets a file be created but not removed "
+    raise OutputError(f"the {what} {directory!r}{role} lets a file be created but not removed "
                       f"({probe!r} is left there): {e.strerror or e}") from e
 
 
@@ -100,8 +101,9 @@ def check_creatable_dir(directory: str, what: str = "output directory") -> None:
       break
     head = parent
   if head != os.path.abspath(directory):
-    what = f"directory {head!r} that would hold the {what} {directory!r}"
-    directory = head
+    check_writable_dir(head, "path" if os.path.lexists(head) and not os.path.isdir(head)
+                       else "directory", role=f" that would hold the {what} {directory!r}")
+    return
   check_writable_dir(directory, what)
 
 

@@ -244,6 +244,8 @@ def test_a_directory_that_cannot_be_made_there_fails_at_train_start():
     ("m.onnx", "keras", "format 'keras' writes"),
     ("m-{epoch:02q}.keras", "keras", "bad file path pattern"),
     ("m-{epoch.keras", "keras", "bad file path pattern"),
+    ("m-{epoch}.keras", "savedmodel", "format 'savedmodel' writes a directory"),
+    ("m.h5", "savedmodel", "named like a Keras file"),
 ])
 def test_bad_paths_are_refused_at_construction(path, fmt, match):
   with pytest.raises(ValueError, match=match):
@@ -489,12 +491,22 @@ def test_an_unwritable_log_dir_fails_at_train_start(tmp_path, log_dir):
   model.compile("sgd", "mse")
   seen = []
   probe = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs: seen.append(1))
-  with pytest.raises(ValueError, match="cannot write TensorBoard events"):
+  log_dir = log_dir.format(file=tmp_path / "file")
+  with pytest.raises(ValueError, match="cannot write TensorBoard events") as info:
     model.fit(np.zeros((8, 8), np.float32), np.zeros((8, 4), np.float32), epochs=1, verbose=0,
               callbacks=[MortarCallback(str(tmp_path / "m.keras"), "paper", precision=0.1,
-                                        log_dir=log_dir.format(file=tmp_path / "file")),
+                                        log_dir=log_dir),
                          probe])
   assert not seen and not (tmp_path / "m.keras").exists()
+  # one sentence: each path once, quoted once, and why
+  head = os.path.dirname(log_dir)
+  why = "permission denied" if log_dir.startswith("/sys") else "is not a directory"
+  assert str(info.value) == (
+      f"cannot write TensorBoard events: "
+      + (f"cannot write in the directory {head!r}" if why == "permission denied"
+         else f"the path {log_dir!r}")
+      + f" that would hold the event directory {os.path.join(log_dir, 'train')!r}"
+      + (f": {why}" if why == "permission denied" else f" {why}"))
 
 
 def _save_once(callback, model):
@@ -627,3 +639,33 @@ def test_a_kernel_that_fails_to_morph_fails_the_save_whole_and_nothing_waits(tmp
         u32(saved.get_layer(name).weights[0].numpy()),
         u32(mortar_tf.morph(model.get_layer(name).weights[0].numpy(), "fewest_ones", 0.01,
                             backend="numpy")))
+
+
+def test_a_save_removes_what_a_killed_save_left_and_nothing_else(tmp_path):
+  """A save killed mid-write leaves its staging directory (nothing runs at a
+  SIGKILL); the next save into that directory removes those of dead processes
+  of this machine, and keeps a live process's, another machine's and any other
+  name."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from mortar_tf.keras import saving  # pylint: disable=import-outside-toplevel
+  # a process that makes its staging directory the way write_model does, then is killed
+  child = subprocess.Popen([sys.executable, "-c", (
+      "import os, sys, tempfile, time\n"
+      "from mortar_tf.keras import saving\n"
+      "d = tempfile.mkdtemp(prefix=f'{saving._staging_prefix()}{os.getpid()}-', dir=sys.argv[1])\n"
+      "open(os.path.join(d, 'm.keras'), 'wb').write(b'partial')\n"
+      "print(d, flush=True)\n"
+      "time.sleep(600)\n"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+  dead = os.path.basename(child.stdout.readline().strip())
+  os.kill(child.pid, signal.SIGKILL)
+  child.wait()
+  live = f"{saving._staging_prefix()}{os.getppid()}-live"  # pylint: disable=protected-access
+  kept = [live, ".mortar-other_machine-1-x", ".mortar-abc", "notes.txt"]
+  for name in kept[:-1]:
+    (tmp_path / name).mkdir()
+  (tmp_path / "notes.txt").write_text("mine")
+  _save_once(MortarCallback(str(tmp_path / ("m" + SUFFIX)), "paper", precision=0.1), _model())
+  assert sorted(os.listdir(tmp_path)) == sorted(kept + ["m" + SUFFIX])
+  assert dead not in os.listdir(tmp_path)

@@ -1,6 +1,7 @@
 """Tests of the C++ ops against the numpy reference, and of the fallback without them."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -373,3 +374,20 @@ def test_bitx_op_on_rows_of_many_bands_equals_numpy(shape, axes, group_size):
     got = ops.morph_spec(tf.constant(x), spec, reduction_axes=axes).numpy()
     want = mortar_tf.morph(x, spec, reduction_axes=axes, backend="numpy")
     np.testing.assert_array_equal(u32(got), u32(want))
+
+
+def test_bitx_op_takes_reduction_axes_as_morph_does():
+  """Negative axes count from the end; an axis out of range or repeated is a
+  ValueError naming it (mortar_tf.morph's words), never a silent per-element
+  grouping or a TensorFlow shape error."""
+  x = _mixed(24, seed=9).reshape(2, 3, 4)
+  spec = MorphSpec.create("bitx", columns=2, group_size=3)
+  for axes, same_as in (((-1,), (2,)), ((-3, -2), (0, 1)), ((1, -1), (1, 2))):
+    np.testing.assert_array_equal(
+        u32(ops.morph_spec(tf.constant(x), spec, reduction_axes=axes).numpy()),
+        u32(mortar_tf.morph(x, spec, reduction_axes=same_as, backend="numpy")))
+  for axes, match in (((3,), "reduction axis 3 is out of range for a rank-3 weight"),
+                      ((0, 0), "repeat an axis"), ((0, -3), "repeat an axis"),
+                      ((1.0,), "is not an integer")):
+    with pytest.raises(ValueError, match=re.escape(match) if "(" not in match else match):
+      ops.morph_spec(tf.constant(x), spec, reduction_axes=axes)

@@ -220,8 +220,7 @@ class MortarCallback(keras.callbacks.Callback):
                           self.format, template=self.filepath)
     if self.log_dir:
       try:
-        files.check_creatable_dir(os.path.join(self.log_dir, "train"),
-                                  f"log_dir {self.log_dir!r}'s event directory")
+        files.check_creatable_dir(os.path.join(self.log_dir, "train"), "event directory")
       except files.OutputError as e:
         raise ValueError(f"cannot write TensorBoard events: {e}") from None
 

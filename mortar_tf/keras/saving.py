@@ -11,7 +11,9 @@ import concurrent.futures
 import contextlib
 import errno
 import os
+import re
 import shutil
+import socket
 import string
 import tempfile
 import threading
@@ -55,6 +57,10 @@ def check_path(filepath: str, fmt: str) -> str:
   if fmt == "keras" and not filepath.endswith(KERAS_SUFFIXES):
     raise ValueError(f"format 'keras' writes {' or '.join(KERAS_SUFFIXES)} files; "
                      f"{filepath!r} ends otherwise (use format='savedmodel' for a directory)")
+  if fmt == "savedmodel" and filepath.endswith((".keras", ".h5", ".hdf5")):
+    raise ValueError(f"format 'savedmodel' writes a directory; {filepath!r} is named like a "
+                     "Keras file, which keras.models.load_model would read as one (drop the "
+                     "suffix, or use format='keras')")
   return filepath
 
 
@@ -167,7 +173,6 @@ def template_reaches(template: str, path: str) -> bool:
   {batch}, logs values: numbers) can give `path`; the literal directory
   before the first placeholder and `path` are resolved as files.check_apart
   resolves paths (`..`, symlinks)."""
-  import re  # pylint: disable=import-outside-toplevel
   pieces = [(text, name) for text, name, _, _ in string.Formatter().parse(template)]
   if all(name is None for _, name in pieces):
     return files.same_path(template, path)
@@ -277,8 +282,43 @@ def substituted_values(values: dict):
         _HOOKED["original"] = None
 
 
+def _staging_prefix() -> str:
+  """The start of this machine's staging directories' names (".mortar-HOST-";
+  the process id follows)."""
+  host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+  return f".mortar-{host}-"
+
+
+def sweep_stale_staging(directory: str) -> list[str]:
+  """Removes the staging directories in `directory` that a process of this
+  machine left when it was killed mid-save (its id names no live process);
+  returns their names. Another machine's, a live process's and any other
+  name are left alone."""
+  prefix, removed = _staging_prefix(), []
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return removed
+  for name in names:
+    pid = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
+    if not pid.isdigit() or int(pid) == os.getpid():
+      continue
+    try:
+      os.kill(int(pid), 0)
+    except ProcessLookupError:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+      removed.append(name)
+    except OSError:  # alive (another user's), or not ours to ask
+      pass
+  return removed
+
+
 def write_model(model, path: str, fmt: str, compress: bool = False, accept=None) -> bool:
   """Writes beside `path` and renames into place: no partial file is ever left.
+
+  The write goes to a staging directory ".mortar-HOST-PID-..." beside `path`,
+  removed afterwards; one that a killed process left is removed by the next
+  save into that directory (sweep_stale_staging).
 
   fmt "keras": model.save, then with `compress` the file rewritten deflated
   (compress_keras_file); "savedmodel": Keras 3's model.export, tf_keras'
@@ -290,7 +330,8 @@ def write_model(model, path: str, fmt: str, compress: bool = False, accept=None)
     check_compressible(path, fmt)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".mortar-", dir=directory)
+  sweep_stale_staging(directory)
+  staging = tempfile.mkdtemp(prefix=f"{_staging_prefix()}{os.getpid()}-", dir=directory)
   try:
     if fmt == "keras":
       temp = os.path.join(staging, os.path.basename(path))

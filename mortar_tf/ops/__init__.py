@@ -142,7 +142,9 @@ def morph_spec(x, spec, reduction_axes=()):
   """mantissa_morph for a validated MorphSpec; bitx groups along `reduction_axes`."""
   x = _float32_tensor(x)
   if spec.method == "bitx":
-    return _bitx(x, spec, tuple(reduction_axes))
+    # as mortar_tf.morph takes them: negative axes count from the end; an axis
+    # out of range or repeated is a ValueError naming it
+    return _bitx(x, spec, bits.resolve_reduction_axes(tuple(x.shape), reduction_axes))
   precision = spec.precision if spec.precision is not None else 1.0
   return _library().mortar_morph(
       x=x, precision=tf.constant(precision, tf.float64), method=spec.method,
