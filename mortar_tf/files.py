@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 import uuid
 from typing import Mapping
@@ -314,6 +315,45 @@ def output_set():
     raise
 
 
+def temp_tag() -> str:
+  """"mortar-HOST-PID": what names the temp files and directories this process
+  writes beside its outputs, so that those a killed process left can be told
+  apart and removed (sweep_stale)."""
+  host = "".join(c if c.isalnum() or c in "_." else "_" for c in socket.gethostname()) or "host"
+  return f"mortar-{host}-{os.getpid()}"
+
+
+def sweep_stale(directory: str, stem: str) -> list[str]:
+  """Removes the entries of `directory` named `stem` + "mortar-HOST-PID-..."
+  (temp_tag) whose process is dead on this machine: what a process killed
+  mid-write left. A live process's, another machine's and any other name are
+  kept. Returns the names removed."""
+  own = temp_tag()
+  prefix = stem + own[:own.rindex("-") + 1]
+  removed = []
+  try:
+    names = os.listdir(directory or ".")
+  except OSError:
+    return removed
+  for name in names:
+    pid = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
+    if not pid.isdigit() or int(pid) == os.getpid():
+      continue
+    try:
+      os.kill(int(pid), 0)
+    except ProcessLookupError:
+      entry = os.path.join(directory, name)
+      if os.path.isdir(entry) and not os.path.islink(entry):
+        shutil.rmtree(entry, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.remove(entry)
+      removed.append(name)
+    except OSError:  # alive (another user's), or not ours to ask
+      pass
+  return removed
+
+
 @contextlib.contextmanager
 def replaced(path: str, suffix: str = ".tmp"):
   """Yields a temp path beside `path` (unique, so two writers never share one);
@@ -321,10 +361,14 @@ def replaced(path: str, suffix: str = ".tmp"):
   output_set, if any), removes it if the block raises. `suffix` keeps an
   extension that writers infer the format from (e.g. ".tmp.png").
 
+  The temp is named "<path>.mortar-HOST-PID-<random><suffix>"; those that a
+  killed process left beside `path` are removed first (sweep_stale).
+
   Raises:
     OutputError: an OS error while writing or renaming (the message names it).
   """
-  tmp = f"{path}.{uuid.uuid4().hex[:8]}{suffix}"
+  sweep_stale(os.path.dirname(path), os.path.basename(path) + ".")
+  tmp = f"{path}.{temp_tag()}-{uuid.uuid4().hex[:8]}{suffix}"
   try:
     yield tmp
     if _ACTIVE:

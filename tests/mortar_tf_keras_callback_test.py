@@ -649,19 +649,20 @@ def test_a_save_removes_what_a_killed_save_left_and_nothing_else(tmp_path):
   import signal  # pylint: disable=import-outside-toplevel
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  from mortar_tf.keras import saving  # pylint: disable=import-outside-toplevel
+  from mortar_tf import files  # pylint: disable=import-outside-toplevel
   # a process that makes its staging directory the way write_model does, then is killed
   child = subprocess.Popen([sys.executable, "-c", (
       "import os, sys, tempfile, time\n"
-      "from mortar_tf.keras import saving\n"
-      "d = tempfile.mkdtemp(prefix=f'{saving._staging_prefix()}{os.getpid()}-', dir=sys.argv[1])\n"
+      "from mortar_tf import files\n"
+      "d = tempfile.mkdtemp(prefix=f'.{files.temp_tag()}-', dir=sys.argv[1])\n"
       "open(os.path.join(d, 'm.keras'), 'wb').write(b'partial')\n"
       "print(d, flush=True)\n"
       "time.sleep(600)\n"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
   dead = os.path.basename(child.stdout.readline().strip())
   os.kill(child.pid, signal.SIGKILL)
   child.wait()
-  live = f"{saving._staging_prefix()}{os.getppid()}-live"  # pylint: disable=protected-access
+  tag = files.temp_tag()
+  live = f".{tag[:tag.rindex('-') + 1]}{os.getppid()}-live"
   kept = [live, ".mortar-other_machine-1-x", ".mortar-abc", "notes.txt"]
   for name in kept[:-1]:
     (tmp_path / name).mkdir()

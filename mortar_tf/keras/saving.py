@@ -13,7 +13,6 @@ import errno
 import os
 import re
 import shutil
-import socket
 import string
 import tempfile
 import threading
@@ -282,43 +281,12 @@ def substituted_values(values: dict):
         _HOOKED["original"] = None
 
 
-def _staging_prefix() -> str:
-  """The start of this machine's staging directories' names (".mortar-HOST-";
-  the process id follows)."""
-  host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
-  return f".mortar-{host}-"
-
-
-def sweep_stale_staging(directory: str) -> list[str]:
-  """Removes the staging directories in `directory` that a process of this
-  machine left when it was killed mid-save (its id names no live process);
-  returns their names. Another machine's, a live process's and any other
-  name are left alone."""
-  prefix, removed = _staging_prefix(), []
-  try:
-    names = os.listdir(directory)
-  except OSError:
-    return removed
-  for name in names:
-    pid = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
-    if not pid.isdigit() or int(pid) == os.getpid():
-      continue
-    try:
-      os.kill(int(pid), 0)
-    except ProcessLookupError:
-      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-      removed.append(name)
-    except OSError:  # alive (another user's), or not ours to ask
-      pass
-  return removed
-
-
 def write_model(model, path: str, fmt: str, compress: bool = False, accept=None) -> bool:
   """Writes beside `path` and renames into place: no partial file is ever left.
 
   The write goes to a staging directory ".mortar-HOST-PID-..." beside `path`,
   removed afterwards; one that a killed process left is removed by the next
-  save into that directory (sweep_stale_staging).
+  save into that directory (files.sweep_stale).
 
   fmt "keras": model.save, then with `compress` the file rewritten deflated
   (compress_keras_file); "savedmodel": Keras 3's model.export, tf_keras'
@@ -330,8 +298,8 @@ def write_model(model, path: str, fmt: str, compress: bool = False, accept=None)
     check_compressible(path, fmt)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  sweep_stale_staging(directory)
-  staging = tempfile.mkdtemp(prefix=f"{_staging_prefix()}{os.getpid()}-", dir=directory)
+  files.sweep_stale(directory, ".")
+  staging = tempfile.mkdtemp(prefix=f".{files.temp_tag()}-", dir=directory)
   try:
     if fmt == "keras":
       temp = os.path.join(staging, os.path.basename(path))
