@@ -319,10 +319,9 @@ int mortar_bitx(const uint32_t* in, uint32_t* out, int64_t a, int64_t r, int64_t
     return kBadArgument;
   }
   const mortar::GroupedView view{in, a, r, b, group_size};
-  // at least 2^20 words a thread (a band is up to 1024 x group_size words)
-  const int64_t unit_words = b == 1 ? mortar::kTileLanes * group_size
-                                    : std::min<int64_t>(b, 1024) * group_size;
-  const int64_t min_units = std::max<int64_t>(1, (int64_t{1} << 20) / unit_words);
+  // at least 2^20 words a thread
+  const int64_t min_units =
+      std::max<int64_t>(1, (int64_t{1} << 20) / mortar::BitxUnitWords(view));
   ParallelFor(mortar::BitxUnitCount(view), min_units, threads,
               [&](int64_t begin, int64_t end, int) {
                 mortar::BitxUnits(view, columns, begin, end, out);

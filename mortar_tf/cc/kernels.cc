@@ -264,24 +264,6 @@ MORTAR_INLINE void Gather(const GroupedView& view, const TilePlace& t, uint32_t*
   }
 }
 
-MORTAR_INLINE void Scatter(const GroupedView& view, const TilePlace& t, const uint32_t* tile,
-                           uint32_t* out) {
-  const int64_t g_size = view.group_size;
-  const int64_t k0 = t.g * g_size;
-  const int64_t rows = std::min<int64_t>(g_size, view.r - k0);
-  if (t.across_i) {
-    for (int v = 0; v < t.lanes; ++v) {
-      uint32_t* dst = out + (t.i0 + v) * view.r + k0;
-      for (int64_t l = 0; l < rows; ++l) dst[l] = tile[l * V + v];
-    }
-  } else {
-    for (int64_t l = 0; l < rows; ++l) {
-      std::memcpy(out + (t.i0 * view.r + k0 + l) * view.b + t.j0, tile + l * V,
-                  sizeof(uint32_t) * t.lanes);
-    }
-  }
-}
-
 // Lanes [part, part + L) of row l.
 template <int L>
 MORTAR_INLINE typename Vectors<L>::U32 LoadRow(const uint32_t* tile, int64_t l, int part) {
@@ -299,9 +281,17 @@ MORTAR_INLINE typename Vectors<L>::U32 SignificandOf(typename Vectors<L>::U32 u)
   return ((mag & kMantissa) | kHidden) & normal;
 }
 
+// The biased exponents of the normal elements; 0 for the others.
+template <int L>
+MORTAR_INLINE typename Vectors<L>::U32 ExponentOf(typename Vectors<L>::U32 u) {
+  typedef typename Vectors<L>::U32 U32;
+  const U32 mag = u & kMagnitude;
+  const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
+  return (mag >> 23) & normal;
+}
+
 // Per lane: the group's largest biased exponent among normal elements (0 when
-// there is none), over `rows` rows of L lanes, row l at first + l * stride
-// (a tile's rows, stride V, or a view's own, stride b).
+// there is none), over `rows` rows of L lanes, row l at first + l * stride.
 template <int L>
 MORTAR_INLINE typename Vectors<L>::U32 GroupEmax(const uint32_t* first, int64_t stride,
                                                  int64_t rows) {
@@ -310,9 +300,7 @@ MORTAR_INLINE typename Vectors<L>::U32 GroupEmax(const uint32_t* first, int64_t 
   for (int64_t l = 0; l < rows; ++l) {
     U32 u;
     std::memcpy(&u, first + l * stride, sizeof u);
-    const U32 mag = u & kMagnitude;
-    const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
-    const U32 e = (mag >> 23) & normal;
+    const U32 e = ExponentOf<L>(u);
     emax = e > emax ? e : emax;
   }
   return emax;
@@ -629,9 +617,7 @@ MORTAR_INLINE void BitxBands(const GroupedView& view, int columns, int64_t begin
       for (int64_t j = 0; j < width; j += L) {
         U32 u = {};
         std::memcpy(&u, row + j, sizeof(uint32_t) * (j < whole ? L : width - whole));
-        const U32 mag = u & kMagnitude;
-        const U32 normal = (U32)((mag - kMinNormal) <= (kMaxFinite - kMinNormal));
-        const U32 e = (mag >> 23) & normal;
+        const U32 e = ExponentOf<L>(u);
         U32 m;
         std::memcpy(&m, emax + j, sizeof m);
         m = e > m ? e : m;
@@ -779,6 +765,10 @@ int64_t TileCount(const GroupedView& view) {
 void AlignedTiles(const GroupedView& view, int width, int window, int64_t begin, int64_t end,
                   int64_t* columns, int32_t* lane_max, int32_t* bitlet) {
   MORTAR_DISPATCH(AlignedTiles, (view, width, window, begin, end, columns, lane_max, bitlet))
+}
+
+int64_t BitxUnitWords(const GroupedView& view) {
+  return (view.b == 1 ? int64_t{V} : std::min(kBandWords, view.b)) * view.group_size;
 }
 
 int64_t BitxUnitCount(const GroupedView& view) {

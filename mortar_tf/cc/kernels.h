@@ -81,6 +81,8 @@ void AlignedTiles(const GroupedView& view, int width, int window, int64_t begin,
 // to 1024 adjacent columns; units of one view may go to threads in disjoint
 // ranges.
 int64_t BitxUnitCount(const GroupedView& view);
+// The most words one unit covers (what a thread's share is sized by).
+int64_t BitxUnitWords(const GroupedView& view);
 void BitxUnits(const GroupedView& view, int columns, int64_t begin, int64_t end, uint32_t* out);
 
 // Which instruction set the dispatcher chose: "avx512", "avx2" or "baseline".

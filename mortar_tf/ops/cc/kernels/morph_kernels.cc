@@ -93,10 +93,8 @@ class MortarBitxOp : public OpKernel {
     auto work = [&, out, columns](int64_t begin, int64_t end) {
       mortar::BitxUnits(view, columns, begin, end, out);
     };
-    const int64_t unit_words = view_[2] == 1 ? mortar::kTileLanes * group_size_
-                                             : std::min<int64_t>(view_[2], 1024) * group_size_;
     const auto& workers = *context->device()->tensorflow_cpu_worker_threads();
-    Shard(workers.num_threads, workers.workers, units, unit_words * 4, work);
+    Shard(workers.num_threads, workers.workers, units, mortar::BitxUnitWords(view) * 4, work);
   }
 
  private:
