@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import json
 import math
 import os
@@ -200,23 +201,26 @@ def check_apart(outputs, inputs=()) -> None:
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2  # linux/fs.h
-_EXCHANGE = {}
+
+
+@functools.cache
+def _renameat2():
+  """libc's renameat2, or None (not Linux, or a libc older than glibc 2.28)."""
+  if sys.platform != "linux":
+    return None
+  try:
+    function = ctypes.CDLL(None, use_errno=True).renameat2
+  except (OSError, AttributeError):
+    return None
+  function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+  function.restype = ctypes.c_int
+  return function
 
 
 def _exchange(a: str, b: str) -> bool:
   """Swaps the names `a` and `b` in one step (Linux renameat2 with
   RENAME_EXCHANGE); False where this system or file system cannot."""
-  if "renameat2" not in _EXCHANGE:
-    try:
-      function = ctypes.CDLL(None, use_errno=True).renameat2 if sys.platform == "linux" else None
-    except (OSError, AttributeError):  # a libc older than glibc 2.28
-      function = None
-    if function is not None:
-      function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                           ctypes.c_uint]
-      function.restype = ctypes.c_int
-    _EXCHANGE["renameat2"] = function
-  function = _EXCHANGE["renameat2"]
+  function = _renameat2()
   if function is None:
     return False
   if function(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
@@ -225,6 +229,15 @@ def _exchange(a: str, b: str) -> bool:
   if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
     return False  # the file system has no exchange (or a seccomp filter forbids it)
   raise OSError(code, os.strerror(code), b)
+
+
+def _remove(path: str) -> None:
+  """Removes the file or directory tree `path`, as far as it can (no error)."""
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path, ignore_errors=True)
+  else:
+    with contextlib.suppress(OSError):
+      os.remove(path)
 
 
 def move_into_place(tmp: str, path: str) -> None:
@@ -249,11 +262,7 @@ def move_into_place(tmp: str, path: str) -> None:
     raise OSError(errno.EISDIR if os.path.isdir(path) else errno.ENOTDIR,
                   "a file cannot replace a directory, nor a directory a file", path)
   if _exchange(tmp, path):
-    if directory:
-      shutil.rmtree(tmp, ignore_errors=True)
-    else:
-      with contextlib.suppress(OSError):
-        os.remove(tmp)
+    _remove(tmp)  # the old one
     return
   if directory:
     shutil.rmtree(path)
@@ -315,12 +324,17 @@ def output_set():
     raise
 
 
+def _host_tag() -> str:
+  """"mortar-HOST-": the start of temp_tag, the same for every process here."""
+  host = "".join(c if c.isalnum() or c in "_." else "_" for c in socket.gethostname()) or "host"
+  return f"mortar-{host}-"
+
+
 def temp_tag() -> str:
   """"mortar-HOST-PID": what names the temp files and directories this process
   writes beside its outputs, so that those a killed process left can be told
   apart and removed (sweep_stale)."""
-  host = "".join(c if c.isalnum() or c in "_." else "_" for c in socket.gethostname()) or "host"
-  return f"mortar-{host}-{os.getpid()}"
+  return f"{_host_tag()}{os.getpid()}"
 
 
 def sweep_stale(directory: str, stem: str) -> list[str]:
@@ -328,8 +342,7 @@ def sweep_stale(directory: str, stem: str) -> list[str]:
   (temp_tag) whose process is dead on this machine: what a process killed
   mid-write left. A live process's, another machine's and any other name are
   kept. Returns the names removed."""
-  own = temp_tag()
-  prefix = stem + own[:own.rindex("-") + 1]
+  prefix = stem + _host_tag()
   removed = []
   try:
     names = os.listdir(directory or ".")
@@ -342,12 +355,7 @@ def sweep_stale(directory: str, stem: str) -> list[str]:
     try:
       os.kill(int(pid), 0)
     except ProcessLookupError:
-      entry = os.path.join(directory, name)
-      if os.path.isdir(entry) and not os.path.islink(entry):
-        shutil.rmtree(entry, ignore_errors=True)
-      else:
-        with contextlib.suppress(OSError):
-          os.remove(entry)
+      _remove(os.path.join(directory, name))
       removed.append(name)
     except OSError:  # alive (another user's), or not ours to ask
       pass

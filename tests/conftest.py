@@ -23,3 +23,28 @@ def _cwd_restored():
   if after != before:
     os.chdir(before)
     pytest.fail(f"the test left the working directory at {after!r} (was {before!r})")
+
+
+@pytest.fixture
+def killed_writer():
+  """killed_writer(code, *args) runs `python -c code *args`, reads the first
+  line it prints (the code prints the temp it made, then sleeps), kills it
+  with SIGKILL and returns that line's last path component: what a writer
+  killed mid-write leaves behind."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  def run(code: str, *args: str) -> str:
+    child = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+      line = child.stdout.readline().strip()
+    finally:
+      os.kill(child.pid, signal.SIGKILL)
+      child.wait()
+      child.stdout.close()
+    assert line, "the writer printed nothing before it was killed"
+    return os.path.basename(line)
+
+  return run

@@ -218,25 +218,19 @@ def test_a_reader_never_finds_the_path_missing_or_mixed(tmp_path, kind):
   assert seen and seen == sorted(seen)
 
 
-def test_a_write_removes_the_temp_a_killed_writer_left_beside_its_path(tmp_path):
+def test_a_write_removes_the_temp_a_killed_writer_left_beside_its_path(tmp_path, killed_writer):
   """A writer killed between creating its temp and renaming it leaves the temp
   (nothing runs at a SIGKILL); the next write of that path removes the temps
   of dead processes of this machine, and keeps a live process's, another
   machine's, another path's and any other name."""
-  import signal  # pylint: disable=import-outside-toplevel
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
   path = tmp_path / "report.json"
-  child = subprocess.Popen([sys.executable, "-c", (
+  dead = killed_writer(
       "import sys, time\n"
       "from mortar_tf import files\n"
       "with files.replaced(sys.argv[1]) as tmp:\n"
       "  open(tmp, 'w').write('{\"partial')\n"
       "  print(tmp, flush=True)\n"
-      "  time.sleep(600)\n"), str(path)], stdout=subprocess.PIPE, text=True)
-  dead = os.path.basename(child.stdout.readline().strip())
-  os.kill(child.pid, signal.SIGKILL)
-  child.wait()
+      "  time.sleep(600)\n", str(path))
   assert dead.startswith("report.json.mortar-") and dead in os.listdir(tmp_path)
   tag = files.temp_tag()
   host = tag[:tag.rindex("-") + 1]

@@ -642,26 +642,21 @@ def test_a_kernel_that_fails_to_morph_fails_the_save_whole_and_nothing_waits(tmp
                             backend="numpy")))
 
 
-def test_a_save_removes_what_a_killed_save_left_and_nothing_else(tmp_path):
+def test_a_save_removes_what_a_killed_save_left_and_nothing_else(tmp_path, killed_writer):
   """A save killed mid-write leaves its staging directory (nothing runs at a
   SIGKILL); the next save into that directory removes those of dead processes
   of this machine, and keeps a live process's, another machine's and any other
   name."""
-  import signal  # pylint: disable=import-outside-toplevel
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
   from mortar_tf import files  # pylint: disable=import-outside-toplevel
   # a process that makes its staging directory the way write_model does, then is killed
-  child = subprocess.Popen([sys.executable, "-c", (
+  dead = killed_writer(
       "import os, sys, tempfile, time\n"
       "from mortar_tf import files\n"
       "d = tempfile.mkdtemp(prefix=f'.{files.temp_tag()}-', dir=sys.argv[1])\n"
       "open(os.path.join(d, 'm.keras'), 'wb').write(b'partial')\n"
       "print(d, flush=True)\n"
-      "time.sleep(600)\n"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
-  dead = os.path.basename(child.stdout.readline().strip())
-  os.kill(child.pid, signal.SIGKILL)
-  child.wait()
+      "time.sleep(600)\n", str(tmp_path))
+  assert dead in os.listdir(tmp_path)
   tag = files.temp_tag()
   live = f".{tag[:tag.rindex('-') + 1]}{os.getppid()}-live"
   kept = [live, ".mortar-other_machine-1-x", ".mortar-abc", "notes.txt"]
