@@ -61,10 +61,11 @@ def main(argv):
   # MB), this machine's kernel compacts memory for transparent huge pages, and
   # two threads faulting fresh huge pages stall on it (a 25M paper morph took
   # 200 ms on two threads, 37 ms on one, 33 ms with THP off; np.copy 24 ms).
+  # bitx's reduction axes: the conv kernel's, and the 1-D array's one row
+  axes_of = {name: (0, 1, 2) if w.ndim == 4 else (0,) for name, w in arrays.items()}
   for i, spec in enumerate(specs):
     for name, w in arrays.items():
-      axes = (0, 1, 2) if w.ndim == 4 else (0,)  # the conv kernel's reduction axes
-      grouping = {"reduction_axes": axes} if spec.method == "bitx" else {}
+      grouping = {"reduction_axes": axes_of[name]} if spec.method == "bitx" else {}
       fn = lambda w=w, grouping=grouping: mortar_tf.morph(w, spec, **grouping)  # pylint: disable=cell-var-from-loop
       ratios[("numpy", i, name)] = statistics.median(timing.copy_ratios(fn, w, _REPEATS.value))
   entries = ["numpy"]
@@ -76,8 +77,7 @@ def main(argv):
       tensors = {name: tf.constant(w) for name, w in arrays.items()}
       for i, spec in enumerate(specs):
         for name, w in arrays.items():
-          axes = (0, 1, 2) if w.ndim == 4 else (0,)
-          fn = lambda t=tensors[name], axes=axes: ops.morph_spec(t, spec, axes)  # pylint: disable=cell-var-from-loop
+          fn = lambda t=tensors[name], axes=axes_of[name]: ops.morph_spec(t, spec, axes)  # pylint: disable=cell-var-from-loop
           ratios[("TF op", i, name)] = statistics.median(
               timing.copy_ratios(fn, w, _REPEATS.value))
   print(f"kernels: {kernels}, {native.threads()} threads; ratio to np.copy of the same array, "
