@@ -2,10 +2,10 @@
 
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+
+import installed_tool
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -27,9 +27,7 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
      "ratio"),
 ])
 def test_benchmark_runs_and_prints_ratios(script, args, expected):
-  result = subprocess.run(
-      [sys.executable, str(BENCHMARKS / script), *args],
-      capture_output=True, text=True, timeout=300, check=False, cwd=BENCHMARKS.parent,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  result = installed_tool.python(str(BENCHMARKS / script), *args, cwd=BENCHMARKS.parent,
+                                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 0, result.stderr
   assert expected in result.stdout

@@ -7,8 +7,6 @@ References: spec_reference's plain loops, and SPEC 4 read by hand.
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -19,6 +17,7 @@ from mortar_tf import bits
 from mortar_tf import estimator
 from mortar_tf import savedmodel
 
+import installed_tool
 import spec_reference as ref
 
 
@@ -107,8 +106,7 @@ def test_the_estimator_without_the_op_gives_the_same_figures(tmp_path):
   tf.saved_model.save(small, str(tmp_path / "m"), signatures=small.__call__)
   with_op = estimator.estimate(str(tmp_path / "m"), input_shape=(2, 8), precision=0.2)
   env = dict(os.environ, MORTAR_TF_DISABLE_OPS="1", TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-c", NUMPY_ESTIMATE, str(tmp_path / "m")],
-                          capture_output=True, text=True, env=env, timeout=300, check=False)
+  result = installed_tool.python("-c", NUMPY_ESTIMATE, str(tmp_path / "m"), env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   import json  # pylint: disable=import-outside-toplevel
   (cycles, columns), = json.loads(result.stdout.strip().splitlines()[-1])

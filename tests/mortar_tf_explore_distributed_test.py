@@ -2,14 +2,15 @@
 devices gives the same predictions and scores as one device.
 
 Logical devices must be set before TensorFlow initialises, so the check runs
-in a fresh subprocess; it compares with the single-device run there.
+in a process of its own (installed_tool.python: forked from one that has only
+imported TensorFlow); it compares with the single-device run there.
 """
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
+
+import installed_tool
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -53,8 +54,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_mirrored_strategy_predicts_and_scores_like_one_device(tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "sm")],
-                          capture_output=True, text=True, env=env, timeout=600, check=False)
+  result = installed_tool.python("-c", SCRIPT, str(tmp_path / "sm"), env=env, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   out = json.loads(result.stdout.strip().splitlines()[-1])
   assert out["replicas"] == 2

@@ -3,8 +3,6 @@ every compensated kind (Conv2D into a BatchNormalization, DepthwiseConv2D,
 SeparableConv2D, Dense with and without bias), on Keras 3 and tf_keras."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,8 @@ from mortar_tf.keras import compensate_model
 from mortar_tf.keras import morph_model
 from mortar_tf.keras import strip_morphing
 from mortar_tf.keras.compat import keras
+
+import installed_tool
 
 SPEC = morphing.MorphSpec("fewest_ones", 0.1)
 
@@ -189,8 +189,9 @@ def test_the_compensated_model_saves_as_a_plain_keras_model(done, tmp_path):
           "assert 'mortar_tf' not in sys.modules; "
           f"np.save({str(tmp_path / 'y.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}),"
           " verbose=0))")
-  subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tmp_path),
-                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  result = installed_tool.python("-c", code, cwd=str(tmp_path),
+                                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert result.returncode == 0, result.stderr[-3000:]
   np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
 
 

@@ -1,7 +1,7 @@
 """Compressed Keras saves: save_compressed and MortarCallback(compress=True).
 
 A compressed save of a morphed model is smaller than Keras' own save of it,
-and Keras alone (a fresh interpreter where mortar_tf cannot be imported, run
+and Keras alone (a process of its own where mortar_tf cannot be imported, run
 outside the source tree) loads every variable of it bit for bit. Writes are
 whole or nothing. Runs again under tf_keras (TF_USE_LEGACY_KERAS=1), where
 ".h5" files are compressed too (gzip-filtered datasets).
@@ -9,8 +9,6 @@ whole or nothing. Runs again under tf_keras (TF_USE_LEGACY_KERAS=1), where
 
 import errno
 import os
-import subprocess
-import sys
 import textwrap
 import zipfile
 
@@ -18,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
+import installed_tool
 import keras_zoo
 import mortar_tf
 from mortar_tf.keras import MortarCallback
@@ -37,7 +36,7 @@ def _bits(values):
 
 
 def _load_elsewhere(path, tmp_path):
-  """The variables of `path` as a fresh interpreter loads them with Keras alone:
+  """The variables of `path` as another process loads them with Keras alone:
   mortar_tf is made unimportable, and the working directory is outside the
   source tree. Returns (names, values) in model.weights order."""
   out = tmp_path / "loaded.npz"
@@ -53,8 +52,7 @@ def _load_elsewhere(path, tmp_path):
       print(type(model).__name__, len(model.weights))
       """)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=300, check=False, cwd=tmp_path)
+  result = installed_tool.python("-c", script, env=env, cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-4000:]
   with np.load(out) as data:
     return [data[f"arr_{i}"] for i in range(len(data.files))]

@@ -1,16 +1,17 @@
 """MorphWrapper training and MortarCallback under MirroredStrategy on 2 logical CPUs.
 
 Logical devices must be set before TensorFlow initialises, so each case runs in
-a fresh process; it inherits TF_USE_LEGACY_KERAS, so scripts/test.sh covers both
-Keras flavours.
+a process of its own (installed_tool.python: forked from one that has imported
+TensorFlow and nothing else, which initialises nothing); it inherits
+TF_USE_LEGACY_KERAS, so scripts/test.sh covers both Keras flavours.
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+import installed_tool
 
 SCRIPT = textwrap.dedent("""
     import os, sys
@@ -54,7 +55,6 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("variant", ["wrapped", "unwrapped"])
 def test_mirrored_strategy_training_and_callback(tmp_path, variant):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), variant],
-                          capture_output=True, text=True, env=env, timeout=600, check=False)
+  result = installed_tool.python("-c", SCRIPT, str(tmp_path), variant, env=env, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().endswith("OK")

@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
+import installed_tool
 import keras_zoo
 from mortar_tf.keras import morph_model
 from mortar_tf.keras.compat import LEGACY
@@ -42,9 +43,11 @@ def saved(tmp_path_factory):
   return tmp
 
 
-def _run(saved, body):
-  """Runs `body` in a fresh interpreter with `load(path)` comparing a loaded
-  model's outputs with the saved model's, bit for bit."""
+def _run(saved, body, bare=False):
+  """Runs `body` in a process of its own with `load(path)` comparing a loaded
+  model's outputs with the saved model's, bit for bit: a bare interpreter
+  (`bare`: where the order of imports is the point, TensorFlow's included), or
+  one forked from a process that has imported TensorFlow (installed_tool)."""
   script = textwrap.dedent(f"""\
       import sys
       import numpy as np
@@ -58,8 +61,11 @@ def _run(saved, body):
         return model
       """) + textwrap.dedent(body)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
+  if bare:
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=env, timeout=300, check=False)
+  else:
+    result = installed_tool.python("-c", script, env=env)
   assert result.returncode == 0, result.stderr[-4000:]
   assert result.stdout.strip().endswith("OK"), result.stdout
 
@@ -81,7 +87,7 @@ def test_a_plain_import_mortar_tf_registers_the_classes(saved, order):
       assert (got.view(np.uint32) == want.view(np.uint32)).all()
       assert not any(type(f).__module__ == "mortar_tf._keras_registration" for f in sys.meta_path)
       print("OK")
-      """))
+      """), bare=True)
 
 
 def test_without_mortar_tf_keras_cannot_load_it_and_morph_scope_can(saved):

@@ -2,14 +2,13 @@
 scripts/test.sh, again under tf_keras (TF_USE_LEGACY_KERAS=1)."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import installed_tool
 import keras_zoo
 import mortar_tf
 from mortar_tf import bits
@@ -357,8 +356,7 @@ def test_exported_model_has_no_mortar_ops_and_loads_without_the_library(tmp_path
       np.save({str(tmp_path / "y.npy")!r}, out.numpy())
       """)
   env = dict(os.environ, MORTAR_TF_DISABLE_OPS="1", TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=300, check=False, cwd=str(tmp_path))
+  result = installed_tool.python("-c", script, env=env, cwd=str(tmp_path))
   assert result.returncode == 0, result.stderr
   np.testing.assert_array_equal(u32(np.load(tmp_path / "y.npy")), u32(np.asarray(model(x))))
 
@@ -650,8 +648,8 @@ def test_folded_artifact_loads_without_mortar_tf(tmp_path):
       assert "mortar_tf" not in sys.modules
       print("OK")
       """)
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, check=False, cwd=str(tmp_path))
+  result = installed_tool.python("-c", script, cwd=str(tmp_path),
+                                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 0, result.stderr[-3000:]
 
 

@@ -2,8 +2,6 @@
 
 import os
 import re
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -16,6 +14,7 @@ from mortar_tf import native
 from mortar_tf import ops
 from mortar_tf.morphing import MorphSpec
 
+import installed_tool
 import spec_reference as ref
 
 
@@ -323,8 +322,7 @@ def test_fallback_without_the_op_library_warns_once_and_gives_the_same_bits(tmp_
         print("RuntimeError", e)
       """)
   env = dict(os.environ, MORTAR_TF_DISABLE_OPS="1", TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
+  result = installed_tool.python("-c", script, env=env)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.strip().splitlines()
   assert lines[0] == "1"  # one warning for three fallbacks

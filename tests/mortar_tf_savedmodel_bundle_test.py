@@ -10,8 +10,6 @@ with the same report figures; a corrupt source entry is an error.
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -24,6 +22,8 @@ from mortar_tf import backends
 from mortar_tf import savedmodel
 from mortar_tf.savedmodel import bundle
 from mortar_tf.savedmodel import SavedModelError
+
+import installed_tool
 
 BASIC_PITCH = pathlib.Path(__file__).resolve().parents[1] / ".cache" / "models" / "basic_pitch_nmp"
 
@@ -194,9 +194,8 @@ WITHOUT_NATIVE = textwrap.dedent("""
 
 def test_without_the_native_library_auto_takes_tensorflows_route(exported, tmp_path):
   env = dict(os.environ, MORTAR_TF_DISABLE_OPS="1", TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run([sys.executable, "-W", "ignore", "-c", WITHOUT_NATIVE, str(exported),
-                           str(tmp_path / "dst")], capture_output=True, text=True, env=env,
-                          timeout=300, check=False)
+  result = installed_tool.python("-c", WITHOUT_NATIVE, str(exported), str(tmp_path / "dst"),
+                                 env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "refused: checkpoint='patch'" in result.stdout and "native library" in result.stdout
   assert "route: tensorflow" in result.stdout

@@ -8,8 +8,6 @@ kernels, popcounts with numpy's unpackbits, and files compared byte for byte.
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import warnings
 
@@ -22,6 +20,8 @@ import mortar_tf
 from mortar_tf import savedmodel
 from mortar_tf.savedmodel import SavedModelError
 from mortar_tf.savedmodel import converter
+
+import installed_tool
 
 
 def _model():
@@ -323,8 +323,7 @@ KILLED_RUN = textwrap.dedent("""
 def test_a_killed_run_leaves_no_output_and_the_next_run_reports_its_temp(exported, tmp_path):
   src, _ = exported
   dst = tmp_path / "dst"
-  result = subprocess.run([sys.executable, "-c", KILLED_RUN, str(src), str(dst)],
-                          capture_output=True, text=True, timeout=300, check=False)
+  result = installed_tool.python("-c", KILLED_RUN, str(src), str(dst))
   assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
   assert not dst.exists()
   (stale,) = [p for p in tmp_path.iterdir() if p.name.endswith(".mortar-tmp")]
@@ -392,9 +391,8 @@ def test_the_converter_without_the_op_writes_the_same_checkpoint(exported, tmp_p
   with_op = savedmodel.convert(str(src), str(tmp_path / "op"), mortar_tf.MorphSpec.create(**spec))
   env = dict(os.environ, MORTAR_TF_DISABLE_OPS="1", TF_CPP_MIN_LOG_LEVEL="3")
   args = [str(spec.get(k) or 0) for k in ("method", "precision", "keep_bits", "columns")]
-  result = subprocess.run([sys.executable, "-c", WITHOUT_OP, str(src), str(tmp_path / "numpy"),
-                           *args], capture_output=True, text=True, env=env, timeout=300,
-                          check=False)
+  result = installed_tool.python("-c", WITHOUT_OP, str(src), str(tmp_path / "numpy"), *args,
+                                 env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   a, b = _checkpoint(tmp_path / "op"), _checkpoint(tmp_path / "numpy")
   assert a.keys() == b.keys()

@@ -7,9 +7,6 @@ SPEC 3's rules written out here per layer kind, not taken from the reader.
 """
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -18,6 +15,8 @@ import tensorflow as tf
 
 from mortar_tf.savedmodel import SavedModelError
 from mortar_tf.savedmodel import graph as graph_lib
+
+import installed_tool
 
 BATCH = 2
 
@@ -86,9 +85,8 @@ def exports(tmp_path_factory):
   model.export(str(d / "k3"), verbose=False)
   tf.saved_model.save(model, str(d / "tfsave"))
   facts = namespace["keras_facts"](model, BATCH)
-  result = subprocess.run([sys.executable, "-c", TF_KERAS_SAVE, str(d / "tfk"), str(BATCH)],
-                          capture_output=True, text=True, timeout=300, check=False,
-                          env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+  result = installed_tool.python("-c", TF_KERAS_SAVE, str(d / "tfk"), str(BATCH),
+                                 env=dict(installed_tool.ENV, TF_USE_LEGACY_KERAS="1"))
   assert result.returncode == 0, result.stderr[-3000:]
   with open(d / "tfk.json", encoding="utf-8") as f:
     tfk_facts = json.load(f)

@@ -17,6 +17,8 @@ from mortar_tf import savedmodel
 from mortar_tf.explore import models
 from mortar_tf.savedmodel import graph as graph_lib
 
+import installed_tool
+
 
 def _checkpoint(path):
   reader = tf.train.load_checkpoint(str(path / "variables" / "variables"))
@@ -223,15 +225,13 @@ def _keras3_rnn():
 
 @pytest.fixture(scope="module", params=["keras3", "tf_keras"])
 def rnn(request, tmp_path_factory):
-  import os, subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
   d = tmp_path_factory.mktemp(request.param)
   if request.param == "keras3":
     model = _keras3_rnn()
     model.export(str(d / "m"), verbose=False)
     return d / "m", [np.asarray(w) for w in model.get_weights()]
-  result = subprocess.run([sys.executable, "-c", RNN_SAVE, str(d / "m")], capture_output=True,
-                          text=True, timeout=600, check=False,
-                          env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+  result = installed_tool.python("-c", RNN_SAVE, str(d / "m"), timeout=600,
+                                 env=dict(installed_tool.ENV, TF_USE_LEGACY_KERAS="1"))
   assert result.returncode == 0, result.stderr[-3000:]
   saved = np.load(str(d / "m") + ".npz")
   return d / "m", [saved[f"arr_{i}"] for i in range(len(saved.files))]
@@ -374,7 +374,7 @@ def _free_rnn_kernel(weight: str):
 def _export_zoo(name: str, route: str, path):
   """Saves keras_zoo model `name` by `route`: keras3_export, keras3_tf_saved_model
   (here), tf_keras_save or tf_keras_export (tf_keras in a subprocess)."""
-  import os, subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  import os  # pylint: disable=import-outside-toplevel
   import keras_zoo  # pylint: disable=import-outside-toplevel
   if route.startswith("keras3"):
     model = keras_zoo.free_time_rnn() if name == "free_time_rnn" else keras_zoo.build(name)
@@ -383,10 +383,9 @@ def _export_zoo(name: str, route: str, path):
     else:
       tf.saved_model.save(model, str(path))
     return path
-  result = subprocess.run([sys.executable, "-c", ZOO_SAVE, str(path), route.split("_")[-1],
-                           os.path.dirname(os.path.abspath(__file__)), name],
-                          capture_output=True, text=True, timeout=600, check=False,
-                          env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+  result = installed_tool.python("-c", ZOO_SAVE, str(path), route.split("_")[-1],
+                                 os.path.dirname(os.path.abspath(__file__)), name, timeout=600,
+                                 env=dict(installed_tool.ENV, TF_USE_LEGACY_KERAS="1"))
   assert result.returncode == 0, result.stderr[-3000:]
   return path
 

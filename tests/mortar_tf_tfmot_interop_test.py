@@ -1,13 +1,13 @@
 """Interop with TFMOT (tf_keras only): prune -> strip_pruning -> morph_model -> strip_morphing.
 
 Importing TFMOT switches the whole process to tf_keras, so the pipeline runs in
-a fresh process with TF_USE_LEGACY_KERAS=1.
+a process of its own with TF_USE_LEGACY_KERAS=1 (installed_tool.python).
 """
 
 import os
-import subprocess
-import sys
 import textwrap
+
+import installed_tool
 
 SCRIPT = textwrap.dedent("""
     import numpy as np
@@ -44,9 +44,8 @@ def _run(script, legacy="1"):
   env = dict(os.environ, TF_USE_LEGACY_KERAS=legacy, TF_CPP_MIN_LOG_LEVEL="3")
   # cwd: the tests' folder, so `python -c` (which puts the cwd first on
   # sys.path) imports the installed mortar_tf, not the source tree
-  return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                        env=env, timeout=600, check=False,
-                        cwd=os.path.dirname(os.path.abspath(__file__)))
+  return installed_tool.python("-c", script, env=env, timeout=600,
+                               cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_prune_strip_then_morph_keeps_zeros_and_morphs_the_rest():

@@ -1,18 +1,26 @@
-"""A fork server ("zygote") for installed_tool.run: one Python process imports
-TensorFlow once, then forks a child per tool run, which runs the command's
-console-script entry point as the installed script would. Each run is spared
-the ~4.5 s of CPU that `import tensorflow` costs.
+"""A fork server ("zygote") for installed_tool: one Python process imports
+TensorFlow once, then forks a child per run, which becomes the process the
+run asked for: an installed console script, `python -c CODE ...`, or
+`python SCRIPT ...`. Each run is spared the ~4.5 s of CPU that
+`import tensorflow` costs.
 
-installed_tool starts it as `python tool_zygote.py BIN_DIR` with the tools'
-environment, its stdin and stdout pipes to the test process. Only TensorFlow
-is imported ahead: keras and mortar_tf read environment variables
-(TF_USE_LEGACY_KERAS, MORTAR_TF_DISABLE_OPS) when they are imported, and a run
-should load the mortar_tf installed when it starts; each child imports them
-itself, as a new process would.
+installed_tool starts it as `python tool_zygote.py BIN_DIR` with the
+environment of the runs it will serve, its stdin and stdout pipes to the test
+process. Only TensorFlow is imported ahead: keras and mortar_tf read
+environment variables (TF_USE_LEGACY_KERAS, MORTAR_TF_DISABLE_OPS) when they
+are imported, and a run should load the mortar_tf installed when it starts;
+each child imports them itself, as a new process would. A child takes the
+run's own environment before it starts; what TensorFlow's import read (TF_*
+variables among others) is the server's, so installed_tool keeps one server
+per such environment (see installed_tool.import_key).
 
 The protocol, one JSON object a line:
   zygote -> test process: {"ready": pid} once TensorFlow is imported.
-  request: {"argv": [path, *args], "cwd": dir, "stdout": file, "stderr": file}
+  request: {"kind": "console" | "code" | "script", "argv": [...], "env": {...},
+            "cwd": dir, "stdout": file, "stderr": file}
+    console: argv is [script path, *args], the path a console script's;
+    code: argv is ["-c", code, *args], as python's command line;
+    script: argv is [file, *args], run as python runs a file (__main__).
     -> {"pid": child pid}, then {"status": returncode} (negative: the signal
     that killed it), or {"error": why} (not a console script: nothing ran).
   {"kill": true} while a child runs: SIGKILL it (a timeout); ignored otherwise.
@@ -24,9 +32,11 @@ Channel.
 """
 
 import gc
+import functools
 import importlib.metadata
 import json
 import os
+import runpy
 import select
 import signal
 import sys
@@ -99,7 +109,7 @@ def _wait(channel: Channel, pid: int) -> int:
 
 def _serve(channel: Channel):
   """Answers requests until end of file (returns None there, in the zygote);
-  in each forked child returns (request, entry point) for it to run."""
+  in each forked child returns (request, program) for it to run."""
   while True:
     request = channel.receive()
     if request is None:
@@ -107,7 +117,7 @@ def _serve(channel: Channel):
     if "argv" not in request:
       continue  # a kill that came after its child had ended
     try:
-      entry_point = _entry_point(request["argv"][0])
+      program = _program(request)
     except LookupError as e:
       channel.send({"error": str(e)})
       continue
@@ -119,17 +129,45 @@ def _serve(channel: Channel):
     gc.freeze()
     pid = os.fork()
     if pid == 0:
-      return request, entry_point
+      return request, program
     channel.send({"pid": pid})
     status = _wait(channel, pid)
     channel.send({"status": os.waitstatus_to_exitcode(status)})
 
 
-def _become(channel: Channel, request, entry_point):
-  """In a forked child: turns the process into the one the console script
-  would start (argv, directory, stdio, __main__); returns the tool's function."""
+def _run_code(code: str) -> None:
+  """What `python -c code` runs, in the fresh __main__."""
+  exec(compile(code, "<string>", "exec"), sys.modules["__main__"].__dict__)  # pylint: disable=exec-used
+
+
+def _run_script(path: str) -> None:
+  """What `python path` runs."""
+  runpy.run_path(path, run_name="__main__")
+
+
+def _program(request):
+  """The function a child calls to run `request` (LookupError: a console
+  script that is not installed)."""
+  kind, argv = request.get("kind", "console"), request["argv"]
+  if kind == "console":
+    entry_point = _entry_point(argv[0])
+    return lambda: entry_point.load()()
+  if kind == "code":
+    return functools.partial(_run_code, argv[1])
+  if kind == "script":
+    return functools.partial(_run_script, argv[0])
+  raise LookupError(f"unknown kind of run {kind!r}")
+
+
+def _become(channel: Channel, request, program):
+  """In a forked child: turns the process into the one the run would start
+  (environment, argv, sys.path[0], directory, stdio, __main__); returns the
+  function that runs it."""
   os.close(channel.inbox)  # the tool never sees the zygote's pipes
   os.close(channel.outbox)
+  if "env" in request:
+    os.environ.clear()
+    os.environ.update(request["env"])
   os.chdir(request["cwd"])
   null = os.open(os.devnull, os.O_RDONLY)
   os.dup2(null, 0)
@@ -138,18 +176,25 @@ def _become(channel: Channel, request, entry_point):
     out = os.open(request[name], os.O_WRONLY | os.O_TRUNC)
     os.dup2(out, fd)
     os.close(out)
-  sys.argv = list(request["argv"])
-  # A fresh __main__ as pip's wrapper script has (the tools lend it their
-  # docstring for --help); the zygote's stays referenced.
+  kind, argv = request.get("kind", "console"), list(request["argv"])
+  if kind == "code":
+    sys.argv, sys.path[0] = ["-c", *argv[2:]], ""
+  elif kind == "script":
+    sys.argv, sys.path[0] = argv, os.path.dirname(os.path.realpath(argv[0]))
+  else:  # a console script's sys.path[0] is its own directory
+    sys.argv, sys.path[0] = argv, os.path.dirname(argv[0])
+  # A fresh __main__ as python (or pip's wrapper script) starts with (the
+  # tools lend it their docstring for --help); the zygote's stays referenced.
   sys.modules["__zygote__"] = sys.modules["__main__"]
   main = types.ModuleType("__main__")
-  main.__file__ = sys.argv[0]
+  if kind != "code":
+    main.__file__ = sys.argv[0]
   sys.modules["__main__"] = main
   # numpy's global generator is seeded at import, i.e. once in the zygote: a
   # new process would draw a fresh seed (Python's random reseeds at fork itself).
   if "numpy" in sys.modules:
     sys.modules["numpy"].random.seed()
-  return entry_point.load()
+  return program
 
 
 if __name__ == "__main__":
@@ -160,7 +205,7 @@ if __name__ == "__main__":
   os.dup2(_null, 0)
   os.dup2(_null, 1)
   os.close(_null)
-  sys.path[0] = sys.argv[1]  # a console script's sys.path[0]: its own directory
+  sys.path[0] = sys.argv[1]  # not this file's directory (tests/): each child sets its own
   import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   try:
     _channel.send({"ready": os.getpid()})
@@ -169,7 +214,7 @@ if __name__ == "__main__":
     _job = None
   if _job is None:
     sys.exit(0)
-  # A child: run the tool and leave as the console script does, through the
+  # A child: run it and leave as the process would, through the
   # interpreter's normal exit (SystemExit's status, a traceback and status 1
   # for an uncaught exception, atexit handlers, stdio flushed).
   sys.exit(_become(_channel, *_job)())

@@ -3,7 +3,7 @@ made into test functions for a list of model names by `make`, so the zoo can be
 split over test files (and pytest-xdist workers).
 
 Each model goes morph_model -> two fit steps -> strip_morphing -> save ->
-export, and through MortarCallback; then one fresh process loads every saved
+export, and through MortarCallback; then a process of its own loads every saved
 copy and export with plain Keras/TensorFlow (no mortar_tf imported). The
 invariant checked everywhere: in the copy, every kernel (by Keras' own weight
 names, independently of our registry) equals the numpy reference
@@ -13,13 +13,12 @@ bit-identical to the variable at the same place in the source model.
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
+import installed_tool
 import keras_zoo
 import mortar_tf
 from mortar_tf.keras import MortarCallback
@@ -202,10 +201,9 @@ def make(names):
     cases = tmp_path / "cases.json"
     cases.write_text(json.dumps(saved))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", LOADER, str(cases),
-                             os.path.dirname(os.path.abspath(__file__))],
-                            capture_output=True, text=True, env=env, timeout=900, check=False,
-                            cwd=str(tmp_path))
+    result = installed_tool.python("-c", LOADER, str(cases),
+                                   os.path.dirname(os.path.abspath(__file__)), env=env,
+                                   timeout=900, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(report) == set(saved)
