@@ -94,18 +94,17 @@ def test_one_server_serves_environments_that_differ_only_after_the_import():
 
 
 def test_an_environment_tensorflow_reads_at_import_gets_its_own_server():
-  code = ("import os, tensorflow as tf; print(os.getppid(), "
-          "os.environ.get('TF_USE_LEGACY_KERAS', '-'), tf.__version__ != '')")
-  fresh = str(uuid.uuid4())  # keys no earlier run of this process had
-  key_a = dict(installed_tool.ENV, TF_USE_LEGACY_KERAS="0", SERVER_KEY_PROBE=fresh)
-  key_b = dict(installed_tool.ENV, TF_USE_LEGACY_KERAS="1", SERVER_KEY_PROBE=fresh)
-  runs = [installed_tool.python("-c", code, env=env) for env in (key_a, key_b, key_a, key_b)]
-  assert [r.stdout.split()[1:] for r in runs] == [["0", "True"], ["1", "True"]] * 2
+  code = "import os; print(os.getppid(), os.environ.get('SERVER_KEY_PROBE', 'env'))"
+  fresh = str(uuid.uuid4())  # a key no earlier run of this process had
+  other = dict(installed_tool.ENV, SERVER_KEY_PROBE=fresh)
+  runs = [installed_tool.python("-c", code, env=env)
+          for env in (installed_tool.ENV, other, other, other)]
+  assert [r.stdout.split()[1] for r in runs] == ["env", fresh, fresh, fresh]
   parents = [int(r.stdout.split()[0]) for r in runs]
-  # a key's first run is a plain subprocess (its parent: this process), later
-  # runs of the key are its own server's
-  assert parents[:2] == [os.getpid()] * 2
-  assert os.getpid() not in parents[2:] and parents[2] != parents[3]
+  # ENV's server, then the new key's first run as a plain subprocess (its
+  # parent: this process), then the new key's own server, twice
+  assert parents[1] == os.getpid()
+  assert os.getpid() not in (parents[0], parents[2]) and parents[0] != parents[2] == parents[3]
 
 
 def test_a_run_past_its_timeout_is_killed_and_raises():
