@@ -31,8 +31,8 @@ This module imports only the standard library: installed_tool imports it for
 Channel.
 """
 
-import gc
 import functools
+import gc
 import importlib.metadata
 import json
 import os
