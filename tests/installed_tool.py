@@ -15,6 +15,9 @@ runs a plain subprocess.
 A program whose point is a bare interpreter (what importing TensorFlow does,
 the order of imports, a process without TensorFlow) or that must run beside
 another (servers run one child at a time) starts its own subprocess instead.
+Two differences remain: TensorFlow is in sys.modules from the start, and a run
+ends when its process exits, so output a process it started writes after that
+is not captured (subprocess.run waits for the pipes to close).
 """
 
 import atexit

@@ -40,16 +40,27 @@ def _plain(*args, env, cwd=None):
                         timeout=300, check=False, cwd=cwd)
 
 
+# MORTAR_TEST_NO_ZYGOTE=1: no server runs anything, every run is a plain subprocess
+SERVED = os.environ.get("MORTAR_TEST_NO_ZYGOTE", "") in ("", "0")
+
+
+def _by_server(parent: int) -> bool:
+  """Whether a run whose parent process was `parent` ran as servers are on:
+  a server's child, or this process's own subprocess under MORTAR_TEST_NO_ZYGOTE."""
+  return (parent != os.getpid()) == SERVED
+
+
 def _served(*args, env, cwd=None):
-  """installed_tool.python's result, asserting a server's child ran it."""
+  """installed_tool.python's result, asserting a server's child ran it
+  (a plain subprocess under MORTAR_TEST_NO_ZYGOTE=1)."""
   parent = "import os; print('parent', os.getppid()); "
   if args[0] == "-c":
     args = ("-c", parent + args[1], *args[2:])
   result = installed_tool.python(*args, env=env, cwd=cwd)
   first, _, rest = result.stdout.partition("\n")
   if args[0] == "-c":
-    assert first.startswith("parent ") and int(first.split()[1]) != os.getpid(), (
-        "not run by a fork server")
+    assert first.startswith("parent ") and _by_server(int(first.split()[1])), (
+        f"servers {'on' if SERVED else 'off'}, yet run {first!r} from pid {os.getpid()}")
     result.stdout = rest
   return result
 
@@ -90,7 +101,7 @@ def test_one_server_serves_environments_that_differ_only_after_the_import():
     parent, seen = result.stdout.split()
     assert seen == value
     parents.add(parent)
-  assert len(parents) == 1 and int(parents.pop()) != os.getpid()
+  assert len(parents) == 1 and _by_server(int(parents.pop()))
 
 
 def test_an_environment_tensorflow_reads_at_import_gets_its_own_server():
@@ -104,7 +115,10 @@ def test_an_environment_tensorflow_reads_at_import_gets_its_own_server():
   # ENV's server, then the new key's first run as a plain subprocess (its
   # parent: this process), then the new key's own server, twice
   assert parents[1] == os.getpid()
-  assert os.getpid() not in (parents[0], parents[2]) and parents[0] != parents[2] == parents[3]
+  if SERVED:
+    assert os.getpid() not in (parents[0], parents[2]) and parents[0] != parents[2] == parents[3]
+  else:
+    assert parents == [os.getpid()] * 4
 
 
 def test_a_run_past_its_timeout_is_killed_and_raises():
