@@ -130,10 +130,13 @@ def _bisect(mag, x_abs, threshold):
     inside = _in_ball(mid, x_abs, threshold)
     return i + 1, tf.where(inside, mid, lo), tf.where(inside, hi, mid - 1)
 
+  def more(i, lo, hi):  # pylint: disable=unused-argument
+    return i < rounds
+
   start = tf.constant(0)
-  _, a, _ = tf.while_loop(lambda i, lo, hi: i < rounds, lower,
+  _, a, _ = tf.while_loop(more, lower,
                           (start, tf.fill(tf.shape(mag), _c(bits.MIN_NORMAL_BITS)), mag))
-  _, b, _ = tf.while_loop(lambda i, lo, hi: i < rounds, upper,
+  _, b, _ = tf.while_loop(more, upper,
                           (start, mag, tf.fill(tf.shape(mag), _c(bits.MAX_FINITE_BITS))))
   return a, b
 

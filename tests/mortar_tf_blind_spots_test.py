@@ -6,7 +6,6 @@ the estimator without the C++ op.
 References: spec_reference's plain loops, and SPEC 4 read by hand.
 """
 
-import os
 import textwrap
 
 import numpy as np
@@ -105,7 +104,7 @@ def test_the_estimator_without_the_op_gives_the_same_figures(tmp_path):
                                input_signature=[tf.TensorSpec([None, 8], tf.float32)])
   tf.saved_model.save(small, str(tmp_path / "m"), signatures=small.__call__)
   with_op = estimator.estimate(str(tmp_path / "m"), input_shape=(2, 8), precision=0.2)
-  env = dict(os.environ, MORTAR_TF_DISABLE_OPS="1", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(installed_tool.ENV, MORTAR_TF_DISABLE_OPS="1")
   result = installed_tool.python("-c", NUMPY_ESTIMATE, str(tmp_path / "m"), env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   import json  # pylint: disable=import-outside-toplevel

@@ -51,8 +51,7 @@ def _load_elsewhere(path, tmp_path):
                      for m in sys.modules), "mortar_tf was imported"
       print(type(model).__name__, len(model.weights))
       """)
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  result = installed_tool.python("-c", script, env=env, cwd=tmp_path)
+  result = installed_tool.python("-c", script, cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-4000:]
   with np.load(out) as data:
     return [data[f"arr_{i}"] for i in range(len(data.files))]

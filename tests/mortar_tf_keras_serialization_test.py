@@ -3,7 +3,6 @@ plain `import mortar_tf`, in either import order, and inside morph_scope();
 without either, Keras cannot load it (so the registration is what works).
 Runs in scripts/test.sh, again under tf_keras (TF_USE_LEGACY_KERAS=1)."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -60,7 +59,7 @@ def _run(saved, body, bare=False):
         assert (got.view(np.uint32) == want.view(np.uint32)).all(), path
         return model
       """) + textwrap.dedent(body)
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  env = installed_tool.ENV
   if bare:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=env, timeout=300, check=False)

@@ -355,7 +355,7 @@ def test_exported_model_has_no_mortar_ops_and_loads_without_the_library(tmp_path
       out = out if isinstance(out, tf.Tensor) else list(out.values())[0]
       np.save({str(tmp_path / "y.npy")!r}, out.numpy())
       """)
-  env = dict(os.environ, MORTAR_TF_DISABLE_OPS="1", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(installed_tool.ENV, MORTAR_TF_DISABLE_OPS="1")
   result = installed_tool.python("-c", script, env=env, cwd=str(tmp_path))
   assert result.returncode == 0, result.stderr
   np.testing.assert_array_equal(u32(np.load(tmp_path / "y.npy")), u32(np.asarray(model(x))))
@@ -648,8 +648,7 @@ def test_folded_artifact_loads_without_mortar_tf(tmp_path):
       assert "mortar_tf" not in sys.modules
       print("OK")
       """)
-  result = installed_tool.python("-c", script, cwd=str(tmp_path),
-                                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  result = installed_tool.python("-c", script, cwd=str(tmp_path))
   assert result.returncode == 0, result.stderr[-3000:]
 
 

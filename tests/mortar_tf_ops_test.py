@@ -1,6 +1,5 @@
 """Tests of the C++ ops against the numpy reference, and of the fallback without them."""
 
-import os
 import re
 import textwrap
 
@@ -321,7 +320,7 @@ def test_fallback_without_the_op_library_warns_once_and_gives_the_same_bits(tmp_
       except RuntimeError as e:
         print("RuntimeError", e)
       """)
-  env = dict(os.environ, MORTAR_TF_DISABLE_OPS="1", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(installed_tool.ENV, MORTAR_TF_DISABLE_OPS="1")
   result = installed_tool.python("-c", script, env=env)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.strip().splitlines()

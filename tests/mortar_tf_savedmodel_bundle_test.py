@@ -193,7 +193,7 @@ WITHOUT_NATIVE = textwrap.dedent("""
 
 
 def test_without_the_native_library_auto_takes_tensorflows_route(exported, tmp_path):
-  env = dict(os.environ, MORTAR_TF_DISABLE_OPS="1", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(installed_tool.ENV, MORTAR_TF_DISABLE_OPS="1")
   result = installed_tool.python("-c", WITHOUT_NATIVE, str(exported), str(tmp_path / "dst"),
                                  env=env)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -389,7 +389,7 @@ def test_the_converter_without_the_op_writes_the_same_checkpoint(exported, tmp_p
   from mortar_tf import ops  # pylint: disable=import-outside-toplevel
   assert ops.is_built(), ops.why_not_built()
   with_op = savedmodel.convert(str(src), str(tmp_path / "op"), mortar_tf.MorphSpec.create(**spec))
-  env = dict(os.environ, MORTAR_TF_DISABLE_OPS="1", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(installed_tool.ENV, MORTAR_TF_DISABLE_OPS="1")
   args = [str(spec.get(k) or 0) for k in ("method", "precision", "keep_bits", "columns")]
   result = installed_tool.python("-c", WITHOUT_OP, str(src), str(tmp_path / "numpy"), *args,
                                  env=env)

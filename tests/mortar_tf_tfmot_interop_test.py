@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def _run(script, legacy="1"):
-  env = dict(os.environ, TF_USE_LEGACY_KERAS=legacy, TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(installed_tool.ENV, TF_USE_LEGACY_KERAS=legacy)
   # cwd: the tests' folder, so `python -c` (which puts the cwd first on
   # sys.path) imports the installed mortar_tf, not the source tree
   return installed_tool.python("-c", script, env=env, timeout=600,

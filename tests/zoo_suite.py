@@ -200,9 +200,8 @@ def make(names):
     assert saved, "the tests above saved nothing"
     cases = tmp_path / "cases.json"
     cases.write_text(json.dumps(saved))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = installed_tool.python("-c", LOADER, str(cases),
-                                   os.path.dirname(os.path.abspath(__file__)), env=env,
+                                   os.path.dirname(os.path.abspath(__file__)),
                                    timeout=900, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
